@@ -1,0 +1,116 @@
+//! What the Raft log carries, and what applying an entry answers.
+//!
+//! Commands carry every input they depend on (including the wall-clock time recorded in
+//! history), so applying the same log on any controller gives the same state.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{Epoch, GroupName, SiteId};
+use crate::state::{ChangeKind, GroupState};
+
+/// One replicated state change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Creates a group that the topology declares and the state does not have yet:
+    /// active at its first (preferred) site, epoch 1.
+    CreateGroup {
+        /// The group to create.
+        group: GroupName,
+        /// Eligible sites, highest priority first.
+        sites: Vec<SiteId>,
+        /// When the leader proposed it (wall clock, for history only).
+        at_unix_ms: u64,
+    },
+    /// Starts moving a group from its active site to `to`: the group enters `Demoting`,
+    /// from which the active site may renew nothing.
+    BeginPromotion {
+        /// The group to move.
+        group: GroupName,
+        /// The site that becomes active.
+        to: SiteId,
+        /// Why the change happens (operator promote, automatic failover, ...).
+        kind: ChangeKind,
+        /// Who asked for it (`user@host`, or `controller-3` for automatic changes).
+        actor: String,
+        /// The operator's or the detector's reason, free text.
+        reason: String,
+        /// When the leader proposed it (wall clock, for history only).
+        at_unix_ms: u64,
+    },
+    /// Finishes a promotion: the pending site becomes active at the next epoch.
+    /// Proposed only once the old site's leases are released or expired.
+    CompletePromotion {
+        /// The group whose promotion finishes.
+        group: GroupName,
+        /// The epoch the promotion started from, so a stale retry cannot complete a later one.
+        from_epoch: Epoch,
+        /// When the leader proposed it (wall clock, for history only).
+        at_unix_ms: u64,
+    },
+}
+
+impl Command {
+    /// The group a command acts on.
+    pub fn group(&self) -> &GroupName {
+        match self {
+            Command::CreateGroup { group, .. }
+            | Command::BeginPromotion { group, .. }
+            | Command::CompletePromotion { group, .. } => group,
+        }
+    }
+}
+
+/// A command the state refused; applying it changed nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Rejection {
+    /// The group is not in the state.
+    #[error("unknown group `{0}`")]
+    UnknownGroup(GroupName),
+    /// The site is not one of the group's eligible sites.
+    #[error("site `{site}` is not eligible for group `{group}` (eligible: {eligible})")]
+    UnknownSite {
+        /// The group asked about.
+        group: GroupName,
+        /// The site that is not eligible.
+        site: SiteId,
+        /// The group's eligible sites, comma separated.
+        eligible: String,
+    },
+    /// The site is already active; nothing to do.
+    #[error("site `{site}` is already active for group `{group}` at epoch {epoch}")]
+    AlreadyActive {
+        /// The group asked about.
+        group: GroupName,
+        /// Its active site.
+        site: SiteId,
+        /// Its current epoch.
+        epoch: Epoch,
+    },
+    /// Another promotion of the group is under way.
+    #[error("group `{group}` is already moving from `{from}` to `{to}`")]
+    PromotionInProgress {
+        /// The group asked about.
+        group: GroupName,
+        /// The site being demoted.
+        from: SiteId,
+        /// The site being promoted.
+        to: SiteId,
+    },
+    /// A completion arrived for a promotion that is not pending (already done, or stale).
+    #[error("group `{group}` has no promotion from epoch {from_epoch} to complete")]
+    NoPendingPromotion {
+        /// The group asked about.
+        group: GroupName,
+        /// The epoch the completion named.
+        from_epoch: Epoch,
+    },
+    /// The group exists already.
+    #[error("group `{0}` already exists")]
+    GroupExists(GroupName),
+    /// A group was declared with no eligible site.
+    #[error("group `{0}` has no eligible site")]
+    NoSites(GroupName),
+}
+
+/// What applying a command answers: the group as it is afterwards, or why nothing changed.
+pub type CommandResult = Result<GroupState, Rejection>;

@@ -1,0 +1,417 @@
+//! The topology file: sites, their controllers, failover groups and timing.
+//!
+//! Parsing is pure (text in, [`Topology`] or [`ConfigError`] out); reading the file is the
+//! caller's job. Every error names the file, the field path (`sites[1].controllers[0].addr`)
+//! and the reason, so an operator can fix it without reading code.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{GroupName, NodeId, SiteId};
+
+/// A topology file that could not be accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}: {path}: {reason}")]
+pub struct ConfigError {
+    /// The file (or other source) the text came from.
+    pub file: String,
+    /// The field path inside the document, `.` for the document itself.
+    pub path: String,
+    /// What is wrong, in words an operator can act on.
+    pub reason: String,
+}
+
+/// The whole deployment: who the controllers are, where they live, and what fails over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Topology {
+    /// Name shown in logs and used as the Raft cluster name.
+    #[serde(default = "default_cluster_name")]
+    pub cluster_name: String,
+    /// Timing of Raft, leases and failure detection.
+    #[serde(default)]
+    pub timing: Timing,
+    /// Every site, each with the controllers it hosts (a witness site hosts only controllers).
+    pub sites: Vec<SiteConfig>,
+    /// The failover groups; each is active at one of its sites at a time.
+    pub groups: Vec<GroupConfig>,
+}
+
+/// One site of the deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteConfig {
+    /// The site's name, unique in the topology.
+    pub name: SiteId,
+    /// The controllers that run at this site (may be empty for a site with only executors).
+    #[serde(default)]
+    pub controllers: Vec<ControllerConfig>,
+}
+
+/// One controller: a Raft voter serving Raft, admin and lease gRPC on one address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerConfig {
+    /// Raft node id, unique across all sites, never 0.
+    pub id: NodeId,
+    /// `host:port` the controller listens on for gRPC, and that peers and clients dial.
+    pub addr: String,
+}
+
+/// A failover group as configured.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupConfig {
+    /// The group's name, unique in the topology.
+    pub name: GroupName,
+    /// Sites eligible to be active, highest priority first; the first is active on creation.
+    pub sites: Vec<SiteId>,
+    /// Whether the leader may promote a standby by itself when the active site is lost.
+    #[serde(default = "default_true")]
+    pub auto_failover: bool,
+}
+
+/// Every time bound of the system, in one place (see docs/architecture.md for the table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timing {
+    /// How often the Raft leader sends heartbeats.
+    pub raft_heartbeat_ms: u64,
+    /// Lower bound of the randomized Raft election timeout.
+    pub election_timeout_min_ms: u64,
+    /// Upper bound of the randomized Raft election timeout.
+    pub election_timeout_max_ms: u64,
+    /// How long a granted or renewed lease stays valid.
+    pub lease_ttl_ms: u64,
+    /// How often a lease holder renews.
+    pub keepalive_interval_ms: u64,
+    /// The largest rate difference between any two monotonic clocks over one TTL.
+    pub max_clock_drift_ms: u64,
+    /// How long a site may be silent before it is considered lost.
+    pub failure_timeout_ms: u64,
+    /// Minimum time between two automatic changes of a group's active site.
+    pub failover_cooldown_ms: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            raft_heartbeat_ms: 100,
+            election_timeout_min_ms: 500,
+            election_timeout_max_ms: 1000,
+            lease_ttl_ms: 2000,
+            keepalive_interval_ms: 500,
+            max_clock_drift_ms: 250,
+            failure_timeout_ms: 1500,
+            failover_cooldown_ms: 30_000,
+        }
+    }
+}
+
+fn default_cluster_name() -> String {
+    "failover".to_owned()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Topology {
+    /// Parses and validates a topology document. `file` only labels errors.
+    pub fn from_yaml(text: &str, file: &str) -> Result<Topology, ConfigError> {
+        let deserializer = serde_norway::Deserializer::from_str(text);
+        let topology: Topology =
+            serde_path_to_error::deserialize(deserializer).map_err(|e| {
+                let path = e.path().to_string();
+                ConfigError {
+                    file: file.to_owned(),
+                    path: if path.is_empty() { ".".to_owned() } else { path },
+                    reason: e.into_inner().to_string(),
+                }
+            })?;
+        topology.validate().map_err(|(path, reason)| ConfigError {
+            file: file.to_owned(),
+            path,
+            reason,
+        })?;
+        Ok(topology)
+    }
+
+    /// Every controller of every site, with the site it belongs to.
+    pub fn controllers(&self) -> impl Iterator<Item = (&SiteId, &ControllerConfig)> {
+        self.sites
+            .iter()
+            .flat_map(|s| s.controllers.iter().map(move |c| (&s.name, c)))
+    }
+
+    /// The controller with this Raft id.
+    pub fn controller(&self, id: NodeId) -> Option<(&SiteId, &ControllerConfig)> {
+        self.controllers().find(|(_, c)| c.id == id)
+    }
+
+    /// The group with this name.
+    pub fn group(&self, name: &GroupName) -> Option<&GroupConfig> {
+        self.groups.iter().find(|g| &g.name == name)
+    }
+
+    /// Checks what serde cannot: uniqueness, references between sections, timing relations.
+    fn validate(&self) -> Result<(), (String, String)> {
+        let err = |path: String, reason: String| Err((path, reason));
+        if self.sites.is_empty() {
+            return err("sites".into(), "at least one site is required".into());
+        }
+        let mut site_names = BTreeSet::new();
+        let mut ids = BTreeSet::new();
+        let mut addrs = BTreeSet::new();
+        for (i, site) in self.sites.iter().enumerate() {
+            check_name(site.name.as_str()).or_else(|r| err(format!("sites[{i}].name"), r))?;
+            if !site_names.insert(&site.name) {
+                return err(
+                    format!("sites[{i}].name"),
+                    format!("site `{}` is declared twice", site.name),
+                );
+            }
+            for (j, c) in site.controllers.iter().enumerate() {
+                let path = format!("sites[{i}].controllers[{j}]");
+                if c.id == 0 {
+                    return err(format!("{path}.id"), "controller ids start at 1".into());
+                }
+                if !ids.insert(c.id) {
+                    return err(
+                        format!("{path}.id"),
+                        format!("controller id {} is used twice", c.id),
+                    );
+                }
+                check_addr(&c.addr).or_else(|r| err(format!("{path}.addr"), r))?;
+                if !addrs.insert(&c.addr) {
+                    return err(
+                        format!("{path}.addr"),
+                        format!("address {} is used by two controllers", c.addr),
+                    );
+                }
+            }
+        }
+        if ids.is_empty() {
+            return err("sites".into(), "at least one controller is required".into());
+        }
+        self.validate_groups(&site_names)?;
+        self.timing.validate().map_err(|(f, r)| (format!("timing.{f}"), r))
+    }
+
+    fn validate_groups(&self, site_names: &BTreeSet<&SiteId>) -> Result<(), (String, String)> {
+        let mut names = BTreeSet::new();
+        for (i, group) in self.groups.iter().enumerate() {
+            let path = format!("groups[{i}]");
+            check_name(group.name.as_str()).map_err(|r| (format!("{path}.name"), r))?;
+            if !names.insert(&group.name) {
+                return Err((
+                    format!("{path}.name"),
+                    format!("group `{}` is declared twice", group.name),
+                ));
+            }
+            if group.sites.is_empty() {
+                return Err((
+                    format!("{path}.sites"),
+                    "a group needs at least one eligible site".into(),
+                ));
+            }
+            let mut seen = BTreeSet::new();
+            for (j, site) in group.sites.iter().enumerate() {
+                if !site_names.contains(site) {
+                    return Err((
+                        format!("{path}.sites[{j}]"),
+                        format!("unknown site `{site}` (not in `sites`)"),
+                    ));
+                }
+                if !seen.insert(site) {
+                    return Err((
+                        format!("{path}.sites[{j}]"),
+                        format!("site `{site}` is listed twice"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Timing {
+    /// The relations that keep leases safe and elections stable.
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        let positive = [
+            ("raft_heartbeat_ms", self.raft_heartbeat_ms),
+            ("lease_ttl_ms", self.lease_ttl_ms),
+            ("keepalive_interval_ms", self.keepalive_interval_ms),
+            ("failure_timeout_ms", self.failure_timeout_ms),
+        ];
+        for (field, value) in positive {
+            if value == 0 {
+                return Err((field, "must be greater than 0".into()));
+            }
+        }
+        if self.election_timeout_min_ms < 3 * self.raft_heartbeat_ms {
+            return Err((
+                "election_timeout_min_ms",
+                format!(
+                    "must be at least 3 x raft_heartbeat_ms ({}), or followers start elections between heartbeats",
+                    3 * self.raft_heartbeat_ms
+                ),
+            ));
+        }
+        if self.election_timeout_max_ms <= self.election_timeout_min_ms {
+            return Err((
+                "election_timeout_max_ms",
+                "must be greater than election_timeout_min_ms".into(),
+            ));
+        }
+        if self.keepalive_interval_ms * 3 > self.lease_ttl_ms {
+            return Err((
+                "keepalive_interval_ms",
+                format!(
+                    "must be at most a third of lease_ttl_ms ({} ms) so a lease survives two lost keepalives",
+                    self.lease_ttl_ms / 3
+                ),
+            ));
+        }
+        if self.max_clock_drift_ms * 4 > self.lease_ttl_ms {
+            return Err((
+                "max_clock_drift_ms",
+                format!(
+                    "must be at most a quarter of lease_ttl_ms ({} ms); a larger drift leaves no usable lease",
+                    self.lease_ttl_ms / 4
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Names are used in paths, metrics labels and environment variables: keep them plain.
+fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` is not a valid name: use 1 to 63 letters, digits, `-` or `_`"
+        ))
+    }
+}
+
+fn check_addr(addr: &str) -> Result<(), String> {
+    let bad = || format!("`{addr}` is not a `host:port` address");
+    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+    if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+impl fmt::Display for Topology {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let controllers = self.controllers().count();
+        write!(
+            f,
+            "{} ({} sites, {} controllers, {} groups)",
+            self.cluster_name,
+            self.sites.len(),
+            controllers,
+            self.groups.len()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = r#"
+sites:
+  - name: site-a
+    controllers:
+      - { id: 1, addr: "127.0.0.1:7101" }
+  - name: site-b
+    controllers:
+      - { id: 2, addr: "127.0.0.1:7102" }
+  - name: witness
+    controllers:
+      - { id: 3, addr: "127.0.0.1:7103" }
+groups:
+  - name: default
+    sites: [site-a, site-b]
+"#;
+
+    fn error_of(text: &str) -> ConfigError {
+        Topology::from_yaml(text, "t.yaml").expect_err("config should be refused")
+    }
+
+    /// The minimal valid file parses with default timing and auto failover on.
+    #[test]
+    fn valid_topology_parses() {
+        let t = Topology::from_yaml(VALID, "t.yaml").expect("valid");
+        assert_eq!(t.controllers().count(), 3);
+        assert_eq!(t.timing, Timing::default());
+        assert!(t.groups[0].auto_failover);
+    }
+
+    /// A group naming a site that does not exist is refused at that exact field.
+    #[test]
+    fn unknown_site_in_group_names_the_field() {
+        let e = error_of(&VALID.replace("[site-a, site-b]", "[site-a, site-c]"));
+        assert_eq!(e.path, "groups[0].sites[1]");
+        assert!(e.reason.contains("site-c"), "{e}");
+        assert_eq!(e.to_string().split(':').next(), Some("t.yaml"));
+    }
+
+    /// Type errors from serde carry the path too.
+    #[test]
+    fn wrong_type_names_the_field() {
+        let e = error_of(&VALID.replace("id: 2,", "id: two,"));
+        assert_eq!(e.path, "sites[1].controllers[0].id");
+    }
+
+    /// Misspelled keys are refused rather than silently ignored.
+    #[test]
+    fn unknown_key_is_refused() {
+        let e = error_of(&VALID.replace("groups:", "timing: { lease_tll_ms: 5 }\ngroups:"));
+        assert_eq!(e.path, "timing.lease_tll_ms");
+        assert!(e.reason.contains("lease_tll_ms"), "{e}");
+    }
+
+    /// Duplicate controller ids and addresses are refused.
+    #[test]
+    fn duplicates_are_refused() {
+        let e = error_of(&VALID.replace("id: 2,", "id: 1,"));
+        assert_eq!(e.path, "sites[1].controllers[0].id");
+        let e = error_of(&VALID.replace("7102", "7101"));
+        assert_eq!(e.path, "sites[1].controllers[0].addr");
+    }
+
+    /// Timing that would make leases unsafe or elections unstable is refused.
+    #[test]
+    fn unsafe_timing_is_refused() {
+        let e = error_of(&VALID.replace(
+            "groups:",
+            "timing: { lease_ttl_ms: 1000, keepalive_interval_ms: 600 }\ngroups:",
+        ));
+        assert_eq!(e.path, "timing.keepalive_interval_ms");
+        let e = error_of(&VALID.replace(
+            "groups:",
+            "timing: { lease_ttl_ms: 1000, keepalive_interval_ms: 200, max_clock_drift_ms: 300 }\ngroups:",
+        ));
+        assert_eq!(e.path, "timing.max_clock_drift_ms");
+    }
+
+    /// A malformed address is refused with the field path.
+    #[test]
+    fn bad_address_is_refused() {
+        let e = error_of(&VALID.replace("127.0.0.1:7103", "localhost"));
+        assert_eq!(e.path, "sites[2].controllers[0].addr");
+    }
+}

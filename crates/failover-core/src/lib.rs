@@ -1,0 +1,24 @@
+//! The rules of `failover`: fully deterministic, no networking, no async, no clock.
+//!
+//! Everything that decides *what is true* lives here; the controller, executor and CLI
+//! only move bytes and time in and out. Time is always an argument (`at_unix_ms` for
+//! what is recorded in history), so every rule can be tested exhaustively.
+//!
+//! # Layout
+//! - [`ids`]: newtypes for sites, groups, controllers and epochs.
+//! - [`config`]: the topology file (sites, controllers, groups, timing) and its validation.
+//! - [`state`]: the replicated state machine: groups, phases, history, and [`state::ClusterState::apply`].
+//! - [`command`]: the commands the Raft log carries and what applying them answers.
+//! - [`promotion`]: the promotion protocol (Active → Demoting → Active at the next epoch).
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod command;
+pub mod config;
+pub mod ids;
+pub mod promotion;
+pub mod state;
+
+pub use command::{Command, CommandResult, Rejection};
+pub use config::{ConfigError, Timing, Topology};
+pub use ids::{Epoch, GroupName, NodeId, SiteId};
+pub use state::{ChangeKind, ClusterState, GroupState, HistoryEntry, Phase};

@@ -1,0 +1,43 @@
+//! The promotion protocol: `Active{A}` → `Demoting{A→B}` → `Active{B, epoch+1}`.
+//!
+//! A leader calls [`check_start`] before proposing `BeginPromotion` (and `apply` calls it
+//! again, since the state may have moved between proposal and commit), then, while the
+//! group is demoting, asks [`completion`] whether the old site is drained and the
+//! completion may be proposed.
+
+use crate::command::{Command, Rejection};
+use crate::ids::SiteId;
+use crate::state::{GroupState, Phase};
+
+/// Whether a promotion of `group` to `to` may begin now, or why not.
+pub fn check_start(group: &GroupState, to: &SiteId) -> Result<(), Rejection> {
+    group.check_site(to)?;
+    if let Phase::Demoting(pending) = &group.phase {
+        return Err(Rejection::PromotionInProgress {
+            group: group.name.clone(),
+            from: group.active_site.clone(),
+            to: pending.to.clone(),
+        });
+    }
+    if &group.active_site == to {
+        return Err(Rejection::AlreadyActive {
+            group: group.name.clone(),
+            site: to.clone(),
+            epoch: group.epoch,
+        });
+    }
+    Ok(())
+}
+
+/// The command that finishes the group's promotion, once nothing of the old site can still
+/// hold the group. `None` when the group is not demoting.
+pub fn completion(group: &GroupState, at_unix_ms: u64) -> Option<Command> {
+    match &group.phase {
+        Phase::Active => None,
+        Phase::Demoting(_) => Some(Command::CompletePromotion {
+            group: group.name.clone(),
+            from_epoch: group.epoch,
+            at_unix_ms,
+        }),
+    }
+}
