@@ -1,0 +1,27 @@
+//! A failover controller: one openraft node whose log carries `failover-core` commands.
+//!
+//! # Layout
+//! - [`types`]: the openraft type configuration.
+//! - [`store`]: sled-backed Raft log, vote, state machine and snapshots.
+//! - [`network`]: the Raft transport over gRPC, dialing through a caller-supplied [`Dialer`].
+//! - [`services`]: the gRPC servers (Raft peers, admin API).
+//! - [`reconcile`]: the leader's loop that drives the core's obligations (create configured
+//!   groups, finish promotions).
+//! - [`node`]: assembles a controller from a topology, a data dir, a listener, a dialer
+//!   and a clock.
+//!
+//! The controller holds no rules of its own: what is allowed is decided by
+//! `failover_core`; this crate moves commands into Raft and state out to clients.
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod clock;
+pub mod network;
+pub mod node;
+pub mod reconcile;
+pub mod services;
+pub mod store;
+pub mod types;
+
+pub use clock::{Clock, SystemClock};
+pub use network::{Dialer, TcpDialer};
+pub use node::{Controller, ControllerError, ControllerOptions};

@@ -3,6 +3,8 @@
 //! Commands carry every input they depend on (including the wall-clock time recorded in
 //! history), so applying the same log on any controller gives the same state.
 
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{Epoch, GroupName, SiteId};
@@ -56,6 +58,22 @@ impl Command {
             Command::CreateGroup { group, .. }
             | Command::BeginPromotion { group, .. }
             | Command::CompletePromotion { group, .. } => group,
+        }
+    }
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Command::CreateGroup { group, sites, .. } => {
+                write!(f, "create group {group} at {}", sites.first().map_or("-", SiteId::as_str))
+            }
+            Command::BeginPromotion { group, to, kind, .. } => {
+                write!(f, "begin {} of group {group} to {to}", kind.as_str())
+            }
+            Command::CompletePromotion { group, from_epoch, .. } => {
+                write!(f, "complete promotion of group {group} from epoch {from_epoch}")
+            }
         }
     }
 }

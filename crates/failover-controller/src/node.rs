@@ -1,0 +1,206 @@
+//! Assembles a controller: storage, Raft, services and the reconcile loop.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use failover_core::{NodeId, Topology};
+use failover_proto::admin::admin_service_server::AdminServiceServer;
+use failover_proto::raft::raft_service_server::RaftServiceServer;
+use futures::Stream;
+use openraft::errors::{InitializeError, RaftError};
+use openraft::{BasicNode, SnapshotPolicy};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+use tonic::transport::server::Connected;
+
+use crate::clock::Clock;
+use crate::network::{Dialer, RaftNetwork};
+use crate::services::admin::AdminServer;
+use crate::services::raft::RaftServer;
+use crate::services::NodeContext;
+use crate::store::{self, OpenError, StateView};
+use crate::types::Raft;
+
+/// Largest gRPC message a controller accepts (snapshots travel in one message).
+const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// What a controller needs to know about itself.
+#[derive(Debug, Clone)]
+pub struct ControllerOptions {
+    /// The whole topology; this controller must be in it.
+    pub topology: Topology,
+    /// This controller's id.
+    pub node_id: NodeId,
+    /// Where its Raft log and state live.
+    pub data_dir: PathBuf,
+}
+
+/// Why a controller could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    /// The node id is not one of the topology's controllers.
+    #[error("controller {0} is not in the topology (known ids: {1})")]
+    NotInTopology(NodeId, String),
+    /// The data directory could not be used.
+    #[error(transparent)]
+    Storage(#[from] OpenError),
+    /// Raft refused the configuration or failed to start.
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// A running controller. Dropping it does not stop it: call [`Controller::shutdown`].
+pub struct Controller {
+    ctx: Arc<NodeContext>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Controller {
+    /// Opens storage, starts Raft, forms the cluster on first start, and serves gRPC on
+    /// `incoming`. Peers are dialed through `dialer`; history times come from `clock`.
+    pub async fn start<S, IO, IE>(
+        options: ControllerOptions,
+        incoming: S,
+        dialer: Arc<dyn Dialer>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Controller, ControllerError>
+    where
+        S: Stream<Item = Result<IO, IE>> + Send + 'static,
+        IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+        IE: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+    {
+        let ControllerOptions {
+            topology,
+            node_id,
+            data_dir,
+        } = options;
+        if topology.controller(node_id).is_none() {
+            let known: Vec<String> = topology.controllers().map(|(_, c)| c.id.to_string()).collect();
+            return Err(ControllerError::NotInTopology(node_id, known.join(", ")));
+        }
+        let (log_store, state_machine) = store::open(&data_dir, node_id)?;
+        let view: Arc<StateView> = state_machine.view();
+        let raft = start_raft(&topology, node_id, dialer.clone(), log_store, state_machine).await?;
+        let ctx = Arc::new(NodeContext {
+            node_id,
+            topology,
+            raft,
+            view,
+            dialer,
+            clock,
+            reconcile: Arc::new(Notify::new()),
+        });
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(serve(ctx.clone(), incoming, shutdown_rx.clone())));
+        tasks.push(tokio::spawn(crate::reconcile::run(ctx.clone(), shutdown_rx)));
+        form_cluster(&ctx).await?;
+        Ok(Controller {
+            ctx,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// The Raft handle (metrics, leadership).
+    pub fn raft(&self) -> &Raft {
+        &self.ctx.raft
+    }
+
+    /// The applied state.
+    pub fn view(&self) -> &Arc<StateView> {
+        &self.ctx.view
+    }
+
+    /// Stops serving, stops Raft, and waits for every task.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        if let Err(e) = self.ctx.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft did not shut down cleanly");
+        }
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+async fn start_raft(
+    topology: &Topology,
+    node_id: NodeId,
+    dialer: Arc<dyn Dialer>,
+    log_store: store::SledLogStore,
+    state_machine: store::SledStateMachine,
+) -> Result<Raft, ControllerError> {
+    let timing = topology.timing;
+    let config = openraft::Config {
+        cluster_name: topology.cluster_name.clone(),
+        heartbeat_interval: timing.raft_heartbeat_ms,
+        election_timeout_min: timing.election_timeout_min_ms,
+        election_timeout_max: timing.election_timeout_max_ms,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(1000),
+        max_in_snapshot_log_to_keep: 200,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| ControllerError::Raft(e.to_string()))?;
+    Raft::new(
+        node_id,
+        Arc::new(config),
+        RaftNetwork::new(dialer),
+        log_store,
+        state_machine,
+    )
+    .await
+    .map_err(|e| ControllerError::Raft(e.to_string()))
+}
+
+/// On a pristine data dir, proposes the topology's controllers as the initial membership.
+/// Every controller does this with the same membership, which openraft allows: whoever
+/// wins the first election replicates it, and a restart finds the cluster already formed.
+async fn form_cluster(ctx: &NodeContext) -> Result<(), ControllerError> {
+    let initialized = ctx
+        .raft
+        .is_initialized()
+        .await
+        .map_err(|e| ControllerError::Raft(e.to_string()))?;
+    if initialized {
+        return Ok(());
+    }
+    let members: BTreeMap<NodeId, BasicNode> = ctx
+        .topology
+        .controllers()
+        .map(|(_, c)| (c.id, BasicNode { addr: c.addr.clone() }))
+        .collect();
+    match ctx.raft.initialize(members).await {
+        Ok(()) => Ok(()),
+        Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+        Err(e) => Err(ControllerError::Raft(e.to_string())),
+    }
+}
+
+async fn serve<S, IO, IE>(ctx: Arc<NodeContext>, incoming: S, mut shutdown: watch::Receiver<bool>)
+where
+    S: Stream<Item = Result<IO, IE>> + Send + 'static,
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+{
+    let raft = RaftServiceServer::new(RaftServer::new(ctx.raft.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let admin = AdminServiceServer::new(AdminServer::new(ctx.clone()));
+    let stop = async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    };
+    let result = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(raft)
+        .add_service(admin)
+        .serve_with_incoming_shutdown(incoming, stop)
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "gRPC server stopped");
+    }
+}

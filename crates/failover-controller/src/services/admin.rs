@@ -1,0 +1,281 @@
+//! The admin API the CLI speaks: status, promote, history.
+//!
+//! Any controller answers. Requests that need the leader (promote, and status and history,
+//! which should reflect the leader's view) are forwarded to it once; a forwarded request
+//! is always answered where it lands, so forwarding cannot loop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use failover_core::promotion;
+use failover_core::{ChangeKind, Command, GroupName, GroupState, Phase, Rejection, SiteId};
+use failover_proto::admin::admin_service_client::AdminServiceClient;
+use failover_proto::admin::admin_service_server::AdminService;
+use failover_proto::admin::{
+    ControllerStatus, GroupStatus, HistoryEntry, HistoryRequest, HistoryResponse,
+    PromoteRequest, PromoteResponse, StatusRequest, StatusResponse,
+};
+use openraft::errors::{ClientWriteError, RaftError};
+use openraft::{Instant as _, ReadPolicy};
+use tonic::{Request, Response, Status};
+
+use super::NodeContext;
+use crate::types::Applied;
+
+/// Marks a request that a controller already forwarded to the leader.
+const FORWARDED: &str = "x-failover-forwarded";
+/// How long a promote waits for the new site to become active.
+const PROMOTE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Serves the admin API.
+pub struct AdminServer {
+    ctx: Arc<NodeContext>,
+}
+
+impl AdminServer {
+    /// A server over the controller's shared context.
+    pub fn new(ctx: Arc<NodeContext>) -> Self {
+        AdminServer { ctx }
+    }
+
+    /// The leader's client, when this controller should forward the request instead of
+    /// answering it. `Ok(None)` means: answer here.
+    fn forward_target<T>(
+        &self,
+        request: &Request<T>,
+    ) -> Result<Option<AdminServiceClient<tonic::transport::Channel>>, Status> {
+        if self.ctx.raft.is_leader() || request.metadata().contains_key(FORWARDED) {
+            return Ok(None);
+        }
+        let Some((_, addr)) = self.ctx.leader() else {
+            return Err(Status::unavailable("no leader is elected yet; retry shortly"));
+        };
+        let channel = self
+            .ctx
+            .dialer
+            .channel(&addr)
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Some(AdminServiceClient::new(channel)))
+    }
+}
+
+fn forwarded<T>(message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    request
+}
+
+/// The proto view of a group.
+pub fn group_status(group: &GroupState) -> GroupStatus {
+    GroupStatus {
+        name: group.name.to_string(),
+        active_site: group.active_site.to_string(),
+        epoch: group.epoch.0,
+        phase: group.phase.name().to_owned(),
+        promoting_to: group.pending().map(|p| p.to.to_string()).unwrap_or_default(),
+        sites: group.sites.iter().map(ToString::to_string).collect(),
+    }
+}
+
+/// The gRPC status for a command the state refused.
+pub fn rejection_status(rejection: &Rejection) -> Status {
+    let message = rejection.to_string();
+    match rejection {
+        Rejection::UnknownGroup(_) => Status::not_found(message),
+        Rejection::UnknownSite { .. } | Rejection::NoSites(_) => {
+            Status::invalid_argument(message)
+        }
+        Rejection::AlreadyActive { .. } | Rejection::GroupExists(_) => {
+            Status::already_exists(message)
+        }
+        Rejection::PromotionInProgress { .. } | Rejection::NoPendingPromotion { .. } => {
+            Status::failed_precondition(message)
+        }
+    }
+}
+
+/// Proposes a command and returns what applying it answered.
+pub async fn propose(ctx: &NodeContext, command: Command) -> Result<GroupState, Status> {
+    match ctx.raft.client_write(command).await {
+        Ok(response) => match response.data {
+            Applied(Some(Ok(group))) => Ok(group),
+            Applied(Some(Err(rejection))) => Err(rejection_status(&rejection)),
+            Applied(None) => Err(Status::internal("a command applied without a result")),
+        },
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(
+            Status::unavailable("this controller stopped being leader; retry"),
+        ),
+        Err(e) => Err(Status::unavailable(format!("cannot commit: {e}"))),
+    }
+}
+
+impl AdminServer {
+    fn local_status(&self) -> StatusResponse {
+        let metrics = self.ctx.metrics();
+        let leader = metrics.current_leader.unwrap_or(0);
+        let reachable_within = Duration::from_millis(self.ctx.topology.timing.election_timeout_max_ms);
+        let controllers = self
+            .ctx
+            .topology
+            .controllers()
+            .map(|(site, c)| {
+                let acked = metrics
+                    .heartbeat
+                    .as_ref()
+                    .and_then(|h| h.get(&c.id).cloned().flatten());
+                let matched = metrics
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(&c.id).cloned().flatten())
+                    .map_or(0, |id| id.index);
+                let is_self = c.id == self.ctx.node_id;
+                let reachable = is_self
+                    || acked.is_some_and(|at| at.elapsed() <= reachable_within);
+                let role = if c.id == leader {
+                    "leader"
+                } else if metrics.heartbeat.is_none() {
+                    // Not the leader: this controller cannot see the others' health.
+                    if is_self { "follower" } else { "unknown" }
+                } else if reachable {
+                    "follower"
+                } else {
+                    "unreachable"
+                };
+                ControllerStatus {
+                    id: c.id,
+                    site: site.to_string(),
+                    addr: c.addr.clone(),
+                    role: role.to_owned(),
+                    reachable,
+                    matched_index: matched,
+                }
+            })
+            .collect();
+        let groups = self.ctx.view.read().groups.values().map(group_status).collect();
+        StatusResponse {
+            leader,
+            term: metrics.current_term,
+            controllers,
+            groups,
+            answered_by: self.ctx.node_id,
+        }
+    }
+
+    async fn wait_for_active(&self, group: &GroupName, site: &SiteId, from_epoch: failover_core::Epoch) -> Result<GroupState, Status> {
+        let mut changes = self.ctx.view.subscribe();
+        let wait = async {
+            loop {
+                let current = self.ctx.view.read().group(group).cloned();
+                let current = current.map_err(|r| rejection_status(&r))?;
+                if current.epoch > from_epoch && matches!(current.phase, Phase::Active) {
+                    if &current.active_site == site {
+                        return Ok(current);
+                    }
+                    return Err(Status::aborted(format!(
+                        "group {group} became active at {} (epoch {}) instead",
+                        current.active_site, current.epoch
+                    )));
+                }
+                if changes.changed().await.is_err() {
+                    return Err(Status::unavailable("controller is shutting down"));
+                }
+            }
+        };
+        tokio::time::timeout(PROMOTE_TIMEOUT, wait)
+            .await
+            .map_err(|_| Status::deadline_exceeded(format!("{site} did not become active for {group} within {PROMOTE_TIMEOUT:?}")))?
+    }
+}
+
+#[tonic::async_trait]
+impl AdminService for AdminServer {
+    async fn status(&self, request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        if let Ok(Some(mut leader)) = self.forward_target(&request) {
+            if let Ok(response) = leader.status(forwarded(StatusRequest {})).await {
+                return Ok(response);
+            }
+        }
+        Ok(Response::new(self.local_status()))
+    }
+
+    async fn promote(&self, request: Request<PromoteRequest>) -> Result<Response<PromoteResponse>, Status> {
+        if let Some(mut leader) = self.forward_target(&request)? {
+            return leader.promote(forwarded(request.into_inner())).await;
+        }
+        let started = self.ctx.clock.now();
+        let req = request.into_inner();
+        let (group, site) = (GroupName(req.group.clone()), SiteId(req.site.clone()));
+        let current = self.ctx.view.read().group(&group).cloned();
+        let current = current.map_err(|r| rejection_status(&r))?;
+        match promotion::check_start(&current, &site) {
+            Ok(()) => {
+                let command = Command::BeginPromotion {
+                    group: group.clone(),
+                    to: site.clone(),
+                    kind: ChangeKind::Promote,
+                    actor: req.actor.clone(),
+                    reason: req.reason.clone(),
+                    at_unix_ms: self.ctx.clock.unix_ms(),
+                };
+                propose(&self.ctx, command).await?;
+                self.ctx.reconcile.notify_one();
+            }
+            Err(Rejection::AlreadyActive { .. }) => {
+                return Ok(Response::new(PromoteResponse {
+                    group: Some(group_status(&current)),
+                    already_active: true,
+                    elapsed_ms: 0,
+                }));
+            }
+            Err(Rejection::PromotionInProgress { to, .. }) if to == site => {}
+            Err(rejection) => return Err(rejection_status(&rejection)),
+        }
+        let done = self.wait_for_active(&group, &site, current.epoch).await?;
+        Ok(Response::new(PromoteResponse {
+            group: Some(group_status(&done)),
+            already_active: false,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        }))
+    }
+
+    async fn history(&self, request: Request<HistoryRequest>) -> Result<Response<HistoryResponse>, Status> {
+        if let Some(mut leader) = self.forward_target(&request)? {
+            return leader.history(forwarded(request.into_inner())).await;
+        }
+        let filter = request.into_inner().group;
+        if self.ctx.raft.is_leader() {
+            self.ctx
+                .raft
+                .ensure_linearizable(ReadPolicy::ReadIndex)
+                .await
+                .map_err(|e| Status::unavailable(format!("cannot confirm leadership: {e}")))?;
+        }
+        let state = self.ctx.view.read();
+        if !filter.is_empty() {
+            state.group(&GroupName(filter.clone())).map_err(|r| rejection_status(&r))?;
+        }
+        let mut entries: Vec<HistoryEntry> = state
+            .groups
+            .values()
+            .filter(|g| filter.is_empty() || g.name.as_str() == filter)
+            .flat_map(|g| {
+                g.history.iter().map(move |h| HistoryEntry {
+                    group: g.name.to_string(),
+                    epoch: h.epoch.0,
+                    from: h.from.as_ref().map(ToString::to_string).unwrap_or_default(),
+                    to: h.to.to_string(),
+                    kind: h.kind.as_str().to_owned(),
+                    actor: h.actor.clone(),
+                    reason: h.reason.clone(),
+                    requested_at_unix_ms: h.requested_at_unix_ms,
+                    completed_at_unix_ms: h.completed_at_unix_ms,
+                })
+            })
+            .collect();
+        entries.sort_by_key(|e| (e.completed_at_unix_ms, e.group.clone(), e.epoch));
+        Ok(Response::new(HistoryResponse { entries }))
+    }
+}
+

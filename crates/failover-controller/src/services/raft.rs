@@ -1,0 +1,81 @@
+//! The Raft peer service: decodes openraft messages and hands them to the local node.
+
+use failover_proto::raft::raft_service_server::RaftService;
+use failover_proto::raft::RaftPayload;
+use openraft::raft::{AppendEntriesRequest, VoteRequest};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::{Request, Response, Status};
+
+use crate::network::SnapshotHeader;
+use crate::types::{Raft, Snapshot, TypeConfig};
+
+/// Serves Raft RPCs from peers. Only controllers should reach it.
+pub struct RaftServer {
+    raft: Raft,
+}
+
+impl RaftServer {
+    /// A server for the local Raft node.
+    pub fn new(raft: Raft) -> Self {
+        RaftServer { raft }
+    }
+}
+
+fn decode<T: DeserializeOwned>(payload: &RaftPayload, what: &str) -> Result<T, Status> {
+    serde_json::from_slice(&payload.json)
+        .map_err(|e| Status::invalid_argument(format!("undecodable {what}: {e}")))
+}
+
+fn reply<T: Serialize>(message: &T) -> Result<Response<RaftPayload>, Status> {
+    let json = serde_json::to_vec(message).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(Response::new(RaftPayload {
+        json,
+        data: Vec::new(),
+    }))
+}
+
+#[tonic::async_trait]
+impl RaftService for RaftServer {
+    async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let rpc: VoteRequest<TypeConfig> = decode(request.get_ref(), "vote request")?;
+        let response = self
+            .raft
+            .vote(rpc)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        reply(&response)
+    }
+
+    async fn append_entries(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> =
+            decode(request.get_ref(), "append-entries request")?;
+        let response = self
+            .raft
+            .append_entries(rpc)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        reply(&response)
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let payload = request.into_inner();
+        let header: SnapshotHeader = decode(&payload, "snapshot header")?;
+        let snapshot = Snapshot {
+            meta: header.meta,
+            snapshot: payload.data,
+        };
+        let response = self
+            .raft
+            .install_full_snapshot(header.vote, snapshot)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        reply(&response)
+    }
+}
