@@ -1,0 +1,64 @@
+//! `failover controller`: one Raft node of the topology, until SIGINT or SIGTERM.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use failover_controller::{Controller, ControllerOptions, SystemClock, TcpDialer};
+use failover_core::NodeId;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// Arguments of `failover controller`.
+#[derive(Debug, Args)]
+pub struct ControllerArgs {
+    /// The topology file.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// This controller's id in the topology.
+    #[arg(long)]
+    pub node: NodeId,
+    /// Where this controller keeps its Raft log and state.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+}
+
+pub(crate) async fn run(args: ControllerArgs) -> anyhow::Result<()> {
+    let topology = super::load_topology(&args.config)?;
+    let (site, me) = topology
+        .controller(args.node)
+        .map(|(site, c)| (site.clone(), c.clone()))
+        .with_context(|| format!("controller {} is not in {}", args.node, args.config.display()))?;
+    let listener = tokio::net::TcpListener::bind(&me.addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", me.addr))?;
+    let options = ControllerOptions {
+        topology,
+        node_id: args.node,
+        data_dir: args.data_dir,
+    };
+    let controller = Controller::start(
+        options,
+        TcpListenerStream::new(listener),
+        Arc::new(TcpDialer::default()),
+        Arc::new(SystemClock),
+    )
+    .await?;
+    tracing::info!(node = args.node, %site, addr = %me.addr, "controller started");
+    wait_for_stop_signal().await?;
+    tracing::info!(node = args.node, "stopping");
+    controller.shutdown().await;
+    Ok(())
+}
+
+/// Waits for SIGINT or SIGTERM.
+pub(crate) async fn wait_for_stop_signal() -> anyhow::Result<()> {
+    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,151 @@
+//! `failover dev`: the whole topology of a config file on this machine, one child process
+//! per controller, until Ctrl-C.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use failover_client::{AdminClient, Endpoints};
+use failover_core::Topology;
+
+use crate::output;
+
+/// How long `dev` waits for a leader and every group before giving up.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a controller gets to exit after SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Arguments of `failover dev`.
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// The topology to start.
+    #[arg(long, default_value = "sites.example.yaml")]
+    pub config: PathBuf,
+    /// Where the controllers keep their data (one sub-directory each) and logs.
+    #[arg(long, default_value = ".dev-data")]
+    pub data_dir: PathBuf,
+}
+
+/// The controller processes; all are stopped when this is dropped, also on error paths.
+struct Children(Vec<(u64, Child)>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for (_, child) in &self.0 {
+            // SAFETY: plain kill(2) on a pid we spawned and have not yet reaped.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        for (id, child) in &mut self.0 {
+            while Instant::now() < deadline {
+                if !matches!(child.try_wait(), Ok(None)) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if let Ok(None) = child.try_wait() {
+                eprintln!("controller {id} did not stop within {STOP_GRACE:?}; killing it");
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
+    let topology = super::load_topology(&args.config)?;
+    let config = std::fs::canonicalize(&args.config)
+        .with_context(|| format!("cannot resolve {}", args.config.display()))?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    let started = Instant::now();
+    let mut children = spawn_controllers(&topology, &config, &args.data_dir)?;
+    let mut client = AdminClient::new(Endpoints::from_topology(&topology));
+    let status = wait_until_ready(&mut client, &topology, &mut children).await?;
+    println!(
+        "failover dev: {topology} ready in {} ms (leader elected, groups created)\n",
+        started.elapsed().as_millis()
+    );
+    for (site, c) in topology.controllers() {
+        println!("  controller {} ({site}): {}", c.id, c.addr);
+    }
+    let endpoints: Vec<&str> = topology.controllers().map(|(_, c)| c.addr.as_str()).collect();
+    println!("\n  export FAILOVER_ENDPOINTS={}", endpoints.join(","));
+    println!("  logs and data: {}\n", args.data_dir.display());
+    print!("{}", output::status_table(&status));
+    println!("\nPress Ctrl-C to stop.");
+    super::controller::wait_for_stop_signal().await?;
+    println!("stopping {} controllers", children.0.len());
+    drop(children);
+    Ok(())
+}
+
+fn spawn_controllers(topology: &Topology, config: &Path, data_dir: &Path) -> anyhow::Result<Children> {
+    let exe = std::env::current_exe().context("cannot find the failover executable")?;
+    let mut children = Children(Vec::new());
+    for (_, c) in topology.controllers() {
+        let log_path = data_dir.join(format!("controller-{}.log", c.id));
+        let log = std::fs::File::create(&log_path)
+            .with_context(|| format!("cannot create {}", log_path.display()))?;
+        let mut command = Command::new(&exe);
+        command
+            .arg("controller")
+            .arg("--config")
+            .arg(config)
+            .arg("--node")
+            .arg(c.id.to_string())
+            .arg("--data-dir")
+            .arg(data_dir.join(format!("controller-{}", c.id)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        // SAFETY: prctl is async-signal-safe; it makes the child get SIGTERM if dev dies,
+        // so no controller outlives a `dev` that was killed.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("cannot start controller {}", c.id))?;
+        children.0.push((c.id, child));
+    }
+    Ok(children)
+}
+
+async fn wait_until_ready(
+    client: &mut AdminClient,
+    topology: &Topology,
+    children: &mut Children,
+) -> anyhow::Result<failover_proto::admin::StatusResponse> {
+    client.deadline = Duration::from_millis(500);
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if let Ok(status) = client.status().await {
+            let groups_ready = topology
+                .groups
+                .iter()
+                .all(|g| status.groups.iter().any(|s| s.name == g.name.as_str()));
+            if status.leader != 0 && groups_ready {
+                client.deadline = Duration::from_secs(10);
+                return Ok(status);
+            }
+        }
+        for (id, child) in &mut children.0 {
+            if let Ok(Some(exit)) = child.try_wait() {
+                anyhow::bail!("controller {id} exited during start-up ({exit}); see its log in the data dir");
+            }
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("no leader elected within {READY_TIMEOUT:?}; see the controller logs");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,116 @@
+//! Arguments of every subcommand, and how the cluster is found.
+
+mod controller;
+mod dev;
+mod history;
+mod promote;
+mod status;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use failover_client::{AdminClient, Endpoints};
+use failover_core::Topology;
+
+/// Multi-site failover coordinator.
+#[derive(Debug, Parser)]
+#[command(name = "failover", version, about)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Output format of commands that print state.
+#[derive(Debug, Clone, Copy, Default, ValueEnum, PartialEq, Eq)]
+pub enum Output {
+    /// Aligned tables.
+    #[default]
+    Table,
+    /// JSON on stdout.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one controller (a Raft node) of the topology.
+    Controller(controller::ControllerArgs),
+    /// Start every controller of a topology on this machine and wait for Ctrl-C.
+    Dev(dev::DevArgs),
+    /// Show the leader, the controllers and every group's active site.
+    Status(status::StatusArgs),
+    /// Make a site active for a group.
+    Promote(promote::PromoteArgs),
+    /// Show every change of active site, oldest first.
+    History(history::HistoryArgs),
+}
+
+impl Command {
+    /// Whether the command keeps running (and so logs at `info` by default).
+    pub fn is_long_running(&self) -> bool {
+        matches!(self, Command::Controller(_) | Command::Dev(_))
+    }
+}
+
+/// How commands that talk to the cluster find it.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    /// Controller addresses, comma separated (`host:port,host:port`).
+    #[arg(long, env = "FAILOVER_ENDPOINTS")]
+    pub endpoints: Option<String>,
+    /// A topology file whose controllers to contact (used when no endpoints are given).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+impl ClusterArgs {
+    /// An admin client for the cluster these arguments name.
+    pub fn client(&self) -> anyhow::Result<AdminClient> {
+        let endpoints = match (&self.endpoints, &self.config) {
+            (Some(list), _) => Endpoints::parse(list)?,
+            (None, Some(path)) => Endpoints::from_topology(&load_topology(path)?),
+            (None, None) => {
+                let default = Path::new("sites.example.yaml");
+                if !default.exists() {
+                    anyhow::bail!(failover_client::endpoints::NoEndpoints);
+                }
+                Endpoints::from_topology(&load_topology(default)?)
+            }
+        };
+        Ok(AdminClient::new(endpoints))
+    }
+}
+
+impl Cli {
+    /// Runs the chosen command.
+    pub async fn run(self) -> anyhow::Result<()> {
+        match self.command {
+            Command::Controller(args) => controller::run(args).await,
+            Command::Dev(args) => dev::run(args).await,
+            Command::Status(args) => status::run(args).await,
+            Command::Promote(args) => promote::run(args).await,
+            Command::History(args) => history::run(args).await,
+        }
+    }
+}
+
+/// Reads and validates a topology file.
+pub fn load_topology(path: &Path) -> anyhow::Result<Topology> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read topology file {}", path.display()))?;
+    Ok(Topology::from_yaml(&text, &path.display().to_string())?)
+}

@@ -1,0 +1,67 @@
+//! `failover promote SITE`: make a site active for a group.
+
+use clap::Args;
+use failover_proto::admin::PromoteRequest;
+
+use super::{ClusterArgs, Output};
+use crate::output;
+
+/// Arguments of `failover promote`.
+#[derive(Debug, Args)]
+pub struct PromoteArgs {
+    /// The site to make active.
+    pub site: String,
+    /// The failover group.
+    #[arg(long, default_value = "default")]
+    pub group: String,
+    /// Why; recorded in the history.
+    #[arg(long, default_value = "")]
+    pub reason: String,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    output: Output,
+}
+
+pub(crate) async fn run(args: PromoteArgs) -> anyhow::Result<()> {
+    let mut client = args.cluster.client()?;
+    let request = PromoteRequest {
+        group: args.group.clone(),
+        site: args.site.clone(),
+        reason: args.reason,
+        actor: actor(),
+    };
+    let response = client.promote(request).await?;
+    let group = response.group.clone().unwrap_or_default();
+    if args.output == Output::Json {
+        return output::print_json(&output::PromoteJson::from((&response, &group)));
+    }
+    if response.already_active {
+        println!(
+            "{} is already active for group {} (epoch {}); nothing changed",
+            group.active_site, group.name, group.epoch
+        );
+    } else {
+        println!(
+            "{} is now active for group {} at epoch {} ({} ms)",
+            group.active_site, group.name, group.epoch, response.elapsed_ms
+        );
+    }
+    Ok(())
+}
+
+/// `user@host` of whoever runs the command, for the history.
+fn actor() -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".to_owned());
+    let mut buffer = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at most that much.
+    let rc = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) };
+    let host = if rc == 0 {
+        let end = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
+        String::from_utf8_lossy(&buffer[..end]).into_owned()
+    } else {
+        "unknown-host".to_owned()
+    };
+    format!("{user}@{host}")
+}

@@ -1,0 +1,269 @@
+//! What commands print: aligned tables for people, JSON for scripts.
+//!
+//! The JSON shapes are a contract (scripts and the chaos harness parse them): keys are
+//! only ever added, never renamed.
+
+use std::fmt::Write as _;
+
+use failover_proto::admin::{GroupStatus, HistoryResponse, PromoteResponse, StatusResponse};
+use serde::Serialize;
+
+/// Prints a value as pretty JSON on stdout.
+pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// `failover status --output json`.
+#[derive(Debug, Serialize)]
+pub struct StatusJson {
+    /// Leader id, `null` when none is known.
+    pub leader: Option<u64>,
+    /// Current Raft term.
+    pub term: u64,
+    /// The controller that answered.
+    pub answered_by: u64,
+    /// Every controller of the topology.
+    pub controllers: Vec<ControllerJson>,
+    /// Every group.
+    pub groups: Vec<GroupJson>,
+}
+
+/// One controller in [`StatusJson`].
+#[derive(Debug, Serialize)]
+pub struct ControllerJson {
+    /// Raft node id.
+    pub id: u64,
+    /// Its site.
+    pub site: String,
+    /// Its gRPC address.
+    pub addr: String,
+    /// `leader`, `follower`, `unreachable` or `unknown`.
+    pub role: String,
+    /// Whether the leader hears from it.
+    pub reachable: bool,
+}
+
+/// One group in [`StatusJson`] and [`PromoteJson`].
+#[derive(Debug, Serialize)]
+pub struct GroupJson {
+    /// Group name.
+    pub name: String,
+    /// Active site.
+    pub active_site: String,
+    /// Current epoch.
+    pub epoch: u64,
+    /// `active` or `demoting`.
+    pub phase: String,
+    /// While demoting: the site being promoted.
+    pub promoting_to: Option<String>,
+}
+
+impl From<&GroupStatus> for GroupJson {
+    fn from(g: &GroupStatus) -> Self {
+        GroupJson {
+            name: g.name.clone(),
+            active_site: g.active_site.clone(),
+            epoch: g.epoch,
+            phase: g.phase.clone(),
+            promoting_to: (!g.promoting_to.is_empty()).then(|| g.promoting_to.clone()),
+        }
+    }
+}
+
+impl From<&StatusResponse> for StatusJson {
+    fn from(s: &StatusResponse) -> Self {
+        StatusJson {
+            leader: (s.leader != 0).then_some(s.leader),
+            term: s.term,
+            answered_by: s.answered_by,
+            controllers: s
+                .controllers
+                .iter()
+                .map(|c| ControllerJson {
+                    id: c.id,
+                    site: c.site.clone(),
+                    addr: c.addr.clone(),
+                    role: c.role.clone(),
+                    reachable: c.reachable,
+                })
+                .collect(),
+            groups: s.groups.iter().map(GroupJson::from).collect(),
+        }
+    }
+}
+
+/// `failover promote --output json`.
+#[derive(Debug, Serialize)]
+pub struct PromoteJson {
+    /// The group after the promotion.
+    pub group: GroupJson,
+    /// True when the site was already active.
+    pub already_active: bool,
+    /// Time the leader took, in milliseconds.
+    pub elapsed_ms: u64,
+}
+
+impl From<(&PromoteResponse, &GroupStatus)> for PromoteJson {
+    fn from((r, g): (&PromoteResponse, &GroupStatus)) -> Self {
+        PromoteJson {
+            group: GroupJson::from(g),
+            already_active: r.already_active,
+            elapsed_ms: r.elapsed_ms,
+        }
+    }
+}
+
+/// One history entry as JSON.
+#[derive(Debug, Serialize)]
+pub struct HistoryJson {
+    /// Group name.
+    pub group: String,
+    /// Epoch that began with the change.
+    pub epoch: u64,
+    /// Previous active site (`null` at creation).
+    pub from: Option<String>,
+    /// New active site.
+    pub to: String,
+    /// `created`, `promote`, ...
+    pub kind: String,
+    /// Who asked.
+    pub actor: String,
+    /// Why.
+    pub reason: String,
+    /// When it was requested (ms since the Unix epoch).
+    pub requested_at_unix_ms: u64,
+    /// When it completed (ms since the Unix epoch).
+    pub completed_at_unix_ms: u64,
+}
+
+/// `failover history --output json`: an array, oldest first.
+pub fn history_json(h: &HistoryResponse) -> Vec<HistoryJson> {
+    h.entries
+        .iter()
+        .map(|e| HistoryJson {
+            group: e.group.clone(),
+            epoch: e.epoch,
+            from: (!e.from.is_empty()).then(|| e.from.clone()),
+            to: e.to.clone(),
+            kind: e.kind.clone(),
+            actor: e.actor.clone(),
+            reason: e.reason.clone(),
+            requested_at_unix_ms: e.requested_at_unix_ms,
+            completed_at_unix_ms: e.completed_at_unix_ms,
+        })
+        .collect()
+}
+
+/// Renders rows as left-aligned columns separated by two spaces.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let mut text = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                text.push_str(cell);
+            } else {
+                let _ = write!(text, "{cell:<w$}  ");
+            }
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+/// The human form of `failover status`.
+pub fn status_table(s: &StatusResponse) -> String {
+    let leader = if s.leader == 0 {
+        "none elected".to_owned()
+    } else {
+        s.leader.to_string()
+    };
+    let mut out = format!("leader: {leader}   term: {}\n\n", s.term);
+    let controllers: Vec<Vec<String>> = s
+        .controllers
+        .iter()
+        .map(|c| {
+            vec![
+                c.id.to_string(),
+                c.site.clone(),
+                c.addr.clone(),
+                c.role.clone(),
+                if c.reachable { "yes" } else { "no" }.to_owned(),
+            ]
+        })
+        .collect();
+    out.push_str(&table(&["CONTROLLER", "SITE", "ADDRESS", "ROLE", "REACHABLE"], &controllers));
+    out.push('\n');
+    let groups: Vec<Vec<String>> = s
+        .groups
+        .iter()
+        .map(|g| {
+            let phase = if g.promoting_to.is_empty() {
+                g.phase.clone()
+            } else {
+                format!("{} -> {}", g.phase, g.promoting_to)
+            };
+            vec![g.name.clone(), g.active_site.clone(), g.epoch.to_string(), phase]
+        })
+        .collect();
+    out.push_str(&table(&["GROUP", "ACTIVE", "EPOCH", "PHASE"], &groups));
+    out
+}
+
+/// The human form of `failover history`.
+pub fn history_table(h: &HistoryResponse) -> String {
+    let rows: Vec<Vec<String>> = h
+        .entries
+        .iter()
+        .map(|e| {
+            vec![
+                e.group.clone(),
+                e.epoch.to_string(),
+                if e.from.is_empty() { "-".to_owned() } else { e.from.clone() },
+                e.to.clone(),
+                e.kind.clone(),
+                e.actor.clone(),
+                format_unix_ms(e.completed_at_unix_ms),
+                e.reason.clone(),
+            ]
+        })
+        .collect();
+    table(&["GROUP", "EPOCH", "FROM", "TO", "KIND", "ACTOR", "COMPLETED", "REASON"], &rows)
+}
+
+/// RFC 3339 in UTC with milliseconds.
+pub fn format_unix_ms(ms: u64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Dates render in UTC, including leap years.
+    #[test]
+    fn unix_ms_formats_as_utc() {
+        assert_eq!(format_unix_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(format_unix_ms(951_782_400_123), "2000-02-29T00:00:00.123Z");
+    }
+
+    /// Columns are padded to the widest cell.
+    #[test]
+    fn table_aligns_columns() {
+        let t = table(&["A", "B"], &[vec!["long".into(), "x".into()]]);
+        assert_eq!(t, "A     B\nlong  x\n");
+    }
+}

@@ -1,0 +1,143 @@
+//! The admin API, tolerant of controllers that are down.
+//!
+//! Each call goes to the controller that answered last, and on a transport failure to
+//! the next one, for at most `attempts` tries within `deadline`. Any controller can take
+//! any call: it forwards to the leader itself.
+
+use std::time::Duration;
+
+use failover_proto::admin::admin_service_client::AdminServiceClient;
+use failover_proto::admin::{
+    HistoryRequest, HistoryResponse, PromoteRequest, PromoteResponse, StatusRequest,
+    StatusResponse,
+};
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Code;
+
+use crate::endpoints::Endpoints;
+
+/// A call that did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// A controller answered with an error (unknown group, invalid site, ...).
+    #[error("{}", .0.message())]
+    Refused(tonic::Status),
+    /// No controller answered within the deadline.
+    #[error("no controller answered ({tried}): {last}")]
+    Unreachable {
+        /// The addresses tried.
+        tried: String,
+        /// The last transport error.
+        last: String,
+    },
+}
+
+impl ClientError {
+    /// The gRPC code of a refusal, `Unavailable` when nothing answered.
+    pub fn code(&self) -> Code {
+        match self {
+            ClientError::Refused(status) => status.code(),
+            ClientError::Unreachable { .. } => Code::Unavailable,
+        }
+    }
+}
+
+/// An admin client over a set of controllers.
+#[derive(Debug, Clone)]
+pub struct AdminClient {
+    endpoints: Endpoints,
+    preferred: usize,
+    /// Total time one call may take across every retry.
+    pub deadline: Duration,
+    /// Time one attempt at one controller may take.
+    pub attempt_timeout: Duration,
+}
+
+/// Whether a status means "try another controller" rather than "the answer is no".
+fn is_transient(status: &tonic::Status) -> bool {
+    matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled)
+}
+
+impl AdminClient {
+    /// A client that will try `endpoints` in order.
+    pub fn new(endpoints: Endpoints) -> Self {
+        AdminClient {
+            endpoints,
+            preferred: 0,
+            deadline: Duration::from_secs(10),
+            attempt_timeout: Duration::from_secs(2),
+        }
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, String> {
+        Ok(Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| e.to_string())?
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(self.attempt_timeout)
+            .connect_lazy())
+    }
+
+    async fn call<T, F, Fut>(&mut self, mut f: F) -> Result<T, ClientError>
+    where
+        F: FnMut(AdminServiceClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let addrs = self.endpoints.addrs().to_vec();
+        let started = Instant::now();
+        let mut last = String::from("not tried");
+        let mut attempt = 0usize;
+        while started.elapsed() < self.deadline {
+            let index = (self.preferred + attempt) % addrs.len();
+            let addr = &addrs[index];
+            attempt += 1;
+            match self.channel(addr) {
+                Ok(channel) => match f(AdminServiceClient::new(channel)).await {
+                    Ok(response) => {
+                        self.preferred = index;
+                        return Ok(response.into_inner());
+                    }
+                    Err(status) if is_transient(&status) => {
+                        last = format!("{addr}: {}", status.message());
+                    }
+                    Err(status) => return Err(ClientError::Refused(status)),
+                },
+                Err(e) => last = format!("{addr}: {e}"),
+            }
+            if attempt % addrs.len() == 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Err(ClientError::Unreachable {
+            tried: addrs.join(", "),
+            last,
+        })
+    }
+
+    /// Leader, term, controllers and groups.
+    pub async fn status(&mut self) -> Result<StatusResponse, ClientError> {
+        self.call(|mut c| async move { c.status(StatusRequest {}).await })
+            .await
+    }
+
+    /// Makes `site` active for `group`; returns once it is (or at once if it already was).
+    pub async fn promote(&mut self, request: PromoteRequest) -> Result<PromoteResponse, ClientError> {
+        self.call(|mut c| {
+            let request = request.clone();
+            async move { c.promote(request).await }
+        })
+        .await
+    }
+
+    /// Every change of active site, oldest first; `group` empty for all groups.
+    pub async fn history(&mut self, group: &str) -> Result<HistoryResponse, ClientError> {
+        let group = group.to_owned();
+        self.call(|mut c| {
+            let request = HistoryRequest {
+                group: group.clone(),
+            };
+            async move { c.history(request).await }
+        })
+        .await
+    }
+}
