@@ -23,6 +23,8 @@ pub struct StatusJson {
     pub term: u64,
     /// The controller that answered.
     pub answered_by: u64,
+    /// Whether the answer reflects every committed change (false: a possibly stale view).
+    pub consistent: bool,
     /// Every controller of the topology.
     pub controllers: Vec<ControllerJson>,
     /// Every group.
@@ -77,6 +79,7 @@ impl From<&StatusResponse> for StatusJson {
             leader: (s.leader != 0).then_some(s.leader),
             term: s.term,
             answered_by: s.answered_by,
+            consistent: s.consistent,
             controllers: s
                 .controllers
                 .iter()
@@ -190,7 +193,14 @@ pub fn status_table(s: &StatusResponse) -> String {
     } else {
         s.leader.to_string()
     };
-    let mut out = format!("leader: {leader}   term: {}\n\n", s.term);
+    let mut out = format!("leader: {leader}   term: {}\n", s.term);
+    if !s.consistent {
+        out.push_str(&format!(
+            "warning: controller {} could not confirm this with a quorum; it may be stale\n",
+            s.answered_by
+        ));
+    }
+    out.push('\n');
     let controllers: Vec<Vec<String>> = s
         .controllers
         .iter()

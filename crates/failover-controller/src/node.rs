@@ -142,6 +142,11 @@ async fn start_raft(
         election_timeout_max: timing.election_timeout_max_ms,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(1000),
         max_in_snapshot_log_to_keep: 200,
+        // The state machine and the committed index are not fsynced on apply, so a leader
+        // restored without an election could serve a linearizable read from a state that
+        // misses entries it had already acknowledged. An election (new term, blank entry)
+        // makes the restarted node learn the true commit index first.
+        enable_leader_restore: Some(false),
         ..Default::default()
     }
     .validate()

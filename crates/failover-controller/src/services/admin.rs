@@ -26,6 +26,8 @@ use crate::types::Applied;
 const FORWARDED: &str = "x-failover-forwarded";
 /// How long a promote waits for the new site to become active.
 const PROMOTE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a status waits for a quorum before answering from the local view.
+const STATUS_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Serves the admin API.
 pub struct AdminServer {
@@ -160,6 +162,20 @@ impl AdminServer {
             controllers,
             groups,
             answered_by: self.ctx.node_id,
+            consistent: false,
+        }
+    }
+
+    /// Confirms leadership with a quorum and waits until the state machine has applied
+    /// everything committed before this call, so the read that follows is linearizable.
+    async fn linearize(&self, timeout: Duration) -> Result<(), Status> {
+        let read = self.ctx.raft.ensure_linearizable(ReadPolicy::ReadIndex);
+        match tokio::time::timeout(timeout, read).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(Status::unavailable(format!("cannot confirm leadership: {e}"))),
+            Err(_) => Err(Status::unavailable(format!(
+                "no quorum confirmed leadership within {timeout:?}"
+            ))),
         }
     }
 
@@ -197,7 +213,10 @@ impl AdminService for AdminServer {
                 return Ok(response);
             }
         }
-        Ok(Response::new(self.local_status()))
+        let consistent = self.ctx.raft.is_leader() && self.linearize(STATUS_READ_TIMEOUT).await.is_ok();
+        let mut status = self.local_status();
+        status.consistent = consistent;
+        Ok(Response::new(status))
     }
 
     async fn promote(&self, request: Request<PromoteRequest>) -> Result<Response<PromoteResponse>, Status> {
@@ -246,11 +265,7 @@ impl AdminService for AdminServer {
         }
         let filter = request.into_inner().group;
         if self.ctx.raft.is_leader() {
-            self.ctx
-                .raft
-                .ensure_linearizable(ReadPolicy::ReadIndex)
-                .await
-                .map_err(|e| Status::unavailable(format!("cannot confirm leadership: {e}")))?;
+            self.linearize(PROMOTE_TIMEOUT).await?;
         }
         let state = self.ctx.view.read();
         if !filter.is_empty() {

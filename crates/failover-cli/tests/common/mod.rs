@@ -1,0 +1,190 @@
+//! A loopback cluster of real `failover controller` processes for integration tests.
+//!
+//! Ports come from the OS (bound to port 0, then released), data lives in a temp dir,
+//! and every process is killed when the [`Cluster`] is dropped, also when a test fails.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use failover_client::{AdminClient, Endpoints};
+use failover_proto::admin::StatusResponse;
+
+/// The `failover` binary under test.
+pub fn failover_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_failover")
+}
+
+/// `n` distinct ports the OS considers free right now.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("local addr").port())
+        .collect()
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One controller of the test topology.
+pub struct Node {
+    pub id: u64,
+    pub site: &'static str,
+    pub addr: String,
+    child: Option<Child>,
+}
+
+/// The example topology (site-a: 1, 2; site-b: 3, 4; witness: 5) on free ports.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub nodes: Vec<Node>,
+}
+
+const SITES: [(u64, &str); 5] = [(1, "site-a"), (2, "site-a"), (3, "site-b"), (4, "site-b"), (5, "witness")];
+
+impl Cluster {
+    /// Writes the topology; starts nothing.
+    pub fn new() -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ports = free_ports(SITES.len());
+        let nodes: Vec<Node> = SITES
+            .iter()
+            .zip(ports)
+            .map(|(&(id, site), port)| Node { id, site, addr: format!("127.0.0.1:{port}"), child: None })
+            .collect();
+        let config = dir.path().join("sites.yaml");
+        std::fs::write(&config, topology_yaml(&nodes)).expect("write topology");
+        Cluster { dir, config, nodes }
+    }
+
+    /// Starts every controller.
+    pub fn start_all(&mut self) {
+        for id in 1..=self.nodes.len() as u64 {
+            self.start(id);
+        }
+    }
+
+    /// Starts controller `id` (again) on its own data dir.
+    pub fn start(&mut self, id: u64) {
+        let data_dir = self.dir.path().join(format!("controller-{id}"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("controller-{id}.log")))
+            .expect("log file");
+        let node = self.node_mut(id);
+        assert!(node.child.is_none(), "controller {id} is already running");
+        let child = Command::new(failover_bin())
+            .args(["controller", "--node", &id.to_string(), "--config"])
+            .arg(self.config_path())
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn controller");
+        self.node_mut(id).child = Some(child);
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.config.clone()
+    }
+
+    /// SIGKILLs controller `id` and reaps it.
+    pub fn kill9(&mut self, id: u64) {
+        let mut child = self.node_mut(id).child.take().expect("controller is running");
+        child.kill().expect("kill -9");
+        child.wait().expect("reap");
+    }
+
+    /// SIGKILLs every running controller.
+    pub fn kill_all(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+
+    pub fn node_mut(&mut self, id: u64) -> &mut Node {
+        self.nodes.iter_mut().find(|n| n.id == id).expect("known controller")
+    }
+
+    /// A client that knows every controller.
+    pub fn client(&self) -> AdminClient {
+        let list: Vec<&str> = self.nodes.iter().map(|n| n.addr.as_str()).collect();
+        AdminClient::new(Endpoints::parse(&list.join(",")).expect("endpoints"))
+    }
+
+    /// A client that knows only controller `id`.
+    pub fn client_of(&self, id: u64) -> AdminClient {
+        let node = self.nodes.iter().find(|n| n.id == id).expect("known controller");
+        AdminClient::new(Endpoints::parse(&node.addr).expect("endpoint"))
+    }
+
+    /// Waits until a leader is known and every group exists; returns that status.
+    pub async fn wait_ready(&self, timeout: Duration) -> StatusResponse {
+        let client = self.client();
+        eventually("a leader and the default group", timeout, || {
+            let mut client = client.clone();
+            async move {
+                let status = client.status().await.ok()?;
+                (status.leader != 0 && status.consistent && !status.groups.is_empty()).then_some(status)
+            }
+        })
+        .await
+    }
+
+    /// The log of controller `id`, for failure messages.
+    pub fn log_of(&self, id: u64) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("controller-{id}.log"))).unwrap_or_default()
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.kill_all();
+        if std::env::var_os("FAILOVER_TEST_KEEP").is_some() {
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+            eprintln!("test data kept in {}", dir.keep().display());
+        }
+    }
+}
+
+fn topology_yaml(nodes: &[Node]) -> String {
+    let mut yaml = String::from("cluster_name: test\nsites:\n");
+    for site in ["site-a", "site-b", "witness"] {
+        yaml.push_str(&format!("  - name: {site}\n    controllers:\n"));
+        for n in nodes.iter().filter(|n| n.site == site) {
+            yaml.push_str(&format!("      - {{ id: {}, addr: \"{}\" }}\n", n.id, n.addr));
+        }
+    }
+    yaml.push_str("groups:\n  - name: default\n    sites: [site-a, site-b]\n");
+    yaml
+}
