@@ -214,7 +214,10 @@ pub fn status_table(s: &StatusResponse) -> String {
             ]
         })
         .collect();
-    out.push_str(&table(&["CONTROLLER", "SITE", "ADDRESS", "ROLE", "REACHABLE"], &controllers));
+    out.push_str(&table(
+        &["CONTROLLER", "SITE", "ADDRESS", "ROLE", "REACHABLE"],
+        &controllers,
+    ));
     out.push('\n');
     let groups: Vec<Vec<String>> = s
         .groups
@@ -225,7 +228,12 @@ pub fn status_table(s: &StatusResponse) -> String {
             } else {
                 format!("{} -> {}", g.phase, g.promoting_to)
             };
-            vec![g.name.clone(), g.active_site.clone(), g.epoch.to_string(), phase]
+            vec![
+                g.name.clone(),
+                g.active_site.clone(),
+                g.epoch.to_string(),
+                phase,
+            ]
         })
         .collect();
     out.push_str(&table(&["GROUP", "ACTIVE", "EPOCH", "PHASE"], &groups));
@@ -241,7 +249,11 @@ pub fn history_table(h: &HistoryResponse) -> String {
             vec![
                 e.group.clone(),
                 e.epoch.to_string(),
-                if e.from.is_empty() { "-".to_owned() } else { e.from.clone() },
+                if e.from.is_empty() {
+                    "-".to_owned()
+                } else {
+                    e.from.clone()
+                },
                 e.to.clone(),
                 e.kind.clone(),
                 e.actor.clone(),
@@ -250,7 +262,19 @@ pub fn history_table(h: &HistoryResponse) -> String {
             ]
         })
         .collect();
-    table(&["GROUP", "EPOCH", "FROM", "TO", "KIND", "ACTOR", "COMPLETED", "REASON"], &rows)
+    table(
+        &[
+            "GROUP",
+            "EPOCH",
+            "FROM",
+            "TO",
+            "KIND",
+            "ACTOR",
+            "COMPLETED",
+            "REASON",
+        ],
+        &rows,
+    )
 }
 
 /// RFC 3339 in UTC with milliseconds.

@@ -37,10 +37,20 @@ async fn promote_survives_leader_kill_and_full_restart() {
     cluster.start_all();
     let status = cluster.wait_ready(READY).await;
     let group = default_group(&status);
-    assert_eq!((group.active_site.as_str(), group.epoch, group.phase.as_str()), ("site-a", 1, "active"));
+    assert_eq!(
+        (
+            group.active_site.as_str(),
+            group.epoch,
+            group.phase.as_str()
+        ),
+        ("site-a", 1, "active")
+    );
 
     let mut client = cluster.client();
-    let promoted = client.promote(promote("site-b")).await.expect("promote site-b");
+    let promoted = client
+        .promote(promote("site-b"))
+        .await
+        .expect("promote site-b");
     let group = promoted.group.expect("group");
     assert!(!promoted.already_active);
     assert_eq!((group.active_site.as_str(), group.epoch), ("site-b", 2));
@@ -56,17 +66,34 @@ async fn promote_survives_leader_kill_and_full_restart() {
     })
     .await;
     let group = default_group(&status);
-    assert_eq!((group.active_site.as_str(), group.epoch), ("site-b", 2), "promotion survived the leader's death");
-    let dead = status.controllers.iter().find(|c| c.id == old_leader).expect("old leader listed");
-    assert!(!dead.reachable, "the killed controller is reported unreachable");
+    assert_eq!(
+        (group.active_site.as_str(), group.epoch),
+        ("site-b", 2),
+        "promotion survived the leader's death"
+    );
+    let dead = status
+        .controllers
+        .iter()
+        .find(|c| c.id == old_leader)
+        .expect("old leader listed");
+    assert!(
+        !dead.reachable,
+        "the killed controller is reported unreachable"
+    );
 
-    let back = client.promote(promote("site-a")).await.expect("promote site-a");
+    let back = client
+        .promote(promote("site-a"))
+        .await
+        .expect("promote site-a");
     let group = back.group.expect("group");
     assert_eq!((group.active_site.as_str(), group.epoch), ("site-a", 3));
     let history_before = client.history("default").await.expect("history").entries;
     assert_eq!(history_before.len(), 3, "created, promote, promote");
     assert_eq!(
-        history_before.iter().map(|e| (e.epoch, e.to.as_str())).collect::<Vec<_>>(),
+        history_before
+            .iter()
+            .map(|e| (e.epoch, e.to.as_str()))
+            .collect::<Vec<_>>(),
         [(1, "site-a"), (2, "site-b"), (3, "site-a")]
     );
 
@@ -75,10 +102,20 @@ async fn promote_survives_leader_kill_and_full_restart() {
     cluster.start_all();
     let status = cluster.wait_ready(READY).await;
     let group = default_group(&status);
-    assert_eq!((group.active_site.as_str(), group.epoch, group.phase.as_str()), ("site-a", 3, "active"));
+    assert_eq!(
+        (
+            group.active_site.as_str(),
+            group.epoch,
+            group.phase.as_str()
+        ),
+        ("site-a", 3, "active")
+    );
     let mut client = cluster.client();
     let history_after = client.history("default").await.expect("history").entries;
-    assert_eq!(history_after, history_before, "history is unchanged by a full restart");
+    assert_eq!(
+        history_after, history_before,
+        "history is unchanged by a full restart"
+    );
 }
 
 /// Any controller can take a promote: a follower forwards it to the leader.
@@ -87,11 +124,26 @@ async fn follower_forwards_promote_to_leader() {
     let mut cluster = Cluster::new();
     cluster.start_all();
     let status = cluster.wait_ready(READY).await;
-    let follower = status.controllers.iter().find(|c| c.id != status.leader).expect("a follower").id;
+    let follower = status
+        .controllers
+        .iter()
+        .find(|c| c.id != status.leader)
+        .expect("a follower")
+        .id;
     let mut client = cluster.client_of(follower);
-    let response = client.promote(promote("site-b")).await.expect("promote via follower");
+    let response = client
+        .promote(promote("site-b"))
+        .await
+        .expect("promote via follower");
     assert_eq!(response.group.expect("group").epoch, 2);
-    let again = client.promote(promote("site-b")).await.expect("promote again");
+    let again = client
+        .promote(promote("site-b"))
+        .await
+        .expect("promote again");
     assert!(again.already_active, "promoting the active site is a no-op");
-    assert_eq!(again.group.expect("group").epoch, 2, "a no-op does not bump the epoch");
+    assert_eq!(
+        again.group.expect("group").epoch,
+        2,
+        "a no-op does not bump the epoch"
+    );
 }

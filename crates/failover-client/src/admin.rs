@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use failover_proto::admin::admin_service_client::AdminServiceClient;
 use failover_proto::admin::{
-    HistoryRequest, HistoryResponse, PromoteRequest, PromoteResponse, StatusRequest,
-    StatusResponse,
+    HistoryRequest, HistoryResponse, PromoteRequest, PromoteResponse, StatusRequest, StatusResponse,
 };
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
@@ -56,7 +55,10 @@ pub struct AdminClient {
 
 /// Whether a status means "try another controller" rather than "the answer is no".
 fn is_transient(status: &tonic::Status) -> bool {
-    matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled)
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::Unknown | Code::Cancelled
+    )
 }
 
 impl AdminClient {
@@ -104,7 +106,7 @@ impl AdminClient {
                 },
                 Err(e) => last = format!("{addr}: {e}"),
             }
-            if attempt % addrs.len() == 0 {
+            if attempt.is_multiple_of(addrs.len()) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
@@ -121,7 +123,10 @@ impl AdminClient {
     }
 
     /// Makes `site` active for `group`; returns once it is (or at once if it already was).
-    pub async fn promote(&mut self, request: PromoteRequest) -> Result<PromoteResponse, ClientError> {
+    pub async fn promote(
+        &mut self,
+        request: PromoteRequest,
+    ) -> Result<PromoteResponse, ClientError> {
         self.call(|mut c| {
             let request = request.clone();
             async move { c.promote(request).await }

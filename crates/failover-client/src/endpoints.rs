@@ -28,7 +28,12 @@ impl Endpoints {
 
     /// Every controller of a topology.
     pub fn from_topology(topology: &Topology) -> Endpoints {
-        Endpoints(topology.controllers().map(|(_, c)| c.addr.clone()).collect())
+        Endpoints(
+            topology
+                .controllers()
+                .map(|(_, c)| c.addr.clone())
+                .collect(),
+        )
     }
 
     /// The addresses.

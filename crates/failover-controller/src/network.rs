@@ -10,9 +10,7 @@ use std::time::Duration;
 use failover_core::NodeId;
 use failover_proto::raft::raft_service_client::RaftServiceClient;
 use failover_proto::raft::RaftPayload;
-use openraft::errors::{
-    NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable,
-};
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
@@ -57,10 +55,12 @@ impl Default for TcpDialer {
 
 impl Dialer for TcpDialer {
     fn channel(&self, addr: &str) -> Result<Channel, DialError> {
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| DialError {
-                addr: addr.to_owned(),
-                reason: e.to_string(),
+        let endpoint =
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}")).map_err(|e| {
+                DialError {
+                    addr: addr.to_owned(),
+                    reason: e.to_string(),
+                }
             })?;
         Ok(endpoint
             .connect_timeout(self.connect_timeout)

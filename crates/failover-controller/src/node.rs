@@ -78,7 +78,10 @@ impl Controller {
             data_dir,
         } = options;
         if topology.controller(node_id).is_none() {
-            let known: Vec<String> = topology.controllers().map(|(_, c)| c.id.to_string()).collect();
+            let known: Vec<String> = topology
+                .controllers()
+                .map(|(_, c)| c.id.to_string())
+                .collect();
             return Err(ControllerError::NotInTopology(node_id, known.join(", ")));
         }
         let (log_store, state_machine) = store::open(&data_dir, node_id)?;
@@ -94,9 +97,10 @@ impl Controller {
             reconcile: Arc::new(Notify::new()),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(serve(ctx.clone(), incoming, shutdown_rx.clone())));
-        tasks.push(tokio::spawn(crate::reconcile::run(ctx.clone(), shutdown_rx)));
+        let tasks = vec![
+            tokio::spawn(serve(ctx.clone(), incoming, shutdown_rx.clone())),
+            tokio::spawn(crate::reconcile::run(ctx.clone(), shutdown_rx)),
+        ];
         form_cluster(&ctx).await?;
         Ok(Controller {
             ctx,
@@ -177,7 +181,14 @@ async fn form_cluster(ctx: &NodeContext) -> Result<(), ControllerError> {
     let members: BTreeMap<NodeId, BasicNode> = ctx
         .topology
         .controllers()
-        .map(|(_, c)| (c.id, BasicNode { addr: c.addr.clone() }))
+        .map(|(_, c)| {
+            (
+                c.id,
+                BasicNode {
+                    addr: c.addr.clone(),
+                },
+            )
+        })
         .collect();
     match ctx.raft.initialize(members).await {
         Ok(()) => Ok(()),

@@ -41,7 +41,9 @@ pub async fn step(ctx: &NodeContext) {
     for command in owed_commands(ctx) {
         let what = command.to_string();
         match propose(ctx, command).await {
-            Ok(group) => tracing::info!(%what, epoch = %group.epoch, active = %group.active_site, "committed"),
+            Ok(group) => {
+                tracing::info!(%what, epoch = %group.epoch, active = %group.active_site, "committed")
+            }
             Err(status) => tracing::warn!(%what, reason = %status.message(), "not committed"),
         }
     }

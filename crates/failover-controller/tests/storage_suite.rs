@@ -33,6 +33,9 @@ fn data_dir_of_another_controller_is_refused() {
     drop(store::open(dir.path(), 1).expect("open as 1"));
     let err = store::open(dir.path(), 2).expect_err("must refuse");
     let message = err.to_string();
-    assert!(message.contains("belongs to controller 1, not 2"), "{message}");
+    assert!(
+        message.contains("belongs to controller 1, not 2"),
+        "{message}"
+    );
     store::open(dir.path(), 1).expect("still opens as 1");
 }

@@ -66,13 +66,24 @@ impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Command::CreateGroup { group, sites, .. } => {
-                write!(f, "create group {group} at {}", sites.first().map_or("-", SiteId::as_str))
+                write!(
+                    f,
+                    "create group {group} at {}",
+                    sites.first().map_or("-", SiteId::as_str)
+                )
             }
-            Command::BeginPromotion { group, to, kind, .. } => {
+            Command::BeginPromotion {
+                group, to, kind, ..
+            } => {
                 write!(f, "begin {} of group {group} to {to}", kind.as_str())
             }
-            Command::CompletePromotion { group, from_epoch, .. } => {
-                write!(f, "complete promotion of group {group} from epoch {from_epoch}")
+            Command::CompletePromotion {
+                group, from_epoch, ..
+            } => {
+                write!(
+                    f,
+                    "complete promotion of group {group} from epoch {from_epoch}"
+                )
             }
         }
     }

@@ -122,15 +122,18 @@ impl Topology {
     /// Parses and validates a topology document. `file` only labels errors.
     pub fn from_yaml(text: &str, file: &str) -> Result<Topology, ConfigError> {
         let deserializer = serde_norway::Deserializer::from_str(text);
-        let topology: Topology =
-            serde_path_to_error::deserialize(deserializer).map_err(|e| {
-                let path = e.path().to_string();
-                ConfigError {
-                    file: file.to_owned(),
-                    path: if path.is_empty() { ".".to_owned() } else { path },
-                    reason: e.into_inner().to_string(),
-                }
-            })?;
+        let topology: Topology = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let path = e.path().to_string();
+            ConfigError {
+                file: file.to_owned(),
+                path: if path.is_empty() {
+                    ".".to_owned()
+                } else {
+                    path
+                },
+                reason: e.into_inner().to_string(),
+            }
+        })?;
         topology.validate().map_err(|(path, reason)| ConfigError {
             file: file.to_owned(),
             path,
@@ -197,7 +200,9 @@ impl Topology {
             return err("sites".into(), "at least one controller is required".into());
         }
         self.validate_groups(&site_names)?;
-        self.timing.validate().map_err(|(f, r)| (format!("timing.{f}"), r))
+        self.timing
+            .validate()
+            .map_err(|(f, r)| (format!("timing.{f}"), r))
     }
 
     fn validate_groups(&self, site_names: &BTreeSet<&SiteId>) -> Result<(), (String, String)> {

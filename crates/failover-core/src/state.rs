@@ -127,13 +127,16 @@ impl ClusterState {
                 at_unix_ms,
             } => {
                 let g = self.group_mut(group)?;
-                g.begin_promotion(to, PendingChange {
-                    to: to.clone(),
-                    kind: *kind,
-                    actor: actor.clone(),
-                    reason: reason.clone(),
-                    started_at_unix_ms: *at_unix_ms,
-                })
+                g.begin_promotion(
+                    to,
+                    PendingChange {
+                        to: to.clone(),
+                        kind: *kind,
+                        actor: actor.clone(),
+                        reason: reason.clone(),
+                        started_at_unix_ms: *at_unix_ms,
+                    },
+                )
             }
             Command::CompletePromotion {
                 group,
@@ -270,14 +273,37 @@ impl GroupState {
             self.active_site
         );
         if let Phase::Demoting(p) = &self.phase {
-            assert!(p.to != self.active_site, "{}: demoting to itself", self.name);
-            assert!(self.sites.contains(&p.to), "{}: pending site not eligible", self.name);
+            assert!(
+                p.to != self.active_site,
+                "{}: demoting to itself",
+                self.name
+            );
+            assert!(
+                self.sites.contains(&p.to),
+                "{}: pending site not eligible",
+                self.name
+            );
         }
-        let last = self.history.last().expect("a group always has its creation in history");
-        assert_eq!(last.epoch, self.epoch, "{}: history ends at the current epoch", self.name);
-        assert_eq!(last.to, self.active_site, "{}: history ends at the active site", self.name);
+        let last = self
+            .history
+            .last()
+            .expect("a group always has its creation in history");
+        assert_eq!(
+            last.epoch, self.epoch,
+            "{}: history ends at the current epoch",
+            self.name
+        );
+        assert_eq!(
+            last.to, self.active_site,
+            "{}: history ends at the active site",
+            self.name
+        );
         for pair in self.history.windows(2) {
-            assert!(pair[0].epoch < pair[1].epoch, "{}: history epochs increase", self.name);
+            assert!(
+                pair[0].epoch < pair[1].epoch,
+                "{}: history epochs increase",
+                self.name
+            );
             assert_eq!(
                 pair[1].from.as_ref(),
                 Some(&pair[0].to),

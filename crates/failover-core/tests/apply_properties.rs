@@ -20,7 +20,11 @@ fn command() -> impl Strategy<Value = Command> {
     prop_oneof![
         (group(), prop::collection::vec(site(), 0..4)).prop_map(|(group, mut sites)| {
             sites.dedup();
-            Command::CreateGroup { group, sites, at_unix_ms: 1 }
+            Command::CreateGroup {
+                group,
+                sites,
+                at_unix_ms: 1,
+            }
         }),
         (group(), site(), any::<u64>()).prop_map(|(group, to, at_unix_ms)| {
             Command::BeginPromotion {
@@ -33,7 +37,11 @@ fn command() -> impl Strategy<Value = Command> {
             }
         }),
         (group(), 0u64..6, any::<u64>()).prop_map(|(group, e, at_unix_ms)| {
-            Command::CompletePromotion { group, from_epoch: Epoch(e), at_unix_ms }
+            Command::CompletePromotion {
+                group,
+                from_epoch: Epoch(e),
+                at_unix_ms,
+            }
         }),
     ]
 }
@@ -114,14 +122,26 @@ fn promotion_moves_through_demoting_to_next_epoch() {
     assert_eq!(g.epoch, Epoch(1));
     let done = failover_core::promotion::completion(&g, 30).expect("demoting completes");
     let g = state.apply(&done).expect("complete");
-    assert_eq!((g.active_site.as_str(), g.epoch, g.phase.name()), ("site-b", Epoch(2), "active"));
+    assert_eq!(
+        (g.active_site.as_str(), g.epoch, g.phase.name()),
+        ("site-b", Epoch(2), "active")
+    );
     let last = g.history.last().expect("history");
     assert_eq!(last.from, Some(SiteId::from("site-a")));
-    assert_eq!((last.actor.as_str(), last.reason.as_str()), ("ops@host", "maintenance"));
-    assert_eq!((last.requested_at_unix_ms, last.completed_at_unix_ms), (20, 30));
+    assert_eq!(
+        (last.actor.as_str(), last.reason.as_str()),
+        ("ops@host", "maintenance")
+    );
+    assert_eq!(
+        (last.requested_at_unix_ms, last.completed_at_unix_ms),
+        (20, 30)
+    );
     // A stale completion for the old epoch is refused and changes nothing.
     let before = state.clone();
-    assert!(matches!(state.apply(&done), Err(Rejection::NoPendingPromotion { .. })));
+    assert!(matches!(
+        state.apply(&done),
+        Err(Rejection::NoPendingPromotion { .. })
+    ));
     assert_eq!(state, before);
 }
 
@@ -129,8 +149,14 @@ fn promotion_moves_through_demoting_to_next_epoch() {
 #[test]
 fn invalid_promotions_are_refused() {
     let mut state = created();
-    assert!(matches!(state.apply(&begin("site-a")), Err(Rejection::AlreadyActive { .. })));
-    assert!(matches!(state.apply(&begin("witness")), Err(Rejection::UnknownSite { .. })));
+    assert!(matches!(
+        state.apply(&begin("site-a")),
+        Err(Rejection::AlreadyActive { .. })
+    ));
+    assert!(matches!(
+        state.apply(&begin("witness")),
+        Err(Rejection::UnknownSite { .. })
+    ));
     state.apply(&begin("site-b")).expect("begin");
     assert!(matches!(
         state.apply(&begin("site-b")),

@@ -9,6 +9,7 @@ use failover_controller::{Controller, ControllerOptions, SystemClock, TcpDialer}
 use failover_core::NodeId;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
 
 /// Arguments of `failover controller`.
 #[derive(Debug, Args)]
@@ -29,7 +30,13 @@ pub(crate) async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let (site, me) = topology
         .controller(args.node)
         .map(|(site, c)| (site.clone(), c.clone()))
-        .with_context(|| format!("controller {} is not in {}", args.node, args.config.display()))?;
+        .with_context(|| {
+            format!(
+                "controller {} is not in {}",
+                args.node,
+                args.config.display()
+            )
+        })?;
     let listener = tokio::net::TcpListener::bind(&me.addr)
         .await
         .with_context(|| format!("cannot listen on {}", me.addr))?;
@@ -38,9 +45,13 @@ pub(crate) async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         node_id: args.node,
         data_dir: args.data_dir,
     };
+    // Replies are small and latency-bound: without TCP_NODELAY each one can wait out a
+    // delayed ACK (40 ms on Linux).
+    let incoming = TcpListenerStream::new(listener)
+        .map(|stream| stream.and_then(|s| s.set_nodelay(true).map(|()| s)));
     let controller = Controller::start(
         options,
-        TcpListenerStream::new(listener),
+        incoming,
         Arc::new(TcpDialer::default()),
         Arc::new(SystemClock),
     )

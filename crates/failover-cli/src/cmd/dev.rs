@@ -72,7 +72,10 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     for (site, c) in topology.controllers() {
         println!("  controller {} ({site}): {}", c.id, c.addr);
     }
-    let endpoints: Vec<&str> = topology.controllers().map(|(_, c)| c.addr.as_str()).collect();
+    let endpoints: Vec<&str> = topology
+        .controllers()
+        .map(|(_, c)| c.addr.as_str())
+        .collect();
     println!("\n  export FAILOVER_ENDPOINTS={}", endpoints.join(","));
     println!("  logs and data: {}\n", args.data_dir.display());
     print!("{}", output::status_table(&status));
@@ -83,7 +86,11 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn spawn_controllers(topology: &Topology, config: &Path, data_dir: &Path) -> anyhow::Result<Children> {
+fn spawn_controllers(
+    topology: &Topology,
+    config: &Path,
+    data_dir: &Path,
+) -> anyhow::Result<Children> {
     let exe = std::env::current_exe().context("cannot find the failover executable")?;
     let mut children = Children(Vec::new());
     for (_, c) in topology.controllers() {
@@ -140,7 +147,9 @@ async fn wait_until_ready(
         }
         for (id, child) in &mut children.0 {
             if let Ok(Some(exit)) = child.try_wait() {
-                anyhow::bail!("controller {id} exited during start-up ({exit}); see its log in the data dir");
+                anyhow::bail!(
+                    "controller {id} exited during start-up ({exit}); see its log in the data dir"
+                );
             }
         }
         if Instant::now() > deadline {

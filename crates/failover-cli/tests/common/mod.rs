@@ -39,7 +39,10 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -59,7 +62,13 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
 }
 
-const SITES: [(u64, &str); 5] = [(1, "site-a"), (2, "site-a"), (3, "site-b"), (4, "site-b"), (5, "witness")];
+const SITES: [(u64, &str); 5] = [
+    (1, "site-a"),
+    (2, "site-a"),
+    (3, "site-b"),
+    (4, "site-b"),
+    (5, "witness"),
+];
 
 impl Cluster {
     /// Writes the topology; starts nothing.
@@ -69,7 +78,12 @@ impl Cluster {
         let nodes: Vec<Node> = SITES
             .iter()
             .zip(ports)
-            .map(|(&(id, site), port)| Node { id, site, addr: format!("127.0.0.1:{port}"), child: None })
+            .map(|(&(id, site), port)| Node {
+                id,
+                site,
+                addr: format!("127.0.0.1:{port}"),
+                child: None,
+            })
             .collect();
         let config = dir.path().join("sites.yaml");
         std::fs::write(&config, topology_yaml(&nodes)).expect("write topology");
@@ -113,7 +127,11 @@ impl Cluster {
 
     /// SIGKILLs controller `id` and reaps it.
     pub fn kill9(&mut self, id: u64) {
-        let mut child = self.node_mut(id).child.take().expect("controller is running");
+        let mut child = self
+            .node_mut(id)
+            .child
+            .take()
+            .expect("controller is running");
         child.kill().expect("kill -9");
         child.wait().expect("reap");
     }
@@ -129,7 +147,10 @@ impl Cluster {
     }
 
     pub fn node_mut(&mut self, id: u64) -> &mut Node {
-        self.nodes.iter_mut().find(|n| n.id == id).expect("known controller")
+        self.nodes
+            .iter_mut()
+            .find(|n| n.id == id)
+            .expect("known controller")
     }
 
     /// A client that knows every controller.
@@ -140,7 +161,11 @@ impl Cluster {
 
     /// A client that knows only controller `id`.
     pub fn client_of(&self, id: u64) -> AdminClient {
-        let node = self.nodes.iter().find(|n| n.id == id).expect("known controller");
+        let node = self
+            .nodes
+            .iter()
+            .find(|n| n.id == id)
+            .expect("known controller");
         AdminClient::new(Endpoints::parse(&node.addr).expect("endpoint"))
     }
 
@@ -151,7 +176,8 @@ impl Cluster {
             let mut client = client.clone();
             async move {
                 let status = client.status().await.ok()?;
-                (status.leader != 0 && status.consistent && !status.groups.is_empty()).then_some(status)
+                (status.leader != 0 && status.consistent && !status.groups.is_empty())
+                    .then_some(status)
             }
         })
         .await
@@ -159,7 +185,8 @@ impl Cluster {
 
     /// The log of controller `id`, for failure messages.
     pub fn log_of(&self, id: u64) -> String {
-        std::fs::read_to_string(self.dir.path().join(format!("controller-{id}.log"))).unwrap_or_default()
+        std::fs::read_to_string(self.dir.path().join(format!("controller-{id}.log")))
+            .unwrap_or_default()
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -182,7 +209,10 @@ fn topology_yaml(nodes: &[Node]) -> String {
     for site in ["site-a", "site-b", "witness"] {
         yaml.push_str(&format!("  - name: {site}\n    controllers:\n"));
         for n in nodes.iter().filter(|n| n.site == site) {
-            yaml.push_str(&format!("      - {{ id: {}, addr: \"{}\" }}\n", n.id, n.addr));
+            yaml.push_str(&format!(
+                "      - {{ id: {}, addr: \"{}\" }}\n",
+                n.id, n.addr
+            ));
         }
     }
     yaml.push_str("groups:\n  - name: default\n    sites: [site-a, site-b]\n");

@@ -12,8 +12,8 @@ use failover_core::{ChangeKind, Command, GroupName, GroupState, Phase, Rejection
 use failover_proto::admin::admin_service_client::AdminServiceClient;
 use failover_proto::admin::admin_service_server::AdminService;
 use failover_proto::admin::{
-    ControllerStatus, GroupStatus, HistoryEntry, HistoryRequest, HistoryResponse,
-    PromoteRequest, PromoteResponse, StatusRequest, StatusResponse,
+    ControllerStatus, GroupStatus, HistoryEntry, HistoryRequest, HistoryResponse, PromoteRequest,
+    PromoteResponse, StatusRequest, StatusResponse,
 };
 use openraft::errors::{ClientWriteError, RaftError};
 use openraft::{Instant as _, ReadPolicy};
@@ -50,7 +50,9 @@ impl AdminServer {
             return Ok(None);
         }
         let Some((_, addr)) = self.ctx.leader() else {
-            return Err(Status::unavailable("no leader is elected yet; retry shortly"));
+            return Err(Status::unavailable(
+                "no leader is elected yet; retry shortly",
+            ));
         };
         let channel = self
             .ctx
@@ -76,7 +78,10 @@ pub fn group_status(group: &GroupState) -> GroupStatus {
         active_site: group.active_site.to_string(),
         epoch: group.epoch.0,
         phase: group.phase.name().to_owned(),
-        promoting_to: group.pending().map(|p| p.to.to_string()).unwrap_or_default(),
+        promoting_to: group
+            .pending()
+            .map(|p| p.to.to_string())
+            .unwrap_or_default(),
         sites: group.sites.iter().map(ToString::to_string).collect(),
     }
 }
@@ -86,9 +91,7 @@ pub fn rejection_status(rejection: &Rejection) -> Status {
     let message = rejection.to_string();
     match rejection {
         Rejection::UnknownGroup(_) => Status::not_found(message),
-        Rejection::UnknownSite { .. } | Rejection::NoSites(_) => {
-            Status::invalid_argument(message)
-        }
+        Rejection::UnknownSite { .. } | Rejection::NoSites(_) => Status::invalid_argument(message),
         Rejection::AlreadyActive { .. } | Rejection::GroupExists(_) => {
             Status::already_exists(message)
         }
@@ -106,9 +109,9 @@ pub async fn propose(ctx: &NodeContext, command: Command) -> Result<GroupState, 
             Applied(Some(Err(rejection))) => Err(rejection_status(&rejection)),
             Applied(None) => Err(Status::internal("a command applied without a result")),
         },
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(
-            Status::unavailable("this controller stopped being leader; retry"),
-        ),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(Status::unavailable(
+            "this controller stopped being leader; retry",
+        )),
         Err(e) => Err(Status::unavailable(format!("cannot commit: {e}"))),
     }
 }
@@ -117,7 +120,8 @@ impl AdminServer {
     fn local_status(&self) -> StatusResponse {
         let metrics = self.ctx.metrics();
         let leader = metrics.current_leader.unwrap_or(0);
-        let reachable_within = Duration::from_millis(self.ctx.topology.timing.election_timeout_max_ms);
+        let reachable_within =
+            Duration::from_millis(self.ctx.topology.timing.election_timeout_max_ms);
         let controllers = self
             .ctx
             .topology
@@ -133,13 +137,16 @@ impl AdminServer {
                     .and_then(|r| r.get(&c.id).cloned().flatten())
                     .map_or(0, |id| id.index);
                 let is_self = c.id == self.ctx.node_id;
-                let reachable = is_self
-                    || acked.is_some_and(|at| at.elapsed() <= reachable_within);
+                let reachable = is_self || acked.is_some_and(|at| at.elapsed() <= reachable_within);
                 let role = if c.id == leader {
                     "leader"
                 } else if metrics.heartbeat.is_none() {
                     // Not the leader: this controller cannot see the others' health.
-                    if is_self { "follower" } else { "unknown" }
+                    if is_self {
+                        "follower"
+                    } else {
+                        "unknown"
+                    }
                 } else if reachable {
                     "follower"
                 } else {
@@ -155,7 +162,14 @@ impl AdminServer {
                 }
             })
             .collect();
-        let groups = self.ctx.view.read().groups.values().map(group_status).collect();
+        let groups = self
+            .ctx
+            .view
+            .read()
+            .groups
+            .values()
+            .map(group_status)
+            .collect();
         StatusResponse {
             leader,
             term: metrics.current_term,
@@ -172,14 +186,21 @@ impl AdminServer {
         let read = self.ctx.raft.ensure_linearizable(ReadPolicy::ReadIndex);
         match tokio::time::timeout(timeout, read).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(Status::unavailable(format!("cannot confirm leadership: {e}"))),
+            Ok(Err(e)) => Err(Status::unavailable(format!(
+                "cannot confirm leadership: {e}"
+            ))),
             Err(_) => Err(Status::unavailable(format!(
                 "no quorum confirmed leadership within {timeout:?}"
             ))),
         }
     }
 
-    async fn wait_for_active(&self, group: &GroupName, site: &SiteId, from_epoch: failover_core::Epoch) -> Result<GroupState, Status> {
+    async fn wait_for_active(
+        &self,
+        group: &GroupName,
+        site: &SiteId,
+        from_epoch: failover_core::Epoch,
+    ) -> Result<GroupState, Status> {
         let mut changes = self.ctx.view.subscribe();
         let wait = async {
             loop {
@@ -201,25 +222,36 @@ impl AdminServer {
         };
         tokio::time::timeout(PROMOTE_TIMEOUT, wait)
             .await
-            .map_err(|_| Status::deadline_exceeded(format!("{site} did not become active for {group} within {PROMOTE_TIMEOUT:?}")))?
+            .map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "{site} did not become active for {group} within {PROMOTE_TIMEOUT:?}"
+                ))
+            })?
     }
 }
 
 #[tonic::async_trait]
 impl AdminService for AdminServer {
-    async fn status(&self, request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+    async fn status(
+        &self,
+        request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
         if let Ok(Some(mut leader)) = self.forward_target(&request) {
             if let Ok(response) = leader.status(forwarded(StatusRequest {})).await {
                 return Ok(response);
             }
         }
-        let consistent = self.ctx.raft.is_leader() && self.linearize(STATUS_READ_TIMEOUT).await.is_ok();
+        let consistent =
+            self.ctx.raft.is_leader() && self.linearize(STATUS_READ_TIMEOUT).await.is_ok();
         let mut status = self.local_status();
         status.consistent = consistent;
         Ok(Response::new(status))
     }
 
-    async fn promote(&self, request: Request<PromoteRequest>) -> Result<Response<PromoteResponse>, Status> {
+    async fn promote(
+        &self,
+        request: Request<PromoteRequest>,
+    ) -> Result<Response<PromoteResponse>, Status> {
         if let Some(mut leader) = self.forward_target(&request)? {
             return leader.promote(forwarded(request.into_inner())).await;
         }
@@ -259,7 +291,10 @@ impl AdminService for AdminServer {
         }))
     }
 
-    async fn history(&self, request: Request<HistoryRequest>) -> Result<Response<HistoryResponse>, Status> {
+    async fn history(
+        &self,
+        request: Request<HistoryRequest>,
+    ) -> Result<Response<HistoryResponse>, Status> {
         if let Some(mut leader) = self.forward_target(&request)? {
             return leader.history(forwarded(request.into_inner())).await;
         }
@@ -269,7 +304,9 @@ impl AdminService for AdminServer {
         }
         let state = self.ctx.view.read();
         if !filter.is_empty() {
-            state.group(&GroupName(filter.clone())).map_err(|r| rejection_status(&r))?;
+            state
+                .group(&GroupName(filter.clone()))
+                .map_err(|r| rejection_status(&r))?;
         }
         let mut entries: Vec<HistoryEntry> = state
             .groups
@@ -293,4 +330,3 @@ impl AdminService for AdminServer {
         Ok(Response::new(HistoryResponse { entries }))
     }
 }
-

@@ -100,7 +100,7 @@ impl RaftLogStorage<TypeConfig> for SledLogStore {
         let last_purged: Option<LogId> = self.get_json(LAST_PURGED)?;
         let last = match self.log.last().map_err(io_err)? {
             Some((key, raw)) => Some(decode_entry(&key, &raw)?.log_id()),
-            None => last_purged.clone(),
+            None => last_purged,
         };
         Ok(LogState {
             last_purged_log_id: last_purged,
@@ -125,7 +125,11 @@ impl RaftLogStorage<TypeConfig> for SledLogStore {
         Ok(self.get_json::<Option<LogId>>(COMMITTED)?.flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
     {
@@ -135,7 +139,10 @@ impl RaftLogStorage<TypeConfig> for SledLogStore {
         }
         self.log.apply_batch(batch).map_err(io_err)?;
         let flushed = self.flush().await;
-        let reported = flushed.as_ref().map(|_| ()).map_err(|e| io::Error::new(e.kind(), e.to_string()));
+        let reported = flushed
+            .as_ref()
+            .map(|_| ())
+            .map_err(|e| io::Error::new(e.kind(), e.to_string()));
         callback.io_completed(reported);
         flushed
     }

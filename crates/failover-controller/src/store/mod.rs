@@ -55,10 +55,7 @@ pub fn open(dir: &Path, node_id: NodeId) -> Result<(SledLogStore, SledStateMachi
         dir: shown.clone(),
         source,
     };
-    let db = sled::Config::new()
-        .path(dir)
-        .open()
-        .map_err(sled_err)?;
+    let db = sled::Config::new().path(dir).open().map_err(sled_err)?;
     let meta = db.open_tree("meta").map_err(sled_err)?;
     match meta.get("node_id").map_err(sled_err)? {
         Some(raw) => {
@@ -81,10 +78,8 @@ pub fn open(dir: &Path, node_id: NodeId) -> Result<(SledLogStore, SledStateMachi
         }
     }
     let log = SledLogStore::new(db.clone()).map_err(sled_err)?;
-    let sm = SledStateMachine::open(db).map_err(|source| OpenError::Damaged {
-        dir: shown,
-        source,
-    })?;
+    let sm =
+        SledStateMachine::open(db).map_err(|source| OpenError::Damaged { dir: shown, source })?;
     Ok((log, sm))
 }
 
@@ -98,7 +93,10 @@ fn io_err(e: sled::Error) -> io::Error {
 
 fn decode<T: serde::de::DeserializeOwned>(raw: &[u8], what: &str) -> Result<T, io::Error> {
     serde_json::from_slice(raw).map_err(|e| {
-        io::Error::new(io::ErrorKind::InvalidData, format!("cannot decode {what}: {e}"))
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("cannot decode {what}: {e}"),
+        )
     })
 }
 

@@ -51,7 +51,9 @@ impl StateView {
 
     /// Read access to the applied state. Hold it briefly: apply waits for it.
     pub fn read(&self) -> RwLockReadGuard<'_, ClusterState> {
-        self.state.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// A receiver that changes whenever applied state changes.
@@ -111,7 +113,7 @@ impl RaftStateMachine<TypeConfig> for SledStateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
-        Ok((self.applied.last_applied.clone(), self.applied.membership.clone()))
+        Ok((self.applied.last_applied, self.applied.membership.clone()))
     }
 
     async fn apply<S>(&mut self, mut entries: S) -> Result<(), io::Error>
@@ -120,13 +122,12 @@ impl RaftStateMachine<TypeConfig> for SledStateMachine {
     {
         let mut responses = Vec::new();
         while let Some((entry, responder)) = entries.try_next().await? {
-            self.applied.last_applied = Some(entry.log_id.clone());
+            self.applied.last_applied = Some(entry.log_id);
             let applied = match entry.payload {
                 EntryPayload::Blank => Applied(None),
                 EntryPayload::Normal(command) => Applied(Some(self.applied.state.apply(&command))),
                 EntryPayload::Membership(membership) => {
-                    self.applied.membership =
-                        StoredMembership::new(Some(entry.log_id.clone()), membership);
+                    self.applied.membership = StoredMembership::new(Some(entry.log_id), membership);
                     Applied(None)
                 }
             };
@@ -150,18 +151,24 @@ impl RaftStateMachine<TypeConfig> for SledStateMachine {
         }
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, data: Vec<u8>) -> Result<(), io::Error> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        data: Vec<u8>,
+    ) -> Result<(), io::Error> {
         let mut applied: AppliedState = decode(&data, "received snapshot")?;
         for group in applied.state.groups.values() {
             group.assert_invariants();
         }
-        applied.last_applied = meta.last_log_id.clone();
+        applied.last_applied = meta.last_log_id;
         applied.membership = meta.last_membership.clone();
         let stored = StoredSnapshot {
             meta: meta.clone(),
             data,
         };
-        self.tree.insert(SNAPSHOT, encode(&stored)?).map_err(io_err)?;
+        self.tree
+            .insert(SNAPSHOT, encode(&stored)?)
+            .map_err(io_err)?;
         self.applied = applied;
         self.persist_applied()?;
         self.db.flush_async().await.map_err(io_err)?;
@@ -198,14 +205,16 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         let data = encode(&self.captured)?;
         let meta = SnapshotMeta {
-            last_log_id: self.captured.last_applied.clone(),
+            last_log_id: self.captured.last_applied,
             last_membership: self.captured.membership.clone(),
         };
         let stored = StoredSnapshot {
             meta: meta.clone(),
             data: data.clone(),
         };
-        self.tree.insert(SNAPSHOT, encode(&stored)?).map_err(io_err)?;
+        self.tree
+            .insert(SNAPSHOT, encode(&stored)?)
+            .map_err(io_err)?;
         self.db.flush_async().await.map_err(io_err)?;
         Ok(Snapshot {
             meta,

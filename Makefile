@@ -1,0 +1,30 @@
+# Entry points for people and CI. Every target works on a fresh machine with the Rust
+# toolchain; what else a target needs, it installs itself.
+
+CARGO ?= cargo
+
+.PHONY: build test dev lint bench clean
+
+build:
+	$(CARGO) build --workspace --release
+
+# The whole test suite: unit, property, storage-suite and multi-process tests.
+test:
+	$(CARGO) nextest run --workspace --no-fail-fast
+
+# Starts the example topology (5 controllers on loopback) and waits for Ctrl-C.
+dev:
+	$(CARGO) build --release -p failover-cli
+	./target/release/failover dev --config sites.example.yaml --data-dir .dev-data
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Measurements written to docs/benchmarks.md.
+bench:
+	$(CARGO) build --release -p failover-cli
+	python3 scripts/bench-controller.py
+
+clean:
+	rm -rf .dev-data target

@@ -1,0 +1,19 @@
+"""Replaces one section of docs/benchmarks.md (between its markers), keeping the others."""
+import pathlib
+
+HEADER = "# Benchmarks\n\nReproduce everything with `make bench`. Each section names its own command.\n"
+
+
+def write_section(name: str, body: str) -> None:
+    path = pathlib.Path("docs/benchmarks.md")
+    text = path.read_text() if path.exists() else HEADER
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    section = f"{begin}\n{body.strip()}\n{end}"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        text = head + section + tail
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    path.write_text(text)
+    print(section)
