@@ -10,11 +10,14 @@ use failover_proto::admin::admin_service_client::AdminServiceClient;
 use failover_proto::admin::{
     HistoryRequest, HistoryResponse, PromoteRequest, PromoteResponse, StatusRequest, StatusResponse,
 };
+use std::sync::Arc;
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+
+use tonic::transport::Channel;
 use tonic::Code;
 
 use crate::endpoints::Endpoints;
+use crate::transport::{Dialer, TcpDialer};
 
 /// A call that did not succeed.
 #[derive(Debug, thiserror::Error)]
@@ -43,9 +46,10 @@ impl ClientError {
 }
 
 /// An admin client over a set of controllers.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AdminClient {
     endpoints: Endpoints,
+    dialer: Arc<dyn Dialer>,
     preferred: usize,
     /// Total time one call may take across every retry.
     pub deadline: Duration,
@@ -62,10 +66,16 @@ fn is_transient(status: &tonic::Status) -> bool {
 }
 
 impl AdminClient {
-    /// A client that will try `endpoints` in order.
+    /// A client that will try `endpoints` in order, over TCP.
     pub fn new(endpoints: Endpoints) -> Self {
+        Self::with_dialer(endpoints, Arc::new(TcpDialer::default()))
+    }
+
+    /// A client that reaches controllers through `dialer`.
+    pub fn with_dialer(endpoints: Endpoints, dialer: Arc<dyn Dialer>) -> Self {
         AdminClient {
             endpoints,
+            dialer,
             preferred: 0,
             deadline: Duration::from_secs(10),
             attempt_timeout: Duration::from_secs(2),
@@ -73,11 +83,7 @@ impl AdminClient {
     }
 
     fn channel(&self, addr: &str) -> Result<Channel, String> {
-        Ok(Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| e.to_string())?
-            .connect_timeout(Duration::from_millis(500))
-            .timeout(self.attempt_timeout)
-            .connect_lazy())
+        self.dialer.channel(addr).map_err(|e| e.to_string())
     }
 
     async fn call<T, F, Fut>(&mut self, mut f: F) -> Result<T, ClientError>
@@ -94,7 +100,13 @@ impl AdminClient {
             let addr = &addrs[index];
             attempt += 1;
             match self.channel(addr) {
-                Ok(channel) => match f(AdminServiceClient::new(channel)).await {
+                Ok(channel) => match tokio::time::timeout(
+                    self.attempt_timeout,
+                    f(AdminServiceClient::new(channel)),
+                )
+                .await
+                .unwrap_or_else(|_| Err(tonic::Status::unavailable("attempt timed out")))
+                {
                     Ok(response) => {
                         self.preferred = index;
                         return Ok(response.into_inner());

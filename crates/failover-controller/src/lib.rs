@@ -23,5 +23,5 @@ pub mod store;
 pub mod types;
 
 pub use clock::{Clock, SystemClock};
-pub use network::{Dialer, TcpDialer};
+pub use failover_client::{Dialer, TcpDialer};
 pub use node::{Controller, ControllerError, ControllerOptions};

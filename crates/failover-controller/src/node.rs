@@ -16,12 +16,13 @@ use tokio::task::JoinHandle;
 use tonic::transport::server::Connected;
 
 use crate::clock::Clock;
-use crate::network::{Dialer, RaftNetwork};
+use crate::network::RaftNetwork;
 use crate::services::admin::AdminServer;
 use crate::services::raft::RaftServer;
 use crate::services::NodeContext;
 use crate::store::{self, OpenError, StateView};
 use crate::types::Raft;
+use failover_client::Dialer;
 
 /// Largest gRPC message a controller accepts (snapshots travel in one message).
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;

@@ -9,9 +9,9 @@ use failover_core::{NodeId, Topology};
 use tokio::sync::Notify;
 
 use crate::clock::Clock;
-use crate::network::Dialer;
 use crate::store::StateView;
 use crate::types::Raft;
+use failover_client::Dialer;
 
 /// What every service of one controller shares.
 pub struct NodeContext {
