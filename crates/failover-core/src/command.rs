@@ -8,7 +8,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{Epoch, GroupName, SiteId};
-use crate::state::{ChangeKind, GroupState};
+use crate::lease::{Lease, LeaseId};
+use crate::state::{ChangeKind, GroupSummary};
 
 /// One replicated state change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +50,34 @@ pub enum Command {
         /// When the leader proposed it (wall clock, for history only).
         at_unix_ms: u64,
     },
+    /// Grants a lease on the group to a holder at its active site. Refused unless the site
+    /// is active and no promotion is under way. Replaces the holder's previous lease in the
+    /// group, if any: every grant carries a new fencing token.
+    Grant {
+        /// The group.
+        group: GroupName,
+        /// The holder's site.
+        site: SiteId,
+        /// The holder (an engine instance id).
+        holder: String,
+        /// How long the lease lasts without renewal.
+        ttl_ms: u64,
+    },
+    /// Ends a lease at its holder's request.
+    Release {
+        /// The group.
+        group: GroupName,
+        /// The lease.
+        lease: LeaseId,
+    },
+    /// Drops leases that the leader has seen go unrenewed past their TTL plus the drift
+    /// bound (their holders stopped by their own deadline before that).
+    Expire {
+        /// The group.
+        group: GroupName,
+        /// The leases to drop; ones already gone are skipped.
+        leases: Vec<LeaseId>,
+    },
 }
 
 impl Command {
@@ -57,7 +86,10 @@ impl Command {
         match self {
             Command::CreateGroup { group, .. }
             | Command::BeginPromotion { group, .. }
-            | Command::CompletePromotion { group, .. } => group,
+            | Command::CompletePromotion { group, .. }
+            | Command::Grant { group, .. }
+            | Command::Release { group, .. }
+            | Command::Expire { group, .. } => group,
         }
     }
 }
@@ -84,6 +116,18 @@ impl fmt::Display for Command {
                     f,
                     "complete promotion of group {group} from epoch {from_epoch}"
                 )
+            }
+            Command::Grant {
+                group,
+                site,
+                holder,
+                ..
+            } => write!(f, "grant group {group} to {holder} at {site}"),
+            Command::Release { group, lease } => {
+                write!(f, "release lease {lease} of group {group}")
+            }
+            Command::Expire { group, leases } => {
+                write!(f, "expire {} leases of group {group}", leases.len())
             }
         }
     }
@@ -139,7 +183,50 @@ pub enum Rejection {
     /// A group was declared with no eligible site.
     #[error("group `{0}` has no eligible site")]
     NoSites(GroupName),
+    /// A grant for a site that is not (or no longer) active: the holder stays standby.
+    #[error("site `{site}` is standby for group `{group}`: `{active_site}` is active at epoch {epoch}{}", if *.demoting { " and being demoted" } else { "" })]
+    Standby {
+        /// The group asked about.
+        group: GroupName,
+        /// The site that asked.
+        site: SiteId,
+        /// The active site.
+        active_site: SiteId,
+        /// The current epoch.
+        epoch: Epoch,
+        /// Whether a promotion is under way (then even the active site is refused).
+        demoting: bool,
+    },
+    /// The lease does not exist in the group (released, expired, or ended by a promotion).
+    #[error("lease {lease} of group `{group}` does not exist (released, expired, or ended by a promotion)")]
+    UnknownLease {
+        /// The group asked about.
+        group: GroupName,
+        /// The lease.
+        lease: LeaseId,
+    },
+    /// The group holds as many leases as it may.
+    #[error("group `{group}` already holds {limit} leases")]
+    TooManyLeases {
+        /// The group asked about.
+        group: GroupName,
+        /// The bound.
+        limit: usize,
+    },
 }
 
-/// What applying a command answers: the group as it is afterwards, or why nothing changed.
-pub type CommandResult = Result<GroupState, Rejection>;
+/// What an applied command produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// A group was created or its promotion moved on; its summary afterwards.
+    Group(GroupSummary),
+    /// A lease was granted.
+    Granted(Lease),
+    /// A lease was released.
+    Released,
+    /// This many leases were dropped as expired.
+    Expired(usize),
+}
+
+/// What applying a command answers: what it produced, or why nothing changed.
+pub type CommandResult = Result<Outcome, Rejection>;

@@ -9,16 +9,19 @@
 //! - [`config`]: the topology file (sites, controllers, groups, timing) and its validation.
 //! - [`state`]: the replicated state machine: groups, phases, history, and [`state::ClusterState::apply`].
 //! - [`command`]: the commands the Raft log carries and what applying them answers.
+//! - [`lease`]: lease timing on the leader and at the holder.
 //! - [`promotion`]: the promotion protocol (Active → Demoting → Active at the next epoch).
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod command;
 pub mod config;
 pub mod ids;
+pub mod lease;
 pub mod promotion;
 pub mod state;
 
-pub use command::{Command, CommandResult, Rejection};
+pub use command::{Command, CommandResult, Outcome, Rejection};
 pub use config::{ConfigError, Timing, Topology};
 pub use ids::{Epoch, GroupName, NodeId, SiteId};
-pub use state::{ChangeKind, ClusterState, GroupState, HistoryEntry, Phase};
+pub use lease::{FencingToken, Lease, LeaseId};
+pub use state::{ChangeKind, ClusterState, GroupState, GroupSummary, HistoryEntry, Phase};

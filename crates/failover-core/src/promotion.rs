@@ -29,8 +29,9 @@ pub fn check_start(group: &GroupState, to: &SiteId) -> Result<(), Rejection> {
     Ok(())
 }
 
-/// The command that finishes the group's promotion, once nothing of the old site can still
-/// hold the group. `None` when the group is not demoting.
+/// The command that finishes the group's promotion. `None` when the group is not demoting.
+/// Propose it only once nothing of the old site can still hold the group: see
+/// [`crate::lease::LeaderLeases::completions`], which is the only caller in a controller.
 pub fn completion(group: &GroupState, at_unix_ms: u64) -> Option<Command> {
     match &group.phase {
         Phase::Active => None,

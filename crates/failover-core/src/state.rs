@@ -7,14 +7,20 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::command::{Command, CommandResult, Rejection};
+use crate::command::{Command, CommandResult, Outcome, Rejection};
 use crate::ids::{Epoch, GroupName, SiteId};
+use crate::lease::{FencingToken, Lease, LeaseId};
+
+/// The most leases one group may hold; a grant beyond it is refused.
+pub const MAX_LEASES_PER_GROUP: usize = 100_000;
 
 /// Everything the controllers agree on through Raft.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
     /// Every group, by name.
     pub groups: BTreeMap<GroupName, GroupState>,
+    /// The id the next granted lease gets; lease ids are never reused.
+    pub next_lease_id: u64,
 }
 
 /// One failover group.
@@ -33,6 +39,28 @@ pub struct GroupState {
     pub phase: Phase,
     /// Every change of active site, oldest first.
     pub history: Vec<HistoryEntry>,
+    /// Live leases, all at `active_site` and `epoch`.
+    pub leases: BTreeMap<LeaseId, Lease>,
+    /// The token the next grant carries. Strictly increases across grants and epochs, so
+    /// a downstream store can refuse any write carrying a smaller one than it has seen.
+    pub next_token: FencingToken,
+}
+
+/// The small, fixed-size part of a group: what status and promote answers carry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupSummary {
+    /// The group's name.
+    pub name: GroupName,
+    /// Eligible sites, highest priority first.
+    pub sites: Vec<SiteId>,
+    /// The active site.
+    pub active_site: SiteId,
+    /// The current epoch.
+    pub epoch: Epoch,
+    /// The site being promoted, while demoting.
+    pub promoting_to: Option<SiteId>,
+    /// How many leases are live.
+    pub lease_count: usize,
 }
 
 /// Where a group is in the promotion protocol.
@@ -145,9 +173,46 @@ impl ClusterState {
             } => self
                 .group_mut(group)?
                 .complete_promotion(*from_epoch, *at_unix_ms),
+            Command::Grant {
+                group,
+                site,
+                holder,
+                ttl_ms,
+            } => {
+                let id = LeaseId(self.next_lease_id);
+                let lease = self.group_mut(group)?.grant(id, site, holder, *ttl_ms)?;
+                self.next_lease_id += 1;
+                Ok(Outcome::Granted(lease))
+            }
+            Command::Release { group, lease } => {
+                let g = self.group_mut(group)?;
+                g.leases
+                    .remove(lease)
+                    .ok_or_else(|| Rejection::UnknownLease {
+                        group: group.clone(),
+                        lease: *lease,
+                    })?;
+                Ok(Outcome::Released)
+            }
+            Command::Expire { group, leases } => {
+                let g = self.group_mut(group)?;
+                let dropped = leases
+                    .iter()
+                    .filter(|id| g.leases.remove(id).is_some())
+                    .count();
+                Ok(Outcome::Expired(dropped))
+            }
         };
-        if let Ok(group) = &result {
-            group.assert_invariants();
+        if result.is_ok() {
+            if let Some(group) = self.groups.get(command.group()) {
+                group.assert_invariants();
+                for lease in group.leases.values() {
+                    assert!(
+                        lease.id.0 < self.next_lease_id,
+                        "lease ids come from the counter"
+                    );
+                }
+            }
         }
         result
     }
@@ -184,6 +249,8 @@ impl ClusterState {
             active_site: first.clone(),
             epoch,
             phase: Phase::Active,
+            leases: BTreeMap::new(),
+            next_token: FencingToken(1),
             history: vec![HistoryEntry {
                 epoch,
                 from: None,
@@ -195,8 +262,9 @@ impl ClusterState {
                 completed_at_unix_ms: at_unix_ms,
             }],
         };
-        self.groups.insert(name.clone(), group.clone());
-        Ok(group)
+        let summary = group.summary();
+        self.groups.insert(name.clone(), group);
+        Ok(Outcome::Group(summary))
     }
 }
 
@@ -226,10 +294,66 @@ impl GroupState {
         }
     }
 
+    /// The fixed-size part of the group.
+    pub fn summary(&self) -> GroupSummary {
+        GroupSummary {
+            name: self.name.clone(),
+            sites: self.sites.clone(),
+            active_site: self.active_site.clone(),
+            epoch: self.epoch,
+            promoting_to: self.pending().map(|p| p.to.clone()),
+            lease_count: self.leases.len(),
+        }
+    }
+
+    /// Whether `site` may be granted a lease now, or the standby answer it gets.
+    pub fn check_grant(&self, site: &SiteId) -> Result<(), Rejection> {
+        self.check_site(site)?;
+        let demoting = self.pending().is_some();
+        if demoting || &self.active_site != site {
+            return Err(Rejection::Standby {
+                group: self.name.clone(),
+                site: site.clone(),
+                active_site: self.active_site.clone(),
+                epoch: self.epoch,
+                demoting,
+            });
+        }
+        if self.leases.len() >= MAX_LEASES_PER_GROUP {
+            return Err(Rejection::TooManyLeases {
+                group: self.name.clone(),
+                limit: MAX_LEASES_PER_GROUP,
+            });
+        }
+        Ok(())
+    }
+
+    fn grant(
+        &mut self,
+        id: LeaseId,
+        site: &SiteId,
+        holder: &str,
+        ttl_ms: u64,
+    ) -> Result<Lease, Rejection> {
+        self.check_grant(site)?;
+        self.leases.retain(|_, lease| lease.holder != holder);
+        let lease = Lease {
+            id,
+            holder: holder.to_owned(),
+            site: site.clone(),
+            epoch: self.epoch,
+            ttl_ms,
+            token: self.next_token,
+        };
+        self.next_token = self.next_token.next();
+        self.leases.insert(id, lease.clone());
+        Ok(lease)
+    }
+
     fn begin_promotion(&mut self, to: &SiteId, pending: PendingChange) -> CommandResult {
         crate::promotion::check_start(self, to)?;
         self.phase = Phase::Demoting(pending);
-        Ok(self.clone())
+        Ok(Outcome::Group(self.summary()))
     }
 
     fn complete_promotion(&mut self, from_epoch: Epoch, at_unix_ms: u64) -> CommandResult {
@@ -258,8 +382,11 @@ impl GroupState {
         self.epoch = entry.epoch;
         self.phase = Phase::Active;
         self.history.push(entry);
+        // Every lease belonged to the old epoch; the leader completes only once they are
+        // released or past their holders' deadlines.
+        self.leases.clear();
         assert!(self.epoch > previous_epoch, "epoch must strictly increase");
-        Ok(self.clone())
+        Ok(Outcome::Group(self.summary()))
     }
 
     /// The invariants every committed group state satisfies. Crashes on violation: a
@@ -298,6 +425,23 @@ impl GroupState {
             "{}: history ends at the active site",
             self.name
         );
+        for lease in self.leases.values() {
+            assert_eq!(
+                lease.epoch, self.epoch,
+                "{}: a lease outlived its epoch",
+                self.name
+            );
+            assert_eq!(
+                lease.site, self.active_site,
+                "{}: a lease at a standby site",
+                self.name
+            );
+            assert!(
+                lease.token < self.next_token,
+                "{}: token not below the counter",
+                self.name
+            );
+        }
         for pair in self.history.windows(2) {
             assert!(
                 pair[0].epoch < pair[1].epoch,

@@ -2,7 +2,10 @@
 //! break the group invariants (one active site per group, epochs strictly increasing,
 //! history consistent) and rejections never change state.
 
-use failover_core::{ChangeKind, ClusterState, Command, Epoch, GroupName, Rejection, SiteId};
+use failover_core::lease::LeaseId;
+use failover_core::{
+    ChangeKind, ClusterState, Command, Epoch, GroupName, Outcome, Rejection, SiteId,
+};
 use proptest::prelude::*;
 
 const GROUPS: [&str; 3] = ["g0", "g1", "missing"];
@@ -50,15 +53,28 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
     /// Any sequence keeps: epochs never decrease, they rise by exactly one with each change
-    /// of active site, the active site is always eligible, and a rejection changes nothing.
+    /// of active site, the active site is always eligible, every lease is at the active site
+    /// and epoch, fencing tokens only grow (S2), and a rejection changes nothing.
     #[test]
     fn random_sequences_keep_invariants(commands in prop::collection::vec(command(), 1..80)) {
         let mut state = ClusterState::default();
+        let mut last_token = std::collections::BTreeMap::new();
         for command in &commands {
             let before = state.clone();
             match state.apply(command) {
                 Err(_) => prop_assert_eq!(&state, &before),
-                Ok(_) => {
+                Ok(outcome) => {
+                    if let Outcome::Granted(lease) = &outcome {
+                        let group = command.group().clone();
+                        let g = &state.groups[&group];
+                        prop_assert_eq!(&lease.site, &g.active_site);
+                        prop_assert!(g.pending().is_none(), "no grant while demoting");
+                        if let Some(&(epoch, token)) = last_token.get(&group) {
+                            prop_assert!(lease.token > token, "S2: tokens strictly increase");
+                            prop_assert!(lease.epoch >= epoch, "S2: no token of an older epoch later");
+                        }
+                        last_token.insert(group, (lease.epoch, lease.token));
+                    }
                     for (name, after) in &state.groups {
                         after.assert_invariants();
                         let Some(old) = before.groups.get(name) else { continue };
@@ -116,12 +132,14 @@ fn begin(to: &str) -> Command {
 #[test]
 fn promotion_moves_through_demoting_to_next_epoch() {
     let mut state = created();
-    let g = state.apply(&begin("site-b")).expect("begin");
+    state.apply(&begin("site-b")).expect("begin");
+    let g = state.groups[&GroupName::from("default")].clone();
     assert_eq!(g.phase.name(), "demoting");
     assert_eq!(g.active_site, SiteId::from("site-a"));
     assert_eq!(g.epoch, Epoch(1));
     let done = failover_core::promotion::completion(&g, 30).expect("demoting completes");
-    let g = state.apply(&done).expect("complete");
+    state.apply(&done).expect("complete");
+    let g = &state.groups[&GroupName::from("default")];
     assert_eq!(
         (g.active_site.as_str(), g.epoch, g.phase.name()),
         ("site-b", Epoch(2), "active")
@@ -161,5 +179,61 @@ fn invalid_promotions_are_refused() {
     assert!(matches!(
         state.apply(&begin("site-b")),
         Err(Rejection::PromotionInProgress { .. })
+    ));
+}
+
+fn grant(site: &str, holder: &str) -> Command {
+    Command::Grant {
+        group: "default".into(),
+        site: site.into(),
+        holder: holder.into(),
+        ttl_ms: 2000,
+    }
+}
+
+/// Grants go only to the active site, never during a promotion, each with a larger token;
+/// completing a promotion ends every lease of the old epoch.
+#[test]
+fn grants_follow_the_active_site_and_tokens_grow() {
+    let mut state = created();
+    let Ok(Outcome::Granted(first)) = state.apply(&grant("site-a", "a1")) else {
+        panic!("site-a is active");
+    };
+    assert!(matches!(
+        state.apply(&grant("site-b", "b1")),
+        Err(Rejection::Standby { .. })
+    ));
+    let Ok(Outcome::Granted(again)) = state.apply(&grant("site-a", "a1")) else {
+        panic!("re-acquire");
+    };
+    assert!(again.token > first.token, "a re-acquire gets a new token");
+    assert_eq!(
+        state.groups[&GroupName::from("default")].leases.len(),
+        1,
+        "it replaces the old lease"
+    );
+    state.apply(&begin("site-b")).expect("begin");
+    assert!(
+        matches!(
+            state.apply(&grant("site-a", "a2")),
+            Err(Rejection::Standby { demoting: true, .. })
+        ),
+        "no grant while demoting"
+    );
+    let g = state.groups[&GroupName::from("default")].clone();
+    state
+        .apply(&failover_core::promotion::completion(&g, 40).expect("complete"))
+        .expect("complete");
+    assert!(state.groups[&GroupName::from("default")].leases.is_empty());
+    let Ok(Outcome::Granted(b)) = state.apply(&grant("site-b", "b1")) else {
+        panic!("site-b is active now");
+    };
+    assert!(b.token > again.token && b.epoch == Epoch(2));
+    assert!(matches!(
+        state.apply(&Command::Release {
+            group: "default".into(),
+            lease: again.id
+        }),
+        Err(Rejection::UnknownLease { .. })
     ));
 }

@@ -1,0 +1,421 @@
+//! Lease timing: the rules that keep two sites from both believing they hold a group.
+//!
+//! Two halves, both pure (time is an argument, `Instant`s are values here, never read):
+//!
+//! - [`LeaderLeases`]: the leader's soft state. It counts a renewal from when it
+//!   *received* it, gives every lease a full TTL from the leader's own start when it takes
+//!   over (it knows no earlier receipt times), and decides when a demoting site's leases
+//!   are certainly dead: released, or `ttl + max_clock_drift` past the moment the leader
+//!   saw the demotion committed.
+//! - [`HolderLease`]: the holder's view. It measures validity from when it *sent* the
+//!   request: `valid_until = sent_at + ttl - max_clock_drift - stop_grace`, and reports no
+//!   lease after that instant whatever the network does.
+//!
+//! Why this is safe is argued in `docs/leases.md`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::{Command, Rejection};
+use crate::ids::{Epoch, GroupName, SiteId};
+use crate::state::{ClusterState, GroupState, Phase};
+
+/// A lease's id, unique in the cluster and never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct LeaseId(pub u64);
+
+/// A fencing token: strictly increasing per group across every grant and epoch.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct FencingToken(pub u64);
+
+impl FencingToken {
+    /// The token after this one.
+    pub fn next(self) -> FencingToken {
+        FencingToken(self.0 + 1)
+    }
+}
+
+impl fmt::Display for LeaseId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl fmt::Display for FencingToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A granted lease, as replicated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// Its id.
+    pub id: LeaseId,
+    /// The engine instance holding it.
+    pub holder: String,
+    /// The holder's site (always the group's active site).
+    pub site: SiteId,
+    /// The epoch it was granted in.
+    pub epoch: Epoch,
+    /// Its time to live without renewal.
+    pub ttl_ms: u64,
+    /// The fencing token the holder passes downstream.
+    pub token: FencingToken,
+}
+
+/// The lease bounds of the topology, as durations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseTiming {
+    /// Lifetime of a grant or renewal.
+    pub ttl: Duration,
+    /// Largest disagreement of two monotonic clocks over one TTL.
+    pub max_clock_drift: Duration,
+}
+
+impl LeaseTiming {
+    /// The leader's conservative lifetime: after `ttl + max_clock_drift` on its clock, the
+    /// holder's own deadline has passed on the holder's clock.
+    pub fn leader_expiry(&self) -> Duration {
+        self.ttl + self.max_clock_drift
+    }
+}
+
+/// A renewal the leader accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Renewed {
+    /// The lease.
+    pub lease: LeaseId,
+    /// The TTL granted, counted by the holder from when it sent the renewal.
+    pub ttl: Duration,
+    /// The lease's epoch.
+    pub epoch: Epoch,
+    /// The lease's fencing token.
+    pub token: FencingToken,
+}
+
+/// Why the leader refused a renewal. The holder must stop (it may acquire again).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RenewRefusal {
+    /// The group or lease does not exist (unknown, released, expired, or a promotion ended it).
+    #[error(transparent)]
+    Unknown(Rejection),
+    /// The group is demoting its active site: renewals stop so the handover can complete.
+    #[error("group `{group}` is moving to `{to}`: drain and release")]
+    Draining {
+        /// The group.
+        group: GroupName,
+        /// The site being promoted.
+        to: SiteId,
+    },
+    /// The leader saw no renewal within the TTL: the holder's deadline has passed.
+    #[error("lease {0} expired before this renewal arrived")]
+    Expired(LeaseId),
+}
+
+/// The leader's soft state about leases. Not replicated: a new leader starts a new one.
+///
+/// Driver contract: create it when this node becomes leader (`became_leader_at` no earlier
+/// than the election), call [`LeaderLeases::observe`] after every applied change and before
+/// [`LeaderLeases::completions`] / [`LeaderLeases::expirations`], and drop it when
+/// leadership is lost. `now` never goes backwards.
+#[derive(Debug, Clone)]
+pub struct LeaderLeases {
+    timing: LeaseTiming,
+    became_leader_at: Instant,
+    renewed_at: HashMap<LeaseId, Instant>,
+    demoting_seen_at: HashMap<GroupName, (Epoch, Instant)>,
+}
+
+impl LeaderLeases {
+    /// Soft state for a leader that took over at `became_leader_at`.
+    pub fn new(timing: LeaseTiming, became_leader_at: Instant) -> Self {
+        LeaderLeases {
+            timing,
+            became_leader_at,
+            renewed_at: HashMap::new(),
+            demoting_seen_at: HashMap::new(),
+        }
+    }
+
+    /// The timing in force.
+    pub fn timing(&self) -> LeaseTiming {
+        self.timing
+    }
+
+    /// When the lease was last renewed as far as this leader knows: never earlier than the
+    /// leader's own start, since it cannot know what its predecessor accepted.
+    pub fn last_renewal(&self, lease: LeaseId) -> Instant {
+        self.renewed_at
+            .get(&lease)
+            .copied()
+            .map_or(self.became_leader_at, |at| at.max(self.became_leader_at))
+    }
+
+    /// When the leader may treat the lease as dead.
+    pub fn expires_at(&self, lease: LeaseId) -> Instant {
+        self.last_renewal(lease) + self.timing.leader_expiry()
+    }
+
+    /// Records a grant received at `received_at`.
+    pub fn on_granted(&mut self, lease: LeaseId, received_at: Instant) {
+        self.renewed_at.insert(lease, received_at);
+    }
+
+    /// Checks a renewal received at `received_at` against `state`, which must reflect at
+    /// least the read index confirmed *after* the renewal was received. On success the
+    /// lease counts as renewed from `received_at`.
+    pub fn renew(
+        &mut self,
+        state: &ClusterState,
+        group: &GroupName,
+        lease: LeaseId,
+        received_at: Instant,
+    ) -> Result<Renewed, RenewRefusal> {
+        let g = state.group(group).map_err(RenewRefusal::Unknown)?;
+        let Some(held) = g.leases.get(&lease) else {
+            return Err(RenewRefusal::Unknown(Rejection::UnknownLease {
+                group: group.clone(),
+                lease,
+            }));
+        };
+        if let Phase::Demoting(pending) = &g.phase {
+            return Err(RenewRefusal::Draining {
+                group: group.clone(),
+                to: pending.to.clone(),
+            });
+        }
+        if received_at >= self.last_renewal(lease) + self.timing.ttl {
+            return Err(RenewRefusal::Expired(lease));
+        }
+        debug_assert_eq!(held.epoch, g.epoch);
+        let at = self.renewed_at.entry(lease).or_insert(received_at);
+        *at = (*at).max(received_at);
+        Ok(Renewed {
+            lease,
+            ttl: self.timing.ttl,
+            epoch: held.epoch,
+            token: held.token,
+        })
+    }
+
+    /// Forgets a released lease.
+    pub fn on_released(&mut self, lease: LeaseId) {
+        self.renewed_at.remove(&lease);
+    }
+
+    /// Takes note of the applied state at `now`: the first time this leader sees a group
+    /// demoting (at a given epoch) starts that group's drain clock; leases and groups that
+    /// are gone are forgotten.
+    pub fn observe(&mut self, state: &ClusterState, now: Instant) {
+        self.demoting_seen_at.retain(|name, (epoch, _)| {
+            state
+                .groups
+                .get(name)
+                .is_some_and(|g| g.epoch == *epoch && matches!(g.phase, Phase::Demoting(_)))
+        });
+        for g in state.groups.values() {
+            if matches!(g.phase, Phase::Demoting(_)) {
+                self.demoting_seen_at
+                    .entry(g.name.clone())
+                    .or_insert((g.epoch, now));
+            }
+        }
+        self.renewed_at
+            .retain(|id, _| state.groups.values().any(|g| g.leases.contains_key(id)));
+    }
+
+    /// When the group's demotion may complete even if leases remain: `ttl +
+    /// max_clock_drift` after this leader first saw it demoting. `None` if not demoting.
+    pub fn drain_deadline(&self, group: &GroupName) -> Option<Instant> {
+        self.demoting_seen_at
+            .get(group)
+            .map(|(_, seen)| *seen + self.timing.leader_expiry())
+    }
+
+    /// `CompletePromotion` for every demoting group whose old site can no longer hold it:
+    /// all its leases are gone, or the drain deadline has passed.
+    pub fn completions(&self, state: &ClusterState, now: Instant, at_unix_ms: u64) -> Vec<Command> {
+        state
+            .groups
+            .values()
+            .filter(|g| self.may_complete(g, now))
+            .filter_map(|g| crate::promotion::completion(g, at_unix_ms))
+            .collect()
+    }
+
+    fn may_complete(&self, group: &GroupState, now: Instant) -> bool {
+        let Phase::Demoting(_) = group.phase else {
+            return false;
+        };
+        let Some(deadline) = self.drain_deadline(&group.name) else {
+            // Not observed yet: the driver must call `observe` first.
+            return false;
+        };
+        group.leases.is_empty() || now >= deadline
+    }
+
+    /// `Expire` for every group with leases unrenewed for `ttl + max_clock_drift`.
+    pub fn expirations(&self, state: &ClusterState, now: Instant) -> Vec<Command> {
+        state
+            .groups
+            .values()
+            .filter_map(|g| {
+                let dead: Vec<LeaseId> = g
+                    .leases
+                    .keys()
+                    .copied()
+                    .filter(|id| now >= self.expires_at(*id))
+                    .collect();
+                (!dead.is_empty()).then(|| Command::Expire {
+                    group: g.name.clone(),
+                    leases: dead,
+                })
+            })
+            .collect()
+    }
+
+    /// The next instant at which [`LeaderLeases::completions`] or
+    /// [`LeaderLeases::expirations`] may have something new to say.
+    pub fn poll_timeout(&self, state: &ClusterState) -> Option<Instant> {
+        let drains = self
+            .demoting_seen_at
+            .keys()
+            .filter_map(|g| self.drain_deadline(g));
+        let expiries = state
+            .groups
+            .values()
+            .flat_map(|g| g.leases.keys())
+            .map(|id| self.expires_at(*id));
+        drains.chain(expiries).min()
+    }
+}
+
+/// The holder-side bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HolderTiming {
+    /// Largest disagreement of two monotonic clocks over one TTL.
+    pub max_clock_drift: Duration,
+    /// Time the holder needs to stop its work once it decides to.
+    pub stop_grace: Duration,
+}
+
+/// What a holder may believe about its lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holding {
+    /// No lease: not acquired yet, refused, or stood down.
+    None,
+    /// A lease valid until `valid_until` on the holder's monotonic clock.
+    Held {
+        /// The lease.
+        lease: LeaseId,
+        /// Its fencing token.
+        token: FencingToken,
+        /// Its epoch.
+        epoch: Epoch,
+        /// The instant after which the holder must have stopped.
+        valid_until: Instant,
+    },
+}
+
+/// The holder's lease state machine. Driver contract: note the send time of every
+/// acquire and keepalive *before* sending, hand replies back with that send time, and call
+/// [`HolderLease::handle_timeout`] no later than [`HolderLease::poll_timeout`].
+/// [`HolderLease::held`] answers for a given `now` and is the only question that matters
+/// for safety: it never answers `Some` at or after `valid_until`.
+#[derive(Debug, Clone)]
+pub struct HolderLease {
+    timing: HolderTiming,
+    holding: Holding,
+}
+
+impl HolderLease {
+    /// A holder that holds nothing yet.
+    pub fn new(timing: HolderTiming) -> Self {
+        HolderLease {
+            timing,
+            holding: Holding::None,
+        }
+    }
+
+    fn valid_until(&self, sent_at: Instant, ttl: Duration) -> Instant {
+        let usable = ttl
+            .saturating_sub(self.timing.max_clock_drift)
+            .saturating_sub(self.timing.stop_grace);
+        sent_at + usable
+    }
+
+    /// A grant arrived for an acquire sent at `sent_at`.
+    pub fn on_granted(
+        &mut self,
+        sent_at: Instant,
+        lease: LeaseId,
+        token: FencingToken,
+        epoch: Epoch,
+        ttl: Duration,
+    ) {
+        self.holding = Holding::Held {
+            lease,
+            token,
+            epoch,
+            valid_until: self.valid_until(sent_at, ttl),
+        };
+    }
+
+    /// A renewal of `lease` sent at `sent_at` was accepted.
+    pub fn on_renewed(&mut self, sent_at: Instant, lease: LeaseId, ttl: Duration) {
+        let extended = self.valid_until(sent_at, ttl);
+        if let Holding::Held {
+            lease: held,
+            valid_until,
+            ..
+        } = &mut self.holding
+        {
+            if *held == lease {
+                *valid_until = (*valid_until).max(extended);
+            }
+        }
+    }
+
+    /// The lease was refused, released, or must be given up: hold nothing from now on.
+    pub fn on_lost(&mut self) {
+        self.holding = Holding::None;
+    }
+
+    /// Stops holding once the deadline has passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Holding::Held { valid_until, .. } = self.holding {
+            if now >= valid_until {
+                self.holding = Holding::None;
+            }
+        }
+    }
+
+    /// When [`HolderLease::handle_timeout`] must next run.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.holding {
+            Holding::Held { valid_until, .. } => Some(valid_until),
+            Holding::None => None,
+        }
+    }
+
+    /// The lease and token if held and valid at `now`.
+    pub fn held(&self, now: Instant) -> Option<(LeaseId, FencingToken, Epoch, Instant)> {
+        match self.holding {
+            Holding::Held {
+                lease,
+                token,
+                epoch,
+                valid_until,
+            } if now < valid_until => Some((lease, token, epoch, valid_until)),
+            _ => None,
+        }
+    }
+}
