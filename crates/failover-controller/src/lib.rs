@@ -4,7 +4,8 @@
 //! - [`types`]: the openraft type configuration.
 //! - [`store`]: sled-backed Raft log, vote, state machine and snapshots.
 //! - [`network`]: the Raft transport over gRPC, dialing through a caller-supplied [`Dialer`].
-//! - [`services`]: the gRPC servers (Raft peers, admin API).
+//! - [`leases`]: the leader's lease soft state and the renewal batcher.
+//! - [`services`]: the gRPC servers (Raft peers, admin API, lease API).
 //! - [`reconcile`]: the leader's loop that drives the core's obligations (create configured
 //!   groups, finish promotions).
 //! - [`node`]: assembles a controller from a topology, a data dir, a listener, a dialer
@@ -15,6 +16,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod clock;
+pub mod leases;
 pub mod network;
 pub mod node;
 pub mod reconcile;

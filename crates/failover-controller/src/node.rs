@@ -3,9 +3,13 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
+
+use failover_core::lease::LeaseTiming;
 
 use failover_core::{NodeId, Topology};
 use failover_proto::admin::admin_service_server::AdminServiceServer;
+use failover_proto::lease::lease_service_server::LeaseServiceServer;
 use failover_proto::raft::raft_service_server::RaftServiceServer;
 use futures::Stream;
 use openraft::errors::{InitializeError, RaftError};
@@ -17,7 +21,9 @@ use tonic::transport::server::Connected;
 
 use crate::clock::Clock;
 use crate::network::RaftNetwork;
+use crate::leases::LeaseManager;
 use crate::services::admin::AdminServer;
+use crate::services::lease::LeaseServer;
 use crate::services::raft::RaftServer;
 use crate::services::NodeContext;
 use crate::store::{self, OpenError, StateView};
@@ -88,6 +94,11 @@ impl Controller {
         let (log_store, state_machine) = store::open(&data_dir, node_id)?;
         let view: Arc<StateView> = state_machine.view();
         let raft = start_raft(&topology, node_id, dialer.clone(), log_store, state_machine).await?;
+        let timing = LeaseTiming {
+            ttl: Duration::from_millis(topology.timing.lease_ttl_ms),
+            max_clock_drift: Duration::from_millis(topology.timing.max_clock_drift_ms),
+        };
+        let (leases, renewals) = LeaseManager::new(timing, clock.clone());
         let ctx = Arc::new(NodeContext {
             node_id,
             topology,
@@ -96,11 +107,14 @@ impl Controller {
             dialer,
             clock,
             reconcile: Arc::new(Notify::new()),
+            leases: leases.clone(),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let tasks = vec![
             tokio::spawn(serve(ctx.clone(), incoming, shutdown_rx.clone())),
-            tokio::spawn(crate::reconcile::run(ctx.clone(), shutdown_rx)),
+            tokio::spawn(crate::reconcile::run(ctx.clone(), shutdown_rx.clone())),
+            tokio::spawn(crate::leases::follow_leadership(ctx.raft.clone(), leases.clone(), shutdown_rx)),
+            tokio::spawn(crate::leases::run_batcher(ctx.raft.clone(), leases, ctx.view.clone(), renewals)),
         ];
         form_cluster(&ctx).await?;
         Ok(Controller {
@@ -208,6 +222,7 @@ where
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let admin = AdminServiceServer::new(AdminServer::new(ctx.clone()));
+    let lease = LeaseServiceServer::new(LeaseServer::new(ctx.clone()));
     let stop = async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
     };
@@ -215,6 +230,7 @@ where
         .tcp_nodelay(true)
         .add_service(raft)
         .add_service(admin)
+        .add_service(lease)
         .serve_with_incoming_shutdown(incoming, stop)
         .await;
     if let Err(e) = result {

@@ -10,3 +10,8 @@ pub mod raft {
 pub mod admin {
     tonic::include_proto!("failover.admin.v1");
 }
+
+/// The lease API engines speak.
+pub mod lease {
+    tonic::include_proto!("failover.lease.v1");
+}

@@ -12,15 +12,14 @@ use failover_core::{ChangeKind, Command, GroupName, GroupState, Phase, Rejection
 use failover_proto::admin::admin_service_client::AdminServiceClient;
 use failover_proto::admin::admin_service_server::AdminService;
 use failover_proto::admin::{
-    ControllerStatus, GroupStatus, HistoryEntry, HistoryRequest, HistoryResponse, PromoteRequest,
-    PromoteResponse, StatusRequest, StatusResponse,
+    ControllerStatus, GroupStatus, HistoryEntry, HistoryRequest, HistoryResponse, LeaseStatus,
+    LeasesRequest, LeasesResponse, PromoteRequest, PromoteResponse, StatusRequest,
+    StatusResponse,
 };
-use openraft::errors::{ClientWriteError, RaftError};
 use openraft::{Instant as _, ReadPolicy};
 use tonic::{Request, Response, Status};
 
-use super::NodeContext;
-use crate::types::Applied;
+use super::{propose, NodeContext, ProposeError};
 
 /// Marks a request that a controller already forwarded to the leader.
 const FORWARDED: &str = "x-failover-forwarded";
@@ -95,24 +94,11 @@ pub fn rejection_status(rejection: &Rejection) -> Status {
         Rejection::AlreadyActive { .. } | Rejection::GroupExists(_) => {
             Status::already_exists(message)
         }
-        Rejection::PromotionInProgress { .. } | Rejection::NoPendingPromotion { .. } => {
-            Status::failed_precondition(message)
-        }
-    }
-}
-
-/// Proposes a command and returns what applying it answered.
-pub async fn propose(ctx: &NodeContext, command: Command) -> Result<GroupState, Status> {
-    match ctx.raft.client_write(command).await {
-        Ok(response) => match response.data {
-            Applied(Some(Ok(group))) => Ok(group),
-            Applied(Some(Err(rejection))) => Err(rejection_status(&rejection)),
-            Applied(None) => Err(Status::internal("a command applied without a result")),
-        },
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(Status::unavailable(
-            "this controller stopped being leader; retry",
-        )),
-        Err(e) => Err(Status::unavailable(format!("cannot commit: {e}"))),
+        Rejection::PromotionInProgress { .. }
+        | Rejection::NoPendingPromotion { .. }
+        | Rejection::Standby { .. } => Status::failed_precondition(message),
+        Rejection::UnknownLease { .. } => Status::not_found(message),
+        Rejection::TooManyLeases { .. } => Status::resource_exhausted(message),
     }
 }
 
@@ -270,7 +256,7 @@ impl AdminService for AdminServer {
                     reason: req.reason.clone(),
                     at_unix_ms: self.ctx.clock.unix_ms(),
                 };
-                propose(&self.ctx, command).await?;
+                propose(&self.ctx, command).await.map_err(ProposeError::into_status)?;
                 self.ctx.reconcile.notify_one();
             }
             Err(Rejection::AlreadyActive { .. }) => {
@@ -278,16 +264,41 @@ impl AdminService for AdminServer {
                     group: Some(group_status(&current)),
                     already_active: true,
                     elapsed_ms: 0,
+                    completes_within_ms: 0,
                 }));
             }
             Err(Rejection::PromotionInProgress { to, .. }) if to == site => {}
             Err(rejection) => return Err(rejection_status(&rejection)),
+        }
+        if !req.wait {
+            let now = self.ctx.clock.now();
+            let view = self.ctx.view.read().group(&group).cloned();
+            let view = view.map_err(|r| rejection_status(&r))?;
+            // Lock order everywhere: the state view, then the lease manager.
+            let state = self.ctx.view.read();
+            let within = self
+                .ctx
+                .leases
+                .with_leader(|l| {
+                    l.observe(&state, now);
+                    l.drain_deadline(&group)
+                })
+                .flatten()
+                .map_or(0, |deadline| crate::leases::until(now, deadline).as_millis() as u64);
+            drop(state);
+            return Ok(Response::new(PromoteResponse {
+                group: Some(group_status(&view)),
+                already_active: false,
+                elapsed_ms: started.elapsed().as_millis() as u64,
+                completes_within_ms: within,
+            }));
         }
         let done = self.wait_for_active(&group, &site, current.epoch).await?;
         Ok(Response::new(PromoteResponse {
             group: Some(group_status(&done)),
             already_active: false,
             elapsed_ms: started.elapsed().as_millis() as u64,
+            completes_within_ms: 0,
         }))
     }
 
@@ -328,5 +339,40 @@ impl AdminService for AdminServer {
             .collect();
         entries.sort_by_key(|e| (e.completed_at_unix_ms, e.group.clone(), e.epoch));
         Ok(Response::new(HistoryResponse { entries }))
+    }
+
+    async fn leases(&self, request: Request<LeasesRequest>) -> Result<Response<LeasesResponse>, Status> {
+        if let Some(mut leader) = self.forward_target(&request)? {
+            return leader.leases(forwarded(request.into_inner())).await;
+        }
+        let filter = request.into_inner().group;
+        let now = self.ctx.clock.now();
+        let state = self.ctx.view.read();
+        if !filter.is_empty() {
+            state.group(&GroupName(filter.clone())).map_err(|r| rejection_status(&r))?;
+        }
+        let leases = state
+            .groups
+            .values()
+            .filter(|g| filter.is_empty() || g.name.as_str() == filter)
+            .flat_map(|g| g.leases.values().map(move |l| (g, l)))
+            .map(|(g, l)| LeaseStatus {
+                group: g.name.to_string(),
+                lease_id: l.id.0,
+                site: l.site.to_string(),
+                holder: l.holder.clone(),
+                epoch: l.epoch.0,
+                fencing_token: l.token.0,
+                ttl_left_ms: self
+                    .ctx
+                    .leases
+                    .with_leader(|leader| {
+                        let left = leader.last_renewal(l.id) + leader.timing().ttl;
+                        crate::leases::until(now, left).as_millis() as u64
+                    })
+                    .unwrap_or(0),
+            })
+            .collect();
+        Ok(Response::new(LeasesResponse { leases }))
     }
 }

@@ -1,12 +1,15 @@
 //! The gRPC servers of a controller, one file per service.
 
 pub mod admin;
+pub mod lease;
 pub mod raft;
 
 use std::sync::Arc;
 
-use failover_core::{NodeId, Topology};
+use failover_core::{Command, NodeId, Outcome, Rejection, Topology};
+use openraft::errors::{ClientWriteError, RaftError};
 use tokio::sync::Notify;
+use tonic::Status;
 
 use crate::clock::Clock;
 use crate::store::StateView;
@@ -29,6 +32,44 @@ pub struct NodeContext {
     pub clock: Arc<dyn Clock>,
     /// Wakes the leader's reconcile loop when there is new work (a promotion began).
     pub reconcile: Arc<Notify>,
+    /// The leader's lease bookkeeping.
+    pub leases: Arc<crate::leases::LeaseManager>,
+}
+
+/// Why a proposal produced no outcome.
+#[derive(Debug)]
+pub enum ProposeError {
+    /// The state refused the command; nothing changed.
+    Rejected(Rejection),
+    /// Raft could not commit it (not leader, no quorum, shutting down).
+    Status(Status),
+}
+
+impl ProposeError {
+    /// The gRPC status to answer with.
+    pub fn into_status(self) -> Status {
+        match self {
+            ProposeError::Rejected(r) => admin::rejection_status(&r),
+            ProposeError::Status(s) => s,
+        }
+    }
+}
+
+/// Proposes a command through Raft and returns what applying it produced.
+pub async fn propose(ctx: &NodeContext, command: Command) -> Result<Outcome, ProposeError> {
+    match ctx.raft.client_write(command).await {
+        Ok(response) => match response.data {
+            crate::types::Applied(Some(Ok(outcome))) => Ok(outcome),
+            crate::types::Applied(Some(Err(rejection))) => Err(ProposeError::Rejected(rejection)),
+            crate::types::Applied(None) => Err(ProposeError::Status(Status::internal(
+                "a command applied without a result",
+            ))),
+        },
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(ProposeError::Status(
+            Status::unavailable("this controller stopped being leader; retry"),
+        )),
+        Err(e) => Err(ProposeError::Status(Status::unavailable(format!("cannot commit: {e}")))),
+    }
 }
 
 impl NodeContext {

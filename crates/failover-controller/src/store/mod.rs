@@ -3,8 +3,9 @@
 //!
 //! Persistence ordering: an append or a vote is acknowledged to openraft only after
 //! `flush_async` returns, so nothing Raft counts as persisted can be lost by kill -9.
-//! The state machine is written on every apply without a flush: after a crash it may be
-//! behind the log, and openraft re-applies the committed entries after it.
+//! The state machine lives in memory and is made durable by the log plus snapshots
+//! (fsynced when built or installed): on start openraft installs the last snapshot and
+//! re-applies the committed entries after it.
 
 mod log;
 mod state_machine;

@@ -1,0 +1,176 @@
+//! The leader's lease bookkeeping: soft state ([`LeaderLeases`]) kept only while this
+//! controller leads, and the renewal batcher that confirms leadership once per batch.
+//!
+//! A renewal is never a Raft write. The batcher takes every renewal received so far
+//! (each stamped with its receipt time), runs one `ensure_linearizable(ReadIndex)` round
+//! for all of them (a deposed or partitioned leader fails it and renews nothing), then
+//! checks each against the applied state, which now reflects at least that read index.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use failover_core::lease::{LeaderLeases, LeaseTiming, RenewRefusal, Renewed};
+use failover_core::{GroupName, LeaseId};
+use openraft::async_runtime::WatchReceiver;
+use openraft::{ReadPolicy, ServerState};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::clock::Clock;
+use crate::store::StateView;
+use crate::types::Raft;
+
+/// Most renewals waiting for the next confirmation round; beyond it they are refused.
+pub const MAX_PENDING_RENEWALS: usize = 200_000;
+/// Most renewals answered after one confirmation round.
+const MAX_BATCH: usize = 50_000;
+
+/// One renewal waiting for confirmation.
+#[derive(Debug)]
+pub struct Renewal {
+    /// The lease's group.
+    pub group: GroupName,
+    /// The lease.
+    pub lease: LeaseId,
+    /// When this controller received it (monotonic).
+    pub received_at: Instant,
+    /// Where the answer goes.
+    pub reply: oneshot::Sender<Result<Renewed, RenewalError>>,
+}
+
+/// Why a renewal got no grant.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RenewalError {
+    /// The core refused it.
+    #[error(transparent)]
+    Refused(#[from] RenewRefusal),
+    /// This controller could not confirm it leads.
+    #[error("not the leader: {0}")]
+    NotLeader(String),
+    /// Too many renewals are queued.
+    #[error("renewal queue full")]
+    Overloaded,
+}
+
+/// The leader soft state of the term this controller leads.
+struct Leading {
+    term: u64,
+    leases: LeaderLeases,
+}
+
+/// Lease bookkeeping of one controller.
+///
+/// Lock order: whoever needs both the state view and this manager takes the view first.
+pub struct LeaseManager {
+    timing: LeaseTiming,
+    clock: Arc<dyn Clock>,
+    leading: Mutex<Option<Leading>>,
+    renewals: mpsc::Sender<Renewal>,
+}
+
+impl LeaseManager {
+    /// A manager and the receiving end of its renewal queue (for [`run_batcher`]).
+    pub fn new(timing: LeaseTiming, clock: Arc<dyn Clock>) -> (Arc<Self>, mpsc::Receiver<Renewal>) {
+        let (renewals, queue) = mpsc::channel(MAX_PENDING_RENEWALS);
+        let manager = LeaseManager {
+            timing,
+            clock,
+            leading: Mutex::new(None),
+            renewals,
+        };
+        (Arc::new(manager), queue)
+    }
+
+    /// The timing in force.
+    pub fn timing(&self) -> LeaseTiming {
+        self.timing
+    }
+
+    /// Queues a renewal; the answer arrives on `renewal.reply`.
+    pub fn submit(&self, renewal: Renewal) {
+        if let Err(mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r)) =
+            self.renewals.try_send(renewal)
+        {
+            let _ = r.reply.send(Err(RenewalError::Overloaded));
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Option<Leading>> {
+        self.leading.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on the soft state if this controller leads `term` (any term if `None`).
+    pub fn with_leader<T>(&self, f: impl FnOnce(&mut LeaderLeases) -> T) -> Option<T> {
+        self.lock().as_mut().map(|l| f(&mut l.leases))
+    }
+
+    /// Follows Raft leadership: fresh soft state on every new term led, none otherwise.
+    fn on_metrics(&self, is_leader: bool, term: u64) {
+        let mut leading = self.lock();
+        match (&*leading, is_leader) {
+            (Some(l), true) if l.term == term => {}
+            (_, true) => {
+                tracing::info!(term, "leading: every existing lease gets a full TTL from now");
+                *leading = Some(Leading {
+                    term,
+                    leases: LeaderLeases::new(self.timing, self.clock.now()),
+                });
+            }
+            (_, false) => *leading = None,
+        }
+    }
+}
+
+/// Keeps the manager's soft state in step with Raft leadership until shutdown.
+pub async fn follow_leadership(raft: Raft, manager: Arc<LeaseManager>, mut shutdown: watch::Receiver<bool>) {
+    let mut metrics = raft.metrics();
+    loop {
+        let (is_leader, term) = {
+            let m = metrics.borrow_watched();
+            (m.state == ServerState::Leader, m.current_term)
+        };
+        manager.on_metrics(is_leader, term);
+        tokio::select! {
+            changed = metrics.changed() => if changed.is_err() { return },
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Answers queued renewals, one leadership confirmation per batch, until the queue closes.
+pub async fn run_batcher(raft: Raft, manager: Arc<LeaseManager>, view: Arc<StateView>, mut queue: mpsc::Receiver<Renewal>) {
+    let mut batch = Vec::with_capacity(1024);
+    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let confirm = raft.ensure_linearizable(ReadPolicy::ReadIndex);
+        let confirmed = match tokio::time::timeout(manager.timing.ttl, confirm).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(RenewalError::NotLeader(e.to_string())),
+            Err(_) => Err(RenewalError::NotLeader(format!(
+                "no quorum confirmed leadership within {:?}",
+                manager.timing.ttl
+            ))),
+        };
+        if let Err(e) = confirmed {
+            for renewal in batch.drain(..) {
+                let _ = renewal.reply.send(Err(e.clone()));
+            }
+            continue;
+        }
+        let state = view.read();
+        let mut leading = manager.lock();
+        for renewal in batch.drain(..) {
+            let answer = match leading.as_mut() {
+                Some(l) => l
+                    .leases
+                    .renew(&state, &renewal.group, renewal.lease, renewal.received_at)
+                    .map_err(RenewalError::from),
+                None => Err(RenewalError::NotLeader("leadership changed".into())),
+            };
+            let _ = renewal.reply.send(answer);
+        }
+    }
+}
+
+/// How long until `instant`, zero if past.
+pub fn until(now: Instant, instant: Instant) -> Duration {
+    instant.saturating_duration_since(now)
+}

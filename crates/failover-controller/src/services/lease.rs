@@ -1,0 +1,265 @@
+//! The lease API: acquire, keep alive, release, watch.
+//!
+//! Only the leader grants, renews and releases; another controller answers `UNAVAILABLE`
+//! with the leader's address in `x-failover-leader`. Validation happens before anything
+//! is proposed, so bad input never reaches the log.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use failover_core::lease::{RenewRefusal, Renewed};
+use failover_core::{Command, GroupName, GroupState, LeaseId, Outcome, Rejection, SiteId};
+use failover_proto::lease::lease_service_server::LeaseService;
+use failover_proto::lease::{
+    acquire_response, keep_alive_response, AcquireRequest, AcquireResponse, GroupEvent, Grant,
+    KeepAliveRequest, KeepAliveResponse, Refused, ReleaseRequest, ReleaseResponse, Standby,
+    WatchRequest,
+};
+use futures::Stream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::admin::rejection_status;
+use super::{propose, NodeContext, ProposeError};
+use crate::leases::{Renewal, RenewalError};
+
+/// Metadata key carrying the leader's address on a not-leader answer.
+pub const LEADER_HINT: &str = "x-failover-leader";
+/// Most keepalive answers buffered per stream before the stream is considered stuck.
+const STREAM_BUFFER: usize = 4096;
+
+/// Serves the lease API.
+pub struct LeaseServer {
+    ctx: Arc<NodeContext>,
+}
+
+impl LeaseServer {
+    /// A server over the controller's shared context.
+    pub fn new(ctx: Arc<NodeContext>) -> Self {
+        LeaseServer { ctx }
+    }
+
+    fn require_leader(&self) -> Result<(), Status> {
+        if self.ctx.raft.is_leader() {
+            return Ok(());
+        }
+        Err(not_leader(&self.ctx))
+    }
+
+    /// The group, after checking that `site` is a site of the topology and of the group.
+    fn checked_group(&self, group: &str, site: &str) -> Result<GroupState, Status> {
+        let site_id = SiteId(site.to_owned());
+        if !self.ctx.topology.sites.iter().any(|s| s.name == site_id) {
+            return Err(Status::not_found(format!("unknown site `{site}`")));
+        }
+        let state = self.ctx.view.read();
+        let g = state.group(&GroupName(group.to_owned())).map_err(|r| rejection_status(&r))?;
+        g.check_site(&site_id).map_err(|r| rejection_status(&r))?;
+        Ok(g.clone())
+    }
+}
+
+/// `UNAVAILABLE` with the leader's address when one is known.
+pub fn not_leader(ctx: &NodeContext) -> Status {
+    let mut status = Status::unavailable(format!("controller {} is not the leader", ctx.node_id));
+    if let Some((_, addr)) = ctx.leader() {
+        if let Ok(value) = addr.parse() {
+            status.metadata_mut().insert(LEADER_HINT, value);
+        }
+    }
+    status
+}
+
+fn grant_message(ctx: &NodeContext, lease: LeaseId, epoch: u64, token: u64) -> Grant {
+    Grant {
+        lease_id: lease.0,
+        ttl_ms: ctx.topology.timing.lease_ttl_ms,
+        epoch,
+        fencing_token: token,
+        keepalive_interval_ms: ctx.topology.timing.keepalive_interval_ms,
+    }
+}
+
+fn standby(rejection: &Rejection) -> Option<Standby> {
+    match rejection {
+        Rejection::Standby {
+            active_site,
+            epoch,
+            demoting,
+            ..
+        } => Some(Standby {
+            active_site: active_site.to_string(),
+            epoch: epoch.0,
+            demoting: *demoting,
+        }),
+        _ => None,
+    }
+}
+
+fn refused(error: &RenewalError) -> Refused {
+    let reason = match error {
+        RenewalError::Refused(RenewRefusal::Unknown(_)) => "unknown",
+        RenewalError::Refused(RenewRefusal::Draining { .. }) => "draining",
+        RenewalError::Refused(RenewRefusal::Expired(_)) => "expired",
+        RenewalError::NotLeader(_) => "not_leader",
+        RenewalError::Overloaded => "overloaded",
+    };
+    Refused {
+        reason: reason.to_owned(),
+        message: error.to_string(),
+    }
+}
+
+/// The event a watcher at `site` sees for `group`.
+pub fn group_event(group: &GroupState, site: &str) -> GroupEvent {
+    let promoting_to = group.pending().map(|p| p.to.to_string()).unwrap_or_default();
+    GroupEvent {
+        group: group.name.to_string(),
+        active_site: group.active_site.to_string(),
+        epoch: group.epoch.0,
+        phase: group.phase.name().to_owned(),
+        drain: !promoting_to.is_empty() && group.active_site.as_str() == site,
+        promoting_to,
+    }
+}
+
+type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl LeaseService for LeaseServer {
+    async fn acquire(&self, request: Request<AcquireRequest>) -> Result<Response<AcquireResponse>, Status> {
+        let received_at = self.ctx.clock.now();
+        self.require_leader()?;
+        let req = request.into_inner();
+        if req.instance.is_empty() {
+            return Err(Status::invalid_argument("instance id is empty"));
+        }
+        let group = self.checked_group(&req.group, &req.site)?;
+        let site = SiteId(req.site.clone());
+        // Answer standby without a Raft write: standby holders poll.
+        if let Err(rejection) = group.check_grant(&site) {
+            return match standby(&rejection) {
+                Some(s) => Ok(Response::new(AcquireResponse {
+                    result: Some(acquire_response::Result::Standby(s)),
+                })),
+                None => Err(rejection_status(&rejection)),
+            };
+        }
+        let command = Command::Grant {
+            group: group.name.clone(),
+            site,
+            holder: req.instance,
+            ttl_ms: self.ctx.topology.timing.lease_ttl_ms,
+        };
+        let result = match propose(&self.ctx, command).await {
+            Ok(Outcome::Granted(lease)) => {
+                self.ctx
+                    .leases
+                    .with_leader(|l| l.on_granted(lease.id, received_at));
+                acquire_response::Result::Granted(grant_message(&self.ctx, lease.id, lease.epoch.0, lease.token.0))
+            }
+            Ok(other) => return Err(Status::internal(format!("grant answered {other:?}"))),
+            Err(ProposeError::Rejected(rejection)) => match standby(&rejection) {
+                Some(s) => acquire_response::Result::Standby(s),
+                None => return Err(rejection_status(&rejection)),
+            },
+            Err(ProposeError::Status(status)) => return Err(status),
+        };
+        Ok(Response::new(AcquireResponse { result: Some(result) }))
+    }
+
+    type KeepAliveStream = EventStream<KeepAliveResponse>;
+
+    async fn keep_alive(
+        &self,
+        request: Request<Streaming<KeepAliveRequest>>,
+    ) -> Result<Response<Self::KeepAliveStream>, Status> {
+        self.require_leader()?;
+        let mut incoming = request.into_inner();
+        let (answers, stream) = mpsc::channel(STREAM_BUFFER);
+        let ctx = self.ctx.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(req)) = incoming.next().await {
+                let received_at = ctx.clock.now();
+                let (reply, answer) = oneshot::channel();
+                ctx.leases.submit(Renewal {
+                    group: GroupName(req.group.clone()),
+                    lease: LeaseId(req.lease_id),
+                    received_at,
+                    reply,
+                });
+                let answers = answers.clone();
+                let ctx = ctx.clone();
+                tokio::spawn(async move {
+                    let result = match answer.await {
+                        Ok(Ok(Renewed { lease, epoch, token, .. })) => keep_alive_response::Result::Renewed(
+                            grant_message(&ctx, lease, epoch.0, token.0),
+                        ),
+                        Ok(Err(e)) => keep_alive_response::Result::Refused(refused(&e)),
+                        Err(_) => keep_alive_response::Result::Refused(refused(&RenewalError::NotLeader(
+                            "controller stopping".into(),
+                        ))),
+                    };
+                    let _ = answers
+                        .send(Ok(KeepAliveResponse {
+                            lease_id: req.lease_id,
+                            seq: req.seq,
+                            result: Some(result),
+                        }))
+                        .await;
+                });
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(stream))))
+    }
+
+    async fn release(&self, request: Request<ReleaseRequest>) -> Result<Response<ReleaseResponse>, Status> {
+        self.require_leader()?;
+        let req = request.into_inner();
+        let lease = LeaseId(req.lease_id);
+        let command = Command::Release {
+            group: GroupName(req.group),
+            lease,
+        };
+        match propose(&self.ctx, command).await {
+            Ok(_) => {
+                self.ctx.leases.with_leader(|l| l.on_released(lease));
+                self.ctx.reconcile.notify_one();
+                Ok(Response::new(ReleaseResponse {}))
+            }
+            Err(ProposeError::Rejected(rejection)) => Err(rejection_status(&rejection)),
+            Err(ProposeError::Status(status)) => Err(status),
+        }
+    }
+
+    type WatchStream = EventStream<GroupEvent>;
+
+    async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let req = request.into_inner();
+        let group = GroupName(req.group.clone());
+        self.checked_group(&req.group, &req.site)?;
+        let ctx = self.ctx.clone();
+        let (events, stream) = mpsc::channel(16);
+        tokio::spawn(async move {
+            let mut changes = ctx.view.subscribe();
+            let mut last: Option<GroupEvent> = None;
+            loop {
+                let event = ctx.view.read().group(&group).map(|g| group_event(g, &req.site));
+                let Ok(event) = event else { return };
+                if last.as_ref() != Some(&event) {
+                    if events.send(Ok(event.clone())).await.is_err() {
+                        return;
+                    }
+                    last = Some(event);
+                }
+                if changes.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(stream))))
+    }
+}
+
