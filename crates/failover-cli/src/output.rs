@@ -5,7 +5,9 @@
 
 use std::fmt::Write as _;
 
-use failover_proto::admin::{GroupStatus, HistoryResponse, PromoteResponse, StatusResponse};
+use failover_proto::admin::{
+    GroupStatus, HistoryResponse, LeasesResponse, PromoteResponse, StatusResponse,
+};
 use serde::Serialize;
 
 /// Prints a value as pretty JSON on stdout.
@@ -96,6 +98,66 @@ impl From<&StatusResponse> for StatusJson {
     }
 }
 
+/// One lease as JSON.
+#[derive(Debug, Serialize)]
+pub struct LeaseJson {
+    /// Group name.
+    pub group: String,
+    /// Lease id.
+    pub lease_id: u64,
+    /// Holder's site.
+    pub site: String,
+    /// Holder (instance id).
+    pub holder: String,
+    /// Epoch it was granted in.
+    pub epoch: u64,
+    /// Fencing token.
+    pub fencing_token: u64,
+    /// Milliseconds until the leader may consider it expired.
+    pub ttl_left_ms: u64,
+}
+
+/// `failover leases --output json`: an array.
+pub fn leases_json(l: &LeasesResponse) -> Vec<LeaseJson> {
+    l.leases
+        .iter()
+        .map(|l| LeaseJson {
+            group: l.group.clone(),
+            lease_id: l.lease_id,
+            site: l.site.clone(),
+            holder: l.holder.clone(),
+            epoch: l.epoch,
+            fencing_token: l.fencing_token,
+            ttl_left_ms: l.ttl_left_ms,
+        })
+        .collect()
+}
+
+/// The human form of `failover leases`.
+pub fn leases_table(l: &LeasesResponse) -> String {
+    let rows: Vec<Vec<String>> = l
+        .leases
+        .iter()
+        .map(|l| {
+            vec![
+                l.group.clone(),
+                l.lease_id.to_string(),
+                l.site.clone(),
+                l.holder.clone(),
+                l.epoch.to_string(),
+                l.fencing_token.to_string(),
+                format!("{} ms", l.ttl_left_ms),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "GROUP", "LEASE", "SITE", "HOLDER", "EPOCH", "TOKEN", "TTL LEFT",
+        ],
+        &rows,
+    )
+}
+
 /// `failover promote --output json`.
 #[derive(Debug, Serialize)]
 pub struct PromoteJson {
@@ -105,6 +167,8 @@ pub struct PromoteJson {
     pub already_active: bool,
     /// Time the leader took, in milliseconds.
     pub elapsed_ms: u64,
+    /// Without `--wait`: the latest time (ms) by which the promotion completes.
+    pub completes_within_ms: u64,
 }
 
 impl From<(&PromoteResponse, &GroupStatus)> for PromoteJson {
@@ -113,6 +177,7 @@ impl From<(&PromoteResponse, &GroupStatus)> for PromoteJson {
             group: GroupJson::from(g),
             already_active: r.already_active,
             elapsed_ms: r.elapsed_ms,
+            completes_within_ms: r.completes_within_ms,
         }
     }
 }

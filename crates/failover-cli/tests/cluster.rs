@@ -25,6 +25,7 @@ fn promote(site: &str) -> PromoteRequest {
         site: site.into(),
         reason: format!("test promotes {site}"),
         actor: "test@cluster".into(),
+        wait: true,
     }
 }
 

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use failover_proto::admin::admin_service_client::AdminServiceClient;
 use failover_proto::admin::{
-    HistoryRequest, HistoryResponse, PromoteRequest, PromoteResponse, StatusRequest, StatusResponse,
+    HistoryRequest, HistoryResponse, LeasesRequest, LeasesResponse, PromoteRequest,
+    PromoteResponse, StatusRequest, StatusResponse,
 };
 use std::sync::Arc;
 use tokio::time::Instant;
@@ -18,6 +19,9 @@ use tonic::Code;
 
 use crate::endpoints::Endpoints;
 use crate::transport::{Dialer, TcpDialer};
+
+/// How long a promote with `wait` may take (the server gives up after 60 s).
+const PROMOTE_WAIT: Duration = Duration::from_secs(65);
 
 /// A call that did not succeed.
 #[derive(Debug, thiserror::Error)]
@@ -134,14 +138,35 @@ impl AdminClient {
             .await
     }
 
-    /// Makes `site` active for `group`; returns once it is (or at once if it already was).
+    /// Starts making `site` active for `group` (with `wait`: returns once it is).
     pub async fn promote(
         &mut self,
         request: PromoteRequest,
     ) -> Result<PromoteResponse, ClientError> {
+        // A waiting promote lasts as long as the old site's drain: up to a TTL and more.
+        let saved = (self.attempt_timeout, self.deadline);
+        if request.wait {
+            self.attempt_timeout = PROMOTE_WAIT;
+            self.deadline = self.deadline.max(PROMOTE_WAIT);
+        }
+        let result = self
+            .call(|mut c| {
+                let request = request.clone();
+                async move { c.promote(request).await }
+            })
+            .await;
+        (self.attempt_timeout, self.deadline) = saved;
+        result
+    }
+
+    /// Every lease, or those of `group`.
+    pub async fn leases(&mut self, group: &str) -> Result<LeasesResponse, ClientError> {
+        let group = group.to_owned();
         self.call(|mut c| {
-            let request = request.clone();
-            async move { c.promote(request).await }
+            let request = LeasesRequest {
+                group: group.clone(),
+            };
+            async move { c.leases(request).await }
         })
         .await
     }

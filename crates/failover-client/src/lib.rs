@@ -3,14 +3,19 @@
 //! # Layout
 //! - [`endpoints`]: where the cluster is (`--endpoints`, `FAILOVER_ENDPOINTS`, a topology file).
 //! - [`transport`]: the [`Dialer`] that makes channels (TCP, or a simulated network).
+//! - [`clock`]: the clock clients and controllers read, supplied by the caller.
+//! - [`lease`]: a lease session that holds, renews and gives up a lease safely.
 //! - [`admin`]: the admin API with fail-over between controllers; the controller that
 //!   answers forwards to the leader when it has to.
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod admin;
+pub mod clock;
 pub mod endpoints;
+pub mod lease;
 pub mod transport;
 
 pub use admin::{AdminClient, ClientError};
 pub use endpoints::Endpoints;
+pub use lease::{LeaseConfig, LeaseSession, LeaseState};
 pub use transport::{DialError, Dialer, TcpDialer};

@@ -15,9 +15,9 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::{ReadPolicy, ServerState};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::clock::Clock;
 use crate::store::StateView;
 use crate::types::Raft;
+use failover_client::clock::Clock;
 
 /// Most renewals waiting for the next confirmation round; beyond it they are refused.
 pub const MAX_PENDING_RENEWALS: usize = 200_000;
@@ -109,7 +109,10 @@ impl LeaseManager {
         match (&*leading, is_leader) {
             (Some(l), true) if l.term == term => {}
             (_, true) => {
-                tracing::info!(term, "leading: every existing lease gets a full TTL from now");
+                tracing::info!(
+                    term,
+                    "leading: every existing lease gets a full TTL from now"
+                );
                 *leading = Some(Leading {
                     term,
                     leases: LeaderLeases::new(self.timing, self.clock.now()),
@@ -121,7 +124,11 @@ impl LeaseManager {
 }
 
 /// Keeps the manager's soft state in step with Raft leadership until shutdown.
-pub async fn follow_leadership(raft: Raft, manager: Arc<LeaseManager>, mut shutdown: watch::Receiver<bool>) {
+pub async fn follow_leadership(
+    raft: Raft,
+    manager: Arc<LeaseManager>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut metrics = raft.metrics();
     loop {
         let (is_leader, term) = {
@@ -137,7 +144,12 @@ pub async fn follow_leadership(raft: Raft, manager: Arc<LeaseManager>, mut shutd
 }
 
 /// Answers queued renewals, one leadership confirmation per batch, until the queue closes.
-pub async fn run_batcher(raft: Raft, manager: Arc<LeaseManager>, view: Arc<StateView>, mut queue: mpsc::Receiver<Renewal>) {
+pub async fn run_batcher(
+    raft: Raft,
+    manager: Arc<LeaseManager>,
+    view: Arc<StateView>,
+    mut queue: mpsc::Receiver<Renewal>,
+) {
     let mut batch = Vec::with_capacity(1024);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let confirm = raft.ensure_linearizable(ReadPolicy::ReadIndex);

@@ -15,7 +15,6 @@
 //! `failover_core`; this crate moves commands into Raft and state out to clients.
 #![warn(missing_docs, unreachable_pub)]
 
-pub mod clock;
 pub mod leases;
 pub mod network;
 pub mod node;
@@ -24,6 +23,6 @@ pub mod services;
 pub mod store;
 pub mod types;
 
-pub use clock::{Clock, SystemClock};
+pub use failover_client::clock::{Clock, SystemClock};
 pub use failover_client::{Dialer, TcpDialer};
 pub use node::{Controller, ControllerError, ControllerOptions};

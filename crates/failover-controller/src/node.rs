@@ -19,15 +19,15 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tonic::transport::server::Connected;
 
-use crate::clock::Clock;
-use crate::network::RaftNetwork;
 use crate::leases::LeaseManager;
+use crate::network::RaftNetwork;
 use crate::services::admin::AdminServer;
 use crate::services::lease::LeaseServer;
 use crate::services::raft::RaftServer;
 use crate::services::NodeContext;
 use crate::store::{self, OpenError, StateView};
 use crate::types::Raft;
+use failover_client::clock::Clock;
 use failover_client::Dialer;
 
 /// Largest gRPC message a controller accepts (snapshots travel in one message).
@@ -113,8 +113,17 @@ impl Controller {
         let tasks = vec![
             tokio::spawn(serve(ctx.clone(), incoming, shutdown_rx.clone())),
             tokio::spawn(crate::reconcile::run(ctx.clone(), shutdown_rx.clone())),
-            tokio::spawn(crate::leases::follow_leadership(ctx.raft.clone(), leases.clone(), shutdown_rx)),
-            tokio::spawn(crate::leases::run_batcher(ctx.raft.clone(), leases, ctx.view.clone(), renewals)),
+            tokio::spawn(crate::leases::follow_leadership(
+                ctx.raft.clone(),
+                leases.clone(),
+                shutdown_rx,
+            )),
+            tokio::spawn(crate::leases::run_batcher(
+                ctx.raft.clone(),
+                leases,
+                ctx.view.clone(),
+                renewals,
+            )),
         ];
         form_cluster(&ctx).await?;
         Ok(Controller {

@@ -77,8 +77,8 @@ fn owed_commands(ctx: &NodeContext) -> (Vec<Command>, Duration) {
         owed.extend(leader.expirations(&state, now));
         leader.poll_timeout(&state)
     });
-    let sleep = next
-        .flatten()
-        .map_or(MAX_SLEEP, |at| crate::leases::until(now, at) + Duration::from_millis(1));
+    let sleep = next.flatten().map_or(MAX_SLEEP, |at| {
+        crate::leases::until(now, at) + Duration::from_millis(1)
+    });
     (owed, sleep)
 }

@@ -3,6 +3,7 @@
 mod controller;
 mod dev;
 mod history;
+mod leases;
 mod promote;
 mod status;
 
@@ -57,6 +58,8 @@ pub enum Command {
     Promote(promote::PromoteArgs),
     /// Show every change of active site, oldest first.
     History(history::HistoryArgs),
+    /// Show the live leases: site, holder, epoch, fencing token, time left.
+    Leases(leases::LeasesArgs),
 }
 
 impl Command {
@@ -104,6 +107,7 @@ impl Cli {
             Command::Status(args) => status::run(args).await,
             Command::Promote(args) => promote::run(args).await,
             Command::History(args) => history::run(args).await,
+            Command::Leases(args) => leases::run(args).await,
         }
     }
 }

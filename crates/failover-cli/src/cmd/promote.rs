@@ -17,6 +17,10 @@ pub struct PromoteArgs {
     /// Why; recorded in the history.
     #[arg(long, default_value = "")]
     pub reason: String,
+    /// Block until the site is active and print how long it took (otherwise return once
+    /// the old site has been told to drain).
+    #[arg(long)]
+    pub wait: bool,
     #[command(flatten)]
     cluster: ClusterArgs,
     /// Output format.
@@ -31,6 +35,7 @@ pub(crate) async fn run(args: PromoteArgs) -> anyhow::Result<()> {
         site: args.site.clone(),
         reason: args.reason,
         actor: actor(),
+        wait: args.wait,
     };
     let response = client.promote(request).await?;
     let group = response.group.clone().unwrap_or_default();
@@ -42,9 +47,15 @@ pub(crate) async fn run(args: PromoteArgs) -> anyhow::Result<()> {
             "{} is already active for group {} (epoch {}); nothing changed",
             group.active_site, group.name, group.epoch
         );
+    } else if group.phase == "demoting" {
+        println!(
+            "group {}: {} is draining; {} becomes active as soon as its leases are released, \
+             at the latest in {} ms (use --wait to block until then)",
+            group.name, group.active_site, group.promoting_to, response.completes_within_ms
+        );
     } else {
         println!(
-            "{} is now active for group {} at epoch {} ({} ms)",
+            "{} is now active for group {} at epoch {} (took {} ms)",
             group.active_site, group.name, group.epoch, response.elapsed_ms
         );
     }

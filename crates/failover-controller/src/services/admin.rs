@@ -13,8 +13,7 @@ use failover_proto::admin::admin_service_client::AdminServiceClient;
 use failover_proto::admin::admin_service_server::AdminService;
 use failover_proto::admin::{
     ControllerStatus, GroupStatus, HistoryEntry, HistoryRequest, HistoryResponse, LeaseStatus,
-    LeasesRequest, LeasesResponse, PromoteRequest, PromoteResponse, StatusRequest,
-    StatusResponse,
+    LeasesRequest, LeasesResponse, PromoteRequest, PromoteResponse, StatusRequest, StatusResponse,
 };
 use openraft::{Instant as _, ReadPolicy};
 use tonic::{Request, Response, Status};
@@ -256,7 +255,9 @@ impl AdminService for AdminServer {
                     reason: req.reason.clone(),
                     at_unix_ms: self.ctx.clock.unix_ms(),
                 };
-                propose(&self.ctx, command).await.map_err(ProposeError::into_status)?;
+                propose(&self.ctx, command)
+                    .await
+                    .map_err(ProposeError::into_status)?;
                 self.ctx.reconcile.notify_one();
             }
             Err(Rejection::AlreadyActive { .. }) => {
@@ -284,7 +285,9 @@ impl AdminService for AdminServer {
                     l.drain_deadline(&group)
                 })
                 .flatten()
-                .map_or(0, |deadline| crate::leases::until(now, deadline).as_millis() as u64);
+                .map_or(0, |deadline| {
+                    crate::leases::until(now, deadline).as_millis() as u64
+                });
             drop(state);
             return Ok(Response::new(PromoteResponse {
                 group: Some(group_status(&view)),
@@ -341,7 +344,10 @@ impl AdminService for AdminServer {
         Ok(Response::new(HistoryResponse { entries }))
     }
 
-    async fn leases(&self, request: Request<LeasesRequest>) -> Result<Response<LeasesResponse>, Status> {
+    async fn leases(
+        &self,
+        request: Request<LeasesRequest>,
+    ) -> Result<Response<LeasesResponse>, Status> {
         if let Some(mut leader) = self.forward_target(&request)? {
             return leader.leases(forwarded(request.into_inner())).await;
         }
@@ -349,7 +355,9 @@ impl AdminService for AdminServer {
         let now = self.ctx.clock.now();
         let state = self.ctx.view.read();
         if !filter.is_empty() {
-            state.group(&GroupName(filter.clone())).map_err(|r| rejection_status(&r))?;
+            state
+                .group(&GroupName(filter.clone()))
+                .map_err(|r| rejection_status(&r))?;
         }
         let leases = state
             .groups

@@ -11,7 +11,7 @@ use failover_core::lease::{RenewRefusal, Renewed};
 use failover_core::{Command, GroupName, GroupState, LeaseId, Outcome, Rejection, SiteId};
 use failover_proto::lease::lease_service_server::LeaseService;
 use failover_proto::lease::{
-    acquire_response, keep_alive_response, AcquireRequest, AcquireResponse, GroupEvent, Grant,
+    acquire_response, keep_alive_response, AcquireRequest, AcquireResponse, Grant, GroupEvent,
     KeepAliveRequest, KeepAliveResponse, Refused, ReleaseRequest, ReleaseResponse, Standby,
     WatchRequest,
 };
@@ -55,7 +55,9 @@ impl LeaseServer {
             return Err(Status::not_found(format!("unknown site `{site}`")));
         }
         let state = self.ctx.view.read();
-        let g = state.group(&GroupName(group.to_owned())).map_err(|r| rejection_status(&r))?;
+        let g = state
+            .group(&GroupName(group.to_owned()))
+            .map_err(|r| rejection_status(&r))?;
         g.check_site(&site_id).map_err(|r| rejection_status(&r))?;
         Ok(g.clone())
     }
@@ -114,7 +116,10 @@ fn refused(error: &RenewalError) -> Refused {
 
 /// The event a watcher at `site` sees for `group`.
 pub fn group_event(group: &GroupState, site: &str) -> GroupEvent {
-    let promoting_to = group.pending().map(|p| p.to.to_string()).unwrap_or_default();
+    let promoting_to = group
+        .pending()
+        .map(|p| p.to.to_string())
+        .unwrap_or_default();
     GroupEvent {
         group: group.name.to_string(),
         active_site: group.active_site.to_string(),
@@ -129,7 +134,10 @@ type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl LeaseService for LeaseServer {
-    async fn acquire(&self, request: Request<AcquireRequest>) -> Result<Response<AcquireResponse>, Status> {
+    async fn acquire(
+        &self,
+        request: Request<AcquireRequest>,
+    ) -> Result<Response<AcquireResponse>, Status> {
         let received_at = self.ctx.clock.now();
         self.require_leader()?;
         let req = request.into_inner();
@@ -158,7 +166,12 @@ impl LeaseService for LeaseServer {
                 self.ctx
                     .leases
                     .with_leader(|l| l.on_granted(lease.id, received_at));
-                acquire_response::Result::Granted(grant_message(&self.ctx, lease.id, lease.epoch.0, lease.token.0))
+                acquire_response::Result::Granted(grant_message(
+                    &self.ctx,
+                    lease.id,
+                    lease.epoch.0,
+                    lease.token.0,
+                ))
             }
             Ok(other) => return Err(Status::internal(format!("grant answered {other:?}"))),
             Err(ProposeError::Rejected(rejection)) => match standby(&rejection) {
@@ -167,7 +180,9 @@ impl LeaseService for LeaseServer {
             },
             Err(ProposeError::Status(status)) => return Err(status),
         };
-        Ok(Response::new(AcquireResponse { result: Some(result) }))
+        Ok(Response::new(AcquireResponse {
+            result: Some(result),
+        }))
     }
 
     type KeepAliveStream = EventStream<KeepAliveResponse>;
@@ -194,13 +209,18 @@ impl LeaseService for LeaseServer {
                 let ctx = ctx.clone();
                 tokio::spawn(async move {
                     let result = match answer.await {
-                        Ok(Ok(Renewed { lease, epoch, token, .. })) => keep_alive_response::Result::Renewed(
-                            grant_message(&ctx, lease, epoch.0, token.0),
-                        ),
+                        Ok(Ok(Renewed {
+                            lease,
+                            epoch,
+                            token,
+                            ..
+                        })) => keep_alive_response::Result::Renewed(grant_message(
+                            &ctx, lease, epoch.0, token.0,
+                        )),
                         Ok(Err(e)) => keep_alive_response::Result::Refused(refused(&e)),
-                        Err(_) => keep_alive_response::Result::Refused(refused(&RenewalError::NotLeader(
-                            "controller stopping".into(),
-                        ))),
+                        Err(_) => keep_alive_response::Result::Refused(refused(
+                            &RenewalError::NotLeader("controller stopping".into()),
+                        )),
                     };
                     let _ = answers
                         .send(Ok(KeepAliveResponse {
@@ -215,7 +235,10 @@ impl LeaseService for LeaseServer {
         Ok(Response::new(Box::pin(ReceiverStream::new(stream))))
     }
 
-    async fn release(&self, request: Request<ReleaseRequest>) -> Result<Response<ReleaseResponse>, Status> {
+    async fn release(
+        &self,
+        request: Request<ReleaseRequest>,
+    ) -> Result<Response<ReleaseResponse>, Status> {
         self.require_leader()?;
         let req = request.into_inner();
         let lease = LeaseId(req.lease_id);
@@ -236,7 +259,10 @@ impl LeaseService for LeaseServer {
 
     type WatchStream = EventStream<GroupEvent>;
 
-    async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(
+        &self,
+        request: Request<WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
         let req = request.into_inner();
         let group = GroupName(req.group.clone());
         self.checked_group(&req.group, &req.site)?;
@@ -246,7 +272,11 @@ impl LeaseService for LeaseServer {
             let mut changes = ctx.view.subscribe();
             let mut last: Option<GroupEvent> = None;
             loop {
-                let event = ctx.view.read().group(&group).map(|g| group_event(g, &req.site));
+                let event = ctx
+                    .view
+                    .read()
+                    .group(&group)
+                    .map(|g| group_event(g, &req.site));
                 let Ok(event) = event else { return };
                 if last.as_ref() != Some(&event) {
                     if events.send(Ok(event.clone())).await.is_err() {
@@ -262,4 +292,3 @@ impl LeaseService for LeaseServer {
         Ok(Response::new(Box::pin(ReceiverStream::new(stream))))
     }
 }
-

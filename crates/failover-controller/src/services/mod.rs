@@ -11,9 +11,9 @@ use openraft::errors::{ClientWriteError, RaftError};
 use tokio::sync::Notify;
 use tonic::Status;
 
-use crate::clock::Clock;
 use crate::store::StateView;
 use crate::types::Raft;
+use failover_client::clock::Clock;
 use failover_client::Dialer;
 
 /// What every service of one controller shares.
@@ -65,10 +65,14 @@ pub async fn propose(ctx: &NodeContext, command: Command) -> Result<Outcome, Pro
                 "a command applied without a result",
             ))),
         },
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(ProposeError::Status(
-            Status::unavailable("this controller stopped being leader; retry"),
-        )),
-        Err(e) => Err(ProposeError::Status(Status::unavailable(format!("cannot commit: {e}")))),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+            Err(ProposeError::Status(Status::unavailable(
+                "this controller stopped being leader; retry",
+            )))
+        }
+        Err(e) => Err(ProposeError::Status(Status::unavailable(format!(
+            "cannot commit: {e}"
+        )))),
     }
 }
 

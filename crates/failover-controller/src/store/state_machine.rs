@@ -54,7 +54,9 @@ impl StateView {
 
     /// Read access to the applied state. Hold it briefly: apply waits for it.
     pub fn read(&self) -> RwLockReadGuard<'_, ClusterState> {
-        self.state.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// A receiver that changes whenever the applied state changes.
@@ -63,7 +65,9 @@ impl StateView {
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, ClusterState> {
-        self.state.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn changed(&self) {
@@ -159,14 +163,20 @@ impl RaftStateMachine<TypeConfig> for SledStateMachine {
         }
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, data: Vec<u8>) -> Result<(), io::Error> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        data: Vec<u8>,
+    ) -> Result<(), io::Error> {
         let decoded: SnapshotData = decode(&data, "snapshot")?;
         check_state(&decoded.state);
         let stored = StoredSnapshot {
             meta: meta.clone(),
             data,
         };
-        self.tree.insert(SNAPSHOT, encode(&stored)?).map_err(io_err)?;
+        self.tree
+            .insert(SNAPSHOT, encode(&stored)?)
+            .map_err(io_err)?;
         self.db.flush_async().await.map_err(io_err)?;
         *self.view.write() = decoded.state;
         self.last_applied = meta.last_log_id;
@@ -208,7 +218,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             meta: self.meta.clone(),
             data: data.clone(),
         };
-        self.tree.insert(SNAPSHOT, encode(&stored)?).map_err(io_err)?;
+        self.tree
+            .insert(SNAPSHOT, encode(&stored)?)
+            .map_err(io_err)?;
         self.db.flush_async().await.map_err(io_err)?;
         Ok(Snapshot {
             meta: self.meta.clone(),

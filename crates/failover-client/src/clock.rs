@@ -1,4 +1,4 @@
-//! The clock a controller reads, supplied by the caller so tests can substitute it.
+//! The clock clients and controllers read, supplied by the caller so tests can substitute it.
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 

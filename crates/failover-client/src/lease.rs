@@ -1,0 +1,460 @@
+//! A lease session: acquires a group's lease for one instance, keeps it alive, follows
+//! the leader, and reports what the instance may believe.
+//!
+//! Safety rests on [`HolderLease`] (in `failover-core`): validity is measured from when
+//! each request was *sent*, on the monotonic clock, minus the drift bound and the stop
+//! grace. The session publishes `Lost` when that deadline passes even if no controller
+//! answers; [`LeaseSession::holds`] checks the deadline itself, so a caller that asks at
+//! any instant never hears "held" after it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use failover_core::lease::{HolderLease, HolderTiming};
+use failover_core::{Epoch, FencingToken, LeaseId};
+use failover_proto::lease::lease_service_client::LeaseServiceClient;
+use failover_proto::lease::{
+    acquire_response, keep_alive_response, AcquireRequest, KeepAliveRequest, ReleaseRequest,
+};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+use crate::clock::Clock;
+use crate::endpoints::Endpoints;
+use crate::transport::Dialer;
+
+/// Metadata key a controller sets to the leader's address when it is not the leader.
+const LEADER_HINT: &str = "x-failover-leader";
+/// Longest wait between two attempts to reach a controller.
+const MAX_BACKOFF: Duration = Duration::from_millis(500);
+/// Time one acquire or release may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What a lease session is for.
+#[derive(Debug, Clone)]
+pub struct LeaseConfig {
+    /// Where the controllers are.
+    pub endpoints: Endpoints,
+    /// The failover group.
+    pub group: String,
+    /// This instance's site.
+    pub site: String,
+    /// This instance's id (unique within the group).
+    pub instance: String,
+    /// The topology's `max_clock_drift_ms`.
+    pub max_clock_drift: Duration,
+    /// Time this instance needs to stop its work; the lease is given up that much early.
+    pub stop_grace: Duration,
+    /// How often to try again while standby.
+    pub standby_poll: Duration,
+}
+
+/// What the instance may believe, as published by the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseState {
+    /// Not yet in touch with a leader.
+    Connecting,
+    /// The site is not active (or is being demoted): do not run the gated work.
+    Standby {
+        /// The active site.
+        active_site: String,
+        /// The current epoch.
+        epoch: u64,
+    },
+    /// Held: the work may run until `valid_until` (monotonic), carrying `token` downstream.
+    Acquired {
+        /// The lease.
+        lease: LeaseId,
+        /// The fencing token.
+        token: FencingToken,
+        /// The epoch.
+        epoch: Epoch,
+        /// When the work must have stopped unless renewed.
+        valid_until: Instant,
+    },
+    /// Given up: the deadline passed, the lease was refused, or the site is being demoted.
+    Lost {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A running lease session. Dropping it stops renewing (the lease then expires);
+/// [`LeaseSession::shutdown`] releases it first.
+pub struct LeaseSession {
+    state: watch::Receiver<LeaseState>,
+    clock: Arc<dyn Clock>,
+    stop: Option<mpsc::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl LeaseSession {
+    /// Starts acquiring and renewing in the background.
+    pub fn start(
+        config: LeaseConfig,
+        dialer: Arc<dyn Dialer>,
+        clock: Arc<dyn Clock>,
+    ) -> LeaseSession {
+        let (publish, state) = watch::channel(LeaseState::Connecting);
+        let (stop, stopped) = mpsc::channel(1);
+        let driver = Driver {
+            holder: HolderLease::new(HolderTiming {
+                max_clock_drift: config.max_clock_drift,
+                stop_grace: config.stop_grace,
+            }),
+            config,
+            dialer,
+            clock: clock.clone(),
+            publish,
+            leader: None,
+            next_endpoint: 0,
+            backoff: Duration::from_millis(25),
+        };
+        LeaseSession {
+            state,
+            clock,
+            stop: Some(stop),
+            task: Some(tokio::spawn(driver.run(stopped))),
+        }
+    }
+
+    /// The published state; `changed()` wakes on every transition.
+    pub fn state(&self) -> watch::Receiver<LeaseState> {
+        self.state.clone()
+    }
+
+    /// The fencing token if the lease is held and valid right now.
+    pub fn holds(&self) -> Option<FencingToken> {
+        match &*self.state.borrow() {
+            LeaseState::Acquired {
+                token, valid_until, ..
+            } if self.clock.now() < *valid_until => Some(*token),
+            _ => None,
+        }
+    }
+
+    /// Releases the lease (if held) and stops the session.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(()).await;
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for LeaseSession {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Why the holding loop ended.
+enum HoldEnd {
+    /// Give up the lease and acquire again (refused, expired, drained).
+    Reacquire,
+    /// Shut down (after releasing).
+    Stop,
+}
+
+struct Driver {
+    config: LeaseConfig,
+    dialer: Arc<dyn Dialer>,
+    clock: Arc<dyn Clock>,
+    holder: HolderLease,
+    publish: watch::Sender<LeaseState>,
+    leader: Option<String>,
+    next_endpoint: usize,
+    backoff: Duration,
+}
+
+impl Driver {
+    async fn run(mut self, mut stop: mpsc::Receiver<()>) {
+        loop {
+            let acquired = tokio::select! {
+                acquired = self.acquire() => acquired,
+                _ = stop.recv() => return,
+            };
+            if !acquired {
+                tokio::select! {
+                    _ = tokio::time::sleep(self.config.standby_poll) => continue,
+                    _ = stop.recv() => return,
+                }
+            }
+            match self.hold(&mut stop).await {
+                HoldEnd::Reacquire => continue,
+                HoldEnd::Stop => return,
+            }
+        }
+    }
+
+    /// The controller to talk to: the last known leader, else the next endpoint.
+    fn target(&mut self) -> String {
+        if let Some(leader) = &self.leader {
+            return leader.clone();
+        }
+        let addrs = self.config.endpoints.addrs();
+        let addr = addrs[self.next_endpoint % addrs.len()].clone();
+        self.next_endpoint += 1;
+        addr
+    }
+
+    fn client(&mut self) -> Option<(String, LeaseServiceClient<Channel>)> {
+        let addr = self.target();
+        match self.dialer.channel(&addr) {
+            Ok(channel) => Some((addr, LeaseServiceClient::new(channel))),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot dial");
+                self.leader = None;
+                None
+            }
+        }
+    }
+
+    /// Learns from a failed call where the leader is; forgets a dead one.
+    fn on_error(&mut self, status: &tonic::Status) {
+        let hint = status
+            .metadata()
+            .get(LEADER_HINT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        self.leader = hint;
+    }
+
+    async fn pause(&mut self) {
+        tokio::time::sleep(self.backoff).await;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
+
+    fn set(&self, state: LeaseState) {
+        self.publish.send_if_modified(|current| {
+            let changed = *current != state;
+            *current = state;
+            changed
+        });
+    }
+
+    fn publish_held(&self) {
+        let now = self.clock.now();
+        match self.holder.held(now) {
+            Some((lease, token, epoch, valid_until)) => self.set(LeaseState::Acquired {
+                lease,
+                token,
+                epoch,
+                valid_until,
+            }),
+            None => self.set(LeaseState::Lost {
+                reason: "the lease deadline passed without a renewal".into(),
+            }),
+        }
+    }
+
+    /// One acquire attempt. True when the lease is held afterwards.
+    async fn acquire(&mut self) -> bool {
+        let Some((addr, mut client)) = self.client() else {
+            self.pause().await;
+            return false;
+        };
+        let request = AcquireRequest {
+            group: self.config.group.clone(),
+            site: self.config.site.clone(),
+            instance: self.config.instance.clone(),
+        };
+        let sent_at = self.clock.now();
+        let answer = tokio::time::timeout(CALL_TIMEOUT, client.acquire(request)).await;
+        let response = match answer {
+            Ok(Ok(response)) => response.into_inner(),
+            Ok(Err(status)) => {
+                tracing::debug!(%addr, %status, "acquire failed");
+                if !matches!(
+                    status.code(),
+                    tonic::Code::Unavailable | tonic::Code::Unknown
+                ) {
+                    self.set(LeaseState::Lost {
+                        reason: status.message().to_owned(),
+                    });
+                }
+                self.on_error(&status);
+                self.pause().await;
+                return false;
+            }
+            Err(_) => {
+                self.leader = None;
+                return false;
+            }
+        };
+        self.leader = Some(addr);
+        self.backoff = Duration::from_millis(25);
+        match response.result {
+            Some(acquire_response::Result::Granted(grant)) => {
+                self.holder.on_granted(
+                    sent_at,
+                    LeaseId(grant.lease_id),
+                    FencingToken(grant.fencing_token),
+                    Epoch(grant.epoch),
+                    Duration::from_millis(grant.ttl_ms),
+                );
+                self.publish_held();
+                self.holder.held(self.clock.now()).is_some()
+            }
+            Some(acquire_response::Result::Standby(standby)) => {
+                self.set(LeaseState::Standby {
+                    active_site: standby.active_site,
+                    epoch: standby.epoch,
+                });
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Renews until the lease is refused, its deadline passes, or the session stops.
+    async fn hold(&mut self, stop: &mut mpsc::Receiver<()>) -> HoldEnd {
+        let (lease, interval) = match self.holder.held(self.clock.now()) {
+            Some((lease, ..)) => (lease, self.keepalive_interval()),
+            None => return HoldEnd::Reacquire,
+        };
+        let mut sent: HashMap<u64, Instant> = HashMap::new();
+        let mut seq = 0u64;
+        'connect: loop {
+            let Some((addr, mut client)) = self.client() else {
+                if self.wait_or_expire(self.backoff, stop).await.is_some() {
+                    return self.end(lease, stop.is_closed()).await;
+                }
+                continue;
+            };
+            let (requests, outgoing) = mpsc::channel::<KeepAliveRequest>(16);
+            let stream = tokio_stream::wrappers::ReceiverStream::new(outgoing);
+            let opened = tokio::select! {
+                opened = client.keep_alive(stream) => opened,
+                _ = self.deadline() => return self.lost(lease, "the lease deadline passed without a renewal").await,
+                _ = stop.recv() => return self.end(lease, true).await,
+            };
+            let mut answers = match opened {
+                Ok(response) => response.into_inner(),
+                Err(status) => {
+                    self.on_error(&status);
+                    if self.leader.is_none() {
+                        self.pause().await;
+                    }
+                    continue 'connect;
+                }
+            };
+            self.leader = Some(addr);
+            let mut tick = tokio::time::interval(interval);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        seq += 1;
+                        sent.insert(seq, self.clock.now());
+                        sent.retain(|s, _| *s + 64 > seq);
+                        let request = KeepAliveRequest { group: self.config.group.clone(), lease_id: lease.0, seq };
+                        if requests.send(request).await.is_err() {
+                            continue 'connect;
+                        }
+                    }
+                    answer = answers.message() => {
+                        let answer = match answer {
+                            Ok(Some(answer)) => answer,
+                            _ => { self.leader = None; continue 'connect; }
+                        };
+                        match answer.result {
+                            Some(keep_alive_response::Result::Renewed(grant)) => {
+                                if let Some(sent_at) = sent.remove(&answer.seq) {
+                                    self.holder.on_renewed(sent_at, lease, Duration::from_millis(grant.ttl_ms));
+                                    self.publish_held();
+                                }
+                            }
+                            Some(keep_alive_response::Result::Refused(refused)) if refused.reason == "not_leader" || refused.reason == "overloaded" => {
+                                self.leader = None;
+                                continue 'connect;
+                            }
+                            Some(keep_alive_response::Result::Refused(refused)) => {
+                                return self.lost(lease, &refused.message).await;
+                            }
+                            None => {}
+                        }
+                    }
+                    _ = self.deadline() => return self.lost(lease, "the lease deadline passed without a renewal").await,
+                    _ = stop.recv() => return self.end(lease, true).await,
+                }
+            }
+        }
+    }
+
+    fn keepalive_interval(&self) -> Duration {
+        // A third of the usable lease: two renewals may be lost before the deadline.
+        let usable = self
+            .holder
+            .poll_timeout()
+            .map_or(Duration::from_millis(500), |until| {
+                until.saturating_duration_since(self.clock.now())
+            });
+        (usable / 3).max(Duration::from_millis(10))
+    }
+
+    /// Resolves when the holder's deadline passes.
+    async fn deadline(&self) {
+        match self.holder.poll_timeout() {
+            Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+            None => std::future::pending::<()>().await,
+        }
+    }
+
+    /// Sleeps `d` unless the deadline passes or the session stops first.
+    async fn wait_or_expire(&self, d: Duration, stop: &mut mpsc::Receiver<()>) -> Option<()> {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => None,
+            _ = self.deadline() => Some(()),
+            _ = stop.recv() => Some(()),
+        }
+    }
+
+    async fn lost(&mut self, lease: LeaseId, reason: &str) -> HoldEnd {
+        self.holder.on_lost();
+        self.set(LeaseState::Lost {
+            reason: reason.to_owned(),
+        });
+        self.release(lease).await;
+        HoldEnd::Reacquire
+    }
+
+    async fn end(&mut self, lease: LeaseId, stopping: bool) -> HoldEnd {
+        self.holder.handle_timeout(self.clock.now());
+        if stopping {
+            self.holder.on_lost();
+            self.set(LeaseState::Lost {
+                reason: "session stopped".into(),
+            });
+            self.release(lease).await;
+            return HoldEnd::Stop;
+        }
+        self.lost(lease, "the lease deadline passed without a renewal")
+            .await
+    }
+
+    /// Best-effort release so a promotion need not wait out the TTL. The holder has
+    /// already stopped believing it holds the lease.
+    async fn release(&mut self, lease: LeaseId) {
+        for _ in 0..3 {
+            let Some((_, mut client)) = self.client() else {
+                return;
+            };
+            let request = ReleaseRequest {
+                group: self.config.group.clone(),
+                lease_id: lease.0,
+            };
+            match tokio::time::timeout(CALL_TIMEOUT, client.release(request)).await {
+                Ok(Ok(_)) => return,
+                Ok(Err(status)) if status.code() == tonic::Code::NotFound => return,
+                Ok(Err(status)) => self.on_error(&status),
+                Err(_) => self.leader = None,
+            }
+        }
+    }
+}
