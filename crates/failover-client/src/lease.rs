@@ -86,8 +86,8 @@ pub enum LeaseState {
 pub struct LeaseSession {
     state: watch::Receiver<LeaseState>,
     clock: Arc<dyn Clock>,
-    stop: Option<mpsc::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+    stop: mpsc::Sender<()>,
+    task: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
 impl LeaseSession {
@@ -115,8 +115,8 @@ impl LeaseSession {
         LeaseSession {
             state,
             clock,
-            stop: Some(stop),
-            task: Some(tokio::spawn(driver.run(stopped))),
+            stop,
+            task: std::sync::Mutex::new(Some(tokio::spawn(driver.run(stopped)))),
         }
     }
 
@@ -135,12 +135,14 @@ impl LeaseSession {
         }
     }
 
+    fn take_task(&self) -> Option<JoinHandle<()>> {
+        self.task.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
     /// Releases the lease (if held) and stops the session.
-    pub async fn shutdown(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(()).await;
-        }
-        if let Some(task) = self.task.take() {
+    pub async fn shutdown(&self) {
+        let _ = self.stop.try_send(());
+        if let Some(task) = self.take_task() {
             let _ = task.await;
         }
     }
@@ -148,7 +150,7 @@ impl LeaseSession {
 
 impl Drop for LeaseSession {
     fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
+        if let Some(task) = self.take_task() {
             task.abort();
         }
     }

@@ -151,20 +151,22 @@ impl LeaderLeases {
     }
 
     /// When the lease was last renewed as far as this leader knows: never earlier than the
-    /// leader's own start, since it cannot know what its predecessor accepted.
-    pub fn last_renewal(&self, lease: LeaseId) -> Instant {
+    /// leader's own start, since it cannot know what its predecessor accepted. `None` for a
+    /// lease this leader has not observed yet (see [`LeaderLeases::observe`]).
+    pub fn last_renewal(&self, lease: LeaseId) -> Option<Instant> {
         self.renewed_at
             .get(&lease)
-            .copied()
-            .map_or(self.became_leader_at, |at| at.max(self.became_leader_at))
+            .map(|at| (*at).max(self.became_leader_at))
     }
 
-    /// When the leader may treat the lease as dead.
-    pub fn expires_at(&self, lease: LeaseId) -> Instant {
-        self.last_renewal(lease) + self.timing.leader_expiry()
+    /// When the leader may treat the lease as dead; `None` until it has observed it.
+    pub fn expires_at(&self, lease: LeaseId) -> Option<Instant> {
+        self.last_renewal(lease)
+            .map(|at| at + self.timing.leader_expiry())
     }
 
-    /// Records a grant received at `received_at`.
+    /// Records a grant received at `received_at` (earlier than any observation of it, so
+    /// it replaces one).
     pub fn on_granted(&mut self, lease: LeaseId, received_at: Instant) {
         self.renewed_at.insert(lease, received_at);
     }
@@ -192,8 +194,10 @@ impl LeaderLeases {
                 to: pending.to.clone(),
             });
         }
-        if received_at >= self.last_renewal(lease) + self.timing.ttl {
-            return Err(RenewRefusal::Expired(lease));
+        if let Some(last) = self.last_renewal(lease) {
+            if received_at >= last + self.timing.ttl {
+                return Err(RenewRefusal::Expired(lease));
+            }
         }
         debug_assert_eq!(held.epoch, g.epoch);
         let at = self.renewed_at.entry(lease).or_insert(received_at);
@@ -212,7 +216,9 @@ impl LeaderLeases {
     }
 
     /// Takes note of the applied state at `now`: the first time this leader sees a group
-    /// demoting (at a given epoch) starts that group's drain clock; leases and groups that
+    /// demoting (at a given epoch) starts that group's drain clock; a lease it has not seen
+    /// before counts as renewed at `now` (a grant is applied before its handler can record
+    /// the receipt time, and a predecessor's leases are unknown); leases and groups that
     /// are gone are forgotten.
     pub fn observe(&mut self, state: &ClusterState, now: Instant) {
         self.demoting_seen_at.retain(|name, (epoch, _)| {
@@ -230,6 +236,9 @@ impl LeaderLeases {
         }
         self.renewed_at
             .retain(|id, _| state.groups.values().any(|g| g.leases.contains_key(id)));
+        for id in state.groups.values().flat_map(|g| g.leases.keys()) {
+            self.renewed_at.entry(*id).or_insert(now);
+        }
     }
 
     /// When the group's demotion may complete even if leases remain: `ttl +
@@ -272,7 +281,7 @@ impl LeaderLeases {
                     .leases
                     .keys()
                     .copied()
-                    .filter(|id| now >= self.expires_at(*id))
+                    .filter(|id| self.expires_at(*id).is_some_and(|at| now >= at))
                     .collect();
                 (!dead.is_empty()).then(|| Command::Expire {
                     group: g.name.clone(),
@@ -293,7 +302,7 @@ impl LeaderLeases {
             .groups
             .values()
             .flat_map(|g| g.leases.keys())
-            .map(|id| self.expires_at(*id));
+            .filter_map(|id| self.expires_at(*id));
         drains.chain(expiries).min()
     }
 }
@@ -417,5 +426,126 @@ impl HolderLease {
             } if now < valid_until => Some((lease, token, epoch, valid_until)),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::Outcome;
+    use crate::ids::GroupName;
+
+    const TTL: Duration = Duration::from_millis(2000);
+    const DRIFT: Duration = Duration::from_millis(250);
+
+    fn timing() -> LeaseTiming {
+        LeaseTiming {
+            ttl: TTL,
+            max_clock_drift: DRIFT,
+        }
+    }
+
+    fn state_with_lease() -> (ClusterState, LeaseId) {
+        let mut state = ClusterState::default();
+        state
+            .apply(&Command::CreateGroup {
+                group: "g".into(),
+                sites: vec!["a".into(), "b".into()],
+                at_unix_ms: 0,
+            })
+            .expect("create");
+        let Ok(Outcome::Granted(lease)) = state.apply(&Command::Grant {
+            group: "g".into(),
+            site: "a".into(),
+            holder: "h".into(),
+            ttl_ms: 2000,
+        }) else {
+            panic!("grant");
+        };
+        (state, lease.id)
+    }
+
+    /// A lease applied long after the leader started, and observed before its grant handler
+    /// recorded the receipt time, is not expired at once: it counts from the observation.
+    #[test]
+    fn newly_observed_lease_gets_a_full_ttl() {
+        let t0 = Instant::now();
+        let mut leader = LeaderLeases::new(timing(), t0);
+        let (state, lease) = state_with_lease();
+        let now = t0 + Duration::from_secs(60);
+        leader.observe(&state, now);
+        assert!(leader.expirations(&state, now).is_empty());
+        let just_before = now + TTL + DRIFT - Duration::from_millis(1);
+        assert!(leader.expirations(&state, just_before).is_empty());
+        assert_eq!(leader.expirations(&state, now + TTL + DRIFT).len(), 1);
+        let _ = lease;
+    }
+
+    /// A new leader gives an inherited lease a full TTL plus drift from its own start.
+    #[test]
+    fn new_leader_counts_inherited_leases_from_its_start() {
+        let t0 = Instant::now();
+        let (state, lease) = state_with_lease();
+        let mut leader = LeaderLeases::new(timing(), t0);
+        leader.observe(&state, t0);
+        assert_eq!(leader.expires_at(lease), Some(t0 + TTL + DRIFT));
+        // A renewal received before this leader started cannot shorten that.
+        let mut leader = LeaderLeases::new(timing(), t0 + Duration::from_secs(1));
+        leader.observe(&state, t0 + Duration::from_secs(1));
+        leader
+            .renew(&state, &GroupName::from("g"), lease, t0)
+            .expect("renew");
+        assert_eq!(
+            leader.expires_at(lease),
+            Some(t0 + Duration::from_secs(1) + TTL + DRIFT)
+        );
+    }
+
+    /// Renewals during a demotion are refused; the demotion completes once the drain
+    /// deadline passes even if the old holder never releases.
+    #[test]
+    fn demotion_refuses_renewals_and_completes_after_drain_deadline() {
+        let t0 = Instant::now();
+        let (mut state, lease) = state_with_lease();
+        let mut leader = LeaderLeases::new(timing(), t0);
+        leader.observe(&state, t0);
+        state
+            .apply(&Command::BeginPromotion {
+                group: "g".into(),
+                to: "b".into(),
+                kind: crate::state::ChangeKind::Promote,
+                actor: "t".into(),
+                reason: String::new(),
+                at_unix_ms: 0,
+            })
+            .expect("begin");
+        let seen = t0 + Duration::from_millis(10);
+        leader.observe(&state, seen);
+        assert!(matches!(
+            leader.renew(&state, &GroupName::from("g"), lease, seen),
+            Err(RenewRefusal::Draining { .. })
+        ));
+        assert!(leader.completions(&state, seen + TTL, 0).is_empty());
+        assert_eq!(leader.completions(&state, seen + TTL + DRIFT, 0).len(), 1);
+    }
+
+    /// The holder counts from the send time and never holds at or past its deadline.
+    #[test]
+    fn holder_deadline_counts_from_send_time() {
+        let t0 = Instant::now();
+        let mut holder = HolderLease::new(HolderTiming {
+            max_clock_drift: DRIFT,
+            stop_grace: Duration::from_millis(100),
+        });
+        holder.on_granted(t0, LeaseId(1), FencingToken(7), Epoch(1), TTL);
+        let deadline = t0 + TTL - DRIFT - Duration::from_millis(100);
+        assert_eq!(holder.poll_timeout(), Some(deadline));
+        assert!(holder.held(deadline - Duration::from_millis(1)).is_some());
+        assert!(holder.held(deadline).is_none());
+        // A late answer to an old renewal cannot pull the deadline back.
+        holder.on_renewed(t0 - Duration::from_secs(1), LeaseId(1), TTL);
+        assert_eq!(holder.poll_timeout(), Some(deadline));
+        holder.handle_timeout(deadline);
+        assert_eq!(holder.poll_timeout(), None);
     }
 }

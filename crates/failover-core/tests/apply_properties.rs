@@ -22,7 +22,8 @@ fn site() -> impl Strategy<Value = SiteId> {
 fn command() -> impl Strategy<Value = Command> {
     prop_oneof![
         (group(), prop::collection::vec(site(), 0..4)).prop_map(|(group, mut sites)| {
-            sites.dedup();
+            let mut seen = std::collections::BTreeSet::new();
+            sites.retain(|s| seen.insert(s.clone()));
             Command::CreateGroup {
                 group,
                 sites,
@@ -44,6 +45,22 @@ fn command() -> impl Strategy<Value = Command> {
                 group,
                 from_epoch: Epoch(e),
                 at_unix_ms,
+            }
+        }),
+        (group(), site(), 0u8..4).prop_map(|(group, site, h)| Command::Grant {
+            group,
+            site,
+            holder: format!("instance-{h}"),
+            ttl_ms: 1000,
+        }),
+        (group(), 0u64..12).prop_map(|(group, l)| Command::Release {
+            group,
+            lease: LeaseId(l),
+        }),
+        (group(), prop::collection::vec(0u64..12, 0..4)).prop_map(|(group, ids)| {
+            Command::Expire {
+                group,
+                leases: ids.into_iter().map(LeaseId).collect(),
             }
         }),
     ]

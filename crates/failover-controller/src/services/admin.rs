@@ -375,9 +375,11 @@ impl AdminService for AdminServer {
                     .ctx
                     .leases
                     .with_leader(|leader| {
-                        let left = leader.last_renewal(l.id) + leader.timing().ttl;
-                        crate::leases::until(now, left).as_millis() as u64
+                        let last = leader.last_renewal(l.id)?;
+                        let left = crate::leases::until(now, last + leader.timing().ttl);
+                        Some(left.as_millis() as u64)
                     })
+                    .flatten()
                     .unwrap_or(0),
             })
             .collect();
