@@ -84,6 +84,7 @@ fn session(cluster: &Cluster, site: &str, instance: &str) -> LeaseSession {
             max_clock_drift: DRIFT,
             stop_grace: STOP_GRACE,
             standby_poll: Duration::from_millis(100),
+            release_on_drain: true,
         },
         Arc::new(TcpDialer::default()),
         Arc::new(SystemClock),

@@ -15,7 +15,8 @@ use failover_core::lease::{HolderLease, HolderTiming};
 use failover_core::{Epoch, FencingToken, LeaseId};
 use failover_proto::lease::lease_service_client::LeaseServiceClient;
 use failover_proto::lease::{
-    acquire_response, keep_alive_response, AcquireRequest, KeepAliveRequest, ReleaseRequest,
+    acquire_response, keep_alive_response, AcquireRequest, GroupEvent, KeepAliveRequest,
+    ReleaseRequest, WatchRequest,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -29,6 +30,8 @@ use crate::transport::Dialer;
 const LEADER_HINT: &str = "x-failover-leader";
 /// Longest wait between two attempts to reach a controller.
 const MAX_BACKOFF: Duration = Duration::from_millis(500);
+/// Why a holder stops when no renewal came in time.
+const DEADLINE_PASSED: &str = "the lease deadline passed without a renewal";
 /// Time one acquire or release may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -49,6 +52,11 @@ pub struct LeaseConfig {
     pub stop_grace: Duration,
     /// How often to try again while standby.
     pub standby_poll: Duration,
+    /// On a drain notice, give the lease up at once (`Lost`, then release). Set it when
+    /// nothing but [`LeaseSession::holds`] gates the work. Clear it when the work needs
+    /// time to stop: the session then reports `Draining` and releases only when told
+    /// ([`LeaseSession::release`]) or when the deadline passes.
+    pub release_on_drain: bool,
 }
 
 /// What the instance may believe, as published by the session.
@@ -74,6 +82,18 @@ pub enum LeaseState {
         /// When the work must have stopped unless renewed.
         valid_until: Instant,
     },
+    /// A promotion away from this site began: stop the work, then call
+    /// [`LeaseSession::release`]. The lease stays valid until `valid_until` at the latest.
+    Draining {
+        /// The lease.
+        lease: LeaseId,
+        /// The fencing token.
+        token: FencingToken,
+        /// The epoch.
+        epoch: Epoch,
+        /// When the work must have stopped.
+        valid_until: Instant,
+    },
     /// Given up: the deadline passed, the lease was refused, or the site is being demoted.
     Lost {
         /// Why.
@@ -86,7 +106,7 @@ pub enum LeaseState {
 pub struct LeaseSession {
     state: watch::Receiver<LeaseState>,
     clock: Arc<dyn Clock>,
-    stop: mpsc::Sender<()>,
+    commands: mpsc::Sender<Cmd>,
     task: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -98,7 +118,7 @@ impl LeaseSession {
         clock: Arc<dyn Clock>,
     ) -> LeaseSession {
         let (publish, state) = watch::channel(LeaseState::Connecting);
-        let (stop, stopped) = mpsc::channel(1);
+        let (commands, received) = mpsc::channel(4);
         let driver = Driver {
             holder: HolderLease::new(HolderTiming {
                 max_clock_drift: config.max_clock_drift,
@@ -115,8 +135,8 @@ impl LeaseSession {
         LeaseSession {
             state,
             clock,
-            stop,
-            task: std::sync::Mutex::new(Some(tokio::spawn(driver.run(stopped)))),
+            commands,
+            task: std::sync::Mutex::new(Some(tokio::spawn(driver.run(received)))),
         }
     }
 
@@ -125,14 +145,23 @@ impl LeaseSession {
         self.state.clone()
     }
 
-    /// The fencing token if the lease is held and valid right now.
+    /// The fencing token if the lease is held (or draining) and valid right now.
     pub fn holds(&self) -> Option<FencingToken> {
         match &*self.state.borrow() {
             LeaseState::Acquired {
                 token, valid_until, ..
+            }
+            | LeaseState::Draining {
+                token, valid_until, ..
             } if self.clock.now() < *valid_until => Some(*token),
             _ => None,
         }
+    }
+
+    /// The work has stopped: give the lease up now and go back to acquiring (standby
+    /// until this site is active again).
+    pub async fn release(&self) {
+        let _ = self.commands.send(Cmd::Release).await;
     }
 
     fn take_task(&self) -> Option<JoinHandle<()>> {
@@ -141,7 +170,7 @@ impl LeaseSession {
 
     /// Releases the lease (if held) and stops the session.
     pub async fn shutdown(&self) {
-        let _ = self.stop.try_send(());
+        let _ = self.commands.try_send(Cmd::Stop);
         if let Some(task) = self.take_task() {
             let _ = task.await;
         }
@@ -156,12 +185,30 @@ impl Drop for LeaseSession {
     }
 }
 
+/// What the owner of a session asks of its driver.
+#[derive(Debug, Clone, Copy)]
+enum Cmd {
+    /// Release the lease (the work has stopped).
+    Release,
+    /// Release and end the session.
+    Stop,
+}
+
 /// Why the holding loop ended.
 enum HoldEnd {
     /// Give up the lease and acquire again (refused, expired, drained).
     Reacquire,
     /// Shut down (after releasing).
     Stop,
+}
+
+/// The next event of an optional watch stream; `None` when it ended or failed, pending
+/// forever when there is no stream.
+async fn next_event(events: &mut Option<tonic::Streaming<GroupEvent>>) -> Option<GroupEvent> {
+    match events {
+        Some(stream) => stream.message().await.ok().flatten(),
+        None => std::future::pending().await,
+    }
 }
 
 struct Driver {
@@ -176,19 +223,25 @@ struct Driver {
 }
 
 impl Driver {
-    async fn run(mut self, mut stop: mpsc::Receiver<()>) {
+    async fn run(mut self, mut commands: mpsc::Receiver<Cmd>) {
         loop {
             let acquired = tokio::select! {
                 acquired = self.acquire() => acquired,
-                _ = stop.recv() => return,
+                cmd = commands.recv() => match cmd {
+                    Some(Cmd::Release) => continue,
+                    Some(Cmd::Stop) | None => return,
+                },
             };
             if !acquired {
                 tokio::select! {
                     _ = tokio::time::sleep(self.config.standby_poll) => continue,
-                    _ = stop.recv() => return,
+                    cmd = commands.recv() => match cmd {
+                        Some(Cmd::Release) => continue,
+                        Some(Cmd::Stop) | None => return,
+                    },
                 }
             }
-            match self.hold(&mut stop).await {
+            match self.hold(&mut commands).await {
                 HoldEnd::Reacquire => continue,
                 HoldEnd::Stop => return,
             }
@@ -251,7 +304,7 @@ impl Driver {
                 valid_until,
             }),
             None => self.set(LeaseState::Lost {
-                reason: "the lease deadline passed without a renewal".into(),
+                reason: DEADLINE_PASSED.into(),
             }),
         }
     }
@@ -315,27 +368,30 @@ impl Driver {
         }
     }
 
-    /// Renews until the lease is refused, its deadline passes, or the session stops.
-    async fn hold(&mut self, stop: &mut mpsc::Receiver<()>) -> HoldEnd {
-        let (lease, interval) = match self.holder.held(self.clock.now()) {
-            Some((lease, ..)) => (lease, self.keepalive_interval()),
+    /// Renews until the lease is refused, its deadline passes, a drain notice arrives, or
+    /// the owner releases it or stops the session.
+    async fn hold(&mut self, commands: &mut mpsc::Receiver<Cmd>) -> HoldEnd {
+        let lease = match self.holder.held(self.clock.now()) {
+            Some((lease, ..)) => lease,
             None => return HoldEnd::Reacquire,
         };
+        let interval = self.keepalive_interval();
         let mut sent: HashMap<u64, Instant> = HashMap::new();
         let mut seq = 0u64;
         'connect: loop {
             let Some((addr, mut client)) = self.client() else {
-                if self.wait_or_expire(self.backoff, stop).await.is_some() {
-                    return self.end(lease, stop.is_closed()).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(self.backoff) => continue 'connect,
+                    _ = self.deadline() => return self.lost(lease, DEADLINE_PASSED).await,
+                    cmd = commands.recv() => return self.on_command(lease, cmd).await,
                 }
-                continue;
             };
             let (requests, outgoing) = mpsc::channel::<KeepAliveRequest>(16);
             let stream = tokio_stream::wrappers::ReceiverStream::new(outgoing);
             let opened = tokio::select! {
                 opened = client.keep_alive(stream) => opened,
-                _ = self.deadline() => return self.lost(lease, "the lease deadline passed without a renewal").await,
-                _ = stop.recv() => return self.end(lease, true).await,
+                _ = self.deadline() => return self.lost(lease, DEADLINE_PASSED).await,
+                cmd = commands.recv() => return self.on_command(lease, cmd).await,
             };
             let mut answers = match opened {
                 Ok(response) => response.into_inner(),
@@ -348,6 +404,17 @@ impl Driver {
                 }
             };
             self.leader = Some(addr);
+            // Drain notices arrive at once on the watch stream; a refused renewal would
+            // tell the same one keepalive later.
+            let watch_request = WatchRequest {
+                group: self.config.group.clone(),
+                site: self.config.site.clone(),
+            };
+            let mut events = client
+                .watch(watch_request)
+                .await
+                .ok()
+                .map(|r| r.into_inner());
             let mut tick = tokio::time::interval(interval);
             loop {
                 tokio::select! {
@@ -372,20 +439,55 @@ impl Driver {
                                     self.publish_held();
                                 }
                             }
-                            Some(keep_alive_response::Result::Refused(refused)) if refused.reason == "not_leader" || refused.reason == "overloaded" => {
+                            Some(keep_alive_response::Result::Refused(r)) if r.reason == "not_leader" || r.reason == "overloaded" => {
                                 self.leader = None;
                                 continue 'connect;
                             }
-                            Some(keep_alive_response::Result::Refused(refused)) => {
-                                return self.lost(lease, &refused.message).await;
+                            Some(keep_alive_response::Result::Refused(r)) if r.reason == "draining" => {
+                                return self.drain(lease, commands).await;
+                            }
+                            Some(keep_alive_response::Result::Refused(r)) => {
+                                return self.lost(lease, &r.message).await;
                             }
                             None => {}
                         }
                     }
-                    _ = self.deadline() => return self.lost(lease, "the lease deadline passed without a renewal").await,
-                    _ = stop.recv() => return self.end(lease, true).await,
+                    event = next_event(&mut events) => match event {
+                        Some(event) if event.drain => return self.drain(lease, commands).await,
+                        Some(_) => {}
+                        None => events = None,
+                    },
+                    _ = self.deadline() => return self.lost(lease, DEADLINE_PASSED).await,
+                    cmd = commands.recv() => return self.on_command(lease, cmd).await,
                 }
             }
+        }
+    }
+
+    /// A promotion away from this site began.
+    async fn drain(&mut self, lease: LeaseId, commands: &mut mpsc::Receiver<Cmd>) -> HoldEnd {
+        if self.config.release_on_drain {
+            return self.lost(lease, "this site is being demoted").await;
+        }
+        let Some((lease, token, epoch, valid_until)) = self.holder.held(self.clock.now()) else {
+            return self.lost(lease, DEADLINE_PASSED).await;
+        };
+        self.set(LeaseState::Draining {
+            lease,
+            token,
+            epoch,
+            valid_until,
+        });
+        tokio::select! {
+            _ = self.deadline() => self.lost(lease, DEADLINE_PASSED).await,
+            cmd = commands.recv() => self.on_command(lease, cmd).await,
+        }
+    }
+
+    async fn on_command(&mut self, lease: LeaseId, cmd: Option<Cmd>) -> HoldEnd {
+        match cmd {
+            Some(Cmd::Release) => self.lost(lease, "released").await,
+            Some(Cmd::Stop) | None => self.end(lease, true).await,
         }
     }
 
@@ -405,15 +507,6 @@ impl Driver {
         match self.holder.poll_timeout() {
             Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
             None => std::future::pending::<()>().await,
-        }
-    }
-
-    /// Sleeps `d` unless the deadline passes or the session stops first.
-    async fn wait_or_expire(&self, d: Duration, stop: &mut mpsc::Receiver<()>) -> Option<()> {
-        tokio::select! {
-            _ = tokio::time::sleep(d) => None,
-            _ = self.deadline() => Some(()),
-            _ = stop.recv() => Some(()),
         }
     }
 
