@@ -2,7 +2,7 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../proto");
-    let files = ["raft.proto", "admin.proto", "lease.proto"];
+    let files = ["raft.proto", "admin.proto", "lease.proto", "executor.proto"];
     for file in files {
         println!("cargo:rerun-if-changed={root}/{file}");
     }

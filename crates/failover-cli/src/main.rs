@@ -3,13 +3,23 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use failover_cli::cmd::Cli;
+use failover_cli::cmd::{Cli, Command};
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The guard is a tiny synchronous process: no logging, no async runtime.
+    if let Command::Guard(args) = cli.command {
+        failover_cli::cmd::run_guard(args);
+    }
     failover_cli::logging::init(&cli);
-    match cli.run().await {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cli.run()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");

@@ -31,6 +31,90 @@ pub struct StatusJson {
     pub controllers: Vec<ControllerJson>,
     /// Every group.
     pub groups: Vec<GroupJson>,
+    /// Every site with the executors reporting to the leader.
+    pub sites: Vec<SiteJson>,
+}
+
+/// One site in [`StatusJson`].
+#[derive(Debug, Serialize)]
+pub struct SiteJson {
+    /// Site name.
+    pub name: String,
+    /// Its executors.
+    pub executors: Vec<ExecutorJson>,
+}
+
+/// One executor in [`SiteJson`].
+#[derive(Debug, Serialize)]
+pub struct ExecutorJson {
+    /// Executor id.
+    pub id: String,
+    /// Group it runs.
+    pub group: String,
+    /// Ready to take over.
+    pub ready: bool,
+    /// Not crash-looping or failing health checks.
+    pub healthy: bool,
+    /// `acquired`, `standby`, `draining`, `lost`, `connecting`, `paused`.
+    pub lease: String,
+    /// Fencing token of the lease it holds (0 if none).
+    pub fencing_token: u64,
+    /// Milliseconds since the leader last heard from it.
+    pub last_seen_ms: u64,
+    /// Why it is not ready or healthy.
+    pub message: String,
+    /// Its workers.
+    pub workers: Vec<WorkerJson>,
+}
+
+/// One worker in [`ExecutorJson`].
+#[derive(Debug, Serialize)]
+pub struct WorkerJson {
+    /// Instance number.
+    pub instance: u32,
+    /// Process id (0 when not running).
+    pub pid: u32,
+    /// `running`, `starting`, `backoff`, `stopping`, `stopped`.
+    pub state: String,
+    /// Restarts after crashes.
+    pub restarts: u32,
+    /// Milliseconds since it started.
+    pub uptime_ms: u64,
+    /// `healthy`, `unhealthy`, `unknown`.
+    pub health: String,
+}
+
+fn site_json(site: &failover_proto::admin::SiteStatus) -> SiteJson {
+    SiteJson {
+        name: site.name.clone(),
+        executors: site
+            .executors
+            .iter()
+            .filter_map(|e| e.report.as_ref().map(|r| (e.last_seen_ms, r)))
+            .map(|(last_seen_ms, r)| ExecutorJson {
+                id: r.executor_id.clone(),
+                group: r.group.clone(),
+                ready: r.ready,
+                healthy: r.healthy,
+                lease: r.lease_state.clone(),
+                fencing_token: r.fencing_token,
+                last_seen_ms,
+                message: r.message.clone(),
+                workers: r
+                    .workers
+                    .iter()
+                    .map(|w| WorkerJson {
+                        instance: w.instance,
+                        pid: w.pid,
+                        state: w.state.clone(),
+                        restarts: w.restarts,
+                        uptime_ms: w.uptime_ms,
+                        health: w.health.clone(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
 }
 
 /// One controller in [`StatusJson`].
@@ -94,6 +178,7 @@ impl From<&StatusResponse> for StatusJson {
                 })
                 .collect(),
             groups: s.groups.iter().map(GroupJson::from).collect(),
+            sites: s.sites.iter().map(site_json).collect(),
         }
     }
 }
@@ -302,6 +387,48 @@ pub fn status_table(s: &StatusResponse) -> String {
         })
         .collect();
     out.push_str(&table(&["GROUP", "ACTIVE", "EPOCH", "PHASE"], &groups));
+    let workers: Vec<Vec<String>> = s
+        .sites
+        .iter()
+        .map(site_json)
+        .flat_map(|site| {
+            site.executors.into_iter().flat_map(move |e| {
+                let site = site.name.clone();
+                let executor = format!(
+                    "{} ({}{}, seen {} ms ago)",
+                    e.id,
+                    e.lease,
+                    if e.ready { ", ready" } else { ", NOT READY" },
+                    e.last_seen_ms
+                );
+                e.workers.into_iter().map(move |w| {
+                    vec![
+                        site.clone(),
+                        executor.clone(),
+                        w.instance.to_string(),
+                        if w.pid == 0 {
+                            "-".into()
+                        } else {
+                            w.pid.to_string()
+                        },
+                        w.state,
+                        w.restarts.to_string(),
+                        format!("{:.1}s", w.uptime_ms as f64 / 1000.0),
+                        w.health,
+                    ]
+                })
+            })
+        })
+        .collect();
+    if !workers.is_empty() {
+        out.push('\n');
+        out.push_str(&table(
+            &[
+                "SITE", "EXECUTOR", "WORKER", "PID", "STATE", "RESTARTS", "UPTIME", "HEALTH",
+            ],
+            &workers,
+        ));
+    }
     out
 }
 

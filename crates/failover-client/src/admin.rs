@@ -9,7 +9,7 @@ use std::time::Duration;
 use failover_proto::admin::admin_service_client::AdminServiceClient;
 use failover_proto::admin::{
     HistoryRequest, HistoryResponse, LeasesRequest, LeasesResponse, PromoteRequest,
-    PromoteResponse, StatusRequest, StatusResponse,
+    PromoteResponse, ReloadRequest, ReloadResponse, StatusRequest, StatusResponse,
 };
 use std::sync::Arc;
 use tokio::time::Instant;
@@ -157,6 +157,16 @@ impl AdminClient {
             .await;
         (self.attempt_timeout, self.deadline) = saved;
         result
+    }
+
+    /// Asks the executors of `site` for a rolling reload.
+    pub async fn reload(&mut self, site: &str) -> Result<ReloadResponse, ClientError> {
+        let site = site.to_owned();
+        self.call(|mut c| {
+            let request = ReloadRequest { site: site.clone() };
+            async move { c.reload(request).await }
+        })
+        .await
     }
 
     /// Every lease, or those of `group`.

@@ -16,6 +16,7 @@ pub mod lease;
 pub mod transport;
 
 pub use admin::{AdminClient, ClientError};
+pub use clock::{Clock, SystemClock};
 pub use endpoints::Endpoints;
 pub use lease::{LeaseConfig, LeaseSession, LeaseState};
 pub use transport::{DialError, Dialer, TcpDialer};

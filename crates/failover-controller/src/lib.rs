@@ -4,6 +4,7 @@
 //! - [`types`]: the openraft type configuration.
 //! - [`store`]: sled-backed Raft log, vote, state machine and snapshots.
 //! - [`network`]: the Raft transport over gRPC, dialing through a caller-supplied [`Dialer`].
+//! - [`executors`]: the leader's record of executor reports and reload requests.
 //! - [`leases`]: the leader's lease soft state and the renewal batcher.
 //! - [`services`]: the gRPC servers (Raft peers, admin API, lease API).
 //! - [`reconcile`]: the leader's loop that drives the core's obligations (create configured
@@ -15,6 +16,7 @@
 //! `failover_core`; this crate moves commands into Raft and state out to clients.
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod executors;
 pub mod leases;
 pub mod network;
 pub mod node;

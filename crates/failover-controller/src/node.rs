@@ -9,6 +9,7 @@ use failover_core::lease::LeaseTiming;
 
 use failover_core::{NodeId, Topology};
 use failover_proto::admin::admin_service_server::AdminServiceServer;
+use failover_proto::executor::executor_service_server::ExecutorServiceServer;
 use failover_proto::lease::lease_service_server::LeaseServiceServer;
 use failover_proto::raft::raft_service_server::RaftServiceServer;
 use futures::Stream;
@@ -22,6 +23,7 @@ use tonic::transport::server::Connected;
 use crate::leases::LeaseManager;
 use crate::network::RaftNetwork;
 use crate::services::admin::AdminServer;
+use crate::services::executor::ExecutorServer;
 use crate::services::lease::LeaseServer;
 use crate::services::raft::RaftServer;
 use crate::services::NodeContext;
@@ -108,6 +110,7 @@ impl Controller {
             clock,
             reconcile: Arc::new(Notify::new()),
             leases: leases.clone(),
+            executors: Arc::default(),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let tasks = vec![
@@ -232,6 +235,7 @@ where
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let admin = AdminServiceServer::new(AdminServer::new(ctx.clone()));
     let lease = LeaseServiceServer::new(LeaseServer::new(ctx.clone()));
+    let executor = ExecutorServiceServer::new(ExecutorServer::new(ctx.clone()));
     let stop = async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
     };
@@ -240,6 +244,7 @@ where
         .add_service(raft)
         .add_service(admin)
         .add_service(lease)
+        .add_service(executor)
         .serve_with_incoming_shutdown(incoming, stop)
         .await;
     if let Err(e) = result {

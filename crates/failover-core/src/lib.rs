@@ -10,6 +10,7 @@
 //! - [`state`]: the replicated state machine: groups, phases, history, and [`state::ClusterState::apply`].
 //! - [`command`]: the commands the Raft log carries and what applying them answers.
 //! - [`lease`]: lease timing on the leader and at the holder.
+//! - [`supervision`]: restart backoff and crash-loop detection for site workers.
 //! - [`promotion`]: the promotion protocol (Active → Demoting → Active at the next epoch).
 #![warn(missing_docs, unreachable_pub)]
 
@@ -19,6 +20,7 @@ pub mod ids;
 pub mod lease;
 pub mod promotion;
 pub mod state;
+pub mod supervision;
 
 pub use command::{Command, CommandResult, Outcome, Rejection};
 pub use config::{ConfigError, Timing, Topology};

@@ -192,10 +192,32 @@ enum Confirmation {
     UpToQuarterTtl,
 }
 
+/// In what order a holder that wakes from a freeze handles what piled up meanwhile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wake {
+    /// `handle_timeout` first, then the replies: the contract, read strictly.
+    TimerFirst,
+    /// Buffered replies first, then `handle_timeout`: what a `tokio::select!` over "next
+    /// reply" and "deadline" may do when both are ready at once (the branch is random).
+    RepliesFirst,
+}
+
+/// Which part of the parameter space to draw from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Region {
+    /// Everything the ranges allow.
+    Broad,
+    /// Slim drift, no stop grace, lossy network, frequent freezes of up to about a TTL,
+    /// frequent promotions: where a renewal can be confirmed while its lease's `Expire`
+    /// is already in the pipeline, and its holder is frozen across its deadline.
+    FrozenHolders,
+}
+
 /// Everything random about one simulated run except the decisions drawn from `seed`.
 #[derive(Debug, Clone)]
 struct Params {
     seed: u64,
+    wake: Wake,
     ttl_ms: u64,
     drift_ms: u64,
     stop_grace_ms: u64,
@@ -240,7 +262,7 @@ impl Params {
     }
 }
 
-fn params(confirmation: Confirmation) -> impl Strategy<Value = Params> {
+fn params(confirmation: Confirmation, region: Region, wake: Wake) -> impl Strategy<Value = Params> {
     (
         any::<u64>(),
         1_000u64..=3_000,
@@ -260,6 +282,26 @@ fn params(confirmation: Confirmation) -> impl Strategy<Value = Params> {
                 (promote_mean_ms, pause_mean_ms, pause_max_ms),
                 (release_permille, horizon_ms),
             )| {
+                let frozen = region == Region::FrozenHolders;
+                let (drift_pm, grace_pm, drop_permille, round_pm) = if frozen {
+                    (
+                        50 + drift_pm % 20,
+                        0,
+                        100 + 2 * drop_permille,
+                        500 + round_pm / 2,
+                    )
+                } else {
+                    (drift_pm, grace_pm, drop_permille, round_pm)
+                };
+                let (promote_mean_ms, pause_mean_ms, pause_max_ms) = if frozen {
+                    (
+                        200 + promote_mean_ms % 1_500,
+                        200 + pause_mean_ms % 1_500,
+                        200 + pause_max_ms % 2_000,
+                    )
+                } else {
+                    (promote_mean_ms, pause_mean_ms, pause_max_ms)
+                };
                 let drift_ms = ttl_ms * drift_pm / 1000;
                 let round_bound = match confirmation {
                     Confirmation::WithinDrift => drift_ms / 3,
@@ -267,6 +309,7 @@ fn params(confirmation: Confirmation) -> impl Strategy<Value = Params> {
                 };
                 Params {
                     seed,
+                    wake,
                     ttl_ms,
                     drift_ms,
                     stop_grace_ms: ttl_ms * grace_pm / 1000,
@@ -612,7 +655,7 @@ impl Sim {
             Event::Commit(term) => self.commit(term),
             Event::RoundDone(term) => self.round_done(term),
             Event::ToLeader(request) => self.leader_receive(request),
-            Event::ToHolder(h, reply) => self.holder_receive(h, reply),
+            Event::ToHolder(h, reply) => self.holder_receive(h, reply, true),
             Event::HolderTick(h, gen) => self.holder_tick(h, gen),
             Event::HolderDeadline(h) => self.holder_deadline(h),
             Event::Check => {}
@@ -1121,7 +1164,10 @@ impl Sim {
         }
     }
 
-    fn holder_receive(&mut self, h: usize, reply: Reply) {
+    /// A reply reaches a holder. A running holder's timer has fired on time, so
+    /// `handle_timeout` comes first unless `timer_first` is false (a wake-up handling its
+    /// backlog replies-first).
+    fn holder_receive(&mut self, h: usize, reply: Reply, timer_first: bool) {
         if self.holders[h].paused_until.is_some() {
             self.holders[h].inbox.push(reply);
             return;
@@ -1129,7 +1175,9 @@ impl Sim {
         let (local, now) = self.holder_local(h);
         let p = &self.p;
         let holder = &mut self.holders[h];
-        holder.lease.handle_timeout(now);
+        if timer_first {
+            holder.lease.handle_timeout(now);
+        }
         let mut send = None;
         match &reply {
             Reply::Granted { req, lease } => {
@@ -1201,16 +1249,20 @@ impl Sim {
 
     fn resume(&mut self, h: usize) {
         let (_, now) = self.holder_local(h);
+        let timer_first = self.p.wake == Wake::TimerFirst;
         let holder = &mut self.holders[h];
         holder.paused_until = None;
         holder.tick_gen += 1;
-        holder.lease.handle_timeout(now);
+        if timer_first {
+            holder.lease.handle_timeout(now);
+        }
         let gen = holder.tick_gen;
         let inbox = std::mem::take(&mut holder.inbox);
         trace!(self, "{} resumes", self.holders[h].name);
         for reply in inbox {
-            self.holder_receive(h, reply);
+            self.holder_receive(h, reply, timer_first);
         }
+        self.holders[h].lease.handle_timeout(now);
         self.schedule(self.now, Event::HolderTick(h, gen));
     }
 
@@ -1244,6 +1296,8 @@ fn config(cases: u32) -> ProptestConfig {
     }
 }
 
+const ALL_CHECKS: Checks = Checks { coverage: true };
+
 /// Runs one case; on a violation, runs it again with the trace on and fails with it.
 fn run_case(p: &Params, checks: Checks) -> Result<(), TestCaseError> {
     let report = simulate(p, checks, false);
@@ -1257,22 +1311,234 @@ fn run_case(p: &Params, checks: Checks) -> Result<(), TestCaseError> {
 proptest! {
     #![proptest_config(config(256))]
 
-    /// S1, S2 and C1 hold over random runs when the leader's read-index round is quicker
-    /// than `max_clock_drift`.
+    /// S1, S2 and C1 hold over random runs of holders that follow the contract (timer
+    /// first), with read-index rounds quicker than `max_clock_drift`.
     #[test]
-    fn single_active_and_fencing_hold_with_quick_confirmation(
-        p in params(Confirmation::WithinDrift)
+    fn safety_holds_with_quick_confirmation(
+        p in params(Confirmation::WithinDrift, Region::Broad, Wake::TimerFirst)
     ) {
-        run_case(&p, Checks { coverage: true })?;
+        run_case(&p, ALL_CHECKS)?;
     }
 
-    /// S1 and S2 hold over random runs whatever the read-index round takes (up to a
-    /// quarter of the TTL): DESIGN.md puts no bound on it.
+    /// S1, S2 and C1 hold over random runs of holders that follow the contract (timer
+    /// first), with read-index rounds of up to a quarter of the TTL.
     #[test]
-    fn single_active_and_fencing_hold_with_slow_confirmation(
-        p in params(Confirmation::UpToQuarterTtl)
+    fn safety_holds_with_slow_confirmation(
+        p in params(Confirmation::UpToQuarterTtl, Region::Broad, Wake::TimerFirst)
     ) {
-        run_case(&p, Checks { coverage: false })?;
+        run_case(&p, ALL_CHECKS)?;
+    }
+
+    /// Where holders freeze across their deadlines, S1, S2 and C1 still hold if either
+    /// the holder handles its timer before its backlog, or read-index rounds are quicker
+    /// than `max_clock_drift`: it takes both of the next test's conditions to break them.
+    #[test]
+    fn frozen_holders_are_safe_with_either_safeguard(
+        timer_first in params(Confirmation::UpToQuarterTtl, Region::FrozenHolders, Wake::TimerFirst),
+        quick in params(Confirmation::WithinDrift, Region::FrozenHolders, Wake::RepliesFirst),
+    ) {
+        run_case(&timer_first, ALL_CHECKS)?;
+        run_case(&quick, ALL_CHECKS)?;
+    }
+
+    /// KNOWN CORE BUG (fails until the core is fixed). A holder frozen across its deadline
+    /// that, on waking, hands a buffered `Renewed` to `HolderLease::on_renewed` before
+    /// calling `handle_timeout` (as the client's `tokio::select!` may) revives its lapsed
+    /// lease: `on_renewed` never looks at the time. That renewal was accepted by
+    /// `LeaderLeases::renew` against a state in which the leader had already proposed
+    /// `Expire` for the lease (the read-index round outlasted `max_clock_drift`, and
+    /// `renew` cannot tell: it is not given the time of the check). `Expire` then commits,
+    /// and the holder believes a lease the state no longer has (C1), which lets a
+    /// promotion complete under it (S1: see the next test).
+    #[test]
+    fn frozen_holder_handling_replies_first_breaks_coverage(
+        p in params(Confirmation::UpToQuarterTtl, Region::FrozenHolders, Wake::RepliesFirst)
+    ) {
+        run_case(&p, ALL_CHECKS)?;
+    }
+}
+
+/// The counterexample's steps, in milliseconds on one shared clock (all rates 1: drift
+/// plays no part in it).
+#[derive(Debug, Clone)]
+struct Script {
+    ttl_ms: u64,
+    drift_ms: u64,
+    grace_ms: u64,
+    /// How long before its deadline a1 sends its last keepalive (earlier ones were lost).
+    margin_ms: u64,
+    /// That keepalive's network delay.
+    to_leader_ms: u64,
+    /// How long after the leader proposes `Expire` the keepalive's read-index round ends.
+    round_after_expire_ms: u64,
+    /// How long after that the `Expire` commits.
+    commit_after_round_ms: u64,
+    /// How long after that a1 wakes from its freeze.
+    wake_after_commit_ms: u64,
+}
+
+fn script() -> impl Strategy<Value = Script> {
+    (
+        1_000u64..=3_000,
+        50u64..=150,
+        0u64..=50,
+        1u64..=50,
+        0u64..=1_000,
+        (1u64..=100, 1u64..=100, 0u64..=100),
+    )
+        .prop_map(
+            |(ttl_ms, drift_pm, grace_pm, margin_ms, to_leader_pm, (round, commit, wake))| {
+                let drift_ms = ttl_ms * drift_pm / 1000;
+                let grace_ms = ttl_ms * grace_pm / 1000;
+                Script {
+                    ttl_ms,
+                    drift_ms,
+                    grace_ms,
+                    margin_ms,
+                    // Below drift + grace + margin, so it arrives within the TTL.
+                    to_leader_ms: (drift_ms + grace_ms + margin_ms - 1) * to_leader_pm / 1000,
+                    round_after_expire_ms: round,
+                    commit_after_round_ms: commit,
+                    wake_after_commit_ms: wake,
+                }
+            },
+        )
+}
+
+/// Plays the script with a1 waking replies-first (`timer_first` false) or timer-first, and
+/// answers what a1 and b1 hold at the end.
+fn play(s: &Script, timer_first: bool) -> (Option<LeaseId>, Option<LeaseId>, String) {
+    let base = Instant::now();
+    let at = |t: u64| base + ms(t);
+    let timing = LeaseTiming {
+        ttl: ms(s.ttl_ms),
+        max_clock_drift: ms(s.drift_ms),
+    };
+    let holder_timing = HolderTiming {
+        max_clock_drift: ms(s.drift_ms),
+        stop_grace: ms(s.grace_ms),
+    };
+    let group = GroupName::from(GROUP);
+    let mut log = Vec::new();
+    let mut state = ClusterState::default();
+    let apply = |state: &mut ClusterState, c: &Command, t: u64, log: &mut Vec<String>| {
+        let result = state.apply(c).expect("the script's commands are valid");
+        log.push(format!("{t:>6} commit {c}"));
+        result
+    };
+    apply(
+        &mut state,
+        &Command::CreateGroup {
+            group: group.clone(),
+            sites: SITES.iter().map(|s| SiteId::from(*s)).collect(),
+            at_unix_ms: 0,
+        },
+        0,
+        &mut log,
+    );
+    let grant = |site: &str, holder: &str| Command::Grant {
+        group: group.clone(),
+        site: site.into(),
+        holder: holder.into(),
+        ttl_ms: s.ttl_ms,
+    };
+    // 0: a leader is elected; a1 acquires (sent, received and committed at 0).
+    let mut leader = LeaderLeases::new(timing, at(0));
+    leader.observe(&state, at(0));
+    let Outcome::Granted(lease) = apply(&mut state, &grant("site-a", "a1"), 0, &mut log) else {
+        panic!("site-a is active");
+    };
+    leader.on_granted(lease.id, at(0));
+    leader.observe(&state, at(0));
+    let mut a1 = HolderLease::new(holder_timing);
+    a1.on_granted(at(0), lease.id, lease.token, lease.epoch, timing.ttl);
+    // a1's keepalives are lost until it sends one `margin` before its deadline, then freezes.
+    let usable = s.ttl_ms - s.drift_ms - s.grace_ms;
+    let sent = usable - s.margin_ms;
+    assert!(a1.held(at(sent)).is_some(), "a1 holds when it sends");
+    let received = sent + s.to_leader_ms;
+    log.push(format!(
+        "{sent:>6} a1 sends a keepalive and freezes; leader receives it at {received}"
+    ));
+    // The leader's clock for the lease runs out: it proposes Expire.
+    let expire_at = s.ttl_ms + s.drift_ms;
+    let expire = leader.expirations(&state, at(expire_at));
+    assert_eq!(expire.len(), 1, "the lease is due to expire");
+    log.push(format!("{expire_at:>6} propose {}", expire[0]));
+    // The read-index round ends; the Expire is not committed, so the lease is still there.
+    let confirmed = expire_at + s.round_after_expire_ms;
+    let renewed = leader
+        .renew(&state, &group, lease.id, at(received))
+        .expect("accepted: the lease is still in the state");
+    log.push(format!(
+        "{confirmed:>6} round confirmed: renewal received at {received} accepted"
+    ));
+    let committed = confirmed + s.commit_after_round_ms;
+    apply(&mut state, &expire[0], committed, &mut log);
+    leader.observe(&state, at(committed));
+    // a1 wakes with the Renewed reply buffered.
+    let woke = committed + s.wake_after_commit_ms;
+    if timer_first {
+        a1.handle_timeout(at(woke));
+        a1.on_renewed(at(sent), lease.id, renewed.ttl);
+    } else {
+        a1.on_renewed(at(sent), lease.id, renewed.ttl);
+        a1.handle_timeout(at(woke));
+    }
+    log.push(format!(
+        "{woke:>6} a1 wakes ({}), holds {:?}",
+        if timer_first {
+            "timer first"
+        } else {
+            "reply first"
+        },
+        a1.held(at(woke)).map(|h| (h.0, local_of(base, h.3) / MS))
+    ));
+    // An operator promotes site-b: no lease is left, so it completes at once; b1 acquires.
+    let begin = Command::BeginPromotion {
+        group: group.clone(),
+        to: SiteId::from("site-b"),
+        kind: ChangeKind::Promote,
+        actor: "operator".into(),
+        reason: "switchover".into(),
+        at_unix_ms: woke,
+    };
+    apply(&mut state, &begin, woke, &mut log);
+    leader.observe(&state, at(woke));
+    for c in leader.completions(&state, at(woke), woke) {
+        apply(&mut state, &c, woke, &mut log);
+        leader.observe(&state, at(woke));
+    }
+    let mut b1 = HolderLease::new(holder_timing);
+    if let Ok(Outcome::Granted(l)) = state.apply(&grant("site-b", "b1")) {
+        log.push(format!("{woke:>6} commit grant to b1: lease {}", l.id));
+        leader.on_granted(l.id, at(woke));
+        b1.on_granted(at(woke), l.id, l.token, l.epoch, timing.ttl);
+    }
+    let held = |h: &HolderLease| h.held(at(woke)).map(|held| held.0);
+    (held(&a1), held(&b1), log.join("\n"))
+}
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    /// KNOWN CORE BUG (fails until the core is fixed): the counterexample behind
+    /// `frozen_holder_handling_replies_first_breaks_coverage`, carried through to S1, by
+    /// hand through the core API. Every step is one the contracts allow (`renew` is given
+    /// a state that reflects the read index confirmed after receipt; `observe` runs after
+    /// every applied change); the one choice is that a1, frozen across its deadline, hands
+    /// the buffered reply to `on_renewed` before calling `handle_timeout`. Timer-first is
+    /// checked to be safe on the same script first.
+    #[test]
+    fn renewal_confirmed_while_its_expire_is_in_flight_breaks_single_active(s in script()) {
+        let (a1, b1, log) = play(&s, true);
+        prop_assert!(a1.is_none() || b1.is_none(), "timer first: {a1:?} {b1:?}\n{log}");
+        let (a1, b1, log) = play(&s, false);
+        prop_assert!(
+            a1.is_none() || b1.is_none(),
+            "S1 violated: a1 at site-a holds lease {a1:?} while b1 at site-b holds lease \
+             {b1:?}\n{log}"
+        );
     }
 }
 
@@ -1281,7 +1547,11 @@ proptest! {
 #[test]
 fn simulation_exercises_both_sites_and_promotions() {
     let mut runner = TestRunner::deterministic();
-    let strategy = params(Confirmation::WithinDrift);
+    let strategy = params(
+        Confirmation::UpToQuarterTtl,
+        Region::Broad,
+        Wake::TimerFirst,
+    );
     let runs = 200;
     let (mut site_a, mut site_b, mut both, mut promoted, mut expired, mut changed) =
         (0, 0, 0, 0, 0, 0);
@@ -1291,7 +1561,7 @@ fn simulation_exercises_both_sites_and_promotions() {
             .new_tree(&mut runner)
             .expect("parameters")
             .current();
-        let stats = simulate(&p, Checks { coverage: true }, false).stats;
+        let stats = simulate(&p, ALL_CHECKS, false).stats;
         site_a += usize::from(stats.believed[0] > 0);
         site_b += usize::from(stats.believed[1] > 0);
         both += usize::from(stats.believed[0] > 0 && stats.believed[1] > 0);
@@ -1312,13 +1582,13 @@ fn simulation_exercises_both_sites_and_promotions() {
          totals {totals:?}"
     );
     assert!(site_a > runs / 2, "site-a holders rarely got a lease");
-    assert!(site_b > runs / 4, "site-b holders rarely got a lease");
+    assert!(site_b > runs / 2, "site-b holders rarely got a lease");
     assert!(
-        both > runs / 4,
+        both > runs / 2,
         "rarely did both sites hold, one after the other"
     );
-    assert!(promoted > runs / 4, "promotions rarely completed");
-    assert!(expired > 0, "no lease ever expired");
+    assert!(promoted > runs / 2, "promotions rarely completed");
+    assert!(expired > runs / 4, "leases rarely expired");
     assert!(changed > runs / 2, "leaders rarely changed");
     assert!(totals.renewals > totals.grants, "leases are rarely renewed");
 }

@@ -1,17 +1,41 @@
 //! Generated protobuf types and tonic services, one module per proto package.
+//!
+//! The modules nest as the packages do (`failover.admin.v1` → `failover::admin::v1`) so
+//! cross-package references resolve; the short aliases below are what code uses.
 #![allow(missing_docs, clippy::all)]
 
-/// Raft RPCs between controllers.
-pub mod raft {
-    tonic::include_proto!("failover.raft.v1");
+/// The proto packages as generated.
+pub mod failover {
+    pub mod raft {
+        pub mod v1 {
+            tonic::include_proto!("failover.raft.v1");
+        }
+    }
+    pub mod admin {
+        pub mod v1 {
+            tonic::include_proto!("failover.admin.v1");
+        }
+    }
+    pub mod lease {
+        pub mod v1 {
+            tonic::include_proto!("failover.lease.v1");
+        }
+    }
+    pub mod executor {
+        pub mod v1 {
+            tonic::include_proto!("failover.executor.v1");
+        }
+    }
 }
+
+/// Raft RPCs between controllers.
+pub use failover::raft::v1 as raft;
 
 /// The operator's admin API.
-pub mod admin {
-    tonic::include_proto!("failover.admin.v1");
-}
+pub use failover::admin::v1 as admin;
 
 /// The lease API engines speak.
-pub mod lease {
-    tonic::include_proto!("failover.lease.v1");
-}
+pub use failover::lease::v1 as lease;
+
+/// What site executors report to the controllers.
+pub use failover::executor::v1 as executor;

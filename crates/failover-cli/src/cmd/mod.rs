@@ -2,9 +2,12 @@
 
 mod controller;
 mod dev;
+mod exec;
+pub mod guard;
 mod history;
 mod leases;
 mod promote;
+mod reload;
 mod status;
 
 use std::path::{Path, PathBuf};
@@ -12,7 +15,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use failover_client::{AdminClient, Endpoints};
-use failover_core::Topology;
+use failover_core::{Timing, Topology};
 
 /// Multi-site failover coordinator.
 #[derive(Debug, Parser)]
@@ -60,12 +63,22 @@ pub enum Command {
     History(history::HistoryArgs),
     /// Show the live leases: site, holder, epoch, fencing token, time left.
     Leases(leases::LeasesArgs),
+    /// Run a site's workers while the site holds the group's lease.
+    Exec(exec::ExecArgs),
+    /// Replace a site's workers one by one (rolling reload).
+    Reload(reload::ReloadArgs),
+    /// Internal: the per-worker guard started by `exec`.
+    #[command(hide = true)]
+    Guard(guard::GuardArgs),
 }
 
 impl Command {
     /// Whether the command keeps running (and so logs at `info` by default).
     pub fn is_long_running(&self) -> bool {
-        matches!(self, Command::Controller(_) | Command::Dev(_))
+        matches!(
+            self,
+            Command::Controller(_) | Command::Dev(_) | Command::Exec(_)
+        )
     }
 }
 
@@ -83,18 +96,24 @@ pub struct ClusterArgs {
 impl ClusterArgs {
     /// An admin client for the cluster these arguments name.
     pub fn client(&self) -> anyhow::Result<AdminClient> {
-        let endpoints = match (&self.endpoints, &self.config) {
-            (Some(list), _) => Endpoints::parse(list)?,
-            (None, Some(path)) => Endpoints::from_topology(&load_topology(path)?),
+        Ok(AdminClient::new(self.endpoints_and_timing()?.0))
+    }
+
+    /// The controllers to contact, and the timing of the topology (defaults when only
+    /// endpoints are given).
+    pub fn endpoints_and_timing(&self) -> anyhow::Result<(Endpoints, Timing)> {
+        let topology = match (&self.endpoints, &self.config) {
+            (Some(list), _) => return Ok((Endpoints::parse(list)?, Timing::default())),
+            (None, Some(path)) => load_topology(path)?,
             (None, None) => {
                 let default = Path::new("sites.example.yaml");
                 if !default.exists() {
                     anyhow::bail!(failover_client::endpoints::NoEndpoints);
                 }
-                Endpoints::from_topology(&load_topology(default)?)
+                load_topology(default)?
             }
         };
-        Ok(AdminClient::new(endpoints))
+        Ok((Endpoints::from_topology(&topology), topology.timing))
     }
 }
 
@@ -108,8 +127,16 @@ impl Cli {
             Command::Promote(args) => promote::run(args).await,
             Command::History(args) => history::run(args).await,
             Command::Leases(args) => leases::run(args).await,
+            Command::Exec(args) => exec::run(args).await,
+            Command::Reload(args) => reload::run(args).await,
+            Command::Guard(args) => guard::run(args),
         }
     }
+}
+
+/// Runs `failover guard`; never returns.
+pub fn run_guard(args: guard::GuardArgs) -> ! {
+    guard::run(args)
 }
 
 /// Reads and validates a topology file.

@@ -65,14 +65,17 @@ pub(crate) async fn run(args: PromoteArgs) -> anyhow::Result<()> {
 /// `user@host` of whoever runs the command, for the history.
 fn actor() -> String {
     let user = std::env::var("USER").unwrap_or_else(|_| "unknown".to_owned());
+    format!("{user}@{}", hostname())
+}
+
+/// This machine's host name.
+pub(crate) fn hostname() -> String {
     let mut buffer = [0u8; 256];
     // SAFETY: the buffer is valid for its length; gethostname writes at most that much.
     let rc = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) };
-    let host = if rc == 0 {
-        let end = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
-        String::from_utf8_lossy(&buffer[..end]).into_owned()
-    } else {
-        "unknown-host".to_owned()
-    };
-    format!("{user}@{host}")
+    if rc != 0 {
+        return "unknown-host".to_owned();
+    }
+    let end = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
+    String::from_utf8_lossy(&buffer[..end]).into_owned()
 }

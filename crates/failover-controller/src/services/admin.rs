@@ -12,8 +12,9 @@ use failover_core::{ChangeKind, Command, GroupName, GroupState, Phase, Rejection
 use failover_proto::admin::admin_service_client::AdminServiceClient;
 use failover_proto::admin::admin_service_server::AdminService;
 use failover_proto::admin::{
-    ControllerStatus, GroupStatus, HistoryEntry, HistoryRequest, HistoryResponse, LeaseStatus,
-    LeasesRequest, LeasesResponse, PromoteRequest, PromoteResponse, StatusRequest, StatusResponse,
+    ControllerStatus, ExecutorStatus, GroupStatus, HistoryEntry, HistoryRequest, HistoryResponse,
+    LeaseStatus, LeasesRequest, LeasesResponse, PromoteRequest, PromoteResponse, ReloadRequest,
+    ReloadResponse, SiteStatus, StatusRequest, StatusResponse,
 };
 use openraft::{Instant as _, ReadPolicy};
 use tonic::{Request, Response, Status};
@@ -162,7 +163,30 @@ impl AdminServer {
             groups,
             answered_by: self.ctx.node_id,
             consistent: false,
+            sites: self.site_statuses(),
         }
+    }
+
+    fn site_statuses(&self) -> Vec<SiteStatus> {
+        let now = self.ctx.clock.now();
+        self.ctx
+            .topology
+            .sites
+            .iter()
+            .map(|site| SiteStatus {
+                name: site.name.to_string(),
+                executors: self
+                    .ctx
+                    .executors
+                    .site(site.name.as_str(), now)
+                    .into_iter()
+                    .map(|(age, report)| ExecutorStatus {
+                        report: Some(report),
+                        last_seen_ms: age.as_millis() as u64,
+                    })
+                    .collect(),
+            })
+            .collect()
     }
 
     /// Confirms leadership with a quorum and waits until the state machine has applied
@@ -384,5 +408,29 @@ impl AdminService for AdminServer {
             })
             .collect();
         Ok(Response::new(LeasesResponse { leases }))
+    }
+
+    async fn reload(
+        &self,
+        request: Request<ReloadRequest>,
+    ) -> Result<Response<ReloadResponse>, Status> {
+        if let Some(mut leader) = self.forward_target(&request)? {
+            return leader.reload(forwarded(request.into_inner())).await;
+        }
+        let site = request.into_inner().site;
+        if !self
+            .ctx
+            .topology
+            .sites
+            .iter()
+            .any(|s| s.name.as_str() == site)
+        {
+            return Err(Status::not_found(format!("unknown site `{site}`")));
+        }
+        let generation = self
+            .ctx
+            .executors
+            .request_reload(&site, self.ctx.clock.unix_ms());
+        Ok(Response::new(ReloadResponse { generation }))
     }
 }

@@ -1,6 +1,7 @@
 //! The gRPC servers of a controller, one file per service.
 
 pub mod admin;
+pub mod executor;
 pub mod lease;
 pub mod raft;
 
@@ -34,6 +35,8 @@ pub struct NodeContext {
     pub reconcile: Arc<Notify>,
     /// The leader's lease bookkeeping.
     pub leases: Arc<crate::leases::LeaseManager>,
+    /// What the executors last reported (meaningful on the leader).
+    pub executors: Arc<crate::executors::ExecutorRegistry>,
 }
 
 /// Why a proposal produced no outcome.

@@ -1,0 +1,50 @@
+//! The executor report service: heartbeats and worker state from the site executors.
+
+use std::sync::Arc;
+
+use failover_proto::executor::executor_service_server::ExecutorService;
+use failover_proto::executor::{ExecutorReport, ReportAck};
+use tonic::{Request, Response, Status};
+
+use super::lease::not_leader;
+use super::NodeContext;
+
+/// Serves executor reports (leader only).
+pub struct ExecutorServer {
+    ctx: Arc<NodeContext>,
+}
+
+impl ExecutorServer {
+    /// A server over the controller's shared context.
+    pub fn new(ctx: Arc<NodeContext>) -> Self {
+        ExecutorServer { ctx }
+    }
+}
+
+#[tonic::async_trait]
+impl ExecutorService for ExecutorServer {
+    async fn report(
+        &self,
+        request: Request<ExecutorReport>,
+    ) -> Result<Response<ReportAck>, Status> {
+        let now = self.ctx.clock.now();
+        if !self.ctx.raft.is_leader() {
+            return Err(not_leader(&self.ctx));
+        }
+        let report = request.into_inner();
+        if report.executor_id.is_empty() {
+            return Err(Status::invalid_argument("executor_id is empty"));
+        }
+        if !self
+            .ctx
+            .topology
+            .sites
+            .iter()
+            .any(|s| s.name.as_str() == report.site)
+        {
+            return Err(Status::not_found(format!("unknown site `{}`", report.site)));
+        }
+        let reload_generation = self.ctx.executors.on_report(report, now);
+        Ok(Response::new(ReportAck { reload_generation }))
+    }
+}

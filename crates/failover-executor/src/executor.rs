@@ -1,0 +1,831 @@
+//! The supervisor loop of `failover exec`.
+//!
+//! One task owns all state and reacts, in order, to: lease state changes (start, extend,
+//! drain, stop workers), guard events (a worker started or ended), health results, a
+//! 100 ms tick (restarts due, health checks due, reload progress, reports) and operator
+//! control (reload, shutdown). Nothing here decides safety on its own: every worker runs
+//! under a guard holding the lease deadline.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use failover_client::clock::Clock;
+use failover_client::{Dialer, Endpoints, LeaseConfig, LeaseSession, LeaseState};
+use failover_core::supervision::{RestartPolicy, Restarts};
+use failover_proto::executor::executor_service_client::ExecutorServiceClient;
+use failover_proto::executor::{ExecutorReport, WorkerReport};
+use tokio::sync::{mpsc, watch};
+
+use crate::health::HealthCheck;
+use crate::worker::{GuardEvent, Spawn, Worker, WorkerEvent};
+
+/// How often the loop runs its periodic work.
+const TICK: Duration = Duration::from_millis(100);
+/// How long a new worker of a reload may take to pass its health check.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// Without a health check, a new worker counts as healthy after running this long.
+const SETTLE_WITHOUT_CHECK: Duration = Duration::from_secs(1);
+/// How long an unhealthy executor stays out before it tries to take the lease again.
+const UNHEALTHY_COOLDOWN: Duration = Duration::from_secs(30);
+/// How long a worker may keep failing its health check before the executor is unhealthy.
+const UNHEALTHY_AFTER: Duration = Duration::from_secs(10);
+/// How often each running worker is checked.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What `failover exec` is told.
+#[derive(Debug, Clone)]
+pub struct ExecutorOptions {
+    /// The failover group.
+    pub group: String,
+    /// This executor's site.
+    pub site: String,
+    /// Number of workers.
+    pub instances: u32,
+    /// PORT of worker i is `port_base + i`.
+    pub port_base: u16,
+    /// How worker health is checked, if at all.
+    pub health: Option<HealthCheck>,
+    /// Time a worker gets between TERM and KILL (also kept off the lease's end).
+    pub stop_grace: Duration,
+    /// Time workers get to stop on a planned switchover before the lease is released.
+    pub drain_timeout: Duration,
+    /// The worker command and its arguments.
+    pub command: Vec<String>,
+    /// Where the controllers are.
+    pub endpoints: Endpoints,
+    /// The `failover` executable (for `failover guard`).
+    pub guard_exe: PathBuf,
+    /// The topology's `max_clock_drift_ms`.
+    pub max_clock_drift: Duration,
+    /// How often to report to the controllers (the executor's heartbeat).
+    pub report_interval: Duration,
+    /// This executor's id, unique in the group.
+    pub executor_id: String,
+    /// Restart policy for crashed workers.
+    pub restart: RestartPolicy,
+}
+
+/// Why an executor cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutorError {
+    /// The worker command cannot be found or is not executable.
+    #[error("worker command `{0}` not found or not executable")]
+    CommandNotFound(String),
+    /// No worker command was given.
+    #[error("no worker command given (put it after `--`)")]
+    NoCommand,
+    /// Options that cannot work together.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What the operator can ask of a running executor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Replace the workers one by one (SIGHUP, or `failover reload`).
+    Reload,
+    /// Stop the workers, release the lease, exit.
+    Shutdown,
+}
+
+/// Checks that the worker command exists and is executable (a PATH lookup for bare names).
+pub fn check_command(command: &[String]) -> Result<PathBuf, ExecutorError> {
+    let program = command.first().ok_or(ExecutorError::NoCommand)?;
+    let candidates: Vec<PathBuf> = if program.contains('/') {
+        vec![PathBuf::from(program)]
+    } else {
+        std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).map(|d| d.join(program)).collect())
+            .unwrap_or_default()
+    };
+    candidates
+        .into_iter()
+        .find(|p| is_executable(p))
+        .ok_or_else(|| ExecutorError::CommandNotFound(program.clone()))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Health of one worker as last checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Health {
+    Unknown,
+    Healthy,
+    Unhealthy { since: Instant },
+}
+
+impl Health {
+    fn name(self) -> &'static str {
+        match self {
+            Health::Unknown => "unknown",
+            Health::Healthy => "healthy",
+            Health::Unhealthy { .. } => "unhealthy",
+        }
+    }
+
+    fn record(self, ok: bool, now: Instant) -> Health {
+        match (ok, self) {
+            (true, _) => Health::Healthy,
+            (false, Health::Unhealthy { since }) => Health::Unhealthy { since },
+            (false, _) => Health::Unhealthy { since: now },
+        }
+    }
+}
+
+/// One worker slot (instance number).
+struct Slot {
+    instance: u32,
+    worker: Option<Worker>,
+    restarts: Restarts,
+    restart_at: Option<Instant>,
+    health: Health,
+    last_check: Option<Instant>,
+}
+
+/// The lease as the executor last saw it.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    token: u64,
+    epoch: u64,
+    valid_until: Instant,
+    draining: bool,
+}
+
+/// A rolling reload under way: new workers started one by one beside the old ones.
+struct Reload {
+    generation: u64,
+    started: Vec<(Worker, Health)>,
+    began: Instant,
+}
+
+/// The result of a health check, labelled with the worker it is about.
+struct HealthResult {
+    generation: u64,
+    ok: bool,
+}
+
+struct Executor {
+    opts: ExecutorOptions,
+    dialer: Arc<dyn Dialer>,
+    clock: Arc<dyn Clock>,
+    session: Option<LeaseSession>,
+    lease: Option<watch::Receiver<LeaseState>>,
+    lease_state: LeaseState,
+    held: Option<Held>,
+    slots: Vec<Slot>,
+    next_generation: u64,
+    events: (mpsc::Sender<WorkerEvent>, mpsc::Receiver<WorkerEvent>),
+    health: (mpsc::Sender<HealthResult>, mpsc::Receiver<HealthResult>),
+    unhealthy: Option<(Instant, String)>,
+    reload: Option<Reload>,
+    reload_done: (u64, bool, String),
+    reload_asked: u64,
+    last_report: Option<Instant>,
+    reporter: Option<String>,
+}
+
+/// Runs an executor until `Control::Shutdown`.
+pub async fn run(
+    opts: ExecutorOptions,
+    dialer: Arc<dyn Dialer>,
+    clock: Arc<dyn Clock>,
+    mut control: mpsc::Receiver<Control>,
+) -> Result<(), ExecutorError> {
+    check_command(&opts.command)?;
+    if opts.instances == 0 {
+        return Err(ExecutorError::Invalid(
+            "--instances must be at least 1".into(),
+        ));
+    }
+    if u32::from(opts.port_base) + opts.instances > u32::from(u16::MAX) {
+        return Err(ExecutorError::Invalid(
+            "--port-base + --instances exceeds 65535".into(),
+        ));
+    }
+    let slots = (0..opts.instances)
+        .map(|instance| Slot {
+            instance,
+            worker: None,
+            restarts: Restarts::new(opts.restart),
+            restart_at: None,
+            health: Health::Unknown,
+            last_check: None,
+        })
+        .collect();
+    let mut ex = Executor {
+        opts,
+        dialer,
+        clock,
+        session: None,
+        lease: None,
+        lease_state: LeaseState::Connecting,
+        held: None,
+        slots,
+        next_generation: 1,
+        events: mpsc::channel(256),
+        health: mpsc::channel(256),
+        unhealthy: None,
+        reload: None,
+        reload_done: (0, true, String::new()),
+        reload_asked: 0,
+        last_report: None,
+        reporter: None,
+    };
+    ex.start_session();
+    let mut tick = tokio::time::interval(TICK);
+    loop {
+        tokio::select! {
+            changed = lease_changed(&mut ex.lease) => if changed { ex.on_lease().await },
+            Some(event) = ex.events.1.recv() => ex.on_worker_event(event).await,
+            Some(result) = ex.health.1.recv() => ex.on_health(result),
+            _ = tick.tick() => ex.on_tick().await,
+            cmd = control.recv() => match cmd {
+                Some(Control::Reload) => ex.begin_reload(ex.reload_asked.max(ex.reload_done.0) + 1),
+                Some(Control::Shutdown) | None => {
+                    ex.shutdown().await;
+                    return Ok(());
+                }
+            },
+        }
+    }
+}
+
+/// Resolves when the lease state changes; pending forever without a session.
+async fn lease_changed(lease: &mut Option<watch::Receiver<LeaseState>>) -> bool {
+    match lease {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => std::future::pending().await,
+    }
+}
+
+impl Executor {
+    fn start_session(&mut self) {
+        let config = LeaseConfig {
+            endpoints: self.opts.endpoints.clone(),
+            group: self.opts.group.clone(),
+            site: self.opts.site.clone(),
+            instance: self.opts.executor_id.clone(),
+            max_clock_drift: self.opts.max_clock_drift,
+            stop_grace: self.opts.stop_grace,
+            standby_poll: Duration::from_millis(200),
+            release_on_drain: false,
+        };
+        let session = LeaseSession::start(config, self.dialer.clone(), self.clock.clone());
+        self.lease = Some(session.state());
+        self.session = Some(session);
+    }
+
+    fn env(&self, instance: u32, held: &Held) -> Vec<(String, String)> {
+        vec![
+            ("FAILOVER_GROUP".into(), self.opts.group.clone()),
+            ("FAILOVER_SITE".into(), self.opts.site.clone()),
+            ("FAILOVER_EPOCH".into(), held.epoch.to_string()),
+            ("FAILOVER_FENCING_TOKEN".into(), held.token.to_string()),
+            ("FAILOVER_INSTANCE".into(), instance.to_string()),
+            ("PORT".into(), self.port(instance).to_string()),
+        ]
+    }
+
+    fn port(&self, instance: u32) -> u16 {
+        // Checked at start: port_base + instances fits in u16.
+        (u32::from(self.opts.port_base) + instance) as u16
+    }
+
+    fn spawn(&mut self, instance: u32, held: Held) -> Option<Worker> {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let spec = Spawn {
+            guard_exe: &self.opts.guard_exe,
+            command: &self.opts.command,
+            env: self.env(instance, &held),
+            instance,
+            generation,
+            deadline: held.valid_until,
+            stop_grace: self.opts.stop_grace,
+        };
+        match Worker::spawn(spec, self.events.0.clone()) {
+            Ok(worker) => {
+                tracing::info!(instance, generation, token = held.token, "worker starting");
+                Some(worker)
+            }
+            Err(e) => {
+                tracing::error!(instance, error = %e, "cannot start the guard");
+                None
+            }
+        }
+    }
+
+    async fn on_lease(&mut self) {
+        let Some(rx) = &mut self.lease else { return };
+        let state = rx.borrow_and_update().clone();
+        self.lease_state = state.clone();
+        match state {
+            LeaseState::Acquired {
+                token,
+                epoch,
+                valid_until,
+                ..
+            } => {
+                let held = Held {
+                    token: token.0,
+                    epoch: epoch.0,
+                    valid_until,
+                    draining: false,
+                };
+                match self.held {
+                    Some(h) if h.token == held.token && !h.draining => {
+                        self.held = Some(held);
+                        self.extend_all(valid_until).await;
+                    }
+                    Some(_) => {
+                        self.stop_all(self.opts.stop_grace).await;
+                        self.held = Some(held);
+                    }
+                    None => {
+                        tracing::info!(token = held.token, epoch = held.epoch, "lease acquired");
+                        self.held = Some(held);
+                        for slot in &mut self.slots {
+                            slot.restart_at = None;
+                        }
+                    }
+                }
+            }
+            LeaseState::Draining { valid_until, .. } => {
+                if let Some(held) = &mut self.held {
+                    if !held.draining {
+                        held.draining = true;
+                        held.valid_until = valid_until;
+                        let left = valid_until.saturating_duration_since(self.clock.now());
+                        let grace = self.opts.drain_timeout.min(left);
+                        tracing::info!(?grace, "drain notice: stopping workers, then releasing");
+                        self.abort_reload("a drain began").await;
+                        self.stop_all(grace).await;
+                    }
+                }
+            }
+            LeaseState::Standby { .. } | LeaseState::Lost { .. } | LeaseState::Connecting => {
+                if self.held.take().is_some() {
+                    tracing::warn!(state = ?self.lease_state, "lease gone: stopping workers");
+                }
+                self.abort_reload("the lease was lost").await;
+                self.stop_all(self.opts.stop_grace).await;
+            }
+        }
+    }
+
+    async fn extend_all(&mut self, deadline: Instant) {
+        for slot in &mut self.slots {
+            if let Some(worker) = &mut slot.worker {
+                worker.extend(deadline).await;
+            }
+        }
+        if let Some(reload) = &mut self.reload {
+            for (worker, _) in &mut reload.started {
+                worker.extend(deadline).await;
+            }
+        }
+    }
+
+    async fn stop_all(&mut self, grace: Duration) {
+        for slot in &mut self.slots {
+            slot.restart_at = None;
+            if let Some(worker) = &mut slot.worker {
+                if !worker.stopping {
+                    worker.stop(grace).await;
+                }
+            }
+        }
+    }
+
+    fn all_stopped(&self) -> bool {
+        self.slots.iter().all(|s| s.worker.is_none())
+            && self.reload.as_ref().is_none_or(|r| r.started.is_empty())
+    }
+
+    async fn on_worker_event(&mut self, event: WorkerEvent) {
+        let now = self.clock.now();
+        if let Some(reload) = &mut self.reload {
+            if let Some(pos) = reload
+                .started
+                .iter()
+                .position(|(w, _)| w.generation == event.generation)
+            {
+                match event.event {
+                    GuardEvent::Started(pid) => reload.started[pos].0.pid = Some(pid),
+                    GuardEvent::Ended(how) => {
+                        let (worker, _) = reload.started.remove(pos);
+                        worker.reap().await;
+                        self.abort_reload(&format!(
+                            "new worker {} ended during the reload ({how})",
+                            event.instance
+                        ))
+                        .await;
+                    }
+                }
+                return;
+            }
+        }
+        let holding = self.held.is_some_and(|h| !h.draining);
+        let Some(slot) = self.slots.iter_mut().find(|s| s.instance == event.instance) else {
+            return;
+        };
+        let Some(worker) = &mut slot.worker else {
+            return;
+        };
+        if worker.generation != event.generation {
+            return;
+        }
+        match event.event {
+            GuardEvent::Started(pid) => worker.pid = Some(pid),
+            GuardEvent::Ended(how) => {
+                let Some(worker) = slot.worker.take() else {
+                    return;
+                };
+                let crashed = !worker.stopping;
+                let started_at = worker.started_at;
+                worker.reap().await;
+                slot.health = Health::Unknown;
+                if crashed && holding {
+                    let at = slot.restarts.on_exit(started_at, now);
+                    tracing::warn!(instance = slot.instance, %how, restart_in = ?at.saturating_duration_since(now), "worker crashed");
+                    slot.restart_at = Some(at);
+                } else {
+                    slot.restarts.on_stopped();
+                    tracing::info!(instance = slot.instance, %how, "worker stopped");
+                }
+            }
+        }
+        self.after_stop().await;
+    }
+
+    /// Once a drain has stopped every worker, the lease goes back at once.
+    async fn after_stop(&mut self) {
+        if self.held.is_some_and(|h| h.draining) && self.all_stopped() {
+            tracing::info!("workers stopped: releasing the lease");
+            self.held = None;
+            if let Some(session) = &self.session {
+                session.release().await;
+            }
+        }
+    }
+
+    fn on_health(&mut self, result: HealthResult) {
+        let now = self.clock.now();
+        if let Some(reload) = &mut self.reload {
+            for (worker, health) in &mut reload.started {
+                if worker.generation == result.generation {
+                    *health = health.record(result.ok, now);
+                }
+            }
+        }
+        for slot in &mut self.slots {
+            if slot
+                .worker
+                .as_ref()
+                .is_some_and(|w| w.generation == result.generation)
+            {
+                slot.health = slot.health.record(result.ok, now);
+            }
+        }
+    }
+
+    async fn on_tick(&mut self) {
+        let now = self.clock.now();
+        self.start_due_workers(now);
+        self.check_health(now);
+        self.check_unhealthy(now).await;
+        self.advance_reload(now).await;
+        if self
+            .last_report
+            .is_none_or(|at| now.saturating_duration_since(at) >= self.opts.report_interval)
+        {
+            self.last_report = Some(now);
+            self.report().await;
+        }
+    }
+
+    fn start_due_workers(&mut self, now: Instant) {
+        let Some(held) = self.held.filter(|h| !h.draining && now < h.valid_until) else {
+            return;
+        };
+        for i in 0..self.slots.len() {
+            let slot = &self.slots[i];
+            let due = slot.worker.is_none() && slot.restart_at.is_none_or(|at| now >= at);
+            if due {
+                let instance = slot.instance;
+                let worker = self.spawn(instance, held);
+                let slot = &mut self.slots[i];
+                slot.restart_at = None;
+                slot.worker = worker;
+            }
+        }
+    }
+
+    fn check_health(&mut self, now: Instant) {
+        let Some(check) = self.opts.health.clone() else {
+            return;
+        };
+        let Some(held) = self.held else { return };
+        let mut due = Vec::new();
+        for slot in &mut self.slots {
+            let Some(worker) = &slot.worker else { continue };
+            if worker.stopping
+                || slot
+                    .last_check
+                    .is_some_and(|at| now.saturating_duration_since(at) < HEALTH_INTERVAL)
+            {
+                continue;
+            }
+            slot.last_check = Some(now);
+            due.push((slot.instance, worker.generation));
+        }
+        if let Some(reload) = &self.reload {
+            due.extend(
+                reload
+                    .started
+                    .iter()
+                    .map(|(w, _)| (w.instance, w.generation)),
+            );
+        }
+        for (instance, generation) in due {
+            let (check, env, port, results) = (
+                check.clone(),
+                self.env(instance, &held),
+                self.port(instance),
+                self.health.0.clone(),
+            );
+            tokio::spawn(async move {
+                let ok = check.run(&env, port).await;
+                let _ = results.send(HealthResult { generation, ok }).await;
+            });
+        }
+    }
+
+    /// A crash loop or a long-failing health check makes the executor unhealthy: it stops
+    /// its workers, gives the lease up and stays out for a while, so a site whose workers
+    /// cannot run does not hold the group.
+    async fn check_unhealthy(&mut self, now: Instant) {
+        if let Some((until, _)) = &self.unhealthy {
+            if now >= *until {
+                tracing::info!("cooldown over: ready to take the lease again");
+                self.unhealthy = None;
+                for slot in &mut self.slots {
+                    slot.restarts = Restarts::new(self.opts.restart);
+                }
+                self.start_session();
+            }
+            return;
+        }
+        let reason = self.slots.iter().find_map(|s| {
+            if s.restarts.crash_looping(now) {
+                return Some(format!("worker {} is crash-looping", s.instance));
+            }
+            match s.health {
+                Health::Unhealthy { since }
+                    if now.saturating_duration_since(since) >= UNHEALTHY_AFTER =>
+                {
+                    Some(format!(
+                        "worker {} failed its health check for {UNHEALTHY_AFTER:?}",
+                        s.instance
+                    ))
+                }
+                _ => None,
+            }
+        });
+        let Some(reason) = reason else { return };
+        tracing::error!(%reason, "executor unhealthy: stopping workers and giving the lease up");
+        self.unhealthy = Some((now + UNHEALTHY_COOLDOWN, reason));
+        self.abort_reload("the executor became unhealthy").await;
+        self.stop_all(self.opts.stop_grace).await;
+        if let Some(session) = self.session.take() {
+            self.lease = None;
+            // The guards stop the workers within the stop grace; the session releases
+            // the lease only after that, so the next site cannot start early.
+            let wait = self.opts.stop_grace;
+            tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                session.shutdown().await;
+            });
+        }
+        self.held = None;
+        self.lease_state = LeaseState::Lost {
+            reason: "executor unhealthy".into(),
+        };
+    }
+
+    fn begin_reload(&mut self, generation: u64) {
+        self.reload_asked = self.reload_asked.max(generation);
+        if self.reload.is_some() {
+            return;
+        }
+        if self.held.is_none_or(|h| h.draining) {
+            self.reload_done = (
+                generation,
+                true,
+                "no workers running (standby); nothing to reload".into(),
+            );
+            return;
+        }
+        tracing::info!(generation, "rolling reload begins");
+        self.reload = Some(Reload {
+            generation,
+            started: Vec::new(),
+            began: self.clock.now(),
+        });
+    }
+
+    /// Starts the new workers one at a time, each after the previous passed its health
+    /// check; once all are healthy, retires the old ones. Any failure stops the new ones
+    /// and leaves the old generation running.
+    async fn advance_reload(&mut self, now: Instant) {
+        let Some(held) = self.held.filter(|h| !h.draining) else {
+            return;
+        };
+        let Some(reload) = &self.reload else { return };
+        if now.saturating_duration_since(reload.began) > RELOAD_TIMEOUT {
+            self.abort_reload(&format!(
+                "new workers did not pass their health checks within {RELOAD_TIMEOUT:?}"
+            ))
+            .await;
+            return;
+        }
+        let settled = |(w, h): &(Worker, Health)| match self.opts.health {
+            Some(_) => *h == Health::Healthy,
+            None => {
+                w.pid.is_some()
+                    && now.saturating_duration_since(w.started_at) >= SETTLE_WITHOUT_CHECK
+            }
+        };
+        if !reload.started.iter().all(settled) {
+            return;
+        }
+        let next = reload.started.len() as u32;
+        if next < self.opts.instances {
+            if let Some(worker) = self.spawn(next, held) {
+                if let Some(reload) = &mut self.reload {
+                    reload.started.push((worker, Health::Unknown));
+                }
+            }
+            return;
+        }
+        let Some(reload) = self.reload.take() else {
+            return;
+        };
+        for (worker, health) in reload.started {
+            let slot = &mut self.slots[worker.instance as usize];
+            if let Some(old) = &mut slot.worker {
+                old.stop(self.opts.stop_grace).await;
+            }
+            let old = slot.worker.replace(worker);
+            slot.health = health;
+            slot.last_check = None;
+            if let Some(old) = old {
+                // Its Ended event no longer matches the slot; reap it here.
+                tokio::spawn(old.reap());
+            }
+        }
+        tracing::info!(generation = reload.generation, "rolling reload done");
+        self.reload_done = (reload.generation, true, "all workers replaced".into());
+    }
+
+    async fn abort_reload(&mut self, why: &str) {
+        let Some(reload) = self.reload.take() else {
+            return;
+        };
+        tracing::warn!(generation = reload.generation, %why, "reload rolled back; the old workers keep running");
+        for (mut worker, _) in reload.started {
+            worker.stop(self.opts.stop_grace).await;
+            tokio::spawn(worker.reap());
+        }
+        self.reload_done = (reload.generation, false, format!("rolled back: {why}"));
+    }
+
+    fn ready(&self, now: Instant) -> bool {
+        self.unhealthy.is_none() && !self.slots.iter().any(|s| s.restarts.crash_looping(now))
+    }
+
+    fn report_message(&self, now: Instant) -> ExecutorReport {
+        let (state, epoch, token) = match &self.lease_state {
+            LeaseState::Acquired { epoch, token, .. } => ("acquired", epoch.0, token.0),
+            LeaseState::Draining { epoch, token, .. } => ("draining", epoch.0, token.0),
+            LeaseState::Standby { epoch, .. } => ("standby", *epoch, 0),
+            LeaseState::Lost { .. } => ("lost", 0, 0),
+            LeaseState::Connecting => ("connecting", 0, 0),
+        };
+        let state = if self.unhealthy.is_some() {
+            "paused"
+        } else {
+            state
+        };
+        let workers = self
+            .slots
+            .iter()
+            .map(|s| {
+                let (pid, worker_state, uptime, generation) = match &s.worker {
+                    Some(w) if w.stopping => (w.pid.unwrap_or(0), "stopping", 0, w.generation),
+                    Some(w) => (
+                        w.pid.unwrap_or(0),
+                        if w.pid.is_some() {
+                            "running"
+                        } else {
+                            "starting"
+                        },
+                        now.saturating_duration_since(w.started_at).as_millis() as u64,
+                        w.generation,
+                    ),
+                    None if s.restart_at.is_some() => (0, "backoff", 0, 0),
+                    None => (0, "stopped", 0, 0),
+                };
+                WorkerReport {
+                    instance: s.instance,
+                    pid,
+                    state: worker_state.into(),
+                    restarts: s.restarts.count,
+                    uptime_ms: uptime,
+                    health: s.health.name().into(),
+                    generation,
+                }
+            })
+            .collect();
+        ExecutorReport {
+            executor_id: self.opts.executor_id.clone(),
+            group: self.opts.group.clone(),
+            site: self.opts.site.clone(),
+            ready: self.ready(now),
+            healthy: self.unhealthy.is_none(),
+            lease_state: state.into(),
+            epoch,
+            fencing_token: token,
+            workers,
+            reload_done: self.reload_done.0,
+            reload_ok: self.reload_done.1,
+            reload_message: self.reload_done.2.clone(),
+            message: self
+                .unhealthy
+                .as_ref()
+                .map(|(_, why)| why.clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Sends the heartbeat report to the leader (following its hint); starts a reload
+    /// when the leader asks for a newer one.
+    async fn report(&mut self) {
+        let report = self.report_message(self.clock.now());
+        let addrs = self.opts.endpoints.addrs().to_vec();
+        let mut targets: Vec<String> = self.reporter.iter().cloned().collect();
+        targets.extend(addrs);
+        for addr in targets.into_iter().take(8) {
+            let Ok(channel) = self.dialer.channel(&addr) else {
+                continue;
+            };
+            let mut client = ExecutorServiceClient::new(channel);
+            let sent =
+                tokio::time::timeout(Duration::from_secs(1), client.report(report.clone())).await;
+            match sent {
+                Ok(Ok(ack)) => {
+                    self.reporter = Some(addr);
+                    let asked = ack.into_inner().reload_generation;
+                    if asked > self.reload_done.0 && asked > self.reload_asked {
+                        self.begin_reload(asked);
+                    }
+                    return;
+                }
+                Ok(Err(status)) => {
+                    self.reporter = status
+                        .metadata()
+                        .get("x-failover-leader")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned);
+                    if let Some(leader) = self.reporter.clone() {
+                        if leader != addr {
+                            continue;
+                        }
+                    }
+                }
+                Err(_) => self.reporter = None,
+            }
+        }
+    }
+
+    async fn shutdown(&mut self) {
+        tracing::info!("shutting down: stopping workers, then releasing the lease");
+        self.abort_reload("the executor is shutting down").await;
+        self.stop_all(self.opts.stop_grace).await;
+        let deadline = self.clock.now() + self.opts.stop_grace + Duration::from_secs(1);
+        while !self.all_stopped() && self.clock.now() < deadline {
+            match tokio::time::timeout(TICK, self.events.1.recv()).await {
+                Ok(Some(event)) => self.on_worker_event(event).await,
+                Ok(None) => break,
+                Err(_) => {}
+            }
+        }
+        if let Some(session) = self.session.take() {
+            session.shutdown().await;
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! The site executor: runs an engine's workers only while its site holds the lease.
+//!
+//! # Layout
+//! - [`executor`]: the supervisor loop: lease session → workers, restarts, health,
+//!   drains, rolling reloads, reports to the controllers.
+//! - [`worker`]: one worker slot's guard process and the events it reports.
+//! - [`guard`]: the guard itself (`failover guard`): holds the deadline, kills the tree.
+//! - [`health`]: command and HTTP health checks.
+//! - [`monotonic`]: CLOCK_MONOTONIC nanoseconds, shared by executor and guards.
+//!
+//! The safety rule is simple and lives in one place: a worker tree runs under a guard
+//! whose deadline is the lease's `valid_until`, so no worker outlives the lease that
+//! allowed it, whether or not the executor is alive or scheduled.
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod executor;
+pub mod guard;
+pub mod health;
+pub mod monotonic;
+pub mod worker;
+
+pub use executor::{run, Control, ExecutorError, ExecutorOptions};

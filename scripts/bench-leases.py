@@ -1,0 +1,436 @@
+"""Lease API measurements: failover against a 3-member etcd cluster, same workload, same run.
+
+For each N in --leases (1,000 and 10,000), on a fresh cluster each time:
+
+- a 3-controller failover cluster on loopback (site-a, site-b, witness; group `default`
+  active at site-a), then a 3-member etcd cluster on loopback;
+- `failover-bench failover|etcd` (crates/failover-bench) grants N leases with 64 requests
+  in flight, then renews every lease in rounds for 10 s over 16 keepalive streams (64
+  renewals in flight per stream), all at the leader; it prints grants/s, keepalives/s and
+  the p50/p99 latency of each;
+- meanwhile every server's VmRSS (/proc/PID/status) is sampled; after the run (servers
+  stopped) each data dir is measured.
+
+The results go to the "leases" section of docs/benchmarks.md, with the targets.
+Builds nothing: `make bench` builds the release binaries first. Installs etcd from
+Debian's `etcd-server` package when `etcd` is not on PATH (needs root).
+
+Usage: python3 scripts/bench-leases.py [--bin-dir DIR] [--leases 1000,10000] [--no-write]
+"""
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+from benchdoc import write_section
+
+# Lease TTL for both systems. Granting 10,000 leases takes longer than the default 2 s TTL,
+# so with it the first leases would expire before the keepalive phase reaches them.
+TTL_SECS = 60
+# The targets from the issue.
+KEEPALIVE_RATIO_TARGET = 2.0
+RSS_TARGET_BYTES = 200 * 1000 * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bin-dir", default="./target/release",
+                        help="where `failover` and `failover-bench` are (default ./target/release)")
+    parser.add_argument("--leases", default="1000,10000", help="comma-separated lease counts")
+    parser.add_argument("--concurrency", type=int, default=64, help="grant requests in flight")
+    parser.add_argument("--streams", type=int, default=16, help="keepalive streams (and connections)")
+    parser.add_argument("--window", type=int, default=64, help="renewals in flight per stream")
+    parser.add_argument("--duration", type=float, default=10.0, help="keepalive phase, seconds")
+    parser.add_argument("--no-write", action="store_true", help="print results, leave docs alone")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dirs (logs, data)")
+    args = parser.parse_args()
+
+    failover_bin = os.path.abspath(os.path.join(args.bin_dir, "failover"))
+    bench_bin = os.path.abspath(os.path.join(args.bin_dir, "failover-bench"))
+    for path in (failover_bin, bench_bin):
+        if not os.access(path, os.X_OK):
+            sys.exit(f"{path} is missing: build it first "
+                     "(cargo build --release -p failover-cli -p failover-bench)")
+    etcd_bin = ensure_etcd()
+    etcd_version = subprocess.run([etcd_bin, "--version"], capture_output=True,
+                                  text=True).stdout.splitlines()[0].split()[-1]
+
+    counts = [int(n) for n in args.leases.split(",")]
+    workload = ["--concurrency", str(args.concurrency), "--streams", str(args.streams),
+                "--window", str(args.window), "--duration-secs", str(args.duration)]
+    started = time.time()
+    results = {}
+    for n in counts:
+        for system in ("failover", "etcd"):
+            print(f"== {system}, {n} leases", flush=True)
+            results[(system, n)] = run_one(system, n, failover_bin, etcd_bin, bench_bin,
+                                           workload, args.keep)
+            print(json.dumps(results[(system, n)], indent=1), flush=True)
+    elapsed = time.time() - started
+    print(f"lease benchmark took {elapsed:.0f} s")
+
+    body = render(results, counts, args, etcd_version, elapsed)
+    if args.no_write:
+        print(body)
+    else:
+        write_section("leases", body)
+    if any("error" in r for r in results.values()):
+        sys.exit("some runs failed; see above")
+
+
+def ensure_etcd() -> str:
+    found = shutil.which("etcd")
+    if found:
+        return found
+    print("etcd not on PATH: installing Debian's etcd-server", flush=True)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "etcd-server"], check=True, env=env)
+    found = shutil.which("etcd")
+    if not found:
+        sys.exit("etcd-server installed but `etcd` is not on PATH")
+    return found
+
+
+def free_ports(n: int) -> list:
+    """n distinct free loopback ports (all bound at once, so no duplicates)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+class Cluster:
+    """Server processes started by this script, their data dirs and logs."""
+
+    def __init__(self, root: str):
+        self.root = root
+        self.procs = []
+        self.data_dirs = []
+        self.endpoints = []
+
+    def spawn(self, name: str, argv: list, data_dir: str) -> None:
+        log = open(os.path.join(self.root, f"{name}.log"), "w")
+        self.procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                           stdin=subprocess.DEVNULL))
+        self.data_dirs.append(data_dir)
+
+    def check_running(self) -> None:
+        for p in self.procs:
+            if p.poll() is not None:
+                raise RuntimeError(f"server {p.args[0]} exited with {p.returncode}")
+
+    def rss_bytes(self) -> list:
+        rss = []
+        for p in self.procs:
+            try:
+                with open(f"/proc/{p.pid}/status") as f:
+                    for line in f:
+                        if line.startswith("VmRSS:"):
+                            rss.append(int(line.split()[1]) * 1024)
+            except OSError:
+                rss.append(0)
+        return rss
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    def data_bytes(self) -> list:
+        """Disk space (allocated blocks) of each data dir."""
+        sizes = []
+        for d in self.data_dirs:
+            total = 0
+            for dirpath, _, files in os.walk(d):
+                for name in files:
+                    try:
+                        total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+                    except OSError:
+                        pass
+            sizes.append(total)
+        return sizes
+
+    def log_tails(self) -> str:
+        out = []
+        for name in sorted(os.listdir(self.root)):
+            if name.endswith(".log"):
+                with open(os.path.join(self.root, name), errors="replace") as f:
+                    lines = f.read().splitlines()[-15:]
+                out.append(f"--- {name}\n" + "\n".join(lines))
+        return "\n".join(out)
+
+
+def start_failover(cluster: Cluster, failover_bin: str) -> None:
+    ports = free_ports(3)
+    cluster.endpoints = [f"127.0.0.1:{p}" for p in ports]
+    topology = os.path.join(cluster.root, "topology.yaml")
+    with open(topology, "w") as f:
+        f.write(f"""# Written by scripts/bench-leases.py.
+cluster_name: bench-leases
+timing:
+  lease_ttl_ms: {TTL_SECS * 1000}
+  keepalive_interval_ms: {TTL_SECS * 1000 // 3}
+sites:
+  - name: site-a
+    controllers:
+      - {{ id: 1, addr: "{cluster.endpoints[0]}" }}
+  - name: site-b
+    controllers:
+      - {{ id: 2, addr: "{cluster.endpoints[1]}" }}
+  - name: witness
+    controllers:
+      - {{ id: 3, addr: "{cluster.endpoints[2]}" }}
+groups:
+  - name: default
+    sites: [site-a, site-b]
+""")
+    for node in (1, 2, 3):
+        data = os.path.join(cluster.root, f"controller-{node}")
+        cluster.spawn(f"controller-{node}",
+                      [failover_bin, "controller", "--config", topology, "--node", str(node),
+                       "--data-dir", data], data)
+
+
+def start_etcd(cluster: Cluster, etcd_bin: str) -> None:
+    ports = free_ports(6)
+    client, peer = ports[:3], ports[3:]
+    cluster.endpoints = [f"127.0.0.1:{p}" for p in client]
+    initial = ",".join(f"m{i}=http://127.0.0.1:{peer[i]}" for i in range(3))
+    token = f"bench-leases-{os.getpid()}-{int(time.time())}"
+    for i in range(3):
+        data = os.path.join(cluster.root, f"member-{i}")
+        cluster.spawn(f"member-{i}", [
+            etcd_bin, "--name", f"m{i}", "--data-dir", data,
+            "--listen-client-urls", f"http://127.0.0.1:{client[i]}",
+            "--advertise-client-urls", f"http://127.0.0.1:{client[i]}",
+            "--listen-peer-urls", f"http://127.0.0.1:{peer[i]}",
+            "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer[i]}",
+            "--initial-cluster", initial,
+            "--initial-cluster-state", "new",
+            "--initial-cluster-token", token,
+        ], data)
+
+
+def run_one(system: str, n: int, failover_bin: str, etcd_bin: str, bench_bin: str,
+            workload: list, keep: bool) -> dict:
+    root = tempfile.mkdtemp(prefix=f"bench-leases-{system}-{n}-")
+    cluster = Cluster(root)
+    result = {}
+    try:
+        if system == "failover":
+            start_failover(cluster, failover_bin)
+            extra = ["--group", "default", "--site", "site-a"]
+        else:
+            start_etcd(cluster, etcd_bin)
+            extra = ["--ttl-secs", str(TTL_SECS)]
+        argv = [bench_bin, system, "--endpoints", ",".join(cluster.endpoints),
+                "--leases", str(n)] + workload + extra
+        stderr_path = os.path.join(root, "bench.stderr")
+        with open(stderr_path, "w+") as stderr:
+            bench = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=stderr, text=True)
+            try:
+                max_rss = sample_rss_until_exit(cluster, bench, timeout=300)
+                out = bench.stdout.read()
+            finally:
+                if bench.poll() is None:
+                    bench.kill()
+                bench.wait()
+            stderr.seek(0)
+            bench_err = stderr.read()
+        if bench.returncode != 0:
+            raise RuntimeError(f"failover-bench exited with {bench.returncode}:\n{bench_err}")
+        result = json.loads(out)
+        result["max_rss_bytes"] = max_rss
+        cluster.check_running()
+    except Exception as e:  # noqa: BLE001 - a failed run is reported, the others still run
+        print(cluster.log_tails(), file=sys.stderr)
+        result = {"error": str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)}
+        print(f"{system} {n}: FAILED: {e}", file=sys.stderr)
+    finally:
+        cluster.stop()
+        result["data_bytes"] = cluster.data_bytes()
+        if keep:
+            print(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    return result
+
+
+def sample_rss_until_exit(cluster: Cluster, bench: subprocess.Popen, timeout: float) -> list:
+    """Samples every server's VmRSS until the bench exits; the largest seen per server."""
+    deadline = time.time() + timeout
+    best = [0] * len(cluster.procs)
+    while bench.poll() is None:
+        if time.time() > deadline:
+            raise RuntimeError(f"failover-bench still running after {timeout:.0f} s")
+        best = [max(a, b) for a, b in zip(best, cluster.rss_bytes())]
+        time.sleep(0.2)
+    return best
+
+
+def mib(b: float) -> str:
+    return f"{b / (1 << 20):.1f}"
+
+
+def render(results: dict, counts: list, args, etcd_version: str, elapsed: float) -> str:
+    def cell(r, f):
+        return "failed" if "error" in r else f(r)
+
+    rows = []
+    for n in counts:
+        for system in ("failover", "etcd"):
+            r = results[(system, n)]
+            rows.append("| " + " | ".join([
+                f"{n:,}", system,
+                cell(r, lambda r: f"{r['grant']['per_s']:,.0f}"),
+                cell(r, lambda r: f"{r['grant']['latency']['p50_ms']:.2f}"),
+                cell(r, lambda r: f"{r['grant']['latency']['p99_ms']:.2f}"),
+                cell(r, lambda r: f"{r['keepalive']['per_s']:,.0f}"),
+                cell(r, lambda r: f"{r['keepalive']['latency']['p50_ms']:.2f}"),
+                cell(r, lambda r: f"{r['keepalive']['latency']['p99_ms']:.2f}"),
+                cell(r, lambda r: mib(max(r["max_rss_bytes"]))),
+                mib(max(r["data_bytes"])) if r.get("data_bytes") else "-",
+            ]) + " |")
+
+    # Ratios and targets.
+    ratio_rows, ka_met, p99_met, problems = [], [], [], []
+    for n in counts:
+        f, e = results[("failover", n)], results[("etcd", n)]
+        if "error" in f or "error" in e:
+            ratio_rows.append(f"| {n:,} | failed | failed |")
+            ka_met.append(False)
+            p99_met.append(False)
+            continue
+        ka = f["keepalive"]["per_s"] / e["keepalive"]["per_s"]
+        p99 = f["grant"]["latency"]["p99_ms"] / e["grant"]["latency"]["p99_ms"]
+        ratio_rows.append(f"| {n:,} | {ka:.2f}x | {p99:.2f}x |")
+        ka_met.append(ka >= KEEPALIVE_RATIO_TARGET)
+        p99_met.append(p99 <= 1.0)
+        for system, r in (("failover", f), ("etcd", e)):
+            if r["grant"]["failed"] or r["keepalive"]["refused"]:
+                problems.append(
+                    f"- {system}, {n:,} leases: {r['grant']['failed']} grants failed "
+                    f"(first: {r['grant']['first_error']}), {r['keepalive']['refused']} renewals "
+                    f"refused (first: {r['keepalive']['first_refusal']}).")
+    big = max(counts)
+    fb = results[("failover", big)]
+    if "error" in fb:
+        rss_text, rss_met = "run failed", False
+    else:
+        per = fb["max_rss_bytes"]
+        rss_text = "max VmRSS per controller: " + ", ".join(f"{mib(b)} MiB" for b in per)
+        rss_met = big >= 10000 and all(b < RSS_TARGET_BYTES for b in per)
+
+    def yes(ok):
+        return "**met**" if ok else "**not met**"
+
+    def ratios(key):
+        out = []
+        for n in counts:
+            f, e = results[("failover", n)], results[("etcd", n)]
+            if "error" in f or "error" in e:
+                out.append(f"{n:,}: failed")
+            elif key == "ka":
+                out.append(f"{n:,} leases: {f['keepalive']['per_s'] / e['keepalive']['per_s']:.2f}x")
+            else:
+                out.append(f"{n:,} leases: {f['grant']['latency']['p99_ms']:.2f} ms vs "
+                           f"{e['grant']['latency']['p99_ms']:.2f} ms")
+        return "; ".join(out)
+
+    errors = [f"- {s}, {n:,} leases: run failed: {r['error']}" for (s, n), r in results.items()
+              if "error" in r]
+    command = ("python3 scripts/bench-leases.py" + "".join(f" {a}" for a in sys.argv[1:]
+                                                          if not a.startswith("--bin-dir")))
+    body = [
+        f"## Leases: failover vs etcd (`python3 scripts/bench-leases.py`, release build, "
+        f"{os.cpu_count()} cores)",
+        "",
+        f"Measured {time.strftime('%Y-%m-%d', time.gmtime())} on a machine with `nproc` = "
+        f"{os.cpu_count()}, both systems in the same run ({elapsed:.0f} s), one after the other, "
+        "each on a fresh 3-node cluster on loopback per lease count. The load generator "
+        "(`failover-bench`, crates/failover-bench) runs on the same cores as the servers.",
+        "",
+        "- **failover**: 3 controllers (site-a, site-b, witness: one each), group `default` "
+        f"active at site-a, sled fsync on every append and vote; `lease_ttl_ms: {TTL_SECS * 1000}`, "
+        "other timing as in sites.example.yaml.",
+        f"- **etcd** {etcd_version} (Debian's `etcd-server`), 3 members, default flags (fsync on), "
+        f"leases granted with TTL {TTL_SECS} s.",
+        f"- **Workload**, identical for both: N leases, each held by its own instance; grants "
+        f"with {args.concurrency} requests in flight over {args.streams} connections to the "
+        f"leader (grants/s = N / wall time); then for {args.duration:g} s every lease is renewed "
+        f"in rounds, as fast as answers come, over {args.streams} keepalive streams (failover "
+        f"`KeepAlive`, etcd `LeaseKeepAlive`), at most {args.window} renewals in flight per "
+        "stream and never two for one lease; latency is per request, send to answer. "
+        f"The TTL is {TTL_SECS} s for both because granting 10,000 leases takes longer than "
+        "the default 2 s TTL.",
+        "- RSS: the largest VmRSS sampled (every 0.2 s) of any controller/member during the "
+        "run; data dir: the largest controller/member data dir after the run (allocated "
+        "blocks; etcd preallocates 64 MiB WAL segments).",
+        "",
+        "| leases | system | grants/s | grant p50 ms | grant p99 ms | keepalives/s "
+        "| keepalive p50 ms | keepalive p99 ms | max RSS MiB | data dir MiB |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ] + rows + [
+        "",
+        "| leases | keepalives/s failover / etcd | grant p99 failover / etcd |",
+        "|---:|---:|---:|",
+    ] + ratio_rows + [
+        "",
+        "| target (from the issue) | measured | |",
+        "|---|---|---|",
+        f"| keepalive throughput at least {KEEPALIVE_RATIO_TARGET:g}x etcd's | {ratios('ka')} "
+        f"| {yes(all(ka_met))} |",
+        f"| grant p99 no worse than etcd's | {ratios('p99')} | {yes(all(p99_met))} |",
+        f"| 10,000 leases held, each controller under 200 MB RSS | {rss_text} "
+        f"| {yes(rss_met)} |",
+    ]
+    notes = explain(results, counts, all(ka_met), all(p99_met), rss_met)
+    if notes or problems or errors:
+        body += ["", "Notes:", ""] + errors + problems + notes
+    body += ["", f"Reproduce: `make bench` (builds, then runs this and the controller "
+             f"benchmark), or after `cargo build --release -p failover-cli -p failover-bench`: "
+             f"`{command}`."]
+    return "\n".join(body)
+
+
+def explain(results: dict, counts: list, ka_met: bool, p99_met: bool, rss_met: bool) -> list:
+    """Likely causes of missed targets, from what was observed when this script was written.
+
+    They are only printed for a target that is missed in this run.
+    """
+    notes = []
+    if not ka_met:
+        notes.append(KEEPALIVE_NOTE)
+    if not p99_met:
+        notes.append(GRANT_NOTE)
+    if not rss_met:
+        notes.append(RSS_NOTE)
+    return notes
+
+
+KEEPALIVE_NOTE = "- Keepalive throughput: TODO"
+GRANT_NOTE = "- Grant p99: TODO"
+RSS_NOTE = "- RSS: TODO"
+
+
+if __name__ == "__main__":
+    main()
