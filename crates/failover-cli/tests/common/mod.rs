@@ -194,8 +194,79 @@ impl Cluster {
     }
 }
 
+/// A process that is SIGKILLed (and SIGCONTinued first, if stopped) when dropped.
+pub struct Proc(pub Child);
+
+impl Proc {
+    pub fn pid(&self) -> i32 {
+        self.0.id() as i32
+    }
+
+    /// Sends `signal` to the process.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.pid(), signal) };
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.signal(libc::SIGCONT);
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Whether `pid` is a live (not zombie) process.
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rfind(')')
+            .and_then(|i| stat[i + 2..].split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+impl Cluster {
+    /// `failover exec` for `site` with extra arguments, logging to the test dir.
+    pub fn exec(&self, site: &str, args: &[&str], command: &[&str]) -> Proc {
+        let list: Vec<&str> = self.nodes.iter().map(|n| n.addr.as_str()).collect();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("exec-{site}.log")))
+            .expect("log file");
+        let child = Command::new(failover_bin())
+            .args(["exec", "--site", site, "--config"])
+            .arg(&self.config)
+            .args(args)
+            .arg("--")
+            .args(command)
+            .env("RUST_LOG", "info")
+            .env("FAILOVER_ENDPOINTS", list.join(","))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn exec");
+        Proc(child)
+    }
+
+    /// Sends `signal` to every running controller.
+    pub fn signal_all(&self, signal: i32) {
+        for node in &self.nodes {
+            if let Some(child) = &node.child {
+                // SAFETY: kill(2) on our own children.
+                unsafe { libc::kill(child.id() as i32, signal) };
+            }
+        }
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
+        self.signal_all(libc::SIGCONT);
         self.kill_all();
         if std::env::var_os("FAILOVER_TEST_KEEP").is_some() {
             let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));

@@ -1,0 +1,367 @@
+//! `failover exec` with real processes: shell-script workers that start a child of their
+//! own, a real controller cluster, SIGSTOP and SIGKILL.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{alive, eventually, failover_bin, Cluster, Proc};
+use failover_proto::admin::PromoteRequest;
+
+/// Lease bounds of the test topology (`Timing::default()`) and the executor's stop grace.
+const TTL: Duration = Duration::from_millis(2000);
+const DRIFT: Duration = Duration::from_millis(250);
+const STOP_GRACE: Duration = Duration::from_millis(500);
+/// What a poll every 10 ms may add to an observed instant.
+const OBSERVATION_SLACK: Duration = Duration::from_millis(100);
+
+/// A worker script: records its pid and its child's pid under `dir`, keeps running until
+/// killed; with `dir/broken` present it exits at once (a failing new generation).
+fn worker_script(dir: &Path) -> PathBuf {
+    let path = dir.join("worker.sh");
+    let script = format!(
+        r#"#!/bin/sh
+d={dir}
+[ -f "$d/broken" ] && exit 3
+sleep 1000 &
+echo "$$ $!" > "$d/pids-$FAILOVER_SITE-$FAILOVER_INSTANCE.$$"
+echo "$FAILOVER_FENCING_TOKEN" > "$d/token-$FAILOVER_SITE-$FAILOVER_INSTANCE"
+touch "$d/healthy-$FAILOVER_SITE-$FAILOVER_INSTANCE"
+wait
+"#,
+        dir = dir.display()
+    );
+    std::fs::write(&path, script).expect("write worker");
+    // SAFETY: chmod on a file we just wrote.
+    let c = std::ffi::CString::new(path.to_str().expect("utf8")).expect("path");
+    unsafe { libc::chmod(c.as_ptr(), 0o755) };
+    path
+}
+
+/// Every (worker, child) pid recorded for `site` so far.
+fn recorded_pids(dir: &Path, site: &str) -> Vec<i32> {
+    let prefix = format!("pids-{site}-");
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read dir").flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&prefix) {
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            pids.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok()),
+            );
+        }
+    }
+    pids
+}
+
+fn live_pids(dir: &Path, site: &str) -> Vec<i32> {
+    recorded_pids(dir, site)
+        .into_iter()
+        .filter(|p| alive(*p))
+        .collect()
+}
+
+/// Waits until `n` workers (each with its child) of `site` are alive.
+async fn wait_running(dir: &Path, site: &str, n: usize) -> Vec<i32> {
+    eventually(
+        &format!("{n} workers of {site} running"),
+        Duration::from_secs(20),
+        || async {
+            let live = live_pids(dir, site);
+            (live.len() == 2 * n).then_some(live)
+        },
+    )
+    .await
+}
+
+/// Polls every 10 ms until none of `pids` is alive; returns when that was first seen.
+async fn wait_all_dead(pids: &[i32], timeout: Duration) -> Instant {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if !pids.iter().any(|p| alive(*p)) {
+            return Instant::now();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "workers still alive after {timeout:?}: {pids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The latest instant the workers may live, for a lease last renewable at `last_renewal`:
+/// the executor's deadline `sent + ttl - drift - stop_grace`, plus polling slack.
+fn lease_bound(last_renewal: Instant) -> Instant {
+    last_renewal + TTL - DRIFT - STOP_GRACE + OBSERVATION_SLACK
+}
+
+async fn started(cluster: &mut Cluster) -> PathBuf {
+    cluster.start_all();
+    cluster.wait_ready(Duration::from_secs(30)).await;
+    let dir = cluster.data_dir().join("work");
+    std::fs::create_dir_all(&dir).expect("work dir");
+    dir
+}
+
+/// Every controller frozen with SIGSTOP: no renewal can succeed, and the workers and their
+/// children are gone before the lease deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_stop_before_deadline_when_controllers_freeze() {
+    let mut cluster = Cluster::new();
+    let dir = started(&mut cluster).await;
+    let script = worker_script(&dir);
+    let _exec = cluster.exec(
+        "site-a",
+        &["--instances", "2"],
+        &[script.to_str().expect("utf8")],
+    );
+    let pids = wait_running(&dir, "site-a", 2).await;
+    let frozen_at = Instant::now();
+    cluster.signal_all(libc::SIGSTOP);
+    let dead_at = wait_all_dead(&pids, TTL).await;
+    assert!(
+        dead_at <= lease_bound(frozen_at),
+        "gone {:?} after the freeze",
+        dead_at - frozen_at
+    );
+    eprintln!(
+        "controllers frozen: workers gone {:?} after the freeze",
+        dead_at - frozen_at
+    );
+}
+
+/// The executor frozen with SIGSTOP cannot renew or stop anything itself: its guards
+/// still stop every worker and child before the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_stop_before_deadline_when_executor_freezes() {
+    let mut cluster = Cluster::new();
+    let dir = started(&mut cluster).await;
+    let script = worker_script(&dir);
+    let exec = cluster.exec(
+        "site-a",
+        &["--instances", "2"],
+        &[script.to_str().expect("utf8")],
+    );
+    let pids = wait_running(&dir, "site-a", 2).await;
+    let frozen_at = Instant::now();
+    exec.signal(libc::SIGSTOP);
+    let dead_at = wait_all_dead(&pids, TTL).await;
+    assert!(
+        dead_at <= lease_bound(frozen_at),
+        "gone {:?} after the freeze",
+        dead_at - frozen_at
+    );
+    eprintln!(
+        "executor frozen: workers gone {:?} after the freeze",
+        dead_at - frozen_at
+    );
+}
+
+/// The executor killed with SIGKILL: its guards see their pipe close and stop the
+/// workers within the stop grace, well before the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_stop_when_executor_is_killed() {
+    let mut cluster = Cluster::new();
+    let dir = started(&mut cluster).await;
+    let script = worker_script(&dir);
+    let mut exec: Proc = cluster.exec(
+        "site-a",
+        &["--instances", "2"],
+        &[script.to_str().expect("utf8")],
+    );
+    let pids = wait_running(&dir, "site-a", 2).await;
+    let killed_at = Instant::now();
+    exec.0.kill().expect("kill -9 executor");
+    let dead_at = wait_all_dead(&pids, TTL).await;
+    assert!(
+        dead_at <= killed_at + STOP_GRACE + OBSERVATION_SLACK,
+        "gone {:?} after the kill",
+        dead_at - killed_at
+    );
+}
+
+/// A worker that dies is started again (with backoff), and the restart is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashed_worker_is_respawned() {
+    let mut cluster = Cluster::new();
+    let dir = started(&mut cluster).await;
+    let script = worker_script(&dir);
+    let _exec = cluster.exec(
+        "site-a",
+        &["--instances", "1"],
+        &[script.to_str().expect("utf8")],
+    );
+    let first = wait_running(&dir, "site-a", 1).await;
+    let worker = *first.iter().min().expect("a pid");
+    // SAFETY: killing a process this test's executor started.
+    unsafe { libc::kill(worker, libc::SIGKILL) };
+    let respawned = eventually("a new worker", Duration::from_secs(10), || async {
+        let live = live_pids(&dir, "site-a");
+        (live.len() == 2 && !live.contains(&worker)).then_some(live)
+    })
+    .await;
+    assert!(
+        !first.iter().any(|p| respawned.contains(p)),
+        "the crashed tree is gone"
+    );
+    let mut client = cluster.client();
+    let restarts = eventually("the restart in status", Duration::from_secs(5), || {
+        let mut client = client.clone();
+        async move {
+            let status = client.status().await.ok()?;
+            let w = status
+                .sites
+                .iter()
+                .find(|s| s.name == "site-a")?
+                .executors
+                .first()?
+                .report
+                .clone()?
+                .workers
+                .first()?
+                .clone();
+            (w.restarts == 1 && w.state == "running").then_some(w.restarts)
+        }
+    })
+    .await;
+    assert_eq!(restarts, 1);
+    let _ = client.status().await;
+}
+
+/// A reload whose new workers fail rolls back: the old workers keep running, and
+/// `failover reload` says so with a non-zero exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_reload_rolls_back() {
+    let mut cluster = Cluster::new();
+    let dir = started(&mut cluster).await;
+    let script = worker_script(&dir);
+    let health = format!(
+        "test -f {}/healthy-$FAILOVER_SITE-$FAILOVER_INSTANCE",
+        dir.display()
+    );
+    let _exec = cluster.exec(
+        "site-a",
+        &["--instances", "2", "--health-cmd", &health],
+        &[script.to_str().expect("utf8")],
+    );
+    let old = wait_running(&dir, "site-a", 2).await;
+    std::fs::write(dir.join("broken"), "").expect("break the next generation");
+    let endpoints: Vec<&str> = cluster.nodes.iter().map(|n| n.addr.as_str()).collect();
+    let out = std::process::Command::new(failover_bin())
+        .args([
+            "reload",
+            "--site",
+            "site-a",
+            "--endpoints",
+            &endpoints.join(","),
+        ])
+        .output()
+        .expect("run reload");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stdout.contains("FAILED: rolled back"), "{stdout}");
+    assert!(stderr.contains("previous workers keep running"), "{stderr}");
+    assert!(
+        old.iter().all(|p| alive(*p)),
+        "the old generation still runs"
+    );
+
+    std::fs::remove_file(dir.join("broken")).expect("fix it");
+    let out = std::process::Command::new(failover_bin())
+        .args([
+            "reload",
+            "--site",
+            "site-a",
+            "--endpoints",
+            &endpoints.join(","),
+        ])
+        .output()
+        .expect("run reload");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_all_dead(&old, Duration::from_secs(5)).await;
+    wait_running(&dir, "site-a", 2).await;
+}
+
+/// A planned promote with both executors up hands over in well under one TTL, and the
+/// new site's workers carry a larger fencing token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planned_promote_hands_over_fast() {
+    let mut cluster = Cluster::new();
+    let dir = started(&mut cluster).await;
+    let script = worker_script(&dir);
+    let script = script.to_str().expect("utf8");
+    let _a = cluster.exec("site-a", &["--instances", "2"], &[script]);
+    let _b = cluster.exec("site-b", &["--instances", "2"], &[script]);
+    let a_pids = wait_running(&dir, "site-a", 2).await;
+    assert!(live_pids(&dir, "site-b").is_empty(), "standby runs nothing");
+    let mut client = cluster.client();
+    // Give site-b's executor time to report in, so the handover measures only the switch.
+    eventually(
+        "site-b's executor reporting",
+        Duration::from_secs(10),
+        || {
+            let mut client = client.clone();
+            async move {
+                let s = client.status().await.ok()?;
+                (!s.sites
+                    .iter()
+                    .find(|s| s.name == "site-b")?
+                    .executors
+                    .is_empty())
+                .then_some(())
+            }
+        },
+    )
+    .await;
+    let promoted_at = Instant::now();
+    let request = PromoteRequest {
+        group: "default".into(),
+        site: "site-b".into(),
+        reason: "test".into(),
+        actor: "test".into(),
+        wait: true,
+    };
+    client.promote(request).await.expect("promote --wait");
+    let b_pids = wait_running(&dir, "site-b", 2).await;
+    let handover = promoted_at.elapsed();
+    assert!(
+        !a_pids.iter().any(|p| alive(*p)),
+        "site-a's workers are gone"
+    );
+    assert!(handover < TTL / 2, "handover took {handover:?}");
+    let token = |site: &str| -> u64 {
+        std::fs::read_to_string(dir.join(format!("token-{site}-0")))
+            .expect("token")
+            .trim()
+            .parse()
+            .expect("number")
+    };
+    assert!(token("site-b") > token("site-a"));
+    assert_eq!(b_pids.len(), 4);
+    eprintln!("planned handover: {handover:?}");
+}
+
+/// A command that does not exist is refused at start, before any lease is taken.
+#[test]
+fn missing_command_is_refused() {
+    let cluster = Cluster::new();
+    let out = std::process::Command::new(failover_bin())
+        .args(["exec", "--site", "site-a", "--config"])
+        .arg(&cluster.config)
+        .args(["--", "/nonexistent/worker"])
+        .output()
+        .expect("run exec");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("worker command `/nonexistent/worker` not found"),
+        "{stderr}"
+    );
+}
