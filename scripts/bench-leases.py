@@ -36,6 +36,8 @@ TTL_SECS = 60
 # The targets from the issue.
 KEEPALIVE_RATIO_TARGET = 2.0
 RSS_TARGET_BYTES = 200 * 1000 * 1000
+# How long a server gets to exit after SIGTERM before SIGKILL.
+STOP_GRACE = 5.0
 
 
 def main() -> None:
@@ -120,6 +122,7 @@ class Cluster:
         self.procs = []
         self.data_dirs = []
         self.endpoints = []
+        self.killed = []
 
     def spawn(self, name: str, argv: list, data_dir: str) -> None:
         log = open(os.path.join(self.root, f"{name}.log"), "w")
@@ -145,13 +148,16 @@ class Cluster:
         return rss
 
     def stop(self) -> None:
+        """SIGTERM to every server, SIGKILL to any still running STOP_GRACE later."""
         for p in self.procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
+        deadline = time.time() + STOP_GRACE
         for p in self.procs:
             try:
-                p.wait(timeout=15)
+                p.wait(timeout=max(0.0, deadline - time.time()))
             except subprocess.TimeoutExpired:
+                self.killed.append(p.args[0])
                 p.kill()
                 p.wait()
 
@@ -267,6 +273,7 @@ def run_one(system: str, n: int, failover_bin: str, etcd_bin: str, bench_bin: st
         print(f"{system} {n}: FAILED: {e}", file=sys.stderr)
     finally:
         cluster.stop()
+        result["killed_after_sigterm"] = len(cluster.killed)
         result["data_bytes"] = cluster.data_bytes()
         if keep:
             print(f"kept {root}")
@@ -358,8 +365,14 @@ def render(results: dict, counts: list, args, etcd_version: str, elapsed: float)
 
     errors = [f"- {s}, {n:,} leases: run failed: {r['error']}" for (s, n), r in results.items()
               if "error" in r]
-    command = ("python3 scripts/bench-leases.py" + "".join(f" {a}" for a in sys.argv[1:]
-                                                          if not a.startswith("--bin-dir")))
+    command = "python3 scripts/bench-leases.py"
+    for flag, value, default in (("--leases", args.leases, "1000,10000"),
+                                 ("--concurrency", args.concurrency, 64),
+                                 ("--streams", args.streams, 16),
+                                 ("--window", args.window, 64),
+                                 ("--duration", args.duration, 10.0)):
+        if value != default:
+            command += f" {flag} {value}"
     body = [
         f"## Leases: failover vs etcd (`python3 scripts/bench-leases.py`, release build, "
         f"{os.cpu_count()} cores)",

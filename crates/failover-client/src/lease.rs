@@ -435,7 +435,7 @@ impl Driver {
                         match answer.result {
                             Some(keep_alive_response::Result::Renewed(grant)) => {
                                 if let Some(sent_at) = sent.remove(&answer.seq) {
-                                    self.holder.on_renewed(sent_at, lease, Duration::from_millis(grant.ttl_ms));
+                                    self.holder.on_renewed(self.clock.now(), sent_at, lease, Duration::from_millis(grant.ttl_ms));
                                     self.publish_held();
                                 }
                             }

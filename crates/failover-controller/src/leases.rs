@@ -168,12 +168,19 @@ pub async fn run_batcher(
             continue;
         }
         let state = view.read();
+        let now = manager.clock.now();
         let mut leading = manager.lock();
         for renewal in batch.drain(..) {
             let answer = match leading.as_mut() {
                 Some(l) => l
                     .leases
-                    .renew(&state, &renewal.group, renewal.lease, renewal.received_at)
+                    .renew(
+                        &state,
+                        &renewal.group,
+                        renewal.lease,
+                        renewal.received_at,
+                        now,
+                    )
                     .map_err(RenewalError::from),
                 None => Err(RenewalError::NotLeader("leadership changed".into())),
             };

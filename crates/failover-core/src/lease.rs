@@ -172,14 +172,19 @@ impl LeaderLeases {
     }
 
     /// Checks a renewal received at `received_at` against `state`, which must reflect at
-    /// least the read index confirmed *after* the renewal was received. On success the
-    /// lease counts as renewed from `received_at`.
+    /// least the read index confirmed *after* the renewal was received; `now` is when the
+    /// check runs. On success the lease counts as renewed from `received_at`.
+    ///
+    /// A lease whose leader-side expiry has passed by `now` is refused even if `state`
+    /// still has it: an `Expire` for it may already be proposed, and accepting the renewal
+    /// would let the holder believe in a lease the state is about to drop.
     pub fn renew(
         &mut self,
         state: &ClusterState,
         group: &GroupName,
         lease: LeaseId,
         received_at: Instant,
+        now: Instant,
     ) -> Result<Renewed, RenewRefusal> {
         let g = state.group(group).map_err(RenewRefusal::Unknown)?;
         let Some(held) = g.leases.get(&lease) else {
@@ -195,7 +200,7 @@ impl LeaderLeases {
             });
         }
         if let Some(last) = self.last_renewal(lease) {
-            if received_at >= last + self.timing.ttl {
+            if received_at >= last + self.timing.ttl || now >= last + self.timing.leader_expiry() {
                 return Err(RenewRefusal::Expired(lease));
             }
         }
@@ -378,8 +383,12 @@ impl HolderLease {
         };
     }
 
-    /// A renewal of `lease` sent at `sent_at` was accepted.
-    pub fn on_renewed(&mut self, sent_at: Instant, lease: LeaseId, ttl: Duration) {
+    /// A renewal of `lease` sent at `sent_at` was accepted; the answer is handled at `now`.
+    /// A lease whose deadline has passed by `now` stays lost: a holder that was frozen
+    /// across its deadline has stopped believing in it, and an answer it finds waiting
+    /// when it wakes cannot bring it back (the leader may have dropped it meanwhile).
+    pub fn on_renewed(&mut self, now: Instant, sent_at: Instant, lease: LeaseId, ttl: Duration) {
+        self.handle_timeout(now);
         let extended = self.valid_until(sent_at, ttl);
         if let Holding::Held {
             lease: held,
@@ -493,7 +502,13 @@ mod tests {
         let mut leader = LeaderLeases::new(timing(), t0 + Duration::from_secs(1));
         leader.observe(&state, t0 + Duration::from_secs(1));
         leader
-            .renew(&state, &GroupName::from("g"), lease, t0)
+            .renew(
+                &state,
+                &GroupName::from("g"),
+                lease,
+                t0,
+                t0 + Duration::from_secs(1),
+            )
             .expect("renew");
         assert_eq!(
             leader.expires_at(lease),
@@ -522,7 +537,7 @@ mod tests {
         let seen = t0 + Duration::from_millis(10);
         leader.observe(&state, seen);
         assert!(matches!(
-            leader.renew(&state, &GroupName::from("g"), lease, seen),
+            leader.renew(&state, &GroupName::from("g"), lease, seen, seen),
             Err(RenewRefusal::Draining { .. })
         ));
         assert!(leader.completions(&state, seen + TTL, 0).is_empty());
@@ -543,9 +558,32 @@ mod tests {
         assert!(holder.held(deadline - Duration::from_millis(1)).is_some());
         assert!(holder.held(deadline).is_none());
         // A late answer to an old renewal cannot pull the deadline back.
-        holder.on_renewed(t0 - Duration::from_secs(1), LeaseId(1), TTL);
+        holder.on_renewed(t0, t0 - Duration::from_secs(1), LeaseId(1), TTL);
         assert_eq!(holder.poll_timeout(), Some(deadline));
-        holder.handle_timeout(deadline);
+        // Nor can an answer handled after the deadline revive the lease.
+        holder.on_renewed(
+            deadline,
+            deadline - Duration::from_millis(10),
+            LeaseId(1),
+            TTL,
+        );
+        assert_eq!(holder.held(deadline), None);
         assert_eq!(holder.poll_timeout(), None);
+    }
+
+    /// A renewal checked after the leader-side expiry is refused even though the state
+    /// still holds the lease (its `Expire` may be in flight).
+    #[test]
+    fn renewal_checked_after_expiry_is_refused() {
+        let t0 = Instant::now();
+        let (state, lease) = state_with_lease();
+        let mut leader = LeaderLeases::new(timing(), t0);
+        leader.observe(&state, t0);
+        let received = t0 + TTL - Duration::from_millis(1);
+        let checked = t0 + TTL + DRIFT;
+        assert_eq!(
+            leader.renew(&state, &GroupName::from("g"), lease, received, checked),
+            Err(RenewRefusal::Expired(lease))
+        );
     }
 }

@@ -445,7 +445,9 @@ impl Executor {
                 let Some(worker) = slot.worker.take() else {
                     return;
                 };
-                let crashed = !worker.stopping;
+                // The guard says `stopped` when it ended the tree (deadline reached while
+                // this executor could not renew, e.g. frozen): not the worker's fault.
+                let crashed = !worker.stopping && !how.starts_with("stopped");
                 let started_at = worker.started_at;
                 worker.reap().await;
                 slot.health = Health::Unknown;
@@ -455,7 +457,7 @@ impl Executor {
                     slot.restart_at = Some(at);
                 } else {
                     slot.restarts.on_stopped();
-                    tracing::info!(instance = slot.instance, %how, "worker stopped");
+                    tracing::info!(instance = slot.instance, %how, "worker tree gone");
                 }
             }
         }

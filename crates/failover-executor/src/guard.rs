@@ -13,8 +13,10 @@
 //! failover sends SIGKILL to a guard.
 //!
 //! Protocol, one line per message. In (stdin): `deadline <monotonic-ns>`,
-//! `stop <grace-ms>`. Out (stdout): `started <pid>`, `exited <code>` or
-//! `killed <signal>`, `stopped`.
+//! `stop <grace-ms>`. Out (stdout): `started <pid>`, then one of `exited <code>` or
+//! `killed <signal>` (the worker ended on its own: a crash) or `stopped ...` (the guard
+//! stopped it: deadline, stop request, or executor gone), followed by `margin_ms=<ms>`: how long before the
+//! lease deadline the whole tree was gone.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -169,7 +171,13 @@ impl Guard {
             if fds[1].revents != 0 {
                 let status = self.reap_worker();
                 self.kill_tree(libc::SIGKILL);
-                return self.finish(&status);
+                // A worker that ends after our TERM was stopped, not crashed.
+                let report = if self.termed {
+                    format!("stopped ({status})")
+                } else {
+                    status
+                };
+                return self.finish(&report);
             }
             if fds[0].revents != 0 {
                 self.read_command();
@@ -250,7 +258,9 @@ impl Guard {
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
-        say(report);
+        // How long before the lease deadline the tree was gone (negative: after it).
+        let margin_ms = (self.deadline_ns as i128 - now_ns() as i128) / 1_000_000;
+        say(&format!("{report} margin_ms={margin_ms}"));
         0
     }
 }

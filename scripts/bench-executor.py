@@ -1,0 +1,165 @@
+"""Executor measurements on the example topology (release build), both executors up.
+
+- planned handover: `failover promote SITE --wait` to the new site's first worker running,
+  10 promotions alternating sites; median and max.
+- deadline margin: how long before the lease deadline the last process of a worker tree
+  was gone, as the guards report it, when the active executor is frozen with SIGSTOP
+  (5 runs) and when every controller is frozen (5 runs).
+
+Usage: python3 scripts/bench-executor.py   (or: make bench)
+"""
+import os
+import re
+import signal
+import statistics
+import subprocess
+import tempfile
+import time
+
+from benchdoc import write_section
+
+BIN = "./target/release/failover"
+ENDPOINTS = ",".join(f"127.0.0.1:{7100 + i}" for i in range(1, 6))
+WORKER = """#!/bin/sh
+date +%s%N > "{dir}/start-$FAILOVER_SITE-$FAILOVER_INSTANCE-$$"
+sleep 1000 &
+wait
+"""
+
+
+def main() -> None:
+    work = tempfile.mkdtemp(prefix="failover-bench-exec-")
+    env = dict(os.environ, FAILOVER_ENDPOINTS=ENDPOINTS, RUST_LOG="info")
+    worker = os.path.join(work, "worker.sh")
+    with open(worker, "w") as f:
+        f.write(WORKER.format(dir=work))
+    os.chmod(worker, 0o755)
+    procs = []
+    try:
+        dev_log = open(os.path.join(work, "dev.out"), "w+")
+        dev = subprocess.Popen([BIN, "dev", "--data-dir", os.path.join(work, "data")],
+                               stdout=dev_log, stderr=subprocess.STDOUT)
+        procs.append(dev)
+        wait_for(lambda: "Press Ctrl-C" in open(dev_log.name).read(), 60)
+        execs = {}
+        for site in ("site-a", "site-b"):
+            log = open(os.path.join(work, f"exec-{site}.log"), "w")
+            p = subprocess.Popen([BIN, "exec", "--site", site, "--instances", "2", "--", worker],
+                                 env=env, stdout=log, stderr=subprocess.STDOUT)
+            procs.append(p)
+            execs[site] = (p, log.name)
+        wait_for(lambda: starts(work, "site-a"), 20)
+        time.sleep(2)  # both executors have reported in
+        handovers = []
+        for i in range(10):
+            site = "site-b" if i % 2 == 0 else "site-a"
+            before = time.time_ns()
+            subprocess.run([BIN, "promote", site, "--wait"], env=env, check=True, capture_output=True)
+            first = wait_for(lambda: min((t for t in starts(work, site) if t > before), default=None), 10)
+            handovers.append((first - before) / 1e6)
+            time.sleep(0.5)
+        active = "site-a"  # after 10 alternating promotions
+        exec_margins = freeze_runs(execs[active], [execs[active][0].pid], work, active)
+        controllers = controller_pids(os.path.join(work, "data"))
+        ctl_margins = freeze_runs(execs[active], controllers, work, active)
+    finally:
+        for p in reversed(procs):
+            p.send_signal(signal.SIGCONT)
+            p.send_signal(signal.SIGINT)
+        for p in reversed(procs):
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    rows = [
+        ("planned handover, `promote --wait` to first new worker running, median of 10",
+         f"{statistics.median(handovers):.0f} ms"),
+        ("planned handover, max of 10", f"{max(handovers):.0f} ms"),
+        ("executor SIGSTOPped: last process gone before the lease deadline, min of 5 (largest gap)",
+         f"{min(exec_margins)} ms before"),
+        ("executor SIGSTOPped: same, max of 5", f"{max(exec_margins)} ms before"),
+        ("all controllers SIGSTOPped: last process gone before the lease deadline, min of 5",
+         f"{min(ctl_margins)} ms before"),
+        ("all controllers SIGSTOPped: same, max of 5", f"{max(ctl_margins)} ms before"),
+    ]
+    body = [
+        f"## Executor (`python3 scripts/bench-executor.py`, release build, {os.cpu_count()} cores)",
+        "",
+        f"Measured {time.strftime('%Y-%m-%d', time.gmtime())} on the example topology with an "
+        "executor of 2 shell-script workers at site-a and at site-b (default timing: TTL 2000 ms, "
+        "drift 250 ms; stop grace 500 ms). A positive margin means the whole worker tree was gone "
+        "that long before the executor's lease deadline; the guard aims for 20 ms.",
+        "",
+        "| measure | value |",
+        "|---|---|",
+    ] + [f"| {k} | {v} |" for k, v in rows]
+    write_section("executor", "\n".join(body))
+
+
+def wait_for(check, timeout):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.005)
+    raise SystemExit(f"timed out after {timeout}s")
+
+
+def starts(work, site):
+    out = []
+    for name in os.listdir(work):
+        if name.startswith(f"start-{site}-"):
+            with open(os.path.join(work, name)) as f:
+                text = f.read().strip()
+            if text:
+                out.append(int(text))
+    return out
+
+
+def controller_pids(data):
+    pids = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                cmd = open(f"/proc/{pid}/cmdline").read().split("\0")
+            except OSError:
+                continue
+            if "controller" in cmd and any(a.startswith(data) for a in cmd):
+                pids.append(int(pid))
+    return pids
+
+
+def freeze_runs(executor, frozen, work, site, runs=5):
+    """Freezes `frozen`, waits for the executor's workers to be gone, thaws, and reads the
+    margins the guards reported from the executor's log."""
+    proc, log = executor
+    margins = []
+    for _ in range(runs):
+        wait_for(lambda: len(live_workers(work, site)) == 2, 20)
+        seen = len(re.findall(r"margin_ms=(-?\d+)", open(log).read()))
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        wait_for(lambda: not live_workers(work, site), 10)
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+        found = wait_for(lambda: re.findall(r"margin_ms=(-?\d+)", open(log).read())[seen:], 10)
+        margins.extend(int(m) for m in found)
+        time.sleep(1)
+    return margins
+
+
+def live_workers(work, site):
+    live = []
+    for pid in [n.rsplit("-", 1)[1] for n in os.listdir(work) if n.startswith(f"start-{site}-")]:
+        try:
+            state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state not in ("Z", "X"):
+            live.append(int(pid))
+    return live
+
+
+if __name__ == "__main__":
+    main()
