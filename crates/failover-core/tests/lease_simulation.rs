@@ -1554,8 +1554,8 @@ proptest! {
     #![proptest_config(fixed_config(256))]
 
     /// Regression (this once broke S1): the counterexample behind
-    /// Regression: `frozen_holder_handling_replies_first_stays_covered`, carried to S1, by
-    /// hand through the core API. Every step is one the contracts allow (`renew` is given
+    /// `frozen_holder_handling_replies_first_stays_covered`, carried to S1, by hand
+    /// through the core API. Every step is one the contracts allow (`renew` is given
     /// a state that reflects the read index confirmed after receipt; `observe` runs after
     /// every applied change); the one choice is that a1, frozen across its deadline, hands
     /// the buffered reply to `on_renewed` before calling `handle_timeout`. Timer-first is
