@@ -48,6 +48,28 @@ pub struct SiteConfig {
     /// The controllers that run at this site (may be empty for a site with only executors).
     #[serde(default)]
     pub controllers: Vec<ControllerConfig>,
+    /// Commands the leader runs around a change of this site's role.
+    #[serde(default)]
+    pub hooks: Hooks,
+}
+
+/// Site hooks, run by the leader (so they must work from every controller's host) with
+/// `FAILOVER_GROUP`, `FAILOVER_SITE`, `FAILOVER_EPOCH` and `FAILOVER_REASON` set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hooks {
+    /// `sh -c` command run before this site becomes active for a group; a non-zero exit
+    /// (or a timeout) vetoes the promotion to this site.
+    pub before_acquire: Option<String>,
+    /// `sh -c` command run after this site was demoted (best effort; its exit is logged).
+    pub after_demote: Option<String>,
+    /// How long a hook may run before it is killed and counted as failed.
+    #[serde(default = "default_hook_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_hook_timeout_ms() -> u64 {
+    10_000
 }
 
 /// One controller: a Raft voter serving Raft, admin and lease gRPC on one address.
@@ -58,6 +80,9 @@ pub struct ControllerConfig {
     pub id: NodeId,
     /// `host:port` the controller listens on for gRPC, and that peers and clients dial.
     pub addr: String,
+    /// `host:port` for HTTP: `/active/<group>/<site>`, `/health`, `/metrics`. None: no HTTP.
+    #[serde(default)]
+    pub http_addr: Option<String>,
 }
 
 /// A failover group as configured.
@@ -71,6 +96,11 @@ pub struct GroupConfig {
     /// Whether the leader may promote a standby by itself when the active site is lost.
     #[serde(default = "default_true")]
     pub auto_failover: bool,
+    /// Accept automatic failover although no site outside this group holds a controller.
+    /// Without such a witness, losing the site that holds the Raft majority stops every
+    /// failover, and a symmetric split cannot be decided: see docs/operations.md.
+    #[serde(default)]
+    pub accept_no_witness: bool,
 }
 
 /// Every time bound of the system, in one place (see docs/architecture.md for the table).
@@ -194,6 +224,15 @@ impl Topology {
                         format!("address {} is used by two controllers", c.addr),
                     );
                 }
+                if let Some(http) = &c.http_addr {
+                    check_addr(http).or_else(|r| err(format!("{path}.http_addr"), r))?;
+                    if !addrs.insert(http) {
+                        return err(
+                            format!("{path}.http_addr"),
+                            format!("address {http} is used twice"),
+                        );
+                    }
+                }
             }
         }
         if ids.is_empty() {
@@ -222,6 +261,8 @@ impl Topology {
                     "a group needs at least one eligible site".into(),
                 ));
             }
+            self.check_witness(group)
+                .map_err(|reason| (format!("{path}.auto_failover"), reason))?;
             let mut seen = BTreeSet::new();
             for (j, site) in group.sites.iter().enumerate() {
                 if !site_names.contains(site) {
@@ -239,6 +280,33 @@ impl Topology {
             }
         }
         Ok(())
+    }
+}
+
+impl Topology {
+    /// Automatic failover between the group's sites needs a controller outside them: a
+    /// witness that breaks the tie, so whichever data site is lost, the rest still form a
+    /// Raft majority and can promote.
+    fn check_witness(&self, group: &GroupConfig) -> Result<(), String> {
+        if !group.auto_failover || group.accept_no_witness || group.sites.len() < 2 {
+            return Ok(());
+        }
+        let witness = self
+            .sites
+            .iter()
+            .any(|s| !group.sites.contains(&s.name) && !s.controllers.is_empty());
+        if witness {
+            return Ok(());
+        }
+        Err(format!(
+            "automatic failover of group `{}` needs a controller at a third site: with \
+             controllers only at {}, losing the site that holds the Raft majority leaves no \
+             quorum to promote the other, and the other cannot promote itself. Add a \
+             witness site with one controller, set `auto_failover: false`, or set \
+             `accept_no_witness: true` to accept that risk",
+            group.name,
+            group.sites.iter().map(SiteId::as_str).collect::<Vec<_>>().join(" and ")
+        ))
     }
 }
 
@@ -411,6 +479,23 @@ groups:
             "timing: { lease_ttl_ms: 1000, keepalive_interval_ms: 200, max_clock_drift_ms: 300 }\ngroups:",
         ));
         assert_eq!(e.path, "timing.max_clock_drift_ms");
+    }
+
+    /// Two data sites without a witness are refused for automatic failover, with the
+    /// reason, unless the risk is accepted or auto failover is off.
+    #[test]
+    fn two_sites_without_witness_are_refused_for_auto_failover() {
+        let no_witness = VALID.replace(
+            "  - name: witness\n    controllers:\n      - { id: 3, addr: \"127.0.0.1:7103\" }\n",
+            "",
+        );
+        let e = error_of(&no_witness);
+        assert_eq!(e.path, "groups[0].auto_failover");
+        assert!(e.reason.contains("third site"), "{e}");
+        let accepted = no_witness.replace("sites: [site-a, site-b]", "sites: [site-a, site-b]\n    accept_no_witness: true");
+        Topology::from_yaml(&accepted, "t.yaml").expect("risk accepted");
+        let manual = no_witness.replace("sites: [site-a, site-b]", "sites: [site-a, site-b]\n    auto_failover: false");
+        Topology::from_yaml(&manual, "t.yaml").expect("manual failover only");
     }
 
     /// A malformed address is refused with the field path.
