@@ -21,10 +21,12 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-# Measurements written to docs/benchmarks.md.
+# Measurements written to docs/benchmarks.md: the controller cluster, then the lease API
+# against etcd (installs Debian's etcd-server if `etcd` is missing).
 bench:
-	$(CARGO) build --release -p failover-cli
+	$(CARGO) build --release -p failover-cli -p failover-bench
 	python3 scripts/bench-controller.py
+	python3 scripts/bench-leases.py
 
 clean:
 	rm -rf .dev-data target

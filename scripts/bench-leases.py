@@ -23,6 +23,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,6 +37,7 @@ TTL_SECS = 60
 # The targets from the issue.
 KEEPALIVE_RATIO_TARGET = 2.0
 RSS_TARGET_BYTES = 200 * 1000 * 1000
+SYSTEMS = ("failover", "etcd")
 # How long a server gets to exit after SIGTERM before SIGKILL.
 STOP_GRACE = 5.0
 
@@ -49,6 +51,8 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=16, help="keepalive streams (and connections)")
     parser.add_argument("--window", type=int, default=64, help="renewals in flight per stream")
     parser.add_argument("--duration", type=float, default=10.0, help="keepalive phase, seconds")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="runs of everything; the table shows medians (default 3)")
     parser.add_argument("--no-write", action="store_true", help="print results, leave docs alone")
     parser.add_argument("--keep", action="store_true", help="keep the temp dirs (logs, data)")
     args = parser.parse_args()
@@ -67,22 +71,24 @@ def main() -> None:
     workload = ["--concurrency", str(args.concurrency), "--streams", str(args.streams),
                 "--window", str(args.window), "--duration-secs", str(args.duration)]
     started = time.time()
-    results = {}
-    for n in counts:
-        for system in ("failover", "etcd"):
-            print(f"== {system}, {n} leases", flush=True)
-            results[(system, n)] = run_one(system, n, failover_bin, etcd_bin, bench_bin,
-                                           workload, args.keep)
-            print(json.dumps(results[(system, n)], indent=1), flush=True)
+    runs = {(system, n): [] for n in counts for system in SYSTEMS}
+    for rep in range(args.repeat):
+        for n in counts:
+            for system in SYSTEMS:
+                print(f"== run {rep + 1}/{args.repeat}: {system}, {n} leases", flush=True)
+                result = run_one(system, n, failover_bin, etcd_bin, bench_bin, workload,
+                                 args.keep)
+                print(json.dumps(result, indent=1), flush=True)
+                runs[(system, n)].append(result)
     elapsed = time.time() - started
     print(f"lease benchmark took {elapsed:.0f} s")
 
-    body = render(results, counts, args, etcd_version, elapsed)
+    body = render(runs, counts, args, etcd_version, elapsed)
     if args.no_write:
         print(body)
     else:
         write_section("leases", body)
-    if any("error" in r for r in results.values()):
+    if any("error" in r for rs in runs.values() for r in rs):
         sys.exit("some runs failed; see above")
 
 
@@ -208,6 +214,8 @@ sites:
 groups:
   - name: default
     sites: [site-a, site-b]
+    # A benchmark measures the lease path: no promotion may start mid-run.
+    auto_failover: false
 """)
     for node in (1, 2, 3):
         data = os.path.join(cluster.root, f"controller-{node}")
@@ -298,134 +306,178 @@ def mib(b: float) -> str:
     return f"{b / (1 << 20):.1f}"
 
 
-def render(results: dict, counts: list, args, etcd_version: str, elapsed: float) -> str:
-    def cell(r, f):
-        return "failed" if "error" in r else f(r)
+def summarize(runs: list) -> dict:
+    """Medians over the runs of one system and lease count; None if any run failed."""
+    if not runs or any("error" in r for r in runs):
+        return None
 
+    def med(f):
+        return statistics.median(f(r) for r in runs)
+
+    biggest = max(runs, key=lambda r: max(r["max_rss_bytes"]))
+    return {
+        "grants_per_s": med(lambda r: r["grant"]["per_s"]),
+        "grant_p50": med(lambda r: r["grant"]["latency"]["p50_ms"]),
+        "grant_p99": med(lambda r: r["grant"]["latency"]["p99_ms"]),
+        "ka_per_s": med(lambda r: r["keepalive"]["per_s"]),
+        "ka_p50": med(lambda r: r["keepalive"]["latency"]["p50_ms"]),
+        "ka_p99": med(lambda r: r["keepalive"]["latency"]["p99_ms"]),
+        "rss_each": biggest["max_rss_bytes"],
+        "rss": max(biggest["max_rss_bytes"]),
+        "data": max(max(r["data_bytes"]) for r in runs),
+        "grant_failed": sum(r["grant"]["failed"] for r in runs),
+        "first_error": next((r["grant"]["first_error"] for r in runs
+                             if r["grant"]["first_error"]), None),
+        "ka_refused": sum(r["keepalive"]["refused"] for r in runs),
+        "first_refusal": next((r["keepalive"]["first_refusal"] for r in runs
+                               if r["keepalive"]["first_refusal"]), None),
+    }
+
+
+def ratios(runs: dict, n: int, f) -> list:
+    """f(failover run) / f(etcd run), run by run (runs of one repetition are paired)."""
+    pairs = zip(runs[("failover", n)], runs[("etcd", n)])
+    return [f(a) / f(b) for a, b in pairs if "error" not in a and "error" not in b]
+
+
+def ka_rate(r):
+    return r["keepalive"]["per_s"]
+
+
+def grant_p99(r):
+    return r["grant"]["latency"]["p99_ms"]
+
+
+def render(runs: dict, counts: list, args, etcd_version: str, elapsed: float) -> str:
+    sums = {key: summarize(rs) for key, rs in runs.items()}
     rows = []
     for n in counts:
-        for system in ("failover", "etcd"):
-            r = results[(system, n)]
+        for system in SYSTEMS:
+            m = sums[(system, n)]
+            if m is None:
+                rows.append(f"| {n:,} | {system} | failed |" + " |" * 7)
+                continue
             rows.append("| " + " | ".join([
-                f"{n:,}", system,
-                cell(r, lambda r: f"{r['grant']['per_s']:,.0f}"),
-                cell(r, lambda r: f"{r['grant']['latency']['p50_ms']:.2f}"),
-                cell(r, lambda r: f"{r['grant']['latency']['p99_ms']:.2f}"),
-                cell(r, lambda r: f"{r['keepalive']['per_s']:,.0f}"),
-                cell(r, lambda r: f"{r['keepalive']['latency']['p50_ms']:.2f}"),
-                cell(r, lambda r: f"{r['keepalive']['latency']['p99_ms']:.2f}"),
-                cell(r, lambda r: mib(max(r["max_rss_bytes"]))),
-                mib(max(r["data_bytes"])) if r.get("data_bytes") else "-",
+                f"{n:,}", system, f"{m['grants_per_s']:,.0f}", f"{m['grant_p50']:.1f}",
+                f"{m['grant_p99']:.1f}", f"{m['ka_per_s']:,.0f}", f"{m['ka_p50']:.1f}",
+                f"{m['ka_p99']:.1f}", mib(m["rss"]), mib(m["data"]),
             ]) + " |")
 
-    # Ratios and targets.
-    ratio_rows, ka_met, p99_met, problems = [], [], [], []
+    def spread(values, fmt):
+        if not values:
+            return "failed"
+        if len(values) == 1:
+            return fmt(values[0])
+        return f"{fmt(statistics.median(values))} ({fmt(min(values))}–{fmt(max(values))})"
+
+    def x(v):
+        return f"{v:.2f}x"
+
+    ratio_rows, ka_met, p99_met = [], True, True
     for n in counts:
-        f, e = results[("failover", n)], results[("etcd", n)]
-        if "error" in f or "error" in e:
-            ratio_rows.append(f"| {n:,} | failed | failed |")
-            ka_met.append(False)
-            p99_met.append(False)
-            continue
-        ka = f["keepalive"]["per_s"] / e["keepalive"]["per_s"]
-        p99 = f["grant"]["latency"]["p99_ms"] / e["grant"]["latency"]["p99_ms"]
-        ratio_rows.append(f"| {n:,} | {ka:.2f}x | {p99:.2f}x |")
-        ka_met.append(ka >= KEEPALIVE_RATIO_TARGET)
-        p99_met.append(p99 <= 1.0)
-        for system, r in (("failover", f), ("etcd", e)):
-            if r["grant"]["failed"] or r["keepalive"]["refused"]:
-                problems.append(
-                    f"- {system}, {n:,} leases: {r['grant']['failed']} grants failed "
-                    f"(first: {r['grant']['first_error']}), {r['keepalive']['refused']} renewals "
-                    f"refused (first: {r['keepalive']['first_refusal']}).")
+        ka = ratios(runs, n, ka_rate)
+        p99 = ratios(runs, n, grant_p99)
+        ratio_rows.append(f"| {n:,} | {spread(ka, x)} | {spread(p99, x)} |")
+        complete = len(ka) == args.repeat
+        ka_met = ka_met and complete and statistics.median(ka) >= KEEPALIVE_RATIO_TARGET
+        p99_met = p99_met and complete and statistics.median(p99) <= 1.0
+
     big = max(counts)
-    fb = results[("failover", big)]
-    if "error" in fb:
+    fb = sums[("failover", big)]
+    if fb is None:
         rss_text, rss_met = "run failed", False
     else:
-        per = fb["max_rss_bytes"]
-        rss_text = "max VmRSS per controller: " + ", ".join(f"{mib(b)} MiB" for b in per)
-        rss_met = big >= 10000 and all(b < RSS_TARGET_BYTES for b in per)
+        rss_text = (f"{big:,} leases, largest VmRSS per controller (leader is the largest): "
+                    + ", ".join(f"{mib(b)} MiB" for b in sorted(fb["rss_each"], reverse=True)))
+        rss_met = big >= 10000 and all(b < RSS_TARGET_BYTES for b in fb["rss_each"])
 
-    def yes(ok):
+    def verdict(ok):
         return "**met**" if ok else "**not met**"
 
-    def ratios(key):
-        out = []
-        for n in counts:
-            f, e = results[("failover", n)], results[("etcd", n)]
-            if "error" in f or "error" in e:
-                out.append(f"{n:,}: failed")
-            elif key == "ka":
-                out.append(f"{n:,} leases: {f['keepalive']['per_s'] / e['keepalive']['per_s']:.2f}x")
-            else:
-                out.append(f"{n:,} leases: {f['grant']['latency']['p99_ms']:.2f} ms vs "
-                           f"{e['grant']['latency']['p99_ms']:.2f} ms")
-        return "; ".join(out)
+    def per_count(f):
+        return "; ".join(f"{n:,} leases: {f(n)}" for n in counts)
 
-    errors = [f"- {s}, {n:,} leases: run failed: {r['error']}" for (s, n), r in results.items()
-              if "error" in r]
+    problems = []
+    for (system, n), rs in runs.items():
+        for i, r in enumerate(rs):
+            if "error" in r:
+                problems.append(f"- {system}, {n:,} leases, run {i + 1}: failed: {r['error']}")
+        m = sums[(system, n)]
+        if m and (m["grant_failed"] or m["ka_refused"]):
+            problems.append(
+                f"- {system}, {n:,} leases: {m['grant_failed']} grants failed (first: "
+                f"{m['first_error']}), {m['ka_refused']} renewals refused (first: "
+                f"{m['first_refusal']}).")
+
     command = "python3 scripts/bench-leases.py"
     for flag, value, default in (("--leases", args.leases, "1000,10000"),
                                  ("--concurrency", args.concurrency, 64),
                                  ("--streams", args.streams, 16),
                                  ("--window", args.window, 64),
-                                 ("--duration", args.duration, 10.0)):
+                                 ("--duration", args.duration, 10.0),
+                                 ("--repeat", args.repeat, 3)):
         if value != default:
             command += f" {flag} {value}"
+    cores = os.cpu_count()
     body = [
         f"## Leases: failover vs etcd (`python3 scripts/bench-leases.py`, release build, "
-        f"{os.cpu_count()} cores)",
+        f"{cores} cores)",
         "",
         f"Measured {time.strftime('%Y-%m-%d', time.gmtime())} on a machine with `nproc` = "
-        f"{os.cpu_count()}, both systems in the same run ({elapsed:.0f} s), one after the other, "
-        "each on a fresh 3-node cluster on loopback per lease count. The load generator "
-        "(`failover-bench`, crates/failover-bench) runs on the same cores as the servers.",
+        f"{cores}. Both systems in the same run ({elapsed:.0f} s): {args.repeat} repetitions, "
+        "each running every lease count against failover then etcd, every time on a fresh "
+        "3-node cluster on loopback. The load generator (`failover-bench`, "
+        "crates/failover-bench) shares the cores with the servers.",
         "",
         "- **failover**: 3 controllers (site-a, site-b, witness: one each), group `default` "
-        f"active at site-a, sled fsync on every append and vote; `lease_ttl_ms: {TTL_SECS * 1000}`, "
-        "other timing as in sites.example.yaml.",
-        f"- **etcd** {etcd_version} (Debian's `etcd-server`), 3 members, default flags (fsync on), "
-        f"leases granted with TTL {TTL_SECS} s.",
-        f"- **Workload**, identical for both: N leases, each held by its own instance; grants "
-        f"with {args.concurrency} requests in flight over {args.streams} connections to the "
-        f"leader (grants/s = N / wall time); then for {args.duration:g} s every lease is renewed "
-        f"in rounds, as fast as answers come, over {args.streams} keepalive streams (failover "
-        f"`KeepAlive`, etcd `LeaseKeepAlive`), at most {args.window} renewals in flight per "
-        "stream and never two for one lease; latency is per request, send to answer. "
-        f"The TTL is {TTL_SECS} s for both because granting 10,000 leases takes longer than "
-        "the default 2 s TTL.",
-        "- RSS: the largest VmRSS sampled (every 0.2 s) of any controller/member during the "
-        "run; data dir: the largest controller/member data dir after the run (allocated "
-        "blocks; etcd preallocates 64 MiB WAL segments).",
+        f"active at site-a (`auto_failover: false`, so no promotion can start mid-run); "
+        f"`lease_ttl_ms: {TTL_SECS * 1000}`, other timing as in sites.example.yaml; sled fsync "
+        "on every append and vote.",
+        f"- **etcd** {etcd_version} (Debian's `etcd-server`), 3 members, default flags (WAL "
+        f"fsync on); leases granted with TTL {TTL_SECS} s.",
+        "- **Workload**, identical for both: N leases, each held by its own instance. Grants: "
+        f"{args.concurrency} requests in flight over {args.streams} connections to the leader; "
+        f"grants/s = N / wall time. Keepalives: for {args.duration:g} s every lease is renewed "
+        f"in rounds, as fast as answers come, over {args.streams} streams (failover "
+        f"`KeepAlive`, etcd `LeaseKeepAlive`), one per connection, at most {args.window} "
+        "renewals in flight per stream and never two for one lease; keepalives/s = renewals "
+        "answered / duration. Latency is per request, send to answer. The TTL is "
+        f"{TTL_SECS} s for both because granting 10,000 leases takes longer than the default "
+        "2 s TTL.",
+        "- Throughput and latency: median of the runs. RSS: the largest VmRSS sampled (every "
+        "0.2 s) of any controller/member in any run. Data dir: the largest controller/member "
+        "data dir after a run, in allocated blocks (etcd preallocates 64 MiB WAL segments).",
         "",
         "| leases | system | grants/s | grant p50 ms | grant p99 ms | keepalives/s "
         "| keepalive p50 ms | keepalive p99 ms | max RSS MiB | data dir MiB |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ] + rows + [
         "",
-        "| leases | keepalives/s failover / etcd | grant p99 failover / etcd |",
+        "Ratios failover / etcd, run by run: median (min–max).",
+        "",
+        "| leases | keepalives/s | grant p99 |",
         "|---:|---:|---:|",
     ] + ratio_rows + [
         "",
         "| target (from the issue) | measured | |",
         "|---|---|---|",
-        f"| keepalive throughput at least {KEEPALIVE_RATIO_TARGET:g}x etcd's | {ratios('ka')} "
-        f"| {yes(all(ka_met))} |",
-        f"| grant p99 no worse than etcd's | {ratios('p99')} | {yes(all(p99_met))} |",
-        f"| 10,000 leases held, each controller under 200 MB RSS | {rss_text} "
-        f"| {yes(rss_met)} |",
+        f"| keepalive throughput at least {KEEPALIVE_RATIO_TARGET:g}x etcd's "
+        f"| {per_count(lambda n: spread(ratios(runs, n, ka_rate), x))} | {verdict(ka_met)} |",
+        f"| grant p99 no worse than etcd's (ratio at most 1) "
+        f"| {per_count(lambda n: spread(ratios(runs, n, grant_p99), x))} | {verdict(p99_met)} |",
+        f"| 10,000 leases held, each controller under 200 MB (190.7 MiB) RSS | {rss_text} "
+        f"| {verdict(rss_met)} |",
     ]
-    notes = explain(results, counts, all(ka_met), all(p99_met), rss_met)
-    if notes or problems or errors:
-        body += ["", "Notes:", ""] + errors + problems + notes
-    body += ["", f"Reproduce: `make bench` (builds, then runs this and the controller "
-             f"benchmark), or after `cargo build --release -p failover-cli -p failover-bench`: "
+    notes = explain(ka_met, p99_met, rss_met)
+    if notes or problems:
+        body += ["", "Notes:", ""] + problems + notes
+    body += ["", "Reproduce: `make bench` (builds, then runs this and the controller "
+             "benchmark), or after `cargo build --release -p failover-cli -p failover-bench`: "
              f"`{command}`."]
     return "\n".join(body)
 
 
-def explain(results: dict, counts: list, ka_met: bool, p99_met: bool, rss_met: bool) -> list:
+def explain(ka_met: bool, p99_met: bool, rss_met: bool) -> list:
     """Likely causes of missed targets, from what was observed when this script was written.
 
     They are only printed for a target that is missed in this run.

@@ -378,15 +378,36 @@ pub fn status_table(s: &StatusResponse) -> String {
             } else {
                 format!("{} -> {}", g.phase, g.promoting_to)
             };
+            let active = if g.active_site.is_empty() {
+                "(none)".to_owned()
+            } else {
+                g.active_site.clone()
+            };
             vec![
                 g.name.clone(),
-                g.active_site.clone(),
+                active,
                 g.epoch.to_string(),
                 phase,
+                g.held.clone(),
             ]
         })
         .collect();
-    out.push_str(&table(&["GROUP", "ACTIVE", "EPOCH", "PHASE"], &groups));
+    out.push_str(&table(
+        &["GROUP", "ACTIVE", "EPOCH", "PHASE", "HELD BACK"],
+        &groups,
+    ));
+    let lost: Vec<&str> = s
+        .sites
+        .iter()
+        .filter(|s| s.lost)
+        .map(|s| s.name.as_str())
+        .collect();
+    if !lost.is_empty() {
+        out.push_str(&format!(
+            "\nlost sites (silent for failure_timeout): {}\n",
+            lost.join(", ")
+        ));
+    }
     let workers: Vec<Vec<String>> = s
         .sites
         .iter()

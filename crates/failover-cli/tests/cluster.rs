@@ -26,6 +26,7 @@ fn promote(site: &str) -> PromoteRequest {
         reason: format!("test promotes {site}"),
         actor: "test@cluster".into(),
         wait: true,
+        force: false,
     }
 }
 
@@ -56,7 +57,7 @@ async fn promote_survives_leader_kill_and_full_restart() {
     assert!(!promoted.already_active);
     assert_eq!((group.active_site.as_str(), group.epoch), ("site-b", 2));
 
-    let old_leader = client.status().await.expect("status").leader;
+    let old_leader = cluster.wait_ready(READY).await.leader;
     cluster.kill9(old_leader);
     let status = eventually("a new leader", READY, || {
         let mut client = cluster.client();

@@ -327,6 +327,7 @@ async fn planned_promote_hands_over_fast() {
         reason: "test".into(),
         actor: "test".into(),
         wait: true,
+        force: false,
     };
     client.promote(request).await.expect("promote --wait");
     let b_pids = wait_running(&dir, "site-b", 2).await;

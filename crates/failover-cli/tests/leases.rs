@@ -98,6 +98,7 @@ fn promote(site: &str, wait: bool) -> PromoteRequest {
         reason: "lease test".into(),
         actor: "test@leases".into(),
         wait,
+        force: false,
     }
 }
 
@@ -157,7 +158,7 @@ async fn holders_at_two_sites_never_overlap() {
             // finish the promotion, and must not let the new site in before the old is out.
             let started = client.promote(promote(site, false)).await.expect("promote");
             assert_eq!(started.group.expect("group").phase, "demoting");
-            let leader = client.status().await.expect("status").leader;
+            let leader = cluster.wait_ready(Duration::from_secs(30)).await.leader;
             cluster.kill9(leader);
             eventually(
                 "the promotion to finish under a new leader",

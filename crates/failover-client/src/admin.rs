@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use failover_proto::admin::admin_service_client::AdminServiceClient;
 use failover_proto::admin::{
-    HistoryRequest, HistoryResponse, LeasesRequest, LeasesResponse, PromoteRequest,
+    DemoteRequest, HistoryRequest, HistoryResponse, LeasesRequest, LeasesResponse, PromoteRequest,
     PromoteResponse, ReloadRequest, ReloadResponse, StatusRequest, StatusResponse,
 };
 use std::sync::Arc;
@@ -153,6 +153,23 @@ impl AdminClient {
             .call(|mut c| {
                 let request = request.clone();
                 async move { c.promote(request).await }
+            })
+            .await;
+        (self.attempt_timeout, self.deadline) = saved;
+        result
+    }
+
+    /// Starts demoting `group`'s active site to none (with `wait`: returns once done).
+    pub async fn demote(&mut self, request: DemoteRequest) -> Result<PromoteResponse, ClientError> {
+        let saved = (self.attempt_timeout, self.deadline);
+        if request.wait {
+            self.attempt_timeout = PROMOTE_WAIT;
+            self.deadline = self.deadline.max(PROMOTE_WAIT);
+        }
+        let result = self
+            .call(|mut c| {
+                let request = request.clone();
+                async move { c.demote(request).await }
             })
             .await;
         (self.attempt_timeout, self.deadline) = saved;

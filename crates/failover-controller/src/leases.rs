@@ -6,6 +6,7 @@
 //! for all of them (a deposed or partitioned leader fails it and renews nothing), then
 //! checks each against the applied state, which now reflects at least that read index.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -54,6 +55,7 @@ pub enum RenewalError {
 /// The leader soft state of the term this controller leads.
 struct Leading {
     term: u64,
+    since: Instant,
     leases: LeaderLeases,
 }
 
@@ -65,6 +67,26 @@ pub struct LeaseManager {
     clock: Arc<dyn Clock>,
     leading: Mutex<Option<Leading>>,
     renewals: mpsc::Sender<Renewal>,
+    keepalives: KeepaliveCounters,
+}
+
+/// How many renewals the batcher answered, by answer, since this controller started.
+#[derive(Debug, Default)]
+struct KeepaliveCounters {
+    accepted: AtomicU64,
+    refused: AtomicU64,
+    not_leader: AtomicU64,
+}
+
+/// A snapshot of the renewal counters (for `/metrics`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeepaliveCounts {
+    /// Renewals granted.
+    pub accepted: u64,
+    /// Renewals the core refused after leadership was confirmed.
+    pub refused: u64,
+    /// Renewals refused because leadership could not be confirmed or changed meanwhile.
+    pub not_leader: u64,
 }
 
 impl LeaseManager {
@@ -76,6 +98,7 @@ impl LeaseManager {
             clock,
             leading: Mutex::new(None),
             renewals,
+            keepalives: KeepaliveCounters::default(),
         };
         (Arc::new(manager), queue)
     }
@@ -83,6 +106,27 @@ impl LeaseManager {
     /// The timing in force.
     pub fn timing(&self) -> LeaseTiming {
         self.timing
+    }
+
+    /// How many renewals the batcher has answered, by answer.
+    pub fn keepalives(&self) -> KeepaliveCounts {
+        let k = &self.keepalives;
+        KeepaliveCounts {
+            accepted: k.accepted.load(Ordering::Relaxed),
+            refused: k.refused.load(Ordering::Relaxed),
+            not_leader: k.not_leader.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Counts one answer of the batcher.
+    fn count(&self, answer: &Result<Renewed, RenewalError>) {
+        let counter = match answer {
+            Ok(_) => &self.keepalives.accepted,
+            Err(RenewalError::Refused(_)) => &self.keepalives.refused,
+            // The batcher's only other answer is `NotLeader` (`Overloaded` is `submit`'s).
+            Err(_) => &self.keepalives.not_leader,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Queues a renewal; the answer arrives on `renewal.reply`.
@@ -98,7 +142,12 @@ impl LeaseManager {
         self.leading.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Runs `f` on the soft state if this controller leads `term` (any term if `None`).
+    /// When this controller became leader, if it leads.
+    pub fn leader_since(&self) -> Option<Instant> {
+        self.lock().as_ref().map(|l| l.since)
+    }
+
+    /// Runs `f` on the soft state if this controller leads.
     pub fn with_leader<T>(&self, f: impl FnOnce(&mut LeaderLeases) -> T) -> Option<T> {
         self.lock().as_mut().map(|l| f(&mut l.leases))
     }
@@ -113,9 +162,11 @@ impl LeaseManager {
                     term,
                     "leading: every existing lease gets a full TTL from now"
                 );
+                let since = self.clock.now();
                 *leading = Some(Leading {
                     term,
-                    leases: LeaderLeases::new(self.timing, self.clock.now()),
+                    since,
+                    leases: LeaderLeases::new(self.timing, since),
                 });
             }
             (_, false) => *leading = None,
@@ -163,7 +214,9 @@ pub async fn run_batcher(
         };
         if let Err(e) = confirmed {
             for renewal in batch.drain(..) {
-                let _ = renewal.reply.send(Err(e.clone()));
+                let answer = Err(e.clone());
+                manager.count(&answer);
+                let _ = renewal.reply.send(answer);
             }
             continue;
         }
@@ -184,6 +237,7 @@ pub async fn run_batcher(
                     .map_err(RenewalError::from),
                 None => Err(RenewalError::NotLeader("leadership changed".into())),
             };
+            manager.count(&answer);
             let _ = renewal.reply.send(answer);
         }
     }

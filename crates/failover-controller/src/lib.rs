@@ -4,9 +4,13 @@
 //! - [`types`]: the openraft type configuration.
 //! - [`store`]: sled-backed Raft log, vote, state machine and snapshots.
 //! - [`network`]: the Raft transport over gRPC, dialing through a caller-supplied [`Dialer`].
+//! - [`detector`]: the leader's failure detector (what it heard from each site).
+//! - [`hooks`]: site hooks run by the leader around a change of a site's role.
 //! - [`executors`]: the leader's record of executor reports and reload requests.
 //! - [`leases`]: the leader's lease soft state and the renewal batcher.
 //! - [`services`]: the gRPC servers (Raft peers, admin API, lease API).
+//! - [`http`]: the HTTP endpoints for load balancers and Prometheus (`/active`, `/health`,
+//!   `/metrics`).
 //! - [`reconcile`]: the leader's loop that drives the core's obligations (create configured
 //!   groups, finish promotions).
 //! - [`node`]: assembles a controller from a topology, a data dir, a listener, a dialer
@@ -16,7 +20,10 @@
 //! `failover_core`; this crate moves commands into Raft and state out to clients.
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod detector;
 pub mod executors;
+pub mod hooks;
+pub mod http;
 pub mod leases;
 pub mod network;
 pub mod node;

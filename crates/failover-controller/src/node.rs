@@ -68,11 +68,13 @@ pub struct Controller {
 }
 
 impl Controller {
-    /// Opens storage, starts Raft, forms the cluster on first start, and serves gRPC on
-    /// `incoming`. Peers are dialed through `dialer`; history times come from `clock`.
+    /// Opens storage, starts Raft, forms the cluster on first start, serves gRPC on
+    /// `incoming` and, if given, HTTP (see [`crate::http`]) on `http`, a listener the caller
+    /// bound. Peers are dialed through `dialer`; history times come from `clock`.
     pub async fn start<S, IO, IE>(
         options: ControllerOptions,
         incoming: S,
+        http: Option<tokio::net::TcpListener>,
         dialer: Arc<dyn Dialer>,
         clock: Arc<dyn Clock>,
     ) -> Result<Controller, ControllerError>
@@ -111,15 +113,16 @@ impl Controller {
             reconcile: Arc::new(Notify::new()),
             leases: leases.clone(),
             executors: Arc::default(),
+            held: Default::default(),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(serve(ctx.clone(), incoming, shutdown_rx.clone())),
             tokio::spawn(crate::reconcile::run(ctx.clone(), shutdown_rx.clone())),
             tokio::spawn(crate::leases::follow_leadership(
                 ctx.raft.clone(),
                 leases.clone(),
-                shutdown_rx,
+                shutdown_rx.clone(),
             )),
             tokio::spawn(crate::leases::run_batcher(
                 ctx.raft.clone(),
@@ -128,6 +131,13 @@ impl Controller {
                 renewals,
             )),
         ];
+        if let Some(listener) = http {
+            tasks.push(tokio::spawn(crate::http::serve(
+                ctx.clone(),
+                listener,
+                shutdown_rx,
+            )));
+        }
         form_cluster(&ctx).await?;
         Ok(Controller {
             ctx,

@@ -40,6 +40,18 @@ pub enum Command {
         /// When the leader proposed it (wall clock, for history only).
         at_unix_ms: u64,
     },
+    /// Starts demoting the active site to no active site (maintenance): like a promotion,
+    /// through `Demoting`, so the site's leases are released or expired first.
+    BeginDemotion {
+        /// The group.
+        group: GroupName,
+        /// Who asked.
+        actor: String,
+        /// Why.
+        reason: String,
+        /// When the leader proposed it (wall clock, for history only).
+        at_unix_ms: u64,
+    },
     /// Finishes a promotion: the pending site becomes active at the next epoch.
     /// Proposed only once the old site's leases are released or expired.
     CompletePromotion {
@@ -86,6 +98,7 @@ impl Command {
         match self {
             Command::CreateGroup { group, .. }
             | Command::BeginPromotion { group, .. }
+            | Command::BeginDemotion { group, .. }
             | Command::CompletePromotion { group, .. }
             | Command::Grant { group, .. }
             | Command::Release { group, .. }
@@ -117,6 +130,7 @@ impl fmt::Display for Command {
                     "complete promotion of group {group} from epoch {from_epoch}"
                 )
             }
+            Command::BeginDemotion { group, .. } => write!(f, "begin demotion of group {group}"),
             Command::Grant {
                 group,
                 site,
@@ -165,10 +179,13 @@ pub enum Rejection {
         /// The group asked about.
         group: GroupName,
         /// The site being demoted.
-        from: SiteId,
-        /// The site being promoted.
-        to: SiteId,
+        from: String,
+        /// The site being promoted (`(none)` for a demotion).
+        to: String,
     },
+    /// The group has no active site already (maintenance).
+    #[error("group `{0}` has no active site already")]
+    NoActiveSite(GroupName),
     /// A completion arrived for a promotion that is not pending (already done, or stale).
     #[error("group `{group}` has no promotion from epoch {from_epoch} to complete")]
     NoPendingPromotion {
@@ -184,14 +201,14 @@ pub enum Rejection {
     #[error("group `{0}` has no eligible site")]
     NoSites(GroupName),
     /// A grant for a site that is not (or no longer) active: the holder stays standby.
-    #[error("site `{site}` is standby for group `{group}`: `{active_site}` is active at epoch {epoch}{}", if *.demoting { " and being demoted" } else { "" })]
+    #[error("site `{site}` is standby for group `{group}`: `{}` is active at epoch {epoch}{}", crate::promotion::site_name(.active_site.as_ref()), if *.demoting { " and being demoted" } else { "" })]
     Standby {
         /// The group asked about.
         group: GroupName,
         /// The site that asked.
         site: SiteId,
-        /// The active site.
-        active_site: SiteId,
+        /// The active site (`None` in maintenance).
+        active_site: Option<SiteId>,
         /// The current epoch.
         epoch: Epoch,
         /// Whether a promotion is under way (then even the active site is refused).

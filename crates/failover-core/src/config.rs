@@ -305,7 +305,12 @@ impl Topology {
              witness site with one controller, set `auto_failover: false`, or set \
              `accept_no_witness: true` to accept that risk",
             group.name,
-            group.sites.iter().map(SiteId::as_str).collect::<Vec<_>>().join(" and ")
+            group
+                .sites
+                .iter()
+                .map(SiteId::as_str)
+                .collect::<Vec<_>>()
+                .join(" and ")
         ))
     }
 }
@@ -492,9 +497,15 @@ groups:
         let e = error_of(&no_witness);
         assert_eq!(e.path, "groups[0].auto_failover");
         assert!(e.reason.contains("third site"), "{e}");
-        let accepted = no_witness.replace("sites: [site-a, site-b]", "sites: [site-a, site-b]\n    accept_no_witness: true");
+        let accepted = no_witness.replace(
+            "sites: [site-a, site-b]",
+            "sites: [site-a, site-b]\n    accept_no_witness: true",
+        );
         Topology::from_yaml(&accepted, "t.yaml").expect("risk accepted");
-        let manual = no_witness.replace("sites: [site-a, site-b]", "sites: [site-a, site-b]\n    auto_failover: false");
+        let manual = no_witness.replace(
+            "sites: [site-a, site-b]",
+            "sites: [site-a, site-b]\n    auto_failover: false",
+        );
         Topology::from_yaml(&manual, "t.yaml").expect("manual failover only");
     }
 

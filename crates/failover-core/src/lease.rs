@@ -108,12 +108,12 @@ pub enum RenewRefusal {
     #[error(transparent)]
     Unknown(Rejection),
     /// The group is demoting its active site: renewals stop so the handover can complete.
-    #[error("group `{group}` is moving to `{to}`: drain and release")]
+    #[error("group `{group}` is moving to `{}`: drain and release", crate::promotion::site_name(.to.as_ref()))]
     Draining {
         /// The group.
         group: GroupName,
-        /// The site being promoted.
-        to: SiteId,
+        /// The site being promoted (`None` for a demotion to maintenance).
+        to: Option<SiteId>,
     },
     /// The leader saw no renewal within the TTL: the holder's deadline has passed.
     #[error("lease {0} expired before this renewal arrived")]

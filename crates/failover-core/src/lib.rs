@@ -11,6 +11,7 @@
 //! - [`command`]: the commands the Raft log carries and what applying them answers.
 //! - [`lease`]: lease timing on the leader and at the holder.
 //! - [`supervision`]: restart backoff and crash-loop detection for site workers.
+//! - [`policy`]: failure detection and the automatic failover decision.
 //! - [`promotion`]: the promotion protocol (Active → Demoting → Active at the next epoch).
 #![warn(missing_docs, unreachable_pub)]
 
@@ -18,6 +19,7 @@ pub mod command;
 pub mod config;
 pub mod ids;
 pub mod lease;
+pub mod policy;
 pub mod promotion;
 pub mod state;
 pub mod supervision;

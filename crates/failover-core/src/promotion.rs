@@ -12,14 +12,8 @@ use crate::state::{GroupState, Phase};
 /// Whether a promotion of `group` to `to` may begin now, or why not.
 pub fn check_start(group: &GroupState, to: &SiteId) -> Result<(), Rejection> {
     group.check_site(to)?;
-    if let Phase::Demoting(pending) = &group.phase {
-        return Err(Rejection::PromotionInProgress {
-            group: group.name.clone(),
-            from: group.active_site.clone(),
-            to: pending.to.clone(),
-        });
-    }
-    if &group.active_site == to {
+    check_not_changing(group)?;
+    if group.is_serving(to) {
         return Err(Rejection::AlreadyActive {
             group: group.name.clone(),
             site: to.clone(),
@@ -29,12 +23,37 @@ pub fn check_start(group: &GroupState, to: &SiteId) -> Result<(), Rejection> {
     Ok(())
 }
 
+/// Whether `group` may be demoted to no active site now, or why not.
+pub fn check_demote(group: &GroupState) -> Result<(), Rejection> {
+    check_not_changing(group)?;
+    if matches!(group.phase, Phase::NoActive) {
+        return Err(Rejection::NoActiveSite(group.name.clone()));
+    }
+    Ok(())
+}
+
+fn check_not_changing(group: &GroupState) -> Result<(), Rejection> {
+    if let Phase::Demoting(pending) = &group.phase {
+        return Err(Rejection::PromotionInProgress {
+            group: group.name.clone(),
+            from: site_name(group.active_site.as_ref()),
+            to: site_name(pending.to.as_ref()),
+        });
+    }
+    Ok(())
+}
+
+/// A site for messages: its name, or `(none)`.
+pub fn site_name(site: Option<&SiteId>) -> String {
+    site.map_or_else(|| "(none)".to_owned(), ToString::to_string)
+}
+
 /// The command that finishes the group's promotion. `None` when the group is not demoting.
 /// Propose it only once nothing of the old site can still hold the group: see
 /// [`crate::lease::LeaderLeases::completions`], which is the only caller in a controller.
 pub fn completion(group: &GroupState, at_unix_ms: u64) -> Option<Command> {
     match &group.phase {
-        Phase::Active => None,
+        Phase::Active | Phase::NoActive => None,
         Phase::Demoting(_) => Some(Command::CompletePromotion {
             group: group.name.clone(),
             from_epoch: group.epoch,

@@ -31,8 +31,8 @@ pub struct GroupState {
     /// Eligible sites, highest priority first.
     pub sites: Vec<SiteId>,
     /// The site whose holders may run the group's work (during `Demoting`, the one being
-    /// drained: it keeps its existing leases but may renew nothing).
-    pub active_site: SiteId,
+    /// drained: it keeps its existing leases but may renew nothing). `None` in `NoActive`.
+    pub active_site: Option<SiteId>,
     /// Bumped on every change of active site.
     pub epoch: Epoch,
     /// Whether a promotion is under way.
@@ -53,11 +53,13 @@ pub struct GroupSummary {
     pub name: GroupName,
     /// Eligible sites, highest priority first.
     pub sites: Vec<SiteId>,
-    /// The active site.
-    pub active_site: SiteId,
+    /// The active site (`None` in maintenance).
+    pub active_site: Option<SiteId>,
     /// The current epoch.
     pub epoch: Epoch,
-    /// The site being promoted, while demoting.
+    /// The phase name (`active`, `demoting`, `no_active`).
+    pub phase: String,
+    /// While demoting: the site being promoted (`None` for a demotion to no site).
     pub promoting_to: Option<SiteId>,
     /// How many leases are live.
     pub lease_count: usize,
@@ -68,15 +70,18 @@ pub struct GroupSummary {
 pub enum Phase {
     /// `active_site` holds the group; its holders may acquire and renew.
     Active,
-    /// The active site is being drained so that `pending.to` can take over at the next epoch.
+    /// The active site is being drained so that `pending.to` (or no site) can take over at
+    /// the next epoch.
     Demoting(PendingChange),
+    /// No site is active (maintenance): nothing is granted until an operator promotes one.
+    NoActive,
 }
 
 /// A change of active site that has begun and not yet finished.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingChange {
-    /// The site that becomes active.
-    pub to: SiteId,
+    /// The site that becomes active; `None` for a demotion to maintenance.
+    pub to: Option<SiteId>,
     /// Why.
     pub kind: ChangeKind,
     /// Who asked.
@@ -94,6 +99,12 @@ pub enum ChangeKind {
     Created,
     /// An operator promoted a site.
     Promote,
+    /// An operator promoted a site with `--force` (readiness of the new site not required).
+    ForcedPromote,
+    /// The leader promoted a standby because the active site was lost.
+    Failover,
+    /// An operator demoted the active site: no site active (maintenance).
+    Demote,
 }
 
 impl ChangeKind {
@@ -102,6 +113,9 @@ impl ChangeKind {
         match self {
             ChangeKind::Created => "created",
             ChangeKind::Promote => "promote",
+            ChangeKind::ForcedPromote => "forced_promote",
+            ChangeKind::Failover => "failover",
+            ChangeKind::Demote => "demote",
         }
     }
 }
@@ -113,8 +127,8 @@ pub struct HistoryEntry {
     pub epoch: Epoch,
     /// The previously active site (`None` at creation).
     pub from: Option<SiteId>,
-    /// The newly active site.
-    pub to: SiteId,
+    /// The newly active site (`None` after a demotion).
+    pub to: Option<SiteId>,
     /// Why.
     pub kind: ChangeKind,
     /// Who asked.
@@ -133,6 +147,7 @@ impl Phase {
         match self {
             Phase::Active => "active",
             Phase::Demoting(_) => "demoting",
+            Phase::NoActive => "no_active",
         }
     }
 }
@@ -155,11 +170,29 @@ impl ClusterState {
                 at_unix_ms,
             } => {
                 let g = self.group_mut(group)?;
-                g.begin_promotion(
-                    to,
+                g.begin_change(
+                    Some(to),
                     PendingChange {
-                        to: to.clone(),
+                        to: Some(to.clone()),
                         kind: *kind,
+                        actor: actor.clone(),
+                        reason: reason.clone(),
+                        started_at_unix_ms: *at_unix_ms,
+                    },
+                )
+            }
+            Command::BeginDemotion {
+                group,
+                actor,
+                reason,
+                at_unix_ms,
+            } => {
+                let g = self.group_mut(group)?;
+                g.begin_change(
+                    None,
+                    PendingChange {
+                        to: None,
+                        kind: ChangeKind::Demote,
                         actor: actor.clone(),
                         reason: reason.clone(),
                         started_at_unix_ms: *at_unix_ms,
@@ -246,7 +279,7 @@ impl ClusterState {
         let group = GroupState {
             name: name.clone(),
             sites: sites.to_vec(),
-            active_site: first.clone(),
+            active_site: Some(first.clone()),
             epoch,
             phase: Phase::Active,
             leases: BTreeMap::new(),
@@ -254,7 +287,7 @@ impl ClusterState {
             history: vec![HistoryEntry {
                 epoch,
                 from: None,
-                to: first.clone(),
+                to: Some(first.clone()),
                 kind: ChangeKind::Created,
                 actor: "failover".to_owned(),
                 reason: "group created from the topology".to_owned(),
@@ -289,9 +322,14 @@ impl GroupState {
     /// The promotion under way, if any.
     pub fn pending(&self) -> Option<&PendingChange> {
         match &self.phase {
-            Phase::Active => None,
+            Phase::Active | Phase::NoActive => None,
             Phase::Demoting(pending) => Some(pending),
         }
+    }
+
+    /// Whether `site` is the active site and no change is under way.
+    pub fn is_serving(&self, site: &SiteId) -> bool {
+        matches!(self.phase, Phase::Active) && self.active_site.as_ref() == Some(site)
     }
 
     /// The fixed-size part of the group.
@@ -301,7 +339,8 @@ impl GroupState {
             sites: self.sites.clone(),
             active_site: self.active_site.clone(),
             epoch: self.epoch,
-            promoting_to: self.pending().map(|p| p.to.clone()),
+            phase: self.phase.name().to_owned(),
+            promoting_to: self.pending().and_then(|p| p.to.clone()),
             lease_count: self.leases.len(),
         }
     }
@@ -310,7 +349,7 @@ impl GroupState {
     pub fn check_grant(&self, site: &SiteId) -> Result<(), Rejection> {
         self.check_site(site)?;
         let demoting = self.pending().is_some();
-        if demoting || &self.active_site != site {
+        if !self.is_serving(site) {
             return Err(Rejection::Standby {
                 group: self.name.clone(),
                 site: site.clone(),
@@ -350,9 +389,19 @@ impl GroupState {
         Ok(lease)
     }
 
-    fn begin_promotion(&mut self, to: &SiteId, pending: PendingChange) -> CommandResult {
-        crate::promotion::check_start(self, to)?;
+    /// Starts a change to `to` (`None`: to no site). From maintenance nothing holds a
+    /// lease, so the change completes at once.
+    fn begin_change(&mut self, to: Option<&SiteId>, pending: PendingChange) -> CommandResult {
+        match to {
+            Some(to) => crate::promotion::check_start(self, to)?,
+            None => crate::promotion::check_demote(self)?,
+        }
+        let at_unix_ms = pending.started_at_unix_ms;
+        let from_maintenance = matches!(self.phase, Phase::NoActive);
         self.phase = Phase::Demoting(pending);
+        if from_maintenance {
+            return self.complete_promotion(self.epoch, at_unix_ms);
+        }
         Ok(Outcome::Group(self.summary()))
     }
 
@@ -370,7 +419,7 @@ impl GroupState {
         let previous_epoch = self.epoch;
         let entry = HistoryEntry {
             epoch: self.epoch.next(),
-            from: Some(self.active_site.clone()),
+            from: self.active_site.clone(),
             to: pending.to.clone(),
             kind: pending.kind,
             actor: pending.actor.clone(),
@@ -380,7 +429,10 @@ impl GroupState {
         };
         self.active_site = pending.to.clone();
         self.epoch = entry.epoch;
-        self.phase = Phase::Active;
+        self.phase = match self.active_site {
+            Some(_) => Phase::Active,
+            None => Phase::NoActive,
+        };
         self.history.push(entry);
         // Every lease belonged to the old epoch; the leader completes only once they are
         // released or past their holders' deadlines.
@@ -393,11 +445,18 @@ impl GroupState {
     /// broken invariant here means the state machine itself is wrong.
     pub fn assert_invariants(&self) {
         assert!(self.epoch >= Epoch(1), "{}: epoch starts at 1", self.name);
-        assert!(
-            self.sites.contains(&self.active_site),
-            "{}: active site {} is not eligible",
-            self.name,
-            self.active_site
+        if let Some(active) = &self.active_site {
+            assert!(
+                self.sites.contains(active),
+                "{}: active site {active} is not eligible",
+                self.name
+            );
+        }
+        assert_eq!(
+            self.active_site.is_none(),
+            matches!(self.phase, Phase::NoActive),
+            "{}: no active site exactly in maintenance",
+            self.name
         );
         if let Phase::Demoting(p) = &self.phase {
             assert!(
@@ -405,11 +464,13 @@ impl GroupState {
                 "{}: demoting to itself",
                 self.name
             );
-            assert!(
-                self.sites.contains(&p.to),
-                "{}: pending site not eligible",
-                self.name
-            );
+            if let Some(to) = &p.to {
+                assert!(
+                    self.sites.contains(to),
+                    "{}: pending site not eligible",
+                    self.name
+                );
+            }
         }
         let last = self
             .history
@@ -432,7 +493,8 @@ impl GroupState {
                 self.name
             );
             assert_eq!(
-                lease.site, self.active_site,
+                Some(&lease.site),
+                self.active_site.as_ref(),
                 "{}: a lease at a standby site",
                 self.name
             );
@@ -450,7 +512,7 @@ impl GroupState {
             );
             assert_eq!(
                 pair[1].from.as_ref(),
-                Some(&pair[0].to),
+                pair[0].to.as_ref(),
                 "{}: each change starts where the previous ended",
                 self.name
             );

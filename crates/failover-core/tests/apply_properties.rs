@@ -53,6 +53,12 @@ fn command() -> impl Strategy<Value = Command> {
             holder: format!("instance-{h}"),
             ttl_ms: 1000,
         }),
+        group().prop_map(|group| Command::BeginDemotion {
+            group,
+            actor: "prop".into(),
+            reason: "maintenance".into(),
+            at_unix_ms: 3,
+        }),
         (group(), 0u64..12).prop_map(|(group, l)| Command::Release {
             group,
             lease: LeaseId(l),
@@ -84,7 +90,7 @@ proptest! {
                     if let Outcome::Granted(lease) = &outcome {
                         let group = command.group().clone();
                         let g = &state.groups[&group];
-                        prop_assert_eq!(&lease.site, &g.active_site);
+                        prop_assert_eq!(Some(&lease.site), g.active_site.as_ref());
                         prop_assert!(g.pending().is_none(), "no grant while demoting");
                         if let Some(&(epoch, token)) = last_token.get(&group) {
                             prop_assert!(lease.token > token, "S2: tokens strictly increase");
@@ -152,14 +158,18 @@ fn promotion_moves_through_demoting_to_next_epoch() {
     state.apply(&begin("site-b")).expect("begin");
     let g = state.groups[&GroupName::from("default")].clone();
     assert_eq!(g.phase.name(), "demoting");
-    assert_eq!(g.active_site, SiteId::from("site-a"));
+    assert_eq!(g.active_site, Some(SiteId::from("site-a")));
     assert_eq!(g.epoch, Epoch(1));
     let done = failover_core::promotion::completion(&g, 30).expect("demoting completes");
     state.apply(&done).expect("complete");
     let g = &state.groups[&GroupName::from("default")];
     assert_eq!(
-        (g.active_site.as_str(), g.epoch, g.phase.name()),
-        ("site-b", Epoch(2), "active")
+        (
+            g.active_site.as_ref().map(SiteId::as_str),
+            g.epoch,
+            g.phase.name()
+        ),
+        (Some("site-b"), Epoch(2), "active")
     );
     let last = g.history.last().expect("history");
     assert_eq!(last.from, Some(SiteId::from("site-a")));
@@ -253,4 +263,46 @@ fn grants_follow_the_active_site_and_tokens_grow() {
         }),
         Err(Rejection::UnknownLease { .. })
     ));
+}
+
+/// A demotion drains like a promotion, then leaves no site active (no grants at all); a
+/// promotion out of maintenance completes at once at the next epoch.
+#[test]
+fn demote_to_maintenance_and_promote_back() {
+    let mut state = created();
+    let demote = Command::BeginDemotion {
+        group: "default".into(),
+        actor: "ops".into(),
+        reason: "maintenance".into(),
+        at_unix_ms: 50,
+    };
+    state.apply(&demote).expect("begin demotion");
+    let g = state.groups[&GroupName::from("default")].clone();
+    assert_eq!(g.phase.name(), "demoting");
+    state
+        .apply(&failover_core::promotion::completion(&g, 60).expect("complete"))
+        .expect("complete");
+    let g = &state.groups[&GroupName::from("default")];
+    assert_eq!(
+        (g.active_site.clone(), g.epoch, g.phase.name()),
+        (None, Epoch(2), "no_active")
+    );
+    assert!(matches!(
+        state.apply(&grant("site-a", "a1")),
+        Err(Rejection::Standby { .. })
+    ));
+    assert!(matches!(
+        state.apply(&demote),
+        Err(Rejection::NoActiveSite(_))
+    ));
+    state
+        .apply(&begin("site-a"))
+        .expect("promote out of maintenance");
+    let g = &state.groups[&GroupName::from("default")];
+    assert_eq!(
+        (g.active_site.clone(), g.epoch, g.phase.name()),
+        (Some("site-a".into()), Epoch(3), "active")
+    );
+    let kinds: Vec<&str> = g.history.iter().map(|h| h.kind.as_str()).collect();
+    assert_eq!(kinds, ["created", "demote", "promote"]);
 }

@@ -1065,7 +1065,7 @@ impl Sim {
         let to = g
             .sites
             .iter()
-            .find(|s| **s != g.active_site)
+            .find(|s| Some(*s) != g.active_site.as_ref())
             .expect("two sites")
             .clone();
         if check_start(g, &to).is_err() {

@@ -40,6 +40,14 @@ pub(crate) async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&me.addr)
         .await
         .with_context(|| format!("cannot listen on {}", me.addr))?;
+    let http = match &me.http_addr {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (http_addr)"))?,
+        ),
+        None => None,
+    };
     let options = ControllerOptions {
         topology,
         node_id: args.node,
@@ -52,11 +60,18 @@ pub(crate) async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let controller = Controller::start(
         options,
         incoming,
+        http,
         Arc::new(TcpDialer::default()),
         Arc::new(SystemClock),
     )
     .await?;
-    tracing::info!(node = args.node, %site, addr = %me.addr, "controller started");
+    tracing::info!(
+        node = args.node,
+        %site,
+        addr = %me.addr,
+        http_addr = me.http_addr.as_deref().unwrap_or("none"),
+        "controller started"
+    );
     wait_for_stop_signal().await?;
     tracing::info!(node = args.node, "stopping");
     controller.shutdown().await;

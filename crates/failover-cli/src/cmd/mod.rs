@@ -1,6 +1,7 @@
 //! Arguments of every subcommand, and how the cluster is found.
 
 mod controller;
+mod demote;
 mod dev;
 mod exec;
 pub mod guard;
@@ -59,6 +60,8 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Make a site active for a group.
     Promote(promote::PromoteArgs),
+    /// Make no site active for a group (maintenance).
+    Demote(demote::DemoteArgs),
     /// Show every change of active site, oldest first.
     History(history::HistoryArgs),
     /// Show the live leases: site, holder, epoch, fencing token, time left.
@@ -125,6 +128,7 @@ impl Cli {
             Command::Dev(args) => dev::run(args).await,
             Command::Status(args) => status::run(args).await,
             Command::Promote(args) => promote::run(args).await,
+            Command::Demote(args) => demote::run(args).await,
             Command::History(args) => history::run(args).await,
             Command::Leases(args) => leases::run(args).await,
             Command::Exec(args) => exec::run(args).await,

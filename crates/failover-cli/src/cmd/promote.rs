@@ -21,6 +21,10 @@ pub struct PromoteArgs {
     /// the old site has been told to drain).
     #[arg(long)]
     pub wait: bool,
+    /// Promote even if the site's executors do not report ready. The old site's leases
+    /// are still waited out (never skipped), and the site's before_acquire hook still runs.
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     cluster: ClusterArgs,
     /// Output format.
@@ -29,6 +33,7 @@ pub struct PromoteArgs {
 }
 
 pub(crate) async fn run(args: PromoteArgs) -> anyhow::Result<()> {
+    let output = args.output;
     let mut client = args.cluster.client()?;
     let request = PromoteRequest {
         group: args.group.clone(),
@@ -36,34 +41,53 @@ pub(crate) async fn run(args: PromoteArgs) -> anyhow::Result<()> {
         reason: args.reason,
         actor: actor(),
         wait: args.wait,
+        force: args.force,
     };
     let response = client.promote(request).await?;
+    print_change(&response, output)
+}
+
+/// Prints the answer of a promote or demote.
+pub(crate) fn print_change(
+    response: &failover_proto::admin::PromoteResponse,
+    output: Output,
+) -> anyhow::Result<()> {
     let group = response.group.clone().unwrap_or_default();
-    if args.output == Output::Json {
-        return output::print_json(&output::PromoteJson::from((&response, &group)));
+    if output == Output::Json {
+        return output::print_json(&output::PromoteJson::from((response, &group)));
     }
+    let active = if group.active_site.is_empty() {
+        "no site"
+    } else {
+        group.active_site.as_str()
+    };
     if response.already_active {
         println!(
-            "{} is already active for group {} (epoch {}); nothing changed",
-            group.active_site, group.name, group.epoch
+            "{active} is already active for group {} (epoch {}); nothing changed",
+            group.name, group.epoch
         );
     } else if group.phase == "demoting" {
+        let next = if group.promoting_to.is_empty() {
+            "no site"
+        } else {
+            group.promoting_to.as_str()
+        };
         println!(
-            "group {}: {} is draining; {} becomes active as soon as its leases are released, \
+            "group {}: {active} is draining; {next} becomes active as soon as its leases are released, \
              at the latest in {} ms (use --wait to block until then)",
-            group.name, group.active_site, group.promoting_to, response.completes_within_ms
+            group.name, response.completes_within_ms
         );
     } else {
         println!(
-            "{} is now active for group {} at epoch {} (took {} ms)",
-            group.active_site, group.name, group.epoch, response.elapsed_ms
+            "{active} is now active for group {} at epoch {} (took {} ms)",
+            group.name, group.epoch, response.elapsed_ms
         );
     }
     Ok(())
 }
 
 /// `user@host` of whoever runs the command, for the history.
-fn actor() -> String {
+pub(crate) fn actor() -> String {
     let user = std::env::var("USER").unwrap_or_else(|_| "unknown".to_owned());
     format!("{user}@{}", hostname())
 }

@@ -8,18 +8,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use failover_core::promotion;
-use failover_core::{ChangeKind, Command, GroupName, GroupState, Phase, Rejection, SiteId};
+use failover_core::{ChangeKind, Command, GroupName, GroupState, Rejection, SiteId};
 use failover_proto::admin::admin_service_client::AdminServiceClient;
 use failover_proto::admin::admin_service_server::AdminService;
 use failover_proto::admin::{
-    ControllerStatus, ExecutorStatus, GroupStatus, HistoryEntry, HistoryRequest, HistoryResponse,
-    LeaseStatus, LeasesRequest, LeasesResponse, PromoteRequest, PromoteResponse, ReloadRequest,
-    ReloadResponse, SiteStatus, StatusRequest, StatusResponse,
+    ControllerStatus, DemoteRequest, ExecutorStatus, GroupStatus, HistoryEntry, HistoryRequest,
+    HistoryResponse, LeaseStatus, LeasesRequest, LeasesResponse, PromoteRequest, PromoteResponse,
+    ReloadRequest, ReloadResponse, SiteStatus, StatusRequest, StatusResponse,
 };
 use openraft::{Instant as _, ReadPolicy};
 use tonic::{Request, Response, Status};
 
 use super::{propose, NodeContext, ProposeError};
+use crate::hooks::HookEnv;
 
 /// Marks a request that a controller already forwarded to the leader.
 const FORWARDED: &str = "x-failover-forwarded";
@@ -74,15 +75,18 @@ fn forwarded<T>(message: T) -> Request<T> {
 pub fn group_status(group: &GroupState) -> GroupStatus {
     GroupStatus {
         name: group.name.to_string(),
-        active_site: group.active_site.to_string(),
+        active_site: wire_site(group.active_site.as_ref()),
         epoch: group.epoch.0,
         phase: group.phase.name().to_owned(),
-        promoting_to: group
-            .pending()
-            .map(|p| p.to.to_string())
-            .unwrap_or_default(),
+        promoting_to: wire_site(group.pending().and_then(|p| p.to.as_ref())),
         sites: group.sites.iter().map(ToString::to_string).collect(),
+        held: String::new(),
     }
+}
+
+/// A site on the wire: its name, or empty for none.
+pub fn wire_site(site: Option<&SiteId>) -> String {
+    site.map(ToString::to_string).unwrap_or_default()
 }
 
 /// The gRPC status for a command the state refused.
@@ -95,6 +99,7 @@ pub fn rejection_status(rejection: &Rejection) -> Status {
             Status::already_exists(message)
         }
         Rejection::PromotionInProgress { .. }
+        | Rejection::NoActiveSite(_)
         | Rejection::NoPendingPromotion { .. }
         | Rejection::Standby { .. } => Status::failed_precondition(message),
         Rejection::UnknownLease { .. } => Status::not_found(message),
@@ -154,7 +159,10 @@ impl AdminServer {
             .read()
             .groups
             .values()
-            .map(group_status)
+            .map(|g| GroupStatus {
+                held: self.ctx.held(&g.name).unwrap_or_default(),
+                ..group_status(g)
+            })
             .collect();
         StatusResponse {
             leader,
@@ -169,11 +177,24 @@ impl AdminServer {
 
     fn site_statuses(&self) -> Vec<SiteStatus> {
         let now = self.ctx.clock.now();
+        let observed = self
+            .ctx
+            .leases
+            .leader_since()
+            .map(|since| crate::detector::observe(&self.ctx, since, now));
+        let timing = &self.ctx.topology.timing;
         self.ctx
             .topology
             .sites
             .iter()
             .map(|site| SiteStatus {
+                lost: observed
+                    .as_ref()
+                    .is_some_and(|o| o.site_lost(&site.name, timing, now)),
+                last_heard_ms: observed
+                    .as_ref()
+                    .and_then(|o| o.sites.get(&site.name)?.last_heard)
+                    .map_or(0, |at| now.saturating_duration_since(at).as_millis() as u64),
                 name: site.name.to_string(),
                 executors: self
                     .ctx
@@ -204,10 +225,12 @@ impl AdminServer {
         }
     }
 
-    async fn wait_for_active(
+    /// Waits until the group settles at `target` (`None`: no active site) at an epoch
+    /// after `from_epoch`.
+    async fn wait_for(
         &self,
         group: &GroupName,
-        site: &SiteId,
+        target: Option<&SiteId>,
         from_epoch: failover_core::Epoch,
     ) -> Result<GroupState, Status> {
         let mut changes = self.ctx.view.subscribe();
@@ -215,13 +238,14 @@ impl AdminServer {
             loop {
                 let current = self.ctx.view.read().group(group).cloned();
                 let current = current.map_err(|r| rejection_status(&r))?;
-                if current.epoch > from_epoch && matches!(current.phase, Phase::Active) {
-                    if &current.active_site == site {
+                if current.epoch > from_epoch && current.pending().is_none() {
+                    if current.active_site.as_ref() == target {
                         return Ok(current);
                     }
                     return Err(Status::aborted(format!(
-                        "group {group} became active at {} (epoch {}) instead",
-                        current.active_site, current.epoch
+                        "group {group} settled at {} (epoch {}) instead",
+                        promotion::site_name(current.active_site.as_ref()),
+                        current.epoch
                     )));
                 }
                 if changes.changed().await.is_err() {
@@ -233,10 +257,172 @@ impl AdminServer {
             .await
             .map_err(|_| {
                 Status::deadline_exceeded(format!(
-                    "{site} did not become active for {group} within {PROMOTE_TIMEOUT:?}"
+                    "group {group} did not reach {} within {PROMOTE_TIMEOUT:?}",
+                    promotion::site_name(target)
                 ))
             })?
     }
+
+    /// Refuses a plain promote to a site whose executors do not report ready, when the
+    /// group has executors at all (`--force` skips this), then runs its hook.
+    async fn check_target(
+        &self,
+        group: &GroupState,
+        site: &SiteId,
+        force: bool,
+    ) -> Result<(), Status> {
+        let now = self.ctx.clock.now();
+        if !force {
+            if let Some(since) = self.ctx.leases.leader_since() {
+                let observed = crate::detector::observe(&self.ctx, since, now);
+                let any_executor = observed
+                    .sites
+                    .values()
+                    .any(|s| s.group_last_heard.contains_key(&group.name));
+                let ready = observed
+                    .sites
+                    .get(site)
+                    .and_then(|s| s.ready.get(&group.name))
+                    .copied()
+                    .unwrap_or(false);
+                if any_executor && !ready {
+                    return Err(Status::failed_precondition(format!(
+                        "{site} is not ready for group {} (no executor there reports ready); \
+                         use --force to promote it anyway",
+                        group.name
+                    )));
+                }
+            }
+        }
+        let env = HookEnv {
+            group: group.name.to_string(),
+            site: site.to_string(),
+            epoch: group.epoch.0,
+            reason: "operator promote".into(),
+        };
+        let hooks = self
+            .ctx
+            .topology
+            .sites
+            .iter()
+            .find(|s| &s.name == site)
+            .map(|s| s.hooks.clone());
+        crate::hooks::before_acquire(&hooks.unwrap_or_default(), &env)
+            .await
+            .map_err(|veto| {
+                Status::failed_precondition(format!("promotion to {site} vetoed: {veto}"))
+            })
+    }
+
+    /// Starts (or joins) a change of `group` to `target` and answers at once or, with
+    /// `wait`, when it completed.
+    async fn change(
+        &self,
+        group: GroupName,
+        target: Option<SiteId>,
+        request: ChangeRequest,
+    ) -> Result<PromoteResponse, Status> {
+        let started = self.ctx.clock.now();
+        let current = self.ctx.view.read().group(&group).cloned();
+        let current = current.map_err(|r| rejection_status(&r))?;
+        let check = match &target {
+            Some(site) => promotion::check_start(&current, site),
+            None => promotion::check_demote(&current),
+        };
+        match check {
+            Ok(()) => {
+                if let Some(site) = &target {
+                    self.check_target(&current, site, request.kind == ChangeKind::ForcedPromote)
+                        .await?;
+                }
+                let at_unix_ms = self.ctx.clock.unix_ms();
+                let command = match &target {
+                    Some(site) => Command::BeginPromotion {
+                        group: group.clone(),
+                        to: site.clone(),
+                        kind: request.kind,
+                        actor: request.actor,
+                        reason: request.reason,
+                        at_unix_ms,
+                    },
+                    None => Command::BeginDemotion {
+                        group: group.clone(),
+                        actor: request.actor,
+                        reason: request.reason,
+                        at_unix_ms,
+                    },
+                };
+                propose(&self.ctx, command)
+                    .await
+                    .map_err(ProposeError::into_status)?;
+                self.ctx.reconcile.notify_one();
+            }
+            Err(Rejection::AlreadyActive { .. } | Rejection::NoActiveSite(_)) => {
+                return Ok(PromoteResponse {
+                    group: Some(group_status(&current)),
+                    already_active: true,
+                    elapsed_ms: 0,
+                    completes_within_ms: 0,
+                });
+            }
+            Err(Rejection::PromotionInProgress { to, .. })
+                if to == promotion::site_name(target.as_ref()) => {}
+            Err(rejection) => return Err(rejection_status(&rejection)),
+        }
+        if !request.wait {
+            return self.started_answer(&group, started);
+        }
+        let done = self
+            .wait_for(&group, target.as_ref(), current.epoch)
+            .await?;
+        Ok(PromoteResponse {
+            group: Some(group_status(&done)),
+            already_active: false,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+            completes_within_ms: 0,
+        })
+    }
+
+    /// The answer to a change that was started and not waited for: the group now, and
+    /// the latest time by which the old site's leases are certainly gone.
+    fn started_answer(
+        &self,
+        group: &GroupName,
+        started: std::time::Instant,
+    ) -> Result<PromoteResponse, Status> {
+        let now = self.ctx.clock.now();
+        // Lock order everywhere: the state view, then the lease manager.
+        let state = self.ctx.view.read();
+        let view = state
+            .group(group)
+            .cloned()
+            .map_err(|r| rejection_status(&r))?;
+        let within = self
+            .ctx
+            .leases
+            .with_leader(|l| {
+                l.observe(&state, now);
+                l.drain_deadline(group)
+            })
+            .flatten()
+            .map_or(0, |deadline| {
+                crate::leases::until(now, deadline).as_millis() as u64
+            });
+        Ok(PromoteResponse {
+            group: Some(group_status(&view)),
+            already_active: false,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+            completes_within_ms: within,
+        })
+    }
+}
+
+/// Who asks for a change, why, and whether to wait for it.
+struct ChangeRequest {
+    kind: ChangeKind,
+    actor: String,
+    reason: String,
+    wait: bool,
 }
 
 #[tonic::async_trait]
@@ -264,69 +450,40 @@ impl AdminService for AdminServer {
         if let Some(mut leader) = self.forward_target(&request)? {
             return leader.promote(forwarded(request.into_inner())).await;
         }
-        let started = self.ctx.clock.now();
         let req = request.into_inner();
-        let (group, site) = (GroupName(req.group.clone()), SiteId(req.site.clone()));
-        let current = self.ctx.view.read().group(&group).cloned();
-        let current = current.map_err(|r| rejection_status(&r))?;
-        match promotion::check_start(&current, &site) {
-            Ok(()) => {
-                let command = Command::BeginPromotion {
-                    group: group.clone(),
-                    to: site.clone(),
-                    kind: ChangeKind::Promote,
-                    actor: req.actor.clone(),
-                    reason: req.reason.clone(),
-                    at_unix_ms: self.ctx.clock.unix_ms(),
-                };
-                propose(&self.ctx, command)
-                    .await
-                    .map_err(ProposeError::into_status)?;
-                self.ctx.reconcile.notify_one();
-            }
-            Err(Rejection::AlreadyActive { .. }) => {
-                return Ok(Response::new(PromoteResponse {
-                    group: Some(group_status(&current)),
-                    already_active: true,
-                    elapsed_ms: 0,
-                    completes_within_ms: 0,
-                }));
-            }
-            Err(Rejection::PromotionInProgress { to, .. }) if to == site => {}
-            Err(rejection) => return Err(rejection_status(&rejection)),
+        let change = ChangeRequest {
+            kind: if req.force {
+                ChangeKind::ForcedPromote
+            } else {
+                ChangeKind::Promote
+            },
+            actor: req.actor,
+            reason: req.reason,
+            wait: req.wait,
+        };
+        let answer = self
+            .change(GroupName(req.group), Some(SiteId(req.site)), change)
+            .await?;
+        Ok(Response::new(answer))
+    }
+
+    async fn demote(
+        &self,
+        request: Request<DemoteRequest>,
+    ) -> Result<Response<PromoteResponse>, Status> {
+        if let Some(mut leader) = self.forward_target(&request)? {
+            return leader.demote(forwarded(request.into_inner())).await;
         }
-        if !req.wait {
-            let now = self.ctx.clock.now();
-            let view = self.ctx.view.read().group(&group).cloned();
-            let view = view.map_err(|r| rejection_status(&r))?;
-            // Lock order everywhere: the state view, then the lease manager.
-            let state = self.ctx.view.read();
-            let within = self
-                .ctx
-                .leases
-                .with_leader(|l| {
-                    l.observe(&state, now);
-                    l.drain_deadline(&group)
-                })
-                .flatten()
-                .map_or(0, |deadline| {
-                    crate::leases::until(now, deadline).as_millis() as u64
-                });
-            drop(state);
-            return Ok(Response::new(PromoteResponse {
-                group: Some(group_status(&view)),
-                already_active: false,
-                elapsed_ms: started.elapsed().as_millis() as u64,
-                completes_within_ms: within,
-            }));
-        }
-        let done = self.wait_for_active(&group, &site, current.epoch).await?;
-        Ok(Response::new(PromoteResponse {
-            group: Some(group_status(&done)),
-            already_active: false,
-            elapsed_ms: started.elapsed().as_millis() as u64,
-            completes_within_ms: 0,
-        }))
+        let req = request.into_inner();
+        let change = ChangeRequest {
+            kind: ChangeKind::Demote,
+            actor: req.actor,
+            reason: req.reason,
+            wait: req.wait,
+        };
+        Ok(Response::new(
+            self.change(GroupName(req.group), None, change).await?,
+        ))
     }
 
     async fn history(
@@ -355,7 +512,7 @@ impl AdminService for AdminServer {
                     group: g.name.to_string(),
                     epoch: h.epoch.0,
                     from: h.from.as_ref().map(ToString::to_string).unwrap_or_default(),
-                    to: h.to.to_string(),
+                    to: wire_site(h.to.as_ref()),
                     kind: h.kind.as_str().to_owned(),
                     actor: h.actor.clone(),
                     reason: h.reason.clone(),

@@ -21,7 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::admin::rejection_status;
+use super::admin::{rejection_status, wire_site};
 use super::{propose, NodeContext, ProposeError};
 use crate::leases::{Renewal, RenewalError};
 
@@ -92,7 +92,7 @@ fn standby(rejection: &Rejection) -> Option<Standby> {
             demoting,
             ..
         } => Some(Standby {
-            active_site: active_site.to_string(),
+            active_site: wire_site(active_site.as_ref()),
             epoch: epoch.0,
             demoting: *demoting,
         }),
@@ -116,17 +116,14 @@ fn refused(error: &RenewalError) -> Refused {
 
 /// The event a watcher at `site` sees for `group`.
 pub fn group_event(group: &GroupState, site: &str) -> GroupEvent {
-    let promoting_to = group
-        .pending()
-        .map(|p| p.to.to_string())
-        .unwrap_or_default();
+    let active = group.active_site.as_ref();
     GroupEvent {
         group: group.name.to_string(),
-        active_site: group.active_site.to_string(),
+        active_site: wire_site(active),
         epoch: group.epoch.0,
         phase: group.phase.name().to_owned(),
-        drain: !promoting_to.is_empty() && group.active_site.as_str() == site,
-        promoting_to,
+        drain: group.pending().is_some() && active.is_some_and(|a| a.as_str() == site),
+        promoting_to: wire_site(group.pending().and_then(|p| p.to.as_ref())),
     }
 }
 

@@ -37,6 +37,8 @@ pub struct NodeContext {
     pub leases: Arc<crate::leases::LeaseManager>,
     /// What the executors last reported (meaningful on the leader).
     pub executors: Arc<crate::executors::ExecutorRegistry>,
+    /// Groups whose active site is lost but which the leader does not fail over, and why.
+    pub held: std::sync::Mutex<std::collections::BTreeMap<failover_core::GroupName, String>>,
 }
 
 /// Why a proposal produced no outcome.
@@ -80,6 +82,20 @@ pub async fn propose(ctx: &NodeContext, command: Command) -> Result<Outcome, Pro
 }
 
 impl NodeContext {
+    /// Records why lost groups are not failed over (shown by `failover status`).
+    pub fn set_held(&self, held: std::collections::BTreeMap<failover_core::GroupName, String>) {
+        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = held;
+    }
+
+    /// Why `group` is not failed over although its active site is lost, if it is.
+    pub fn held(&self, group: &failover_core::GroupName) -> Option<String> {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(group)
+            .cloned()
+    }
+
     /// A copy of the Raft node's current metrics.
     pub fn metrics(&self) -> openraft::RaftMetrics<crate::types::TypeConfig> {
         use openraft::async_runtime::WatchReceiver;

@@ -1,0 +1,435 @@
+//! The controller's HTTP endpoints, for load balancers and Prometheus.
+//!
+//! gRPC is the API of the CLI, the executors and the peers, but the tools that route
+//! traffic to the active site (HAProxy, nginx, cloud load balancers) and the tools that
+//! scrape metrics speak plain HTTP. This module answers them from what the controller
+//! already has, without a sidecar:
+//!
+//! - `GET /active/<group>/<site>`: 200 when `<site>` is the active site of `<group>`, 503
+//!   otherwise (load balancers take anything but 200 as down, so there is no 404);
+//! - `GET /health`: 200 `ok` when this controller's Raft node runs and follows a leader;
+//! - `GET /metrics`: the OpenMetrics text exposition, built afresh on every scrape.
+//!
+//! Every answer comes from this controller's own applied state and Raft metrics; nothing
+//! is forwarded to the leader, so a health check costs no Raft round trip. The server
+//! takes an already-bound listener from the caller, like the gRPC server.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use failover_core::{ChangeKind, ClusterState, GroupName, NodeId, Phase, SiteId};
+use openraft::{Instant as _, ServerState};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::{Registry, Unit};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::services::NodeContext;
+use crate::types::TypeConfig;
+
+/// The content type of the OpenMetrics text format, which Prometheus negotiates.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The HTTP routes of a controller over its shared context.
+pub fn router(ctx: Arc<NodeContext>) -> Router {
+    Router::new()
+        .route("/active/{group}/{site}", get(active))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .with_state(ctx)
+}
+
+/// Serves [`router`] on `listener` until `shutdown` turns true.
+pub(crate) async fn serve(
+    ctx: Arc<NodeContext>,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let stop = async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    };
+    let result = axum::serve(listener, router(ctx))
+        .with_graceful_shutdown(stop)
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "HTTP server stopped");
+    }
+}
+
+/// `GET /active/<group>/<site>`: 200 when `<site>` is the active site of `<group>` and no
+/// promotion is under way (the phase is `active`), 503 with the reason otherwise, also
+/// for an unknown group or site.
+///
+/// The answer comes from this controller's applied state: on a follower it may lag the
+/// leader's by about one heartbeat, which a load balancer polling every second or so
+/// does not notice. A controller that cannot vouch for its state (no leader known, or a
+/// leader that no quorum has acknowledged for an election timeout) answers 503, so one
+/// cut off from the majority stops reporting a site that the majority may have demoted.
+async fn active(
+    State(ctx): State<Arc<NodeContext>>,
+    Path((group, site)): Path<(String, String)>,
+) -> Response {
+    let answer = current(&ctx).and_then(|_| active_site(&ctx.view.read(), &group, &site));
+    match answer {
+        Ok(body) => text(StatusCode::OK, body),
+        Err(reason) => text(StatusCode::SERVICE_UNAVAILABLE, reason),
+    }
+}
+
+/// Whether `site` is the active site of `group` in `state`, in words either way.
+fn active_site(state: &ClusterState, group: &str, site: &str) -> Result<String, String> {
+    let Some(g) = state.groups.get(&GroupName(group.to_owned())) else {
+        return Err(format!("unknown group `{group}`"));
+    };
+    let site_id = SiteId(site.to_owned());
+    if !g.sites.contains(&site_id) {
+        return Err(format!("site `{site}` is not eligible for group `{group}`"));
+    }
+    let active = g.active_site.as_ref();
+    match &g.phase {
+        Phase::Active if active == Some(&site_id) => Ok(format!(
+            "active: `{site}` is the active site of `{group}` (epoch {})",
+            g.epoch.0
+        )),
+        Phase::Active => Err(format!(
+            "standby: `{group}` is active at `{}` (epoch {})",
+            active.map_or("no site", |s| s.as_str()),
+            g.epoch.0
+        )),
+        Phase::Demoting(pending) => Err(format!(
+            "demoting: `{group}` is leaving `{}` for `{}` (epoch {})",
+            active.map_or("no site", |s| s.as_str()),
+            pending.to.as_ref().map_or("no site", |s| s.as_str()),
+            g.epoch.0
+        )),
+        Phase::NoActive => Err(format!(
+            "no site is active for `{group}` (maintenance, epoch {})",
+            g.epoch.0
+        )),
+    }
+}
+
+/// `GET /health`: 200 `ok` when the Raft node runs and knows a leader (when it is the
+/// leader: a quorum acknowledged it within an election timeout), 503 with the reason.
+async fn health(State(ctx): State<Arc<NodeContext>>) -> Response {
+    match current(&ctx) {
+        Ok(_) => text(StatusCode::OK, "ok".to_owned()),
+        Err(reason) => text(StatusCode::SERVICE_UNAVAILABLE, reason),
+    }
+}
+
+/// The leader this controller follows, if its applied state can be trusted as current
+/// (up to replication lag); why not otherwise.
+fn current(ctx: &NodeContext) -> Result<NodeId, String> {
+    let metrics = ctx.metrics();
+    if let Err(e) = &metrics.running_state {
+        return Err(format!("raft is not running: {e}"));
+    }
+    let Some(leader) = metrics.current_leader else {
+        return Err(
+            "no leader known: an election is under way or this controller is cut off \
+                    from the majority"
+                .to_owned(),
+        );
+    };
+    if leader == ctx.node_id {
+        // A leader cut off from the majority goes on believing it leads: count who
+        // acknowledged its heartbeats lately (itself included).
+        let within = Duration::from_millis(ctx.topology.timing.election_timeout_max_ms);
+        let total = ctx.topology.controllers().count();
+        let heard = ctx
+            .topology
+            .controllers()
+            .filter(|(_, c)| {
+                c.id == ctx.node_id
+                    || metrics
+                        .heartbeat
+                        .as_ref()
+                        .and_then(|h| h.get(&c.id).cloned().flatten())
+                        .is_some_and(|at| at.elapsed() <= within)
+            })
+            .count();
+        if heard * 2 <= total {
+            return Err(format!(
+                "leader without a quorum: {heard} of {total} controllers acknowledged it \
+                 within {within:?}"
+            ));
+        }
+    }
+    Ok(leader)
+}
+
+fn text(status: StatusCode, mut body: String) -> Response {
+    body.push('\n');
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// `GET /metrics`: the controller's state as OpenMetrics text.
+async fn metrics(State(ctx): State<Arc<NodeContext>>) -> Response {
+    match render(&ctx) {
+        Ok(body) => (
+            StatusCode::OK,
+            [
+                (header::CONTENT_TYPE, OPENMETRICS),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            body,
+        )
+            .into_response(),
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode metrics: {e}"),
+        ),
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GroupLabels {
+    group: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GroupSiteLabels {
+    group: String,
+    site: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ExecutorLabels {
+    site: String,
+    executor: String,
+}
+
+/// Builds a registry from the current Raft metrics, applied state, lease counters and
+/// executor reports, and encodes it. A fresh registry per scrape: the values are read,
+/// not accumulated, so nothing has to be kept in step between scrapes.
+fn render(ctx: &NodeContext) -> Result<String, std::fmt::Error> {
+    let mut registry = Registry::default();
+    raft_metrics(&mut registry, &ctx.metrics());
+    group_metrics(&mut registry, &ctx.view.read());
+    lease_metrics(&mut registry, ctx);
+    executor_metrics(&mut registry, ctx);
+    let mut body = String::new();
+    prometheus_client::encoding::text::encode(&mut body, &registry)?;
+    Ok(body)
+}
+
+fn gauge(value: i64) -> Gauge {
+    let gauge = Gauge::default();
+    gauge.set(value);
+    gauge
+}
+
+fn flag(value: bool) -> i64 {
+    i64::from(value)
+}
+
+/// Saturates instead of wrapping for values beyond `i64::MAX` (never reached in practice).
+fn int(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn raft_metrics(registry: &mut Registry, metrics: &openraft::RaftMetrics<TypeConfig>) {
+    registry.register(
+        "failover_raft_is_leader",
+        "1 if this controller is the Raft leader, else 0",
+        gauge(flag(metrics.state == ServerState::Leader)),
+    );
+    registry.register(
+        "failover_raft_term",
+        "The Raft term this controller is in",
+        gauge(int(metrics.current_term)),
+    );
+    registry.register(
+        "failover_raft_leader_id",
+        "The id of the leader this controller knows, 0 if none",
+        gauge(int(metrics.current_leader.unwrap_or(0))),
+    );
+}
+
+fn group_metrics(registry: &mut Registry, state: &ClusterState) {
+    let epoch = Family::<GroupLabels, Gauge>::default();
+    let active = Family::<GroupSiteLabels, Gauge>::default();
+    let demoting = Family::<GroupLabels, Gauge>::default();
+    let leases = Family::<GroupLabels, Gauge>::default();
+    let failovers = Family::<GroupLabels, Counter>::default();
+    for g in state.groups.values() {
+        let labels = GroupLabels {
+            group: g.name.to_string(),
+        };
+        epoch.get_or_create(&labels).set(int(g.epoch.0));
+        for site in &g.sites {
+            let site_labels = GroupSiteLabels {
+                group: g.name.to_string(),
+                site: site.to_string(),
+            };
+            let is_active = g.active_site.as_ref() == Some(site);
+            active.get_or_create(&site_labels).set(flag(is_active));
+        }
+        let is_demoting = matches!(g.phase, Phase::Demoting(_));
+        demoting.get_or_create(&labels).set(flag(is_demoting));
+        leases
+            .get_or_create(&labels)
+            .set(int(g.leases.len() as u64));
+        let count = g
+            .history
+            .iter()
+            .filter(|h| h.kind == ChangeKind::Failover)
+            .count();
+        failovers.get_or_create(&labels).inc_by(count as u64);
+    }
+    registry.register(
+        "failover_group_epoch",
+        "The group's epoch in this controller's applied state",
+        epoch,
+    );
+    registry.register(
+        "failover_group_active",
+        "1 for the group's active site (also while it is being demoted), 0 for its other \
+         eligible sites",
+        active,
+    );
+    registry.register(
+        "failover_group_demoting",
+        "1 while the group's active site is being demoted for a promotion, else 0",
+        demoting,
+    );
+    registry.register("failover_group_leases", "Live leases of the group", leases);
+    registry.register(
+        "failover_failovers",
+        "Automatic failovers of the group recorded in its history",
+        failovers,
+    );
+}
+
+fn lease_metrics(registry: &mut Registry, ctx: &NodeContext) {
+    let counts = ctx.leases.keepalives();
+    let keepalives = Family::<ResultLabels, Counter>::default();
+    for (result, n) in [
+        ("accepted", counts.accepted),
+        ("refused", counts.refused),
+        ("not_leader", counts.not_leader),
+    ] {
+        let labels = ResultLabels {
+            result: result.to_owned(),
+        };
+        keepalives.get_or_create(&labels).inc_by(n);
+    }
+    registry.register(
+        "failover_keepalives",
+        "Lease renewals this controller answered since it started, by result: accepted, \
+         refused by the lease rules, or not_leader when leadership could not be confirmed",
+        keepalives,
+    );
+}
+
+fn executor_metrics(registry: &mut Registry, ctx: &NodeContext) {
+    let now = ctx.clock.now();
+    let last_seen = Family::<ExecutorLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    for site in &ctx.topology.sites {
+        for (age, report) in ctx.executors.site(site.name.as_str(), now) {
+            let labels = ExecutorLabels {
+                site: site.name.to_string(),
+                executor: report.executor_id,
+            };
+            last_seen.get_or_create(&labels).set(age.as_secs_f64());
+        }
+    }
+    registry.register_with_unit(
+        "failover_executor_last_seen",
+        "Time since the executor's last report reached this controller (reports go to \
+         the leader; other controllers have none)",
+        Unit::Seconds,
+        last_seen,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use failover_core::Command;
+
+    fn state() -> ClusterState {
+        let mut state = ClusterState::default();
+        let create = Command::CreateGroup {
+            group: GroupName("default".into()),
+            sites: vec![SiteId("site-a".into()), SiteId("site-b".into())],
+            at_unix_ms: 0,
+        };
+        state.apply(&create).expect("create");
+        state
+    }
+
+    /// The active site answers yes; a standby, an unknown site and an unknown group no.
+    #[test]
+    fn active_site_answers() {
+        let state = state();
+        let yes = active_site(&state, "default", "site-a").expect("site-a is active");
+        assert!(yes.starts_with("active"), "{yes}");
+        let standby = active_site(&state, "default", "site-b").expect_err("standby");
+        assert!(standby.starts_with("standby"), "{standby}");
+        let unknown = active_site(&state, "default", "site-z").expect_err("unknown site");
+        assert!(unknown.contains("not eligible"), "{unknown}");
+        let nope = active_site(&state, "nope", "site-a").expect_err("unknown group");
+        assert!(nope.contains("unknown group"), "{nope}");
+    }
+
+    /// While a promotion drains the active site, neither site is reported active.
+    #[test]
+    fn demoting_site_is_not_active() {
+        let mut state = state();
+        let begin = Command::BeginPromotion {
+            group: GroupName("default".into()),
+            to: SiteId("site-b".into()),
+            kind: ChangeKind::Promote,
+            actor: "test".into(),
+            reason: "test".into(),
+            at_unix_ms: 1,
+        };
+        state.apply(&begin).expect("begin");
+        let old = active_site(&state, "default", "site-a").expect_err("draining");
+        assert!(old.starts_with("demoting"), "{old}");
+        active_site(&state, "default", "site-b").expect_err("not yet active");
+    }
+
+    /// The group metrics encode with the expected names, labels and values.
+    #[test]
+    fn group_metrics_encode() {
+        let mut registry = Registry::default();
+        group_metrics(&mut registry, &state());
+        let mut body = String::new();
+        prometheus_client::encoding::text::encode(&mut body, &registry).expect("encode");
+        for expected in [
+            "failover_group_epoch{group=\"default\"} 1\n",
+            "failover_group_active{group=\"default\",site=\"site-a\"} 1\n",
+            "failover_group_active{group=\"default\",site=\"site-b\"} 0\n",
+            "failover_group_demoting{group=\"default\"} 0\n",
+            "failover_group_leases{group=\"default\"} 0\n",
+            "failover_failovers_total{group=\"default\"} 0\n",
+            "# EOF\n",
+        ] {
+            assert!(body.contains(expected), "missing {expected:?} in\n{body}");
+        }
+    }
+}
