@@ -70,9 +70,11 @@ pub(crate) async fn serve(
 ///
 /// The answer comes from this controller's applied state: on a follower it may lag the
 /// leader's by about one heartbeat, which a load balancer polling every second or so
-/// does not notice. A controller that cannot vouch for its state (no leader known, or a
-/// leader that no quorum has acknowledged for an election timeout) answers 503, so one
-/// cut off from the majority stops reporting a site that the majority may have demoted.
+/// does not notice. A controller that cannot vouch for its state answers 503: one that
+/// knows no leader (an election is under way, or it is cut off and campaigning), and a
+/// leader that no quorum has acknowledged within an election timeout. Not covered: a
+/// follower that still hears a leader which lost the majority keeps answering from its
+/// frozen state until the partition heals (see "HTTP endpoints" in docs/operations.md).
 async fn active(
     State(ctx): State<Arc<NodeContext>>,
     Path((group, site)): Path<(String, String)>,

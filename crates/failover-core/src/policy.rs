@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{GroupConfig, Timing};
 use crate::ids::{GroupName, SiteId};
-use crate::state::{ClusterState, Phase};
+use crate::state::{ChangeKind, ClusterState, Phase};
 
 /// What the leader has heard from one site.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -128,8 +128,16 @@ pub fn decide(
             decisions.push(hold(format!("{active} is lost; automatic failover is off")));
             continue;
         }
-        let last_change = group.history.last().map_or(0, |h| h.completed_at_unix_ms);
-        if now_unix_ms < last_change.saturating_add(timing.failover_cooldown_ms) {
+        // The group's creation is not a change of active site: no cooldown after it.
+        let last_change = group
+            .history
+            .iter()
+            .rev()
+            .find(|h| h.kind != ChangeKind::Created)
+            .map(|h| h.completed_at_unix_ms);
+        if last_change
+            .is_some_and(|at| now_unix_ms < at.saturating_add(timing.failover_cooldown_ms))
+        {
             decisions.push(hold(format!(
                 "{active} is lost; cooldown of {} ms after the last change",
                 timing.failover_cooldown_ms
@@ -226,45 +234,63 @@ mod tests {
         assert!(d.is_empty());
     }
 
-    /// Silence is counted from the leader's start at the earliest; cooldown and
-    /// `auto_failover: false` hold the failover but report the loss.
+    /// Silence is counted from the leader's start at the earliest; a site not heard
+    /// since is no candidate; `auto_failover: false` holds the failover but reports it.
     #[test]
-    fn new_leader_cooldown_and_manual_groups_hold() {
+    fn new_leader_and_manual_groups() {
         let (state, mut groups, timing, t0) = setup();
         let start = t0 + Duration::from_secs(60);
-        let observed = Observations {
+        let quiet = Observations {
             since: start,
-            sites: BTreeMap::from([("b".into(), heard(start, true))]),
+            sites: BTreeMap::from([("b".into(), heard(t0, true))]),
         };
-        assert!(decide(
-            &state,
-            &groups,
-            &timing,
-            &observed,
-            start + Duration::from_millis(1499),
-            60_000
-        )
-        .is_empty());
+        let early = start + Duration::from_millis(1499);
+        assert!(decide(&state, &groups, &timing, &quiet, early, 0).is_empty());
         let later = start + Duration::from_millis(1500);
-        assert!(
-            matches!(
-                decide(&state, &groups, &timing, &observed, later, 10)[0],
-                Decision::Hold { .. }
-            ),
-            "cooldown"
-        );
+        let held = decide(&state, &groups, &timing, &quiet, later, 0);
+        assert!(matches!(&held[0], Decision::Hold { reason, .. } if reason.contains("no standby")));
         let observed_b = Observations {
             since: start,
             sites: BTreeMap::from([("b".into(), heard(later, true))]),
         };
-        assert!(matches!(
-            decide(&state, &groups, &timing, &observed_b, later, 60_000)[0],
-            Decision::Failover { .. }
-        ));
+        let d = decide(&state, &groups, &timing, &observed_b, later, 0);
+        assert!(
+            matches!(d[0], Decision::Failover { .. }),
+            "no cooldown after creation"
+        );
         groups[0].auto_failover = false;
-        assert!(matches!(
-            decide(&state, &groups, &timing, &observed_b, later, 60_000)[0],
-            Decision::Hold { .. }
-        ));
+        let d = decide(&state, &groups, &timing, &observed_b, later, 0);
+        assert!(matches!(&d[0], Decision::Hold { reason, .. } if reason.contains("off")));
+    }
+
+    /// After a change of active site, a lost site is held for the cooldown.
+    #[test]
+    fn cooldown_after_a_change_holds() {
+        let (mut state, groups, timing, t0) = setup();
+        state
+            .apply(&Command::BeginPromotion {
+                group: "g".into(),
+                to: "b".into(),
+                kind: ChangeKind::Promote,
+                actor: "t".into(),
+                reason: String::new(),
+                at_unix_ms: 1_000,
+            })
+            .expect("begin");
+        let g = state.groups[&GroupName::from("g")].clone();
+        state
+            .apply(&crate::promotion::completion(&g, 1_000).expect("complete"))
+            .expect("complete");
+        let now = t0 + Duration::from_millis(timing.failure_timeout_ms);
+        let observed = Observations {
+            since: t0,
+            sites: BTreeMap::from([("a".into(), heard(now, true))]),
+        };
+        let within = 1_000 + timing.failover_cooldown_ms - 1;
+        let d = decide(&state, &groups, &timing, &observed, now, within);
+        assert!(matches!(&d[0], Decision::Hold { reason, .. } if reason.contains("cooldown")));
+        let after = 1_000 + timing.failover_cooldown_ms;
+        let d = decide(&state, &groups, &timing, &observed, now, after);
+        assert!(matches!(d[0], Decision::Failover { .. }));
     }
 }

@@ -52,6 +52,8 @@ pub struct Node {
     pub id: u64,
     pub site: &'static str,
     pub addr: String,
+    /// Where it serves HTTP (`/active`, `/health`, `/metrics`).
+    pub http_addr: String,
     child: Option<Child>,
 }
 
@@ -73,20 +75,27 @@ const SITES: [(u64, &str); 5] = [
 impl Cluster {
     /// Writes the topology; starts nothing.
     pub fn new() -> Cluster {
+        Cluster::new_with(|yaml| yaml)
+    }
+
+    /// Like [`Cluster::new`], with the topology text passed through `edit` first.
+    pub fn new_with(edit: impl FnOnce(String) -> String) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
-        let ports = free_ports(SITES.len());
+        let ports = free_ports(2 * SITES.len());
+        let (grpc, http) = ports.split_at(SITES.len());
         let nodes: Vec<Node> = SITES
             .iter()
-            .zip(ports)
-            .map(|(&(id, site), port)| Node {
+            .zip(grpc.iter().zip(http))
+            .map(|(&(id, site), (port, http_port))| Node {
                 id,
                 site,
                 addr: format!("127.0.0.1:{port}"),
+                http_addr: format!("127.0.0.1:{http_port}"),
                 child: None,
             })
             .collect();
         let config = dir.path().join("sites.yaml");
-        std::fs::write(&config, topology_yaml(&nodes)).expect("write topology");
+        std::fs::write(&config, edit(topology_yaml(&nodes))).expect("write topology");
         Cluster { dir, config, nodes }
     }
 
@@ -281,8 +290,8 @@ fn topology_yaml(nodes: &[Node]) -> String {
         yaml.push_str(&format!("  - name: {site}\n    controllers:\n"));
         for n in nodes.iter().filter(|n| n.site == site) {
             yaml.push_str(&format!(
-                "      - {{ id: {}, addr: \"{}\" }}\n",
-                n.id, n.addr
+                "      - {{ id: {}, addr: \"{}\", http_addr: \"{}\" }}\n",
+                n.id, n.addr, n.http_addr
             ));
         }
     }
