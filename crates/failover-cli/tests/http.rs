@@ -187,8 +187,24 @@ async fn every_controller_serves_active_health_and_metrics() {
                 node.id
             );
         }
+        // The failure detector runs on the leader: only it reports lost sites.
+        let lost: Vec<&Sample> = samples
+            .iter()
+            .filter(|(name, _, _)| name == "failover_site_lost")
+            .collect();
         if value_of(&samples, "failover_raft_is_leader") == Some(1.0) {
             leaders += 1;
+            let sites: BTreeMap<&str, f64> = lost
+                .iter()
+                .map(|(_, labels, v)| (labels["site"].as_str(), *v))
+                .collect();
+            assert_eq!(
+                sites,
+                BTreeMap::from([("site-a", 0.0), ("site-b", 0.0), ("witness", 0.0)]),
+                "no site is lost"
+            );
+        } else {
+            assert!(lost.is_empty(), "follower {} reports {lost:?}", node.id);
         }
     }
     assert_eq!(leaders, 1, "exactly one controller reports itself leader");

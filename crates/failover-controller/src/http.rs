@@ -14,6 +14,7 @@
 //! is forwarded to the leader, so a health check costs no Raft round trip. The server
 //! takes an already-bound listener from the caller, like the gRPC server.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -218,20 +219,26 @@ struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SiteLabels {
+    site: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ExecutorLabels {
     site: String,
     executor: String,
 }
 
-/// Builds a registry from the current Raft metrics, applied state, lease counters and
-/// executor reports, and encodes it. A fresh registry per scrape: the values are read,
-/// not accumulated, so nothing has to be kept in step between scrapes.
+/// Builds a registry from the current Raft metrics, applied state, lease counters, the
+/// failure detector and executor reports, and encodes it. A fresh registry per scrape:
+/// the values are read, not accumulated, so nothing has to be kept in step between
+/// scrapes.
 fn render(ctx: &NodeContext) -> Result<String, std::fmt::Error> {
     let mut registry = Registry::default();
     raft_metrics(&mut registry, &ctx.metrics());
     group_metrics(&mut registry, &ctx.view.read());
     lease_metrics(&mut registry, ctx);
-    executor_metrics(&mut registry, ctx);
+    site_metrics(&mut registry, ctx);
     let mut body = String::new();
     prometheus_client::encoding::text::encode(&mut body, &registry)?;
     Ok(body)
@@ -346,10 +353,23 @@ fn lease_metrics(registry: &mut Registry, ctx: &NodeContext) {
     );
 }
 
-fn executor_metrics(registry: &mut Registry, ctx: &NodeContext) {
+fn site_metrics(registry: &mut Registry, ctx: &NodeContext) {
     let now = ctx.clock.now();
-    let last_seen = Family::<ExecutorLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    // The failure detector runs on the leader only; elsewhere the family stays empty.
+    let observed = ctx
+        .leases
+        .leader_since()
+        .map(|since| crate::detector::observe(ctx, since, now));
+    let lost = Family::<SiteLabels, Gauge>::default();
+    let last_seen = Family::<ExecutorLabels, Gauge<f64, AtomicU64>>::default();
     for site in &ctx.topology.sites {
+        if let Some(observed) = &observed {
+            let is_lost = observed.site_lost(&site.name, &ctx.topology.timing, now);
+            let labels = SiteLabels {
+                site: site.name.to_string(),
+            };
+            lost.get_or_create(&labels).set(flag(is_lost));
+        }
         for (age, report) in ctx.executors.site(site.name.as_str(), now) {
             let labels = ExecutorLabels {
                 site: site.name.to_string(),
@@ -358,10 +378,16 @@ fn executor_metrics(registry: &mut Registry, ctx: &NodeContext) {
             last_seen.get_or_create(&labels).set(age.as_secs_f64());
         }
     }
+    registry.register(
+        "failover_site_lost",
+        "1 when the leader's failure detector considers the site lost (controllers and \
+         executors silent for timing.failure_timeout_ms), else 0; reported by the leader only",
+        lost,
+    );
     registry.register_with_unit(
         "failover_executor_last_seen",
-        "Time since the executor's last report reached this controller (reports go to \
-         the leader; other controllers have none)",
+        "Time since the executor's last report reached this controller (executors report \
+         to the leader; other controllers have none)",
         Unit::Seconds,
         last_seen,
     );
