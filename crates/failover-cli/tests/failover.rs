@@ -308,3 +308,52 @@ async fn failing_before_acquire_hook_blocks_promotion() {
     assert_eq!(held.active_site, "site-a", "no failover past the veto");
     assert!(live(&s.dir, "site-b").is_empty());
 }
+
+/// L2: site-a cut off from the quorum (every controller outside it frozen): its own
+/// controllers grant and renew nothing, its executor stops the workers before the lease
+/// deadline, and nothing is promoted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minority_site_renews_nothing_and_stops_its_workers() {
+    let s = setup(Cluster::new()).await;
+    let before = group(&s.cluster.wait_ready(Duration::from_secs(30)).await);
+    let a_pids = live(&s.dir, "site-a");
+    let cut_at = Instant::now();
+    let others: Vec<i32> = s
+        .cluster
+        .nodes
+        .iter()
+        .filter(|n| n.site != "site-a")
+        .filter_map(|n| n.pid())
+        .collect();
+    for pid in &others {
+        // SAFETY: kill(2) on controllers this test started.
+        unsafe { libc::kill(*pid, libc::SIGSTOP) };
+    }
+    // The executor's deadline is at most ttl - drift - stop grace (2000 - 250 - 500) after
+    // its last renewal, which was before the cut.
+    let bound = Duration::from_millis(1250) + Duration::from_millis(100);
+    loop {
+        if !a_pids.iter().any(|p| alive(*p)) {
+            break;
+        }
+        assert!(
+            cut_at.elapsed() <= bound,
+            "site-a's workers outlived the lease in a minority"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!(
+        "minority: site-a's workers gone {:?} after the cut",
+        cut_at.elapsed()
+    );
+    for pid in &others {
+        // SAFETY: as above.
+        unsafe { libc::kill(*pid, libc::SIGCONT) };
+    }
+    let after = group(&s.cluster.wait_ready(Duration::from_secs(30)).await);
+    assert_eq!(
+        after.0, before.0,
+        "no promotion happened in or because of the minority"
+    );
+    assert!(live(&s.dir, "site-b").is_empty() || after.0 == "site-b");
+}

@@ -57,6 +57,13 @@ pub struct Node {
     child: Option<Child>,
 }
 
+impl Node {
+    /// The pid of the running controller, if it runs.
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
+    }
+}
+
 /// The example topology (site-a: 1, 2; site-b: 3, 4; witness: 5) on free ports.
 pub struct Cluster {
     pub dir: tempfile::TempDir,
