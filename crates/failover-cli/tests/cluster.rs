@@ -149,3 +149,19 @@ async fn follower_forwards_promote_to_leader() {
         "a no-op does not bump the epoch"
     );
 }
+
+/// A controller asked to stop (SIGTERM) exits cleanly and promptly, leader or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controllers_exit_on_sigterm() {
+    let mut cluster = Cluster::new();
+    cluster.start_all();
+    let status = cluster.wait_ready(READY).await;
+    for id in [status.leader, if status.leader == 1 { 2 } else { 1 }] {
+        let exited = cluster.terminate(id, std::time::Duration::from_secs(10));
+        assert_eq!(
+            exited,
+            Some(0),
+            "controller {id} did not exit cleanly on SIGTERM"
+        );
+    }
+}

@@ -200,9 +200,19 @@ pub async fn run_batcher(
     manager: Arc<LeaseManager>,
     view: Arc<StateView>,
     mut queue: mpsc::Receiver<Renewal>,
+    mut shutdown: watch::Receiver<bool>,
 ) {
     let mut batch = Vec::with_capacity(1024);
-    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    loop {
+        // The manager (which holds the sender) lives as long as the controller, so the
+        // queue never closes on its own: stop on the shutdown signal.
+        let received = tokio::select! {
+            n = queue.recv_many(&mut batch, MAX_BATCH) => n,
+            _ = shutdown.wait_for(|stop| *stop) => 0,
+        };
+        if received == 0 {
+            return;
+        }
         let confirm = raft.ensure_linearizable(ReadPolicy::ReadIndex);
         let confirmed = match tokio::time::timeout(manager.timing.ttl, confirm).await {
             Ok(Ok(_)) => Ok(()),

@@ -32,6 +32,9 @@ use crate::types::Raft;
 use failover_client::clock::Clock;
 use failover_client::Dialer;
 
+/// How long shutdown waits for each task before aborting it.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
+
 /// Largest gRPC message a controller accepts (snapshots travel in one message).
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
@@ -129,6 +132,7 @@ impl Controller {
                 leases,
                 ctx.view.clone(),
                 renewals,
+                shutdown_rx.clone(),
             )),
         ];
         if let Some(listener) = http {
@@ -162,8 +166,14 @@ impl Controller {
         if let Err(e) = self.ctx.raft.shutdown().await {
             tracing::warn!(error = %e, "raft did not shut down cleanly");
         }
-        for task in self.tasks {
-            let _ = task.await;
+        for mut task in self.tasks {
+            if tokio::time::timeout(SHUTDOWN_WAIT, &mut task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("a task did not stop within {SHUTDOWN_WAIT:?}; aborting it");
+                task.abort();
+            }
         }
     }
 }

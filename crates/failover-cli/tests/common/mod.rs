@@ -152,6 +152,28 @@ impl Cluster {
         child.wait().expect("reap");
     }
 
+    /// Sends SIGTERM to controller `id` and waits up to `within` for it to exit; its exit
+    /// code, or `None` if it had to be killed.
+    pub fn terminate(&mut self, id: u64, within: Duration) -> Option<i32> {
+        let mut child = self
+            .node_mut(id)
+            .child
+            .take()
+            .expect("controller is running");
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
     /// SIGKILLs every running controller.
     pub fn kill_all(&mut self) {
         for node in &mut self.nodes {
