@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{alive, eventually, failover_bin, Cluster, Proc};
+use common::{alive, eventually, failover_bin, workers, Cluster, Proc};
 use failover_proto::admin::PromoteRequest;
 
 /// Lease bounds of the test topology (`Timing::default()`) and the executor's stop grace.
@@ -16,60 +16,13 @@ const STOP_GRACE: Duration = Duration::from_millis(500);
 /// What a poll every 10 ms may add to an observed instant.
 const OBSERVATION_SLACK: Duration = Duration::from_millis(100);
 
-/// A worker script: records its pid and its child's pid under `dir`, keeps running until
-/// killed; with `dir/broken` present it exits at once (a failing new generation).
-fn worker_script(dir: &Path) -> PathBuf {
-    let path = dir.join("worker.sh");
-    let script = format!(
-        r#"#!/bin/sh
-d={dir}
-[ -f "$d/broken" ] && exit 3
-sleep 1000 &
-echo "$$ $!" > "$d/pids-$FAILOVER_SITE-$FAILOVER_INSTANCE.$$"
-echo "$FAILOVER_FENCING_TOKEN" > "$d/token-$FAILOVER_SITE-$FAILOVER_INSTANCE"
-touch "$d/healthy-$FAILOVER_SITE-$FAILOVER_INSTANCE"
-wait
-"#,
-        dir = dir.display()
-    );
-    std::fs::write(&path, script).expect("write worker");
-    // SAFETY: chmod on a file we just wrote.
-    let c = std::ffi::CString::new(path.to_str().expect("utf8")).expect("path");
-    unsafe { libc::chmod(c.as_ptr(), 0o755) };
-    path
-}
-
-/// Every (worker, child) pid recorded for `site` so far.
-fn recorded_pids(dir: &Path, site: &str) -> Vec<i32> {
-    let prefix = format!("pids-{site}-");
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir(dir).expect("read dir").flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with(&prefix) {
-            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-            pids.extend(
-                text.split_whitespace()
-                    .filter_map(|p| p.parse::<i32>().ok()),
-            );
-        }
-    }
-    pids
-}
-
-fn live_pids(dir: &Path, site: &str) -> Vec<i32> {
-    recorded_pids(dir, site)
-        .into_iter()
-        .filter(|p| alive(*p))
-        .collect()
-}
-
 /// Waits until `n` workers (each with its child) of `site` are alive.
 async fn wait_running(dir: &Path, site: &str, n: usize) -> Vec<i32> {
     eventually(
         &format!("{n} workers of {site} running"),
         Duration::from_secs(20),
         || async {
-            let live = live_pids(dir, site);
+            let live = workers::live(dir, site);
             (live.len() == 2 * n).then_some(live)
         },
     )
@@ -105,40 +58,18 @@ async fn started(cluster: &mut Cluster) -> PathBuf {
     dir
 }
 
-/// Every controller frozen with SIGSTOP: no renewal can succeed, and the workers and their
-/// children are gone before the lease deadline.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn workers_stop_before_deadline_when_controllers_freeze() {
-    let mut cluster = Cluster::new();
-    let dir = started(&mut cluster).await;
-    let script = worker_script(&dir);
-    let _exec = cluster.exec(
-        "site-a",
-        &["--instances", "2"],
-        &[script.to_str().expect("utf8")],
-    );
-    let pids = wait_running(&dir, "site-a", 2).await;
-    let frozen_at = Instant::now();
-    cluster.signal_all(libc::SIGSTOP);
-    let dead_at = wait_all_dead(&pids, TTL).await;
-    assert!(
-        dead_at <= lease_bound(frozen_at),
-        "gone {:?} after the freeze",
-        dead_at - frozen_at
-    );
-    eprintln!(
-        "controllers frozen: workers gone {:?} after the freeze",
-        dead_at - frozen_at
-    );
+/// What a freeze test stops with SIGSTOP.
+enum Freeze {
+    Controllers,
+    Executor,
 }
 
-/// The executor frozen with SIGSTOP cannot renew or stop anything itself: its guards
-/// still stop every worker and child before the deadline.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn workers_stop_before_deadline_when_executor_freezes() {
+/// Starts two workers at site-a, freezes `what`, and checks the workers and their
+/// children are gone before the lease deadline.
+async fn workers_stop_before_deadline(what: Freeze) {
     let mut cluster = Cluster::new();
     let dir = started(&mut cluster).await;
-    let script = worker_script(&dir);
+    let script = workers::script(&dir);
     let exec = cluster.exec(
         "site-a",
         &["--instances", "2"],
@@ -146,17 +77,31 @@ async fn workers_stop_before_deadline_when_executor_freezes() {
     );
     let pids = wait_running(&dir, "site-a", 2).await;
     let frozen_at = Instant::now();
-    exec.signal(libc::SIGSTOP);
+    match what {
+        Freeze::Controllers => cluster.signal_all(libc::SIGSTOP),
+        Freeze::Executor => exec.signal(libc::SIGSTOP),
+    }
     let dead_at = wait_all_dead(&pids, TTL).await;
+    let after = dead_at - frozen_at;
     assert!(
         dead_at <= lease_bound(frozen_at),
-        "gone {:?} after the freeze",
-        dead_at - frozen_at
+        "gone {after:?} after the freeze"
     );
-    eprintln!(
-        "executor frozen: workers gone {:?} after the freeze",
-        dead_at - frozen_at
-    );
+    eprintln!("workers gone {after:?} after the freeze");
+}
+
+/// Every controller frozen with SIGSTOP: no renewal can succeed, and the workers and their
+/// children are gone before the lease deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_stop_before_deadline_when_controllers_freeze() {
+    workers_stop_before_deadline(Freeze::Controllers).await;
+}
+
+/// The executor frozen with SIGSTOP cannot renew or stop anything itself: its guards
+/// still stop every worker and child before the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_stop_before_deadline_when_executor_freezes() {
+    workers_stop_before_deadline(Freeze::Executor).await;
 }
 
 /// The executor killed with SIGKILL: its guards see their pipe close and stop the
@@ -165,7 +110,7 @@ async fn workers_stop_before_deadline_when_executor_freezes() {
 async fn workers_stop_when_executor_is_killed() {
     let mut cluster = Cluster::new();
     let dir = started(&mut cluster).await;
-    let script = worker_script(&dir);
+    let script = workers::script(&dir);
     let mut exec: Proc = cluster.exec(
         "site-a",
         &["--instances", "2"],
@@ -187,7 +132,7 @@ async fn workers_stop_when_executor_is_killed() {
 async fn crashed_worker_is_respawned() {
     let mut cluster = Cluster::new();
     let dir = started(&mut cluster).await;
-    let script = worker_script(&dir);
+    let script = workers::script(&dir);
     let _exec = cluster.exec(
         "site-a",
         &["--instances", "1"],
@@ -198,7 +143,7 @@ async fn crashed_worker_is_respawned() {
     // SAFETY: killing a process this test's executor started.
     unsafe { libc::kill(worker, libc::SIGKILL) };
     let respawned = eventually("a new worker", Duration::from_secs(10), || async {
-        let live = live_pids(&dir, "site-a");
+        let live = workers::live(&dir, "site-a");
         (live.len() == 2 && !live.contains(&worker)).then_some(live)
     })
     .await;
@@ -236,7 +181,7 @@ async fn crashed_worker_is_respawned() {
 async fn failing_reload_rolls_back() {
     let mut cluster = Cluster::new();
     let dir = started(&mut cluster).await;
-    let script = worker_script(&dir);
+    let script = workers::script(&dir);
     let health = format!(
         "test -f {}/healthy-$FAILOVER_SITE-$FAILOVER_INSTANCE",
         dir.display()
@@ -295,12 +240,15 @@ async fn failing_reload_rolls_back() {
 async fn planned_promote_hands_over_fast() {
     let mut cluster = Cluster::new();
     let dir = started(&mut cluster).await;
-    let script = worker_script(&dir);
+    let script = workers::script(&dir);
     let script = script.to_str().expect("utf8");
     let _a = cluster.exec("site-a", &["--instances", "2"], &[script]);
     let _b = cluster.exec("site-b", &["--instances", "2"], &[script]);
     let a_pids = wait_running(&dir, "site-a", 2).await;
-    assert!(live_pids(&dir, "site-b").is_empty(), "standby runs nothing");
+    assert!(
+        workers::live(&dir, "site-b").is_empty(),
+        "standby runs nothing"
+    );
     let mut client = cluster.client();
     // Give site-b's executor time to report in, so the handover measures only the switch.
     eventually(

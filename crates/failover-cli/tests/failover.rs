@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{alive, eventually, Cluster, Proc};
+use common::{alive, eventually, workers, Cluster, Proc};
 use failover_proto::admin::{PromoteRequest, StatusResponse};
 
 /// L1 of the design at the test topology's timing (`Timing::default()`):
@@ -15,38 +15,6 @@ use failover_proto::admin::{PromoteRequest, StatusResponse};
 const L1: Duration = Duration::from_millis(4250);
 /// Scheduling slack on a loaded 2-core machine running tests in parallel.
 const SLACK: Duration = Duration::from_millis(1000);
-
-fn worker_script(dir: &Path) -> PathBuf {
-    let path = dir.join("worker.sh");
-    let script = format!(
-        "#!/bin/sh\nsleep 1000 &\necho \"$$ $!\" > \"{}/pids-$FAILOVER_SITE-$FAILOVER_INSTANCE.$$\"\nwait\n",
-        dir.display()
-    );
-    std::fs::write(&path, script).expect("write worker");
-    let c = std::ffi::CString::new(path.to_str().expect("utf8")).expect("path");
-    // SAFETY: chmod on a file we just wrote.
-    unsafe { libc::chmod(c.as_ptr(), 0o755) };
-    path
-}
-
-fn pids(dir: &Path, site: &str) -> Vec<i32> {
-    let prefix = format!("pids-{site}-");
-    std::fs::read_dir(dir)
-        .expect("read dir")
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-        .flat_map(|e| {
-            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-            text.split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect::<Vec<i32>>()
-        })
-        .collect()
-}
-
-fn live(dir: &Path, site: &str) -> Vec<i32> {
-    pids(dir, site).into_iter().filter(|p| alive(*p)).collect()
-}
 
 struct Setup {
     cluster: Cluster,
@@ -62,12 +30,12 @@ async fn setup(cluster: Cluster) -> Setup {
     cluster.wait_ready(Duration::from_secs(30)).await;
     let dir = cluster.data_dir().join("work");
     std::fs::create_dir_all(&dir).expect("work dir");
-    let script = worker_script(&dir);
+    let script = workers::script(&dir);
     let script = script.to_str().expect("utf8").to_owned();
     let a = cluster.exec("site-a", &["--instances", "1"], &[&script]);
     let b = cluster.exec("site-b", &["--instances", "1"], &[&script]);
     eventually("site-a's worker", Duration::from_secs(20), || async {
-        (live(&dir, "site-a").len() == 2).then_some(())
+        (workers::live(&dir, "site-a").len() == 2).then_some(())
     })
     .await;
     let client = cluster.client();
@@ -126,7 +94,7 @@ async fn elect_until(cluster: &mut Cluster, wanted: impl Fn(u64) -> bool) {
 async fn wait_site_b_runs(dir: &Path, lost_at: Instant) -> Duration {
     let deadline = lost_at + L1 + SLACK + Duration::from_secs(10);
     loop {
-        if !live(dir, "site-b").is_empty() {
+        if !workers::live(dir, "site-b").is_empty() {
             return lost_at.elapsed();
         }
         assert!(Instant::now() < deadline, "site-b never started");
@@ -199,7 +167,7 @@ async fn site_loss_fails_over_and_the_site_stays_standby_when_back() {
             "site-a took the group back by itself"
         );
         assert!(
-            live(&s.dir, "site-a").is_empty(),
+            workers::live(&s.dir, "site-a").is_empty(),
             "site-a runs workers while standby"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -235,12 +203,12 @@ async fn site_loss_with_the_leader_inside_fails_over() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frozen_executor_fails_over_after_its_workers_are_gone() {
     let s = setup(Cluster::new()).await;
-    let a_pids = live(&s.dir, "site-a");
+    let a_pids = workers::live(&s.dir, "site-a");
     let a = s.a.as_ref().expect("executor a");
     a.signal(libc::SIGSTOP);
     let frozen_at = Instant::now();
     loop {
-        let b_running = !live(&s.dir, "site-b").is_empty();
+        let b_running = !workers::live(&s.dir, "site-b").is_empty();
         let a_running = a_pids.iter().any(|p| alive(*p));
         assert!(
             !(b_running && a_running),
@@ -306,7 +274,7 @@ async fn failing_before_acquire_hook_blocks_promotion() {
     )
     .await;
     assert_eq!(held.active_site, "site-a", "no failover past the veto");
-    assert!(live(&s.dir, "site-b").is_empty());
+    assert!(workers::live(&s.dir, "site-b").is_empty());
 }
 
 /// L2: site-a cut off from the quorum (every controller outside it frozen): its own
@@ -316,7 +284,7 @@ async fn failing_before_acquire_hook_blocks_promotion() {
 async fn minority_site_renews_nothing_and_stops_its_workers() {
     let s = setup(Cluster::new()).await;
     let before = group(&s.cluster.wait_ready(Duration::from_secs(30)).await);
-    let a_pids = live(&s.dir, "site-a");
+    let a_pids = workers::live(&s.dir, "site-a");
     let cut_at = Instant::now();
     let cut_unix_ms = unix_ms();
     let others: Vec<i32> = s

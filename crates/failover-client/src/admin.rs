@@ -143,35 +143,37 @@ impl AdminClient {
         &mut self,
         request: PromoteRequest,
     ) -> Result<PromoteResponse, ClientError> {
-        // A waiting promote lasts as long as the old site's drain: up to a TTL and more.
-        let saved = (self.attempt_timeout, self.deadline);
-        if request.wait {
-            self.attempt_timeout = PROMOTE_WAIT;
-            self.deadline = self.deadline.max(PROMOTE_WAIT);
-        }
-        let result = self
-            .call(|mut c| {
-                let request = request.clone();
-                async move { c.promote(request).await }
-            })
-            .await;
-        (self.attempt_timeout, self.deadline) = saved;
-        result
+        let wait = request.wait;
+        self.call_waiting(wait, |mut c| {
+            let request = request.clone();
+            async move { c.promote(request).await }
+        })
+        .await
     }
 
     /// Starts demoting `group`'s active site to none (with `wait`: returns once done).
     pub async fn demote(&mut self, request: DemoteRequest) -> Result<PromoteResponse, ClientError> {
+        let wait = request.wait;
+        self.call_waiting(wait, |mut c| {
+            let request = request.clone();
+            async move { c.demote(request).await }
+        })
+        .await
+    }
+
+    /// A call that, with `wait`, may last as long as an old site's drain: up to a TTL
+    /// and more, so it gets the longer bound.
+    async fn call_waiting<T, F, Fut>(&mut self, wait: bool, f: F) -> Result<T, ClientError>
+    where
+        F: FnMut(AdminServiceClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
         let saved = (self.attempt_timeout, self.deadline);
-        if request.wait {
+        if wait {
             self.attempt_timeout = PROMOTE_WAIT;
             self.deadline = self.deadline.max(PROMOTE_WAIT);
         }
-        let result = self
-            .call(|mut c| {
-                let request = request.clone();
-                async move { c.demote(request).await }
-            })
-            .await;
+        let result = self.call(f).await;
         (self.attempt_timeout, self.deadline) = saved;
         result
     }

@@ -4,6 +4,8 @@
 //! and every process is killed when the [`Cluster`] is dropped, also when a test fails.
 #![allow(dead_code)]
 
+pub mod workers;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
