@@ -26,6 +26,8 @@ fn acquire(group: &str, site: &str, instance: &str) -> AcquireRequest {
 async fn bad_lease_requests_get_precise_statuses() {
     let mut cluster = Cluster::new();
     cluster.start_all();
+    // A leader elected again under load would answer UNAVAILABLE: bad input must be
+    // refused the same by any controller, so the checks below go to a follower first.
     let status = cluster.wait_ready(Duration::from_secs(30)).await;
     let addr = |id: u64| {
         cluster
@@ -39,28 +41,6 @@ async fn bad_lease_requests_get_precise_statuses() {
     let mut leader = LeaseServiceClient::connect(format!("http://{}", addr(status.leader)))
         .await
         .expect("connect leader");
-
-    let code = |r: Result<tonic::Response<_>, tonic::Status>| {
-        r.map(|_: tonic::Response<failover_proto::lease::AcquireResponse>| ())
-            .expect_err("refused")
-            .code()
-    };
-    assert_eq!(
-        code(leader.acquire(acquire("nope", "site-a", "i1")).await),
-        Code::NotFound
-    );
-    assert_eq!(
-        code(leader.acquire(acquire("default", "site-z", "i1")).await),
-        Code::NotFound
-    );
-    assert_eq!(
-        code(leader.acquire(acquire("default", "witness", "i1")).await),
-        Code::InvalidArgument
-    );
-    assert_eq!(
-        code(leader.acquire(acquire("default", "site-a", "")).await),
-        Code::InvalidArgument
-    );
 
     let follower = status
         .controllers
@@ -85,6 +65,29 @@ async fn bad_lease_requests_get_precise_statuses() {
         "points at the leader"
     );
 
+    // Bad input: the same precise status from any controller (this is a follower).
+    let code = |r: Result<tonic::Response<_>, tonic::Status>| {
+        r.map(|_: tonic::Response<failover_proto::lease::AcquireResponse>| ())
+            .expect_err("refused")
+            .code()
+    };
+    assert_eq!(
+        code(follower.acquire(acquire("nope", "site-a", "i1")).await),
+        Code::NotFound
+    );
+    assert_eq!(
+        code(follower.acquire(acquire("default", "site-z", "i1")).await),
+        Code::NotFound
+    );
+    assert_eq!(
+        code(follower.acquire(acquire("default", "witness", "i1")).await),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(follower.acquire(acquire("default", "site-a", "")).await),
+        Code::InvalidArgument
+    );
+
     let standby = leader
         .acquire(acquire("default", "site-b", "b1"))
         .await
@@ -94,12 +97,25 @@ async fn bad_lease_requests_get_precise_statuses() {
         matches!(standby.result, Some(acquire_response::Result::Standby(ref s)) if s.active_site == "site-a" && s.epoch == 1)
     );
 
-    let release = leader
+    let mut release = leader
         .release(ReleaseRequest {
             group: "default".into(),
             lease_id: 999,
         })
         .await;
+    // If an election moved the leader under load, ask the new one.
+    if release.as_ref().err().map(|e| e.code()) == Some(Code::Unavailable) {
+        let now = cluster.wait_ready(Duration::from_secs(30)).await.leader;
+        leader = LeaseServiceClient::connect(format!("http://{}", addr(now)))
+            .await
+            .expect("connect leader");
+        release = leader
+            .release(ReleaseRequest {
+                group: "default".into(),
+                lease_id: 999,
+            })
+            .await;
+    }
     assert_eq!(release.expect_err("unknown lease").code(), Code::NotFound);
 
     let (requests, outgoing) = tokio::sync::mpsc::channel(4);

@@ -48,18 +48,24 @@ impl LeaseServer {
         Err(not_leader(&self.ctx))
     }
 
-    /// The group, after checking that `site` is a site of the topology and of the group.
-    fn checked_group(&self, group: &str, site: &str) -> Result<GroupState, Status> {
-        let site_id = SiteId(site.to_owned());
-        if !self.ctx.topology.sites.iter().any(|s| s.name == site_id) {
+    /// Checks that `site` is a site of the topology and of the group, then runs `f` on
+    /// the group under the state's read lock. The group is never copied: with thousands
+    /// of leases a copy per request would cost more than the grant.
+    fn with_group<T>(
+        &self,
+        group: &str,
+        site: &SiteId,
+        f: impl FnOnce(&GroupState) -> T,
+    ) -> Result<T, Status> {
+        if !self.ctx.topology.sites.iter().any(|s| &s.name == site) {
             return Err(Status::not_found(format!("unknown site `{site}`")));
         }
         let state = self.ctx.view.read();
         let g = state
             .group(&GroupName(group.to_owned()))
             .map_err(|r| rejection_status(&r))?;
-        g.check_site(&site_id).map_err(|r| rejection_status(&r))?;
-        Ok(g.clone())
+        g.check_site(site).map_err(|r| rejection_status(&r))?;
+        Ok(f(g))
     }
 }
 
@@ -136,15 +142,16 @@ impl LeaseService for LeaseServer {
         request: Request<AcquireRequest>,
     ) -> Result<Response<AcquireResponse>, Status> {
         let received_at = self.ctx.clock.now();
-        self.require_leader()?;
         let req = request.into_inner();
         if req.instance.is_empty() {
             return Err(Status::invalid_argument("instance id is empty"));
         }
-        let group = self.checked_group(&req.group, &req.site)?;
         let site = SiteId(req.site.clone());
+        // Bad input gets the same answer from every controller; then only the leader grants.
+        let check = self.with_group(&req.group, &site, |g| g.check_grant(&site))?;
+        self.require_leader()?;
         // Answer standby without a Raft write: standby holders poll.
-        if let Err(rejection) = group.check_grant(&site) {
+        if let Err(rejection) = check {
             return match standby(&rejection) {
                 Some(s) => Ok(Response::new(AcquireResponse {
                     result: Some(acquire_response::Result::Standby(s)),
@@ -153,7 +160,7 @@ impl LeaseService for LeaseServer {
             };
         }
         let command = Command::Grant {
-            group: group.name.clone(),
+            group: GroupName(req.group),
             site,
             holder: req.instance,
             ttl_ms: self.ctx.topology.timing.lease_ttl_ms,
@@ -262,7 +269,7 @@ impl LeaseService for LeaseServer {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let req = request.into_inner();
         let group = GroupName(req.group.clone());
-        self.checked_group(&req.group, &req.site)?;
+        self.with_group(&req.group, &SiteId(req.site.clone()), |_| ())?;
         let ctx = self.ctx.clone();
         let (events, stream) = mpsc::channel(16);
         tokio::spawn(async move {
