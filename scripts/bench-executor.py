@@ -21,9 +21,10 @@ from benchdoc import write_section
 BIN = "./target/release/failover"
 ENDPOINTS = ",".join(f"127.0.0.1:{7100 + i}" for i in range(1, 6))
 WORKER = """#!/bin/sh
+[ -n "$IGNORE_TERM" ] && trap '' TERM
 date +%s%N > "{dir}/start-$FAILOVER_SITE-$FAILOVER_INSTANCE-$$"
 sleep 1000 &
-wait
+while :; do sleep 1; done
 """
 
 
@@ -62,6 +63,15 @@ def main() -> None:
         exec_margins = freeze_runs(execs[active], [execs[active][0].pid], work, active)
         controllers = controller_pids(os.path.join(work, "data"))
         ctl_margins = freeze_runs(execs[active], controllers, work, active)
+        # Workers that ignore SIGTERM: the guard's SIGKILL just before the deadline ends them.
+        old, _ = execs.pop(active)
+        old.send_signal(signal.SIGINT)
+        old.wait(timeout=20)
+        log = open(os.path.join(work, f"exec-{active}-stubborn.log"), "w")
+        stubborn = subprocess.Popen([BIN, "exec", "--site", active, "--instances", "2", "--", worker],
+                                    env=dict(env, IGNORE_TERM="1"), stdout=log, stderr=subprocess.STDOUT)
+        procs.append(stubborn)
+        kill_margins = freeze_runs((stubborn, log.name), [stubborn.pid], work, active, runs=3)
     finally:
         for p in reversed(procs):
             p.send_signal(signal.SIGCONT)
@@ -81,6 +91,9 @@ def main() -> None:
         ("all controllers SIGSTOPped: last process gone before the lease deadline, min of 5",
          f"{min(ctl_margins)} ms before"),
         ("all controllers SIGSTOPped: same, max of 5", f"{max(ctl_margins)} ms before"),
+        ("workers ignoring SIGTERM, executor SIGSTOPped: min of 3 (the SIGKILL path)",
+         f"{min(kill_margins)} ms before"),
+        ("workers ignoring SIGTERM: max of 3", f"{max(kill_margins)} ms before"),
     ]
     body = [
         f"## Executor (`python3 scripts/bench-executor.py`, release build, {os.cpu_count()} cores)",

@@ -72,23 +72,21 @@ enum Probe {
     NotYet(String),
 }
 
-/// Asks `addr` whether it leads (an Acquire with an empty instance is refused as invalid by
-/// the leader and as UNAVAILABLE by any other controller, and grants nothing), then whether
-/// the group is active at `site`.
+/// Asks `addr` whether it leads, then whether the group is active at `site`.
+///
+/// The leadership question is a KeepAlive stream opened with no renewal in it: only the
+/// leader accepts the stream, any other controller refuses it with UNAVAILABLE and the
+/// leader's address in `x-failover-leader`. Nothing is granted or renewed.
 async fn probe(addr: &str, group: &str, site: &str) -> Probe {
     let channel = match crate::connect(addr).await {
         Ok(channel) => channel,
         Err(e) => return Probe::NotYet(format!("{e:#}")),
     };
     let mut client = LeaseServiceClient::new(channel);
-    let request = AcquireRequest {
-        group: group.to_owned(),
-        site: site.to_owned(),
-        instance: String::new(),
-    };
-    match tokio::time::timeout(PROBE_TIMEOUT, client.acquire(request)).await {
-        Err(_) => return Probe::NotYet("acquire probe timed out".into()),
-        Ok(Err(status)) if status.code() == Code::InvalidArgument => {}
+    let no_renewals = tokio_stream::empty::<KeepAliveRequest>();
+    match tokio::time::timeout(PROBE_TIMEOUT, client.keep_alive(no_renewals)).await {
+        Err(_) => return Probe::NotYet("keepalive probe timed out".into()),
+        Ok(Ok(_)) => {}
         Ok(Err(status)) if status.code() == Code::Unavailable => {
             let leader = status
                 .metadata()
@@ -98,7 +96,6 @@ async fn probe(addr: &str, group: &str, site: &str) -> Probe {
             return Probe::NotLeader(leader);
         }
         Ok(Err(status)) => return Probe::NotYet(status.to_string()),
-        Ok(Ok(_)) => return Probe::NotYet("an empty instance was granted a lease".into()),
     }
     let watch = WatchRequest {
         group: group.to_owned(),
