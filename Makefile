@@ -27,6 +27,8 @@ bench:
 	$(CARGO) build --release -p failover-cli -p failover-bench
 	python3 scripts/bench-controller.py
 	python3 scripts/bench-leases.py
+	python3 scripts/bench-executor.py
+	python3 scripts/bench-failover.py --runs 20
 
 clean:
 	rm -rf .dev-data target

@@ -8,6 +8,7 @@
 Usage: python3 scripts/bench-controller.py   (or: make bench)
 """
 import json
+import shutil
 import os
 import signal
 import statistics
@@ -42,6 +43,7 @@ def main() -> None:
     finally:
         dev.send_signal(signal.SIGINT)
         dev.wait(timeout=30)
+        shutil.rmtree(data, ignore_errors=True)
     rows = [
         ("`failover dev` start to elected leader with groups created", f"{ready_ms} ms"),
         ("`failover promote`, CLI wall time, median of 20", f"{statistics.median(wall_ms):.1f} ms"),

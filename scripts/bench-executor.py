@@ -10,6 +10,7 @@ Usage: python3 scripts/bench-executor.py   (or: make bench)
 """
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -81,6 +82,7 @@ def main() -> None:
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 p.kill()
+        shutil.rmtree(work, ignore_errors=True)
     rows = [
         ("planned handover, `promote --wait` to first new worker running, median of 10",
          f"{statistics.median(handovers):.0f} ms"),

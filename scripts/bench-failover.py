@@ -13,6 +13,7 @@ Usage: python3 scripts/bench-failover.py [--runs N]   (or: make bench)
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -154,6 +155,7 @@ class Run:
         for p in list(self.execs.values()) + list(self.controllers.values()):
             p.send_signal(signal.SIGKILL)
             p.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def main():

@@ -44,6 +44,10 @@ pub struct GroupState {
     /// The token the next grant carries. Strictly increases across grants and epochs, so
     /// a downstream store can refuse any write carrying a smaller one than it has seen.
     pub next_token: FencingToken,
+    /// Which lease each holder has: a re-acquire replaces the holder's lease without a
+    /// scan of every lease.
+    #[serde(default)]
+    pub holders: BTreeMap<String, LeaseId>,
 }
 
 /// The small, fixed-size part of a group: what status and promote answers carry.
@@ -219,8 +223,7 @@ impl ClusterState {
             }
             Command::Release { group, lease } => {
                 let g = self.group_mut(group)?;
-                g.leases
-                    .remove(lease)
+                g.drop_lease(*lease)
                     .ok_or_else(|| Rejection::UnknownLease {
                         group: group.clone(),
                         lease: *lease,
@@ -231,7 +234,7 @@ impl ClusterState {
                 let g = self.group_mut(group)?;
                 let dropped = leases
                     .iter()
-                    .filter(|id| g.leases.remove(id).is_some())
+                    .filter(|id| g.drop_lease(**id).is_some())
                     .count();
                 Ok(Outcome::Expired(dropped))
             }
@@ -285,6 +288,7 @@ impl ClusterState {
             epoch,
             phase: Phase::Active,
             leases: BTreeMap::new(),
+            holders: BTreeMap::new(),
             next_token: FencingToken(1),
             history: vec![HistoryEntry {
                 epoch,
@@ -377,7 +381,9 @@ impl GroupState {
         ttl_ms: u64,
     ) -> Result<Lease, Rejection> {
         self.check_grant(site)?;
-        self.leases.retain(|_, lease| lease.holder != holder);
+        if let Some(previous) = self.holders.remove(holder) {
+            self.leases.remove(&previous);
+        }
         let lease = Lease {
             id,
             holder: holder.to_owned(),
@@ -388,6 +394,7 @@ impl GroupState {
         };
         self.next_token = self.next_token.next();
         self.assert_lease(&lease);
+        self.holders.insert(lease.holder.clone(), id);
         self.leases.insert(id, lease.clone());
         Ok(lease)
     }
@@ -440,8 +447,18 @@ impl GroupState {
         // Every lease belonged to the old epoch; the leader completes only once they are
         // released or past their holders' deadlines.
         self.leases.clear();
+        self.holders.clear();
         assert!(self.epoch > previous_epoch, "epoch must strictly increase");
         Ok(Outcome::Group(self.summary()))
+    }
+
+    /// Removes a lease (and its holder's entry); `None` if it does not exist.
+    fn drop_lease(&mut self, id: LeaseId) -> Option<Lease> {
+        let lease = self.leases.remove(&id)?;
+        if self.holders.get(&lease.holder) == Some(&id) {
+            self.holders.remove(&lease.holder);
+        }
+        Some(lease)
     }
 
     /// The invariants of one live lease of this group.
@@ -515,7 +532,19 @@ impl GroupState {
         if cfg!(debug_assertions) {
             for lease in self.leases.values() {
                 self.assert_lease(lease);
+                assert_eq!(
+                    self.holders.get(&lease.holder),
+                    Some(&lease.id),
+                    "{}: holder index",
+                    self.name
+                );
             }
+            assert_eq!(
+                self.holders.len(),
+                self.leases.len(),
+                "{}: holder index size",
+                self.name
+            );
         }
         for pair in self.history.windows(2) {
             assert!(
