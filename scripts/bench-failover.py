@@ -24,6 +24,9 @@ import time
 from benchdoc import write_section
 
 BIN = "./target/release/failover"
+# Each profile: topology timing, and the executor's stop grace (the guard starts stopping
+# a stop grace before the lease's end, which itself keeps a stop grace off the TTL).
+STOP_GRACE = {"default": "500ms", "tight": "100ms"}
 PROFILES = {
     "default": {},
     "tight": {
@@ -81,7 +84,8 @@ def wait_for(check, timeout):
 
 
 class Run:
-    def __init__(self, timing):
+    def __init__(self, timing, stop_grace):
+        self.stop_grace = stop_grace
         self.dir = tempfile.mkdtemp(prefix="failover-bench-fo-")
         self.ports = free_ports(5)
         self.config = os.path.join(self.dir, "sites.yaml")
@@ -132,7 +136,8 @@ class Run:
         for site in ("site-a", "site-b"):
             log = open(os.path.join(self.dir, f"exec-{site}.log"), "a")
             self.execs[site] = subprocess.Popen(
-                [BIN, "exec", "--site", site, "--config", self.config, "--", self.worker],
+                [BIN, "exec", "--site", site, "--config", self.config,
+                 "--stop-grace", self.stop_grace, "--", self.worker],
                 env=env, stdout=log, stderr=log)
         wait_for(lambda: self.starts("site-a"), 30)
         self.elect((lambda l: l in (1, 2)) if leader_in_a else (lambda l: l not in (1, 2)))
@@ -151,26 +156,34 @@ class Run:
         first = wait_for(lambda: min((t for t in self.starts("site-b") if t > lost), default=None), 60)
         return (first - lost) / 1e6
 
-    def stop(self):
+    def stop(self, keep=False):
         for p in list(self.execs.values()) + list(self.controllers.values()):
             p.send_signal(signal.SIGKILL)
             p.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if keep:
+            print(f"run failed; its files are kept in {self.dir}")
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--profile", choices=list(PROFILES), action="append")
     args = parser.parse_args()
     rows = []
     for name, timing in PROFILES.items():
+        if args.profile and name not in args.profile:
+            continue
         results = {True: [], False: []}
         for i in range(args.runs):
-            run = Run(timing)
+            run = Run(timing, STOP_GRACE[name])
+            ok = False
             try:
                 results[i % 2 == 0].append(run.once(leader_in_a=i % 2 == 0))
+                ok = True
             finally:
-                run.stop()
+                run.stop(keep=not ok)
         every = sorted(results[True] + results[False])
         t = {"raft_heartbeat_ms": 100, "election_timeout_max_ms": 1000, "lease_ttl_ms": 2000,
              "keepalive_interval_ms": 500, "max_clock_drift_ms": 250, "failure_timeout_ms": 1500}

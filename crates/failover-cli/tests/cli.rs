@@ -67,20 +67,29 @@ fn dev_starts_the_topology_and_stops_it_on_sigint() {
     );
 
     let endpoints: Vec<&str> = cluster.nodes.iter().map(|n| n.addr.as_str()).collect();
-    let out = failover(&[
-        "status",
-        "--output",
-        "json",
-        "--endpoints",
-        &endpoints.join(","),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
-    assert!(json["leader"].as_u64().is_some_and(|l| l >= 1));
+    // An election may still follow the first one right after start: poll briefly for an
+    // answer from a confirmed leader.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let json: serde_json::Value = loop {
+        let out = failover(&[
+            "status",
+            "--output",
+            "json",
+            "--endpoints",
+            &endpoints.join(","),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+        if json["consistent"] == true && json["leader"].as_u64().is_some_and(|l| l >= 1) {
+            break json;
+        }
+        assert!(Instant::now() < deadline, "no confirmed leader: {json}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(json["term"].as_u64().is_some());
     let controllers = json["controllers"].as_array().expect("controllers");
     assert_eq!(controllers.len(), 5);

@@ -314,3 +314,28 @@ fn missing_command_is_refused() {
         "{stderr}"
     );
 }
+
+/// A stop grace that leaves no lease between renewals is refused at start, with the bound.
+#[test]
+fn stop_grace_too_long_for_the_lease_is_refused() {
+    let cluster = Cluster::new();
+    let out = std::process::Command::new(failover_bin())
+        .args([
+            "exec",
+            "--site",
+            "site-a",
+            "--stop-grace",
+            "700ms",
+            "--config",
+        ])
+        .arg(&cluster.config)
+        .args(["--", "/bin/sh"])
+        .output()
+        .expect("run exec");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--stop-grace 700ms is too long"),
+        "{stderr}"
+    );
+}

@@ -58,6 +58,8 @@ pub struct ExecutorOptions {
     pub guard_exe: PathBuf,
     /// The topology's `max_clock_drift_ms`.
     pub max_clock_drift: Duration,
+    /// The topology's `lease_ttl_ms`.
+    pub lease_ttl: Duration,
     /// How often to report to the controllers (the executor's heartbeat).
     pub report_interval: Duration,
     /// This executor's id, unique in the group.
@@ -87,6 +89,27 @@ pub enum Control {
     Reload,
     /// Stop the workers, release the lease, exit.
     Shutdown,
+}
+
+/// The stop grace is kept off the lease twice: the lease is believed until `sent + ttl -
+/// drift - stop_grace`, and the guard starts stopping a stop grace before that. What is
+/// left must outlast a keepalive round, or workers would be stopped between renewals.
+fn check_stop_grace(opts: &ExecutorOptions) -> Result<(), ExecutorError> {
+    let usable = opts.lease_ttl.saturating_sub(opts.max_clock_drift);
+    let left = usable.saturating_sub(opts.stop_grace * 2);
+    if left <= opts.report_interval {
+        return Err(ExecutorError::Invalid(format!(
+            "--stop-grace {:?} is too long for lease_ttl_ms {} and max_clock_drift_ms {}: \
+             ttl - drift - 2 x stop grace must exceed the keepalive interval ({:?}); \
+             use a stop grace under {:?}",
+            opts.stop_grace,
+            opts.lease_ttl.as_millis(),
+            opts.max_clock_drift.as_millis(),
+            opts.report_interval,
+            usable.saturating_sub(opts.report_interval) / 2,
+        )));
+    }
+    Ok(())
 }
 
 /// Checks that the worker command exists and is executable (a PATH lookup for bare names).
@@ -201,6 +224,7 @@ pub async fn run(
             "--instances must be at least 1".into(),
         ));
     }
+    check_stop_grace(&opts)?;
     if u32::from(opts.port_base) + opts.instances > u32::from(u16::MAX) {
         return Err(ExecutorError::Invalid(
             "--port-base + --instances exceeds 65535".into(),
@@ -511,7 +535,13 @@ impl Executor {
     }
 
     fn start_due_workers(&mut self, now: Instant) {
-        let Some(held) = self.held.filter(|h| !h.draining && now < h.valid_until) else {
+        // A worker started less than a stop grace before the deadline would be stopped by
+        // its guard at once; wait for the next renewal instead.
+        let stop_grace = self.opts.stop_grace;
+        let Some(held) = self
+            .held
+            .filter(|h| !h.draining && now + stop_grace < h.valid_until)
+        else {
             return;
         };
         for i in 0..self.slots.len() {

@@ -78,6 +78,7 @@ pub(crate) async fn run(args: ExecArgs) -> anyhow::Result<()> {
         endpoints,
         guard_exe: std::env::current_exe().context("cannot find the failover executable")?,
         max_clock_drift: Duration::from_millis(timing.max_clock_drift_ms),
+        lease_ttl: Duration::from_millis(timing.lease_ttl_ms),
         report_interval: Duration::from_millis(timing.keepalive_interval_ms),
         executor_id: id,
         restart: RestartPolicy::default(),
