@@ -295,7 +295,9 @@ impl Executor {
             instance: self.opts.executor_id.clone(),
             max_clock_drift: self.opts.max_clock_drift,
             stop_grace: self.opts.stop_grace,
-            standby_poll: Duration::from_millis(200),
+            // A standby acquire is answered from the leader's applied state, without a
+            // Raft write: polling often costs little and shortens a failover.
+            standby_poll: Duration::from_millis(100),
             release_on_drain: false,
         };
         let session = LeaseSession::start(config, self.dialer.clone(), self.clock.clone());
@@ -375,6 +377,9 @@ impl Executor {
                         for slot in &mut self.slots {
                             slot.restart_at = None;
                         }
+                        // Start at once rather than at the next tick: this is the last
+                        // step of a failover.
+                        self.start_due_workers(self.clock.now());
                     }
                 }
             }
