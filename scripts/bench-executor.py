@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 import time
 
-from benchdoc import write_section
+from benchdoc import wait_for, write_section
 
 BIN = "./target/release/failover"
 ENDPOINTS = ",".join(f"127.0.0.1:{7100 + i}" for i in range(1, 6))
@@ -109,16 +109,6 @@ def main() -> None:
         "|---|---|",
     ] + [f"| {k} | {v} |" for k, v in rows]
     write_section("executor", "\n".join(body))
-
-
-def wait_for(check, timeout):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.005)
-    raise SystemExit(f"timed out after {timeout}s")
 
 
 def starts(work, site):

@@ -21,7 +21,7 @@ import subprocess
 import tempfile
 import time
 
-from benchdoc import write_section
+from benchdoc import wait_for, write_section
 
 BIN = "./target/release/failover"
 # Each profile: topology timing, and the executor's stop grace (the guard starts stopping
@@ -71,16 +71,6 @@ def status(endpoints):
     out = subprocess.run([BIN, "status", "--output", "json", "--endpoints", endpoints],
                          capture_output=True, text=True, timeout=15)
     return json.loads(out.stdout) if out.returncode == 0 else None
-
-
-def wait_for(check, timeout):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise TimeoutError("timed out")
 
 
 class Run:

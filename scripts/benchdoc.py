@@ -1,5 +1,7 @@
-"""Replaces one section of docs/benchmarks.md (between its markers), keeping the others."""
+"""Shared by the benchmark scripts: writing one section of docs/benchmarks.md (between its
+markers, keeping the others), and polling with a deadline."""
 import pathlib
+import time
 
 HEADER = "# Benchmarks\n\nReproduce everything with `make bench`. Each section names its own command.\n"
 
@@ -17,3 +19,15 @@ def write_section(name: str, body: str) -> None:
         text = text.rstrip() + "\n\n" + section + "\n"
     path.write_text(text)
     print(section)
+
+
+def wait_for(check, timeout, interval=0.005):
+    """Polls `check` until it returns something truthy, which it returns; raises
+    TimeoutError after `timeout` seconds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s")

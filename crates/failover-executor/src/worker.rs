@@ -88,35 +88,34 @@ impl Worker {
             .ok_or_else(|| std::io::Error::other("guard has no stdout"))?;
         let (instance, generation) = (spec.instance, spec.generation);
         tokio::spawn(async move {
-            let mut lines = BufReader::new(stdout).lines();
-            let mut ended = false;
-            while let Ok(Some(line)) = lines.next_line().await {
-                let event = match line.split_once(' ') {
-                    Some(("started", pid)) => pid.parse().ok().map(GuardEvent::Started),
-                    _ => {
-                        ended = true;
-                        Some(GuardEvent::Ended(line.clone()))
-                    }
-                };
-                if let Some(event) = event {
-                    let _ = events
-                        .send(WorkerEvent {
-                            instance,
-                            generation,
-                            event,
-                        })
-                        .await;
-                }
-            }
-            if !ended {
-                let event = GuardEvent::Ended("guard exited".into());
-                let _ = events
-                    .send(WorkerEvent {
+            let send = |event| {
+                let events = events.clone();
+                async move {
+                    let labelled = WorkerEvent {
                         instance,
                         generation,
                         event,
-                    })
-                    .await;
+                    };
+                    let _ = events.send(labelled).await;
+                }
+            };
+            let mut lines = BufReader::new(stdout).lines();
+            let mut ended = false;
+            while let Ok(Some(line)) = lines.next_line().await {
+                match line.split_once(' ') {
+                    Some(("started", pid)) => {
+                        if let Ok(pid) = pid.parse() {
+                            send(GuardEvent::Started(pid)).await;
+                        }
+                    }
+                    _ => {
+                        ended = true;
+                        send(GuardEvent::Ended(line.clone())).await;
+                    }
+                }
+            }
+            if !ended {
+                send(GuardEvent::Ended("guard exited".into())).await;
             }
         });
         Ok(Worker {
