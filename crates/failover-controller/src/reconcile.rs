@@ -60,10 +60,8 @@ pub async fn step(ctx: &NodeContext) -> Duration {
         }
     }
     for (site, env) in owed.demoted {
-        if let Some(config) = ctx.topology.sites.iter().find(|s| s.name == site) {
-            let hooks = config.hooks.clone();
-            tokio::spawn(async move { hooks::after_demote(&hooks, &env).await });
-        }
+        let hooks = ctx.topology.hooks(site.as_str());
+        tokio::spawn(async move { hooks::after_demote(&hooks, &env).await });
     }
     fail_over(ctx, owed.decisions).await;
     owed.sleep
@@ -177,13 +175,8 @@ async fn promote_first_willing(
             epoch,
             reason: reason.to_owned(),
         };
-        let hooks = ctx
-            .topology
-            .sites
-            .iter()
-            .find(|s| &s.name == site)
-            .map(|s| s.hooks.clone());
-        if let Err(veto) = hooks::before_acquire(&hooks.unwrap_or_default(), &env).await {
+        let hooks = ctx.topology.hooks(site.as_str());
+        if let Err(veto) = hooks::before_acquire(&hooks, &env).await {
             tracing::warn!(%group, %site, error = %veto, "before_acquire hook vetoed the failover");
             vetoes.push(format!("{site}: {veto}"));
             continue;

@@ -184,6 +184,16 @@ impl Topology {
         self.controllers().find(|(_, c)| c.id == id)
     }
 
+    /// The site with this name.
+    pub fn site(&self, name: &str) -> Option<&SiteConfig> {
+        self.sites.iter().find(|s| s.name.as_str() == name)
+    }
+
+    /// The hooks of the site with this name (none for an unknown site).
+    pub fn hooks(&self, site: &str) -> Hooks {
+        self.site(site).map(|s| s.hooks.clone()).unwrap_or_default()
+    }
+
     /// The group with this name.
     pub fn group(&self, name: &GroupName) -> Option<&GroupConfig> {
         self.groups.iter().find(|g| &g.name == name)

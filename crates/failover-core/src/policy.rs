@@ -91,7 +91,16 @@ impl Observations {
         self.silent_for(heard, now) >= Duration::from_millis(timing.failure_timeout_ms)
     }
 
-    fn ready_for(&self, site: &SiteId, group: &GroupName) -> bool {
+    /// Whether any executor of any site has reported for `group` (a group run without
+    /// executors has no notion of readiness).
+    pub fn has_reports_for(&self, group: &GroupName) -> bool {
+        self.sites
+            .values()
+            .any(|s| s.group_last_heard.contains_key(group))
+    }
+
+    /// Whether an executor of `site` reports ready for `group`.
+    pub fn ready_for(&self, site: &SiteId, group: &GroupName) -> bool {
         self.sites
             .get(site)
             .and_then(|s| s.ready.get(group))

@@ -275,17 +275,7 @@ impl AdminServer {
         if !force {
             if let Some(since) = self.ctx.leases.leader_since() {
                 let observed = crate::detector::observe(&self.ctx, since, now);
-                let any_executor = observed
-                    .sites
-                    .values()
-                    .any(|s| s.group_last_heard.contains_key(&group.name));
-                let ready = observed
-                    .sites
-                    .get(site)
-                    .and_then(|s| s.ready.get(&group.name))
-                    .copied()
-                    .unwrap_or(false);
-                if any_executor && !ready {
+                if observed.has_reports_for(&group.name) && !observed.ready_for(site, &group.name) {
                     return Err(Status::failed_precondition(format!(
                         "{site} is not ready for group {} (no executor there reports ready); \
                          use --force to promote it anyway",
@@ -300,14 +290,8 @@ impl AdminServer {
             epoch: group.epoch.0,
             reason: "operator promote".into(),
         };
-        let hooks = self
-            .ctx
-            .topology
-            .sites
-            .iter()
-            .find(|s| &s.name == site)
-            .map(|s| s.hooks.clone());
-        crate::hooks::before_acquire(&hooks.unwrap_or_default(), &env)
+        let hooks = self.ctx.topology.hooks(site.as_str());
+        crate::hooks::before_acquire(&hooks, &env)
             .await
             .map_err(|veto| {
                 Status::failed_precondition(format!("promotion to {site} vetoed: {veto}"))
@@ -575,13 +559,7 @@ impl AdminService for AdminServer {
             return leader.reload(forwarded(request.into_inner())).await;
         }
         let site = request.into_inner().site;
-        if !self
-            .ctx
-            .topology
-            .sites
-            .iter()
-            .any(|s| s.name.as_str() == site)
-        {
+        if self.ctx.topology.site(&site).is_none() {
             return Err(Status::not_found(format!("unknown site `{site}`")));
         }
         let generation = self

@@ -35,13 +35,7 @@ impl ExecutorService for ExecutorServer {
         if report.executor_id.is_empty() {
             return Err(Status::invalid_argument("executor_id is empty"));
         }
-        if !self
-            .ctx
-            .topology
-            .sites
-            .iter()
-            .any(|s| s.name.as_str() == report.site)
-        {
+        if self.ctx.topology.site(&report.site).is_none() {
             return Err(Status::not_found(format!("unknown site `{}`", report.site)));
         }
         let reload_generation = self.ctx.executors.on_report(report, now);

@@ -57,7 +57,7 @@ impl LeaseServer {
         site: &SiteId,
         f: impl FnOnce(&GroupState) -> T,
     ) -> Result<T, Status> {
-        if !self.ctx.topology.sites.iter().any(|s| &s.name == site) {
+        if self.ctx.topology.site(site.as_str()).is_none() {
             return Err(Status::not_found(format!("unknown site `{site}`")));
         }
         let state = self.ctx.view.read();
