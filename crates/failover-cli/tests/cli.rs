@@ -76,7 +76,7 @@ fn dev_starts_the_topology_and_stops_it_on_sigint() {
             "--output",
             "json",
             "--endpoints",
-            &endpoints.join(","),
+            &cluster.endpoints(),
         ]);
         assert!(
             out.status.success(),
@@ -157,8 +157,7 @@ async fn promote_refuses_unknown_site_and_group() {
     let mut cluster = Cluster::new();
     cluster.start_all();
     cluster.wait_ready(Duration::from_secs(30)).await;
-    let endpoints: Vec<&str> = cluster.nodes.iter().map(|n| n.addr.as_str()).collect();
-    let endpoints = endpoints.join(",");
+    let endpoints = cluster.endpoints();
     let out = failover(&["promote", "site-z", "--endpoints", &endpoints]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr)

@@ -193,17 +193,7 @@ async fn failing_reload_rolls_back() {
     );
     let old = wait_running(&dir, "site-a", 2).await;
     std::fs::write(dir.join("broken"), "").expect("break the next generation");
-    let endpoints: Vec<&str> = cluster.nodes.iter().map(|n| n.addr.as_str()).collect();
-    let out = std::process::Command::new(failover_bin())
-        .args([
-            "reload",
-            "--site",
-            "site-a",
-            "--endpoints",
-            &endpoints.join(","),
-        ])
-        .output()
-        .expect("run reload");
+    let out = reload_site_a(&cluster);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
@@ -215,16 +205,7 @@ async fn failing_reload_rolls_back() {
     );
 
     std::fs::remove_file(dir.join("broken")).expect("fix it");
-    let out = std::process::Command::new(failover_bin())
-        .args([
-            "reload",
-            "--site",
-            "site-a",
-            "--endpoints",
-            &endpoints.join(","),
-        ])
-        .output()
-        .expect("run reload");
+    let out = reload_site_a(&cluster);
     assert!(
         out.status.success(),
         "{}",
@@ -232,6 +213,20 @@ async fn failing_reload_rolls_back() {
     );
     wait_all_dead(&old, Duration::from_secs(5)).await;
     wait_running(&dir, "site-a", 2).await;
+}
+
+/// Runs `failover reload --site site-a` against the cluster.
+fn reload_site_a(cluster: &Cluster) -> std::process::Output {
+    std::process::Command::new(failover_bin())
+        .args([
+            "reload",
+            "--site",
+            "site-a",
+            "--endpoints",
+            &cluster.endpoints(),
+        ])
+        .output()
+        .expect("run reload")
 }
 
 /// A planned promote with both executors up hands over in well under one TTL, and the

@@ -90,6 +90,16 @@ async fn elect_until(cluster: &mut Cluster, wanted: impl Fn(u64) -> bool) {
     panic!("30 elections never produced the wanted leader");
 }
 
+/// Kills every process of site-a (its executor, controllers 1 and 2) and returns how long
+/// until site-b's worker was first seen running.
+async fn lose_site_a(s: &mut Setup) -> Duration {
+    let lost_at = Instant::now();
+    drop(s.a.take());
+    s.cluster.kill9(1);
+    s.cluster.kill9(2);
+    wait_site_b_runs(&s.dir, lost_at).await
+}
+
 /// Waits for site-b's worker and returns how long after `lost_at` it was first seen.
 async fn wait_site_b_runs(dir: &Path, lost_at: Instant) -> Duration {
     let deadline = lost_at + L1 + SLACK + Duration::from_secs(10);
@@ -109,11 +119,7 @@ async fn site_loss_fails_over_and_the_site_stays_standby_when_back() {
     let mut s = setup(Cluster::new()).await;
     // Keep the leader outside site-a here; the next test puts it inside.
     elect_until(&mut s.cluster, |leader| leader > 2).await;
-    let lost_at = Instant::now();
-    drop(s.a.take());
-    s.cluster.kill9(1);
-    s.cluster.kill9(2);
-    let took = wait_site_b_runs(&s.dir, lost_at).await;
+    let took = lose_site_a(&mut s).await;
     assert!(
         took <= L1 + SLACK,
         "site-b ran {took:?} after site-a was lost (L1 {L1:?})"
@@ -182,11 +188,7 @@ async fn site_loss_with_the_leader_inside_fails_over() {
     let mut s = setup(Cluster::new()).await;
     // Re-elect until the leader is at site-a (controllers 1 or 2).
     elect_until(&mut s.cluster, |leader| leader == 1 || leader == 2).await;
-    let lost_at = Instant::now();
-    drop(s.a.take());
-    s.cluster.kill9(1);
-    s.cluster.kill9(2);
-    let took = wait_site_b_runs(&s.dir, lost_at).await;
+    let took = lose_site_a(&mut s).await;
     assert!(
         took <= L1 + SLACK,
         "site-b ran {took:?} after site-a (with the leader) was lost"

@@ -74,10 +74,9 @@ async fn record(holder: String, site: &'static str, session: &LeaseSession, beli
 }
 
 fn session(cluster: &Cluster, site: &str, instance: &str) -> LeaseSession {
-    let list: Vec<&str> = cluster.nodes.iter().map(|n| n.addr.as_str()).collect();
     LeaseSession::start(
         LeaseConfig {
-            endpoints: Endpoints::parse(&list.join(",")).expect("endpoints"),
+            endpoints: Endpoints::parse(&cluster.endpoints()).expect("endpoints"),
             group: "default".into(),
             site: site.into(),
             instance: instance.into(),

@@ -193,10 +193,15 @@ impl Cluster {
             .expect("known controller")
     }
 
+    /// Every controller's address, comma separated (`--endpoints`, FAILOVER_ENDPOINTS).
+    pub fn endpoints(&self) -> String {
+        let list: Vec<&str> = self.nodes.iter().map(|n| n.addr.as_str()).collect();
+        list.join(",")
+    }
+
     /// A client that knows every controller.
     pub fn client(&self) -> AdminClient {
-        let list: Vec<&str> = self.nodes.iter().map(|n| n.addr.as_str()).collect();
-        AdminClient::new(Endpoints::parse(&list.join(",")).expect("endpoints"))
+        AdminClient::new(Endpoints::parse(&self.endpoints()).expect("endpoints"))
     }
 
     /// A client that knows only controller `id`.
@@ -271,7 +276,6 @@ pub fn alive(pid: i32) -> bool {
 impl Cluster {
     /// `failover exec` for `site` with extra arguments, logging to the test dir.
     pub fn exec(&self, site: &str, args: &[&str], command: &[&str]) -> Proc {
-        let list: Vec<&str> = self.nodes.iter().map(|n| n.addr.as_str()).collect();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -284,7 +288,7 @@ impl Cluster {
             .arg("--")
             .args(command)
             .env("RUST_LOG", "info")
-            .env("FAILOVER_ENDPOINTS", list.join(","))
+            .env("FAILOVER_ENDPOINTS", self.endpoints())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
