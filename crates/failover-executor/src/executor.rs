@@ -17,7 +17,9 @@ use failover_proto::executor::executor_service_client::ExecutorServiceClient;
 use failover_proto::executor::{ExecutorReport, WorkerReport};
 use tokio::sync::{mpsc, watch};
 
+use crate::contain::Containment;
 use crate::health::HealthCheck;
+use crate::output::OutputOptions;
 use crate::worker::{GuardEvent, Spawn, Worker, WorkerEvent};
 
 /// How often the loop runs its periodic work.
@@ -66,6 +68,10 @@ pub struct ExecutorOptions {
     pub executor_id: String,
     /// Restart policy for crashed workers.
     pub restart: RestartPolicy,
+    /// Where worker output goes (log directory, rotation, echo on stderr).
+    pub output: OutputOptions,
+    /// How each worker tree is contained (cgroup v2 when possible, or process group).
+    pub containment: Containment,
 }
 
 /// Why an executor cannot run.
@@ -332,6 +338,10 @@ impl Executor {
             generation,
             deadline: held.valid_until,
             stop_grace: self.opts.stop_grace,
+            group: &self.opts.group,
+            site: &self.opts.site,
+            output: &self.opts.output,
+            containment: self.opts.containment,
         };
         match Worker::spawn(spec, self.events.0.clone()) {
             Ok(worker) => {

@@ -4,7 +4,11 @@
 //! - [`executor`]: the supervisor loop: lease session → workers, restarts, health,
 //!   drains, rolling reloads, reports to the controllers.
 //! - [`worker`]: one worker slot's guard process and the events it reports.
-//! - [`guard`]: the guard itself (`failover guard`): holds the deadline, kills the tree.
+//! - [`guard`]: the guard itself (`failover guard`): holds the deadline, kills the tree,
+//!   carries the worker's output.
+//! - [`contain`]: a cgroup v2 per worker tree where the machine allows it, else process
+//!   group, subreaper and an environment marker.
+//! - [`output`]: rotating per-instance log files and the prefixed copy on stderr.
 //! - [`health`]: command and HTTP health checks.
 //! - [`monotonic`]: CLOCK_MONOTONIC nanoseconds, shared by executor and guards.
 //!
@@ -13,10 +17,14 @@
 //! allowed it, whether or not the executor is alive or scheduled.
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod contain;
 pub mod executor;
 pub mod guard;
 pub mod health;
 pub mod monotonic;
+pub mod output;
 pub mod worker;
 
+pub use contain::Containment;
 pub use executor::{run, Control, ExecutorError, ExecutorOptions};
+pub use output::OutputOptions;

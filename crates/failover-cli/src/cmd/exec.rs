@@ -1,6 +1,7 @@
 //! `failover exec`: the site executor. Runs the workers only while the site holds the
 //! group's lease; SIGHUP reloads them one by one; SIGINT/SIGTERM stops them and releases.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +10,8 @@ use clap::Args;
 use failover_client::{SystemClock, TcpDialer};
 use failover_core::supervision::RestartPolicy;
 use failover_executor::health::HealthCheck;
-use failover_executor::{Control, ExecutorOptions};
+use failover_executor::output::default_log_dir;
+use failover_executor::{Containment, Control, ExecutorOptions, OutputOptions};
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::ClusterArgs;
@@ -44,6 +46,24 @@ pub struct ExecArgs {
     /// This executor's id (default: exec-SITE-HOSTNAME-PID).
     #[arg(long)]
     pub id: Option<String>,
+    /// Directory of the workers' log files, `GROUP.SITE.INSTANCE.log` (default:
+    /// /var/log/failover for root, else $XDG_STATE_HOME/failover/log or
+    /// ~/.local/state/failover/log).
+    #[arg(long, env = "FAILOVER_LOG_DIR")]
+    pub log_dir: Option<PathBuf>,
+    /// Rotate a worker's log file before it passes this size (e.g. 10MiB, 512KiB).
+    #[arg(long, default_value = "10MiB", value_parser = parse_bytes)]
+    pub log_max_size: u64,
+    /// Rotated log files kept per worker (`.log.1` is the newest).
+    #[arg(long, default_value_t = failover_executor::output::DEFAULT_KEEP_FILES)]
+    pub log_keep: u32,
+    /// Do not copy worker output to this executor's stderr (it still goes to the log files).
+    #[arg(long)]
+    pub no_echo: bool,
+    /// How worker trees are contained: `auto` (a cgroup v2 per tree when the machine
+    /// allows it, else process group) or `process-group`.
+    #[arg(long, default_value = "auto")]
+    pub containment: Containment,
     #[command(flatten)]
     cluster: ClusterArgs,
     /// The worker command and its arguments.
@@ -82,6 +102,16 @@ pub(crate) async fn run(args: ExecArgs) -> anyhow::Result<()> {
         report_interval: Duration::from_millis(timing.keepalive_interval_ms),
         executor_id: id,
         restart: RestartPolicy::default(),
+        output: OutputOptions {
+            // SAFETY: geteuid has no preconditions.
+            log_dir: args
+                .log_dir
+                .unwrap_or_else(|| default_log_dir(unsafe { libc::geteuid() } == 0)),
+            max_file_bytes: args.log_max_size,
+            keep_files: args.log_keep,
+            echo: !args.no_echo,
+        },
+        containment: args.containment,
     };
     failover_executor::executor::check_command(&options.command)?;
     let (control, commands) = tokio::sync::mpsc::channel(4);
@@ -104,4 +134,53 @@ pub(crate) async fn run(args: ExecArgs) -> anyhow::Result<()> {
     )
     .await?;
     Ok(())
+}
+
+/// A size such as `10MiB`, `512KiB`, `2MB` or `4096` (bytes).
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size: expected e.g. 10MiB, 512KiB or 4096"))?;
+    let unit_bytes: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "GiB" | "G" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => {
+            return Err(format!(
+                "unknown size unit `{other}` in `{text}`: use B, KiB, MiB or GiB"
+            ))
+        }
+    };
+    let bytes = number
+        .checked_mul(unit_bytes)
+        .ok_or_else(|| format!("`{text}` is too large"))?;
+    if bytes == 0 {
+        return Err("a log file size must be at least 1 byte".into());
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn sizes_parse_with_units_and_bad_ones_are_named() {
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert_eq!(parse_bytes("10MiB"), Ok(10 << 20));
+        assert_eq!(parse_bytes("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_bytes("2MB"), Ok(2_000_000));
+        assert!(parse_bytes("10 parsecs").unwrap_err().contains("parsecs"));
+        assert!(parse_bytes("0").is_err());
+        assert!(parse_bytes("MiB").is_err());
+    }
 }

@@ -1,0 +1,244 @@
+//! Containment of a worker tree: a cgroup v2 per tree where the machine allows it, else
+//! the process group, the guard as subreaper, and a marker in the environment.
+//!
+//! A cgroup holds every process the worker starts, whatever it does (double fork,
+//! `setsid`, a new process group), and `cgroup.kill` ends them all in one write. It needs
+//! a cgroup v2 hierarchy this process may write to (root, or a delegated subtree such as
+//! a systemd unit with `Delegate=yes`) and a kernel with `cgroup.kill` (5.14). Both are
+//! checked at run time; without them the tree is found through /proc instead: the guard
+//! is the subreaper of everything under it, and every process carries
+//! [`TREE_MARKER_ENV`] in its environment, which the executor searches for when the guard
+//! itself is gone.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Environment variable that marks every process of one worker tree (`<executor pid>-<generation>`).
+///
+/// Children inherit it, so the executor can find a tree whose guard was SIGKILLed even
+/// without a cgroup. A process that execs with a cleared environment loses it: only the
+/// cgroup closes that gap.
+pub const TREE_MARKER_ENV: &str = "FAILOVER_TREE";
+
+/// How the executor contains worker trees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Containment {
+    /// A cgroup v2 per tree when the machine allows it, else [`Containment::ProcessGroup`].
+    #[default]
+    Auto,
+    /// Process group, subreaper and environment marker only (no cgroup).
+    ProcessGroup,
+}
+
+impl std::str::FromStr for Containment {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Containment::Auto),
+            "process-group" => Ok(Containment::ProcessGroup),
+            other => Err(format!(
+                "unknown containment `{other}`: expected `auto` or `process-group`"
+            )),
+        }
+    }
+}
+
+/// The cgroup v2 directory this process is in, if a cgroup v2 hierarchy is mounted.
+pub fn own_cgroup() -> Option<PathBuf> {
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let relative = cgroups.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    cgroup_dir(&mountinfo, relative)
+}
+
+/// Where the cgroup `relative` (as in /proc/self/cgroup) lives, given /proc/self/mountinfo.
+fn cgroup_dir(mountinfo: &str, relative: &str) -> Option<PathBuf> {
+    for line in mountinfo.lines() {
+        // Fields: id parent major:minor root mount-point options... - fstype source opts.
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        if right.split_whitespace().next() != Some("cgroup2") {
+            continue;
+        }
+        let fields: Vec<&str> = left.split_whitespace().collect();
+        let (root, mount_point) = (*fields.get(3)?, *fields.get(4)?);
+        // A mount of a subtree (a container's namespace) shows paths below its root.
+        let inside = if root == "/" {
+            relative
+        } else {
+            relative.strip_prefix(root).unwrap_or(relative)
+        };
+        let mut dir = PathBuf::from(mount_point);
+        dir.push(inside.trim_start_matches('/'));
+        return Some(dir);
+    }
+    None
+}
+
+/// Creates the cgroup `name` under this process's own cgroup, for one worker tree. An
+/// error says why the machine does not allow it (no cgroup v2, no write access, no
+/// `cgroup.kill`); the caller then falls back to the process group.
+pub fn create_cgroup(name: &str) -> Result<PathBuf, String> {
+    let base = own_cgroup().ok_or("no cgroup v2 hierarchy is mounted")?;
+    let dir = base.join(name);
+    std::fs::create_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    if !dir.join("cgroup.kill").exists() {
+        let _ = std::fs::remove_dir(&dir);
+        return Err("the kernel has no cgroup.kill (needs Linux 5.14)".into());
+    }
+    Ok(dir)
+}
+
+/// Kills every process in the cgroup at once (`cgroup.kill`).
+pub fn kill_cgroup(dir: &Path) -> std::io::Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("cgroup.kill"))?;
+    file.write_all(b"1")
+}
+
+/// Whether any process is still in the cgroup (or its state cannot be read).
+pub fn populated(dir: &Path) -> bool {
+    match std::fs::read_to_string(dir.join("cgroup.events")) {
+        Ok(events) => events.lines().any(|l| l == "populated 1"),
+        Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+    }
+}
+
+/// The pids in the cgroup.
+pub fn cgroup_pids(dir: &Path) -> Vec<libc::pid_t> {
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .map(|text| text.lines().filter_map(|l| l.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Removes an empty cgroup; a cgroup that is already gone is fine.
+pub fn remove_cgroup(dir: &Path) {
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// Kills everything in the cgroup and waits, up to `within`, until it is empty; then
+/// removes it. Returns whether it emptied.
+pub fn kill_cgroup_and_wait(dir: &Path, within: Duration) -> bool {
+    let until = Instant::now() + within;
+    loop {
+        if !populated(dir) {
+            remove_cgroup(dir);
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        let _ = kill_cgroup(dir);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Every live process whose environment holds `FAILOVER_TREE=<marker>`, except `except`.
+pub fn marked(marker: &str, except: libc::pid_t) -> BTreeSet<libc::pid_t> {
+    let needle = format!("{TREE_MARKER_ENV}={marker}");
+    let mut found = BTreeSet::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<libc::pid_t>().ok())
+        else {
+            continue;
+        };
+        if pid == except || !alive(pid) {
+            continue;
+        }
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if environ.split(|b| *b == 0).any(|v| v == needle.as_bytes()) {
+            found.insert(pid);
+        }
+    }
+    found
+}
+
+/// SIGKILLs every process marked with `marker` until none is left, for up to `within`.
+/// Returns whether none is left.
+pub fn kill_marked(marker: &str, within: Duration) -> bool {
+    let until = Instant::now() + within;
+    let me = std::process::id() as libc::pid_t;
+    loop {
+        let pids = marked(marker, me);
+        if pids.is_empty() {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        for pid in pids {
+            // SAFETY: kill(2) on a process that carries this executor's tree marker.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Whether `pid` is a live process (not a zombie).
+pub fn alive(pid: libc::pid_t) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat[stat.rfind(')')? + 2..].split_whitespace().next()?;
+            Some(state != "Z" && state != "X")
+        })
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID: &str = "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n\
+        41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
+
+    #[test]
+    fn cgroup_dir_follows_the_cgroup2_mount() {
+        assert_eq!(
+            cgroup_dir(HYBRID, "/"),
+            Some(PathBuf::from("/sys/fs/cgroup/unified/"))
+        );
+        assert_eq!(
+            cgroup_dir(HYBRID, "/system.slice/x.service"),
+            Some(PathBuf::from(
+                "/sys/fs/cgroup/unified/system.slice/x.service"
+            ))
+        );
+    }
+
+    #[test]
+    fn cgroup_dir_strips_the_root_of_a_subtree_mount() {
+        let info = "50 40 0:30 /kubepods/pod1 /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            cgroup_dir(info, "/kubepods/pod1/app"),
+            Some(PathBuf::from("/sys/fs/cgroup/app"))
+        );
+    }
+
+    #[test]
+    fn no_cgroup2_mount_means_no_cgroup() {
+        let v1 = "32 31 0:29 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n";
+        assert_eq!(cgroup_dir(v1, "/"), None);
+    }
+
+    #[test]
+    fn containment_parses_and_names_bad_input() {
+        assert_eq!("auto".parse(), Ok(Containment::Auto));
+        assert_eq!("process-group".parse(), Ok(Containment::ProcessGroup));
+        let err = "cgroup".parse::<Containment>().unwrap_err();
+        assert!(err.contains("`cgroup`"), "{err}");
+    }
+}
