@@ -229,7 +229,7 @@ impl Guard {
             let now = now_ns();
             if now >= self.kill_at() {
                 self.kill_tree(libc::SIGKILL);
-                return self.finish("stopped".into());
+                return self.finish(self.end_report(None));
             }
             if now >= self.term_at() && !self.termed {
                 self.kill_tree(libc::SIGTERM);
@@ -274,17 +274,24 @@ impl Guard {
             if fds[1].revents != 0 {
                 let status = self.reap_worker();
                 self.kill_tree(libc::SIGKILL);
-                return self.finish(self.end_report(status));
+                return self.finish(self.end_report(Some(status)));
             }
         }
     }
 
-    /// How a worker that ended is reported: a crash only if nobody asked it to stop.
-    fn end_report(&self, status: String) -> String {
-        match self.signalled.load(Ordering::SeqCst) {
-            0 if self.termed => format!("stopped ({status})"),
-            0 => status,
-            signal => format!("stopped (the guard got signal {signal}; {status})"),
+    /// How the end is reported: the worker's exit `status` if it ended by itself (`None`:
+    /// the guard killed the tree at its deadline), and a crash only if nobody asked it
+    /// to stop.
+    fn end_report(&self, status: Option<String>) -> String {
+        let signal = self.signalled.load(Ordering::SeqCst);
+        match (signal, status) {
+            (0, None) => "stopped".into(),
+            (0, Some(status)) if self.termed => format!("stopped ({status})"),
+            (0, Some(status)) => status,
+            (signal, status) => format!(
+                "stopped (the guard got signal {signal}; {})",
+                status.unwrap_or_else(|| "killed at the end of the stop grace".into())
+            ),
         }
     }
 

@@ -196,9 +196,19 @@ impl Echo {
             .name("echo".into())
             .spawn(move || {
                 let stderr = std::io::stderr();
-                for line in lines {
-                    let mut out = stderr.lock();
-                    if out.write_all(&line).is_err() {
+                let mut batch = Vec::new();
+                while let Ok(line) = lines.recv() {
+                    // One write for everything queued meanwhile: a flood of short lines
+                    // costs a few syscalls, not one each.
+                    batch.clear();
+                    batch.extend_from_slice(&line);
+                    while let Ok(more) = lines.try_recv() {
+                        batch.extend_from_slice(&more);
+                        if batch.len() >= 256 * 1024 {
+                            break;
+                        }
+                    }
+                    if stderr.lock().write_all(&batch).is_err() {
                         break;
                     }
                 }

@@ -289,6 +289,7 @@ impl Cluster {
             .args(command)
             .env("RUST_LOG", "info")
             .env("FAILOVER_ENDPOINTS", self.endpoints())
+            .env("FAILOVER_LOG_DIR", self.dir.path().join("worker-logs"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
