@@ -492,15 +492,18 @@ async fn guard_sigkill_leaves_no_worker(containment: &str) {
         &[script.to_str().expect("utf8"), &reaper.0],
     );
     let daemon_pid = dir.join("daemon.pid");
-    eventually("the daemon", Duration::from_secs(30), || {
+    let daemon: i32 = eventually("the daemon", Duration::from_secs(30), || {
         let path = daemon_pid.clone();
-        async move { std::fs::metadata(&path).ok() }
+        async move { std::fs::read_to_string(&path).ok()?.trim().parse().ok() }
     })
     .await;
     let tree = workers::workers_marked(&reaper.0);
     let worker = workers::started(&dir, "daemonizer.sh")[0];
     let guard = parent_of(worker);
-    assert!(tree.len() >= 3, "worker, daemon and sleep: {tree:?}");
+    assert!(
+        tree.contains(&worker) && tree.contains(&daemon),
+        "worker {worker} and daemon {daemon} in {tree:?}"
+    );
     let killed_at = Instant::now();
     // SAFETY: kill(2) on the guard this test's executor started.
     unsafe { libc::kill(guard, libc::SIGKILL) };

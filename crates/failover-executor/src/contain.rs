@@ -15,12 +15,126 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// Environment variable that marks every process of one worker tree (`<executor pid>-<generation>`).
+/// Environment variable that marks every process of one worker tree, with the tree's
+/// [`TreeId`] (`<group>.<site>.<instance>.<executor pid>.<generation>`).
 ///
 /// Children inherit it, so the executor can find a tree whose guard was SIGKILLed even
 /// without a cgroup. A process that execs with a cleared environment loses it: only the
 /// cgroup closes that gap.
 pub const TREE_MARKER_ENV: &str = "FAILOVER_TREE";
+
+/// Names one worker tree: its marker, and (prefixed `failover.`) its cgroup.
+///
+/// Group and site names hold only letters, digits, `-` and `_` (the topology checks
+/// this), so the dots separate the fields unambiguously.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeId {
+    /// The failover group.
+    pub group: String,
+    /// The executor's site.
+    pub site: String,
+    /// The worker slot.
+    pub instance: u32,
+    /// The pid of the executor that started the tree.
+    pub executor_pid: u32,
+    /// The worker's generation.
+    pub generation: u64,
+}
+
+impl TreeId {
+    /// The marker value (`FAILOVER_TREE`).
+    pub fn marker(&self) -> String {
+        format!(
+            "{}.{}.{}.{}.{}",
+            self.group, self.site, self.instance, self.executor_pid, self.generation
+        )
+    }
+
+    /// The cgroup directory name.
+    pub fn cgroup_name(&self) -> String {
+        format!("failover.{}", self.marker())
+    }
+
+    /// Reads a marker back.
+    pub fn parse(marker: &str) -> Option<TreeId> {
+        let fields: Vec<&str> = marker.split('.').collect();
+        let [group, site, instance, pid, generation] = fields.as_slice() else {
+            return None;
+        };
+        Some(TreeId {
+            group: group.to_string(),
+            site: site.to_string(),
+            instance: instance.parse().ok()?,
+            executor_pid: pid.parse().ok()?,
+            generation: generation.parse().ok()?,
+        })
+    }
+
+    /// Whether the executor that started this tree is gone (its pid is dead, or now
+    /// belongs to a process that is not `failover`).
+    fn orphaned(&self) -> bool {
+        let pid = self.executor_pid as libc::pid_t;
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        !(alive(pid) && comm.trim_end() == "failover")
+    }
+}
+
+/// Kills what executors of `group` at `site` that are gone (`kill -9` of the executor
+/// together with its guards) left running: their trees' cgroups, and every process
+/// carrying their marker. Run by `failover exec` at start, before it can take a lease,
+/// so no worker of a previous executor on this host runs beside the new ones. Returns
+/// the markers of the trees it killed.
+pub fn sweep_stale(group: &str, site: &str) -> Vec<String> {
+    let ours = |id: &TreeId| id.group == group && id.site == site && id.orphaned();
+    let mut swept = BTreeSet::new();
+    if let Some(base) = own_cgroup() {
+        for entry in std::fs::read_dir(&base).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(id) = name.strip_prefix("failover.").and_then(TreeId::parse) else {
+                continue;
+            };
+            if ours(&id) {
+                kill_cgroup_and_wait(&entry.path(), Duration::from_secs(2));
+                swept.insert(id.marker());
+            }
+        }
+    }
+    for (_, marker) in markers() {
+        if TreeId::parse(&marker).is_some_and(|id| ours(&id)) && !swept.contains(&marker) {
+            kill_marked(&marker, Duration::from_secs(2));
+            swept.insert(marker);
+        }
+    }
+    swept.into_iter().collect()
+}
+
+/// Every live process that carries a tree marker, with the marker.
+fn markers() -> Vec<(libc::pid_t, String)> {
+    let prefix = format!("{TREE_MARKER_ENV}=");
+    let mut found = Vec::new();
+    for pid in pids() {
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if let Some(marker) = environ
+            .split(|b| *b == 0)
+            .find_map(|v| v.strip_prefix(prefix.as_bytes()))
+        {
+            found.push((pid, String::from_utf8_lossy(marker).into_owned()));
+        }
+    }
+    found
+}
+
+/// Every pid in /proc.
+fn pids() -> Vec<libc::pid_t> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect()
+}
 
 /// How the executor contains worker trees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -140,30 +254,11 @@ pub fn kill_cgroup_and_wait(dir: &Path, within: Duration) -> bool {
 
 /// Every live process whose environment holds `FAILOVER_TREE=<marker>`, except `except`.
 pub fn marked(marker: &str, except: libc::pid_t) -> BTreeSet<libc::pid_t> {
-    let needle = format!("{TREE_MARKER_ENV}={marker}");
-    let mut found = BTreeSet::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return found;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<libc::pid_t>().ok())
-        else {
-            continue;
-        };
-        if pid == except || !alive(pid) {
-            continue;
-        }
-        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
-            continue;
-        };
-        if environ.split(|b| *b == 0).any(|v| v == needle.as_bytes()) {
-            found.insert(pid);
-        }
-    }
-    found
+    markers()
+        .into_iter()
+        .filter(|(pid, found)| found == marker && *pid != except && alive(*pid))
+        .map(|(pid, _)| pid)
+        .collect()
 }
 
 /// SIGKILLs every process marked with `marker` until none is left, for up to `within`.
@@ -232,6 +327,22 @@ mod tests {
     fn no_cgroup2_mount_means_no_cgroup() {
         let v1 = "32 31 0:29 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n";
         assert_eq!(cgroup_dir(v1, "/"), None);
+    }
+
+    #[test]
+    fn tree_ids_read_back_and_name_their_cgroup() {
+        let id = TreeId {
+            group: "default".into(),
+            site: "site-a".into(),
+            instance: 2,
+            executor_pid: 4242,
+            generation: 7,
+        };
+        assert_eq!(id.marker(), "default.site-a.2.4242.7");
+        assert_eq!(id.cgroup_name(), "failover.default.site-a.2.4242.7");
+        assert_eq!(TreeId::parse(&id.marker()), Some(id));
+        assert_eq!(TreeId::parse("default.site-a.2.4242"), None);
+        assert_eq!(TreeId::parse("a.b.c.d.e"), None);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
-use crate::contain::{self, Containment, TREE_MARKER_ENV};
+use crate::contain::{self, Containment, TreeId, TREE_MARKER_ENV};
 use crate::monotonic::instant_to_ns;
 use crate::output::OutputOptions;
 
@@ -117,11 +117,16 @@ impl Worker {
     pub fn spawn(spec: Spawn<'_>, events: mpsc::Sender<WorkerEvent>) -> std::io::Result<Worker> {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
         let (instance, generation) = (spec.instance, spec.generation);
-        let marker = format!("{}-{generation}", std::process::id());
+        let id = TreeId {
+            group: spec.group.to_string(),
+            site: spec.site.to_string(),
+            instance,
+            executor_pid: std::process::id(),
+            generation,
+        };
+        let marker = id.marker();
         let cgroup = match spec.containment {
-            Containment::Auto => {
-                tree_cgroup(&format!("failover-{}-{instance}-{marker}", spec.site))
-            }
+            Containment::Auto => tree_cgroup(&id.cgroup_name()),
             Containment::ProcessGroup => None,
         };
         let mut command = guard_command(&spec, cgroup.as_deref());

@@ -114,6 +114,11 @@ pub(crate) async fn run(args: ExecArgs) -> anyhow::Result<()> {
         containment: args.containment,
     };
     failover_executor::executor::check_command(&options.command)?;
+    // Workers left by a previous executor of this group and site that was killed
+    // together with its guards run with no lease: end them before taking one.
+    for marker in failover_executor::contain::sweep_stale(&options.group, &options.site) {
+        tracing::warn!(%marker, "killed a worker tree left by an executor that is gone");
+    }
     let (control, commands) = tokio::sync::mpsc::channel(4);
     let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
     tokio::spawn(async move {

@@ -53,12 +53,16 @@ pub fn live(dir: &Path, site: &str) -> Vec<i32> {
 }
 
 /// Writes an executable shell script `name` into `dir` and returns its path. Every
-/// script takes a marker as `$1` and exports it as `GUARD_TEST_MARKER`, so every process
-/// it starts can be found in /proc (see [`marked`]), and records `$$` in `dir/name.pids`.
+/// script takes a marker as `$1` and runs with it as `GUARD_TEST_MARKER` in its
+/// environment, so it and every process it starts can be found in /proc (see
+/// [`workers_marked`]), and records `$$` in `dir/name.pids`.
 fn marked_script(dir: &Path, name: &str, body: &str) -> PathBuf {
     let path = dir.join(name);
     let text = format!(
-        "#!/bin/sh\nexport GUARD_TEST_MARKER=\"$1\"\nd={dir}\necho $$ >> \"$d/{name}.pids\"\n{body}\n",
+        // Re-executed once with the marker in its environment, so that the script's own
+        // /proc/PID/environ carries it too, not only its children's.
+        "#!/bin/sh\n[ \"$GUARD_TEST_MARKER\" = \"$1\" ] || GUARD_TEST_MARKER=\"$1\" exec \"$0\" \"$@\"\n\
+         d={dir}\necho $$ >> \"$d/{name}.pids\"\n{body}\n",
         dir = dir.display()
     );
     std::fs::write(&path, text).expect("write worker");
@@ -165,8 +169,9 @@ fn marked_in(marker: &str, files: &[&str]) -> Vec<i32> {
         .collect()
 }
 
-/// SIGKILLs every process carrying its marker when dropped, so a failing test leaves
-/// nothing behind (not even a daemonized grandchild).
+/// SIGKILLs every worker process carrying its marker when dropped, so a failing test
+/// leaves nothing behind (not even a daemonized grandchild). Guards and executors are
+/// left to their owners (`Proc`, the guard handles), so a guard can still clean up.
 pub struct Reaper(pub String);
 
 impl Reaper {
@@ -183,7 +188,7 @@ impl Reaper {
 impl Drop for Reaper {
     fn drop(&mut self) {
         for _ in 0..100 {
-            let pids = marked(&self.0);
+            let pids = workers_marked(&self.0);
             if pids.is_empty() {
                 return;
             }
