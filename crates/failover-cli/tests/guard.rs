@@ -543,3 +543,61 @@ async fn guard_sigkill_leaves_no_worker_with_cgroups() {
 async fn guard_sigkill_leaves_no_worker_without_cgroups() {
     guard_sigkill_leaves_no_worker("process-group").await;
 }
+
+/// The executor and its guard both SIGKILLed (the executor frozen first, so it cannot
+/// react): the setsid'd daemon survives them, with no lease. The next executor of the
+/// site kills it at start, before it starts a worker of its own.
+async fn next_executor_kills_what_a_dead_one_left(containment: &str, group: &str) {
+    // A group of its own: an executor sweeps only its own group's leftovers, so tests
+    // running beside this one cannot sweep its daemon first.
+    let mut cluster =
+        Cluster::new_with(|yaml| format!("{yaml}  - name: {group}\n    sites: [site-a, site-b]\n"));
+    let dir = cluster_with_workdir(&mut cluster).await;
+    let reaper = Reaper::new("stale");
+    let script = workers::daemonizer(&dir);
+    let script = script.to_str().expect("utf8");
+    let args = ["--containment", containment, "--group", group];
+    let exec = cluster.exec("site-a", &args, &[script, &reaper.0]);
+    let daemon_pid = dir.join("daemon.pid");
+    let daemon: i32 = eventually("the daemon", Duration::from_secs(30), || {
+        let path = daemon_pid.clone();
+        async move { std::fs::read_to_string(&path).ok()?.trim().parse().ok() }
+    })
+    .await;
+    let worker = workers::started(&dir, "daemonizer.sh")[0];
+    let guard = parent_of(worker);
+    exec.signal(libc::SIGSTOP);
+    // SAFETY: kill(2) on the guard this test's executor started.
+    unsafe { libc::kill(guard, libc::SIGKILL) };
+    drop(exec); // SIGCONT, SIGKILL, reaped
+    eventually(
+        "the worker gone by PDEATHSIG",
+        Duration::from_secs(5),
+        || async { (!alive(worker)).then_some(()) },
+    )
+    .await;
+    assert!(alive(daemon), "the daemon outlived executor and guard");
+    std::fs::remove_file(&daemon_pid).expect("forget the old daemon");
+    let _next = cluster.exec("site-a", &args, &[script, &reaper.0]);
+    eventually("the new executor's daemon", Duration::from_secs(30), || {
+        let path = daemon_pid.clone();
+        async move { std::fs::read_to_string(&path).ok() }
+    })
+    .await;
+    assert!(
+        !alive(daemon),
+        "{containment}: the old daemon was killed before the new workers started"
+    );
+    let log = std::fs::read_to_string(cluster.data_dir().join("exec-site-a.log")).expect("log");
+    assert!(log.contains("killed a worker tree left by an executor that is gone"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn next_executor_kills_what_a_dead_one_left_with_cgroups() {
+    next_executor_kills_what_a_dead_one_left("auto", "stale-cgroup").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn next_executor_kills_what_a_dead_one_left_without_cgroups() {
+    next_executor_kills_what_a_dead_one_left("process-group", "stale-pgroup").await;
+}
