@@ -85,6 +85,17 @@ const FINISH_LIMIT_NS: u64 = 2_000_000_000;
 /// Runs a guard to completion; the return value is the process exit code.
 pub fn run(args: GuardArgs) -> i32 {
     let control = args.control_fd;
+    // Checked before this process opens anything, which could take that number: a guard
+    // without its channel would never learn that the executor is gone.
+    // SAFETY: fcntl on a descriptor number; a closed one only fails.
+    if unsafe { libc::fcntl(control, libc::F_GETFD) } < 0 {
+        eprintln!(
+            "failover guard: --control-fd {control} is not an open descriptor ({}); \
+             the guard is started by `failover exec`",
+            std::io::Error::last_os_error()
+        );
+        return 2;
+    }
     // The worker must not inherit the channel: it has to close when this guard ends.
     set_cloexec(control);
     match Guard::start(args) {
