@@ -175,6 +175,8 @@ pub fn numbered_path(path: &Path, n: u32) -> PathBuf {
 
 /// The longest line echoed whole; a longer one is cut into pieces of this size.
 pub const MAX_ECHO_LINE_BYTES: usize = 8 * 1024;
+/// The largest batch of whole lines written at once (PIPE_BUF on Linux).
+const ECHO_WRITE_BYTES: usize = 4096;
 /// Lines waiting for the stderr writer; past this, lines are dropped (and counted).
 const ECHO_QUEUE_LINES: usize = 1024;
 
@@ -197,16 +199,20 @@ impl Echo {
             .spawn(move || {
                 let stderr = std::io::stderr();
                 let mut batch = Vec::new();
-                while let Ok(line) = lines.recv() {
-                    // One write for everything queued meanwhile: a flood of short lines
-                    // costs a few syscalls, not one each.
+                let mut carried = None;
+                while let Some(line) = carried.take().or_else(|| lines.recv().ok()) {
+                    // Whole lines queued meanwhile go out in one write of at most
+                    // PIPE_BUF bytes: a flood costs few syscalls, and on a pipe such a
+                    // write is atomic, so the executor's own log lines never land in the
+                    // middle of a worker's line.
                     batch.clear();
                     batch.extend_from_slice(&line);
                     while let Ok(more) = lines.try_recv() {
-                        batch.extend_from_slice(&more);
-                        if batch.len() >= 256 * 1024 {
+                        if batch.len() + more.len() > ECHO_WRITE_BYTES {
+                            carried = Some(more);
                             break;
                         }
+                        batch.extend_from_slice(&more);
                     }
                     if stderr.lock().write_all(&batch).is_err() {
                         break;
