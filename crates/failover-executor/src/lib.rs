@@ -5,6 +5,7 @@
 //!   drains, rolling reloads, reports to the controllers.
 //! - [`worker`]: one worker slot's guard process and the events it reports.
 //! - [`guard`]: the guard itself (`failover guard`): holds the deadline, kills the tree.
+//! - [`guards`]: every live guard, which gates giving the lease back.
 //! - [`health`]: command and HTTP health checks.
 //! - [`monotonic`]: CLOCK_MONOTONIC nanoseconds, shared by executor and guards.
 //!
@@ -15,6 +16,7 @@
 
 pub mod executor;
 pub mod guard;
+pub mod guards;
 pub mod health;
 pub mod monotonic;
 pub mod worker;
