@@ -345,8 +345,9 @@ fn lived_at_least_s() -> f64 {
     LONG_GRACE.as_secs_f64() - 0.3
 }
 
-/// Two sites whose workers ignore SIGTERM: site-a running two, site-b ready, and an
-/// observer watching both from outside the executors.
+/// Two sites whose workers ignore SIGTERM (unless `stubborn` is false: then site-a's
+/// first generation obeys it), site-a running two, site-b ready, and an observer watching
+/// both from outside the executors.
 struct StubbornSites {
     cluster: Cluster,
     dir: PathBuf,
@@ -356,10 +357,11 @@ struct StubbornSites {
     first: Vec<i32>,
 }
 
-async fn stubborn_sites() -> StubbornSites {
+async fn stubborn_sites(stubborn: bool) -> StubbornSites {
     let mut cluster = Cluster::new_with(|yaml| yaml.replacen("cluster_name: test\n", LONG_TTL, 1));
     let dir = started(&mut cluster).await;
     let script = workers::stubborn_script(&dir);
+    workers::set_stubborn(&dir, stubborn);
     let script = script.to_str().expect("utf8");
     let grace = format!("{}ms", LONG_GRACE.as_millis());
     let args = [
@@ -372,6 +374,7 @@ async fn stubborn_sites() -> StubbornSites {
     ];
     let a = exec_by_config(&cluster, "site-a", &args, script);
     let first = wait_running(&dir, "site-a", 2).await;
+    workers::set_stubborn(&dir, true);
     let b = exec_by_config(&cluster, "site-b", &args, script);
     wait_site_ready(&cluster, "site-b").await;
     let observer = workers::Observer::start(&dir);
@@ -449,7 +452,8 @@ async fn promote_b(cluster: &Cluster) {
 
 impl StubbornSites {
     /// Waits for site-b's two workers, then checks what the observer saw: no instant at
-    /// which both sites' workers ran, and every SIGTERMed worker of site-a took the grace.
+    /// which both sites' workers ran, and every worker of site-a that ignored SIGTERM
+    /// took the grace.
     async fn site_b_took_over_without_overlap(self) {
         wait_running(&self.dir, "site-b", 2).await;
         let observed = self.observer.finish();
@@ -483,16 +487,18 @@ impl StubbornSites {
 /// only once its guards killed the trees, so site-b's workers never run beside them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_releases_only_after_stubborn_workers_are_gone() {
-    let s = stubborn_sites().await;
+    let s = stubborn_sites(true).await;
     promote_b(&s.cluster).await;
     s.site_b_took_over_without_overlap().await;
 }
 
 /// A promote right after a rolling reload finished, while the retiring generation still
-/// takes its stop grace: the lease waits for the retiring trees too.
+/// takes its stop grace and the new one stops at once: the lease waits for the retiring
+/// trees too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_waits_for_the_retiring_generation_of_a_reload() {
-    let s = stubborn_sites().await;
+    let s = stubborn_sites(true).await;
+    workers::set_stubborn(&s.dir, false);
     s.a.signal(libc::SIGHUP);
     let retiring = eventually(
         "the old generation SIGTERMed at the end of the reload",
@@ -516,10 +522,11 @@ async fn drain_waits_for_the_retiring_generation_of_a_reload() {
 }
 
 /// `failover reload` interrupted by a promote: the reload is rolled back (and says so),
-/// and the lease waits for the new generation's trees as well as the old one's.
+/// and the lease waits for the new generation's trees (which ignore SIGTERM) as well as
+/// the old one's (which stop at once).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn promote_during_a_reload_waits_for_both_generations() {
-    let s = stubborn_sites().await;
+    let s = stubborn_sites(false).await;
     let mut reload = Proc(
         std::process::Command::new(failover_bin())
             .args([
@@ -576,7 +583,7 @@ async fn promote_during_a_reload_waits_for_both_generations() {
 /// until its guards report the stubborn trees gone, then releases and exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_releases_only_after_stubborn_workers_are_gone() {
-    let mut s = stubborn_sites().await;
+    let mut s = stubborn_sites(true).await;
     s.a.signal(libc::SIGTERM);
     assert!(s.first.iter().all(|p| alive(*p)));
     promote_b(&s.cluster).await;

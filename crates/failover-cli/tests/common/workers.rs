@@ -37,12 +37,14 @@ wait
     write_script(&dir.join("worker.sh"), &text)
 }
 
-/// Writes a worker that ignores SIGTERM (it and its child), so every stop takes the whole
-/// grace and ends in SIGKILL. It appends `start SITE PID UPTIME` and `term SITE PID
-/// UPTIME` to `dir/lifetimes` (UPTIME from /proc/uptime: the host's monotonic clock, which
-/// a shell can read), and exits at once, as a crash, while `dir/crash-SITE-INSTANCE`
-/// exists.
+/// Writes a worker that, when `dir/stubborn` exists as it starts, ignores SIGTERM (it and
+/// its child), so its stop takes the whole grace and ends in SIGKILL; otherwise it dies on
+/// SIGTERM at once. It appends `start SITE PID UPTIME` to `dir/lifetimes`, and a stubborn
+/// one `term SITE PID UPTIME` on each SIGTERM (UPTIME from /proc/uptime: the host's
+/// monotonic clock, which a shell can read). While `dir/crash-SITE-INSTANCE` exists it
+/// exits at once, as a crash. Creates `dir/stubborn`.
 pub fn stubborn_script(dir: &Path) -> PathBuf {
+    set_stubborn(dir, true);
     // TODO(guard): also log to stdout once the guard protocol has its own fd.
     let text = format!(
         r#"#!/bin/sh
@@ -53,8 +55,12 @@ if [ -f "$d/crash-$FAILOVER_SITE-$FAILOVER_INSTANCE" ]; then
   exit 3
 fi
 echo "start $FAILOVER_SITE $$ $(now)" >> "$d/lifetimes"
-trap 'echo "term $FAILOVER_SITE $$ $(now)" >> "$d/lifetimes"; echo "worker $$ ignores SIGTERM" >&2' TERM
-(trap '' TERM; exec sleep 1000) &
+if [ -f "$d/stubborn" ]; then
+  trap 'echo "term $FAILOVER_SITE $$ $(now)" >> "$d/lifetimes"; echo "worker $$ ignores SIGTERM" >&2' TERM
+  (trap '' TERM; exec sleep 1000) &
+else
+  sleep 1000 &
+fi
 echo "$$ $!" > "$d/pids-$FAILOVER_SITE-$FAILOVER_INSTANCE.$$"
 echo "$FAILOVER_FENCING_TOKEN" > "$d/token-$FAILOVER_SITE-$FAILOVER_INSTANCE"
 echo "worker $$ of $FAILOVER_SITE up, token $FAILOVER_FENCING_TOKEN" >&2
@@ -63,6 +69,16 @@ while :; do wait; done
         dir = dir.display()
     );
     write_script(&dir.join("stubborn.sh"), &text)
+}
+
+/// Whether workers started from now on ignore SIGTERM.
+pub fn set_stubborn(dir: &Path, stubborn: bool) {
+    let marker = dir.join("stubborn");
+    if stubborn {
+        std::fs::write(&marker, "").expect("stubborn marker");
+    } else if marker.exists() {
+        std::fs::remove_file(&marker).expect("remove the stubborn marker");
+    }
 }
 
 fn write_script(path: &Path, text: &str) -> PathBuf {
