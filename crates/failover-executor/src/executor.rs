@@ -467,15 +467,7 @@ impl Executor {
         let now = self.clock.now();
         if let GuardEvent::Ended(how) = &event.event {
             self.guards.ended(event.generation);
-            if let Some(pos) = self
-                .retired
-                .iter()
-                .position(|w| w.generation == event.generation)
-            {
-                let worker = self.retired.swap_remove(pos);
-                tracing::info!(instance = worker.instance, generation = worker.generation, %how, "retired worker tree gone");
-                worker.reap().await;
-                self.after_stop().await;
+            if self.on_retired_ended(event.generation, how).await {
                 return;
             }
         }
@@ -533,6 +525,19 @@ impl Executor {
             }
         }
         self.after_stop().await;
+    }
+
+    /// A retired worker's guard reported its tree gone: reaps it. False if `generation`
+    /// is not a retired worker.
+    async fn on_retired_ended(&mut self, generation: u64, how: &str) -> bool {
+        let Some(pos) = self.retired.iter().position(|w| w.generation == generation) else {
+            return false;
+        };
+        let worker = self.retired.swap_remove(pos);
+        tracing::info!(instance = worker.instance, generation, %how, "retired worker tree gone");
+        worker.reap().await;
+        self.after_stop().await;
+        true
     }
 
     /// Once every worker tree is gone, a drained lease goes back at once, and so does
