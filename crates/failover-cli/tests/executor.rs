@@ -334,3 +334,264 @@ fn stop_grace_too_long_for_the_lease_is_refused() {
         "{stderr}"
     );
 }
+
+/// The topology of the stop-lifetime tests: a TTL long enough for a 1.5 s stop grace.
+const LONG_TTL: &str = "cluster_name: test\ntiming:\n  lease_ttl_ms: 6000\n";
+/// The stop grace (and drain timeout) of the stop-lifetime tests' executors.
+const LONG_GRACE: Duration = Duration::from_millis(1500);
+/// A worker that ignores SIGTERM lives at least this long after it (the grace less the
+/// resolution of /proc/uptime and scheduling), in seconds.
+fn lived_at_least_s() -> f64 {
+    LONG_GRACE.as_secs_f64() - 0.3
+}
+
+/// Two sites whose workers ignore SIGTERM (unless `stubborn` is false: then site-a's
+/// first generation obeys it), site-a running two, site-b ready, and an observer watching
+/// both from outside the executors.
+struct StubbornSites {
+    cluster: Cluster,
+    dir: PathBuf,
+    a: Proc,
+    _b: Proc,
+    observer: workers::Observer,
+    first: Vec<i32>,
+}
+
+async fn stubborn_sites(stubborn: bool) -> StubbornSites {
+    let mut cluster = Cluster::new_with(|yaml| yaml.replacen("cluster_name: test\n", LONG_TTL, 1));
+    let dir = started(&mut cluster).await;
+    let script = workers::stubborn_script(&dir);
+    workers::set_stubborn(&dir, stubborn);
+    let script = script.to_str().expect("utf8");
+    let grace = format!("{}ms", LONG_GRACE.as_millis());
+    let args = [
+        "--instances",
+        "2",
+        "--stop-grace",
+        &grace,
+        "--drain-timeout",
+        &grace,
+    ];
+    let a = exec_by_config(&cluster, "site-a", &args, script);
+    let first = wait_running(&dir, "site-a", 2).await;
+    workers::set_stubborn(&dir, true);
+    let b = exec_by_config(&cluster, "site-b", &args, script);
+    wait_site_ready(&cluster, "site-b").await;
+    let observer = workers::Observer::start(&dir);
+    StubbornSites {
+        cluster,
+        dir,
+        a,
+        _b: b,
+        observer,
+        first,
+    }
+}
+
+/// `failover exec` that finds the controllers and the timing in the topology file only.
+/// ([`Cluster::exec`] also sets FAILOVER_ENDPOINTS, and `--endpoints` makes the CLI use
+/// the default timing, which refuses a stop grace fitted to the longer TTL here.)
+fn exec_by_config(cluster: &Cluster, site: &str, args: &[&str], script: &str) -> Proc {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(cluster.data_dir().join(format!("exec-{site}.log")))
+        .expect("log file");
+    let child = std::process::Command::new(failover_bin())
+        .args(["exec", "--site", site, "--config"])
+        .arg(&cluster.config)
+        .args(args)
+        .args(["--", script])
+        .env("RUST_LOG", "info")
+        .env_remove("FAILOVER_ENDPOINTS")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn exec");
+    Proc(child)
+}
+
+/// Waits until an executor of `site` reports ready.
+async fn wait_site_ready(cluster: &Cluster, site: &str) {
+    let client = cluster.client();
+    eventually(
+        &format!("{site}'s executor ready"),
+        Duration::from_secs(20),
+        || {
+            let mut client = client.clone();
+            async move {
+                let s = client.status().await.ok()?;
+                let site = s.sites.iter().find(|s| s.name == site)?;
+                site.executors
+                    .iter()
+                    .any(|e| e.report.as_ref().is_some_and(|r| r.ready))
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+}
+
+/// `failover promote site-b --wait`.
+async fn promote_b(cluster: &Cluster) {
+    let request = PromoteRequest {
+        group: "default".into(),
+        site: "site-b".into(),
+        reason: "test".into(),
+        actor: "test".into(),
+        wait: true,
+        force: false,
+    };
+    cluster
+        .client()
+        .promote(request)
+        .await
+        .expect("promote --wait");
+}
+
+impl StubbornSites {
+    /// Waits for site-b's two workers, then checks what the observer saw: no instant at
+    /// which both sites' workers ran, and every worker of site-a that ignored SIGTERM
+    /// took the grace.
+    async fn site_b_took_over_without_overlap(self) {
+        wait_running(&self.dir, "site-b", 2).await;
+        let observed = self.observer.finish();
+        assert!(observed.rounds > 100, "the observer ran");
+        assert!(
+            observed.overlaps.is_empty(),
+            "both sites' workers ran at once: {:?}",
+            observed.overlaps
+        );
+        let lived = observed.lived_after_term(&self.dir, "site-a");
+        assert!(!lived.is_empty(), "site-a's workers were SIGTERMed");
+        for (pid, seconds) in &lived {
+            assert!(
+                *seconds >= lived_at_least_s(),
+                "worker {pid} lived only {seconds:.3} s after SIGTERM: {lived:?}"
+            );
+        }
+        eprintln!("site-a's workers after SIGTERM (s): {lived:?}");
+    }
+
+    /// The site-a pids recorded so far that were not running at the start.
+    fn new_site_a_pids(&self) -> Vec<i32> {
+        workers::recorded(&self.dir, "site-a")
+            .into_iter()
+            .filter(|p| !self.first.contains(p))
+            .collect()
+    }
+}
+
+/// A planned promote while site-a's workers ignore SIGTERM: site-a releases the lease
+/// only once its guards killed the trees, so site-b's workers never run beside them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_releases_only_after_stubborn_workers_are_gone() {
+    let s = stubborn_sites(true).await;
+    promote_b(&s.cluster).await;
+    s.site_b_took_over_without_overlap().await;
+}
+
+/// A promote right after a rolling reload finished, while the retiring generation still
+/// takes its stop grace and the new one stops at once: the lease waits for the retiring
+/// trees too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_waits_for_the_retiring_generation_of_a_reload() {
+    let s = stubborn_sites(true).await;
+    workers::set_stubborn(&s.dir, false);
+    s.a.signal(libc::SIGHUP);
+    let retiring = eventually(
+        "the old generation SIGTERMed at the end of the reload",
+        Duration::from_secs(20),
+        || async {
+            let termed: Vec<i32> = workers::terms(&s.dir)
+                .into_iter()
+                .filter(|(site, pid, _)| site == "site-a" && s.first.contains(pid))
+                .map(|(_, pid, _)| pid)
+                .collect();
+            (!termed.is_empty()).then_some(termed)
+        },
+    )
+    .await;
+    assert!(
+        retiring.iter().any(|p| alive(*p)),
+        "the retiring generation is still stopping when the promote begins"
+    );
+    promote_b(&s.cluster).await;
+    s.site_b_took_over_without_overlap().await;
+}
+
+/// `failover reload` interrupted by a promote: the reload is rolled back (and says so),
+/// and the lease waits for the new generation's trees (which ignore SIGTERM) as well as
+/// the old one's (which stop at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promote_during_a_reload_waits_for_both_generations() {
+    let s = stubborn_sites(false).await;
+    let mut reload = Proc(
+        std::process::Command::new(failover_bin())
+            .args([
+                "reload",
+                "--site",
+                "site-a",
+                "--endpoints",
+                &s.cluster.endpoints(),
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run reload"),
+    );
+    let new = eventually(
+        "a worker of the new generation",
+        Duration::from_secs(20),
+        || async {
+            let new: Vec<i32> = s
+                .new_site_a_pids()
+                .into_iter()
+                .filter(|p| alive(*p))
+                .collect();
+            (!new.is_empty()).then_some(new)
+        },
+    )
+    .await;
+    assert!(s.first.iter().any(|p| alive(*p)), "the old generation runs");
+    promote_b(&s.cluster).await;
+    assert!(
+        new.iter().all(|p| !alive(*p)),
+        "the promote completed while the new generation ran"
+    );
+    let out = eventually(
+        "the reload command's verdict",
+        Duration::from_secs(20),
+        || {
+            let done = reload.0.try_wait().ok().flatten();
+            async move { done }
+        },
+    )
+    .await;
+    let mut stdout = String::new();
+    if let Some(mut pipe) = reload.0.stdout.take() {
+        use std::io::Read;
+        pipe.read_to_string(&mut stdout).expect("reload output");
+    }
+    assert_eq!(out.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("rolled back: a drain began"), "{stdout}");
+    s.site_b_took_over_without_overlap().await;
+}
+
+/// SIGTERM to site-a's executor and a promote at once: the executor keeps the lease
+/// until its guards report the stubborn trees gone, then releases and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_releases_only_after_stubborn_workers_are_gone() {
+    let mut s = stubborn_sites(true).await;
+    s.a.signal(libc::SIGTERM);
+    assert!(s.first.iter().all(|p| alive(*p)));
+    promote_b(&s.cluster).await;
+    let status = eventually("site-a's executor exits", Duration::from_secs(20), || {
+        let done = s.a.0.try_wait().ok().flatten();
+        async move { done }
+    })
+    .await;
+    assert_eq!(status.code(), Some(0));
+    s.site_b_took_over_without_overlap().await;
+}

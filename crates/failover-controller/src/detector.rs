@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use failover_core::policy::{Observations, SiteObservation};
 use failover_core::{GroupName, SiteId};
+use failover_proto::executor::ExecutorReport;
 use openraft::Instant as _;
 
 use crate::services::NodeContext;
@@ -42,7 +43,11 @@ pub fn observe(ctx: &NodeContext, since: Instant, now: Instant) -> Observations 
     }
     let fresh = std::time::Duration::from_millis(ctx.topology.timing.failure_timeout_ms);
     for site in &ctx.topology.sites {
-        for (age, report) in ctx.executors.site(site.name.as_str(), now) {
+        let reports = ctx.executors.site(site.name.as_str(), now);
+        if let Some(obs) = sites.get_mut(&site.name) {
+            obs.unhealthy = unhealthy(&reports, fresh);
+        }
+        for (age, report) in reports {
             let at = now.checked_sub(age).unwrap_or(now);
             hear(&mut sites, &site.name, at);
             if let Some(obs) = sites.get_mut(&site.name) {
@@ -56,6 +61,35 @@ pub fn observe(ctx: &NodeContext, since: Instant, now: Instant) -> Observations 
         }
     }
     Observations { since, sites }
+}
+
+/// Per group, why the site is unhealthy for it: it has recent reports for the group and
+/// none of them is healthy. One healthy executor is enough for the site to run the group.
+fn unhealthy(
+    reports: &[(std::time::Duration, ExecutorReport)],
+    fresh: std::time::Duration,
+) -> BTreeMap<GroupName, String> {
+    let mut verdict: BTreeMap<GroupName, Option<String>> = BTreeMap::new();
+    for (_, report) in reports.iter().filter(|(age, _)| *age < fresh) {
+        let group = verdict
+            .entry(GroupName(report.group.clone()))
+            .or_insert_with(|| Some(String::new()));
+        match (report.healthy, group.as_mut()) {
+            (true, _) => *group = None,
+            (false, Some(why)) if why.is_empty() => {
+                *why = if report.message.is_empty() {
+                    format!("executor {} reports unhealthy", report.executor_id)
+                } else {
+                    report.message.clone()
+                };
+            }
+            (false, _) => {}
+        }
+    }
+    verdict
+        .into_iter()
+        .filter_map(|(group, why)| why.map(|why| (group, why)))
+        .collect()
 }
 
 fn hear(sites: &mut BTreeMap<SiteId, SiteObservation>, site: &SiteId, at: Instant) {

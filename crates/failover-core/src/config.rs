@@ -121,7 +121,8 @@ pub struct Timing {
     pub max_clock_drift_ms: u64,
     /// How long a site may be silent before it is considered lost.
     pub failure_timeout_ms: u64,
-    /// Minimum time between two automatic changes of a group's active site.
+    /// After a change of a group's active site, how long a health-based failover (active
+    /// site unhealthy but heard) is held back. A lost active site is replaced regardless.
     pub failover_cooldown_ms: u64,
 }
 

@@ -10,9 +10,16 @@
 //!   reported for `failure_timeout` (whether or not its controllers answer: a site whose
 //!   executors are all silent cannot run the group). A site is *lost* outright when its
 //!   controllers and executors have all been silent that long.
-//! - Automatic failover happens only from a lost active site, so there is no automatic
-//!   failback: a site that comes back stays standby until an operator promotes it.
-//! - Not within `failover_cooldown` of the group's last change of active site.
+//! - The active site is *unhealthy for a group* when it is not lost but every executor
+//!   of it that reported for the group within `failure_timeout` says it is unhealthy
+//!   (a crash loop, failing health checks): it is up but cannot run the group.
+//! - Automatic failover happens only from a lost or unhealthy active site, so there is no
+//!   automatic failback: a site that comes back stays standby until an operator promotes
+//!   it.
+//! - A lost active site is replaced whatever the time since the last change (anti-flapping
+//!   never extends an outage: L1 holds right after a switchover too). A health-based move
+//!   is held back within `failover_cooldown` of the group's last change of active site,
+//!   so two sites that each fail their checks cannot bounce the group between them.
 //! - Candidates are the group's other sites in priority order that are not lost for the
 //!   group and whose executors report ready for it.
 
@@ -32,6 +39,9 @@ pub struct SiteObservation {
     pub group_last_heard: BTreeMap<GroupName, Instant>,
     /// Per group: whether an executor of this site reports ready (and healthy) for it.
     pub ready: BTreeMap<GroupName, bool>,
+    /// Per group, when every executor of this site that reported for it recently says it
+    /// is unhealthy: why (from their reports).
+    pub unhealthy: BTreeMap<GroupName, String>,
 }
 
 /// Everything the policy looks at besides the replicated state.
@@ -99,6 +109,14 @@ impl Observations {
             .any(|s| s.group_last_heard.contains_key(group))
     }
 
+    /// Why `site`'s executors for `group` are all unhealthy, if they are.
+    pub fn unhealthy_for(&self, site: &SiteId, group: &GroupName) -> Option<&str> {
+        self.sites
+            .get(site)
+            .and_then(|s| s.unhealthy.get(group))
+            .map(String::as_str)
+    }
+
     /// Whether an executor of `site` reports ready for `group`.
     pub fn ready_for(&self, site: &SiteId, group: &GroupName) -> bool {
         self.sites
@@ -109,7 +127,66 @@ impl Observations {
     }
 }
 
-/// The decisions for every group whose active site is lost.
+/// Why the active site should be replaced.
+enum Trigger {
+    /// Silent for `failure_timeout`: replaced whatever the time since the last change.
+    Lost,
+    /// Up but unable to run the group: replaced only outside the cooldown.
+    Unhealthy(String),
+}
+
+impl Trigger {
+    /// What holds the group, as the first half of a held-back reason.
+    fn held(&self, active: &SiteId) -> String {
+        match self {
+            Trigger::Lost => format!("{active} is lost"),
+            Trigger::Unhealthy(why) => format!("{active} is unhealthy ({why})"),
+        }
+    }
+
+    /// The reason recorded in the history.
+    fn reason(&self, active: &SiteId, timing: &Timing) -> String {
+        match self {
+            Trigger::Lost => format!(
+                "{active} silent for at least {} ms",
+                timing.failure_timeout_ms
+            ),
+            Trigger::Unhealthy(why) => format!("{active}'s executors are unhealthy: {why}"),
+        }
+    }
+}
+
+/// Whether `group`'s active site should be replaced, and why.
+fn trigger(
+    observed: &Observations,
+    active: &SiteId,
+    group: &GroupName,
+    timing: &Timing,
+    now: Instant,
+) -> Option<Trigger> {
+    if observed.lost_for(active, group, timing, now) {
+        return Some(Trigger::Lost);
+    }
+    observed
+        .unhealthy_for(active, group)
+        .map(|why| Trigger::Unhealthy(why.to_owned()))
+}
+
+/// When the cooldown after `group`'s last change of active site ends (unix ms); `None`
+/// when there was no change (its creation is not one).
+fn cooldown_end(group: &crate::state::GroupState, timing: &Timing) -> Option<u64> {
+    group
+        .history
+        .iter()
+        .rev()
+        .find(|h| h.kind != ChangeKind::Created)
+        .map(|h| {
+            h.completed_at_unix_ms
+                .saturating_add(timing.failover_cooldown_ms)
+        })
+}
+
+/// The decisions for every group whose active site is lost or unhealthy.
 pub fn decide(
     state: &ClusterState,
     groups: &[GroupConfig],
@@ -126,29 +203,23 @@ pub fn decide(
         let (Phase::Active, Some(active)) = (&group.phase, &group.active_site) else {
             continue;
         };
-        if !observed.lost_for(active, &group.name, timing, now) {
+        let Some(trigger) = trigger(observed, active, &group.name, timing, now) else {
             continue;
-        }
-        let hold = |reason: String| Decision::Hold {
+        };
+        let hold = |why: String| Decision::Hold {
             group: group.name.clone(),
-            reason,
+            reason: format!("{}; {why}", trigger.held(active)),
         };
         if !config.auto_failover {
-            decisions.push(hold(format!("{active} is lost; automatic failover is off")));
+            decisions.push(hold("automatic failover is off".into()));
             continue;
         }
-        // The group's creation is not a change of active site: no cooldown after it.
-        let last_change = group
-            .history
-            .iter()
-            .rev()
-            .find(|h| h.kind != ChangeKind::Created)
-            .map(|h| h.completed_at_unix_ms);
-        if last_change
-            .is_some_and(|at| now_unix_ms < at.saturating_add(timing.failover_cooldown_ms))
-        {
+        // Anti-flapping holds back health-based moves only: a lost site is replaced now.
+        let cooling = matches!(trigger, Trigger::Unhealthy(_))
+            && cooldown_end(group, timing).is_some_and(|end| now_unix_ms < end);
+        if cooling {
             decisions.push(hold(format!(
-                "{active} is lost; cooldown of {} ms after the last change",
+                "a health-based failover waits out the cooldown of {} ms after the last change",
                 timing.failover_cooldown_ms
             )));
             continue;
@@ -162,16 +233,13 @@ pub fn decide(
             .cloned()
             .collect();
         if candidates.is_empty() {
-            decisions.push(hold(format!("{active} is lost; no standby site is ready")));
+            decisions.push(hold("no standby site is ready".into()));
             continue;
         }
         decisions.push(Decision::Failover {
             group: group.name.clone(),
             candidates,
-            reason: format!(
-                "{active} silent for at least {} ms",
-                timing.failure_timeout_ms
-            ),
+            reason: trigger.reason(active, timing),
         });
     }
     decisions
@@ -205,7 +273,33 @@ mod tests {
             last_heard: Some(at),
             group_last_heard: BTreeMap::from([("g".into(), at)]),
             ready: BTreeMap::from([("g".into(), ready)]),
+            unhealthy: BTreeMap::new(),
         }
+    }
+
+    fn unhealthy(at: Instant, why: &str) -> SiteObservation {
+        SiteObservation {
+            unhealthy: BTreeMap::from([("g".into(), why.to_owned())]),
+            ..heard(at, false)
+        }
+    }
+
+    /// The group promoted from a to b, completed at `at_unix_ms`.
+    fn switched_to_b(state: &mut ClusterState, at_unix_ms: u64) {
+        state
+            .apply(&Command::BeginPromotion {
+                group: "g".into(),
+                to: "b".into(),
+                kind: ChangeKind::Promote,
+                actor: "t".into(),
+                reason: String::new(),
+                at_unix_ms,
+            })
+            .expect("begin");
+        let g = state.groups[&GroupName::from("g")].clone();
+        state
+            .apply(&crate::promotion::completion(&g, at_unix_ms).expect("complete"))
+            .expect("complete");
     }
 
     /// A silent active site is failed over to the ready standbys in priority order; a
@@ -272,34 +366,112 @@ mod tests {
         assert!(matches!(&d[0], Decision::Hold { reason, .. } if reason.contains("off")));
     }
 
-    /// After a change of active site, a lost site is held for the cooldown.
+    /// A lost active site is replaced at once whatever the time since the last change:
+    /// one millisecond after a switchover, and at the last millisecond of the cooldown.
     #[test]
-    fn cooldown_after_a_change_holds() {
+    fn lost_site_is_replaced_during_the_cooldown() {
         let (mut state, groups, timing, t0) = setup();
-        state
-            .apply(&Command::BeginPromotion {
-                group: "g".into(),
-                to: "b".into(),
-                kind: ChangeKind::Promote,
-                actor: "t".into(),
-                reason: String::new(),
-                at_unix_ms: 1_000,
-            })
-            .expect("begin");
-        let g = state.groups[&GroupName::from("g")].clone();
-        state
-            .apply(&crate::promotion::completion(&g, 1_000).expect("complete"))
-            .expect("complete");
+        switched_to_b(&mut state, 1_000);
         let now = t0 + Duration::from_millis(timing.failure_timeout_ms);
         let observed = Observations {
             since: t0,
             sites: BTreeMap::from([("a".into(), heard(now, true))]),
         };
+        for at in [1_001, 1_000 + timing.failover_cooldown_ms - 1] {
+            let d = decide(&state, &groups, &timing, &observed, now, at);
+            assert_eq!(
+                d,
+                vec![Decision::Failover {
+                    group: "g".into(),
+                    candidates: vec!["a".into()],
+                    reason: "b silent for at least 1500 ms".into(),
+                }],
+                "at {at}"
+            );
+        }
+    }
+
+    /// An unhealthy active site (heard, but every executor unhealthy) is failed over to a
+    /// ready standby with the reason from its reports; after a change it waits out the
+    /// cooldown, to the millisecond, and says so.
+    #[test]
+    fn unhealthy_site_fails_over_outside_the_cooldown() {
+        let (mut state, groups, timing, t0) = setup();
+        let now = t0 + Duration::from_millis(10);
+        let observed = Observations {
+            since: t0,
+            sites: BTreeMap::from([
+                ("a".into(), unhealthy(now, "worker 0 is crash-looping")),
+                ("c".into(), heard(now, true)),
+            ]),
+        };
+        let expected = |from: &str, to: &str| {
+            vec![Decision::Failover {
+                group: "g".into(),
+                candidates: vec![to.into()],
+                reason: format!("{from}'s executors are unhealthy: worker 0 is crash-looping"),
+            }]
+        };
+        let d = decide(&state, &groups, &timing, &observed, now, 0);
+        assert_eq!(d, expected("a", "c"), "no cooldown after creation");
+
+        switched_to_b(&mut state, 1_000);
+        let observed = Observations {
+            since: t0,
+            sites: BTreeMap::from([
+                ("b".into(), unhealthy(now, "worker 0 is crash-looping")),
+                ("c".into(), heard(now, true)),
+            ]),
+        };
         let within = 1_000 + timing.failover_cooldown_ms - 1;
         let d = decide(&state, &groups, &timing, &observed, now, within);
-        assert!(matches!(&d[0], Decision::Hold { reason, .. } if reason.contains("cooldown")));
+        assert_eq!(
+            d,
+            vec![Decision::Hold {
+                group: "g".into(),
+                reason: "b is unhealthy (worker 0 is crash-looping); a health-based failover \
+                         waits out the cooldown of 30000 ms after the last change"
+                    .into(),
+            }]
+        );
         let after = 1_000 + timing.failover_cooldown_ms;
         let d = decide(&state, &groups, &timing, &observed, now, after);
-        assert!(matches!(d[0], Decision::Failover { .. }));
+        assert_eq!(d, expected("b", "c"));
+    }
+
+    /// An unhealthy active site with no ready standby stays, and the hold says why; a
+    /// healthy, heard active site gives no decision at all.
+    #[test]
+    fn unhealthy_site_without_a_ready_standby_is_held() {
+        let (state, groups, timing, t0) = setup();
+        let now = t0 + Duration::from_millis(10);
+        let observed = Observations {
+            since: t0,
+            sites: BTreeMap::from([
+                (
+                    "a".into(),
+                    unhealthy(now, "worker 1 failed its health check"),
+                ),
+                ("b".into(), heard(now, false)),
+            ]),
+        };
+        let d = decide(&state, &groups, &timing, &observed, now, 0);
+        assert_eq!(
+            d,
+            vec![Decision::Hold {
+                group: "g".into(),
+                reason: "a is unhealthy (worker 1 failed its health check); no standby site \
+                         is ready"
+                    .into(),
+            }]
+        );
+        let healthy = Observations {
+            since: t0,
+            sites: BTreeMap::from([
+                ("a".into(), heard(now, true)),
+                ("b".into(), heard(now, true)),
+            ]),
+        };
+        assert!(decide(&state, &groups, &timing, &healthy, now, 0).is_empty());
     }
 }

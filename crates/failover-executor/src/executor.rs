@@ -18,6 +18,7 @@ use failover_proto::executor::{ExecutorReport, WorkerReport};
 use tokio::sync::{mpsc, watch};
 
 use crate::contain::Containment;
+use crate::guards::{Gone, LiveGuards};
 use crate::health::HealthCheck;
 use crate::output::OutputOptions;
 use crate::worker::{GuardEvent, Spawn, Worker, WorkerEvent};
@@ -206,6 +207,13 @@ struct Executor {
     lease_state: LeaseState,
     held: Option<Held>,
     slots: Vec<Slot>,
+    /// Every guard not yet heard end: the lease goes back only once this is gone.
+    guards: LiveGuards,
+    /// Workers out of their slot (a retiring generation, an aborted reload's new ones)
+    /// whose guards have not reported their trees gone.
+    retired: Vec<Worker>,
+    /// A session given up (executor unhealthy) but released only once the guards are gone.
+    releasing: Option<LeaseSession>,
     next_generation: u64,
     events: (mpsc::Sender<WorkerEvent>, mpsc::Receiver<WorkerEvent>),
     health: (mpsc::Sender<HealthResult>, mpsc::Receiver<HealthResult>),
@@ -255,6 +263,9 @@ pub async fn run(
         lease_state: LeaseState::Connecting,
         held: None,
         slots,
+        guards: LiveGuards::default(),
+        retired: Vec::new(),
+        releasing: None,
         next_generation: 1,
         events: mpsc::channel(256),
         health: mpsc::channel(256),
@@ -346,6 +357,7 @@ impl Executor {
         match Worker::spawn(spec, self.events.0.clone()) {
             Ok(worker) => {
                 tracing::info!(instance, generation, token = held.token, "worker starting");
+                self.guards.started(generation, held.valid_until);
                 Some(worker)
             }
             Err(e) => {
@@ -403,6 +415,8 @@ impl Executor {
                         tracing::info!(?grace, "drain notice: stopping workers, then releasing");
                         self.abort_reload("a drain began").await;
                         self.stop_all(grace).await;
+                        // Nothing may be running at all: then the lease goes back now.
+                        self.after_stop().await;
                     }
                 }
             }
@@ -417,14 +431,17 @@ impl Executor {
     }
 
     async fn extend_all(&mut self, deadline: Instant) {
-        for slot in &mut self.slots {
-            if let Some(worker) = &mut slot.worker {
+        let reloading = self.reload.iter_mut().flat_map(|r| &mut r.started);
+        let workers = self
+            .slots
+            .iter_mut()
+            .filter_map(|s| s.worker.as_mut())
+            .chain(reloading.map(|(w, _)| w));
+        for worker in workers {
+            // A stopping guard keeps the deadline it had: it is on its way out.
+            if !worker.stopping {
                 worker.extend(deadline).await;
-            }
-        }
-        if let Some(reload) = &mut self.reload {
-            for (worker, _) in &mut reload.started {
-                worker.extend(deadline).await;
+                self.guards.extended(worker.generation, deadline);
             }
         }
     }
@@ -440,13 +457,30 @@ impl Executor {
         }
     }
 
-    fn all_stopped(&self) -> bool {
-        self.slots.iter().all(|s| s.worker.is_none())
-            && self.reload.as_ref().is_none_or(|r| r.started.is_empty())
+    /// Whether every worker tree this executor started is gone (or past the deadline its
+    /// guard enforces), so the lease may go back.
+    fn trees_gone(&self, now: Instant) -> bool {
+        match self.guards.gone(now) {
+            Some(Gone::Confirmed) => true,
+            Some(Gone::PastDeadline) => {
+                tracing::warn!(
+                    guards = self.guards.len(),
+                    "guards past their deadline without reporting: their trees are killed by now"
+                );
+                true
+            }
+            None => false,
+        }
     }
 
     async fn on_worker_event(&mut self, event: WorkerEvent) {
         let now = self.clock.now();
+        if let GuardEvent::Ended(how) = &event.event {
+            self.guards.ended(event.generation);
+            if self.on_retired_ended(event.generation, how).await {
+                return;
+            }
+        }
         if let Some(reload) = &mut self.reload {
             if let Some(pos) = reload
                 .started
@@ -503,14 +537,37 @@ impl Executor {
         self.after_stop().await;
     }
 
-    /// Once a drain has stopped every worker, the lease goes back at once.
+    /// A retired worker's guard reported its tree gone: reaps it. False if `generation`
+    /// is not a retired worker.
+    async fn on_retired_ended(&mut self, generation: u64, how: &str) -> bool {
+        let Some(pos) = self.retired.iter().position(|w| w.generation == generation) else {
+            return false;
+        };
+        let worker = self.retired.swap_remove(pos);
+        tracing::info!(instance = worker.instance, generation, %how, "retired worker tree gone");
+        worker.reap().await;
+        self.after_stop().await;
+        true
+    }
+
+    /// Once every worker tree is gone, a drained lease goes back at once, and so does
+    /// the lease of an executor that became unhealthy.
     async fn after_stop(&mut self) {
-        if self.held.is_some_and(|h| h.draining) && self.all_stopped() {
-            tracing::info!("workers stopped: releasing the lease");
+        let now = self.clock.now();
+        let draining = self.held.is_some_and(|h| h.draining);
+        if !(draining || self.releasing.is_some()) || !self.trees_gone(now) {
+            return;
+        }
+        if draining {
+            tracing::info!("every worker tree gone: releasing the lease");
             self.held = None;
             if let Some(session) = &self.session {
                 session.release().await;
             }
+        }
+        if let Some(session) = self.releasing.take() {
+            tracing::info!("every worker tree gone: giving the lease up");
+            tokio::spawn(async move { session.shutdown().await });
         }
     }
 
@@ -536,6 +593,7 @@ impl Executor {
 
     async fn on_tick(&mut self) {
         let now = self.clock.now();
+        self.after_stop().await;
         self.start_due_workers(now);
         self.check_health(now);
         self.check_unhealthy(now).await;
@@ -617,7 +675,7 @@ impl Executor {
     /// cannot run does not hold the group.
     async fn check_unhealthy(&mut self, now: Instant) {
         if let Some((until, _)) = &self.unhealthy {
-            if now >= *until {
+            if now >= *until && self.releasing.is_none() {
                 tracing::info!("cooldown over: ready to take the lease again");
                 self.unhealthy = None;
                 for slot in &mut self.slots {
@@ -648,17 +706,13 @@ impl Executor {
         self.unhealthy = Some((now + UNHEALTHY_COOLDOWN, reason));
         self.abort_reload("the executor became unhealthy").await;
         self.stop_all(self.opts.stop_grace).await;
-        if let Some(session) = self.session.take() {
-            self.lease = None;
-            // The guards stop the workers within the stop grace; the session releases
-            // the lease only after that, so the next site cannot start early.
-            let wait = self.opts.stop_grace;
-            tokio::spawn(async move {
-                tokio::time::sleep(wait).await;
-                session.shutdown().await;
-            });
-        }
+        // The session keeps renewing (its holder is no longer watched, so nothing new
+        // starts) and is released once every guard reports its tree gone: the next site
+        // cannot start while a worker here still runs.
+        self.lease = None;
+        self.releasing = self.session.take();
         self.held = None;
+        self.after_stop().await;
         self.lease_state = LeaseState::Lost {
             reason: "executor unhealthy".into(),
         };
@@ -730,10 +784,8 @@ impl Executor {
             let old = slot.worker.replace(worker);
             slot.health = health;
             slot.last_check = None;
-            if let Some(old) = old {
-                // Its Ended event no longer matches the slot; reap it here.
-                tokio::spawn(old.reap());
-            }
+            // The retiring generation counts until its guards report the trees gone.
+            self.retired.extend(old);
         }
         tracing::info!(generation = reload.generation, "rolling reload done");
         self.reload_done = (reload.generation, true, "all workers replaced".into());
@@ -746,7 +798,7 @@ impl Executor {
         tracing::warn!(generation = reload.generation, %why, "reload rolled back; the old workers keep running");
         for (mut worker, _) in reload.started {
             worker.stop(self.opts.stop_grace).await;
-            tokio::spawn(worker.reap());
+            self.retired.push(worker);
         }
         self.reload_done = (reload.generation, false, format!("rolled back: {why}"));
     }
@@ -863,15 +915,18 @@ impl Executor {
         tracing::info!("shutting down: stopping workers, then releasing the lease");
         self.abort_reload("the executor is shutting down").await;
         self.stop_all(self.opts.stop_grace).await;
-        let deadline = self.clock.now() + self.opts.stop_grace + Duration::from_secs(1);
-        while !self.all_stopped() && self.clock.now() < deadline {
+        // Bounded by the guards' deadlines: past them, every guard has killed its tree.
+        while !self.trees_gone(self.clock.now()) {
             match tokio::time::timeout(TICK, self.events.1.recv()).await {
                 Ok(Some(event)) => self.on_worker_event(event).await,
                 Ok(None) => break,
                 Err(_) => {}
             }
         }
-        if let Some(session) = self.session.take() {
+        for session in [self.session.take(), self.releasing.take()]
+            .into_iter()
+            .flatten()
+        {
             session.shutdown().await;
         }
     }

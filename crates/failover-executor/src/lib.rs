@@ -9,6 +9,7 @@
 //! - [`contain`]: a cgroup v2 per worker tree where the machine allows it, else process
 //!   group, subreaper and an environment marker.
 //! - [`output`]: rotating per-instance log files and the prefixed copy on stderr.
+//! - [`guards`]: every live guard, which gates giving the lease back.
 //! - [`health`]: command and HTTP health checks.
 //! - [`monotonic`]: CLOCK_MONOTONIC nanoseconds, shared by executor and guards.
 //!
@@ -20,6 +21,7 @@
 pub mod contain;
 pub mod executor;
 pub mod guard;
+pub mod guards;
 pub mod health;
 pub mod monotonic;
 pub mod output;

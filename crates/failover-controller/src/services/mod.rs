@@ -37,7 +37,8 @@ pub struct NodeContext {
     pub leases: Arc<crate::leases::LeaseManager>,
     /// What the executors last reported (meaningful on the leader).
     pub executors: Arc<crate::executors::ExecutorRegistry>,
-    /// Groups whose active site is lost but which the leader does not fail over, and why.
+    /// Groups whose active site is lost or unhealthy but which the leader does not fail
+    /// over, and why.
     pub held: std::sync::Mutex<std::collections::BTreeMap<failover_core::GroupName, String>>,
 }
 
@@ -87,7 +88,7 @@ impl NodeContext {
         *self.held.lock().unwrap_or_else(|p| p.into_inner()) = held;
     }
 
-    /// Why `group` is not failed over although its active site is lost, if it is.
+    /// Why `group` is not failed over although its active site is lost or unhealthy, if so.
     pub fn held(&self, group: &failover_core::GroupName) -> Option<String> {
         self.held
             .lock()
