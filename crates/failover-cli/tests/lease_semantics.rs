@@ -470,3 +470,104 @@ async fn engine_sessions_fail_over_on_site_loss() {
     );
     b.shutdown().await;
 }
+
+fn session_with_grace(
+    endpoints: &str,
+    site: &str,
+    instance: &str,
+    grace: Duration,
+) -> LeaseSession {
+    LeaseSession::start(
+        LeaseConfig {
+            endpoints: Endpoints::parse(endpoints).expect("endpoints"),
+            group: "default".into(),
+            site: site.into(),
+            instance: instance.into(),
+            max_clock_drift: DRIFT,
+            stop_grace: grace,
+            standby_poll: Duration::from_millis(100),
+            release_on_drain: true,
+        },
+        Arc::new(TcpDialer::default()),
+        Arc::new(SystemClock),
+    )
+}
+
+/// Waits for the session to publish `Draining`; checks that from then on no new work may
+/// start (`holds()` is `None`) while running work still has its fencing value.
+async fn wait_draining(session: &LeaseSession) {
+    let mut state = session.state();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if matches!(*state.borrow_and_update(), LeaseState::Draining { .. }) {
+            break;
+        }
+        tokio::time::timeout_at(deadline, state.changed())
+            .await
+            .expect("a drain notice")
+            .expect("session alive");
+    }
+    assert_eq!(
+        session.holds(),
+        None,
+        "new work may not start while draining"
+    );
+    assert!(
+        session.fencing_value().is_some(),
+        "running work keeps its fencing value until the deadline"
+    );
+}
+
+/// On a drain notice the session releases one stop grace later, not at once (work that
+/// checked `holds()` just before may still run), unless the caller says its work stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drained_session_releases_after_its_stop_grace_or_when_told() {
+    const GRACE: Duration = Duration::from_millis(1000);
+    let mut cluster = Cluster::new();
+    cluster.start_all();
+    cluster.wait_ready(Duration::from_secs(30)).await;
+    let a = session_with_grace(&cluster.endpoints(), "site-a", "engine-a", GRACE);
+    let b = session_with_grace(&cluster.endpoints(), "site-b", "engine-b", GRACE);
+    eventually("site-a's engine holds", Duration::from_secs(20), || async {
+        a.holds().map(|_| ())
+    })
+    .await;
+    let mut client = cluster.client();
+    let took = |client: &mut failover_client::AdminClient| {
+        let mut client = client.clone();
+        async move {
+            let history = client.history("default").await.expect("history").entries;
+            let last = history.last().expect("history").clone();
+            Duration::from_millis(last.completed_at_unix_ms - last.requested_at_unix_ms)
+        }
+    };
+
+    // Nobody says the work stopped: the release waits out the stop grace.
+    let (promoted, ()) = tokio::join!(client.promote(promote("site-b")), wait_draining(&a));
+    promoted.expect("promote");
+    let waited = took(&mut client).await;
+    eprintln!("drain without a word from the caller: completed after {waited:?}");
+    assert!(
+        waited >= GRACE,
+        "released {waited:?} after the drain began, within the stop grace {GRACE:?}"
+    );
+    eventually("site-b's engine holds", Duration::from_secs(20), || async {
+        b.holds().map(|_| ())
+    })
+    .await;
+
+    // The caller says its work stopped as soon as the drain begins: released at once.
+    let mut back = client.clone();
+    let promoting = tokio::spawn(async move { back.promote(promote("site-a")).await });
+    wait_draining(&b).await;
+    b.release().await;
+    promoting.await.expect("join").expect("promote");
+    let quick = took(&mut client).await;
+    eprintln!("drain with release(): completed after {quick:?}");
+    assert!(
+        quick < GRACE,
+        "release() did not shorten the wait: {quick:?} (stop grace {GRACE:?})"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}

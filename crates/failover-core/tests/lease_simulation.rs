@@ -68,7 +68,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use failover_core::lease::{
-    FencingToken, FencingValue, HolderLease, HolderTiming, LeaderLeases, LeaseId, LeaseTiming, RenewRefusal,
+    FencingToken, FencingValue, HolderLease, HolderTiming, LeaderLeases, LeaseId, LeaseTiming,
+    RenewRefusal,
 };
 use failover_core::promotion::check_start;
 use failover_core::{
