@@ -138,7 +138,10 @@ pub enum LeaseState {
         /// When the work must have stopped.
         valid_until: Instant,
     },
-    /// Given up: the deadline passed, the lease was refused, or the site is being demoted.
+    /// Given up: the deadline passed, the lease was refused (released, expired,
+    /// superseded by a newer acquire of this instance id), or the drain ended. Start
+    /// nothing; the lease is released when [`LeaseSession::release`] says the work
+    /// stopped, or one stop grace after this state was published.
     Lost {
         /// Why.
         reason: String,
@@ -252,7 +255,8 @@ impl LeaseSession {
         self.task.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
-    /// Releases the lease (if held) and stops the session.
+    /// Releases the lease (if held) at once and stops the session: call it once the
+    /// gated work has stopped.
     pub async fn shutdown(&self) {
         let _ = self.commands.try_send(Cmd::Stop);
         if let Some(task) = self.take_task() {
