@@ -25,15 +25,20 @@
 //!
 //! ```no_run
 //! # async fn engine(session: failover_client::LeaseSession) {
+//! let mut working = false;
 //! loop {
 //!     // Ask before every unit of work, and carry the value downstream.
 //!     let Some(fencing_value) = session.holds() else {
-//!         // Standby, draining or lost: start nothing. Once in-flight work has stopped,
-//!         // say so; without this call the session releases one stop grace later.
-//!         session.release().await;
+//!         // Standby, draining or lost: start nothing. The last job has returned, so
+//!         // say the work stopped; without this the session releases one stop grace
+//!         // after the notice.
+//!         if std::mem::take(&mut working) {
+//!             session.release().await;
+//!         }
 //!         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
 //!         continue;
 //!     };
+//!     working = true;
 //!     // run_one_job(fencing_value).await; // must finish within stop_grace
 //!     let _ = fencing_value;
 //! }
@@ -290,6 +295,25 @@ enum HoldEnd {
     Stop,
 }
 
+/// Runs `work` to its end unless the owner stops the session meanwhile (`None`). A
+/// release asked while nothing is held is moot and ignored: it must neither cut an
+/// acquire short (its grant may already be committed) nor be kept for a later lease.
+async fn unless_stopped<T>(
+    work: impl std::future::Future<Output = T>,
+    commands: &mut mpsc::Receiver<Cmd>,
+) -> Option<T> {
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            done = &mut work => return Some(done),
+            cmd = commands.recv() => match cmd {
+                Some(Cmd::Release) => continue,
+                Some(Cmd::Stop) | None => return None,
+            },
+        }
+    }
+}
+
 /// The next event of an optional watch stream; `None` when it ended or failed, pending
 /// forever when there is no stream.
 async fn next_event(events: &mut Option<tonic::Streaming<GroupEvent>>) -> Option<GroupEvent> {
@@ -318,21 +342,15 @@ struct Driver {
 impl Driver {
     async fn run(mut self, mut commands: mpsc::Receiver<Cmd>) {
         loop {
-            let acquired = tokio::select! {
-                acquired = self.acquire() => acquired,
-                cmd = commands.recv() => match cmd {
-                    Some(Cmd::Release) => continue,
-                    Some(Cmd::Stop) | None => return,
-                },
+            let Some(acquired) = unless_stopped(self.acquire(), &mut commands).await else {
+                return;
             };
             if !acquired {
-                tokio::select! {
-                    _ = tokio::time::sleep(self.config.standby_poll) => continue,
-                    cmd = commands.recv() => match cmd {
-                        Some(Cmd::Release) => continue,
-                        Some(Cmd::Stop) | None => return,
-                    },
+                let poll = tokio::time::sleep(self.config.standby_poll);
+                if unless_stopped(poll, &mut commands).await.is_none() {
+                    return;
                 }
+                continue;
             }
             let end = self.hold(&mut commands).await;
             if !self.settle(&mut commands).await {
