@@ -133,6 +133,7 @@ impl Target for Failover {
             group: self.group.clone(),
             site: self.site.clone(),
             instance: format!("bench-{instance}"),
+            ready: false,
         };
         let response = LeaseServiceClient::new(channel)
             .acquire(request)

@@ -16,6 +16,7 @@ fn acquire(group: &str, site: &str, instance: &str) -> AcquireRequest {
         group: group.into(),
         site: site.into(),
         instance: instance.into(),
+        ready: false,
     }
 }
 

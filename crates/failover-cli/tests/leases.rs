@@ -41,7 +41,12 @@ async fn record(holder: String, site: &'static str, session: &LeaseSession, beli
         let current = state.borrow_and_update().clone();
         let now = Instant::now();
         match current {
+            // A draining holder starts no new work but may still run work begun before
+            // the notice, until it releases: it still believes.
             LeaseState::Acquired {
+                token, valid_until, ..
+            }
+            | LeaseState::Draining {
                 token, valid_until, ..
             } => {
                 let belief = open.get_or_insert_with(|| Belief {

@@ -6,13 +6,58 @@
 //! grace. The session publishes `Lost` when that deadline passes even if no controller
 //! answers; [`LeaseSession::holds`] checks the deadline itself, so a caller that asks at
 //! any instant never hears "held" after it.
+//!
+//! # What to pass downstream
+//!
+//! [`LeaseSession::holds`] answers the [`FencingValue`] (the lease's epoch): the same for
+//! every holder of one epoch and larger for every later one, so every engine instance at
+//! the active site can write, and a store refuses a stale site once the new one has
+//! written. The per-lease token ([`LeaseState::Acquired`]'s `token`) is the lease's
+//! identity, not something a store compares.
+//!
+//! # Stopping in the safe order
+//!
+//! On a drain notice (a promotion away from this site) or a lost lease the session stops
+//! answering [`LeaseSession::holds`] at once, so no new work starts, and releases the lease
+//! only when the caller says its work has stopped ([`LeaseSession::release`]) or, failing
+//! that, one `stop_grace` later: a promotion cannot complete while work that checked
+//! `holds()` a moment before is still running.
+//!
+//! ```no_run
+//! # async fn engine(session: failover_client::LeaseSession) {
+//! let mut working = false;
+//! loop {
+//!     // Ask before every unit of work, and carry the value downstream.
+//!     let Some(fencing_value) = session.holds() else {
+//!         // Standby, draining or lost: start nothing. The last job has returned, so
+//!         // say the work stopped; without this the session releases one stop grace
+//!         // after the notice.
+//!         if std::mem::take(&mut working) {
+//!             session.release().await;
+//!         }
+//!         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+//!         continue;
+//!     };
+//!     working = true;
+//!     // run_one_job(fencing_value).await; // must finish within stop_grace
+//!     let _ = fencing_value;
+//! }
+//! # }
+//! ```
+//!
+//! # Readiness
+//!
+//! A standby instance's acquire polls tell the leader whether it could take over now
+//! ([`LeaseSession::set_ready`], true by default): a standby site whose instances are
+//! ready is a candidate for automatic failover, as one whose executor reports ready.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use failover_core::lease::{HolderLease, HolderTiming};
-use failover_core::{Epoch, FencingToken, LeaseId};
+use failover_core::{Epoch, FencingToken, FencingValue, LeaseId};
 use failover_proto::lease::lease_service_client::LeaseServiceClient;
 use failover_proto::lease::{
     acquire_response, keep_alive_response, AcquireRequest, GroupEvent, KeepAliveRequest,
@@ -52,10 +97,12 @@ pub struct LeaseConfig {
     pub stop_grace: Duration,
     /// How often to try again while standby.
     pub standby_poll: Duration,
-    /// On a drain notice, give the lease up at once (`Lost`, then release). Set it when
-    /// nothing but [`LeaseSession::holds`] gates the work. Clear it when the work needs
-    /// time to stop: the session then reports `Draining` and releases only when told
-    /// ([`LeaseSession::release`]) or when the deadline passes.
+    /// On a drain notice, release by itself: when told the work stopped
+    /// ([`LeaseSession::release`]) or one `stop_grace` after the notice, whichever is
+    /// first. Set it when [`LeaseSession::holds`] gates the work and each unit of work
+    /// ends within `stop_grace`. Clear it when the work's owner decides when it has
+    /// stopped (as `failover exec` does): the session then stays `Draining` until told,
+    /// or until the deadline passes. Either way new work stops at the notice.
     pub release_on_drain: bool,
 }
 
@@ -82,8 +129,10 @@ pub enum LeaseState {
         /// When the work must have stopped unless renewed.
         valid_until: Instant,
     },
-    /// A promotion away from this site began: stop the work, then call
-    /// [`LeaseSession::release`]. The lease stays valid until `valid_until` at the latest.
+    /// A promotion away from this site began: start no new work, let running work stop,
+    /// then call [`LeaseSession::release`] (with `release_on_drain` the session also
+    /// releases one stop grace after the notice). The lease stays valid until
+    /// `valid_until` at the latest.
     Draining {
         /// The lease.
         lease: LeaseId,
@@ -94,11 +143,27 @@ pub enum LeaseState {
         /// When the work must have stopped.
         valid_until: Instant,
     },
-    /// Given up: the deadline passed, the lease was refused, or the site is being demoted.
+    /// Given up: the deadline passed, the lease was refused (released, expired,
+    /// superseded by a newer acquire of this instance id), or the drain ended. Start
+    /// nothing; the lease is released when [`LeaseSession::release`] says the work
+    /// stopped, or one stop grace after this state was published.
     Lost {
         /// Why.
         reason: String,
     },
+}
+
+impl LeaseState {
+    /// The value to pass downstream while the lease is held or draining (the epoch).
+    /// Whether it is still valid *now* is for [`LeaseSession::fencing_value`] to say.
+    pub fn fencing_value(&self) -> Option<FencingValue> {
+        match self {
+            LeaseState::Acquired { epoch, .. } | LeaseState::Draining { epoch, .. } => {
+                Some(FencingValue::from(*epoch))
+            }
+            _ => None,
+        }
+    }
 }
 
 /// A running lease session. Dropping it stops renewing (the lease then expires);
@@ -106,6 +171,7 @@ pub enum LeaseState {
 pub struct LeaseSession {
     state: watch::Receiver<LeaseState>,
     clock: Arc<dyn Clock>,
+    ready: Arc<AtomicBool>,
     commands: mpsc::Sender<Cmd>,
     task: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
@@ -119,7 +185,10 @@ impl LeaseSession {
     ) -> LeaseSession {
         let (publish, state) = watch::channel(LeaseState::Connecting);
         let (commands, received) = mpsc::channel(4);
+        let ready = Arc::new(AtomicBool::new(true));
         let driver = Driver {
+            ready: ready.clone(),
+            owed_release: None,
             holder: HolderLease::new(HolderTiming {
                 max_clock_drift: config.max_clock_drift,
                 stop_grace: config.stop_grace,
@@ -135,6 +204,7 @@ impl LeaseSession {
         LeaseSession {
             state,
             clock,
+            ready,
             commands,
             task: std::sync::Mutex::new(Some(tokio::spawn(driver.run(received)))),
         }
@@ -145,30 +215,53 @@ impl LeaseSession {
         self.state.clone()
     }
 
-    /// The fencing token if the lease is held (or draining) and valid right now.
-    pub fn holds(&self) -> Option<FencingToken> {
+    /// Whether new gated work may start now, and the fencing value it carries
+    /// downstream: `Some` only while the lease is held, valid at this instant, and not
+    /// draining. Ask before every unit of work.
+    pub fn holds(&self) -> Option<FencingValue> {
         match &*self.state.borrow() {
             LeaseState::Acquired {
-                token, valid_until, ..
+                epoch, valid_until, ..
+            } if self.clock.now() < *valid_until => Some(FencingValue::from(*epoch)),
+            _ => None,
+        }
+    }
+
+    /// The fencing value for work already running: `Some` while the lease is held or
+    /// draining and valid at this instant. Unlike [`LeaseSession::holds`] it answers
+    /// during a drain, so work that started before the notice can finish its writes.
+    pub fn fencing_value(&self) -> Option<FencingValue> {
+        let state = self.state.borrow();
+        match &*state {
+            LeaseState::Acquired { valid_until, .. } | LeaseState::Draining { valid_until, .. }
+                if self.clock.now() < *valid_until =>
+            {
+                state.fencing_value()
             }
-            | LeaseState::Draining {
-                token, valid_until, ..
-            } if self.clock.now() < *valid_until => Some(*token),
             _ => None,
         }
     }
 
     /// The work has stopped: give the lease up now and go back to acquiring (standby
-    /// until this site is active again).
+    /// until this site is active again). Also ends the wait after a loss or a drain,
+    /// which otherwise lasts one stop grace.
     pub async fn release(&self) {
         let _ = self.commands.send(Cmd::Release).await;
+    }
+
+    /// Whether this instance could take the group's work over now. Standby polls carry
+    /// it to the leader, which fails over only to a site with a ready instance (or a
+    /// ready executor). True from the start; clear it while warming up or unhealthy.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
     }
 
     fn take_task(&self) -> Option<JoinHandle<()>> {
         self.task.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
-    /// Releases the lease (if held) and stops the session.
+    /// Releases the lease (if held) at once and stops the session: call it once the
+    /// gated work has stopped.
     pub async fn shutdown(&self) {
         let _ = self.commands.try_send(Cmd::Stop);
         if let Some(task) = self.take_task() {
@@ -202,6 +295,25 @@ enum HoldEnd {
     Stop,
 }
 
+/// Runs `work` to its end unless the owner stops the session meanwhile (`None`). A
+/// release asked while nothing is held is moot and ignored: it must neither cut an
+/// acquire short (its grant may already be committed) nor be kept for a later lease.
+async fn unless_stopped<T>(
+    work: impl std::future::Future<Output = T>,
+    commands: &mut mpsc::Receiver<Cmd>,
+) -> Option<T> {
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            done = &mut work => return Some(done),
+            cmd = commands.recv() => match cmd {
+                Some(Cmd::Release) => continue,
+                Some(Cmd::Stop) | None => return None,
+            },
+        }
+    }
+}
+
 /// The next event of an optional watch stream; `None` when it ended or failed, pending
 /// forever when there is no stream.
 async fn next_event(events: &mut Option<tonic::Streaming<GroupEvent>>) -> Option<GroupEvent> {
@@ -212,6 +324,11 @@ async fn next_event(events: &mut Option<tonic::Streaming<GroupEvent>>) -> Option
 }
 
 struct Driver {
+    /// Whether standby polls say this instance is ready.
+    ready: Arc<AtomicBool>,
+    /// A lease given up but not released yet, and when to release it at the latest:
+    /// one stop grace after it was given up, unless the owner says its work stopped.
+    owed_release: Option<(LeaseId, Instant)>,
     config: LeaseConfig,
     dialer: Arc<dyn Dialer>,
     clock: Arc<dyn Clock>,
@@ -225,27 +342,39 @@ struct Driver {
 impl Driver {
     async fn run(mut self, mut commands: mpsc::Receiver<Cmd>) {
         loop {
-            let acquired = tokio::select! {
-                acquired = self.acquire() => acquired,
-                cmd = commands.recv() => match cmd {
-                    Some(Cmd::Release) => continue,
-                    Some(Cmd::Stop) | None => return,
-                },
+            let Some(acquired) = unless_stopped(self.acquire(), &mut commands).await else {
+                return;
             };
             if !acquired {
-                tokio::select! {
-                    _ = tokio::time::sleep(self.config.standby_poll) => continue,
-                    cmd = commands.recv() => match cmd {
-                        Some(Cmd::Release) => continue,
-                        Some(Cmd::Stop) | None => return,
-                    },
+                let poll = tokio::time::sleep(self.config.standby_poll);
+                if unless_stopped(poll, &mut commands).await.is_none() {
+                    return;
                 }
+                continue;
             }
-            match self.hold(&mut commands).await {
+            let end = self.hold(&mut commands).await;
+            if !self.settle(&mut commands).await {
+                return;
+            }
+            match end {
                 HoldEnd::Reacquire => continue,
                 HoldEnd::Stop => return,
             }
         }
+    }
+
+    /// Releases a lease given up earlier once its work has certainly stopped: when the
+    /// owner says so, or at the owed time. False when the owner stopped the session.
+    async fn settle(&mut self, commands: &mut mpsc::Receiver<Cmd>) -> bool {
+        let Some((lease, release_at)) = self.owed_release.take() else {
+            return true;
+        };
+        let keep_going = tokio::select! {
+            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(release_at)) => true,
+            cmd = commands.recv() => matches!(cmd, Some(Cmd::Release)),
+        };
+        self.release(lease).await;
+        keep_going
     }
 
     /// The controller to talk to: the last known leader, else the next endpoint.
@@ -319,6 +448,7 @@ impl Driver {
             group: self.config.group.clone(),
             site: self.config.site.clone(),
             instance: self.config.instance.clone(),
+            ready: self.ready.load(Ordering::Relaxed),
         };
         let sent_at = self.clock.now();
         let answer = tokio::time::timeout(CALL_TIMEOUT, client.acquire(request)).await;
@@ -464,12 +594,12 @@ impl Driver {
         }
     }
 
-    /// A promotion away from this site began.
+    /// A promotion away from this site began: publish `Draining` (no new work), then
+    /// release when the owner says the work stopped, or (with `release_on_drain`) one stop
+    /// grace after the notice, or give up at the deadline.
     async fn drain(&mut self, lease: LeaseId, commands: &mut mpsc::Receiver<Cmd>) -> HoldEnd {
-        if self.config.release_on_drain {
-            return self.lost(lease, "this site is being demoted").await;
-        }
-        let Some((lease, token, epoch, valid_until)) = self.holder.held(self.clock.now()) else {
+        let noticed_at = self.clock.now();
+        let Some((lease, token, epoch, valid_until)) = self.holder.held(noticed_at) else {
             return self.lost(lease, DEADLINE_PASSED).await;
         };
         self.set(LeaseState::Draining {
@@ -478,15 +608,28 @@ impl Driver {
             epoch,
             valid_until,
         });
+        let stopped_at = noticed_at + self.config.stop_grace;
+        let auto_release = async {
+            if self.config.release_on_drain {
+                tokio::time::sleep_until(tokio::time::Instant::from_std(stopped_at)).await
+            } else {
+                std::future::pending::<()>().await
+            }
+        };
         tokio::select! {
-            _ = self.deadline() => self.lost(lease, DEADLINE_PASSED).await,
+            _ = auto_release => self.give_up(lease, "this site is being demoted", self.clock.now()),
+            _ = self.deadline() => self.give_up(lease, DEADLINE_PASSED, stopped_at.max(self.clock.now())),
             cmd = commands.recv() => self.on_command(lease, cmd).await,
         }
     }
 
     async fn on_command(&mut self, lease: LeaseId, cmd: Option<Cmd>) -> HoldEnd {
         match cmd {
-            Some(Cmd::Release) => self.lost(lease, "released").await,
+            // The owner says its work stopped: release at once.
+            Some(Cmd::Release) => {
+                let now = self.clock.now();
+                self.give_up(lease, "released", now)
+            }
             Some(Cmd::Stop) | None => self.end(lease, true).await,
         }
     }
@@ -510,12 +653,22 @@ impl Driver {
         }
     }
 
+    /// Stops believing in the lease now; the release follows one stop grace later (or
+    /// when the owner says its work stopped), since work that checked `holds()` a moment
+    /// ago may still be running.
     async fn lost(&mut self, lease: LeaseId, reason: &str) -> HoldEnd {
+        let release_at = self.clock.now() + self.config.stop_grace;
+        self.give_up(lease, reason, release_at)
+    }
+
+    /// Stops believing in the lease now and owes its release at `release_at` (see
+    /// [`Driver::settle`]).
+    fn give_up(&mut self, lease: LeaseId, reason: &str, release_at: Instant) -> HoldEnd {
         self.holder.on_lost();
         self.set(LeaseState::Lost {
             reason: reason.to_owned(),
         });
-        self.release(lease).await;
+        self.owed_release = Some((lease, release_at));
         HoldEnd::Reacquire
     }
 

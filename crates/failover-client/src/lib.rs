@@ -4,7 +4,11 @@
 //! - [`endpoints`]: where the cluster is (`--endpoints`, `FAILOVER_ENDPOINTS`, a topology file).
 //! - [`transport`]: the [`Dialer`] that makes channels (TCP, or a simulated network).
 //! - [`clock`]: the clock clients and controllers read, supplied by the caller.
-//! - [`lease`]: a lease session that holds, renews and gives up a lease safely.
+//! - [`lease`]: a lease session that holds, renews and gives up a lease safely. Ask
+//!   [`LeaseSession::holds`] before every unit of work and pass the fencing value it
+//!   answers downstream; once it answers `None`, start nothing and call
+//!   [`LeaseSession::release`] when running work has stopped (the session otherwise
+//!   releases one stop grace later). The example is in the [`lease`] module doc.
 //! - [`admin`]: the admin API with fail-over between controllers; the controller that
 //!   answers forwards to the leader when it has to.
 #![warn(missing_docs, unreachable_pub)]

@@ -1,17 +1,19 @@
 //! The leader's failure detector: what it has heard from each site, as the policy's input.
 //!
 //! Controllers are heard through Raft heartbeat acknowledgements (openraft's leader
-//! metrics), executors through their reports. Silence is counted from no earlier than the
+//! metrics), executors through their reports, engines that embed the lease API through
+//! their acquires (a standby's carry its readiness) and accepted renewals. Silence is counted from no earlier than the
 //! moment this controller became leader: a new leader knows nothing older.
 
-use std::collections::BTreeMap;
-use std::time::Instant;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
 
 use failover_core::policy::{Observations, SiteObservation};
 use failover_core::{GroupName, SiteId};
 use failover_proto::executor::ExecutorReport;
 use openraft::Instant as _;
 
+use crate::leases::EngineSeen;
 use crate::services::NodeContext;
 
 /// What the leader has observed of every site, as of `now`. `since` is when this
@@ -41,7 +43,9 @@ pub fn observe(ctx: &NodeContext, since: Instant, now: Instant) -> Observations 
             );
         }
     }
-    let fresh = std::time::Duration::from_millis(ctx.topology.timing.failure_timeout_ms);
+    let fresh = Duration::from_millis(ctx.topology.timing.failure_timeout_ms);
+    // Sites whose executors report for a group: their readiness is the executors' word.
+    let mut executor_run: BTreeSet<(SiteId, GroupName)> = BTreeSet::new();
     for site in &ctx.topology.sites {
         let reports = ctx.executors.site(site.name.as_str(), now);
         if let Some(obs) = sites.get_mut(&site.name) {
@@ -52,6 +56,7 @@ pub fn observe(ctx: &NodeContext, since: Instant, now: Instant) -> Observations 
             hear(&mut sites, &site.name, at);
             if let Some(obs) = sites.get_mut(&site.name) {
                 let group = GroupName(report.group.clone());
+                executor_run.insert((site.name.clone(), group.clone()));
                 let last = obs.group_last_heard.entry(group.clone()).or_insert(at);
                 *last = (*last).max(at);
                 // A stale report says nothing about readiness now.
@@ -59,6 +64,9 @@ pub fn observe(ctx: &NodeContext, since: Instant, now: Instant) -> Observations 
                 *ready |= age < fresh && report.ready && report.healthy;
             }
         }
+    }
+    for seen in ctx.leases.engines().seen() {
+        hear_engine(&mut sites, &executor_run, &seen, fresh, now);
     }
     Observations { since, sites }
 }
@@ -90,6 +98,35 @@ fn unhealthy(
         .into_iter()
         .filter_map(|(group, why)| why.map(|why| (group, why)))
         .collect()
+}
+
+/// Adds what engines speaking the lease API said: an acquire or an accepted renewal
+/// counts as hearing the site for the group (a holder that renews is running it), and a
+/// standby instance polling with `ready` makes the site ready for the group as a ready
+/// executor does, unless executors run the group at that site (then their reports decide:
+/// an executor's own session polls too, and must not override its report).
+fn hear_engine(
+    sites: &mut BTreeMap<SiteId, SiteObservation>,
+    executor_run: &BTreeSet<(SiteId, GroupName)>,
+    seen: &EngineSeen,
+    fresh: Duration,
+    now: Instant,
+) {
+    hear(sites, &seen.site, seen.heard_at);
+    let Some(obs) = sites.get_mut(&seen.site) else {
+        return;
+    };
+    let last = obs
+        .group_last_heard
+        .entry(seen.group.clone())
+        .or_insert(seen.heard_at);
+    *last = (*last).max(seen.heard_at);
+    let ready = obs.ready.entry(seen.group.clone()).or_insert(false);
+    if !executor_run.contains(&(seen.site.clone(), seen.group.clone())) {
+        *ready |= seen
+            .ready_at
+            .is_some_and(|at| now.saturating_duration_since(at) < fresh);
+    }
 }
 
 fn hear(sites: &mut BTreeMap<SiteId, SiteObservation>, site: &SiteId, at: Instant) {

@@ -6,12 +6,13 @@
 //! for all of them (a deposed or partitioned leader fails it and renews nothing), then
 //! checks each against the applied state, which now reflects at least that read index.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use failover_core::lease::{LeaderLeases, LeaseTiming, RenewRefusal, Renewed};
-use failover_core::{GroupName, LeaseId};
+use failover_core::{GroupName, LeaseId, SiteId};
 use openraft::async_runtime::WatchReceiver;
 use openraft::{ReadPolicy, ServerState};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -22,6 +23,9 @@ use failover_client::clock::Clock;
 
 /// Most renewals waiting for the next confirmation round; beyond it they are refused.
 pub const MAX_PENDING_RENEWALS: usize = 200_000;
+/// Most engine instances whose last acquire poll the leader remembers; the longest-silent
+/// is forgotten beyond it.
+pub const MAX_ENGINE_INSTANCES: usize = 4096;
 /// Most renewals answered after one confirmation round.
 const MAX_BATCH: usize = 50_000;
 
@@ -52,6 +56,105 @@ pub enum RenewalError {
     Overloaded,
 }
 
+/// What the leader heard from engines that speak the lease API (executors' sessions
+/// included): the failure detector's input besides executor reports. Soft state, like
+/// executor reports; the detector counts silence from no earlier than the leader's start.
+#[derive(Debug, Default)]
+pub struct EngineReports {
+    inner: Mutex<EngineInner>,
+}
+
+#[derive(Debug, Default)]
+struct EngineInner {
+    /// Per instance: when its last acquire arrived and whether it said it is ready.
+    polls: HashMap<(GroupName, SiteId, String), (Instant, bool)>,
+    /// Per group and site: when the last renewal accepted for a lease there arrived.
+    renewals: HashMap<(GroupName, SiteId), Instant>,
+}
+
+/// One site's engines for one group, as the detector reads them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineSeen {
+    /// The group.
+    pub group: GroupName,
+    /// The site.
+    pub site: SiteId,
+    /// The last acquire or accepted renewal from an engine of this site for this group.
+    pub heard_at: Instant,
+    /// The last acquire of an instance whose latest acquire said it is ready, if any.
+    pub ready_at: Option<Instant>,
+}
+
+impl EngineReports {
+    fn lock(&self) -> MutexGuard<'_, EngineInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records an acquire (a grant request or a standby poll) received at `at`. Callers
+    /// pass only a group and site the topology knows, so the map stays bounded.
+    pub fn on_acquire(
+        &self,
+        group: &GroupName,
+        site: &SiteId,
+        instance: &str,
+        at: Instant,
+        ready: bool,
+    ) {
+        let mut inner = self.lock();
+        inner.polls.insert(
+            (group.clone(), site.clone(), instance.to_owned()),
+            (at, ready),
+        );
+        if inner.polls.len() > MAX_ENGINE_INSTANCES {
+            let oldest = inner
+                .polls
+                .iter()
+                .min_by_key(|(_, (at, _))| *at)
+                .map(|(key, _)| key.clone());
+            if let Some(key) = oldest {
+                inner.polls.remove(&key);
+            }
+        }
+    }
+
+    /// Records a renewal received at `at` and accepted for a lease at `site`.
+    pub fn on_renewed(&self, group: &GroupName, site: &SiteId, at: Instant) {
+        let mut inner = self.lock();
+        let last = inner
+            .renewals
+            .entry((group.clone(), site.clone()))
+            .or_insert(at);
+        *last = (*last).max(at);
+    }
+
+    /// Per group and site, what was heard (each pair once).
+    pub fn seen(&self) -> Vec<EngineSeen> {
+        let inner = self.lock();
+        let mut seen: BTreeMap<(GroupName, SiteId), EngineSeen> = BTreeMap::new();
+        let mut note = |group: &GroupName, site: &SiteId, at: Instant, ready: bool| {
+            let entry = seen
+                .entry((group.clone(), site.clone()))
+                .or_insert_with(|| EngineSeen {
+                    group: group.clone(),
+                    site: site.clone(),
+                    heard_at: at,
+                    ready_at: None,
+                });
+            entry.heard_at = entry.heard_at.max(at);
+            if ready {
+                entry.ready_at = Some(entry.ready_at.map_or(at, |r| r.max(at)));
+            }
+        };
+        for ((group, site, _), (at, ready)) in &inner.polls {
+            note(group, site, *at, *ready);
+        }
+        for ((group, site), at) in &inner.renewals {
+            note(group, site, *at, false);
+        }
+        seen.into_values().collect()
+    }
+}
+
 /// The leader soft state of the term this controller leads.
 struct Leading {
     term: u64,
@@ -68,6 +171,7 @@ pub struct LeaseManager {
     leading: Mutex<Option<Leading>>,
     renewals: mpsc::Sender<Renewal>,
     keepalives: KeepaliveCounters,
+    engines: EngineReports,
 }
 
 /// How many renewals the batcher answered, by answer, since this controller started.
@@ -99,6 +203,7 @@ impl LeaseManager {
             leading: Mutex::new(None),
             renewals,
             keepalives: KeepaliveCounters::default(),
+            engines: EngineReports::default(),
         };
         (Arc::new(manager), queue)
     }
@@ -106,6 +211,11 @@ impl LeaseManager {
     /// The timing in force.
     pub fn timing(&self) -> LeaseTiming {
         self.timing
+    }
+
+    /// What engines speaking the lease API told this controller (meaningful on the leader).
+    pub fn engines(&self) -> &EngineReports {
+        &self.engines
     }
 
     /// How many renewals the batcher has answered, by answer.

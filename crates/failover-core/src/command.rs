@@ -63,8 +63,9 @@ pub enum Command {
         at_unix_ms: u64,
     },
     /// Grants a lease on the group to a holder at its active site. Refused unless the site
-    /// is active and no promotion is under way. Replaces the holder's previous lease in the
-    /// group, if any: every grant carries a new fencing token.
+    /// is active and no promotion is under way. Every grant carries a new token. A holder
+    /// id that still has a live lease gets a new one and the old one is *superseded*:
+    /// renewed no more, but counted until released or expired (see `GroupState::holders`).
     Grant {
         /// The group.
         group: GroupName,

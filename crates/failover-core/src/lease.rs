@@ -28,12 +28,37 @@ use crate::state::{ClusterState, GroupState, Phase};
 #[serde(transparent)]
 pub struct LeaseId(pub u64);
 
-/// A fencing token: strictly increasing per group across every grant and epoch.
+/// A lease's token: its identity among every grant of its group, strictly increasing
+/// across grants and epochs. Two holders of one epoch have different tokens, so a store
+/// must not compare it (they would refuse each other); it compares the
+/// [`FencingValue`].
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
 )]
 #[serde(transparent)]
 pub struct FencingToken(pub u64);
+
+/// The value a downstream store compares (S2): the lease's epoch. Equal for every holder
+/// of one epoch, so two engine instances at the active site never refuse each other, and
+/// strictly larger for every later epoch, so a store that refuses a value below the
+/// highest it has seen refuses a stale site as soon as the new one has written once.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct FencingValue(pub u64);
+
+impl From<Epoch> for FencingValue {
+    fn from(epoch: Epoch) -> Self {
+        FencingValue(epoch.0)
+    }
+}
+
+impl fmt::Display for FencingValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
 
 impl FencingToken {
     /// The token after this one.
@@ -67,8 +92,15 @@ pub struct Lease {
     pub epoch: Epoch,
     /// Its time to live without renewal.
     pub ttl_ms: u64,
-    /// The fencing token the holder passes downstream.
+    /// The lease's identity token (not what a store compares: see [`Lease::fencing_value`]).
     pub token: FencingToken,
+}
+
+impl Lease {
+    /// What the holder passes downstream with every write: its epoch.
+    pub fn fencing_value(&self) -> FencingValue {
+        FencingValue::from(self.epoch)
+    }
 }
 
 /// The lease bounds of the topology, as durations.
@@ -97,8 +129,18 @@ pub struct Renewed {
     pub ttl: Duration,
     /// The lease's epoch.
     pub epoch: Epoch,
-    /// The lease's fencing token.
+    /// The lease's identity token.
     pub token: FencingToken,
+    /// The holder's site (the group's active site): an accepted renewal is news that the
+    /// site is alive, for the failure detector.
+    pub site: SiteId,
+}
+
+impl Renewed {
+    /// The value the holder passes downstream: the lease's epoch.
+    pub fn fencing_value(&self) -> FencingValue {
+        FencingValue::from(self.epoch)
+    }
 }
 
 /// Why the leader refused a renewal. The holder must stop (it may acquire again).
@@ -118,6 +160,16 @@ pub enum RenewRefusal {
     /// The leader saw no renewal within the TTL: the holder's deadline has passed.
     #[error("lease {0} expired before this renewal arrived")]
     Expired(LeaseId),
+    /// The same holder id acquired a newer lease (a restart, or a second process with the
+    /// same id). The old lease is renewed no more but still counts until it is released or
+    /// expires, so a promotion waits for it.
+    #[error("lease {lease} was superseded by a newer acquire of holder `{holder}`")]
+    Superseded {
+        /// The old lease.
+        lease: LeaseId,
+        /// Its holder id.
+        holder: String,
+    },
 }
 
 /// The leader's soft state about leases. Not replicated: a new leader starts a new one.
@@ -204,6 +256,12 @@ impl LeaderLeases {
                 return Err(RenewRefusal::Expired(lease));
             }
         }
+        if g.is_superseded(held) {
+            return Err(RenewRefusal::Superseded {
+                lease,
+                holder: held.holder.clone(),
+            });
+        }
         debug_assert_eq!(held.epoch, g.epoch);
         let at = self.renewed_at.entry(lease).or_insert(received_at);
         *at = (*at).max(received_at);
@@ -212,6 +270,7 @@ impl LeaderLeases {
             ttl: self.timing.ttl,
             epoch: held.epoch,
             token: held.token,
+            site: held.site.clone(),
         })
     }
 
@@ -569,6 +628,78 @@ mod tests {
         );
         assert_eq!(holder.held(deadline), None);
         assert_eq!(holder.poll_timeout(), None);
+    }
+
+    /// A second acquire under a holder id with a live lease (a restarted process, or a
+    /// second one with the same id) does not drop the first lease: the first is renewed no
+    /// more, and a promotion waits for it although the second holder released at once.
+    #[test]
+    fn superseded_lease_is_counted_until_it_expires() {
+        let t0 = Instant::now();
+        let (mut state, first) = state_with_lease();
+        let g = GroupName::from("g");
+        let mut leader = LeaderLeases::new(timing(), t0);
+        leader.observe(&state, t0);
+        let renewed_at = t0 + Duration::from_millis(500);
+        leader
+            .renew(&state, &g, first, renewed_at, renewed_at)
+            .expect("renew");
+        let Ok(Outcome::Granted(second)) = state.apply(&Command::Grant {
+            group: g.clone(),
+            site: "a".into(),
+            holder: "h".into(),
+            ttl_ms: 2000,
+        }) else {
+            panic!("re-acquire");
+        };
+        let t1 = t0 + Duration::from_millis(600);
+        leader.on_granted(second.id, t1);
+        leader.observe(&state, t1);
+        assert_eq!(state.groups[&g].leases.len(), 2);
+        assert!(matches!(
+            leader.renew(&state, &g, first, t1, t1),
+            Err(RenewRefusal::Superseded { .. })
+        ));
+        state
+            .apply(&Command::BeginPromotion {
+                group: g.clone(),
+                to: "b".into(),
+                kind: crate::state::ChangeKind::Promote,
+                actor: "t".into(),
+                reason: String::new(),
+                at_unix_ms: 0,
+            })
+            .expect("begin");
+        leader.observe(&state, t1);
+        state
+            .apply(&Command::Release {
+                group: g.clone(),
+                lease: second.id,
+            })
+            .expect("release");
+        leader.on_released(second.id);
+        leader.observe(&state, t1);
+        // The first holder's deadline is at most renewed_at + TTL on its clock: the leader
+        // neither completes nor expires before renewed_at + TTL + DRIFT on its own.
+        let before = renewed_at + TTL + DRIFT - Duration::from_millis(1);
+        assert!(leader.completions(&state, before, 0).is_empty());
+        assert!(leader.expirations(&state, before).is_empty());
+        let expiry = leader.expirations(&state, renewed_at + TTL + DRIFT);
+        assert_eq!(
+            expiry,
+            vec![Command::Expire {
+                group: g.clone(),
+                leases: vec![first]
+            }]
+        );
+        state.apply(&expiry[0]).expect("expire");
+        leader.observe(&state, renewed_at + TTL + DRIFT);
+        assert_eq!(
+            leader
+                .completions(&state, renewed_at + TTL + DRIFT, 0)
+                .len(),
+            1
+        );
     }
 
     /// A renewal checked after the leader-side expiry is refused even though the state

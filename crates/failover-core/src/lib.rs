@@ -27,5 +27,5 @@ pub mod supervision;
 pub use command::{Command, CommandResult, Outcome, Rejection};
 pub use config::{ConfigError, Timing, Topology};
 pub use ids::{Epoch, GroupName, NodeId, SiteId};
-pub use lease::{FencingToken, Lease, LeaseId};
+pub use lease::{FencingToken, FencingValue, Lease, LeaseId};
 pub use state::{ChangeKind, ClusterState, GroupState, GroupSummary, HistoryEntry, Phase};

@@ -44,8 +44,10 @@ pub struct GroupState {
     /// The token the next grant carries. Strictly increases across grants and epochs, so
     /// a downstream store can refuse any write carrying a smaller one than it has seen.
     pub next_token: FencingToken,
-    /// Which lease each holder has: a re-acquire replaces the holder's lease without a
-    /// scan of every lease.
+    /// Each holder's current (newest) lease. A re-acquire by a holder id that still has a
+    /// live lease points this at the new lease and leaves the old one in `leases`,
+    /// *superseded*: renewed no more, but counted (by a promotion's wait, by expiry) until
+    /// it is released or expires, because the process holding it may still believe in it.
     #[serde(default)]
     pub holders: BTreeMap<String, LeaseId>,
 }
@@ -381,9 +383,10 @@ impl GroupState {
         ttl_ms: u64,
     ) -> Result<Lease, Rejection> {
         self.check_grant(site)?;
-        if let Some(previous) = self.holders.remove(holder) {
-            self.leases.remove(&previous);
-        }
+        // The holder's previous lease, if live, stays: its process (frozen, or a second
+        // one with the same id) may believe in it until its deadline, so it must keep
+        // counting until it is released or expires. Only the index moves on.
+        let previous = self.holders.get(holder).copied();
         let lease = Lease {
             id,
             holder: holder.to_owned(),
@@ -396,7 +399,20 @@ impl GroupState {
         self.assert_lease(&lease);
         self.holders.insert(lease.holder.clone(), id);
         self.leases.insert(id, lease.clone());
+        if let Some(previous) = previous {
+            assert!(
+                self.leases.contains_key(&previous) && previous < id,
+                "{}: a re-acquire by `{holder}` dropped its live lease {previous}",
+                self.name
+            );
+        }
         Ok(lease)
+    }
+
+    /// Whether a newer acquire by the same holder id superseded `lease`: it may be renewed
+    /// no more, but it counts until it is released or expires.
+    pub fn is_superseded(&self, lease: &Lease) -> bool {
+        self.holders.get(&lease.holder) != Some(&lease.id)
     }
 
     /// Starts a change to `to` (`None`: to no site). From maintenance nothing holds a
@@ -532,19 +548,24 @@ impl GroupState {
         if cfg!(debug_assertions) {
             for lease in self.leases.values() {
                 self.assert_lease(lease);
+                // A holder's index entry is its newest live lease; older ones of the same
+                // holder stay, superseded, until released or expired.
+                if let Some(current) = self.holders.get(&lease.holder) {
+                    assert!(
+                        *current >= lease.id,
+                        "{}: holder index behind a live lease",
+                        self.name
+                    );
+                }
+            }
+            for (holder, id) in &self.holders {
                 assert_eq!(
-                    self.holders.get(&lease.holder),
-                    Some(&lease.id),
-                    "{}: holder index",
+                    self.leases.get(id).map(|l| l.holder.as_str()),
+                    Some(holder.as_str()),
+                    "{}: holder index points at a live lease of that holder",
                     self.name
                 );
             }
-            assert_eq!(
-                self.holders.len(),
-                self.leases.len(),
-                "{}: holder index size",
-                self.name
-            );
         }
         for pair in self.history.windows(2) {
             assert!(

@@ -4,7 +4,7 @@
 
 use failover_core::lease::LeaseId;
 use failover_core::{
-    ChangeKind, ClusterState, Command, Epoch, GroupName, Outcome, Rejection, SiteId,
+    ChangeKind, ClusterState, Command, Epoch, FencingValue, GroupName, Outcome, Rejection, SiteId,
 };
 use proptest::prelude::*;
 
@@ -93,10 +93,14 @@ proptest! {
                         prop_assert_eq!(Some(&lease.site), g.active_site.as_ref());
                         prop_assert!(g.pending().is_none(), "no grant while demoting");
                         if let Some(&(epoch, token)) = last_token.get(&group) {
-                            prop_assert!(lease.token > token, "S2: tokens strictly increase");
-                            prop_assert!(lease.epoch >= epoch, "S2: no token of an older epoch later");
+                            prop_assert!(lease.token > token, "tokens strictly increase");
+                            prop_assert!(lease.epoch >= epoch, "no token of an older epoch later");
                         }
                         last_token.insert(group, (lease.epoch, lease.token));
+                        // A holder id's live lease is never dropped by its re-acquire.
+                        for (id, old) in &before.groups.get(command.group()).map(|g| g.leases.clone()).unwrap_or_default() {
+                            prop_assert!(g.leases.contains_key(id), "lease {} of {} silently superseded", id, old.holder);
+                        }
                     }
                     for (name, after) in &state.groups {
                         after.assert_invariants();
@@ -110,6 +114,32 @@ proptest! {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// S2: the fencing value of every grant is its epoch: equal for every holder granted
+    /// in one epoch (whatever their tokens), strictly larger for every grant of a later
+    /// epoch, and never smaller than one granted before.
+    #[test]
+    fn fencing_value_is_equal_within_an_epoch_and_grows_across(
+        commands in prop::collection::vec(command(), 1..120)
+    ) {
+        let mut state = ClusterState::default();
+        let mut granted: Vec<(GroupName, Epoch, FencingValue)> = Vec::new();
+        for command in &commands {
+            if let Ok(Outcome::Granted(lease)) = state.apply(command) {
+                let group = command.group().clone();
+                let value = lease.fencing_value();
+                prop_assert_eq!(value, FencingValue(state.groups[&group].epoch.0));
+                for (_, epoch, earlier) in granted.iter().filter(|(g, ..)| *g == group) {
+                    if *epoch == lease.epoch {
+                        prop_assert_eq!(*earlier, value, "holders of one epoch share the value");
+                    } else {
+                        prop_assert!(*epoch < lease.epoch && *earlier < value, "a later epoch's value is larger");
+                    }
+                }
+                granted.push((group, lease.epoch, value));
             }
         }
     }
@@ -234,11 +264,10 @@ fn grants_follow_the_active_site_and_tokens_grow() {
         panic!("re-acquire");
     };
     assert!(again.token > first.token, "a re-acquire gets a new token");
-    assert_eq!(
-        state.groups[&GroupName::from("default")].leases.len(),
-        1,
-        "it replaces the old lease"
-    );
+    let g = &state.groups[&GroupName::from("default")];
+    assert_eq!(g.leases.len(), 2, "the old lease still counts");
+    assert!(g.is_superseded(&g.leases[&first.id]) && !g.is_superseded(&g.leases[&again.id]));
+    assert_eq!(first.fencing_value(), again.fencing_value());
     state.apply(&begin("site-b")).expect("begin");
     assert!(
         matches!(

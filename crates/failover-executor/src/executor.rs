@@ -327,7 +327,8 @@ impl Executor {
             ("FAILOVER_GROUP".into(), self.opts.group.clone()),
             ("FAILOVER_SITE".into(), self.opts.site.clone()),
             ("FAILOVER_EPOCH".into(), held.epoch.to_string()),
-            ("FAILOVER_FENCING_TOKEN".into(), held.token.to_string()),
+            // The fencing value is the epoch: the same for every executor of the site.
+            ("FAILOVER_FENCING_TOKEN".into(), held.epoch.to_string()),
             ("FAILOVER_INSTANCE".into(), instance.to_string()),
             ("PORT".into(), self.port(instance).to_string()),
         ]

@@ -8,7 +8,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use failover_core::lease::{RenewRefusal, Renewed};
-use failover_core::{Command, GroupName, GroupState, LeaseId, Outcome, Rejection, SiteId};
+use failover_core::{
+    Command, Epoch, FencingToken, FencingValue, GroupName, GroupState, LeaseId, Outcome, Rejection,
+    SiteId,
+};
 use failover_proto::lease::lease_service_server::LeaseService;
 use failover_proto::lease::{
     acquire_response, keep_alive_response, AcquireRequest, AcquireResponse, Grant, GroupEvent,
@@ -80,13 +83,14 @@ pub fn not_leader(ctx: &NodeContext) -> Status {
     status
 }
 
-fn grant_message(ctx: &NodeContext, lease: LeaseId, epoch: u64, token: u64) -> Grant {
+fn grant_message(ctx: &NodeContext, lease: LeaseId, epoch: Epoch, token: FencingToken) -> Grant {
     Grant {
         lease_id: lease.0,
         ttl_ms: ctx.topology.timing.lease_ttl_ms,
-        epoch,
-        fencing_token: token,
+        epoch: epoch.0,
+        fencing_token: token.0,
         keepalive_interval_ms: ctx.topology.timing.keepalive_interval_ms,
+        fencing_value: FencingValue::from(epoch).0,
     }
 }
 
@@ -111,6 +115,7 @@ fn refused(error: &RenewalError) -> Refused {
         RenewalError::Refused(RenewRefusal::Unknown(_)) => "unknown",
         RenewalError::Refused(RenewRefusal::Draining { .. }) => "draining",
         RenewalError::Refused(RenewRefusal::Expired(_)) => "expired",
+        RenewalError::Refused(RenewRefusal::Superseded { .. }) => "superseded",
         RenewalError::NotLeader(_) => "not_leader",
         RenewalError::Overloaded => "overloaded",
     };
@@ -150,6 +155,15 @@ impl LeaseService for LeaseServer {
         // Bad input gets the same answer from every controller; then only the leader grants.
         let check = self.with_group(&req.group, &site, |g| g.check_grant(&site))?;
         self.require_leader()?;
+        // Any acquire is news that the site's engine is alive; a standby's `ready` makes
+        // the site a failover candidate (the detector reads this).
+        self.ctx.leases.engines().on_acquire(
+            &GroupName(req.group.clone()),
+            &site,
+            &req.instance,
+            received_at,
+            req.ready,
+        );
         // Answer standby without a Raft write: standby holders poll.
         if let Err(rejection) = check {
             return match standby(&rejection) {
@@ -173,8 +187,8 @@ impl LeaseService for LeaseServer {
                 acquire_response::Result::Granted(grant_message(
                     &self.ctx,
                     lease.id,
-                    lease.epoch.0,
-                    lease.token.0,
+                    lease.epoch,
+                    lease.token,
                 ))
             }
             Ok(other) => return Err(Status::internal(format!("grant answered {other:?}"))),
@@ -217,10 +231,18 @@ impl LeaseService for LeaseServer {
                             lease,
                             epoch,
                             token,
+                            site,
                             ..
-                        })) => keep_alive_response::Result::Renewed(grant_message(
-                            &ctx, lease, epoch.0, token.0,
-                        )),
+                        })) => {
+                            ctx.leases.engines().on_renewed(
+                                &GroupName(req.group.clone()),
+                                &site,
+                                received_at,
+                            );
+                            keep_alive_response::Result::Renewed(grant_message(
+                                &ctx, lease, epoch, token,
+                            ))
+                        }
                         Ok(Err(e)) => keep_alive_response::Result::Refused(refused(&e)),
                         Err(_) => keep_alive_response::Result::Refused(refused(
                             &RenewalError::NotLeader("controller stopping".into()),
