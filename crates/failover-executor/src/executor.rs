@@ -864,5 +864,6 @@ impl Executor {
         if let Some(session) = self.session.take() {
             session.shutdown().await;
         }
+        crate::deregister::deregister(&*self.dialer, &self.opts, self.reporter.as_deref()).await;
     }
 }
