@@ -90,15 +90,25 @@ async fn grant_loop(endpoints: String, acked: Arc<Mutex<Acked>>, stop: Arc<Atomi
     let mut next = 0usize;
     let mut hint: Option<String> = None;
     let mut n = 0u64;
+    // One channel per controller; a channel reconnects by itself after a restart.
+    let mut clients = BTreeMap::new();
     while !stop.load(Ordering::Relaxed) {
         let addr = hint.take().unwrap_or_else(|| {
             next = (next + 1) % addrs.len();
             addrs[next].clone()
         });
         let holder = format!("holder-{n}");
-        let Ok(mut client) = LeaseServiceClient::connect(format!("http://{addr}")).await else {
-            continue;
+        let client = match clients.get(&addr) {
+            Some(client) => client.clone(),
+            None => match LeaseServiceClient::connect(format!("http://{addr}")).await {
+                Ok(client) => {
+                    clients.insert(addr.clone(), client.clone());
+                    client
+                }
+                Err(_) => continue,
+            },
         };
+        let mut client = client;
         let request = AcquireRequest {
             group: "leases".into(),
             site: "site-a".into(),
@@ -119,6 +129,12 @@ async fn grant_loop(endpoints: String, acked: Arc<Mutex<Acked>>, stop: Arc<Atomi
                 }
             }
             Ok(Err(status)) => {
+                if status.code() == tonic::Code::Unknown
+                    || status.code() == tonic::Code::Unavailable
+                        && status.metadata().get("x-failover-leader").is_none()
+                {
+                    clients.remove(&addr);
+                }
                 hint = status
                     .metadata()
                     .get("x-failover-leader")
@@ -128,7 +144,9 @@ async fn grant_loop(endpoints: String, acked: Arc<Mutex<Acked>>, stop: Arc<Atomi
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
-            Err(_) => {}
+            Err(_) => {
+                clients.remove(&addr);
+            }
         }
     }
 }
