@@ -91,7 +91,8 @@ async fn grant_loop(endpoints: String, acked: Arc<Mutex<Acked>>, stop: Arc<Atomi
     let mut hint: Option<String> = None;
     let mut n = 0u64;
     // One channel per controller; a channel reconnects by itself after a restart.
-    let mut clients = BTreeMap::new();
+    let mut clients: BTreeMap<String, LeaseServiceClient<tonic::transport::Channel>> =
+        BTreeMap::new();
     while !stop.load(Ordering::Relaxed) {
         let addr = hint.take().unwrap_or_else(|| {
             next = (next + 1) % addrs.len();

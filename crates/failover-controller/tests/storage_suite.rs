@@ -37,3 +37,16 @@ fn data_dir_of_another_controller_is_refused() {
     );
     store::open(dir.path(), 1).expect("still opens as 1");
 }
+
+/// A data directory left by the earlier sled storage is refused by name instead of being
+/// silently started empty beside the old files.
+#[test]
+fn sled_data_dir_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("db"), b"sled").expect("db");
+    std::fs::write(dir.path().join("conf"), b"segment_size: 524288").expect("conf");
+    let err = store::open(dir.path(), 1).expect_err("must refuse");
+    let message = err.to_string();
+    assert!(message.contains("holds sled data"), "{message}");
+    assert!(!dir.path().join(store::DATA_FILE).exists());
+}
