@@ -117,6 +117,8 @@ async fn grant_loop(endpoints: String, acked: Arc<Mutex<Acked>>, stop: Arc<Atomi
         };
         match tokio::time::timeout(Duration::from_secs(2), client.acquire(request)).await {
             Ok(Ok(reply)) => {
+                // Stay with the controller that answered: it is the leader.
+                hint = Some(addr.clone());
                 if let Some(Acquired::Granted(grant)) = reply.into_inner().result {
                     n += 1;
                     let mut acked = acked.lock().expect("lock");
