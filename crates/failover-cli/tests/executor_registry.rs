@@ -136,26 +136,41 @@ async fn stopped_executor_deregisters_and_reload_skips_a_dead_one() {
         "{table}"
     );
 
-    let started = Instant::now();
-    let out = Command::new(failover_bin())
-        .args([
-            "reload",
-            "--site",
-            "site-a",
-            "--endpoints",
-            &cluster.endpoints(),
-        ])
-        .output()
-        .expect("run reload");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}{stderr}");
-    assert!(stdout.contains("exec-live: reloaded"), "{stdout}");
-    assert!(stdout.contains("exec-killed: skipped: stale"), "{stdout}");
-    assert!(
-        started.elapsed() < Duration::from_secs(60),
-        "reload took {:?}",
-        started.elapsed()
-    );
+    // A reload can roll back when a loaded machine starves the new worker's lease
+    // renewal; that is the executor's business, not the registry's, so it gets three
+    // tries. Every try must finish without waiting for the stale executor.
+    let mut reloaded = false;
+    for _ in 0..3 {
+        let started = Instant::now();
+        let out = Command::new(failover_bin())
+            .args([
+                "reload",
+                "--site",
+                "site-a",
+                "--endpoints",
+                &cluster.endpoints(),
+            ])
+            .output()
+            .expect("run reload");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "reload took {:?}: {stdout}{stderr}",
+            started.elapsed()
+        );
+        assert!(
+            stdout.contains("exec-killed: skipped: stale"),
+            "{stdout}{stderr}"
+        );
+        assert!(stdout.contains("exec-live: "), "{stdout}{stderr}");
+        if out.status.success() {
+            assert!(stdout.contains("exec-live: reloaded"), "{stdout}");
+            reloaded = true;
+            break;
+        }
+        eprintln!("reload rolled back, trying again: {stdout}{stderr}");
+    }
+    assert!(reloaded, "the live executor never finished a reload");
     drop(live);
 }
