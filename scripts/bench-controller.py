@@ -57,7 +57,7 @@ def main() -> None:
         f"## Controller cluster (`python3 scripts/bench-controller.py`, release build, {os.cpu_count()} cores)",
         "",
         f"Measured {time.strftime('%Y-%m-%d', time.gmtime())} on the example topology "
-        "(5 controllers on loopback, sled fsync on every append and vote).",
+        "(5 controllers on loopback, redb, fdatasync on every append and vote).",
         "",
         "| measure | value |",
         "|---|---|",

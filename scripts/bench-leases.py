@@ -437,7 +437,7 @@ def render(runs: dict, counts: list, args, etcd_version: str, elapsed: float) ->
         "",
         "- **failover**: 3 controllers (site-a, site-b, witness: one each), group `default` "
         f"active at site-a (`auto_failover: false`, so no promotion can start mid-run); "
-        f"`lease_ttl_ms: {TTL_SECS * 1000}`, other timing as in sites.example.yaml; sled fsync "
+        f"`lease_ttl_ms: {TTL_SECS * 1000}`, other timing as in sites.example.yaml; redb fdatasync "
         "on every append and vote.",
         f"- **etcd** {etcd_version} (Debian's `etcd-server`), 3 members, default flags (WAL "
         f"fsync on); leases granted with TTL {TTL_SECS} s.",

@@ -61,6 +61,12 @@ pub struct ExecutorJson {
     pub fencing_token: u64,
     /// Milliseconds since the leader last heard from it.
     pub last_seen_ms: u64,
+    /// Silent for `stale_after_ms` or longer (probably dead; it did not deregister).
+    pub stale: bool,
+    /// The stale bound.
+    pub stale_after_ms: u64,
+    /// A stale executor is forgotten once silent for this long.
+    pub forget_after_ms: u64,
     /// Why it is not ready or healthy.
     pub message: String,
     /// Its workers.
@@ -90,15 +96,18 @@ fn site_json(site: &failover_proto::admin::SiteStatus) -> SiteJson {
         executors: site
             .executors
             .iter()
-            .filter_map(|e| e.report.as_ref().map(|r| (e.last_seen_ms, r)))
-            .map(|(last_seen_ms, r)| ExecutorJson {
+            .filter_map(|e| e.report.as_ref().map(|r| (e, r)))
+            .map(|(e, r)| ExecutorJson {
                 id: r.executor_id.clone(),
                 group: r.group.clone(),
                 ready: r.ready,
                 healthy: r.healthy,
                 lease: r.lease_state.clone(),
                 fencing_token: r.fencing_token,
-                last_seen_ms,
+                last_seen_ms: e.last_seen_ms,
+                stale: e.stale,
+                stale_after_ms: e.stale_after_ms,
+                forget_after_ms: e.forget_after_ms,
                 message: r.message.clone(),
                 workers: r
                     .workers
@@ -415,13 +424,23 @@ pub fn status_table(s: &StatusResponse) -> String {
         .flat_map(|site| {
             site.executors.into_iter().flat_map(move |e| {
                 let site = site.name.clone();
-                let executor = format!(
-                    "{} ({}{}, seen {} ms ago)",
-                    e.id,
-                    e.lease,
-                    if e.ready { ", ready" } else { ", NOT READY" },
-                    e.last_seen_ms
-                );
+                let executor = if e.stale {
+                    format!(
+                        "{} (STALE: silent {} ms, over {} ms; forgotten after {} s)",
+                        e.id,
+                        e.last_seen_ms,
+                        e.stale_after_ms,
+                        e.forget_after_ms / 1000
+                    )
+                } else {
+                    format!(
+                        "{} ({}{}, seen {} ms ago)",
+                        e.id,
+                        e.lease,
+                        if e.ready { ", ready" } else { ", NOT READY" },
+                        e.last_seen_ms
+                    )
+                };
                 e.workers.into_iter().map(move |w| {
                     vec![
                         site.clone(),

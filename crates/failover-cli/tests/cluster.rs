@@ -1,5 +1,5 @@
 //! Multi-process tests of the controller cluster: real processes, real gRPC on loopback,
-//! real sled directories, real SIGKILL.
+//! real data directories, real SIGKILL.
 
 mod common;
 

@@ -1,5 +1,10 @@
 //! What the leader knows of the site executors: their latest reports (soft state, not
 //! replicated) and the reload generations operators asked for.
+//!
+//! An executor's entry lives from its first report until it deregisters (a clean stop),
+//! or, for one that died without deregistering, until it has been silent for
+//! [`FORGET_AFTER`]. From [`stale_after`] of silence on it is shown as stale: its report
+//! says nothing about now, and `failover reload` does not wait for it.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -9,6 +14,22 @@ use failover_proto::executor::ExecutorReport;
 
 /// Most executors remembered; the longest-silent is forgotten beyond it.
 pub const MAX_EXECUTORS: usize = 1024;
+
+/// How long an executor that stopped reporting without deregistering stays listed
+/// (as stale) before the leader forgets it: long enough for an operator to notice a dead
+/// executor in `failover status`, short enough that the list does not fill with them.
+pub const FORGET_AFTER: Duration = Duration::from_secs(300);
+
+/// Silence after which an executor is stale: the failure detector's bound, since a
+/// report older than that already counts for nothing there.
+pub fn stale_after(timing: &failover_core::Timing) -> Duration {
+    Duration::from_millis(timing.failure_timeout_ms)
+}
+
+/// Whether an executor last heard `age` ago is stale under the bound `stale_after`.
+pub fn is_stale(age: Duration, stale_after: Duration) -> bool {
+    age >= stale_after
+}
 
 /// The leader's view of the executors.
 #[derive(Debug, Default)]
@@ -38,6 +59,7 @@ impl ExecutorRegistry {
         inner
             .reports
             .insert(report.executor_id.clone(), (now, report));
+        inner.forget_silent(now);
         if inner.reports.len() > MAX_EXECUTORS {
             let oldest = inner
                 .reports
@@ -51,6 +73,20 @@ impl ExecutorRegistry {
         generation
     }
 
+    /// Forgets an executor that stopped cleanly; returns whether it was known. Only an
+    /// entry of the same site is removed, so a mistyped site cannot drop another's.
+    pub fn deregister(&self, executor_id: &str, site: &str) -> bool {
+        let mut inner = self.lock();
+        let known = inner
+            .reports
+            .get(executor_id)
+            .is_some_and(|(_, r)| r.site == site);
+        if known {
+            inner.reports.remove(executor_id);
+        }
+        known
+    }
+
     /// Asks the executors of `site` for a reload; returns the new generation. Generations
     /// are wall-clock milliseconds (made strictly increasing here), so they keep growing
     /// across a change of leader, whose registry starts empty.
@@ -61,9 +97,11 @@ impl ExecutorRegistry {
         *generation
     }
 
-    /// The reports of `site`'s executors with the time since each arrived.
+    /// The reports of `site`'s executors with the time since each arrived; executors
+    /// silent for [`FORGET_AFTER`] are forgotten first.
     pub fn site(&self, site: &str, now: Instant) -> Vec<(Duration, ExecutorReport)> {
-        let inner = self.lock();
+        let mut inner = self.lock();
+        inner.forget_silent(now);
         let mut reports: Vec<_> = inner
             .reports
             .values()
@@ -72,5 +110,67 @@ impl ExecutorRegistry {
             .collect();
         reports.sort_by(|a, b| a.1.executor_id.cmp(&b.1.executor_id));
         reports
+    }
+}
+
+impl Inner {
+    fn forget_silent(&mut self, now: Instant) {
+        self.reports
+            .retain(|_, (at, _)| now.saturating_duration_since(*at) < FORGET_AFTER);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(id: &str, site: &str) -> ExecutorReport {
+        ExecutorReport {
+            executor_id: id.into(),
+            group: "default".into(),
+            site: site.into(),
+            ..ExecutorReport::default()
+        }
+    }
+
+    fn ids(registry: &ExecutorRegistry, site: &str, now: Instant) -> Vec<String> {
+        registry
+            .site(site, now)
+            .into_iter()
+            .map(|(_, r)| r.executor_id)
+            .collect()
+    }
+
+    /// A deregistered executor disappears at once; deregistering under another site
+    /// removes nothing.
+    #[test]
+    fn deregister_forgets_only_the_named_executor_of_its_site() {
+        let registry = ExecutorRegistry::default();
+        let t0 = Instant::now();
+        registry.on_report(report("e1", "site-a"), t0);
+        registry.on_report(report("e2", "site-a"), t0);
+        assert!(!registry.deregister("e1", "site-b"));
+        assert_eq!(ids(&registry, "site-a", t0), ["e1", "e2"]);
+        assert!(registry.deregister("e1", "site-a"));
+        assert_eq!(ids(&registry, "site-a", t0), ["e2"]);
+        assert!(!registry.deregister("e1", "site-a"));
+    }
+
+    /// An executor is stale from exactly the bound on, and forgotten from exactly
+    /// FORGET_AFTER on; a new report brings it back.
+    #[test]
+    fn silent_executor_turns_stale_then_is_forgotten() {
+        let registry = ExecutorRegistry::default();
+        let t0 = Instant::now();
+        let bound = Duration::from_millis(1500);
+        registry.on_report(report("e1", "site-a"), t0);
+        let age = |now| registry.site("site-a", now)[0].0;
+        assert!(!is_stale(age(t0 + bound - Duration::from_millis(1)), bound));
+        assert!(is_stale(age(t0 + bound), bound));
+        let last = t0 + FORGET_AFTER - Duration::from_millis(1);
+        assert_eq!(ids(&registry, "site-a", last), ["e1"]);
+        assert!(ids(&registry, "site-a", t0 + FORGET_AFTER).is_empty());
+        registry.on_report(report("e1", "site-a"), t0 + FORGET_AFTER);
+        assert_eq!(ids(&registry, "site-a", t0 + FORGET_AFTER), ["e1"]);
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //! - [`types`]: the openraft type configuration.
-//! - [`store`]: sled-backed Raft log, vote, state machine and snapshots.
+//! - [`store`]: redb-backed Raft log, vote, state machine and snapshots.
 //! - [`network`]: the Raft transport over gRPC, dialing through a caller-supplied [`Dialer`].
 //! - [`detector`]: the leader's failure detector (what it heard from each site).
 //! - [`hooks`]: site hooks run by the leader around a change of a site's role.

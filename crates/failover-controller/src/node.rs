@@ -182,8 +182,8 @@ async fn start_raft(
     topology: &Topology,
     node_id: NodeId,
     dialer: Arc<dyn Dialer>,
-    log_store: store::SledLogStore,
-    state_machine: store::SledStateMachine,
+    log_store: store::LogStore,
+    state_machine: store::StateMachine,
 ) -> Result<Raft, ControllerError> {
     let timing = topology.timing;
     let config = openraft::Config {

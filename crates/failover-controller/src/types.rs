@@ -14,7 +14,7 @@ openraft::declare_raft_types!(
 pub struct Applied(pub Option<CommandResult>);
 
 /// The Raft handle of a controller.
-pub type Raft = openraft::Raft<TypeConfig, crate::store::SledStateMachine>;
+pub type Raft = openraft::Raft<TypeConfig, crate::store::StateMachine>;
 /// A log id of this cluster.
 pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
 /// A vote of this cluster.

@@ -274,6 +274,8 @@ impl Topology {
             }
             self.check_witness(group)
                 .map_err(|reason| (format!("{path}.auto_failover"), reason))?;
+            self.check_quorum_survives_site_loss(group)
+                .map_err(|reason| (format!("{path}.auto_failover"), reason))?;
             let mut seen = BTreeSet::new();
             for (j, site) in group.sites.iter().enumerate() {
                 if !site_names.contains(site) {
@@ -323,6 +325,37 @@ impl Topology {
                 .collect::<Vec<_>>()
                 .join(" and ")
         ))
+    }
+}
+
+impl Topology {
+    /// Automatic failover exists to survive the loss of one data site, so the controllers
+    /// outside any one of the group's sites must still form a Raft majority: a site that
+    /// holds a majority itself (3 of 5 at `site-a`) would take the quorum down with it, and
+    /// then nothing could promote. `accept_no_witness` already accepts exactly that risk
+    /// for the majority site, so it exempts the group here too.
+    fn check_quorum_survives_site_loss(&self, group: &GroupConfig) -> Result<(), String> {
+        if !group.auto_failover || group.accept_no_witness || group.sites.len() < 2 {
+            return Ok(());
+        }
+        let total = self.controllers().count();
+        let quorum = total / 2 + 1;
+        for site in &group.sites {
+            let at_site = self.site(site.as_str()).map_or(0, |s| s.controllers.len());
+            let left = total - at_site;
+            if left < quorum {
+                return Err(format!(
+                    "automatic failover of group `{}` cannot survive the loss of site \
+                     `{site}`: it holds {at_site} of the {total} controllers, and the {left} \
+                     left are fewer than the Raft quorum of {quorum}, so nothing could \
+                     promote. Place the controllers so that no site of the group holds \
+                     {quorum} or more (e.g. 2 + 2 + 1 witness), or set \
+                     `auto_failover: false`",
+                    group.name
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -518,6 +551,66 @@ groups:
             "sites: [site-a, site-b]\n    auto_failover: false",
         );
         Topology::from_yaml(&manual, "t.yaml").expect("manual failover only");
+    }
+
+    /// A data site that holds a Raft majority (3 of 5) is refused for automatic failover,
+    /// naming the site and the counts; the balanced layout (2 + 2 + 1) and manual
+    /// failover are accepted.
+    #[test]
+    fn data_site_holding_the_quorum_is_refused_for_auto_failover() {
+        let heavy = r#"
+sites:
+  - name: site-a
+    controllers:
+      - { id: 1, addr: "127.0.0.1:7101" }
+      - { id: 2, addr: "127.0.0.1:7102" }
+      - { id: 3, addr: "127.0.0.1:7103" }
+  - name: site-b
+    controllers:
+      - { id: 4, addr: "127.0.0.1:7104" }
+  - name: witness
+    controllers:
+      - { id: 5, addr: "127.0.0.1:7105" }
+groups:
+  - name: default
+    sites: [site-a, site-b]
+"#;
+        let e = error_of(heavy);
+        assert_eq!(e.path, "groups[0].auto_failover");
+        assert!(e.reason.contains("site `site-a`"), "{e}");
+        assert!(e.reason.contains("3 of the 5 controllers"), "{e}");
+        assert!(e.reason.contains("the 2 left"), "{e}");
+        assert!(e.reason.contains("quorum of 3"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("t.yaml: groups[0].auto_failover: "),
+            "{e}"
+        );
+
+        let balanced = heavy.replace("      - { id: 3, addr: \"127.0.0.1:7103\" }\n", "");
+        let balanced = balanced.replace(
+            "      - { id: 4, addr: \"127.0.0.1:7104\" }\n",
+            "      - { id: 3, addr: \"127.0.0.1:7103\" }\n      - { id: 4, addr: \"127.0.0.1:7104\" }\n",
+        );
+        Topology::from_yaml(&balanced, "t.yaml").expect("2 + 2 + 1 survives any site");
+        let manual = heavy.replace(
+            "sites: [site-a, site-b]",
+            "sites: [site-a, site-b]\n    auto_failover: false",
+        );
+        Topology::from_yaml(&manual, "t.yaml").expect("manual failover only");
+    }
+
+    /// Every data site of the group is checked, not only the first: a majority at the
+    /// standby site is refused too, naming that site.
+    #[test]
+    fn quorum_check_counts_only_the_lost_data_site() {
+        let e = error_of(&VALID.replace(
+            "      - { id: 2, addr: \"127.0.0.1:7102\" }\n",
+            "      - { id: 2, addr: \"127.0.0.1:7102\" }\n      - { id: 4, addr: \"127.0.0.1:7104\" }\n      - { id: 5, addr: \"127.0.0.1:7105\" }\n",
+        ));
+        assert!(e.reason.contains("site `site-b`"), "{e}");
+        assert!(e.reason.contains("3 of the 5 controllers"), "{e}");
+        Topology::from_yaml(VALID, "t.yaml").expect("1 + 1 + 1 survives any data site");
     }
 
     /// A malformed address is refused with the field path.

@@ -6,6 +6,7 @@
 //!
 //! # Layout
 //! - [`ids`]: newtypes for sites, groups, controllers and epochs.
+//! - [`placement`]: which site may run an executor of which group (a witness may not).
 //! - [`config`]: the topology file (sites, controllers, groups, timing) and its validation.
 //! - [`state`]: the replicated state machine: groups, phases, history, and [`state::ClusterState::apply`].
 //! - [`command`]: the commands the Raft log carries and what applying them answers.
@@ -19,6 +20,7 @@ pub mod command;
 pub mod config;
 pub mod ids;
 pub mod lease;
+pub mod placement;
 pub mod policy;
 pub mod promotion;
 pub mod state;

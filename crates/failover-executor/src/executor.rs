@@ -930,5 +930,6 @@ impl Executor {
         {
             session.shutdown().await;
         }
+        crate::deregister::deregister(&*self.dialer, &self.opts, self.reporter.as_deref()).await;
     }
 }

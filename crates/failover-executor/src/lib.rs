@@ -1,6 +1,7 @@
 //! The site executor: runs an engine's workers only while its site holds the lease.
 //!
 //! # Layout
+//! - [`deregister`]: the clean-stop notice to the leader.
 //! - [`executor`]: the supervisor loop: lease session → workers, restarts, health,
 //!   drains, rolling reloads, reports to the controllers.
 //! - [`worker`]: one worker slot's guard process and the events it reports.
@@ -19,6 +20,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod contain;
+pub mod deregister;
 pub mod executor;
 pub mod guard;
 pub mod guards;

@@ -73,6 +73,7 @@ pub struct ExecArgs {
 
 pub(crate) async fn run(args: ExecArgs) -> anyhow::Result<()> {
     let (endpoints, timing) = args.cluster.endpoints_and_timing()?;
+    super::exec_check::check(&args.cluster, &endpoints, &args.site, &args.group).await?;
     let id = args.id.clone().unwrap_or_else(|| {
         format!(
             "exec-{}-{}-{}",

@@ -4,6 +4,7 @@ mod controller;
 mod demote;
 mod dev;
 mod exec;
+mod exec_check;
 pub mod guard;
 mod history;
 mod leases;

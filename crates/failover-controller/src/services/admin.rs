@@ -183,6 +183,7 @@ impl AdminServer {
             .leader_since()
             .map(|since| crate::detector::observe(&self.ctx, since, now));
         let timing = &self.ctx.topology.timing;
+        let stale_after = crate::executors::stale_after(timing);
         self.ctx
             .topology
             .sites
@@ -204,6 +205,9 @@ impl AdminServer {
                     .map(|(age, report)| ExecutorStatus {
                         report: Some(report),
                         last_seen_ms: age.as_millis() as u64,
+                        stale: crate::executors::is_stale(age, stale_after),
+                        stale_after_ms: stale_after.as_millis() as u64,
+                        forget_after_ms: crate::executors::FORGET_AFTER.as_millis() as u64,
                     })
                     .collect(),
             })

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use failover_proto::executor::executor_service_server::ExecutorService;
-use failover_proto::executor::{ExecutorReport, ReportAck};
+use failover_proto::executor::{DeregisterAck, DeregisterRequest, ExecutorReport, ReportAck};
 use tonic::{Request, Response, Status};
 
 use super::lease::not_leader;
@@ -40,5 +40,26 @@ impl ExecutorService for ExecutorServer {
         }
         let reload_generation = self.ctx.executors.on_report(report, now);
         Ok(Response::new(ReportAck { reload_generation }))
+    }
+
+    async fn deregister(
+        &self,
+        request: Request<DeregisterRequest>,
+    ) -> Result<Response<DeregisterAck>, Status> {
+        if !self.ctx.raft.is_leader() {
+            return Err(not_leader(&self.ctx));
+        }
+        let request = request.into_inner();
+        let known = self
+            .ctx
+            .executors
+            .deregister(&request.executor_id, &request.site);
+        tracing::info!(
+            executor = %request.executor_id,
+            site = %request.site,
+            known,
+            "executor deregistered"
+        );
+        Ok(Response::new(DeregisterAck { known }))
     }
 }

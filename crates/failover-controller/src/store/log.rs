@@ -1,58 +1,61 @@
-//! The Raft log and vote in sled trees.
+//! The Raft log and vote in redb tables.
 
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
 
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, RaftLogStorage};
 use openraft::{LogState, OptionalSend, RaftLogReader};
+use redb::{Database, Durability, ReadableTable};
 
-use super::{decode, encode, io_err};
+use super::{decode, encode, io_err, read_meta, write_blocking, LOG, META};
 use crate::types::{Entry, LogId, TypeConfig, Vote};
 
 const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
 const LAST_PURGED: &str = "last_purged";
 
-/// The Raft log (`log` tree, keyed by big-endian index) and vote (`raft` tree).
-#[derive(Debug, Clone)]
-pub struct SledLogStore {
-    db: sled::Db,
-    log: sled::Tree,
-    raft: sled::Tree,
+/// The Raft log (`log` table, keyed by index) and vote (`meta` table).
+///
+/// Every method that changes what Raft counts as persisted (append, vote, truncate,
+/// purge) returns only after the data file was fdatasynced.
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<Database>,
 }
 
-impl SledLogStore {
-    pub(super) fn new(db: sled::Db) -> Result<Self, sled::Error> {
-        Ok(SledLogStore {
-            log: db.open_tree("log")?,
-            raft: db.open_tree("raft")?,
-            db,
-        })
+impl Debug for LogStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogStore").finish_non_exhaustive()
     }
+}
 
-    async fn flush(&self) -> Result<(), io::Error> {
-        self.db.flush_async().await.map(|_| ()).map_err(io_err)
+impl LogStore {
+    pub(super) fn new(db: Arc<Database>) -> Self {
+        LogStore { db }
     }
 
     fn get_json<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, io::Error> {
-        match self.raft.get(key).map_err(io_err)? {
+        match read_meta(&self.db, key)? {
             Some(raw) => decode(&raw, key).map(Some),
             None => Ok(None),
         }
     }
 
-    fn put_json<T: serde::Serialize>(&self, key: &str, value: &T) -> Result<(), io::Error> {
-        self.raft.insert(key, encode(value)?).map_err(io_err)?;
-        Ok(())
-    }
-
-    fn remove_from(&self, start: u64) -> Result<(), io::Error> {
-        for key in self.log.range(start.to_be_bytes()..).keys() {
-            self.log.remove(key.map_err(io_err)?).map_err(io_err)?;
-        }
-        Ok(())
+    async fn put_json<T: serde::Serialize>(
+        &self,
+        key: &'static str,
+        value: &T,
+        durability: Durability,
+    ) -> Result<(), io::Error> {
+        let raw = encode(value)?;
+        write_blocking(&self.db, durability, move |txn| {
+            txn.open_table(META)?.insert(key, raw.as_slice())?;
+            Ok(())
+        })
+        .await
     }
 }
 
@@ -65,12 +68,11 @@ fn to_range<RB: RangeBounds<u64>>(range: &RB) -> Option<(u64, Bound<u64>)> {
     Some((start, range.end_bound().cloned()))
 }
 
-fn decode_entry(key: &[u8], raw: &[u8]) -> Result<Entry, io::Error> {
-    let index = key.try_into().map(u64::from_be_bytes).unwrap_or(u64::MAX);
+fn decode_entry(index: u64, raw: &[u8]) -> Result<Entry, io::Error> {
     decode(raw, &format!("log entry {index}"))
 }
 
-impl RaftLogReader<TypeConfig> for SledLogStore {
+impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
@@ -78,12 +80,12 @@ impl RaftLogReader<TypeConfig> for SledLogStore {
         let Some((start, end)) = to_range(&range) else {
             return Ok(Vec::new());
         };
-        let end = end.map(|e| e.to_be_bytes());
-        let iter = self.log.range((Bound::Included(start.to_be_bytes()), end));
+        let txn = self.db.begin_read().map_err(io_err)?;
+        let table = txn.open_table(LOG).map_err(io_err)?;
         let mut entries = Vec::new();
-        for item in iter {
+        for item in table.range((Bound::Included(start), end)).map_err(io_err)? {
             let (key, raw) = item.map_err(io_err)?;
-            entries.push(decode_entry(&key, &raw)?);
+            entries.push(decode_entry(key.value(), raw.value())?);
         }
         Ok(entries)
     }
@@ -93,13 +95,15 @@ impl RaftLogReader<TypeConfig> for SledLogStore {
     }
 }
 
-impl RaftLogStorage<TypeConfig> for SledLogStore {
+impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let last_purged: Option<LogId> = self.get_json(LAST_PURGED)?;
-        let last = match self.log.last().map_err(io_err)? {
-            Some((key, raw)) => Some(decode_entry(&key, &raw)?.log_id()),
+        let txn = self.db.begin_read().map_err(io_err)?;
+        let table = txn.open_table(LOG).map_err(io_err)?;
+        let last = match table.last().map_err(io_err)? {
+            Some((key, raw)) => Some(decode_entry(key.value(), raw.value())?.log_id()),
             None => last_purged,
         };
         Ok(LogState {
@@ -113,12 +117,13 @@ impl RaftLogStorage<TypeConfig> for SledLogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
-        self.put_json(VOTE, vote)?;
-        self.flush().await
+        self.put_json(VOTE, vote, Durability::Immediate).await
     }
 
+    /// The committed id is a hint openraft can re-learn from the leader, so it is written
+    /// without a sync; the next synced write makes it durable.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        self.put_json(COMMITTED, &committed)
+        self.put_json(COMMITTED, &committed, Durability::None).await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
@@ -133,31 +138,43 @@ impl RaftLogStorage<TypeConfig> for SledLogStore {
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
     {
-        let mut batch = sled::Batch::default();
+        let mut batch = Vec::new();
         for entry in entries {
-            batch.insert(&entry.index().to_be_bytes(), encode(&entry)?);
+            batch.push((entry.index(), encode(&entry)?));
         }
-        self.log.apply_batch(batch).map_err(io_err)?;
-        let flushed = self.flush().await;
-        let reported = flushed
+        let written = write_blocking(&self.db, Durability::Immediate, move |txn| {
+            let mut table = txn.open_table(LOG)?;
+            for (index, raw) in &batch {
+                table.insert(*index, raw.as_slice())?;
+            }
+            Ok(())
+        })
+        .await;
+        let reported = written
             .as_ref()
             .map(|_| ())
             .map_err(|e| io::Error::new(e.kind(), e.to_string()));
         callback.io_completed(reported);
-        flushed
+        written
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let start = last_log_id.map_or(0, |id| id.index() + 1);
-        self.remove_from(start)?;
-        self.flush().await
+        write_blocking(&self.db, Durability::Immediate, move |txn| {
+            txn.open_table(LOG)?.retain_in(start.., |_, _| false)?;
+            Ok(())
+        })
+        .await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
-        self.put_json(LAST_PURGED, &log_id)?;
-        for key in self.log.range(..=log_id.index().to_be_bytes()).keys() {
-            self.log.remove(key.map_err(io_err)?).map_err(io_err)?;
-        }
-        self.flush().await
+        let raw = encode(&log_id)?;
+        let end = log_id.index();
+        write_blocking(&self.db, Durability::Immediate, move |txn| {
+            txn.open_table(META)?.insert(LAST_PURGED, raw.as_slice())?;
+            txn.open_table(LOG)?.retain_in(..=end, |_, _| false)?;
+            Ok(())
+        })
+        .await
     }
 }

@@ -1,33 +1,62 @@
-//! Durable Raft storage in sled: the log and vote ([`SledLogStore`]) and the state
-//! machine with its snapshot ([`SledStateMachine`]).
+//! Durable Raft storage in one redb file: the log and vote ([`LogStore`]) and the state
+//! machine with its snapshot ([`StateMachine`]).
 //!
-//! Persistence ordering: an append or a vote is acknowledged to openraft only after
-//! `flush_async` returns, so nothing Raft counts as persisted can be lost by kill -9.
-//! The state machine lives in memory and is made durable by the log plus snapshots
-//! (fsynced when built or installed): on start openraft installs the last snapshot and
-//! re-applies the committed entries after it.
+//! Persistence ordering: an append, a vote, a truncation, a purge and a snapshot are each
+//! one redb write transaction committed with `Durability::Immediate`, which ends in
+//! `fdatasync` of the data file ([`DATA_FILE`]) before `commit` returns; only then is the
+//! I/O reported to openraft. The directory entry of the data file is fsynced when the
+//! directory is opened, so the file itself survives a power loss too. The committed index
+//! is written without a sync (openraft re-learns it from the leader), and the state
+//! machine lives in memory: on start openraft installs the last snapshot and re-applies
+//! the committed entries after it.
+//!
+//! sled 0.34.7 was replaced because its flush ends in `sync_file_range`, which flushes
+//! neither file metadata nor the device cache, and it writes large values to blob files
+//! and its own snapshots to new files without syncing them or their directory;
+//! `docs/architecture.md` (Persistence) has the details.
+
+// redb's error is 160 bytes and travels only on the failure path of a write that already
+// costs an fdatasync: boxing it in every transaction closure would buy nothing.
+#![allow(clippy::result_large_err)]
 
 mod log;
 mod state_machine;
 
+use std::fs::File;
 use std::io;
 use std::path::Path;
+use std::sync::Arc;
 
-pub use log::SledLogStore;
-pub use state_machine::{SledStateMachine, StateView};
+use redb::{Database, Durability, ReadableTable, TableDefinition, WriteTransaction};
+
+pub use log::LogStore;
+pub use state_machine::{StateMachine, StateView};
 
 use failover_core::NodeId;
+
+/// The one file in a data directory that holds a controller's Raft state.
+pub const DATA_FILE: &str = "raft.redb";
+
+/// Small values by name: the owning controller, the vote, the committed and purged ids.
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// Raft entries by index.
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+/// The last snapshot, under one key.
+const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
+
+const NODE_ID: &str = "node_id";
 
 /// The data directory could not be opened or does not belong to this controller.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    /// sled could not open the directory (permissions, lock held by another process, damage).
+    /// The directory or its data file could not be created, opened or synced
+    /// (permissions, a lock held by another process, damage).
     #[error("cannot open data dir {dir}: {source}")]
-    Sled {
+    Io {
         /// The directory.
         dir: String,
-        /// sled's reason.
-        source: sled::Error,
+        /// The reason.
+        source: io::Error,
     },
     /// The directory holds the data of another controller.
     #[error("data dir {dir} belongs to controller {found}, not {expected}: point --data-dir at this controller's own directory")]
@@ -38,6 +67,12 @@ pub enum OpenError {
         found: NodeId,
         /// The node id this process runs as.
         expected: NodeId,
+    },
+    /// The directory was written by the earlier sled storage, which this version cannot read.
+    #[error("data dir {dir} holds sled data from an earlier version (file `db`, no `{DATA_FILE}`): move it aside and let this controller rejoin from its peers")]
+    OldFormat {
+        /// The directory.
+        dir: String,
     },
     /// The state recorded in the directory cannot be decoded.
     #[error("data dir {dir} is damaged: {source}")]
@@ -50,46 +85,103 @@ pub enum OpenError {
 }
 
 /// Opens (or creates) a controller's data directory and returns its two stores.
-pub fn open(dir: &Path, node_id: NodeId) -> Result<(SledLogStore, SledStateMachine), OpenError> {
+///
+/// A new directory and data file are made durable (file and directory entries fsynced)
+/// before this returns, so nothing written later can be lost with the file itself.
+pub fn open(dir: &Path, node_id: NodeId) -> Result<(LogStore, StateMachine), OpenError> {
     let shown = dir.display().to_string();
-    let sled_err = |source| OpenError::Sled {
+    let io_error = |source| OpenError::Io {
         dir: shown.clone(),
         source,
     };
-    let db = sled::Config::new().path(dir).open().map_err(sled_err)?;
-    let meta = db.open_tree("meta").map_err(sled_err)?;
-    match meta.get("node_id").map_err(sled_err)? {
-        Some(raw) => {
-            let found = decode_u64(&raw).ok_or_else(|| OpenError::Damaged {
-                dir: shown.clone(),
-                source: io::Error::new(io::ErrorKind::InvalidData, "node_id is not 8 bytes"),
-            })?;
-            if found != node_id {
-                return Err(OpenError::WrongNode {
-                    dir: shown,
-                    found,
-                    expected: node_id,
-                });
-            }
-        }
-        None => {
-            meta.insert("node_id", &node_id.to_be_bytes())
-                .map_err(sled_err)?;
-            db.flush().map_err(sled_err)?;
-        }
+    if dir.join("db").exists() && dir.join("conf").exists() && !dir.join(DATA_FILE).exists() {
+        return Err(OpenError::OldFormat { dir: shown });
     }
-    let log = SledLogStore::new(db.clone()).map_err(sled_err)?;
-    let sm =
-        SledStateMachine::open(db).map_err(|source| OpenError::Damaged { dir: shown, source })?;
+    std::fs::create_dir_all(dir).map_err(io_error)?;
+    let db = Database::create(dir.join(DATA_FILE)).map_err(|e| io_error(io::Error::other(e)))?;
+    sync_dir(dir).map_err(io_error)?;
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        sync_dir(parent).map_err(io_error)?;
+    }
+    let db = Arc::new(db);
+    let found = write(&db, Durability::Immediate, |txn| {
+        txn.open_table(LOG)?;
+        txn.open_table(SNAPSHOT)?;
+        let mut meta = txn.open_table(META)?;
+        let found = meta.get(NODE_ID)?.map(|raw| decode_u64(raw.value()));
+        if found.is_none() {
+            meta.insert(NODE_ID, node_id.to_be_bytes().as_slice())?;
+        }
+        Ok(found)
+    })
+    .map_err(io_error)?;
+    match found {
+        Some(None) => {
+            return Err(OpenError::Damaged {
+                dir: shown,
+                source: io::Error::new(io::ErrorKind::InvalidData, "node_id is not 8 bytes"),
+            })
+        }
+        Some(Some(found)) if found != node_id => {
+            return Err(OpenError::WrongNode {
+                dir: shown,
+                found,
+                expected: node_id,
+            })
+        }
+        _ => {}
+    }
+    let log = LogStore::new(db.clone());
+    let sm = StateMachine::open(db).map_err(|source| OpenError::Damaged { dir: shown, source })?;
     Ok((log, sm))
+}
+
+/// Makes a directory's entries (a file created or renamed in it) durable.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
 }
 
 fn decode_u64(raw: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(raw.try_into().ok()?))
 }
 
-fn io_err(e: sled::Error) -> io::Error {
-    io::Error::other(e)
+fn io_err(e: impl Into<redb::Error>) -> io::Error {
+    io::Error::other(e.into())
+}
+
+/// Runs `body` in one write transaction and commits it with `durability`.
+///
+/// With `Durability::Immediate` the data file is fdatasynced before this returns.
+fn write<T>(
+    db: &Database,
+    durability: Durability,
+    body: impl FnOnce(&WriteTransaction) -> Result<T, redb::Error>,
+) -> io::Result<T> {
+    let mut txn = db.begin_write().map_err(io_err)?;
+    txn.set_durability(durability);
+    let value = body(&txn).map_err(io_err)?;
+    txn.commit().map_err(io_err)?;
+    Ok(value)
+}
+
+/// [`write`] on the blocking pool, so the fsync does not stall the async runtime.
+async fn write_blocking<T: Send + 'static>(
+    db: &Arc<Database>,
+    durability: Durability,
+    body: impl FnOnce(&WriteTransaction) -> Result<T, redb::Error> + Send + 'static,
+) -> io::Result<T> {
+    let db = db.clone();
+    tokio::task::spawn_blocking(move || write(&db, durability, body))
+        .await
+        .map_err(io::Error::other)?
+}
+
+/// Reads one value of the `meta` table.
+fn read_meta(db: &Database, key: &str) -> io::Result<Option<Vec<u8>>> {
+    let txn = db.begin_read().map_err(io_err)?;
+    let table = txn.open_table(META).map_err(io_err)?;
+    let value = table.get(key).map_err(io_err)?;
+    Ok(value.map(|raw| raw.value().to_vec()))
 }
 
 fn decode<T: serde::de::DeserializeOwned>(raw: &[u8], what: &str) -> Result<T, io::Error> {

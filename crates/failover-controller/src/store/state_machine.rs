@@ -1,13 +1,15 @@
-//! The replicated state machine, in memory, with its snapshots kept in sled.
+//! The replicated state machine, in memory, with its snapshots kept in the redb file.
 //!
-//! The state is applied in memory only; what makes it durable is the Raft log (fsynced on
-//! append) plus the last snapshot (fsynced when built or installed). On start the state is
+//! The state is applied in memory only; what makes it durable is the Raft log (fdatasynced
+//! on append) plus the last snapshot (fdatasynced when built or installed). On start the state is
 //! empty and openraft restores it: it installs the stored snapshot and re-applies the
 //! committed log after it. Applying therefore costs no disk I/O, which matters at
 //! thousands of lease grants per second.
 
 use std::io;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use redb::{Database, Durability};
 
 use failover_core::ClusterState;
 use futures::{Stream, TryStreamExt};
@@ -16,7 +18,7 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::{decode, encode, io_err};
+use super::{decode, encode, io_err, write_blocking, SNAPSHOT as SNAPSHOTS};
 use crate::types::{Applied, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 
 const SNAPSHOT: &str = "snapshot";
@@ -76,27 +78,30 @@ impl StateView {
 }
 
 /// The state machine: applies committed commands to the shared [`StateView`].
-#[derive(Debug)]
-pub struct SledStateMachine {
-    db: sled::Db,
-    tree: sled::Tree,
+pub struct StateMachine {
+    db: Arc<Database>,
     last_applied: Option<LogId>,
     membership: StoredMembership,
     view: Arc<StateView>,
 }
 
-impl SledStateMachine {
-    pub(super) fn open(db: sled::Db) -> Result<Self, io::Error> {
-        let tree = db.open_tree("sm").map_err(io_err)?;
-        if let Some(raw) = tree.get(SNAPSHOT).map_err(io_err)? {
+impl std::fmt::Debug for StateMachine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateMachine")
+            .field("last_applied", &self.last_applied)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StateMachine {
+    pub(super) fn open(db: Arc<Database>) -> Result<Self, io::Error> {
+        if let Some(stored) = read_snapshot(&db)? {
             // Read it once now so a damaged snapshot is reported at start, by name.
-            let stored: StoredSnapshot = decode(&raw, "stored snapshot")?;
             let data: SnapshotData = decode(&stored.data, "stored snapshot data")?;
             check_state(&data.state);
         }
-        Ok(SledStateMachine {
+        Ok(StateMachine {
             db,
-            tree,
             last_applied: None,
             membership: StoredMembership::default(),
             view: Arc::new(StateView::new()),
@@ -109,13 +114,35 @@ impl SledStateMachine {
     }
 }
 
+/// The stored snapshot, if one was ever built or installed.
+fn read_snapshot(db: &Database) -> Result<Option<StoredSnapshot>, io::Error> {
+    let txn = db.begin_read().map_err(io_err)?;
+    let table = txn.open_table(SNAPSHOTS).map_err(io_err)?;
+    let raw = table.get(SNAPSHOT).map_err(io_err)?;
+    match raw {
+        Some(raw) => decode(raw.value(), "stored snapshot").map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Stores `stored` as the current snapshot; returns once the data file is fdatasynced.
+async fn write_snapshot(db: &Arc<Database>, stored: &StoredSnapshot) -> Result<(), io::Error> {
+    let raw = encode(stored)?;
+    write_blocking(db, Durability::Immediate, move |txn| {
+        txn.open_table(SNAPSHOTS)?
+            .insert(SNAPSHOT, raw.as_slice())?;
+        Ok(())
+    })
+    .await
+}
+
 fn check_state(state: &ClusterState) {
     for group in state.groups.values() {
         group.assert_invariants();
     }
 }
 
-impl RaftStateMachine<TypeConfig> for SledStateMachine {
+impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotData = Vec<u8>;
     type SnapshotBuilder = SnapshotBuilder;
 
@@ -152,7 +179,6 @@ impl RaftStateMachine<TypeConfig> for SledStateMachine {
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         SnapshotBuilder {
             db: self.db.clone(),
-            tree: self.tree.clone(),
             meta: SnapshotMeta {
                 last_log_id: self.last_applied,
                 last_membership: self.membership.clone(),
@@ -174,10 +200,7 @@ impl RaftStateMachine<TypeConfig> for SledStateMachine {
             meta: meta.clone(),
             data,
         };
-        self.tree
-            .insert(SNAPSHOT, encode(&stored)?)
-            .map_err(io_err)?;
-        self.db.flush_async().await.map_err(io_err)?;
+        write_snapshot(&self.db, &stored).await?;
         *self.view.write() = decoded.state;
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
@@ -186,27 +209,27 @@ impl RaftStateMachine<TypeConfig> for SledStateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
-        match self.tree.get(SNAPSHOT).map_err(io_err)? {
-            Some(raw) => {
-                let stored: StoredSnapshot = decode(&raw, "stored snapshot")?;
-                Ok(Some(Snapshot {
-                    meta: stored.meta,
-                    snapshot: stored.data,
-                }))
-            }
-            None => Ok(None),
-        }
+        Ok(read_snapshot(&self.db)?.map(|stored| Snapshot {
+            meta: stored.meta,
+            snapshot: stored.data,
+        }))
     }
 }
 
 /// Builds a snapshot from the state captured when the builder was made, so applies that
 /// happen meanwhile cannot tear it.
-#[derive(Debug)]
 pub struct SnapshotBuilder {
-    db: sled::Db,
-    tree: sled::Tree,
+    db: Arc<Database>,
     meta: SnapshotMeta,
     data: SnapshotData,
+}
+
+impl std::fmt::Debug for SnapshotBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotBuilder")
+            .field("meta", &self.meta)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -218,10 +241,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             meta: self.meta.clone(),
             data: data.clone(),
         };
-        self.tree
-            .insert(SNAPSHOT, encode(&stored)?)
-            .map_err(io_err)?;
-        self.db.flush_async().await.map_err(io_err)?;
+        write_snapshot(&self.db, &stored).await?;
         Ok(Snapshot {
             meta: self.meta.clone(),
             snapshot: data,
