@@ -177,7 +177,7 @@ def main():
             finally:
                 run.stop(keep=not ok)
         every = sorted(results[True] + results[False])
-        t = {"raft_heartbeat_ms": 50, "election_timeout_max_ms": 400, "lease_ttl_ms": 3000,
+        t = {"raft_heartbeat_ms": 100, "election_timeout_max_ms": 500, "lease_ttl_ms": 3500,
              "keepalive_interval_ms": 250, "max_clock_drift_ms": 250, "failure_timeout_ms": 1500}
         t.update(timing)
         l1 = t["failure_timeout_ms"] + t["lease_ttl_ms"] + t["max_clock_drift_ms"] + t["keepalive_interval_ms"]

@@ -128,10 +128,10 @@ pub struct Timing {
 impl Default for Timing {
     fn default() -> Self {
         Timing {
-            raft_heartbeat_ms: 50,
-            election_timeout_min_ms: 200,
-            election_timeout_max_ms: 400,
-            lease_ttl_ms: 3000,
+            raft_heartbeat_ms: 100,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 500,
+            lease_ttl_ms: 3500,
             keepalive_interval_ms: 250,
             max_clock_drift_ms: 250,
             failure_timeout_ms: 1500,
@@ -530,8 +530,8 @@ groups:
     #[test]
     fn timing_must_ride_out_an_election() {
         let t = Timing::default();
-        assert_eq!(t.takeover_ms(), 2 * 400 + 50);
-        assert_eq!(t.ride_out_margin_ms(), 3000 - 250 - 2 * 250 - 850);
+        assert_eq!(t.takeover_ms(), 2 * 500 + 100);
+        assert_eq!(t.ride_out_margin_ms(), 3500 - 250 - 2 * 250 - 1100);
         assert!(t.ride_out_margin_ms() >= 2 * 500);
         let old = "timing: { raft_heartbeat_ms: 100, election_timeout_min_ms: 500, \
                    election_timeout_max_ms: 1000, lease_ttl_ms: 2000, keepalive_interval_ms: 500 }\ngroups:";
