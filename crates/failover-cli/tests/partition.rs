@@ -209,7 +209,8 @@ async fn leader(http: &[(u64, String)]) -> Option<u64> {
 }
 
 fn topology(net: &Net) -> String {
-    let mut yaml = format!("cluster_name: partition\ntiming: {{ lease_ttl_ms: {TTL_MS} }}\nsites:\n");
+    let mut yaml =
+        format!("cluster_name: partition\ntiming: {{ lease_ttl_ms: {TTL_MS} }}\nsites:\n");
     for (s, name) in SITES.iter().enumerate() {
         yaml.push_str(&format!("  - name: {name}\n    controllers:\n"));
         for (id, site, port) in CONTROLLERS.iter().filter(|c| c.1 == s) {
@@ -373,7 +374,10 @@ async fn active_is_never_200_for_two_sites_across_a_partition() {
         let yes = sample(&http).await;
         samples += 1;
         let sites: BTreeSet<&str> = yes.iter().map(|(_, s)| *s).collect();
-        assert!(sites.len() <= 1, "after healing: 200 for two sites: {yes:?}");
+        assert!(
+            sites.len() <= 1,
+            "after healing: 200 for two sites: {yes:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     eprintln!(

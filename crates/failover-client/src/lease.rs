@@ -16,8 +16,7 @@ use failover_core::{Epoch, FencingToken, LeaseId};
 use failover_proto::lease::lease_service_client::LeaseServiceClient;
 use failover_proto::lease::{
     acquire_response, keep_alive_response, AcquireRequest, GroupEvent, KeepAliveRequest,
-    KeepAliveResponse,
-    ReleaseRequest, WatchRequest,
+    KeepAliveResponse, ReleaseRequest, WatchRequest,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -226,7 +225,9 @@ type Opened = (
 /// every keepalive is answered.
 async fn answer_overdue(sent: &HashMap<u64, Instant>, deadline: Duration) {
     match sent.values().min() {
-        Some(oldest) => tokio::time::sleep_until(tokio::time::Instant::from_std(*oldest + deadline)).await,
+        Some(oldest) => {
+            tokio::time::sleep_until(tokio::time::Instant::from_std(*oldest + deadline)).await
+        }
         None => std::future::pending().await,
     }
 }

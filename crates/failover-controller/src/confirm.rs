@@ -189,7 +189,10 @@ mod tests {
         let ttl = Duration::from_millis(1000);
         let list = Confirmations::default();
         let now = |ms| base + Duration::from_millis(ms);
-        assert!(list.vouch(now(0), ttl, Some(5)).is_err(), "nothing confirmed");
+        assert!(
+            list.vouch(now(0), ttl, Some(5)).is_err(),
+            "nothing confirmed"
+        );
         list.record(at(base, 0, 5));
         assert_eq!(list.vouch(now(999), ttl, Some(5)), Ok(()));
         let old = list.vouch(now(1000), ttl, Some(5)).expect_err("a TTL old");

@@ -537,7 +537,11 @@ groups:
                    election_timeout_max_ms: 1000, lease_ttl_ms: 2000, keepalive_interval_ms: 500 }\ngroups:";
         let e = error_of(&VALID.replace("groups:", old));
         assert_eq!(e.path, "timing.lease_ttl_ms");
-        assert!(e.reason.contains("cannot ride out one leader election"), "{}", e.reason);
+        assert!(
+            e.reason.contains("cannot ride out one leader election"),
+            "{}",
+            e.reason
+        );
         assert!(e.reason.contains("above 3350 ms"), "{}", e.reason);
         let ok = "timing: { raft_heartbeat_ms: 100, election_timeout_min_ms: 500, \
                   election_timeout_max_ms: 1000, lease_ttl_ms: 3400, keepalive_interval_ms: 500 }\ngroups:";

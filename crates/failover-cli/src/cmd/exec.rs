@@ -112,7 +112,10 @@ pub(crate) async fn run(args: ExecArgs) -> anyhow::Result<()> {
 /// `sent + ttl - drift - stop_grace` and the guard starts stopping a stop grace before
 /// that), and what the topology's timing leaves for that is
 /// [`Timing::ride_out_margin_ms`](failover_core::config::Timing::ride_out_margin_ms).
-fn check_ride_out(timing: &failover_core::config::Timing, stop_grace: Duration) -> anyhow::Result<()> {
+fn check_ride_out(
+    timing: &failover_core::config::Timing,
+    stop_grace: Duration,
+) -> anyhow::Result<()> {
     let margin = timing.ride_out_margin_ms();
     let kept = 2 * stop_grace.as_millis() as i64;
     if kept >= margin {
