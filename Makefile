@@ -29,6 +29,7 @@ bench:
 	python3 scripts/bench-leases.py
 	python3 scripts/bench-executor.py
 	python3 scripts/bench-failover.py --runs 20
+	python3 scripts/bench-churn.py
 
 clean:
 	rm -rf .dev-data target

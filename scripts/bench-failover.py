@@ -37,11 +37,13 @@ STOP_GRACE = {"default": "500ms", "tight": "100ms"}
 PROFILES = {
     "default": {},
     "tight": {
+        # The tightest lease that still rides out a leader election with a 100 ms stop
+        # grace: 1500 - 100 - 2 x 200 - (2 x 300 + 50) = 350 >= 2 x 100.
         "raft_heartbeat_ms": 50,
-        "election_timeout_min_ms": 200,
-        "election_timeout_max_ms": 400,
-        "lease_ttl_ms": 1000,
-        "keepalive_interval_ms": 250,
+        "election_timeout_min_ms": 150,
+        "election_timeout_max_ms": 300,
+        "lease_ttl_ms": 1500,
+        "keepalive_interval_ms": 200,
         "max_clock_drift_ms": 100,
         "failure_timeout_ms": 600,
     },
@@ -198,8 +200,8 @@ def build():
 
 def timing_of(timing):
     """The profile's timing over the defaults, and its L1 bound (ms)."""
-    t = {"raft_heartbeat_ms": 100, "election_timeout_max_ms": 1000, "lease_ttl_ms": 2000,
-         "keepalive_interval_ms": 500, "max_clock_drift_ms": 250, "failure_timeout_ms": 1500}
+    t = {"raft_heartbeat_ms": 100, "election_timeout_max_ms": 500, "lease_ttl_ms": 3500,
+         "keepalive_interval_ms": 250, "max_clock_drift_ms": 250, "failure_timeout_ms": 1500}
     t.update(timing)
     l1 = t["failure_timeout_ms"] + t["lease_ttl_ms"] + t["max_clock_drift_ms"] + t["keepalive_interval_ms"]
     return t, l1

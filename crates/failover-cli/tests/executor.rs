@@ -10,7 +10,7 @@ use common::{alive, eventually, failover_bin, workers, Cluster, Proc};
 use failover_proto::admin::PromoteRequest;
 
 /// Lease bounds of the test topology (`Timing::default()`) and the executor's stop grace.
-const TTL: Duration = Duration::from_millis(2000);
+const TTL: Duration = Duration::from_millis(3500);
 const DRIFT: Duration = Duration::from_millis(250);
 const STOP_GRACE: Duration = Duration::from_millis(500);
 /// What a poll every 10 ms may add to an observed instant.

@@ -12,7 +12,7 @@ use failover_client::{Endpoints, LeaseConfig, LeaseSession, LeaseState, TcpDiale
 use failover_proto::admin::PromoteRequest;
 
 /// The defaults of the test topology (those of `Timing::default()`).
-const TTL: Duration = Duration::from_millis(2000);
+const TTL: Duration = Duration::from_millis(3500);
 const DRIFT: Duration = Duration::from_millis(250);
 const STOP_GRACE: Duration = Duration::from_millis(100);
 

@@ -61,7 +61,7 @@ use failover_core::{Epoch, FencingToken, FencingValue, LeaseId};
 use failover_proto::lease::lease_service_client::LeaseServiceClient;
 use failover_proto::lease::{
     acquire_response, keep_alive_response, AcquireRequest, GroupEvent, KeepAliveRequest,
-    ReleaseRequest, WatchRequest,
+    KeepAliveResponse, ReleaseRequest, WatchRequest,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -200,6 +200,7 @@ impl LeaseSession {
             leader: None,
             next_endpoint: 0,
             backoff: Duration::from_millis(25),
+            keepalive: None,
         };
         LeaseSession {
             state,
@@ -323,6 +324,72 @@ async fn next_event(events: &mut Option<tonic::Streaming<GroupEvent>>) -> Option
     }
 }
 
+/// A keepalive stream opened on one controller: its address, a client for the watch
+/// stream, the request sender and the answers.
+type Opened = (
+    String,
+    LeaseServiceClient<Channel>,
+    mpsc::Sender<KeepAliveRequest>,
+    tonic::Streaming<KeepAliveResponse>,
+);
+
+/// Resolves when the oldest unanswered keepalive has waited `deadline`; pending while
+/// every keepalive is answered.
+async fn answer_overdue(sent: &HashMap<u64, Instant>, deadline: Duration) {
+    match sent.values().min() {
+        Some(oldest) => {
+            tokio::time::sleep_until(tokio::time::Instant::from_std(*oldest + deadline)).await
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Opens a keepalive stream on `addr`; only the leader accepts one. `None` when it did not.
+async fn open_on(dialer: Arc<dyn Dialer>, addr: String, within: Duration) -> Option<Opened> {
+    let channel = dialer.channel(&addr).ok()?;
+    let mut client = LeaseServiceClient::new(channel);
+    let (requests, outgoing) = mpsc::channel::<KeepAliveRequest>(16);
+    let stream = tokio_stream::wrappers::ReceiverStream::new(outgoing);
+    match tokio::time::timeout(within, client.keep_alive(stream)).await {
+        Ok(Ok(response)) => Some((addr, client, requests, response.into_inner())),
+        _ => None,
+    }
+}
+
+/// Opens a keepalive stream on the leader: the known `leader` alone if there is one (and
+/// it is not `suspect`), else every controller at once, `suspect` only if it is the only
+/// one. Each attempt gets `within`; the first stream a controller accepts wins and the
+/// other attempts are dropped.
+async fn open_keepalive(
+    dialer: Arc<dyn Dialer>,
+    endpoints: Endpoints,
+    leader: Option<String>,
+    suspect: Option<String>,
+    within: Duration,
+) -> Option<Opened> {
+    if let Some(leader) = leader.filter(|l| Some(l) != suspect.as_ref()) {
+        if let Some(opened) = open_on(dialer.clone(), leader, within).await {
+            return Some(opened);
+        }
+    }
+    let mut addrs: Vec<String> = endpoints.addrs().to_vec();
+    if addrs.len() > 1 {
+        addrs.retain(|a| Some(a) != suspect.as_ref());
+    }
+    let mut attempts: futures::stream::FuturesUnordered<_> = addrs
+        .into_iter()
+        .map(|addr| open_on(dialer.clone(), addr, within))
+        .collect();
+    // Hints are not followed: during an election they name the leader that was lost, and
+    // the leader to be is among the controllers raced here anyway.
+    while let Some(result) = futures::StreamExt::next(&mut attempts).await {
+        if result.is_some() {
+            return result;
+        }
+    }
+    None
+}
+
 struct Driver {
     /// Whether standby polls say this instance is ready.
     ready: Arc<AtomicBool>,
@@ -337,6 +404,8 @@ struct Driver {
     leader: Option<String>,
     next_endpoint: usize,
     backoff: Duration,
+    /// The keepalive interval the controllers ask for (from the last grant).
+    keepalive: Option<Duration>,
 }
 
 impl Driver {
@@ -477,6 +546,8 @@ impl Driver {
         self.backoff = Duration::from_millis(25);
         match response.result {
             Some(acquire_response::Result::Granted(grant)) => {
+                self.keepalive = (grant.keepalive_interval_ms > 0)
+                    .then(|| Duration::from_millis(grant.keepalive_interval_ms));
                 self.holder.on_granted(
                     sent_at,
                     LeaseId(grant.lease_id),
@@ -508,42 +579,46 @@ impl Driver {
         let interval = self.keepalive_interval();
         let mut sent: HashMap<u64, Instant> = HashMap::new();
         let mut seq = 0u64;
+        let mut suspect: Option<String> = None;
         'connect: loop {
-            let Some((addr, mut client)) = self.client() else {
+            // Reach the leader: the known one, or whichever controller accepts the stream
+            // first among all of them, tried at once (a cut controller never resets the
+            // connection, so trying one at a time would wait out each timeout).
+            let opened = tokio::select! {
+                opened = open_keepalive(
+                    self.dialer.clone(),
+                    self.config.endpoints.clone(),
+                    self.leader.clone(),
+                    suspect.take(),
+                    interval,
+                ) => opened,
+                _ = self.deadline() => return self.lost(lease, DEADLINE_PASSED).await,
+                cmd = commands.recv() => return self.on_command(lease, cmd).await,
+            };
+            let Some((addr, mut client, requests, mut answers)) = opened else {
                 tokio::select! {
-                    _ = tokio::time::sleep(self.backoff) => continue 'connect,
+                    _ = tokio::time::sleep(self.backoff.min(interval / 2)) => {
+                        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                        continue 'connect;
+                    }
                     _ = self.deadline() => return self.lost(lease, DEADLINE_PASSED).await,
                     cmd = commands.recv() => return self.on_command(lease, cmd).await,
                 }
             };
-            let (requests, outgoing) = mpsc::channel::<KeepAliveRequest>(16);
-            let stream = tokio_stream::wrappers::ReceiverStream::new(outgoing);
-            let opened = tokio::select! {
-                opened = client.keep_alive(stream) => opened,
-                _ = self.deadline() => return self.lost(lease, DEADLINE_PASSED).await,
-                cmd = commands.recv() => return self.on_command(lease, cmd).await,
-            };
-            let mut answers = match opened {
-                Ok(response) => response.into_inner(),
-                Err(status) => {
-                    self.on_error(&status);
-                    if self.leader.is_none() {
-                        self.pause().await;
-                    }
-                    continue 'connect;
-                }
-            };
-            self.leader = Some(addr);
+            self.leader = Some(addr.clone());
+            self.backoff = Duration::from_millis(25);
+            // Answers to requests sent on an earlier stream never come.
+            sent.clear();
             // Drain notices arrive at once on the watch stream; a refused renewal would
             // tell the same one keepalive later.
             let watch_request = WatchRequest {
                 group: self.config.group.clone(),
                 site: self.config.site.clone(),
             };
-            let mut events = client
-                .watch(watch_request)
+            let mut events = tokio::time::timeout(interval, client.watch(watch_request))
                 .await
                 .ok()
+                .and_then(Result::ok)
                 .map(|r| r.into_inner());
             let mut tick = tokio::time::interval(interval);
             loop {
@@ -560,7 +635,7 @@ impl Driver {
                     answer = answers.message() => {
                         let answer = match answer {
                             Ok(Some(answer)) => answer,
-                            _ => { self.leader = None; continue 'connect; }
+                            _ => { self.leader = None; suspect = Some(addr.clone()); continue 'connect; }
                         };
                         match answer.result {
                             Some(keep_alive_response::Result::Renewed(grant)) => {
@@ -571,6 +646,7 @@ impl Driver {
                             }
                             Some(keep_alive_response::Result::Refused(r)) if r.reason == "not_leader" || r.reason == "overloaded" => {
                                 self.leader = None;
+                                suspect = Some(addr.clone());
                                 continue 'connect;
                             }
                             Some(keep_alive_response::Result::Refused(r)) if r.reason == "draining" => {
@@ -581,6 +657,14 @@ impl Driver {
                             }
                             None => {}
                         }
+                    }
+                    _ = answer_overdue(&sent, interval) => {
+                        // The controller stopped answering without closing the stream (a
+                        // cut, a frozen process): go elsewhere, not back to it first.
+                        tracing::debug!(%addr, "keepalive answer overdue; reconnecting");
+                        self.leader = None;
+                        suspect = Some(addr.clone());
+                        continue 'connect;
                     }
                     event = next_event(&mut events) => match event {
                         Some(event) if event.drain => return self.drain(lease, commands).await,
@@ -635,14 +719,17 @@ impl Driver {
     }
 
     fn keepalive_interval(&self) -> Duration {
-        // A third of the usable lease: two renewals may be lost before the deadline.
+        // A third of the usable lease (two renewals may be lost before the deadline), and
+        // no longer than the topology's interval: the timing check at config load
+        // (`Timing::ride_out_margin`) counts on that cadence to ride out an election.
         let usable = self
             .holder
             .poll_timeout()
             .map_or(Duration::from_millis(500), |until| {
                 until.saturating_duration_since(self.clock.now())
             });
-        (usable / 3).max(Duration::from_millis(10))
+        let third = (usable / 3).max(Duration::from_millis(10));
+        self.keepalive.map_or(third, |k| k.min(third))
     }
 
     /// Resolves when the holder's deadline passes.

@@ -5,13 +5,15 @@
 //! scrape metrics speak plain HTTP. This module answers them from what the controller
 //! already has, without a sidecar:
 //!
-//! - `GET /active/<group>/<site>`: 200 when `<site>` is the active site of `<group>`, 503
+//! - `GET /active/<group>/<site>`: 200 when `<site>` is the active site of `<group>` and
+//!   this controller confirmed within the lease TTL that its leader holds a quorum, 503
 //!   otherwise (load balancers take anything but 200 as down, so there is no 404);
 //! - `GET /health`: 200 `ok` when this controller's Raft node runs and follows a leader;
 //! - `GET /metrics`: the OpenMetrics text exposition, built afresh on every scrape.
 //!
-//! Every answer comes from this controller's own applied state and Raft metrics; nothing
-//! is forwarded to the leader, so a health check costs no Raft round trip. The server
+//! Every answer comes from this controller's own applied state, Raft metrics and its
+//! latest quorum confirmation (a background read-index round every keepalive interval);
+//! nothing is forwarded per request, so a health check costs no Raft round trip. The server
 //! takes an already-bound listener from the caller, like the gRPC server.
 
 use std::sync::atomic::AtomicU64;
@@ -73,18 +75,31 @@ pub(crate) async fn serve(
 /// leader's by about one heartbeat, which a load balancer polling every second or so
 /// does not notice. A controller that cannot vouch for its state answers 503: one that
 /// knows no leader (an election is under way, or it is cut off and campaigning), and a
-/// leader that no quorum has acknowledged within an election timeout. Not covered: a
-/// follower that still hears a leader which lost the majority keeps answering from its
-/// frozen state until the partition heals (see "HTTP endpoints" in docs/operations.md).
+/// leader that no quorum has acknowledged within an election timeout, and any controller
+/// without a read-index round, started less than a lease TTL ago, confirming that its
+/// leader held a quorum ([`crate::confirm`]): a follower that still hears a leader which
+/// lost the majority stops answering 200 within one TTL, before another site can become
+/// active.
 async fn active(
     State(ctx): State<Arc<NodeContext>>,
     Path((group, site)): Path<(String, String)>,
 ) -> Response {
-    let answer = current(&ctx).and_then(|_| active_site(&ctx.view.read(), &group, &site));
+    let answer = current(&ctx)
+        .and_then(|_| confirmed(&ctx))
+        .and_then(|_| active_site(&ctx.view.read(), &group, &site));
     match answer {
         Ok(body) => text(StatusCode::OK, body),
         Err(reason) => text(StatusCode::SERVICE_UNAVAILABLE, reason),
     }
+}
+
+/// Whether a read-index round confirmed, less than a lease TTL ago, that the leader this
+/// controller follows held a quorum, and the applied state reached its read index (see
+/// [`crate::confirm`]). Why not otherwise.
+fn confirmed(ctx: &NodeContext) -> Result<(), String> {
+    let ttl = Duration::from_millis(ctx.topology.timing.lease_ttl_ms);
+    let applied = ctx.metrics().last_applied.map(|l| l.index);
+    ctx.confirmations.vouch(ctx.clock.now(), ttl, applied)
 }
 
 /// Whether `site` is the active site of `group` in `state`, in words either way.

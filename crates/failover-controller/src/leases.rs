@@ -340,6 +340,13 @@ pub async fn run_batcher(
             }
             continue;
         }
+        // A new leader's first renewals can be confirmed before `follow_leadership` saw
+        // the metrics change: take the leadership up here too, or they would be refused
+        // `not_leader` and their holders sent elsewhere.
+        {
+            let m = raft.metrics().borrow_watched().clone();
+            manager.on_metrics(m.state == ServerState::Leader, m.current_term);
+        }
         let state = view.read();
         let now = manager.clock.now();
         let mut leading = manager.lock();

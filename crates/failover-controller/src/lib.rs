@@ -4,6 +4,8 @@
 //! - [`types`]: the openraft type configuration.
 //! - [`store`]: redb-backed Raft log, vote, state machine and snapshots.
 //! - [`network`]: the Raft transport over gRPC, dialing through a caller-supplied [`Dialer`].
+//! - [`confirm`]: quorum confirmations, so `/active` answers 200 only from a controller
+//!   whose leader still holds a quorum.
 //! - [`detector`]: the leader's failure detector (what it heard from each site).
 //! - [`hooks`]: site hooks run by the leader around a change of a site's role.
 //! - [`executors`]: the leader's record of executor reports and reload requests.
@@ -20,6 +22,7 @@
 //! `failover_core`; this crate moves commands into Raft and state out to clients.
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod confirm;
 pub mod detector;
 pub mod executors;
 pub mod hooks;

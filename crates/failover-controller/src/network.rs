@@ -140,6 +140,20 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         self.decode(reply.into_inner())
     }
 
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RpcErr> {
+        let request = self.request(&rpc, Vec::new(), &option)?;
+        let reply = self
+            .client()?
+            .pre_vote(request)
+            .await
+            .map_err(|s| self.status_error(s))?;
+        self.decode(reply.into_inner())
+    }
+
     async fn full_snapshot(
         &mut self,
         vote: Vote,

@@ -116,12 +116,14 @@ impl Controller {
             reconcile: Arc::new(Notify::new()),
             leases: leases.clone(),
             executors: Arc::default(),
+            confirmations: Default::default(),
             held: Default::default(),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = vec![
             tokio::spawn(serve(ctx.clone(), incoming, shutdown_rx.clone())),
             tokio::spawn(crate::reconcile::run(ctx.clone(), shutdown_rx.clone())),
+            tokio::spawn(crate::confirm::run(ctx.clone(), shutdown_rx.clone())),
             tokio::spawn(crate::leases::follow_leadership(
                 ctx.raft.clone(),
                 leases.clone(),
@@ -198,6 +200,11 @@ async fn start_raft(
         // misses entries it had already acknowledged. An election (new term, blank entry)
         // makes the restarted node learn the true commit index first.
         enable_leader_restore: Some(false),
+        // A node that could not win an election (it was frozen, cut off, or restarted)
+        // first asks whether it would; without this it bumps its term, and the healthy
+        // leader steps down the moment it hears the higher term (docs/leases.md, "Riding
+        // out controller churn").
+        enable_pre_vote: Some(true),
         ..Default::default()
     }
     .validate()

@@ -130,10 +130,10 @@ impl Default for Timing {
     fn default() -> Self {
         Timing {
             raft_heartbeat_ms: 100,
-            election_timeout_min_ms: 500,
-            election_timeout_max_ms: 1000,
-            lease_ttl_ms: 2000,
-            keepalive_interval_ms: 500,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 500,
+            lease_ttl_ms: 3500,
+            keepalive_interval_ms: 250,
             max_clock_drift_ms: 250,
             failure_timeout_ms: 1500,
             failover_cooldown_ms: 30_000,
@@ -360,6 +360,32 @@ impl Topology {
 }
 
 impl Timing {
+    /// The longest time from losing the Raft leader to a new leader that answers renewals,
+    /// in ms: followers refuse to vote for one leader lease after they last heard the
+    /// leader (openraft sets that lease to `election_timeout_max_ms`), a follower's
+    /// election timer fires at most `election_timeout_max_ms` after that, and the pre-vote,
+    /// the vote and the new leader's first commit take a round each, which one heartbeat
+    /// interval covers on a LAN (docs/leases.md, "Riding out controller churn").
+    pub fn takeover_ms(&self) -> u64 {
+        2 * self.election_timeout_max_ms + self.raft_heartbeat_ms
+    }
+
+    /// How much a holder may keep off its lease (its stop margin) and still ride out one
+    /// leader election, in ms; negative when no holder can. A renewal sent at `s` and
+    /// answered gives `valid_until = s + ttl - drift - stop_grace`. The next one, at
+    /// `s + keepalive`, may be lost with the leader; the holder gives up on it one
+    /// keepalive interval later, the new leader answers at most `takeover_ms` after the
+    /// loss, and racing every controller reaches it within one more keepalive interval.
+    /// So the holder's work keeps running when
+    /// `ttl - drift - stop_margin > 2 x keepalive + takeover`: this returns the left side
+    /// minus the right side with a zero stop margin. An executor's stop margin is twice its
+    /// stop grace (the guard starts stopping a stop grace before `valid_until`).
+    pub fn ride_out_margin_ms(&self) -> i64 {
+        let have = self.lease_ttl_ms as i64 - self.max_clock_drift_ms as i64;
+        let need = 2 * self.keepalive_interval_ms as i64 + self.takeover_ms() as i64;
+        have - need
+    }
+
     /// The relations that keep leases safe and elections stable.
     fn validate(&self) -> Result<(), (&'static str, String)> {
         let positive = [
@@ -403,6 +429,24 @@ impl Timing {
                 format!(
                     "must be at most a quarter of lease_ttl_ms ({} ms); a larger drift leaves no usable lease",
                     self.lease_ttl_ms / 4
+                ),
+            ));
+        }
+        let margin = self.ride_out_margin_ms();
+        if margin <= 0 {
+            return Err((
+                "lease_ttl_ms",
+                format!(
+                    "{} ms cannot ride out one leader election: a lease must outlast \
+                     max_clock_drift_ms ({}) + 2 x keepalive_interval_ms ({}) + the time to \
+                     elect a new leader, 2 x election_timeout_max_ms + raft_heartbeat_ms ({}), \
+                     plus the holder's stop grace; raise lease_ttl_ms above {} ms or shorten \
+                     the others (docs/leases.md, \"Riding out controller churn\")",
+                    self.lease_ttl_ms,
+                    self.max_clock_drift_ms,
+                    self.keepalive_interval_ms,
+                    self.takeover_ms(),
+                    self.lease_ttl_ms as i64 - margin
                 ),
             ));
         }
@@ -513,6 +557,29 @@ groups:
         assert_eq!(e.path, "sites[1].controllers[0].id");
         let e = error_of(&VALID.replace("7102", "7101"));
         assert_eq!(e.path, "sites[1].controllers[0].addr");
+    }
+
+    /// Timing whose lease cannot outlast a leader election is refused at load, naming the
+    /// bound; the defaults ride one out with room for a 500 ms executor stop grace.
+    #[test]
+    fn timing_must_ride_out_an_election() {
+        let t = Timing::default();
+        assert_eq!(t.takeover_ms(), 2 * 500 + 100);
+        assert_eq!(t.ride_out_margin_ms(), 3500 - 250 - 2 * 250 - 1100);
+        assert!(t.ride_out_margin_ms() >= 2 * 500);
+        let old = "timing: { raft_heartbeat_ms: 100, election_timeout_min_ms: 500, \
+                   election_timeout_max_ms: 1000, lease_ttl_ms: 2000, keepalive_interval_ms: 500 }\ngroups:";
+        let e = error_of(&VALID.replace("groups:", old));
+        assert_eq!(e.path, "timing.lease_ttl_ms");
+        assert!(
+            e.reason.contains("cannot ride out one leader election"),
+            "{}",
+            e.reason
+        );
+        assert!(e.reason.contains("above 3350 ms"), "{}", e.reason);
+        let ok = "timing: { raft_heartbeat_ms: 100, election_timeout_min_ms: 500, \
+                  election_timeout_max_ms: 1000, lease_ttl_ms: 3400, keepalive_interval_ms: 500 }\ngroups:";
+        Topology::from_yaml(&VALID.replace("groups:", ok), "t.yaml").expect("rides out");
     }
 
     /// Timing that would make leases unsafe or elections unstable is refused.

@@ -87,6 +87,7 @@ pub(crate) async fn run(args: ExecArgs) -> anyhow::Result<()> {
         (None, Some(url)) => Some(HealthCheck::Url(url.clone())),
         (None, None) => None,
     };
+    check_ride_out(&timing, args.stop_grace)?;
     let options = ExecutorOptions {
         group: args.group,
         site: args.site,
@@ -139,6 +140,35 @@ pub(crate) async fn run(args: ExecArgs) -> anyhow::Result<()> {
         commands,
     )
     .await?;
+    Ok(())
+}
+
+/// Refuses a stop grace that would stop the workers during an ordinary leader election:
+/// the executor keeps twice its stop grace off the lease (the lease is believed until
+/// `sent + ttl - drift - stop_grace` and the guard starts stopping a stop grace before
+/// that), and what the topology's timing leaves for that is
+/// [`Timing::ride_out_margin_ms`](failover_core::config::Timing::ride_out_margin_ms).
+fn check_ride_out(
+    timing: &failover_core::config::Timing,
+    stop_grace: Duration,
+) -> anyhow::Result<()> {
+    let margin = timing.ride_out_margin_ms();
+    let kept = 2 * stop_grace.as_millis() as i64;
+    if kept >= margin {
+        anyhow::bail!(
+            "--stop-grace {} is too long to ride out a leader election: the executor keeps \
+             2 x stop grace ({kept} ms) off the lease, and lease_ttl_ms {} - \
+             max_clock_drift_ms {} - 2 x keepalive_interval_ms {} - election takeover {} ms \
+             leaves {margin} ms; use a stop grace under {} ms or a longer lease \
+             (docs/leases.md, \"Riding out controller churn\")",
+            humantime::format_duration(stop_grace),
+            timing.lease_ttl_ms,
+            timing.max_clock_drift_ms,
+            timing.keepalive_interval_ms,
+            timing.takeover_ms(),
+            (margin.max(0) + 1) / 2,
+        );
+    }
     Ok(())
 }
 

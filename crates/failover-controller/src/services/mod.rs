@@ -37,6 +37,8 @@ pub struct NodeContext {
     pub leases: Arc<crate::leases::LeaseManager>,
     /// What the executors last reported (meaningful on the leader).
     pub executors: Arc<crate::executors::ExecutorRegistry>,
+    /// Recent proofs that the leader this controller follows held a quorum (`/active`).
+    pub confirmations: crate::confirm::Confirmations,
     /// Groups whose active site is lost or unhealthy but which the leader does not fail
     /// over, and why.
     pub held: std::sync::Mutex<std::collections::BTreeMap<failover_core::GroupName, String>>,

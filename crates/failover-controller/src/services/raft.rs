@@ -3,6 +3,7 @@
 use failover_proto::raft::raft_service_server::RaftService;
 use failover_proto::raft::RaftPayload;
 use openraft::raft::{AppendEntriesRequest, VoteRequest};
+use openraft::ReadPolicy;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status};
@@ -45,6 +46,33 @@ impl RaftService for RaftServer {
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
         reply(&response)
+    }
+
+    async fn pre_vote(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let rpc: VoteRequest<TypeConfig> = decode(request.get_ref(), "pre-vote request")?;
+        let response = self
+            .raft
+            .pre_vote(rpc)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        reply(&response)
+    }
+
+    /// One read-index round on behalf of a follower. A non-leader (or a leader that cannot
+    /// reach a quorum) fails; the caller's deadline bounds the wait.
+    async fn read_index(
+        &self,
+        _request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let read = self
+            .raft
+            .ensure_linearizable(ReadPolicy::ReadIndex)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        reply(read.log_id())
     }
 
     async fn append_entries(
