@@ -19,9 +19,9 @@ use failover_proto::admin::PromoteRequest;
 /// The defaults of the test topology (those of `Timing::default()`).
 const DRIFT: Duration = Duration::from_millis(250);
 const STOP_GRACE: Duration = Duration::from_millis(100);
-/// L1 at the test topology's timing: failure_timeout 1500 + ttl 2000 + drift 250 + one
-/// keepalive round 500.
-const L1: Duration = Duration::from_millis(4250);
+/// L1 at the test topology's timing: failure_timeout 1500 + ttl 3500 + drift 250 + one
+/// keepalive round 250.
+const L1: Duration = Duration::from_millis(5500);
 /// Scheduling slack on a loaded 2-core machine running tests in parallel.
 const SLACK: Duration = Duration::from_millis(1000);
 
