@@ -82,6 +82,12 @@ pub struct Verdict {
     pub accepted_stale: u64,
     /// Writes a stale worker attempted after a newer value was accepted.
     pub stale_after_newer: u64,
+    /// Of those, refused by the fencing check.
+    pub stale_after_newer_refused: u64,
+    /// Of those, accepted (each is also an S2 violation on the ledger).
+    pub stale_after_newer_accepted: u64,
+    /// Of those, unanswered (connection lost: the ledger shows whether they landed).
+    pub stale_after_newer_unanswered: u64,
     /// Accepted writes in total.
     pub accepted: u64,
     /// Time from the isolating fault to the first standby worker start.
@@ -134,7 +140,10 @@ fn s1(run: &Collected, expect: Expect, v: &mut Verdict) {
             if expect.host_freeze {
                 v.freeze_overlaps.push(detail);
             } else {
-                v.violations.push(Violation { rule: Rule::S1, detail });
+                v.violations.push(Violation {
+                    rule: Rule::S1,
+                    detail,
+                });
             }
         }
     }
@@ -187,6 +196,11 @@ fn s2(run: &Collected, v: &mut Verdict) {
                 continue;
             }
             v.stale_after_newer += 1;
+            match a.outcome {
+                Outcome::Refused { .. } => v.stale_after_newer_refused += 1,
+                Outcome::Accepted { .. } => v.stale_after_newer_accepted += 1,
+                Outcome::Error { .. } => v.stale_after_newer_unanswered += 1,
+            }
         }
     }
 }
@@ -333,7 +347,10 @@ fn l3(run: &Collected, expect: Expect, v: &mut Verdict) {
         .workers
         .iter()
         .filter(|w| w.site == run.initial_active && !affected.contains(w.executor.as_str()))
-        .filter(|w| w.exit_ns.is_some_and(|e| e > run.faults_from_ns && e < run.end_ns))
+        .filter(|w| {
+            w.exit_ns
+                .is_some_and(|e| e > run.faults_from_ns && e < run.end_ns)
+        })
         .collect();
     v.needless_interruptions = stopped.len() as u64;
     for w in stopped {
@@ -383,7 +400,11 @@ mod tests {
         }
     }
 
-    fn run(workers: Vec<WorkerLog>, ledger: Vec<LedgerRow>, events: Vec<HarnessEvent>) -> Collected {
+    fn run(
+        workers: Vec<WorkerLog>,
+        ledger: Vec<LedgerRow>,
+        events: Vec<HarnessEvent>,
+    ) -> Collected {
         Collected {
             workers,
             ledger,
@@ -468,7 +489,11 @@ mod tests {
         });
         let r = run(
             vec![stale],
-            vec![row(1, 1, "site-a", 100), row(2, 2, "site-b", 2500), row(3, 1, "site-a", 2700)],
+            vec![
+                row(1, 1, "site-a", 100),
+                row(2, 2, "site-b", 2500),
+                row(3, 1, "site-a", 2700),
+            ],
             Vec::new(),
         );
         let v = check(&r, crate::faults::CATALOG[2].expect, BOUNDS);
@@ -476,6 +501,7 @@ mod tests {
         assert_eq!(v.accepted_stale, 1);
         assert_eq!(v.refused_stale, 1);
         assert_eq!(v.stale_after_newer, 1);
+        assert_eq!(v.stale_after_newer_refused, 1);
     }
 
     /// An acknowledged promote missing from the history is an S3 violation.
@@ -491,7 +517,9 @@ mod tests {
         let v = check(&r, crate::faults::CATALOG[2].expect, BOUNDS);
         assert_eq!(rules(&v), vec![Rule::S3]);
         r.history = vec![serde_json::json!({"epoch": 2, "to": "site-b"})];
-        assert!(check(&r, crate::faults::CATALOG[2].expect, BOUNDS).violations.is_empty());
+        assert!(check(&r, crate::faults::CATALOG[2].expect, BOUNDS)
+            .violations
+            .is_empty());
     }
 
     /// A worker at a cut-off site alive past the lease TTL is an L2 violation; a slow
@@ -522,7 +550,9 @@ mod tests {
             Vec::new(),
             Vec::new(),
         );
-        let healthy = crate::faults::find("kill-leader").expect("kill-leader").expect;
+        let healthy = crate::faults::find("kill-leader")
+            .expect("kill-leader")
+            .expect;
         let v = check(&r, healthy, BOUNDS);
         assert_eq!(v.needless_interruptions, 1);
         r.affected_executors = vec!["exec-site-a-1".into()];

@@ -50,9 +50,10 @@ impl Operator {
         command
             .args(["netns", "exec", &self.ns])
             .arg(&self.bin)
-            .args(args)
-            .arg("--config")
-            .arg(&self.config);
+            .args(args);
+        if !args.contains(&"--endpoints") {
+            command.arg("--config").arg(&self.config);
+        }
         let out = output_within(&mut command, timeout)?;
         Ok(Answer {
             ok: out.status.success(),
@@ -122,15 +123,47 @@ impl Operator {
             .flatten()
             .any(|e| {
                 e.get("ready").and_then(Value::as_bool) == Some(true)
-                    && e.get("last_seen_ms").and_then(Value::as_u64).unwrap_or(u64::MAX) < 1500
+                    && e.get("last_seen_ms")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(u64::MAX)
+                        < 1500
             })
     }
 
     /// `failover promote SITE --wait` (with `--force` if asked).
     pub fn promote(&self, site: &str, force: bool) -> anyhow::Result<Answer> {
         let mut args = vec![
-            "promote", site, "--group", &self.group, "--wait", "--output", "json", "--reason",
+            "promote",
+            site,
+            "--group",
+            &self.group,
+            "--wait",
+            "--output",
+            "json",
+            "--reason",
             "chaos",
+        ];
+        if force {
+            args.push("--force");
+        }
+        self.call(&args, Duration::from_secs(20))
+    }
+
+    /// `failover promote SITE --wait` through the given controllers only (so a command
+    /// issued during a partition does not first wait out unreachable ones).
+    pub fn promote_via(&self, site: &str, force: bool, endpoints: &str) -> anyhow::Result<Answer> {
+        let mut args = vec![
+            "promote",
+            site,
+            "--group",
+            &self.group,
+            "--wait",
+            "--output",
+            "json",
+            "--reason",
+            "chaos",
+            "--endpoints",
+            endpoints,
         ];
         if force {
             args.push("--force");
@@ -142,7 +175,13 @@ impl Operator {
     pub fn demote(&self) -> anyhow::Result<Answer> {
         self.call(
             &[
-                "demote", "--group", &self.group, "--wait", "--output", "json", "--reason",
+                "demote",
+                "--group",
+                &self.group,
+                "--wait",
+                "--output",
+                "json",
+                "--reason",
                 "chaos",
             ],
             Duration::from_secs(20),

@@ -76,6 +76,16 @@ pub const BROKEN: Scenario = Scenario {
     run: partition_keep_ledger,
 };
 
+/// Scenarios that need no controller (the etcd baseline runs these).
+pub const BASELINE: &[&str] = &[
+    "site-cut",
+    "partial-partition",
+    "one-way-partition",
+    "kill-executor",
+    "freeze-site",
+    "partition-keep-ledger",
+];
+
 /// The scenario named `name` (the catalog, or the broken-build check).
 pub fn find(name: &str) -> Option<Scenario> {
     CATALOG
@@ -100,11 +110,8 @@ fn loss_duration(c: &Cluster, rng: &mut StdRng) -> Duration {
 }
 
 fn active(c: &Cluster) -> anyhow::Result<String> {
-    wait_for(Duration::from_secs(20), || {
-        c.op.group().filter(|g| !g.active_site.is_empty())
-    })
-    .map(|g| g.active_site)
-    .context("no active site to aim the fault at")
+    wait_for(Duration::from_secs(20), || c.active_site())
+        .context("no active site to aim the fault at")
 }
 
 fn standby(c: &Cluster, active: &str) -> anyhow::Result<String> {
@@ -115,6 +122,9 @@ fn standby(c: &Cluster, active: &str) -> anyhow::Result<String> {
 }
 
 fn leader_at(c: &Cluster, site: &str) -> bool {
+    if c.baseline() {
+        return false;
+    }
     c.op.leader()
         .and_then(|l| c.plan.site_of(l).map(|s| s.name == site))
         .unwrap_or(false)
@@ -154,7 +164,12 @@ pub fn promote(c: &mut Cluster, site: &str, force: bool) -> anyhow::Result<bool>
     Ok(answer.ok)
 }
 
-fn record_answer(c: &mut Cluster, command: &str, site: Option<&str>, answer: &crate::cluster::Answer) {
+fn record_answer(
+    c: &mut Cluster,
+    command: &str,
+    site: Option<&str>,
+    answer: &crate::cluster::Answer,
+) {
     let t_ns = now_ns();
     let epoch = answer
         .json
@@ -169,7 +184,11 @@ fn record_answer(c: &mut Cluster, command: &str, site: Option<&str>, answer: &cr
         }),
         _ => c.events.push(HarnessEvent::Note {
             t_ns,
-            text: format!("{command} {} not acknowledged: {}", site.unwrap_or(""), answer.stderr),
+            text: format!(
+                "{command} {} not acknowledged: {}",
+                site.unwrap_or(""),
+                answer.stderr
+            ),
         }),
     }
 }
@@ -212,7 +231,13 @@ fn one_way(c: &mut Cluster, rng: &mut StdRng) -> anyhow::Result<()> {
         }
     } else {
         fault_start(c, &format!("others → {a} dropped"), Some(&a), false);
-        let others: Vec<String> = c.plan.sites.iter().map(|s| s.name.clone()).filter(|s| *s != a).collect();
+        let others: Vec<String> = c
+            .plan
+            .sites
+            .iter()
+            .map(|s| s.name.clone())
+            .filter(|s| *s != a)
+            .collect();
         for s in others {
             c.net.drop_one_way(&s, a_ip)?;
         }
@@ -238,7 +263,12 @@ fn kill_executor(c: &mut Cluster, rng: &mut StdRng) -> anyhow::Result<()> {
 fn kill_leader(c: &mut Cluster, rng: &mut StdRng) -> anyhow::Result<()> {
     let leader = wait_for(Duration::from_secs(20), || c.op.leader()).context("no leader")?;
     let site = c.plan.site_of(leader).map(|s| s.name.clone());
-    fault_start(c, &format!("leader c{leader} SIGKILLed"), site.as_deref(), false);
+    fault_start(
+        c,
+        &format!("leader c{leader} SIGKILLed"),
+        site.as_deref(),
+        false,
+    );
     c.kill_controller(leader);
     pause(Duration::from_millis(3000 + rng.gen_range(0..2000)))?;
     c.restart_controller(leader)?;
@@ -255,7 +285,12 @@ fn kill_mid_promotion(c: &mut Cluster, rng: &mut StdRng) -> anyhow::Result<()> {
     let promoting = std::thread::spawn(move || op.promote(&target, false));
     pause(Duration::from_millis(rng.gen_range(50..600)))?;
     let site = c.plan.site_of(leader).map(|s| s.name.clone());
-    fault_start(c, &format!("leader c{leader} SIGKILLed during promote {b}"), site.as_deref(), false);
+    fault_start(
+        c,
+        &format!("leader c{leader} SIGKILLed during promote {b}"),
+        site.as_deref(),
+        false,
+    );
     c.kill_controller(leader);
     let answer = promoting
         .join()
@@ -296,7 +331,12 @@ fn degrade(c: &mut Cluster, rng: &mut StdRng) -> anyhow::Result<()> {
 fn degraded_links(c: &mut Cluster, rng: &mut StdRng) -> anyhow::Result<()> {
     let a = active(c)?;
     let b = standby(c, &a)?;
-    fault_start(c, "delay, loss and reordering on inter-site links", None, false);
+    fault_start(
+        c,
+        "delay, loss and reordering on inter-site links",
+        None,
+        false,
+    );
     degrade(c, rng)?;
     pause(Duration::from_millis(3000 + rng.gen_range(0..2000)))?;
     promote(c, &b, false)?;
@@ -310,7 +350,12 @@ fn restart_controller(c: &mut Cluster, rng: &mut StdRng) -> anyhow::Result<()> {
     let ids = c.plan.controllers();
     let id = ids[rng.gen_range(0..ids.len())];
     let site = c.plan.site_of(id).map(|s| s.name.clone());
-    fault_start(c, &format!("controller c{id} SIGKILLed"), site.as_deref(), false);
+    fault_start(
+        c,
+        &format!("controller c{id} SIGKILLed"),
+        site.as_deref(),
+        false,
+    );
     c.kill_controller(id);
     pause(Duration::from_millis(1000 + rng.gen_range(0..3000)))?;
     c.restart_controller(id)?;
@@ -323,7 +368,9 @@ fn rolling_restart(c: &mut Cluster, rng: &mut StdRng) -> anyhow::Result<()> {
     for id in c.plan.controllers() {
         let name = Cluster::controller_name(id);
         let clean = c.procs.terminate(&name, Duration::from_secs(10));
-        c.note(format!("controller {id} stopped (SIGTERM, clean exit: {clean})"));
+        c.note(format!(
+            "controller {id} stopped (SIGTERM, clean exit: {clean})"
+        ));
         pause(Duration::from_millis(200 + rng.gen_range(0..800)))?;
         c.restart_controller(id)?;
         // The next one goes only once the cluster has a leader with a quorum again.
@@ -338,7 +385,12 @@ fn operator_during_fault(c: &mut Cluster, rng: &mut StdRng) -> anyhow::Result<()
     let a = active(c)?;
     let b = standby(c, &a)?;
     let witness = c.plan.witnesses().first().map(|w| w.name.clone());
-    fault_start(c, "witness cut off, lossy links, operator commands", witness.as_deref(), false);
+    fault_start(
+        c,
+        "witness cut off, lossy links, operator commands",
+        witness.as_deref(),
+        false,
+    );
     if let Some(w) = &witness {
         c.net.cut(w)?;
     }
@@ -361,7 +413,12 @@ fn operator_during_fault(c: &mut Cluster, rng: &mut StdRng) -> anyhow::Result<()
 fn reload_during_promotion(c: &mut Cluster, rng: &mut StdRng) -> anyhow::Result<()> {
     let a = active(c)?;
     let b = standby(c, &a)?;
-    fault_start(c, &format!("reload of {a} during promote {b}"), Some(&a), false);
+    fault_start(
+        c,
+        &format!("reload of {a} during promote {b}"),
+        Some(&a),
+        false,
+    );
     let op = c.op.clone();
     let site = a.clone();
     let reloading = std::thread::spawn(move || op.reload(&site));
@@ -385,9 +442,15 @@ fn double_fault(c: &mut Cluster, rng: &mut StdRng) -> anyhow::Result<()> {
             c.net.cut(&a)?;
         }
         1 => {
-            let leader = wait_for(Duration::from_secs(20), || c.op.leader()).context("no leader")?;
+            let leader =
+                wait_for(Duration::from_secs(20), || c.op.leader()).context("no leader")?;
             let site = c.plan.site_of(leader).map(|s| s.name.clone());
-            fault_start(c, &format!("leader c{leader} SIGKILLed"), site.as_deref(), false);
+            fault_start(
+                c,
+                &format!("leader c{leader} SIGKILLed"),
+                site.as_deref(),
+                false,
+            );
             c.kill_controller(leader);
         }
         _ => {
@@ -401,7 +464,12 @@ fn double_fault(c: &mut Cluster, rng: &mut StdRng) -> anyhow::Result<()> {
             let leader = c.op.leader();
             if let Some(l) = leader {
                 let site = c.plan.site_of(l).map(|s| s.name.clone());
-                fault_start(c, &format!("second fault: leader c{l} SIGKILLed"), site.as_deref(), false);
+                fault_start(
+                    c,
+                    &format!("second fault: leader c{l} SIGKILLed"),
+                    site.as_deref(),
+                    false,
+                );
                 c.kill_controller(l);
             } else {
                 c.note("second fault skipped: no leader to kill");
@@ -417,7 +485,12 @@ fn double_fault(c: &mut Cluster, rng: &mut StdRng) -> anyhow::Result<()> {
         }
         _ => {
             let name = Cluster::executor_name(&b, 1);
-            fault_start(c, &format!("second fault: {name} SIGKILLed"), Some(&b), false);
+            fault_start(
+                c,
+                &format!("second fault: {name} SIGKILLed"),
+                Some(&b),
+                false,
+            );
             c.kill_executor(&name);
         }
     }
@@ -443,18 +516,46 @@ fn double_fault(c: &mut Cluster, rng: &mut StdRng) -> anyhow::Result<()> {
 fn partition_keep_ledger(c: &mut Cluster, _rng: &mut StdRng) -> anyhow::Result<()> {
     let a = active(c)?;
     let b = standby(c, &a)?;
-    fault_start(c, &format!("{a} cut from every controller, ledger reachable"), Some(&a), true);
+    fault_start(
+        c,
+        &format!("{a} cut from every controller, ledger reachable"),
+        Some(&a),
+        true,
+    );
     let a_ip = c.net.site(&a)?.ip;
-    let others: Vec<String> = c.plan.sites.iter().map(|s| s.name.clone()).filter(|s| *s != a).collect();
+    let others: Vec<String> = c
+        .plan
+        .sites
+        .iter()
+        .map(|s| s.name.clone())
+        .filter(|s| *s != a)
+        .collect();
     for s in &others {
         let ip = c.net.site(s)?.ip;
         c.net.drop_one_way(&a, ip)?;
         c.net.drop_one_way(s, a_ip)?;
     }
+    if c.baseline() {
+        // No operator: the lock moves when the old holder's session expires.
+        pause(Duration::from_secs(6))?;
+        c.net.heal()?;
+        fault_end(c, "partition-keep-ledger");
+        return Ok(());
+    }
     // The operator forces the standby in at once; the controller must still wait out the
     // old site's leases before the standby may start.
+    let reachable = c
+        .plan
+        .topology
+        .controllers()
+        .filter(|(site, _)| site.as_str() != a)
+        .map(|(_, ctl)| ctl.addr.clone())
+        .collect::<Vec<_>>()
+        .join(",");
     let acked = wait_for(Duration::from_secs(20), || {
-        promote(c, &b, true).ok().filter(|ok| *ok)
+        let answer = c.op.promote_via(&b, true, &reachable).ok()?;
+        record_answer(c, "promote", Some(&b), &answer);
+        answer.ok.then_some(())
     });
     if acked.is_none() {
         c.note(format!("promote {b} --force was never acknowledged"));

@@ -6,6 +6,7 @@
 //! recorded history.
 //!
 //! # Layout
+//! - [`baseline`]: the etcd-lock baseline (no fencing);
 //! - [`sites`]: the sites file and the per-run topology with namespace addresses;
 //! - [`netns`]: namespaces, veth links, the bridge, network faults, cleanup;
 //! - [`procs`]: controllers, executors and PostgreSQL as processes;
@@ -20,6 +21,7 @@
 
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod baseline;
 pub mod checker;
 pub mod cluster;
 pub mod faults;
@@ -45,4 +47,3 @@ pub fn interrupted() -> bool {
 pub fn interrupt() {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
-

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use chaos_tests::{faults, netns, report, session, workload};
+use chaos_tests::{baseline, faults, netns, report, session, workload};
 use clap::{Parser, Subcommand};
 
 /// Chaos harness for failover: real clusters in network namespaces, real faults, checked
@@ -28,6 +28,9 @@ enum Command {
     /// Internal: the engine worker the executors run.
     #[command(hide = true)]
     Worker(workload::WorkerArgs),
+    /// Internal: the etcd-lock gate of the baseline.
+    #[command(hide = true)]
+    EtcdGate(baseline::GateArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -54,6 +57,7 @@ fn main() -> std::process::ExitCode {
         Command::Report(args) => report_cmd(args).map(|()| true),
         Command::Cleanup => require_root().and_then(|()| cleanup()),
         Command::Worker(args) => workload::worker(args).map(|()| true),
+        Command::EtcdGate(args) => baseline::gate(args).map(|()| true),
     };
     match result {
         Ok(true) => std::process::ExitCode::SUCCESS,
@@ -66,7 +70,10 @@ fn main() -> std::process::ExitCode {
 }
 
 fn list() -> anyhow::Result<bool> {
-    for s in faults::CATALOG.iter().chain(std::iter::once(&faults::BROKEN)) {
+    for s in faults::CATALOG
+        .iter()
+        .chain(std::iter::once(&faults::BROKEN))
+    {
         println!("{:<24} {}", s.name, s.about);
     }
     Ok(true)
@@ -77,7 +84,11 @@ fn cleanup() -> anyhow::Result<bool> {
     if removed.is_empty() {
         println!("nothing to clean up");
     } else {
-        println!("removed {} namespaces: {}", removed.len(), removed.join(", "));
+        println!(
+            "removed {} namespaces: {}",
+            removed.len(),
+            removed.join(", ")
+        );
     }
     Ok(true)
 }

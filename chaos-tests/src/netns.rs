@@ -130,8 +130,18 @@ impl Network {
         ip(&["netns", "add", &m.ns])?;
         ip(&["-n", &m.ns, "link", "set", "lo", "up"])?;
         ip(&[
-            "-n", hub, "link", "add", &m.hub_port, "type", "veth", "peer", "name", "eth0",
-            "netns", &m.ns,
+            "-n",
+            hub,
+            "link",
+            "add",
+            &m.hub_port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &m.ns,
         ])?;
         ip(&["-n", hub, "link", "set", &m.hub_port, "master", "br0"])?;
         ip(&["-n", hub, "link", "set", &m.hub_port, "up"])?;
@@ -187,8 +197,18 @@ impl Network {
             iptables(
                 &ns,
                 &[
-                    "-A", "OUTPUT", "-d", &addr, "-m", "statistic", "--mode", "random",
-                    "--probability", &p, "-j", "DROP",
+                    "-A",
+                    "OUTPUT",
+                    "-d",
+                    &addr,
+                    "-m",
+                    "statistic",
+                    "--mode",
+                    "random",
+                    "--probability",
+                    &p,
+                    "-j",
+                    "DROP",
                 ],
             )?;
         }
@@ -202,7 +222,9 @@ impl Network {
         let d = format!("{delay_ms}ms");
         let j = format!("{jitter_ms}ms");
         let ok = Command::new("ip")
-            .args(["netns", "exec", &m.ns, "tc", "qdisc", "replace", "dev", "eth0", "root"])
+            .args([
+                "netns", "exec", &m.ns, "tc", "qdisc", "replace", "dev", "eth0", "root",
+            ])
             .args(["netem", "delay", &d, &j, "reorder", "25%", "50%"])
             .output()
             .map(|o| o.status.success())
@@ -216,7 +238,9 @@ impl Network {
         let m = self.site(site)?.clone();
         let rate = format!("{rate_kbit}kbit");
         run(Command::new("ip")
-            .args(["netns", "exec", &m.ns, "tc", "qdisc", "replace", "dev", "eth0", "root"])
+            .args([
+                "netns", "exec", &m.ns, "tc", "qdisc", "replace", "dev", "eth0", "root",
+            ])
             .args(["tbf", "rate", &rate, "burst", "8kb", "latency", "300ms"]))
     }
 
@@ -226,7 +250,9 @@ impl Network {
             self.reconnect(name)?;
             iptables(&m.ns, &["-F", "OUTPUT"])?;
             let _ = Command::new("ip")
-                .args(["netns", "exec", &m.ns, "tc", "qdisc", "del", "dev", "eth0", "root"])
+                .args([
+                    "netns", "exec", &m.ns, "tc", "qdisc", "del", "dev", "eth0", "root",
+                ])
                 .output();
         }
         Ok(())

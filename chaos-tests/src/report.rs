@@ -53,6 +53,9 @@ pub struct Row {
     pub refused_stale: u64,
     /// Stale writes accepted (must be 0).
     pub accepted_stale: u64,
+    /// Writes a stale worker attempted after a newer value was accepted: refused,
+    /// accepted, unanswered.
+    pub stale_after_newer: [u64; 3],
     /// Overlaps reported in whole-site freezes (not counted as violations).
     pub freeze_overlaps: u64,
     /// Recovery after an isolating fault, p50 (ms).
@@ -104,7 +107,7 @@ fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
 }
 
 /// One row per scenario, in the order the scenarios were first seen in `order`.
-pub fn table(runs: &[RunResult], order: &[&str]) -> Vec<Row> {
+pub fn table(runs: &[RunResult], order: &[String]) -> Vec<Row> {
     let mut rows: BTreeMap<String, (Row, Vec<f64>)> = BTreeMap::new();
     for r in runs {
         let (row, rec) = rows.entry(r.scenario.clone()).or_default();
@@ -123,6 +126,9 @@ pub fn table(runs: &[RunResult], order: &[&str]) -> Vec<Row> {
         }
         row.refused_stale += v.refused_stale;
         row.accepted_stale += v.accepted_stale;
+        row.stale_after_newer[0] += v.stale_after_newer_refused;
+        row.stale_after_newer[1] += v.stale_after_newer_accepted;
+        row.stale_after_newer[2] += v.stale_after_newer_unanswered;
         row.freeze_overlaps += v.freeze_overlaps.len() as u64;
         row.needless_interruptions += v.needless_interruptions;
         rec.extend(v.recovery_ms);
@@ -138,7 +144,12 @@ pub fn table(runs: &[RunResult], order: &[&str]) -> Vec<Row> {
             row
         })
         .collect();
-    out.sort_by_key(|r| order.iter().position(|o| *o == r.scenario).unwrap_or(usize::MAX));
+    out.sort_by_key(|r| {
+        order
+            .iter()
+            .position(|o| *o == r.scenario)
+            .unwrap_or(usize::MAX)
+    });
     out
 }
 
@@ -149,7 +160,7 @@ fn cell(x: Option<f64>) -> String {
 /// The table as Markdown.
 pub fn markdown(rows: &[Row]) -> String {
     let mut s = String::from(
-        "| scenario | runs | failed | violations | refused stale writes | stale writes accepted | freeze overlaps | recovery p50 / p99 / max (ms) | needless interruptions |\n|---|---|---|---|---|---|---|---|---|\n",
+        "| scenario | runs | failed | violations | refused stale writes | stale writes accepted | stale attempts after a newer value: refused / accepted / unanswered | freeze overlaps | recovery p50 / p99 / max (ms) | needless interruptions |\n|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         let violations = if r.violations.is_empty() {
@@ -175,13 +186,16 @@ pub fn markdown(rows: &[Row]) -> String {
             )
         };
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} / {} / {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} / {} / {} | {} | {} / {} / {} | {} |\n",
             r.scenario,
             r.runs,
             failed,
             violations,
             r.refused_stale,
             r.accepted_stale,
+            r.stale_after_newer[0],
+            r.stale_after_newer[1],
+            r.stale_after_newer[2],
             r.freeze_overlaps,
             cell(r.recovery_p50_ms),
             cell(r.recovery_p99_ms),

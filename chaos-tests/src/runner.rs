@@ -34,6 +34,8 @@ pub struct Options {
     pub worker_stdout: bool,
     /// Where run directories go.
     pub work_dir: PathBuf,
+    /// Run the etcd-lock baseline (no controllers, no executors, no fencing) instead.
+    pub baseline: bool,
 }
 
 /// A running cluster under test and what the harness recorded so far.
@@ -120,11 +122,15 @@ impl Cluster {
             options: options.clone(),
         };
         cluster.start_postgres(template)?;
-        for id in cluster.plan.controllers() {
-            cluster.start_controller(id)?;
+        if options.baseline {
+            cluster.start_etcd()?;
+        } else {
+            for id in cluster.plan.controllers() {
+                cluster.start_controller(id)?;
+            }
+            wait_for(Duration::from_secs(60), || cluster.op.leader())
+                .context("no Raft leader within 60 s")?;
         }
-        wait_for(Duration::from_secs(60), || cluster.op.leader())
-            .context("no Raft leader within 60 s")?;
         for site in cluster.data_sites() {
             for k in 1..=EXECUTORS_PER_SITE {
                 cluster.start_executor(&site, k)?;
@@ -147,6 +153,59 @@ impl Cluster {
         let mut client = connect_local(&socket, Duration::from_secs(30))?;
         client.batch_execute(crate::workload::SCHEMA)?;
         Ok(())
+    }
+
+    /// The etcd members of the baseline: one per site, three at most.
+    fn etcd_members(&self) -> Vec<(String, std::net::Ipv4Addr)> {
+        self.plan
+            .sites
+            .iter()
+            .take(3)
+            .map(|s| (format!("etcd-{}", s.name), s.ip))
+            .collect()
+    }
+
+    fn start_etcd(&mut self) -> anyhow::Result<()> {
+        let members = self.etcd_members();
+        for (i, (name, ip)) in members.iter().enumerate() {
+            let site = self.plan.sites[i].name.clone();
+            let argv = crate::baseline::member_argv(
+                name,
+                *ip,
+                &members,
+                &self.dir.join(name),
+                &self.plan.timing,
+            );
+            let spec = Spec {
+                ns: self.net.site(&site)?.ns.clone(),
+                argv,
+                env: Vec::new(),
+                log: self.dir.join(format!("logs/{name}.log")),
+            };
+            self.procs.start(name, spec)?;
+        }
+        Ok(())
+    }
+
+    /// Whether this run is the etcd baseline.
+    pub fn baseline(&self) -> bool {
+        self.options.baseline
+    }
+
+    /// The active site: the group's, or in the baseline the site of the latest write.
+    pub fn active_site(&self) -> Option<String> {
+        if !self.options.baseline {
+            return self
+                .op
+                .group()
+                .map(|g| g.active_site)
+                .filter(|s| !s.is_empty());
+        }
+        let mut client = connect_local(&self.dir.join("pgsock"), Duration::from_secs(5)).ok()?;
+        read_ledger(&mut client)
+            .ok()?
+            .last()
+            .map(|r| r.site.clone())
     }
 
     /// The name of a controller's process.
@@ -202,6 +261,9 @@ impl Cluster {
         if k == 2 {
             worker.push("--ignore-term".into());
         }
+        if self.options.baseline {
+            return self.start_gate(site, &name, worker);
+        }
         let mut argv = vec![
             self.options.failover_bin.display().to_string(),
             "exec".into(),
@@ -231,6 +293,42 @@ impl Cluster {
         self.procs.start(&name, spec)
     }
 
+    fn start_gate(
+        &mut self,
+        site: &str,
+        name: &str,
+        mut worker: Vec<String>,
+    ) -> anyhow::Result<()> {
+        worker.push("--no-fence".into());
+        let endpoints = self
+            .etcd_members()
+            .iter()
+            .map(|(_, ip)| format!("http://{ip}:{}", crate::baseline::CLIENT_PORT))
+            .collect::<Vec<_>>()
+            .join(",");
+        let ttl_s = self.plan.timing.lease_ttl_ms.div_ceil(1000).max(1);
+        let mut argv = vec![
+            self.options.chaos_bin.display().to_string(),
+            "etcd-gate".into(),
+            "--endpoints".into(),
+            endpoints,
+            "--ttl-s".into(),
+            ttl_s.to_string(),
+            "--".into(),
+        ];
+        argv.extend(worker);
+        let spec = Spec {
+            ns: self.net.site(site)?.ns.clone(),
+            argv,
+            env: vec![
+                ("CHAOS_EXECUTOR".into(), name.to_string()),
+                ("FAILOVER_SITE".into(), site.to_string()),
+            ],
+            log: self.dir.join(format!("logs/{name}.log")),
+        };
+        self.procs.start(name, spec)
+    }
+
     /// Sites eligible for the group (they run executors).
     pub fn data_sites(&self) -> Vec<String> {
         self.plan.group_sites.clone()
@@ -238,6 +336,11 @@ impl Cluster {
 
     /// Waits until the active site's workers have written and a standby reports ready.
     fn warm_up(&mut self) -> anyhow::Result<()> {
+        if self.options.baseline {
+            wait_for(Duration::from_secs(60), || self.active_site())
+                .context("no baseline worker wrote within 60 s")?;
+            return Ok(());
+        }
         let active = wait_for(Duration::from_secs(60), || {
             self.op.group().filter(|g| !g.active_site.is_empty())
         })
@@ -314,13 +417,13 @@ impl Cluster {
         let end_ns = now_ns();
         let mut client = connect_local(&self.dir.join("pgsock"), Duration::from_secs(10))?;
         let ledger = read_ledger(&mut client)?;
-        let history = wait_for(Duration::from_secs(20), || self.op.history().ok())
-            .context("no controller answered `failover history` within 20 s")?;
-        let final_active = self
-            .op
-            .group()
-            .map(|g| g.active_site)
-            .unwrap_or_default();
+        let history = if self.options.baseline {
+            Vec::new()
+        } else {
+            wait_for(Duration::from_secs(20), || self.op.history().ok())
+                .context("no controller answered `failover history` within 20 s")?
+        };
+        let final_active = self.active_site().unwrap_or_default();
         let exits = self
             .observer
             .take()
@@ -402,6 +505,13 @@ pub fn heal_and_settle(cluster: &mut Cluster, timeout: Duration) -> anyhow::Resu
     }
     let healed_ns = now_ns() as i64;
     let mut client = connect_local(&cluster.dir.join("pgsock"), Duration::from_secs(10))?;
+    if cluster.baseline() {
+        let settled = wait_for(timeout, || {
+            let rows = read_ledger(&mut client).ok()?;
+            rows.iter().any(|r| r.mono_ns > healed_ns).then_some(())
+        });
+        return Ok(settled.is_some());
+    }
     let settled = wait_for(timeout, || {
         let g = cluster.op.group()?;
         if g.active_site.is_empty() || g.phase != "active" {
@@ -409,9 +519,7 @@ pub fn heal_and_settle(cluster: &mut Cluster, timeout: Duration) -> anyhow::Resu
         }
         let rows = read_ledger(&mut client).ok()?;
         rows.iter()
-            .any(|r| {
-                r.site == g.active_site && r.epoch as u64 == g.epoch && r.mono_ns > healed_ns
-            })
+            .any(|r| r.site == g.active_site && r.epoch as u64 == g.epoch && r.mono_ns > healed_ns)
             .then_some(())
     });
     Ok(settled.is_some())

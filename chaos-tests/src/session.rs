@@ -50,17 +50,28 @@ pub struct RunArgs {
     /// Which violations fail the command.
     #[arg(long, value_enum, default_value_t = Gate::All)]
     pub gate: Gate,
+    /// Run the etcd-lock baseline (no controllers, no fencing) instead of failover; only
+    /// the scenarios that need no controller. Results are named `SCENARIO [etcd]` and
+    /// never fail the session: they show what the baseline lets through.
+    #[arg(long)]
+    pub baseline: bool,
+    /// Keep every run's files (logs, events, history.json), not only failed runs'.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 /// Runs the scenarios; returns whether the session passed its gate.
 pub fn run(args: &RunArgs) -> anyhow::Result<bool> {
     netns::refuse_leftovers()?;
     let scenarios: Vec<Scenario> = if args.scenario == "all" {
-        faults::CATALOG.to_vec()
+        faults::CATALOG
+            .iter()
+            .filter(|s| !args.baseline || faults::BASELINE.contains(&s.name))
+            .copied()
+            .collect()
     } else {
-        vec![faults::find(&args.scenario).with_context(|| {
-            format!("no scenario named {} (see `chaos list`)", args.scenario)
-        })?]
+        vec![faults::find(&args.scenario)
+            .with_context(|| format!("no scenario named {} (see `chaos list`)", args.scenario))?]
     };
     if !args.failover_bin.exists() {
         anyhow::bail!(
@@ -76,6 +87,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<bool> {
         chaos_bin: std::env::current_exe().context("cannot find the chaos binary")?,
         worker_stdout: args.worker_stdout,
         work_dir: work_dir.clone(),
+        baseline: args.baseline,
     };
     let template = workload::Template::create(&work_dir.join("pg-template"))?;
     let mut results = Vec::new();
@@ -91,6 +103,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<bool> {
         }
     }
     let _ = std::fs::remove_dir_all(work_dir.join("pg-template"));
+    // Removed only when empty: failed (or kept) runs' files stay.
     let _ = std::fs::remove_dir(&work_dir);
     let rows = report::table(&results, &order());
     let text = report::write(&args.results, &rows, &results)?;
@@ -102,7 +115,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<bool> {
 }
 
 fn fails_gate(r: &RunResult, gate: Gate) -> bool {
-    if r.passed {
+    if r.passed || (r.scenario.ends_with(BASELINE_SUFFIX) && r.error.is_none()) {
         return false;
     }
     match (&r.verdict, gate) {
@@ -113,12 +126,15 @@ fn fails_gate(r: &RunResult, gate: Gate) -> bool {
     }
 }
 
-/// Scenario names in report order.
-pub fn order() -> Vec<&'static str> {
+/// What the baseline's results are named with.
+pub const BASELINE_SUFFIX: &str = " [etcd]";
+
+/// Scenario names in report order (each baseline row after its scenario).
+pub fn order() -> Vec<String> {
     faults::CATALOG
         .iter()
         .chain(std::iter::once(&faults::BROKEN))
-        .map(|s| s.name)
+        .flat_map(|s| [s.name.to_string(), format!("{}{BASELINE_SUFFIX}", s.name)])
         .collect()
 }
 
@@ -133,6 +149,9 @@ fn reproduce(args: &RunArgs, scenario: &str, seed: u64) -> String {
     if args.worker_stdout {
         cmd.push_str(" --worker-stdout");
     }
+    if args.baseline {
+        cmd.push_str(" --baseline");
+    }
     cmd
 }
 
@@ -145,8 +164,13 @@ fn run_one(
 ) -> RunResult {
     let began = Instant::now();
     let run_id = format!("{}-{seed}", &scenario.name[..scenario.name.len().min(12)]);
+    let name = if args.baseline {
+        format!("{}{BASELINE_SUFFIX}", scenario.name)
+    } else {
+        scenario.name.to_string()
+    };
     let mut result = RunResult {
-        scenario: scenario.name.to_string(),
+        scenario: name,
         seed,
         command: reproduce(args, scenario.name, seed),
         passed: false,
@@ -167,7 +191,10 @@ fn run_one(
     match execute(options, scenario, seed, template, &run_id) {
         Ok((collected, bounds)) => {
             let verdict = checker::check(&collected, scenario.expect, bounds);
-            result.passed = if scenario.expect.broken_build {
+            result.passed = if args.baseline {
+                // The baseline shows what it lets through; its findings are the point.
+                true
+            } else if scenario.expect.broken_build {
                 caught(&verdict)
             } else {
                 verdict.violations.is_empty()
@@ -182,7 +209,7 @@ fn run_one(
         }
         Err(e) => result.error = Some(format!("{e:#}")),
     }
-    if result.passed {
+    if result.passed && !args.keep {
         let _ = std::fs::remove_dir_all(&dir);
     } else {
         result.kept_dir = Some(dir.display().to_string());

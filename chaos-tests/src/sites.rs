@@ -136,7 +136,10 @@ impl Plan {
         } else {
             0
         };
-        t.failure_timeout_ms + t.lease_ttl_ms + t.max_clock_drift_ms + t.keepalive_interval_ms
+        t.failure_timeout_ms
+            + t.lease_ttl_ms
+            + t.max_clock_drift_ms
+            + t.keepalive_interval_ms
             + election
     }
 }

@@ -39,6 +39,12 @@ INSERT INTO ledger (epoch, site, instance, pid, job, mono_ns)
 SELECT $1, $2, $3, $4, $5, $6 FROM f
 RETURNING seq";
 
+/// The same append without the fence (the etcd baseline: a lock, no fencing).
+pub const PLAIN_INSERT: &str = "
+INSERT INTO ledger (epoch, site, instance, pid, job, mono_ns)
+VALUES ($1, $2, $3, $4, $5, $6)
+RETURNING seq";
+
 /// A PostgreSQL data directory initialised once per harness invocation and copied for
 /// each run (initdb is the slow part).
 pub struct Template {
@@ -127,7 +133,9 @@ fn as_postgres() -> [&'static str; 3] {
 }
 
 fn chown_postgres(path: &Path) -> anyhow::Result<()> {
-    run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(path))
+    run(Command::new("chown")
+        .args(["-R", "postgres:postgres"])
+        .arg(path))
 }
 
 fn chmod(path: &Path, mode: u32) -> anyhow::Result<()> {
@@ -208,6 +216,9 @@ pub struct WorkerArgs {
     /// Ignore SIGTERM (the guard must KILL it), as some engines do.
     #[arg(long)]
     pub ignore_term: bool,
+    /// Write without the fence check (the etcd baseline).
+    #[arg(long)]
+    pub no_fence: bool,
 }
 
 /// Longest a worker runs (a bound on its loop; the guard stops it long before).
@@ -275,7 +286,12 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         };
         job += 1;
         let t_ns = now_ns();
-        let outcome = write_once(c, epoch, &site, instance, pid, job, t_ns);
+        let sql = if args.no_fence {
+            PLAIN_INSERT
+        } else {
+            FENCED_INSERT
+        };
+        let outcome = write_once(c, sql, epoch, &site, instance, pid, job, t_ns);
         let done_ns = now_ns();
         if let Outcome::Error { message } = &outcome {
             eprintln!("worker {pid}: write failed: {message}");
@@ -283,7 +299,9 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         } else if let Outcome::Refused { highest } = &outcome {
             eprintln!("worker {pid}: ledger refused fencing value {epoch} (highest {highest})");
         } else if job % 20 == 0 {
-            say(&format!("worker {pid}: {job} jobs written at fencing value {epoch}"));
+            say(&format!(
+                "worker {pid}: {job} jobs written at fencing value {epoch}"
+            ));
         }
         append(
             &mut file,
@@ -313,8 +331,10 @@ fn connect_remote(addr: &str) -> anyhow::Result<postgres::Client> {
     Ok(config.connect(postgres::NoTls)?)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn write_once(
     client: &mut postgres::Client,
+    sql: &str,
     epoch: u64,
     site: &str,
     instance: u32,
@@ -330,7 +350,7 @@ fn write_once(
         &job,
         &(t_ns as i64),
     ];
-    match client.query_opt(FENCED_INSERT, &params) {
+    match client.query_opt(sql, &params) {
         Ok(Some(row)) => Outcome::Accepted { seq: row.get(0) },
         Ok(None) => {
             let highest = client
