@@ -32,7 +32,8 @@ bench:
 
 # The chaos harness (chaos-tests/, docs/chaos.md). Needs root: it creates network
 # namespaces. `make chaos` is the quick profile (every scenario once, then the broken build
-# that the checks must catch); `make chaos-long` runs many seeds per scenario.
+# that the checks must catch, then the etcd-lock baseline, which never fails the target:
+# it shows what a lock without fencing lets through); `make chaos-long` runs many seeds.
 CHAOS = ./target/debug/chaos
 CHAOS_FLAGS ?=
 
@@ -47,6 +48,7 @@ chaos: chaos-build
 	$(CHAOS) run all --results chaos-tests/results/quick --gate safety $(CHAOS_FLAGS)
 	$(CHAOS) run broken-skip-lease-wait --failover-bin target/debug/failover-broken \
 		--results chaos-tests/results/quick --gate safety $(CHAOS_FLAGS)
+	-$(CHAOS) run all --baseline --results chaos-tests/results/quick $(CHAOS_FLAGS)
 	$(CHAOS) report --results chaos-tests/results/quick --doc docs/chaos.md --section quick
 
 chaos-long: chaos-build
@@ -54,6 +56,7 @@ chaos-long: chaos-build
 	$(CHAOS) run all --seed 100 --runs 10 --results chaos-tests/results/long $(CHAOS_FLAGS) || true
 	$(CHAOS) run broken-skip-lease-wait --seed 100 --runs 3 --failover-bin target/debug/failover-broken \
 		--results chaos-tests/results/long $(CHAOS_FLAGS) || true
+	$(CHAOS) run all --baseline --seed 100 --runs 5 --results chaos-tests/results/long $(CHAOS_FLAGS) || true
 	$(CHAOS) report --results chaos-tests/results/long --doc docs/chaos.md --section long
 
 clean:

@@ -490,7 +490,12 @@ pub fn heal_and_settle(cluster: &mut Cluster, timeout: Duration) -> anyhow::Resu
         let pids = cluster.site_pids(&site.name)?;
         crate::procs::signal_all(&pids, libc::SIGCONT);
     }
-    for id in cluster.plan.controllers() {
+    let controllers = if cluster.baseline() {
+        Vec::new()
+    } else {
+        cluster.plan.controllers()
+    };
+    for id in controllers {
         if cluster.procs.pid(&Cluster::controller_name(id)).is_none() {
             cluster.restart_controller(id)?;
         }

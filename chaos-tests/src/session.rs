@@ -240,11 +240,7 @@ fn execute(
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut cluster = Cluster::start(options, plan, template, run_id)?;
     let faults_from = recorder::now_ns();
-    let initial = cluster
-        .op
-        .group()
-        .map(|g| g.active_site)
-        .unwrap_or_default();
+    let initial = cluster.active_site().unwrap_or_default();
     let applied = scenario.apply(&mut cluster, &mut rng);
     if let Err(e) = &applied {
         cluster.note(format!("scenario stopped early: {e:#}"));
