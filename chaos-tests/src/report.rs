@@ -76,7 +76,13 @@ pub struct Row {
 pub fn save_run(dir: &Path, result: &RunResult) -> anyhow::Result<()> {
     let runs = dir.join("runs");
     std::fs::create_dir_all(&runs)?;
-    let path = runs.join(format!("{}-{}.json", result.scenario, result.seed));
+    let name: String = result
+        .scenario
+        .chars()
+        .filter(|c| !matches!(c, '[' | ']'))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect();
+    let path = runs.join(format!("{name}-{}.json", result.seed));
     std::fs::write(&path, serde_json::to_vec_pretty(result)?)
         .with_context(|| format!("cannot write {}", path.display()))
 }
@@ -258,4 +264,85 @@ pub fn update_doc(path: &Path, name: &str, body: &str) -> anyhow::Result<()> {
         _ => format!("{text}\n{section}\n"),
     };
     std::fs::write(path, new).with_context(|| format!("cannot write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checker::{Rule, Violation};
+
+    fn result(scenario: &str, seed: u64, recovery: Option<f64>, violation: bool) -> RunResult {
+        let mut verdict = Verdict {
+            recovery_ms: recovery,
+            refused_stale: 2,
+            ..Verdict::default()
+        };
+        if violation {
+            verdict.violations.push(Violation {
+                rule: Rule::S1,
+                detail: "overlap".into(),
+            });
+        }
+        RunResult {
+            scenario: scenario.into(),
+            seed,
+            command: format!("chaos run {scenario} --seed {seed}"),
+            passed: !violation,
+            verdict: Some(verdict),
+            bounds: Bounds {
+                l1_ms: 1,
+                l1_leader_lost_ms: 2,
+                lease_ttl_ms: 3,
+            },
+            error: None,
+            duration_s: 1.0,
+            kept_dir: None,
+            netem_missing: false,
+            worker_stdout: false,
+        }
+    }
+
+    /// Rows add up runs, violations and refusals per scenario, take percentiles of the
+    /// recoveries, name the failed seeds, and follow the given order.
+    #[test]
+    fn table_aggregates_per_scenario_in_order() {
+        let runs = vec![
+            result("b", 1, Some(100.0), false),
+            result("a", 1, None, false),
+            result("b", 2, Some(300.0), true),
+        ];
+        let rows = table(&runs, &["a".to_string(), "b".to_string()]);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].scenario, "a");
+        let b = &rows[1];
+        assert_eq!((b.runs, b.failed, b.refused_stale), (2, 1, 4));
+        assert_eq!(b.failed_seeds, vec![2]);
+        assert_eq!(b.violations.get("S1"), Some(&1));
+        assert_eq!(b.recovery_max_ms, Some(300.0));
+        assert!(markdown(&rows).contains("| b | 2 | 1 (seeds 2) | S1×1 |"));
+    }
+
+    /// The doc section is replaced between its markers, and appended when missing.
+    #[test]
+    fn doc_section_is_replaced_between_markers() {
+        let dir = std::env::temp_dir().join(format!("chaos-doc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("doc.md");
+        std::fs::write(
+            &path,
+            "head\n<!-- chaos:quick:begin -->\nold\n<!-- chaos:quick:end -->\ntail\n",
+        )
+        .expect("write");
+        update_doc(&path, "quick", "new\n").expect("update");
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(
+            text,
+            "head\n<!-- chaos:quick:begin -->\nnew\n<!-- chaos:quick:end -->\ntail\n"
+        );
+        update_doc(&path, "long", "x\n").expect("append");
+        assert!(std::fs::read_to_string(&path)
+            .expect("read")
+            .ends_with("<!-- chaos:long:end -->\n"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

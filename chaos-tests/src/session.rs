@@ -212,6 +212,8 @@ fn run_one(
     if result.passed && !args.keep {
         let _ = std::fs::remove_dir_all(&dir);
     } else {
+        // The ledger's rows are in history.json; the database itself is large and done.
+        let _ = std::fs::remove_dir_all(dir.join("pgdata"));
         result.kept_dir = Some(dir.display().to_string());
     }
     result.duration_s = began.elapsed().as_secs_f64();
