@@ -300,9 +300,13 @@ impl Cluster {
         mut worker: Vec<String>,
     ) -> anyhow::Result<()> {
         worker.push("--no-fence".into());
-        let endpoints = self
-            .etcd_members()
+        // Each gate talks to its own site's member (etcd 3.4's client balances requests
+        // over every endpoint, so a watch could sit on a cut-off member for seconds).
+        let members = self.etcd_members();
+        let own = self.net.site(site)?.ip;
+        let endpoints = members
             .iter()
+            .filter(|(_, ip)| *ip == own || !members.iter().any(|(_, m)| *m == own))
             .map(|(_, ip)| format!("http://{ip}:{}", crate::baseline::CLIENT_PORT))
             .collect::<Vec<_>>()
             .join(",");
