@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: build test dev lint bench clean
+.PHONY: build test dev lint bench clean chaos chaos-long chaos-build
 
 build:
 	$(CARGO) build --workspace --release
@@ -30,6 +30,35 @@ bench:
 	python3 scripts/bench-executor.py
 	python3 scripts/bench-failover.py --runs 20
 	python3 scripts/bench-churn.py
+
+# The chaos harness (chaos-tests/, docs/chaos.md). Needs root: it creates network
+# namespaces. `make chaos` is the quick profile (every scenario once, then the broken build
+# that the checks must catch, then the etcd-lock baseline, which never fails the target:
+# it shows what a lock without fencing lets through); `make chaos-long` runs many seeds.
+CHAOS = ./target/debug/chaos
+CHAOS_FLAGS ?=
+
+chaos-build:
+	bash chaos-tests/setup.sh
+	$(CARGO) build -p failover-cli --features failover-controller/chaos-broken-skip-lease-wait
+	cp target/debug/failover target/debug/failover-broken
+	$(CARGO) build -p failover-cli -p chaos-tests
+
+chaos: chaos-build
+	rm -rf chaos-tests/results/quick
+	$(CHAOS) run all --results chaos-tests/results/quick --gate safety $(CHAOS_FLAGS)
+	$(CHAOS) run broken-skip-lease-wait --failover-bin target/debug/failover-broken \
+		--results chaos-tests/results/quick --gate safety $(CHAOS_FLAGS)
+	-$(CHAOS) run all --baseline --results chaos-tests/results/quick $(CHAOS_FLAGS)
+	$(CHAOS) report --results chaos-tests/results/quick --doc docs/chaos.md --section quick
+
+chaos-long: chaos-build
+	rm -rf chaos-tests/results/long
+	$(CHAOS) run all --seed 100 --runs 10 --results chaos-tests/results/long $(CHAOS_FLAGS) || true
+	$(CHAOS) run broken-skip-lease-wait --seed 100 --runs 3 --failover-bin target/debug/failover-broken \
+		--results chaos-tests/results/long $(CHAOS_FLAGS) || true
+	$(CHAOS) run all --baseline --seed 100 --runs 5 --results chaos-tests/results/long $(CHAOS_FLAGS) || true
+	$(CHAOS) report --results chaos-tests/results/long --doc docs/chaos.md --section long
 
 clean:
 	rm -rf .dev-data target

@@ -108,6 +108,8 @@ fn owed_commands(ctx: &NodeContext) -> Owed {
             }
             commands.push(completion);
         }
+        #[cfg(feature = "chaos-broken-skip-lease-wait")]
+        commands.extend(broken_skip_lease_wait(&state, at_unix_ms));
         commands.extend(leader.expirations(&state, now));
         leader.poll_timeout(&state)
     });
@@ -206,4 +208,16 @@ async fn promote_first_willing(
         "every ready standby was vetoed by its before_acquire hook: {}",
         vetoes.join("; ")
     ))
+}
+
+/// The deliberately broken build (feature `chaos-broken-skip-lease-wait`, test-only):
+/// completes every promotion at once, without waiting out the old site's leases, so the
+/// chaos harness can show that its checks catch the split brain that follows.
+#[cfg(feature = "chaos-broken-skip-lease-wait")]
+fn broken_skip_lease_wait(state: &failover_core::ClusterState, at_unix_ms: u64) -> Vec<Command> {
+    state
+        .groups
+        .values()
+        .filter_map(|g| failover_core::promotion::completion(g, at_unix_ms))
+        .collect()
 }
