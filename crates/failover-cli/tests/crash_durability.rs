@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -260,12 +260,8 @@ async fn acknowledged_writes_survive_random_kill9_under_load() {
         .iter()
         .map(|l| (l.lease_id, (l.holder.clone(), l.epoch, l.fencing_token)))
         .collect();
-    let holders: BTreeSet<&str> = leases.leases.iter().map(|l| l.holder.as_str()).collect();
-    assert_eq!(
-        holders.len(),
-        leases.leases.len(),
-        "a holder has two leases"
-    );
+    // A holder may list more than one lease: an acquire retried after a lost answer gets a
+    // new lease, and the first one stays, superseded, until it expires (docs/leases.md).
     for (id, grant) in &acked.grants {
         assert_eq!(
             listed.get(id),
