@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::Cluster;
+use common::{eventually, Cluster};
 use failover_proto::lease::lease_service_client::LeaseServiceClient;
 use failover_proto::lease::{
     acquire_response, keep_alive_response, AcquireRequest, KeepAliveRequest, ReleaseRequest,
@@ -51,10 +51,23 @@ async fn bad_lease_requests_get_precise_statuses() {
     let mut follower = LeaseServiceClient::connect(format!("http://{}", follower.addr))
         .await
         .expect("connect follower");
-    let not_leader = follower
-        .acquire(acquire("default", "site-a", "i1"))
-        .await
-        .expect_err("not leader");
+    // The follower learns of the group when it applies the leader's creation of it; until
+    // then it rightly answers NOT_FOUND.
+    let not_leader = eventually(
+        "the follower to know the group",
+        Duration::from_secs(20),
+        || {
+            let mut follower = follower.clone();
+            async move {
+                let refused = follower
+                    .acquire(acquire("default", "site-a", "i1"))
+                    .await
+                    .expect_err("not leader");
+                (refused.code() != Code::NotFound).then_some(refused)
+            }
+        },
+    )
+    .await;
     assert_eq!(not_leader.code(), Code::Unavailable);
     let hint = not_leader
         .metadata()
