@@ -232,6 +232,16 @@ struct Run {
     controllers: Vec<(u64, Option<Proc>)>,
 }
 
+impl Drop for Run {
+    fn drop(&mut self) {
+        self.controllers.clear();
+        if std::env::var_os("FAILOVER_TEST_KEEP").is_some() {
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+            eprintln!("test data kept in {}", dir.keep().display());
+        }
+    }
+}
+
 impl Run {
     fn spawn(&self, net: &Net, site: usize, args: &[&str], log: &str) -> Proc {
         let log = std::fs::OpenOptions::new()
