@@ -49,12 +49,12 @@ def main() -> None:
     took = time.time() - started
     summary = None
     for line in proc.stdout.splitlines() + proc.stderr.splitlines():
-        if line.startswith("churn-summary "):
-            summary = json.loads(line[len("churn-summary "):])
+        if "churn-summary " in line:
+            summary = json.loads(line.split("churn-summary ", 1)[1])
     if proc.returncode != 0 or summary is None:
         sys.stderr.write(proc.stdout[-5000:] + proc.stderr[-5000:])
         sys.exit(f"churn run failed (exit {proc.returncode})")
-    events = [l for l in proc.stderr.splitlines() if l.startswith("site-a workers interrupted by")]
+    events = [l for l in proc.stderr.splitlines() if "site-a workers interrupted by" in l]
     timing = "the churn test's timing (heartbeat 150, election 450-750, ttl 4500)" if args.test_timing \
         else "default timing (heartbeat 100, election 300-500, ttl 3500, keepalive 250, drift 250)"
     load = os.getloadavg()[0]

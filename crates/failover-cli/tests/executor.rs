@@ -320,7 +320,7 @@ fn stop_grace_too_long_for_the_lease_is_refused() {
             "--site",
             "site-a",
             "--stop-grace",
-            "700ms",
+            "900ms",
             "--config",
         ])
         .arg(&cluster.config)
@@ -330,7 +330,7 @@ fn stop_grace_too_long_for_the_lease_is_refused() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("--stop-grace 700ms is too long"),
+        stderr.contains("--stop-grace 900ms is too long"),
         "{stderr}"
     );
 }

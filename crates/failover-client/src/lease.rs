@@ -658,7 +658,7 @@ impl Driver {
                             None => {}
                         }
                     }
-                    _ = answer_overdue(&sent, interval) => {
+                    _ = answer_overdue(&sent, 2 * interval) => {
                         // The controller stopped answering without closing the stream (a
                         // cut, a frozen process): go elsewhere, not back to it first.
                         tracing::debug!(%addr, "keepalive answer overdue; reconnecting");

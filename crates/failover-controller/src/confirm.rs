@@ -11,16 +11,24 @@
 //! committed before the round.
 //!
 //! Why this is enough. A confirmation started at `t0` (on this controller's monotonic
-//! clock) is trusted until `t0 + ttl`, and only together with an applied state at or past
-//! its read log id. Any entry that makes another site active is a `CompletePromotion`,
-//! which the leader proposes at the earliest `ttl + drift` after it saw the `Demoting`
-//! entry committed (docs/leases.md). If that `Demoting` entry committed before the round,
-//! the read log id covers it and this controller answers 503 (demoting). If it committed
-//! after, then a quorum acknowledged the confirming term after `t0`, any later leader was
-//! elected after that, and the new site becomes active no earlier than
-//! `t0 + ttl + drift` in real time, by which time this controller's `t0 + ttl` (its clock
-//! may run slow by at most `drift` over the TTL) has passed. So two controllers never
-//! answer 200 for two different sites at one instant.
+//! clock) is trusted for [`trust_window`]: a little less than one openraft *leader lease*
+//! (`election_timeout_max_ms`). Every controller that acknowledged the confirming round
+//! did so after `t0`, and openraft makes a controller refuse any vote for one leader lease
+//! after it last heard its leader. A new leader needs votes from a quorum, which shares at
+//! least one controller with the acknowledging quorum, so no new leader exists, and no
+//! entry of a newer term is committed, before `t0 + election_timeout_max` in real time.
+//! The window is shortened by the clock-rate bound (`max_clock_drift_ms` per TTL, scaled
+//! to the window) so that holds on this controller's clock too. Within the window the
+//! state can only have moved on under the same leader, and a controller answers only once
+//! its applied state has reached the round's read log id, which covers every entry
+//! committed before the round. So two controllers never answer 200 for two sites at one
+//! instant because of a partition, whatever the promotion waits for. (A lease-length
+//! window is not enough: a group whose old site holds no lease at the cut completes its
+//! failover at once, and the partition test caught a cut-off follower answering 200 for
+//! the old site while the majority answered 200 for the new one.)
+//!
+//! What remains is replication lag under one leader: a follower that has not yet applied
+//! a promotion the leader just committed. A follower learns a commit within a heartbeat.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -77,8 +85,8 @@ impl Confirmations {
     }
 }
 
-/// The rule: some confirmation started less than `ttl` before `now` whose read index the
-/// applied state has reached. Why not otherwise, in words.
+/// The rule: some confirmation started less than `ttl` (the trust window) before `now`
+/// whose read index the applied state has reached. Why not otherwise, in words.
 pub fn vouch<'a>(
     recent: impl DoubleEndedIterator<Item = &'a Confirmation>,
     now: Instant,
@@ -99,18 +107,27 @@ pub fn vouch<'a>(
     Err(match newest_age {
         None => "no quorum confirmation yet: this controller cannot vouch for its state".into(),
         Some(age) if age >= ttl => format!(
-            "no quorum confirmation for {age:?} (more than the lease TTL {ttl:?}): the \
-             leader this controller knows may have lost the majority"
+            "no quorum confirmation for {age:?} (more than {ttl:?}, one leader lease): \
+             the leader this controller knows may have lost the majority"
         ),
         Some(_) => "the applied state is behind the last confirmed read index".into(),
     })
 }
 
-/// Confirms every `period` until shutdown; see the module comment.
+/// How long a confirmation is trusted after it started: one openraft leader lease
+/// (`election_timeout_max_ms`), less the clock-rate bound scaled to it.
+pub fn trust_window(timing: &failover_core::Timing) -> Duration {
+    let lease = timing.election_timeout_max_ms;
+    let drift = timing.max_clock_drift_ms * lease / timing.lease_ttl_ms.max(1);
+    Duration::from_millis(lease.saturating_sub(drift + 1))
+}
+
+/// Confirms four times per trust window until shutdown; see the module comment.
 pub(crate) async fn run(ctx: Arc<NodeContext>, mut shutdown: watch::Receiver<bool>) {
     let timing = ctx.topology.timing;
-    let period = Duration::from_millis(timing.keepalive_interval_ms);
-    let ttl = Duration::from_millis(timing.lease_ttl_ms);
+    let period = (trust_window(&timing) / 4).max(Duration::from_millis(10));
+    // A round that takes longer than the window proves nothing usable.
+    let ttl = trust_window(&timing);
     let mut peer: Option<(NodeId, RaftServiceClient<Channel>)> = None;
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -180,7 +197,15 @@ mod tests {
         }
     }
 
-    /// A confirmation is trusted for less than one TTL from when the round started, and
+    /// The trust window is one leader lease less the drift scaled to it.
+    #[test]
+    fn window_is_a_leader_lease_less_drift() {
+        let t = failover_core::Timing::default();
+        // 500 - 250 * 500 / 3500 (35) - 1.
+        assert_eq!(trust_window(&t), Duration::from_millis(464));
+    }
+
+    /// A confirmation is trusted for less than one window from when the round started, and
     /// only once the applied state reached its read index; an older applied confirmation
     /// serves while the newest is not applied yet.
     #[test]

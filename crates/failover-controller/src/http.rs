@@ -6,13 +6,13 @@
 //! already has, without a sidecar:
 //!
 //! - `GET /active/<group>/<site>`: 200 when `<site>` is the active site of `<group>` and
-//!   this controller confirmed within the lease TTL that its leader holds a quorum, 503
+//!   this controller confirmed within one leader lease that its leader holds a quorum, 503
 //!   otherwise (load balancers take anything but 200 as down, so there is no 404);
 //! - `GET /health`: 200 `ok` when this controller's Raft node runs and follows a leader;
 //! - `GET /metrics`: the OpenMetrics text exposition, built afresh on every scrape.
 //!
 //! Every answer comes from this controller's own applied state, Raft metrics and its
-//! latest quorum confirmation (a background read-index round every keepalive interval);
+//! latest quorum confirmation (a background read-index round four times per leader lease);
 //! nothing is forwarded per request, so a health check costs no Raft round trip. The server
 //! takes an already-bound listener from the caller, like the gRPC server.
 
@@ -76,10 +76,10 @@ pub(crate) async fn serve(
 /// does not notice. A controller that cannot vouch for its state answers 503: one that
 /// knows no leader (an election is under way, or it is cut off and campaigning), and a
 /// leader that no quorum has acknowledged within an election timeout, and any controller
-/// without a read-index round, started less than a lease TTL ago, confirming that its
-/// leader held a quorum ([`crate::confirm`]): a follower that still hears a leader which
-/// lost the majority stops answering 200 within one TTL, before another site can become
-/// active.
+/// without a read-index round, started less than one leader lease
+/// (`election_timeout_max_ms`) ago, confirming that its leader held a quorum
+/// ([`crate::confirm`]): a follower that still hears a leader which lost the majority stops
+/// answering 200 before the majority can elect a leader, let alone promote.
 async fn active(
     State(ctx): State<Arc<NodeContext>>,
     Path((group, site)): Path<(String, String)>,
@@ -93,13 +93,13 @@ async fn active(
     }
 }
 
-/// Whether a read-index round confirmed, less than a lease TTL ago, that the leader this
+/// Whether a read-index round confirmed, less than one leader lease ago, that the leader this
 /// controller follows held a quorum, and the applied state reached its read index (see
 /// [`crate::confirm`]). Why not otherwise.
 fn confirmed(ctx: &NodeContext) -> Result<(), String> {
-    let ttl = Duration::from_millis(ctx.topology.timing.lease_ttl_ms);
+    let window = crate::confirm::trust_window(&ctx.topology.timing);
     let applied = ctx.metrics().last_applied.map(|l| l.index);
-    ctx.confirmations.vouch(ctx.clock.now(), ttl, applied)
+    ctx.confirmations.vouch(ctx.clock.now(), window, applied)
 }
 
 /// Whether `site` is the active site of `group` in `state`, in words either way.
@@ -137,8 +137,12 @@ fn active_site(state: &ClusterState, group: &str, site: &str) -> Result<String, 
 
 /// `GET /health`: 200 `ok` when the Raft node runs and knows a leader (when it is the
 /// leader: a quorum acknowledged it within an election timeout), 503 with the reason.
+///
+/// It also needs a recent quorum confirmation, like `/active`: with pre-vote a follower
+/// whose leader died keeps naming that leader until a real election succeeds, which a
+/// minority never achieves.
 async fn health(State(ctx): State<Arc<NodeContext>>) -> Response {
-    match current(&ctx) {
+    match current(&ctx).and_then(|_| confirmed(&ctx)) {
         Ok(_) => text(StatusCode::OK, "ok".to_owned()),
         Err(reason) => text(StatusCode::SERVICE_UNAVAILABLE, reason),
     }

@@ -373,16 +373,19 @@ impl Timing {
     /// How much a holder may keep off its lease (its stop margin) and still ride out one
     /// leader election, in ms; negative when no holder can. A renewal sent at `s` and
     /// answered gives `valid_until = s + ttl - drift - stop_grace`. The next one, at
-    /// `s + keepalive`, may be lost with the leader; the holder gives up on it one
-    /// keepalive interval later, the new leader answers at most `takeover_ms` after the
+    /// `s + keepalive`, may be lost with the leader; the holder gives up on it two
+    /// keepalive intervals later, the new leader answers at most `takeover_ms` after the
     /// loss, and racing every controller reaches it within one more keepalive interval.
     /// So the holder's work keeps running when
-    /// `ttl - drift - stop_margin > 2 x keepalive + takeover`: this returns the left side
-    /// minus the right side with a zero stop margin. An executor's stop margin is twice its
+    /// `ttl - drift - stop_margin > 2 x keepalive + max(takeover, 2 x keepalive)`: this
+    /// returns the left side minus the right side with a zero stop margin. An executor's stop margin is twice its
     /// stop grace (the guard starts stopping a stop grace before `valid_until`).
     pub fn ride_out_margin_ms(&self) -> i64 {
+        let k = self.keepalive_interval_ms as i64;
         let have = self.lease_ttl_ms as i64 - self.max_clock_drift_ms as i64;
-        let need = 2 * self.keepalive_interval_ms as i64 + self.takeover_ms() as i64;
+        // The holder gives up on an unanswered keepalive after 2 x keepalive, which counts
+        // only when that is longer than the takeover itself.
+        let need = 2 * k + (self.takeover_ms() as i64).max(2 * k);
         have - need
     }
 
