@@ -399,7 +399,23 @@ async fn site_lost_right_after_a_switchover_recovers_within_l1() {
         wait: true,
         force: false,
     };
-    s.cluster.client().promote(request).await.expect("promote");
+    // A leader elected just now has no executor report yet: site-b is ready for it once
+    // its executor reported (within a keepalive interval).
+    eventually(
+        "site-b ready for a planned promote",
+        Duration::from_secs(10),
+        || {
+            let (mut client, request) = (s.cluster.client(), request.clone());
+            async move {
+                match client.promote(request).await {
+                    Ok(_) => Some(()),
+                    Err(e) if e.to_string().contains("not ready") => None,
+                    Err(e) => panic!("promote: {e}"),
+                }
+            }
+        },
+    )
+    .await;
     let switched_at = Instant::now();
     let epoch = wait_active(&s.cluster, "site-b", before, Duration::from_secs(10)).await;
     eventually("site-b's worker", Duration::from_secs(10), || async {
