@@ -5,9 +5,15 @@
 - deadline margin: how long before the lease deadline the last process of a worker tree
   was gone, as the guards report it, when the active executor is frozen with SIGSTOP
   (5 runs) and when every controller is frozen (5 runs).
+- the paths that give the lease back, with workers that ignore SIGTERM (so every stop
+  takes the whole grace and ends in SIGKILL): a planned promote away from the site (the
+  drain, 3 runs) and the executor's shutdown (SIGINT). For each, the guards' margins, and
+  for the drain how long after the last worker tree was gone the executor released the
+  lease (never before: a negative value would be a bug).
 
-Usage: python3 scripts/bench-executor.py   (or: make bench)
+Usage: python3 scripts/bench-executor.py   (or: make bench); BENCH_KEEP=1 keeps the work dir.
 """
+import datetime
 import os
 import re
 import shutil
@@ -31,7 +37,8 @@ while :; do sleep 1; done
 
 def main() -> None:
     work = tempfile.mkdtemp(prefix="failover-bench-exec-")
-    env = dict(os.environ, FAILOVER_ENDPOINTS=ENDPOINTS, RUST_LOG="info")
+    env = dict(os.environ, FAILOVER_ENDPOINTS=ENDPOINTS, RUST_LOG="info",
+               FAILOVER_LOG_DIR=os.path.join(work, "logs"))
     worker = os.path.join(work, "worker.sh")
     with open(worker, "w") as f:
         f.write(WORKER.format(dir=work))
@@ -39,7 +46,12 @@ def main() -> None:
     procs = []
     try:
         dev_log = open(os.path.join(work, "dev.out"), "w+")
-        dev = subprocess.Popen([BIN, "dev", "--data-dir", os.path.join(work, "data")],
+        # Automatic failover off: the freeze runs stop the active site's workers on purpose,
+        # and a lease outlives failure_timeout, so the leader would otherwise move the group.
+        config = os.path.join(work, "sites.yaml")
+        with open("sites.example.yaml") as src, open(config, "w") as dst:
+            dst.write(src.read().replace("auto_failover: true", "auto_failover: false"))
+        dev = subprocess.Popen([BIN, "dev", "--config", config, "--data-dir", os.path.join(work, "data")],
                                stdout=dev_log, stderr=subprocess.STDOUT)
         procs.append(dev)
         wait_for(lambda: "Press Ctrl-C" in open(dev_log.name).read(), 60)
@@ -73,6 +85,13 @@ def main() -> None:
                                     env=dict(env, IGNORE_TERM="1"), stdout=log, stderr=subprocess.STDOUT)
         procs.append(stubborn)
         kill_margins = freeze_runs((stubborn, log.name), [stubborn.pid], work, active, runs=3)
+        other = "site-b" if active == "site-a" else "site-a"
+        drain_margins, release_gaps = drain_runs((stubborn, log.name), work, active, other, env)
+        wait_for(lambda: len(live_workers(work, active)) == 2, 20)
+        seen = len(margins_in(log.name))
+        stubborn.send_signal(signal.SIGINT)
+        stubborn.wait(timeout=30)
+        shutdown_margins = margins_in(log.name)[seen:]
     finally:
         for p in reversed(procs):
             p.send_signal(signal.SIGCONT)
@@ -82,7 +101,8 @@ def main() -> None:
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 p.kill()
-        shutil.rmtree(work, ignore_errors=True)
+        if not os.environ.get("BENCH_KEEP"):
+            shutil.rmtree(work, ignore_errors=True)
     rows = [
         ("planned handover, `promote --wait` to first new worker running, median of 10",
          f"{statistics.median(handovers):.0f} ms"),
@@ -96,13 +116,19 @@ def main() -> None:
         ("workers ignoring SIGTERM, executor SIGSTOPped: min of 3 (the SIGKILL path)",
          f"{min(kill_margins)} ms before"),
         ("workers ignoring SIGTERM: max of 3", f"{max(kill_margins)} ms before"),
+        ("drain (planned promote away), workers ignoring SIGTERM: last process gone before "
+         "the lease deadline, min of 3 runs x 2 trees", f"{min(drain_margins)} ms before"),
+        ("drain: lease released after the last worker tree was gone, min / max of 3",
+         f"{min(release_gaps):.0f} / {max(release_gaps):.0f} µs after"),
+        ("shutdown (SIGINT), workers ignoring SIGTERM: last process gone before the lease "
+         "deadline, min of 2 trees", f"{min(shutdown_margins)} ms before"),
     ]
     body = [
         f"## Executor (`python3 scripts/bench-executor.py`, release build, {os.cpu_count()} cores)",
         "",
         f"Measured {time.strftime('%Y-%m-%d', time.gmtime())} on the example topology with an "
-        "executor of 2 shell-script workers at site-a and at site-b (default timing: TTL 2000 ms, "
-        "drift 250 ms; stop grace 500 ms). A positive margin means the whole worker tree was gone "
+        "executor of 2 shell-script workers at site-a and at site-b (default timing: TTL 3500 ms, "
+        "drift 250 ms; stop grace 500 ms; drain timeout the executor's default). A positive margin means the whole worker tree was gone "
         "that long before the executor's lease deadline; the guard aims for 20 ms.",
         "",
         "| measure | value |",
@@ -142,16 +168,52 @@ def freeze_runs(executor, frozen, work, site, runs=5):
     margins = []
     for _ in range(runs):
         wait_for(lambda: len(live_workers(work, site)) == 2, 20)
-        seen = len(re.findall(r"margin_ms=(-?\d+)", open(log).read()))
+        seen = len(margins_in(log))
         for pid in frozen:
             os.kill(pid, signal.SIGSTOP)
         wait_for(lambda: not live_workers(work, site), 10)
         for pid in frozen:
             os.kill(pid, signal.SIGCONT)
-        found = wait_for(lambda: re.findall(r"margin_ms=(-?\d+)", open(log).read())[seen:], 10)
+        found = wait_for(lambda: margins_in(log)[seen:], 10)
         margins.extend(int(m) for m in found)
         time.sleep(1)
     return margins
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def margins_in(log):
+    return [int(m) for m in re.findall(r"margin_ms=(-?\d+)", ANSI.sub("", open(log).read()))]
+
+
+def stamped(log, needle):
+    """Wall-clock instants (tracing's timestamps) of the log lines containing `needle`."""
+    out = []
+    for line in ANSI.sub("", open(log).read()).splitlines():
+        if needle in line:
+            out.append(datetime.datetime.fromisoformat(line.split()[0]))
+    return out
+
+
+def drain_runs(executor, work, site, other, env, runs=3):
+    """Promotes `other` and back, `runs` times; returns the margins the draining site's
+    guards reported and, per drain, the time from its last worker tree gone to its
+    release of the lease (µs, from the executor's log timestamps)."""
+    _, log = executor
+    margins, gaps = [], []
+    for _ in range(runs):
+        wait_for(lambda: len(live_workers(work, site)) == 2, 20)
+        seen = len(margins_in(log))
+        released_before = len(stamped(log, "releasing the lease"))
+        subprocess.run([BIN, "promote", other, "--wait"], env=env, check=True, capture_output=True)
+        wait_for(lambda: len(margins_in(log)) >= seen + 2 or None, 20)
+        released = wait_for(lambda: stamped(log, "releasing the lease")[released_before:] or None, 20)
+        gone = stamped(log, "worker tree gone instance=")[-2:]
+        margins.extend(margins_in(log)[seen:seen + 2])
+        gaps.append((released[0] - max(gone)).total_seconds() * 1e6)
+        subprocess.run([BIN, "promote", site, "--wait"], env=env, check=True, capture_output=True)
+    return margins, gaps
 
 
 def live_workers(work, site):
