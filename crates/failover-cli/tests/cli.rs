@@ -181,4 +181,18 @@ async fn promote_refuses_unknown_site_and_group() {
     );
     let out = failover(&["status", "--endpoints", "127.0.0.1:1"]);
     assert_eq!(out.status.code(), Some(3), "unreachable cluster exits 3");
+
+    // A reader that goes away (`| head -1`) ends the command by SIGPIPE, as it ends `cat`,
+    // not with a panic and exit code 101.
+    let mut child = Command::new(failover_bin())
+        .args(["history", "--output", "json", "--endpoints", &endpoints])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run history");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("history ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_ne!(out.status.code(), Some(101), "{stderr}");
 }
