@@ -376,7 +376,7 @@ async fn stubborn_sites(stubborn: bool) -> StubbornSites {
     let first = wait_running(&dir, "site-a", 2).await;
     workers::set_stubborn(&dir, true);
     let b = exec_by_config(&cluster, "site-b", &args, script);
-    wait_site_ready(&cluster, "site-b").await;
+    cluster.wait_executor_ready("site-b").await;
     let observer = workers::Observer::start(&dir);
     StubbornSites {
         cluster,
@@ -410,27 +410,6 @@ fn exec_by_config(cluster: &Cluster, site: &str, args: &[&str], script: &str) ->
         .spawn()
         .expect("spawn exec");
     Proc(child)
-}
-
-/// Waits until an executor of `site` reports ready.
-async fn wait_site_ready(cluster: &Cluster, site: &str) {
-    let client = cluster.client();
-    eventually(
-        &format!("{site}'s executor ready"),
-        Duration::from_secs(20),
-        || {
-            let mut client = client.clone();
-            async move {
-                let s = client.status().await.ok()?;
-                let site = s.sites.iter().find(|s| s.name == site)?;
-                site.executors
-                    .iter()
-                    .any(|e| e.report.as_ref().is_some_and(|r| r.ready))
-                    .then_some(())
-            }
-        },
-    )
-    .await;
 }
 
 /// `failover promote site-b --wait`.

@@ -41,19 +41,7 @@ async fn setup(cluster: Cluster) -> Setup {
         (workers::live(&dir, "site-a").len() == 2).then_some(())
     })
     .await;
-    let client = cluster.client();
-    eventually("site-b's executor ready", Duration::from_secs(20), || {
-        let mut client = client.clone();
-        async move {
-            let s = client.status().await.ok()?;
-            let b = s.sites.iter().find(|s| s.name == "site-b")?;
-            b.executors
-                .iter()
-                .any(|e| e.report.as_ref().is_some_and(|r| r.ready))
-                .then_some(())
-        }
-    })
-    .await;
+    cluster.wait_executor_ready("site-b").await;
     Setup {
         cluster,
         dir,
@@ -69,28 +57,6 @@ fn group(status: &StatusResponse) -> (String, u64, String) {
         .find(|g| g.name == "default")
         .expect("default group");
     (g.active_site.clone(), g.epoch, g.phase.clone())
-}
-
-/// Kills the leader (restarting it once another is elected, or it wins again) until the
-/// leader satisfies `wanted`. Each round is a fresh election among the others.
-async fn elect_until(cluster: &mut Cluster, wanted: impl Fn(u64) -> bool) {
-    for _ in 0..30 {
-        let leader = cluster.wait_ready(Duration::from_secs(30)).await.leader;
-        if wanted(leader) {
-            return;
-        }
-        cluster.kill9(leader);
-        eventually("a new leader", Duration::from_secs(30), || {
-            let mut client = cluster.client();
-            async move {
-                let st = client.status().await.ok()?;
-                (st.consistent && st.leader != 0 && st.leader != leader).then_some(())
-            }
-        })
-        .await;
-        cluster.start(leader);
-    }
-    panic!("30 elections never produced the wanted leader");
 }
 
 /// Kills every process of site-a (its executor, controllers 1 and 2) and returns how long
@@ -121,7 +87,7 @@ async fn wait_site_b_runs(dir: &Path, lost_at: Instant) -> Duration {
 async fn site_loss_fails_over_and_the_site_stays_standby_when_back() {
     let mut s = setup(Cluster::new()).await;
     // Keep the leader outside site-a here; the next test puts it inside.
-    elect_until(&mut s.cluster, |leader| leader > 2).await;
+    s.cluster.elect_until(|leader| leader > 2).await;
     let took = lose_site_a(&mut s).await;
     assert!(
         took <= L1 + SLACK,
@@ -190,7 +156,9 @@ async fn site_loss_fails_over_and_the_site_stays_standby_when_back() {
 async fn site_loss_with_the_leader_inside_fails_over() {
     let mut s = setup(Cluster::new()).await;
     // Re-elect until the leader is at site-a (controllers 1 or 2).
-    elect_until(&mut s.cluster, |leader| leader == 1 || leader == 2).await;
+    s.cluster
+        .elect_until(|leader| leader == 1 || leader == 2)
+        .await;
     let took = lose_site_a(&mut s).await;
     assert!(
         took <= L1 + ELECTION_MAX + SLACK,
@@ -389,7 +357,9 @@ async fn wait_site_a_runs_again(dir: &Path, before: &[i32], lost_at: Instant) ->
 async fn site_lost_right_after_a_switchover_recovers_within_l1() {
     let mut s = setup(Cluster::new()).await;
     // Keep the leader outside site-b, so the bound is L1 without an election.
-    elect_until(&mut s.cluster, |leader| leader != 3 && leader != 4).await;
+    s.cluster
+        .elect_until(|leader| leader != 3 && leader != 4)
+        .await;
     let before = group(&s.cluster.wait_ready(Duration::from_secs(30)).await).1;
     let request = PromoteRequest {
         group: "default".into(),
@@ -485,19 +455,7 @@ async fn stubborn_site_a(with_b: bool) -> (Cluster, PathBuf, Proc, Option<Proc>)
     .await;
     let b = with_b.then(|| cluster.exec("site-b", &["--instances", "1"], &[&script]));
     if with_b {
-        let client = cluster.client();
-        eventually("site-b's executor ready", Duration::from_secs(20), || {
-            let mut client = client.clone();
-            async move {
-                let s = client.status().await.ok()?;
-                let b = s.sites.iter().find(|s| s.name == "site-b")?;
-                b.executors
-                    .iter()
-                    .any(|e| e.report.as_ref().is_some_and(|r| r.ready))
-                    .then_some(())
-            }
-        })
-        .await;
+        cluster.wait_executor_ready("site-b").await;
     }
     (cluster, dir, a, b)
 }

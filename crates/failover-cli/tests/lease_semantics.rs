@@ -337,19 +337,8 @@ async fn fencing_value_is_shared_by_a_site_and_refuses_the_old_one() {
         "each lease keeps its own token"
     );
 
+    cluster.wait_executor_ready("site-b").await;
     let mut client = cluster.client();
-    eventually("site-b's executor ready", Duration::from_secs(20), || {
-        let mut client = client.clone();
-        async move {
-            let s = client.status().await.ok()?;
-            let b = s.sites.iter().find(|s| s.name == "site-b")?;
-            b.executors
-                .iter()
-                .any(|e| e.report.as_ref().is_some_and(|r| r.ready))
-                .then_some(())
-        }
-    })
-    .await;
     client.promote(promote("site-b")).await.expect("promote");
     eventually(
         "site-b's worker writes",
@@ -387,27 +376,6 @@ async fn fencing_value_is_shared_by_a_site_and_refuses_the_old_one() {
     );
 }
 
-/// Re-elects (killing and restarting the leader) until the leader is outside site-a.
-async fn leader_outside_site_a(cluster: &mut Cluster) {
-    for _ in 0..30 {
-        let leader = cluster.wait_ready(Duration::from_secs(30)).await.leader;
-        if leader > 2 {
-            return;
-        }
-        cluster.kill9(leader);
-        eventually("a new leader", Duration::from_secs(30), || {
-            let mut client = cluster.client();
-            async move {
-                let st = client.status().await.ok()?;
-                (st.consistent && st.leader != 0 && st.leader != leader).then_some(())
-            }
-        })
-        .await;
-        cluster.start(leader);
-    }
-    panic!("30 elections never put the leader outside site-a");
-}
-
 /// Engines that embed the lease API at two sites, no executor anywhere: the standby
 /// engine reports ready through its acquire polls, and when site-a is lost (its
 /// controllers SIGKILLed, its engine's session dropped without a release) site-b's engine
@@ -416,7 +384,7 @@ async fn leader_outside_site_a(cluster: &mut Cluster) {
 async fn engine_sessions_fail_over_on_site_loss() {
     let mut cluster = Cluster::new();
     cluster.start_all();
-    leader_outside_site_a(&mut cluster).await;
+    cluster.elect_until(|leader| leader > 2).await;
     let a = session(&cluster.endpoints(), "site-a", "engine-a");
     let b = session(&cluster.endpoints(), "site-b", "engine-b");
     eventually("site-a's engine holds", Duration::from_secs(20), || async {

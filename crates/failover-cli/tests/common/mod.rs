@@ -334,3 +334,48 @@ fn topology_yaml(nodes: &[Node]) -> String {
     yaml.push_str("groups:\n  - name: default\n    sites: [site-a, site-b]\n");
     yaml
 }
+
+impl Cluster {
+    /// Waits until an executor of `site` reports ready (a promote to it needs that).
+    pub async fn wait_executor_ready(&self, site: &str) {
+        let client = self.client();
+        eventually(
+            &format!("{site}'s executor ready"),
+            Duration::from_secs(20),
+            || {
+                let mut client = client.clone();
+                async move {
+                    let s = client.status().await.ok()?;
+                    let site = s.sites.iter().find(|s| s.name == site)?;
+                    site.executors
+                        .iter()
+                        .any(|e| e.report.as_ref().is_some_and(|r| r.ready))
+                        .then_some(())
+                }
+            },
+        )
+        .await;
+    }
+
+    /// Kills the leader (restarting it once another is elected, or it wins again) until
+    /// the leader satisfies `wanted`. Each round is a fresh election among the others.
+    pub async fn elect_until(&mut self, wanted: impl Fn(u64) -> bool) {
+        for _ in 0..30 {
+            let leader = self.wait_ready(Duration::from_secs(30)).await.leader;
+            if wanted(leader) {
+                return;
+            }
+            self.kill9(leader);
+            eventually("a new leader", Duration::from_secs(30), || {
+                let mut client = self.client();
+                async move {
+                    let st = client.status().await.ok()?;
+                    (st.consistent && st.leader != 0 && st.leader != leader).then_some(())
+                }
+            })
+            .await;
+            self.start(leader);
+        }
+        panic!("30 elections never produced the wanted leader");
+    }
+}
