@@ -132,26 +132,21 @@ impl Operator {
 
     /// `failover promote SITE --wait` (with `--force` if asked).
     pub fn promote(&self, site: &str, force: bool) -> anyhow::Result<Answer> {
-        let mut args = vec![
-            "promote",
-            site,
-            "--group",
-            &self.group,
-            "--wait",
-            "--output",
-            "json",
-            "--reason",
-            "chaos",
-        ];
-        if force {
-            args.push("--force");
-        }
-        self.call(&args, Duration::from_secs(20))
+        self.promote_through(site, force, None)
     }
 
     /// `failover promote SITE --wait` through the given controllers only (so a command
     /// issued during a partition does not first wait out unreachable ones).
     pub fn promote_via(&self, site: &str, force: bool, endpoints: &str) -> anyhow::Result<Answer> {
+        self.promote_through(site, force, Some(endpoints))
+    }
+
+    fn promote_through(
+        &self,
+        site: &str,
+        force: bool,
+        endpoints: Option<&str>,
+    ) -> anyhow::Result<Answer> {
         let mut args = vec![
             "promote",
             site,
@@ -162,9 +157,10 @@ impl Operator {
             "json",
             "--reason",
             "chaos",
-            "--endpoints",
-            endpoints,
         ];
+        if let Some(endpoints) = endpoints {
+            args.extend(["--endpoints", endpoints]);
+        }
         if force {
             args.push("--force");
         }

@@ -262,17 +262,25 @@ fn kill_executor(c: &mut Cluster, rng: &mut StdRng) -> anyhow::Result<()> {
 
 fn kill_leader(c: &mut Cluster, rng: &mut StdRng) -> anyhow::Result<()> {
     let leader = wait_for(Duration::from_secs(20), || c.op.leader()).context("no leader")?;
-    let site = c.plan.site_of(leader).map(|s| s.name.clone());
-    fault_start(
-        c,
-        &format!("leader c{leader} SIGKILLed"),
-        site.as_deref(),
-        false,
-    );
-    c.kill_controller(leader);
-    pause(Duration::from_millis(3000 + rng.gen_range(0..2000)))?;
-    c.restart_controller(leader)?;
-    fault_end(c, "kill-leader");
+    let down = Duration::from_millis(3000 + rng.gen_range(0..2000));
+    kill_and_restart(c, leader, &format!("leader c{leader}"), "kill-leader", down)
+}
+
+/// SIGKILLs controller `id`, keeps it down for `down`, restarts it on its data dir, and
+/// leaves the cluster 3 s to settle.
+fn kill_and_restart(
+    c: &mut Cluster,
+    id: u64,
+    who: &str,
+    scenario: &str,
+    down: Duration,
+) -> anyhow::Result<()> {
+    let site = c.plan.site_of(id).map(|s| s.name.clone());
+    fault_start(c, &format!("{who} SIGKILLed"), site.as_deref(), false);
+    c.kill_controller(id);
+    pause(down)?;
+    c.restart_controller(id)?;
+    fault_end(c, scenario);
     pause(Duration::from_secs(3))
 }
 
@@ -349,18 +357,14 @@ fn degraded_links(c: &mut Cluster, rng: &mut StdRng) -> anyhow::Result<()> {
 fn restart_controller(c: &mut Cluster, rng: &mut StdRng) -> anyhow::Result<()> {
     let ids = c.plan.controllers();
     let id = ids[rng.gen_range(0..ids.len())];
-    let site = c.plan.site_of(id).map(|s| s.name.clone());
-    fault_start(
+    let down = Duration::from_millis(1000 + rng.gen_range(0..3000));
+    kill_and_restart(
         c,
-        &format!("controller c{id} SIGKILLed"),
-        site.as_deref(),
-        false,
-    );
-    c.kill_controller(id);
-    pause(Duration::from_millis(1000 + rng.gen_range(0..3000)))?;
-    c.restart_controller(id)?;
-    fault_end(c, "restart-controller");
-    pause(Duration::from_secs(3))
+        id,
+        &format!("controller c{id}"),
+        "restart-controller",
+        down,
+    )
 }
 
 fn rolling_restart(c: &mut Cluster, rng: &mut StdRng) -> anyhow::Result<()> {
