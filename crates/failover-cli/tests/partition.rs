@@ -323,22 +323,35 @@ async fn active_is_never_200_for_two_sites_across_a_partition() {
         executors.push(run.spawn(&net, site, &args, &format!("exec-{name}.log")));
     }
 
-    // Wait for site-a to be reported active, and for the leader to be at site-a
-    // (restarting the leader elsewhere until an election puts it there).
+    // Wait for site-a to be reported active, and for the leader to be at site-a. A
+    // leader elsewhere is killed and restarted only once the others elected a new one:
+    // restarted at once, it would win again (its followers still honour its lease when
+    // its own election timer fires), so each round is an election among the other four.
     let deadline = Instant::now() + Duration::from_secs(120);
+    let mut last = (None, BTreeSet::new());
+    let mut leader_kills = 0;
     loop {
         assert!(
             Instant::now() < deadline,
-            "no leader at site-a with site-a active"
+            "no leader at site-a with site-a active; last seen: leader {:?}, 200s {:?}",
+            last.0,
+            last.1
         );
         let yes = sample(&http).await;
-        match leader(&http).await {
+        let lead = leader(&http).await;
+        last = (lead, yes.clone());
+        match lead {
             Some(id @ (1 | 2)) if yes.contains(&(id, "site-a")) => break,
             Some(id @ 3..=5) => {
                 let slot = &mut run.controllers[(id - 1) as usize].1;
                 drop(slot.take());
+                leader_kills += 1;
+                let elected = Instant::now() + Duration::from_secs(20);
+                while !leader(&http).await.is_some_and(|new| new != id) {
+                    assert!(Instant::now() < elected, "no leader after killing {id}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
                 run.start(&net, id);
-                tokio::time::sleep(Duration::from_secs(2)).await;
             }
             _ => tokio::time::sleep(Duration::from_millis(200)).await,
         }
@@ -391,7 +404,7 @@ async fn active_is_never_200_for_two_sites_across_a_partition() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     eprintln!(
-        "{samples} samples; site-a last 200 on the cut side {last_a_200:?} after the cut; \
+        "{leader_kills} leader kills to place the leader; {samples} samples; site-a last 200 on the cut side {last_a_200:?} after the cut; \
          site-b active {b_at:?} after the cut"
     );
     drop(executors);
