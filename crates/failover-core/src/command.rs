@@ -91,6 +91,30 @@ pub enum Command {
         /// The leases to drop; ones already gone are skipped.
         leases: Vec<LeaseId>,
     },
+    /// Pauses automatic failover of a group (maintenance): the leader moves it no more on
+    /// its own; operator promotes and demotes still work. Recorded in the group's pause
+    /// history.
+    Pause {
+        /// The group.
+        group: GroupName,
+        /// Who asked (`user@host`).
+        actor: String,
+        /// Why, free text.
+        reason: String,
+        /// When the leader proposed it (wall clock, for status and history only).
+        at_unix_ms: u64,
+    },
+    /// Ends a pause: automatic failover of the group applies again.
+    Resume {
+        /// The group.
+        group: GroupName,
+        /// Who asked (`user@host`).
+        actor: String,
+        /// Why, free text.
+        reason: String,
+        /// When the leader proposed it (wall clock, for history only).
+        at_unix_ms: u64,
+    },
 }
 
 impl Command {
@@ -103,7 +127,9 @@ impl Command {
             | Command::CompletePromotion { group, .. }
             | Command::Grant { group, .. }
             | Command::Release { group, .. }
-            | Command::Expire { group, .. } => group,
+            | Command::Expire { group, .. }
+            | Command::Pause { group, .. }
+            | Command::Resume { group, .. } => group,
         }
     }
 }
@@ -143,6 +169,12 @@ impl fmt::Display for Command {
             }
             Command::Expire { group, leases } => {
                 write!(f, "expire {} leases of group {group}", leases.len())
+            }
+            Command::Pause { group, actor, .. } => {
+                write!(f, "pause automatic failover of group {group} ({actor})")
+            }
+            Command::Resume { group, actor, .. } => {
+                write!(f, "resume automatic failover of group {group} ({actor})")
             }
         }
     }
@@ -223,6 +255,27 @@ pub enum Rejection {
         /// The lease.
         lease: LeaseId,
     },
+    /// An automatic failover of a paused group: only operators move it.
+    #[error("automatic failover of group `{group}` is paused by {actor}{}", if .reason.is_empty() { String::new() } else { format!(": {}", .reason) })]
+    Paused {
+        /// The group asked about.
+        group: GroupName,
+        /// Who paused it.
+        actor: String,
+        /// Why.
+        reason: String,
+    },
+    /// A pause of a group that is paused already.
+    #[error("automatic failover of group `{group}` is already paused by {actor}")]
+    AlreadyPaused {
+        /// The group asked about.
+        group: GroupName,
+        /// Who paused it.
+        actor: String,
+    },
+    /// A resume of a group that is not paused.
+    #[error("automatic failover of group `{0}` is not paused")]
+    NotPaused(GroupName),
     /// The group holds as many leases as it may.
     #[error("group `{group}` already holds {limit} leases")]
     TooManyLeases {
@@ -244,6 +297,8 @@ pub enum Outcome {
     Released,
     /// This many leases were dropped as expired.
     Expired(usize),
+    /// A group was paused or resumed; its pause afterwards (`None`: resumed).
+    PauseChanged(Option<crate::state::Pause>),
 }
 
 /// What applying a command answers: what it produced, or why nothing changed.

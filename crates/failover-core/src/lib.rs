@@ -30,4 +30,6 @@ pub use command::{Command, CommandResult, Outcome, Rejection};
 pub use config::{ConfigError, Timing, Topology};
 pub use ids::{Epoch, GroupName, NodeId, SiteId};
 pub use lease::{FencingToken, FencingValue, Lease, LeaseId};
-pub use state::{ChangeKind, ClusterState, GroupState, GroupSummary, HistoryEntry, Phase};
+pub use state::{
+    ChangeKind, ClusterState, GroupState, GroupSummary, HistoryEntry, Pause, PauseEvent, Phase,
+};

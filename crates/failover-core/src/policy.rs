@@ -20,6 +20,8 @@
 //!   never extends an outage: L1 holds right after a switchover too). A health-based move
 //!   is held back within `failover_cooldown` of the group's last change of active site,
 //!   so two sites that each fail their checks cannot bounce the group between them.
+//! - A paused group (`failover pause`) is never moved automatically: the decision is a
+//!   hold saying who paused it and why. Operators still promote and demote it.
 //! - Candidates are the group's other sites in priority order that are not lost for the
 //!   group and whose executors report ready for it.
 
@@ -186,6 +188,15 @@ fn cooldown_end(group: &crate::state::GroupState, timing: &Timing) -> Option<u64
         })
 }
 
+/// The held-back reason of a paused group: `paused by ACTOR: REASON`.
+pub fn paused_by(pause: &crate::state::Pause) -> String {
+    if pause.reason.is_empty() {
+        format!("paused by {}", pause.actor)
+    } else {
+        format!("paused by {}: {}", pause.actor, pause.reason)
+    }
+}
+
 /// The decisions for every group whose active site is lost or unhealthy.
 pub fn decide(
     state: &ClusterState,
@@ -210,6 +221,10 @@ pub fn decide(
             group: group.name.clone(),
             reason: format!("{}; {why}", trigger.held(active)),
         };
+        if let Some(pause) = &group.pause {
+            decisions.push(hold(paused_by(pause)));
+            continue;
+        }
         if !config.auto_failover {
             decisions.push(hold("automatic failover is off".into()));
             continue;
@@ -473,5 +488,55 @@ mod tests {
             ]),
         };
         assert!(decide(&state, &groups, &timing, &healthy, now, 0).is_empty());
+    }
+
+    /// A paused group is held whatever happens to its active site, and the hold names who
+    /// paused it and why; once resumed, the same observations fail it over.
+    #[test]
+    fn paused_group_is_held_until_resumed() {
+        let (mut state, groups, timing, t0) = setup();
+        state
+            .apply(&Command::Pause {
+                group: "g".into(),
+                actor: "alice@ops".into(),
+                reason: "switch upgrade".into(),
+                at_unix_ms: 5,
+            })
+            .expect("pause");
+        let now = t0 + Duration::from_millis(timing.failure_timeout_ms);
+        let lost = Observations {
+            since: t0,
+            sites: BTreeMap::from([("b".into(), heard(now, true))]),
+        };
+        let sick = Observations {
+            since: t0,
+            sites: BTreeMap::from([
+                ("a".into(), unhealthy(now, "worker 0 is crash-looping")),
+                ("b".into(), heard(now, true)),
+            ]),
+        };
+        assert_eq!(
+            decide(&state, &groups, &timing, &lost, now, 0),
+            vec![Decision::Hold {
+                group: "g".into(),
+                reason: "a is lost; paused by alice@ops: switch upgrade".into(),
+            }]
+        );
+        assert!(matches!(
+            &decide(&state, &groups, &timing, &sick, now, 0)[0],
+            Decision::Hold { reason, .. } if reason.ends_with("paused by alice@ops: switch upgrade")
+        ));
+        state
+            .apply(&Command::Resume {
+                group: "g".into(),
+                actor: "bob@ops".into(),
+                reason: String::new(),
+                at_unix_ms: 6,
+            })
+            .expect("resume");
+        assert!(matches!(
+            &decide(&state, &groups, &timing, &lost, now, 0)[0],
+            Decision::Failover { candidates, .. } if candidates == &vec![SiteId::from("b")]
+        ));
     }
 }

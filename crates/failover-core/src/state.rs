@@ -50,6 +50,42 @@ pub struct GroupState {
     /// it is released or expires, because the process holding it may still believe in it.
     #[serde(default)]
     pub holders: BTreeMap<String, LeaseId>,
+    /// Set while automatic failover of the group is paused: the policy holds it back and
+    /// `apply` refuses a `Failover` promotion; operators still promote and demote.
+    #[serde(default)]
+    pub pause: Option<Pause>,
+    /// Every pause and resume, oldest first (kept apart from `history`, which is the chain
+    /// of changes of active site).
+    #[serde(default)]
+    pub pause_history: Vec<PauseEvent>,
+}
+
+/// Who paused a group's automatic failover, why and since when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pause {
+    /// Who asked (`user@host`).
+    pub actor: String,
+    /// Free-text reason.
+    pub reason: String,
+    /// When the pause was committed (wall clock of the proposing leader).
+    pub since_unix_ms: u64,
+}
+
+/// One pause or resume, as recorded in the group's pause history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PauseEvent {
+    /// `true` for a pause, `false` for a resume.
+    pub paused: bool,
+    /// Who asked.
+    pub actor: String,
+    /// Free-text reason.
+    pub reason: String,
+    /// When (wall clock of the proposing leader).
+    pub at_unix_ms: u64,
+    /// The group's epoch at the time.
+    pub epoch: Epoch,
+    /// The group's active site at the time.
+    pub active_site: Option<SiteId>,
 }
 
 /// The small, fixed-size part of a group: what status and promote answers carry.
@@ -240,6 +276,22 @@ impl ClusterState {
                     .count();
                 Ok(Outcome::Expired(dropped))
             }
+            Command::Pause {
+                group,
+                actor,
+                reason,
+                at_unix_ms,
+            } => self
+                .group_mut(group)?
+                .set_pause(true, actor, reason, *at_unix_ms),
+            Command::Resume {
+                group,
+                actor,
+                reason,
+                at_unix_ms,
+            } => self
+                .group_mut(group)?
+                .set_pause(false, actor, reason, *at_unix_ms),
         };
         if result.is_ok() {
             if let Some(group) = self.groups.get(command.group()) {
@@ -291,6 +343,8 @@ impl ClusterState {
             phase: Phase::Active,
             leases: BTreeMap::new(),
             holders: BTreeMap::new(),
+            pause: None,
+            pause_history: Vec::new(),
             next_token: FencingToken(1),
             history: vec![HistoryEntry {
                 epoch,
@@ -422,6 +476,9 @@ impl GroupState {
             Some(to) => crate::promotion::check_start(self, to)?,
             None => crate::promotion::check_demote(self)?,
         }
+        if pending.kind == ChangeKind::Failover {
+            self.check_not_paused()?;
+        }
         let at_unix_ms = pending.started_at_unix_ms;
         let from_maintenance = matches!(self.phase, Phase::NoActive);
         self.phase = Phase::Demoting(pending);
@@ -466,6 +523,52 @@ impl GroupState {
         self.holders.clear();
         assert!(self.epoch > previous_epoch, "epoch must strictly increase");
         Ok(Outcome::Group(self.summary()))
+    }
+
+    /// Refuses an automatic change of a paused group.
+    pub fn check_not_paused(&self) -> Result<(), Rejection> {
+        match &self.pause {
+            None => Ok(()),
+            Some(pause) => Err(Rejection::Paused {
+                group: self.name.clone(),
+                actor: pause.actor.clone(),
+                reason: pause.reason.clone(),
+            }),
+        }
+    }
+
+    /// Pauses (`paused`) or resumes automatic failover, and records it.
+    fn set_pause(
+        &mut self,
+        paused: bool,
+        actor: &str,
+        reason: &str,
+        at_unix_ms: u64,
+    ) -> CommandResult {
+        match (&self.pause, paused) {
+            (Some(current), true) => {
+                return Err(Rejection::AlreadyPaused {
+                    group: self.name.clone(),
+                    actor: current.actor.clone(),
+                })
+            }
+            (None, false) => return Err(Rejection::NotPaused(self.name.clone())),
+            _ => {}
+        }
+        self.pause = paused.then(|| Pause {
+            actor: actor.to_owned(),
+            reason: reason.to_owned(),
+            since_unix_ms: at_unix_ms,
+        });
+        self.pause_history.push(PauseEvent {
+            paused,
+            actor: actor.to_owned(),
+            reason: reason.to_owned(),
+            at_unix_ms,
+            epoch: self.epoch,
+            active_site: self.active_site.clone(),
+        });
+        Ok(Outcome::PauseChanged(self.pause.clone()))
     }
 
     /// Removes a lease (and its holder's entry); `None` if it does not exist.
@@ -566,6 +669,49 @@ impl GroupState {
                     self.name
                 );
             }
+        }
+        // The pause is exactly what the last pause event says.
+        let last_pause = self.pause_history.last();
+        assert_eq!(
+            self.pause.is_some(),
+            last_pause.is_some_and(|e| e.paused),
+            "{}: paused exactly after a pause event",
+            self.name
+        );
+        if let (Some(pause), Some(event)) = (&self.pause, last_pause) {
+            assert!(
+                pause.actor == event.actor
+                    && pause.reason == event.reason
+                    && pause.since_unix_ms == event.at_unix_ms,
+                "{}: the pause is the last pause event",
+                self.name
+            );
+        }
+        if let Some(first) = self.pause_history.first() {
+            assert!(
+                first.paused,
+                "{}: the first pause event is a pause",
+                self.name
+            );
+        }
+        if let Some(last) = last_pause {
+            assert!(
+                last.epoch <= self.epoch,
+                "{}: a pause event from a later epoch",
+                self.name
+            );
+        }
+        for pair in self.pause_history.windows(2) {
+            assert!(
+                pair[0].paused != pair[1].paused,
+                "{}: pauses and resumes alternate",
+                self.name
+            );
+            assert!(
+                pair[0].epoch <= pair[1].epoch,
+                "{}: pause events follow the epochs",
+                self.name
+            );
         }
         for pair in self.history.windows(2) {
             assert!(

@@ -30,11 +30,15 @@ fn command() -> impl Strategy<Value = Command> {
                 at_unix_ms: 1,
             }
         }),
-        (group(), site(), any::<u64>()).prop_map(|(group, to, at_unix_ms)| {
+        (group(), site(), any::<u64>(), any::<bool>()).prop_map(|(group, to, at_unix_ms, auto)| {
             Command::BeginPromotion {
                 group,
                 to,
-                kind: ChangeKind::Promote,
+                kind: if auto {
+                    ChangeKind::Failover
+                } else {
+                    ChangeKind::Promote
+                },
                 actor: "prop".into(),
                 reason: "test".into(),
                 at_unix_ms,
@@ -69,6 +73,18 @@ fn command() -> impl Strategy<Value = Command> {
                 leases: ids.into_iter().map(LeaseId).collect(),
             }
         }),
+        (group(), 0u8..2, any::<u64>()).prop_map(|(group, who, at_unix_ms)| Command::Pause {
+            group,
+            actor: format!("op{who}@host"),
+            reason: "maintenance".into(),
+            at_unix_ms,
+        }),
+        (group(), any::<u64>()).prop_map(|(group, at_unix_ms)| Command::Resume {
+            group,
+            actor: "op@host".into(),
+            reason: String::new(),
+            at_unix_ms,
+        }),
     ]
 }
 
@@ -84,7 +100,22 @@ proptest! {
         let mut last_token = std::collections::BTreeMap::new();
         for command in &commands {
             let before = state.clone();
-            match state.apply(command) {
+            let was_paused = before.groups.get(command.group()).is_some_and(|g| g.pause.is_some());
+            let result = state.apply(command);
+            // A paused group is never moved by an automatic failover; pausing and resuming
+            // never touch the active site, the epoch or the leases.
+            if was_paused {
+                if let Command::BeginPromotion { kind: ChangeKind::Failover, .. } = command {
+                    prop_assert!(result.is_err(), "a failover of a paused group began");
+                }
+            }
+            if let (Command::Pause { .. } | Command::Resume { .. }, Ok(_)) = (command, &result) {
+                let (a, b) = (&before.groups[command.group()], &state.groups[command.group()]);
+                prop_assert_eq!((&a.active_site, a.epoch, &a.phase, &a.leases), (&b.active_site, b.epoch, &b.phase, &b.leases));
+                prop_assert_eq!(b.pause.is_some(), matches!(command, Command::Pause { .. }));
+                prop_assert_eq!(b.pause_history.len(), a.pause_history.len() + 1);
+            }
+            match result {
                 Err(_) => prop_assert_eq!(&state, &before),
                 Ok(outcome) => {
                     if let Outcome::Granted(lease) = &outcome {
@@ -334,4 +365,68 @@ fn demote_to_maintenance_and_promote_back() {
     );
     let kinds: Vec<&str> = g.history.iter().map(|h| h.kind.as_str()).collect();
     assert_eq!(kinds, ["created", "demote", "promote"]);
+}
+
+/// Pause refuses automatic failovers and nothing else: an operator promote still moves the
+/// group, both the pause and the resume are recorded with actor and reason, and pausing
+/// twice or resuming an unpaused group is refused without a change.
+#[test]
+fn pause_holds_back_failover_but_not_operators() {
+    let mut state = created();
+    let g: GroupName = "default".into();
+    let pause = Command::Pause {
+        group: g.clone(),
+        actor: "alice@ops".into(),
+        reason: "network work".into(),
+        at_unix_ms: 50,
+    };
+    state.apply(&pause).expect("pause");
+    let before = state.clone();
+    assert!(matches!(
+        state.apply(&pause),
+        Err(Rejection::AlreadyPaused { .. })
+    ));
+    let failover = Command::BeginPromotion {
+        group: g.clone(),
+        to: "site-b".into(),
+        kind: ChangeKind::Failover,
+        actor: "controller-1".into(),
+        reason: "site-a silent".into(),
+        at_unix_ms: 60,
+    };
+    let refused = state.apply(&failover).expect_err("paused");
+    assert_eq!(
+        refused.to_string(),
+        "automatic failover of group `default` is paused by alice@ops: network work"
+    );
+    assert_eq!(state, before);
+    state
+        .apply(&begin("site-b"))
+        .expect("operator promote while paused");
+    assert_eq!(
+        state.groups[&g].pending().map(|p| p.kind),
+        Some(ChangeKind::Promote)
+    );
+    let resume = Command::Resume {
+        group: g.clone(),
+        actor: "bob@ops".into(),
+        reason: "done".into(),
+        at_unix_ms: 70,
+    };
+    state.apply(&resume).expect("resume");
+    assert!(matches!(state.apply(&resume), Err(Rejection::NotPaused(_))));
+    let group = &state.groups[&g];
+    assert!(group.pause.is_none());
+    let log: Vec<(bool, &str, &str, u64)> = group
+        .pause_history
+        .iter()
+        .map(|e| (e.paused, e.actor.as_str(), e.reason.as_str(), e.at_unix_ms))
+        .collect();
+    assert_eq!(
+        log,
+        vec![
+            (true, "alice@ops", "network work", 50),
+            (false, "bob@ops", "done", 70)
+        ]
+    );
 }
