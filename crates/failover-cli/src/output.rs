@@ -154,6 +154,14 @@ pub struct GroupJson {
     pub phase: String,
     /// While demoting: the site being promoted.
     pub promoting_to: Option<String>,
+    /// Whether automatic failover of the group is paused.
+    pub paused: bool,
+    /// Who paused it, while paused.
+    pub paused_by: Option<String>,
+    /// Why, while paused.
+    pub paused_reason: Option<String>,
+    /// Since when (unix ms), while paused.
+    pub paused_since_unix_ms: Option<u64>,
 }
 
 impl From<&GroupStatus> for GroupJson {
@@ -164,6 +172,10 @@ impl From<&GroupStatus> for GroupJson {
             epoch: g.epoch,
             phase: g.phase.clone(),
             promoting_to: (!g.promoting_to.is_empty()).then(|| g.promoting_to.clone()),
+            paused: g.paused,
+            paused_by: g.paused.then(|| g.paused_by.clone()),
+            paused_reason: g.paused.then(|| g.paused_reason.clone()),
+            paused_since_unix_ms: g.paused.then_some(g.paused_since),
         }
     }
 }
@@ -405,6 +417,7 @@ pub fn status_table(s: &StatusResponse) -> String {
         &["GROUP", "ACTIVE", "EPOCH", "PHASE", "HELD BACK"],
         &groups,
     ));
+    out.push_str(&pause_lines(&s.groups));
     let lost: Vec<&str> = s
         .sites
         .iter()
@@ -506,6 +519,33 @@ pub fn history_table(h: &HistoryResponse) -> String {
             "REASON",
         ],
         &rows,
+    )
+}
+
+/// One line per paused group: who paused its automatic failover, since when, and why.
+pub fn pause_lines(groups: &[GroupStatus]) -> String {
+    groups
+        .iter()
+        .filter(|g| g.paused)
+        .map(|g| format!("{}\n", pause_line(g)))
+        .collect()
+}
+
+/// `group G: automatic failover paused by X since T: reason` (or `... is on`).
+pub fn pause_line(g: &GroupStatus) -> String {
+    if !g.paused {
+        return format!("group {}: automatic failover is on", g.name);
+    }
+    let reason = if g.paused_reason.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", g.paused_reason)
+    };
+    format!(
+        "group {}: automatic failover paused by {} since {}{reason}",
+        g.name,
+        g.paused_by,
+        format_unix_ms(g.paused_since)
     )
 }
 

@@ -530,3 +530,86 @@ async fn unhealthy_active_site_without_a_ready_standby_is_held() {
         "site-a"
     );
 }
+
+/// A paused group is not failed over when its active site is lost (watched for longer
+/// than L1, checking the state at every poll), the hold says who paused it and why, and
+/// once resumed the failover happens within L1. Pause and resume are in the history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_group_is_not_failed_over_until_resumed() {
+    use failover_proto::admin::{PauseRequest, ResumeRequest};
+    let mut s = setup(Cluster::new()).await;
+    s.cluster.elect_until(|leader| leader > 2).await;
+    let mut client = s.cluster.client();
+    let paused = client
+        .pause(PauseRequest {
+            group: "default".into(),
+            reason: "network maintenance".into(),
+            actor: "tester@ci".into(),
+        })
+        .await
+        .expect("pause");
+    let g = &paused.groups[0];
+    assert!(g.paused && g.paused_by == "tester@ci" && g.paused_reason == "network maintenance");
+    assert!(g.paused_since > 0);
+
+    let lost_at = Instant::now();
+    drop(s.a.take());
+    s.cluster.kill9(1);
+    s.cluster.kill9(2);
+    let mut held_seen = false;
+    while lost_at.elapsed() < L1 + SLACK + Duration::from_secs(2) {
+        assert!(
+            workers::live(&s.dir, "site-b").is_empty(),
+            "site-b started although the group is paused"
+        );
+        if let Ok(st) = client.status().await {
+            let g = st
+                .groups
+                .iter()
+                .find(|g| g.name == "default")
+                .expect("group");
+            assert_eq!(
+                (g.active_site.as_str(), g.phase.as_str()),
+                ("site-a", "active"),
+                "a paused group moved"
+            );
+            assert!(g.paused, "the pause was lost");
+            held_seen |= g.held == "site-a is lost; paused by tester@ci: network maintenance";
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        held_seen,
+        "status never said why the failover was held back"
+    );
+
+    let resumed_at = Instant::now();
+    let resumed = client
+        .resume(ResumeRequest {
+            group: String::new(),
+            reason: "done".into(),
+            actor: "tester@ci".into(),
+        })
+        .await
+        .expect("resume");
+    assert!(resumed.groups.iter().all(|g| !g.paused));
+    let took = wait_site_b_runs(&s.dir, resumed_at).await;
+    assert!(
+        took <= L1 + SLACK,
+        "site-b ran {took:?} after the resume (L1 {L1:?})"
+    );
+    eprintln!("resume of a paused group with a lost site → site-b running: {took:?}");
+    let history = client.history("default").await.expect("history").entries;
+    let kinds: Vec<(&str, &str)> = history
+        .iter()
+        .map(|e| (e.kind.as_str(), e.actor.as_str()))
+        .collect();
+    let pause_at = kinds.iter().position(|k| *k == ("pause", "tester@ci"));
+    let resume_at = kinds.iter().position(|k| *k == ("resume", "tester@ci"));
+    assert!(
+        pause_at < resume_at && pause_at.is_some(),
+        "pause and resume in order in the history: {kinds:?}"
+    );
+    assert_eq!(kinds.last().map(|k| k.0), Some("failover"), "{kinds:?}");
+    drop(s.b);
+}

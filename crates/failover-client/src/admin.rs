@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use failover_proto::admin::admin_service_client::AdminServiceClient;
 use failover_proto::admin::{
-    DemoteRequest, HistoryRequest, HistoryResponse, LeasesRequest, LeasesResponse, PromoteRequest,
-    PromoteResponse, ReloadRequest, ReloadResponse, StatusRequest, StatusResponse,
+    DemoteRequest, HistoryRequest, HistoryResponse, LeasesRequest, LeasesResponse, PauseRequest,
+    PauseResponse, PromoteRequest, PromoteResponse, ReloadRequest, ReloadResponse, ResumeRequest,
+    StatusRequest, StatusResponse,
 };
 use std::sync::Arc;
 use tokio::time::Instant;
@@ -208,6 +209,24 @@ impl AdminClient {
                 group: group.clone(),
             };
             async move { c.history(request).await }
+        })
+        .await
+    }
+
+    /// Pauses automatic failover of a group (`group` empty: of every group).
+    pub async fn pause(&mut self, request: PauseRequest) -> Result<PauseResponse, ClientError> {
+        self.call(|mut c| {
+            let request = request.clone();
+            async move { c.pause(request).await }
+        })
+        .await
+    }
+
+    /// Ends a pause of a group (`group` empty: of every group).
+    pub async fn resume(&mut self, request: ResumeRequest) -> Result<PauseResponse, ClientError> {
+        self.call(|mut c| {
+            let request = request.clone();
+            async move { c.resume(request).await }
         })
         .await
     }

@@ -8,6 +8,7 @@ mod exec_check;
 pub mod guard;
 mod history;
 mod leases;
+mod pause;
 mod promote;
 mod reload;
 mod status;
@@ -63,6 +64,10 @@ pub enum Command {
     Promote(promote::PromoteArgs),
     /// Make no site active for a group (maintenance).
     Demote(demote::DemoteArgs),
+    /// Pause automatic failover of a group, or of every group (maintenance).
+    Pause(pause::PauseArgs),
+    /// Resume automatic failover of a group, or of every group.
+    Resume(pause::ResumeArgs),
     /// Show every change of active site, oldest first.
     History(history::HistoryArgs),
     /// Show the live leases: site, holder, epoch, fencing token, time left.
@@ -130,6 +135,8 @@ impl Cli {
             Command::Status(args) => status::run(args).await,
             Command::Promote(args) => promote::run(args).await,
             Command::Demote(args) => demote::run(args).await,
+            Command::Pause(args) => pause::pause(args).await,
+            Command::Resume(args) => pause::resume(args).await,
             Command::History(args) => history::run(args).await,
             Command::Leases(args) => leases::run(args).await,
             Command::Exec(args) => exec::run(args).await,

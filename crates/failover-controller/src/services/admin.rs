@@ -13,8 +13,9 @@ use failover_proto::admin::admin_service_client::AdminServiceClient;
 use failover_proto::admin::admin_service_server::AdminService;
 use failover_proto::admin::{
     ControllerStatus, DemoteRequest, ExecutorStatus, GroupStatus, HistoryEntry, HistoryRequest,
-    HistoryResponse, LeaseStatus, LeasesRequest, LeasesResponse, PromoteRequest, PromoteResponse,
-    ReloadRequest, ReloadResponse, SiteStatus, StatusRequest, StatusResponse,
+    HistoryResponse, LeaseStatus, LeasesRequest, LeasesResponse, PauseRequest, PauseResponse,
+    PromoteRequest, PromoteResponse, ReloadRequest, ReloadResponse, ResumeRequest, SiteStatus,
+    StatusRequest, StatusResponse,
 };
 use openraft::{Instant as _, ReadPolicy};
 use tonic::{Request, Response, Status};
@@ -81,6 +82,33 @@ pub fn group_status(group: &GroupState) -> GroupStatus {
         promoting_to: wire_site(group.pending().and_then(|p| p.to.as_ref())),
         sites: group.sites.iter().map(ToString::to_string).collect(),
         held: String::new(),
+        paused: group.pause.is_some(),
+        paused_by: group
+            .pause
+            .as_ref()
+            .map(|p| p.actor.clone())
+            .unwrap_or_default(),
+        paused_reason: group
+            .pause
+            .as_ref()
+            .map(|p| p.reason.clone())
+            .unwrap_or_default(),
+        paused_since: group.pause.as_ref().map_or(0, |p| p.since_unix_ms),
+    }
+}
+
+/// A pause or resume as a history entry (kind `pause` or `resume`; no change of site).
+fn pause_entry(group: &GroupState, event: &failover_core::PauseEvent) -> HistoryEntry {
+    HistoryEntry {
+        group: group.name.to_string(),
+        epoch: event.epoch.0,
+        from: wire_site(event.active_site.as_ref()),
+        to: wire_site(event.active_site.as_ref()),
+        kind: if event.paused { "pause" } else { "resume" }.to_owned(),
+        actor: event.actor.clone(),
+        reason: event.reason.clone(),
+        requested_at_unix_ms: event.at_unix_ms,
+        completed_at_unix_ms: event.at_unix_ms,
     }
 }
 
@@ -99,6 +127,9 @@ pub fn rejection_status(rejection: &Rejection) -> Status {
             Status::already_exists(message)
         }
         Rejection::PromotionInProgress { .. }
+        | Rejection::Paused { .. }
+        | Rejection::AlreadyPaused { .. }
+        | Rejection::NotPaused(_)
         | Rejection::NoActiveSite(_)
         | Rejection::NoPendingPromotion { .. }
         | Rejection::Standby { .. } => Status::failed_precondition(message),
@@ -405,6 +436,71 @@ impl AdminServer {
     }
 }
 
+impl AdminServer {
+    /// Pauses (`paused`) or resumes automatic failover of `group` (empty: every group),
+    /// one replicated command per group; groups already in that state are left alone and
+    /// listed as unchanged.
+    async fn set_pause(
+        &self,
+        group: String,
+        paused: bool,
+        actor: String,
+        reason: String,
+    ) -> Result<PauseResponse, Status> {
+        let names: Vec<GroupName> = {
+            let state = self.ctx.view.read();
+            if group.is_empty() {
+                state.groups.keys().cloned().collect()
+            } else {
+                let name = GroupName(group);
+                state.group(&name).map_err(|r| rejection_status(&r))?;
+                vec![name]
+            }
+        };
+        let mut unchanged = Vec::new();
+        for name in &names {
+            let at_unix_ms = self.ctx.clock.unix_ms();
+            let command = if paused {
+                Command::Pause {
+                    group: name.clone(),
+                    actor: actor.clone(),
+                    reason: reason.clone(),
+                    at_unix_ms,
+                }
+            } else {
+                Command::Resume {
+                    group: name.clone(),
+                    actor: actor.clone(),
+                    reason: reason.clone(),
+                    at_unix_ms,
+                }
+            };
+            match propose(&self.ctx, command).await {
+                Ok(_) => {
+                    tracing::info!(group = %name, %actor, %reason, paused, "automatic failover {}",
+                        if paused { "paused" } else { "resumed" });
+                }
+                Err(ProposeError::Rejected(
+                    Rejection::AlreadyPaused { .. } | Rejection::NotPaused(_),
+                )) => unchanged.push(name.to_string()),
+                Err(e) => return Err(e.into_status()),
+            }
+        }
+        // A resume may let a held-back failover go at once.
+        self.ctx.reconcile.notify_one();
+        let state = self.ctx.view.read();
+        let groups = names
+            .iter()
+            .filter_map(|n| state.groups.get(n))
+            .map(|g| GroupStatus {
+                held: self.ctx.held(&g.name).unwrap_or_default(),
+                ..group_status(g)
+            })
+            .collect();
+        Ok(PauseResponse { groups, unchanged })
+    }
+}
+
 /// Who asks for a change, why, and whether to wait for it.
 struct ChangeRequest {
     kind: ChangeKind,
@@ -474,6 +570,34 @@ impl AdminService for AdminServer {
         ))
     }
 
+    async fn pause(
+        &self,
+        request: Request<PauseRequest>,
+    ) -> Result<Response<PauseResponse>, Status> {
+        if let Some(mut leader) = self.forward_target(&request)? {
+            return leader.pause(forwarded(request.into_inner())).await;
+        }
+        let req = request.into_inner();
+        let answer = self
+            .set_pause(req.group, true, req.actor, req.reason)
+            .await?;
+        Ok(Response::new(answer))
+    }
+
+    async fn resume(
+        &self,
+        request: Request<ResumeRequest>,
+    ) -> Result<Response<PauseResponse>, Status> {
+        if let Some(mut leader) = self.forward_target(&request)? {
+            return leader.resume(forwarded(request.into_inner())).await;
+        }
+        let req = request.into_inner();
+        let answer = self
+            .set_pause(req.group, false, req.actor, req.reason)
+            .await?;
+        Ok(Response::new(answer))
+    }
+
     async fn history(
         &self,
         request: Request<HistoryRequest>,
@@ -508,6 +632,13 @@ impl AdminService for AdminServer {
                     completed_at_unix_ms: h.completed_at_unix_ms,
                 })
             })
+            .chain(
+                state
+                    .groups
+                    .values()
+                    .filter(|g| filter.is_empty() || g.name.as_str() == filter)
+                    .flat_map(|g| g.pause_history.iter().map(move |p| pause_entry(g, p))),
+            )
             .collect();
         entries.sort_by_key(|e| (e.completed_at_unix_ms, e.group.clone(), e.epoch));
         Ok(Response::new(HistoryResponse { entries }))
