@@ -27,14 +27,15 @@ fn failover(args: &[&str]) -> std::process::Output {
 }
 
 /// `failover dev` starts every controller, reports readiness, answers `status --output json`
-/// with the documented keys, and stops every controller on SIGINT.
+/// with the documented keys, passes `--log-format json` on to every controller (each line
+/// of their log files is a JSON object), and stops every controller on SIGINT.
 #[test]
 fn dev_starts_the_topology_and_stops_it_on_sigint() {
     let cluster = Cluster::new(); // only for its topology file and temp dir
     let data_dir = cluster.data_dir().join("dev");
     let mut dev = Running(
         Command::new(failover_bin())
-            .args(["dev", "--config"])
+            .args(["--log-format", "json", "dev", "--config"])
             .arg(&cluster.config)
             .arg("--data-dir")
             .arg(&data_dir)
@@ -103,6 +104,16 @@ fn dev_starts_the_topology_and_stops_it_on_sigint() {
     assert_eq!(group["active_site"], "site-a");
     assert_eq!(group["epoch"], 1);
     assert_eq!(group["phase"], "active");
+
+    for node in &cluster.nodes {
+        let path = data_dir.join(format!("controller-{}.log", node.id));
+        let log = std::fs::read_to_string(&path).expect("controller log");
+        assert!(!log.is_empty(), "{} is empty", path.display());
+        for line in log.lines() {
+            let parsed: Result<serde_json::Value, _> = serde_json::from_str(line);
+            assert!(parsed.is_ok(), "not JSON in {}: {line}", path.display());
+        }
+    }
 
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(dev.0.id() as i32, libc::SIGINT) };

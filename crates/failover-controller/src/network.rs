@@ -2,9 +2,15 @@
 //!
 //! Connections are made by a [`Dialer`] the caller supplies, so a simulated network can
 //! replace TCP without touching this code.
+//!
+//! Failed calls to a peer are not logged one by one (openraft retries them many times a
+//! second): [`Reachability`] turns them into one line when the peer goes down, one summary
+//! every [`SUMMARY_EVERY`] while it stays down, and one line when it answers again.
 
+use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use failover_client::Dialer;
 use failover_core::NodeId;
@@ -21,16 +27,150 @@ use tonic::transport::Channel;
 
 use crate::types::{Snapshot, SnapshotMeta, TypeConfig, Vote};
 
+/// How often a peer that stays unreachable is mentioned again in the log.
+pub const SUMMARY_EVERY: Duration = Duration::from_secs(30);
+
+/// The log rule for peers that stop answering: one line when a peer goes down, a summary
+/// every `summary_every` while it stays down, one line when it answers again. Pure: time
+/// is an argument, and it only says what to log.
+#[derive(Debug)]
+pub struct Reachability {
+    summary_every: Duration,
+    down: BTreeMap<NodeId, Outage>,
+}
+
+/// A peer's current outage, as far as this controller's calls saw it.
+#[derive(Debug, Clone)]
+struct Outage {
+    since: Instant,
+    failures: u64,
+    last_said: Instant,
+    failures_said: u64,
+}
+
+/// A line the caller should log about a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerNote {
+    /// The first failed call after the peer answered (or since start).
+    Down {
+        /// The peer.
+        peer: NodeId,
+    },
+    /// The peer is still down: how long, and how many calls failed since the last note.
+    StillDown {
+        /// The peer.
+        peer: NodeId,
+        /// Since the first failure.
+        down_for: Duration,
+        /// Failed calls since the previous note about this outage.
+        failures: u64,
+    },
+    /// The peer answered again after an outage.
+    Up {
+        /// The peer.
+        peer: NodeId,
+        /// How long it was down.
+        down_for: Duration,
+        /// Failed calls during the outage.
+        failures: u64,
+    },
+}
+
+impl Reachability {
+    /// A rule that repeats a summary every `summary_every` while a peer stays down.
+    pub fn new(summary_every: Duration) -> Self {
+        Reachability {
+            summary_every,
+            down: BTreeMap::new(),
+        }
+    }
+
+    /// A call to `peer` failed at `now`; what to log, if anything.
+    pub fn failed(&mut self, peer: NodeId, now: Instant) -> Option<PeerNote> {
+        let Some(outage) = self.down.get_mut(&peer) else {
+            self.down.insert(
+                peer,
+                Outage {
+                    since: now,
+                    failures: 1,
+                    last_said: now,
+                    failures_said: 1,
+                },
+            );
+            return Some(PeerNote::Down { peer });
+        };
+        outage.failures += 1;
+        if now.saturating_duration_since(outage.last_said) < self.summary_every {
+            return None;
+        }
+        let failures = outage.failures - outage.failures_said;
+        outage.last_said = now;
+        outage.failures_said = outage.failures;
+        Some(PeerNote::StillDown {
+            peer,
+            down_for: now.saturating_duration_since(outage.since),
+            failures,
+        })
+    }
+
+    /// A call to `peer` succeeded at `now`; what to log, if anything.
+    pub fn answered(&mut self, peer: NodeId, now: Instant) -> Option<PeerNote> {
+        let outage = self.down.remove(&peer)?;
+        Some(PeerNote::Up {
+            peer,
+            down_for: now.saturating_duration_since(outage.since),
+            failures: outage.failures,
+        })
+    }
+}
+
+/// Logs a note about `addr` (the peer's address), with the last error for context.
+fn log_note(note: PeerNote, addr: &str, error: Option<&str>) {
+    let error = error.unwrap_or("");
+    match note {
+        PeerNote::Down { peer } => {
+            tracing::warn!(peer, %addr, %error, "controller {peer} unreachable; further failures are summarized every {}s", SUMMARY_EVERY.as_secs())
+        }
+        PeerNote::StillDown {
+            peer,
+            down_for,
+            failures,
+        } => tracing::warn!(
+            peer,
+            %addr,
+            %error,
+            down_for_ms = down_for.as_millis() as u64,
+            failures,
+            "controller {peer} still unreachable"
+        ),
+        PeerNote::Up {
+            peer,
+            down_for,
+            failures,
+        } => tracing::info!(
+            peer,
+            %addr,
+            down_for_ms = down_for.as_millis() as u64,
+            failures,
+            "controller {peer} reachable again"
+        ),
+    }
+}
+
 /// Creates one [`PeerConnection`] per target; openraft calls it per replication stream.
 #[derive(Clone)]
 pub struct RaftNetwork {
     dialer: Arc<dyn Dialer>,
+    reachability: Arc<Mutex<Reachability>>,
 }
 
 impl RaftNetwork {
     /// A network that dials through `dialer`.
     pub fn new(dialer: Arc<dyn Dialer>) -> Self {
-        RaftNetwork { dialer }
+        RaftNetwork {
+            dialer,
+            reachability: Arc::new(Mutex::new(Reachability::new(SUMMARY_EVERY))),
+        }
     }
 }
 
@@ -40,6 +180,7 @@ impl RaftNetworkFactory<TypeConfig> for RaftNetwork {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
         PeerConnection {
             target,
+            reachability: self.reachability.clone(),
             addr: node.addr.clone(),
             client: self
                 .dialer
@@ -53,6 +194,7 @@ impl RaftNetworkFactory<TypeConfig> for RaftNetwork {
 /// The Raft RPC client to one peer.
 pub struct PeerConnection {
     target: NodeId,
+    reachability: Arc<Mutex<Reachability>>,
     addr: String,
     client: Result<RaftServiceClient<Channel>, String>,
 }
@@ -60,6 +202,24 @@ pub struct PeerConnection {
 type RpcErr = RPCError<TypeConfig>;
 
 impl PeerConnection {
+    /// Feeds the outcome of one call to the log rule; passes the result through.
+    fn note<T, E: std::fmt::Display>(&self, result: Result<T, E>) -> Result<T, E> {
+        let now = Instant::now();
+        let (note, error) = {
+            let Ok(mut rule) = self.reachability.lock() else {
+                return result;
+            };
+            match &result {
+                Ok(_) => (rule.answered(self.target, now), None),
+                Err(e) => (rule.failed(self.target, now), Some(e.to_string())),
+            }
+        };
+        if let Some(note) = note {
+            log_note(note, &self.addr, error.as_deref());
+        }
+        result
+    }
+
     fn client(&self) -> Result<RaftServiceClient<Channel>, RpcErr> {
         self.client.clone().map_err(|reason| {
             RPCError::Unreachable(Unreachable::from_string(format!(
@@ -118,11 +278,14 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RpcErr> {
         let request = self.request(&rpc, Vec::new(), &option)?;
-        let reply = self
-            .client()?
-            .append_entries(request)
-            .await
-            .map_err(|s| self.status_error(s))?;
+        let reply = match self.client() {
+            Ok(mut client) => client
+                .append_entries(request)
+                .await
+                .map_err(|s| self.status_error(s)),
+            Err(e) => Err(e),
+        };
+        let reply = self.note(reply)?;
         self.decode(reply.into_inner())
     }
 
@@ -132,11 +295,11 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RpcErr> {
         let request = self.request(&rpc, Vec::new(), &option)?;
-        let reply = self
-            .client()?
-            .vote(request)
-            .await
-            .map_err(|s| self.status_error(s))?;
+        let reply = match self.client() {
+            Ok(mut client) => client.vote(request).await.map_err(|s| self.status_error(s)),
+            Err(e) => Err(e),
+        };
+        let reply = self.note(reply)?;
         self.decode(reply.into_inner())
     }
 
@@ -146,11 +309,14 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RpcErr> {
         let request = self.request(&rpc, Vec::new(), &option)?;
-        let reply = self
-            .client()?
-            .pre_vote(request)
-            .await
-            .map_err(|s| self.status_error(s))?;
+        let reply = match self.client() {
+            Ok(mut client) => client
+                .pre_vote(request)
+                .await
+                .map_err(|s| self.status_error(s)),
+            Err(e) => Err(e),
+        };
+        let reply = self.note(reply)?;
         self.decode(reply.into_inner())
     }
 
@@ -166,11 +332,66 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
             meta: snapshot.meta,
         };
         let request = self.request(&header, snapshot.snapshot, &option)?;
-        let reply = self
-            .client()?
-            .install_snapshot(request)
-            .await
-            .map_err(|s| self.status_error(s))?;
+        let reply = match self.client() {
+            Ok(mut client) => client
+                .install_snapshot(request)
+                .await
+                .map_err(|s| self.status_error(s)),
+            Err(e) => Err(e),
+        };
+        let reply = self.note(reply)?;
         Ok(self.decode(reply.into_inner())?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An outage of one peer gives one line when it starts, one summary per period while
+    /// it lasts (counting the failures since the previous line), and one when it ends;
+    /// another peer's outage is separate; successes of a healthy peer say nothing.
+    #[test]
+    fn outage_collapses_to_down_summaries_and_up() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut rule = Reachability::new(Duration::from_secs(30));
+        assert_eq!(rule.answered(3, at(0)), None);
+        assert_eq!(rule.failed(3, at(10)), Some(PeerNote::Down { peer: 3 }));
+        // A failed call every 10 ms for just under 30 s: nothing more.
+        let mut lines = 0;
+        for ms in (20..30_010).step_by(10) {
+            lines += usize::from(rule.failed(3, at(ms)).is_some());
+        }
+        assert_eq!(lines, 0);
+        assert_eq!(
+            rule.failed(3, at(30_010)),
+            Some(PeerNote::StillDown {
+                peer: 3,
+                down_for: Duration::from_secs(30),
+                failures: 3000,
+            })
+        );
+        assert_eq!(rule.failed(4, at(30_020)), Some(PeerNote::Down { peer: 4 }));
+        assert_eq!(rule.failed(3, at(60_009)), None);
+        assert_eq!(
+            rule.failed(3, at(60_010)),
+            Some(PeerNote::StillDown {
+                peer: 3,
+                down_for: Duration::from_secs(60),
+                failures: 2,
+            })
+        );
+        assert_eq!(
+            rule.answered(3, at(61_010)),
+            Some(PeerNote::Up {
+                peer: 3,
+                down_for: Duration::from_secs(61),
+                failures: 3003,
+            })
+        );
+        assert_eq!(rule.answered(3, at(61_020)), None);
+        // A new outage starts over.
+        assert_eq!(rule.failed(3, at(70_000)), Some(PeerNote::Down { peer: 3 }));
     }
 }

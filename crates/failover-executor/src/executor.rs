@@ -205,6 +205,8 @@ struct Executor {
     session: Option<LeaseSession>,
     lease: Option<watch::Receiver<LeaseState>>,
     lease_state: LeaseState,
+    /// The lease state as last logged ([`lease_state_line`]), so each change is logged once.
+    lease_logged: Option<String>,
     held: Option<Held>,
     slots: Vec<Slot>,
     /// Every guard not yet heard end: the lease goes back only once this is gone.
@@ -261,6 +263,7 @@ pub async fn run(
         session: None,
         lease: None,
         lease_state: LeaseState::Connecting,
+        lease_logged: None,
         held: None,
         slots,
         guards: LiveGuards::default(),
@@ -292,6 +295,30 @@ pub async fn run(
                 }
             },
         }
+    }
+}
+
+/// What the executor logs about its lease state: the state and what identifies it (the
+/// active site and epoch on standby, the token while held), not what a renewal or a
+/// standby poll changes, so a line is logged once per change rather than per keepalive.
+pub fn lease_state_line(state: &LeaseState) -> String {
+    match state {
+        LeaseState::Connecting => "connecting (no leader reached yet)".to_owned(),
+        LeaseState::Standby { active_site, epoch } => {
+            let active = if active_site.is_empty() {
+                "no site"
+            } else {
+                active_site.as_str()
+            };
+            format!("standby ({active} active at epoch {epoch})")
+        }
+        LeaseState::Acquired { token, epoch, .. } => {
+            format!("acquired (epoch {}, token {})", epoch.0, token.0)
+        }
+        LeaseState::Draining { token, epoch, .. } => {
+            format!("draining (epoch {}, token {})", epoch.0, token.0)
+        }
+        LeaseState::Lost { reason } => format!("lost ({reason})"),
     }
 }
 
@@ -372,6 +399,11 @@ impl Executor {
         let Some(rx) = &mut self.lease else { return };
         let state = rx.borrow_and_update().clone();
         self.lease_state = state.clone();
+        let line = lease_state_line(&state);
+        if self.lease_logged.as_ref() != Some(&line) {
+            tracing::info!(site = %self.opts.site, group = %self.opts.group, "lease state: {line}");
+            self.lease_logged = Some(line);
+        }
         match state {
             LeaseState::Acquired {
                 token,
@@ -931,5 +963,54 @@ impl Executor {
             session.shutdown().await;
         }
         crate::deregister::deregister(&*self.dialer, &self.opts, self.reporter.as_deref()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use failover_core::{Epoch, FencingToken, LeaseId};
+
+    fn acquired(token: u64, valid_for_ms: u64) -> LeaseState {
+        LeaseState::Acquired {
+            lease: LeaseId(7),
+            token: FencingToken(token),
+            epoch: Epoch(3),
+            valid_until: Instant::now() + Duration::from_millis(valid_for_ms),
+        }
+    }
+
+    /// A renewal (a later deadline) or a repeated standby poll gives the same line, so it
+    /// is logged once; a new token, a new epoch or another state gives a new line.
+    #[test]
+    fn lease_state_lines_change_only_with_the_state() {
+        assert_eq!(
+            lease_state_line(&acquired(5, 100)),
+            lease_state_line(&acquired(5, 3500))
+        );
+        assert_eq!(
+            lease_state_line(&acquired(5, 100)),
+            "acquired (epoch 3, token 5)"
+        );
+        assert_ne!(
+            lease_state_line(&acquired(5, 100)),
+            lease_state_line(&acquired(6, 100))
+        );
+        let standby = |site: &str, epoch| LeaseState::Standby {
+            active_site: site.into(),
+            epoch,
+        };
+        assert_eq!(
+            lease_state_line(&standby("site-a", 2)),
+            "standby (site-a active at epoch 2)"
+        );
+        assert_ne!(
+            lease_state_line(&standby("site-a", 2)),
+            lease_state_line(&standby("site-b", 3))
+        );
+        assert_eq!(
+            lease_state_line(&standby("", 4)),
+            "standby (no site active at epoch 4)"
+        );
     }
 }

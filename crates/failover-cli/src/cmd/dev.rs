@@ -1,5 +1,6 @@
 //! `failover dev`: the whole topology of a config file on this machine, one child process
-//! per controller, until Ctrl-C.
+//! per controller, until Ctrl-C. The controllers log to `<data-dir>/controller-N.log` in
+//! the format given to `dev` (`--log-format`).
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -55,14 +56,14 @@ impl Drop for Children {
     }
 }
 
-pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: DevArgs, log_format: super::LogFormat) -> anyhow::Result<()> {
     let topology = super::load_topology(&args.config)?;
     let config = std::fs::canonicalize(&args.config)
         .with_context(|| format!("cannot resolve {}", args.config.display()))?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     let started = Instant::now();
-    let mut children = spawn_controllers(&topology, &config, &args.data_dir)?;
+    let mut children = spawn_controllers(&topology, &config, &args.data_dir, log_format)?;
     let mut client = AdminClient::new(Endpoints::from_topology(&topology));
     let status = wait_until_ready(&mut client, &topology, &mut children).await?;
     println!(
@@ -90,6 +91,7 @@ fn spawn_controllers(
     topology: &Topology,
     config: &Path,
     data_dir: &Path,
+    log_format: super::LogFormat,
 ) -> anyhow::Result<Children> {
     let exe = std::env::current_exe().context("cannot find the failover executable")?;
     let mut children = Children(Vec::new());
@@ -98,7 +100,10 @@ fn spawn_controllers(
         let log = std::fs::File::create(&log_path)
             .with_context(|| format!("cannot create {}", log_path.display()))?;
         let mut command = Command::new(&exe);
+        // `--log-format` reaches every process dev starts.
         command
+            .arg("--log-format")
+            .arg(log_format.as_arg())
             .arg("controller")
             .arg("--config")
             .arg(config)

@@ -33,12 +33,22 @@ pub struct Cli {
 }
 
 /// Log output format.
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     /// Human-readable lines.
     Human,
     /// One JSON object per line.
     Json,
+}
+
+impl LogFormat {
+    /// The value of `--log-format` that selects this format (to pass it on to children).
+    pub fn as_arg(self) -> &'static str {
+        match self {
+            LogFormat::Human => "human",
+            LogFormat::Json => "json",
+        }
+    }
 }
 
 /// Output format of commands that print state.
@@ -131,7 +141,7 @@ impl Cli {
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {
             Command::Controller(args) => controller::run(args).await,
-            Command::Dev(args) => dev::run(args).await,
+            Command::Dev(args) => dev::run(args, self.log_format).await,
             Command::Status(args) => status::run(args).await,
             Command::Promote(args) => promote::run(args).await,
             Command::Demote(args) => demote::run(args).await,

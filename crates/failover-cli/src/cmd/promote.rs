@@ -86,10 +86,46 @@ pub(crate) fn print_change(
     Ok(())
 }
 
-/// `user@host` of whoever runs the command, for the history.
+/// `user@host` of whoever runs the command, for the history. The user is `$USER`, or,
+/// when it is unset or empty (systemd units, cron), the name of the process's real uid
+/// from the password database, or `uid-N` when it has none.
 pub(crate) fn actor() -> String {
-    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".to_owned());
+    let user = std::env::var("USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(user_of_uid);
     format!("{user}@{}", hostname())
+}
+
+/// The password database's name of this process's real uid, or `uid-N`.
+fn user_of_uid() -> String {
+    // SAFETY: getuid cannot fail.
+    let uid = unsafe { libc::getuid() };
+    let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buffer = vec![0 as libc::c_char; 16 * 1024];
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; the buffer outlives the use of `entry`,
+    // whose string fields point into it.
+    let rc = unsafe {
+        libc::getpwuid_r(
+            uid,
+            &mut entry,
+            buffer.as_mut_ptr(),
+            buffer.len(),
+            &mut found,
+        )
+    };
+    if rc != 0 || found.is_null() || entry.pw_name.is_null() {
+        return format!("uid-{uid}");
+    }
+    // SAFETY: getpwuid_r succeeded, so pw_name is a NUL-terminated string in `buffer`.
+    let name = unsafe { std::ffi::CStr::from_ptr(entry.pw_name) };
+    let name = name.to_string_lossy().into_owned();
+    if name.is_empty() {
+        format!("uid-{uid}")
+    } else {
+        name
+    }
 }
 
 /// This machine's host name.
