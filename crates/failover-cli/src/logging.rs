@@ -4,7 +4,8 @@
 //! - colours (ANSI codes) only when stderr is a terminal: a log file or journald gets
 //!   plain text;
 //! - openraft's own per-call warnings about a peer it cannot reach (it retries many times a
-//!   second) are dropped whatever `RUST_LOG` says: the Raft transport
+//!   second: replication, heartbeat, vote and pre-vote failures) are dropped whatever
+//!   `RUST_LOG` says: the Raft transport
 //!   (`failover_controller::network`) logs one line when a peer goes down, a summary every
 //!   30 s while it stays down, and one line when it is back.
 
@@ -66,14 +67,19 @@ impl Visit for Message {
 }
 
 /// Whether an openraft event is one of its per-call reports of a failed RPC to a peer
-/// (replication, vote, pre-vote), which the transport summarizes instead.
+/// (replication, heartbeat, vote, pre-vote), which the transport summarizes instead.
 pub fn is_openraft_peer_error(level: Level, message: &str) -> bool {
-    const PEER_ERRORS: [&str; 3] = [
-        "ReplicationCore recv RPCError",
-        "while requesting",
-        "timeout while requesting",
+    /// (how the message starts, what it contains further on)
+    const PEER_ERRORS: [(&str, &str); 4] = [
+        ("ReplicationCore recv RPCError", ""),
+        ("while requesting", ""),
+        ("timeout while requesting", ""),
+        ("HeartbeatWorker(", "failed to send a heartbeat"),
     ];
-    level == Level::WARN && PEER_ERRORS.iter().any(|p| message.starts_with(p))
+    level == Level::WARN
+        && PEER_ERRORS
+            .iter()
+            .any(|(start, within)| message.starts_with(start) && message.contains(within))
 }
 
 #[cfg(test)]
@@ -94,6 +100,14 @@ mod tests {
         assert!(is_openraft_peer_error(
             Level::WARN,
             "timeout while requesting Vote: timeout after 100ms"
+        ));
+        assert!(is_openraft_peer_error(
+            Level::WARN,
+            "HeartbeatWorker(id=4, target=1) failed to send a heartbeat: Ok(Err(Unreachable(..)))"
+        ));
+        assert!(!is_openraft_peer_error(
+            Level::WARN,
+            "HeartbeatWorker(id=4, target=1) unexpected extra heartbeat response: .."
         ));
         assert!(!is_openraft_peer_error(Level::ERROR, replication));
         assert!(!is_openraft_peer_error(

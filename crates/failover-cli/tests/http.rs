@@ -136,6 +136,10 @@ async fn every_controller_serves_active_health_and_metrics() {
     })
     .await;
 
+    let build_info = format!(
+        "failover_build_info{{version=\"{}\"}} 1\n",
+        env!("CARGO_PKG_VERSION")
+    );
     let mut leaders = 0;
     for node in &cluster.nodes {
         let addr = node.http_addr.as_str();
@@ -180,6 +184,10 @@ async fn every_controller_serves_active_health_and_metrics() {
             "failover_group_leases{group=\"default\"} 0\n",
             "failover_failovers_total{group=\"default\"} 0\n",
             "failover_keepalives_total{result=\"accepted\"} 0\n",
+            "failover_promotions_total{group=\"default\",trigger=\"manual\"} 0\n",
+            "failover_promotions_total{group=\"default\",trigger=\"automatic\"} 0\n",
+            "failover_group_paused{group=\"default\"} 0\n",
+            build_info.as_str(),
         ] {
             assert!(
                 body.contains(expected),
@@ -236,6 +244,28 @@ async fn every_controller_serves_active_health_and_metrics() {
             body.contains("failover_group_epoch{group=\"default\"} 2\n"),
             "epoch after the promotion on {}:\n{body}",
             node.id
+        );
+        assert!(
+            body.contains("failover_promotions_total{group=\"default\",trigger=\"manual\"} 1\n"),
+            "manual promotion counted on {}:\n{body}",
+            node.id
+        );
+        // The last change is the promotion, completed within the last minute.
+        let samples = parse_exposition(&body).expect("parses");
+        let last_change = samples
+            .iter()
+            .find(|(n, l, _)| {
+                n == "failover_group_last_change_timestamp_seconds" && l["group"] == "default"
+            })
+            .map(|(_, _, v)| *v)
+            .expect("last change time");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs_f64();
+        assert!(
+            (now - 60.0..=now + 1.0).contains(&last_change),
+            "last change at {last_change}, now {now}"
         );
     }
 }

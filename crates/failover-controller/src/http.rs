@@ -31,6 +31,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -242,10 +243,23 @@ struct SiteLabels {
     site: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+/// Executors by site and group: never by executor id, which carries the process id when
+/// generated, so every restart would start a new series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 struct ExecutorLabels {
     site: String,
-    executor: String,
+    group: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PromotionLabels {
+    group: String,
+    trigger: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
 }
 
 /// Builds a registry from the current Raft metrics, applied state, lease counters, the
@@ -254,6 +268,13 @@ struct ExecutorLabels {
 /// scrapes.
 fn render(ctx: &NodeContext) -> Result<String, std::fmt::Error> {
     let mut registry = Registry::default();
+    registry.register(
+        "failover_build",
+        "The version of the failover binary this controller runs",
+        Info::new(BuildLabels {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        }),
+    );
     raft_metrics(&mut registry, &ctx.metrics());
     group_metrics(&mut registry, &ctx.view.read());
     lease_metrics(&mut registry, ctx);
@@ -302,6 +323,9 @@ fn group_metrics(registry: &mut Registry, state: &ClusterState) {
     let demoting = Family::<GroupLabels, Gauge>::default();
     let leases = Family::<GroupLabels, Gauge>::default();
     let failovers = Family::<GroupLabels, Counter>::default();
+    let promotions = Family::<PromotionLabels, Counter>::default();
+    let last_change = Family::<GroupLabels, Gauge<f64, AtomicU64>>::default();
+    let paused = Family::<GroupLabels, Gauge>::default();
     for g in state.groups.values() {
         let labels = GroupLabels {
             group: g.name.to_string(),
@@ -326,6 +350,25 @@ fn group_metrics(registry: &mut Registry, state: &ClusterState) {
             .filter(|h| h.kind == ChangeKind::Failover)
             .count();
         failovers.get_or_create(&labels).inc_by(count as u64);
+        for trigger in ["manual", "automatic"] {
+            let n = g
+                .history
+                .iter()
+                .filter(|h| promotion_trigger(h.kind) == Some(trigger))
+                .count();
+            promotions
+                .get_or_create(&PromotionLabels {
+                    group: g.name.to_string(),
+                    trigger: trigger.to_owned(),
+                })
+                .inc_by(n as u64);
+        }
+        if let Some(last) = g.history.last() {
+            last_change
+                .get_or_create(&labels)
+                .set(last.completed_at_unix_ms as f64 / 1000.0);
+        }
+        paused.get_or_create(&labels).set(flag(g.pause.is_some()));
     }
     registry.register(
         "failover_group_epoch",
@@ -349,6 +392,34 @@ fn group_metrics(registry: &mut Registry, state: &ClusterState) {
         "Automatic failovers of the group recorded in its history",
         failovers,
     );
+    registry.register(
+        "failover_promotions",
+        "Changes of the group's active site to another site recorded in its history, by \
+         trigger: manual (failover promote, with or without --force) or automatic (failover)",
+        promotions,
+    );
+    registry.register_with_unit(
+        "failover_group_last_change_timestamp",
+        "When the group's last change of active site (or its creation) completed, unix time \
+         on the proposing leader's clock",
+        Unit::Seconds,
+        last_change,
+    );
+    registry.register(
+        "failover_group_paused",
+        "1 while automatic failover of the group is paused (failover pause), else 0",
+        paused,
+    );
+}
+
+/// `manual` or `automatic` for a change that promoted a site; `None` for the group's
+/// creation and demotions to no site.
+fn promotion_trigger(kind: ChangeKind) -> Option<&'static str> {
+    match kind {
+        ChangeKind::Promote | ChangeKind::ForcedPromote => Some("manual"),
+        ChangeKind::Failover => Some("automatic"),
+        ChangeKind::Created | ChangeKind::Demote => None,
+    }
 }
 
 fn lease_metrics(registry: &mut Registry, ctx: &NodeContext) {
@@ -381,6 +452,8 @@ fn site_metrics(registry: &mut Registry, ctx: &NodeContext) {
         .map(|since| crate::detector::observe(ctx, since, now));
     let lost = Family::<SiteLabels, Gauge>::default();
     let last_seen = Family::<ExecutorLabels, Gauge<f64, AtomicU64>>::default();
+    let live = Family::<ExecutorLabels, Gauge>::default();
+    let stale_after = crate::executors::stale_after(&ctx.topology.timing);
     for site in &ctx.topology.sites {
         if let Some(observed) = &observed {
             let is_lost = observed.site_lost(&site.name, &ctx.topology.timing, now);
@@ -389,12 +462,10 @@ fn site_metrics(registry: &mut Registry, ctx: &NodeContext) {
             };
             lost.get_or_create(&labels).set(flag(is_lost));
         }
-        for (age, report) in ctx.executors.site(site.name.as_str(), now) {
-            let labels = ExecutorLabels {
-                site: site.name.to_string(),
-                executor: report.executor_id,
-            };
+        let reports = ctx.executors.site(site.name.as_str(), now);
+        for (labels, (age, count)) in live_executors(site.name.as_str(), &reports, stale_after) {
             last_seen.get_or_create(&labels).set(age.as_secs_f64());
+            live.get_or_create(&labels).set(int(count));
         }
     }
     registry.register(
@@ -405,11 +476,40 @@ fn site_metrics(registry: &mut Registry, ctx: &NodeContext) {
     );
     registry.register_with_unit(
         "failover_executor_last_seen",
-        "Time since the executor's last report reached this controller (executors report \
-         to the leader; other controllers have none)",
+        "Time since the latest report of a live executor of the site and group reached \
+         this controller (executors report to the leader; other controllers have none)",
         Unit::Seconds,
         last_seen,
     );
+    registry.register(
+        "failover_executors",
+        "Executors of the site and group heard within timing.failure_timeout_ms; stale \
+         ones are left out, so a dead executor's series ends instead of growing old",
+        live,
+    );
+}
+
+/// Per group, the live (not stale) executors of `site`: the age of the latest report and
+/// how many there are. Groups with only stale executors are left out.
+fn live_executors(
+    site: &str,
+    reports: &[(Duration, failover_proto::executor::ExecutorReport)],
+    stale_after: Duration,
+) -> std::collections::BTreeMap<ExecutorLabels, (Duration, u64)> {
+    let mut by_group = std::collections::BTreeMap::new();
+    for (age, report) in reports {
+        if crate::executors::is_stale(*age, stale_after) {
+            continue;
+        }
+        let labels = ExecutorLabels {
+            site: site.to_owned(),
+            group: report.group.clone(),
+        };
+        let entry = by_group.entry(labels).or_insert((*age, 0));
+        entry.0 = entry.0.min(*age);
+        entry.1 += 1;
+    }
+    by_group
 }
 
 #[cfg(test)]
@@ -478,5 +578,73 @@ mod tests {
         ] {
             assert!(body.contains(expected), "missing {expected:?} in\n{body}");
         }
+    }
+
+    /// Promotions are counted by trigger, the last change's time and the pause are shown.
+    #[test]
+    fn promotions_last_change_and_pause_encode() {
+        let mut state = state();
+        let group = GroupName("default".into());
+        for (to, kind, at) in [
+            ("site-b", ChangeKind::Promote, 2_000),
+            ("site-a", ChangeKind::Failover, 5_500),
+        ] {
+            let begin = Command::BeginPromotion {
+                group: group.clone(),
+                to: SiteId(to.into()),
+                kind,
+                actor: "test".into(),
+                reason: "test".into(),
+                at_unix_ms: at,
+            };
+            state.apply(&begin).expect("begin");
+            let g = state.groups[&group].clone();
+            let done = failover_core::promotion::completion(&g, at).expect("completion");
+            state.apply(&done).expect("complete");
+        }
+        let pause = Command::Pause {
+            group,
+            actor: "op@host".into(),
+            reason: "upgrade".into(),
+            at_unix_ms: 6_000,
+        };
+        state.apply(&pause).expect("pause");
+        let mut registry = Registry::default();
+        group_metrics(&mut registry, &state);
+        let mut body = String::new();
+        prometheus_client::encoding::text::encode(&mut body, &registry).expect("encode");
+        for expected in [
+            "failover_promotions_total{group=\"default\",trigger=\"manual\"} 1\n",
+            "failover_promotions_total{group=\"default\",trigger=\"automatic\"} 1\n",
+            "failover_group_last_change_timestamp_seconds{group=\"default\"} 5.5\n",
+            "failover_group_paused{group=\"default\"} 1\n",
+        ] {
+            assert!(body.contains(expected), "missing {expected:?} in\n{body}");
+        }
+    }
+
+    /// Stale executors are left out; live ones are counted per site and group with the
+    /// age of the latest report.
+    #[test]
+    fn stale_executors_are_dropped() {
+        let report = |id: &str, group: &str| failover_proto::executor::ExecutorReport {
+            executor_id: id.into(),
+            group: group.into(),
+            ..Default::default()
+        };
+        let ms = Duration::from_millis;
+        let reports = vec![
+            (ms(200), report("exec-site-a-h-100", "default")),
+            (ms(50), report("exec-site-a-h-101", "default")),
+            (ms(1_500), report("exec-site-a-h-99", "default")),
+            (ms(4_000), report("exec-site-a-h-98", "other")),
+        ];
+        let live = live_executors("site-a", &reports, ms(1_500));
+        let labels = ExecutorLabels {
+            site: "site-a".into(),
+            group: "default".into(),
+        };
+        assert_eq!(live.len(), 1, "{live:?}");
+        assert_eq!(live.get(&labels), Some(&(ms(50), 2)));
     }
 }

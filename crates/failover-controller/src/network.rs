@@ -29,32 +29,40 @@ use crate::types::{Snapshot, SnapshotMeta, TypeConfig, Vote};
 
 /// How often a peer that stays unreachable is mentioned again in the log.
 pub const SUMMARY_EVERY: Duration = Duration::from_secs(30);
+/// How long calls to a peer must keep failing before it is logged as down: a single
+/// timed-out call under load is not an outage.
+pub const DOWN_AFTER: Duration = Duration::from_secs(1);
 
-/// The log rule for peers that stop answering: one line when a peer goes down, a summary
-/// every `summary_every` while it stays down, one line when it answers again. Pure: time
-/// is an argument, and it only says what to log.
+/// The log rule for peers that stop answering: one line once a peer has failed every call
+/// for `down_after`, a summary every `summary_every` while it stays down, one line when it
+/// answers again (nothing for a blip shorter than `down_after`). Pure: time is an
+/// argument, and it only says what to log.
 #[derive(Debug)]
 pub struct Reachability {
+    down_after: Duration,
     summary_every: Duration,
     down: BTreeMap<NodeId, Outage>,
 }
 
-/// A peer's current outage, as far as this controller's calls saw it.
+/// A peer's current run of failed calls, as far as this controller's calls saw it.
 #[derive(Debug, Clone)]
 struct Outage {
     since: Instant,
     failures: u64,
-    last_said: Instant,
+    /// When the last line about it was logged; `None` while it is still a blip.
+    last_said: Option<Instant>,
     failures_said: u64,
 }
 
 /// A line the caller should log about a peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerNote {
-    /// The first failed call after the peer answered (or since start).
+    /// Every call failed for `down_after`.
     Down {
         /// The peer.
         peer: NodeId,
+        /// Failed calls so far.
+        failures: u64,
     },
     /// The peer is still down: how long, and how many calls failed since the last note.
     StillDown {
@@ -65,7 +73,7 @@ pub enum PeerNote {
         /// Failed calls since the previous note about this outage.
         failures: u64,
     },
-    /// The peer answered again after an outage.
+    /// The peer answered again after an outage that was logged.
     Up {
         /// The peer.
         peer: NodeId,
@@ -77,9 +85,11 @@ pub enum PeerNote {
 }
 
 impl Reachability {
-    /// A rule that repeats a summary every `summary_every` while a peer stays down.
-    pub fn new(summary_every: Duration) -> Self {
+    /// A rule that logs a peer down after `down_after` of failures and repeats a summary
+    /// every `summary_every` while it stays down.
+    pub fn new(down_after: Duration, summary_every: Duration) -> Self {
         Reachability {
+            down_after,
             summary_every,
             down: BTreeMap::new(),
         }
@@ -87,35 +97,40 @@ impl Reachability {
 
     /// A call to `peer` failed at `now`; what to log, if anything.
     pub fn failed(&mut self, peer: NodeId, now: Instant) -> Option<PeerNote> {
-        let Some(outage) = self.down.get_mut(&peer) else {
-            self.down.insert(
-                peer,
-                Outage {
-                    since: now,
-                    failures: 1,
-                    last_said: now,
-                    failures_said: 1,
-                },
-            );
-            return Some(PeerNote::Down { peer });
-        };
+        let outage = self.down.entry(peer).or_insert(Outage {
+            since: now,
+            failures: 0,
+            last_said: None,
+            failures_said: 0,
+        });
         outage.failures += 1;
-        if now.saturating_duration_since(outage.last_said) < self.summary_every {
-            return None;
+        match outage.last_said {
+            None if now.saturating_duration_since(outage.since) >= self.down_after => {
+                outage.last_said = Some(now);
+                outage.failures_said = outage.failures;
+                Some(PeerNote::Down {
+                    peer,
+                    failures: outage.failures,
+                })
+            }
+            Some(said) if now.saturating_duration_since(said) >= self.summary_every => {
+                let failures = outage.failures - outage.failures_said;
+                outage.last_said = Some(now);
+                outage.failures_said = outage.failures;
+                Some(PeerNote::StillDown {
+                    peer,
+                    down_for: now.saturating_duration_since(outage.since),
+                    failures,
+                })
+            }
+            _ => None,
         }
-        let failures = outage.failures - outage.failures_said;
-        outage.last_said = now;
-        outage.failures_said = outage.failures;
-        Some(PeerNote::StillDown {
-            peer,
-            down_for: now.saturating_duration_since(outage.since),
-            failures,
-        })
     }
 
     /// A call to `peer` succeeded at `now`; what to log, if anything.
     pub fn answered(&mut self, peer: NodeId, now: Instant) -> Option<PeerNote> {
         let outage = self.down.remove(&peer)?;
+        outage.last_said?;
         Some(PeerNote::Up {
             peer,
             down_for: now.saturating_duration_since(outage.since),
@@ -128,8 +143,8 @@ impl Reachability {
 fn log_note(note: PeerNote, addr: &str, error: Option<&str>) {
     let error = error.unwrap_or("");
     match note {
-        PeerNote::Down { peer } => {
-            tracing::warn!(peer, %addr, %error, "controller {peer} unreachable; further failures are summarized every {}s", SUMMARY_EVERY.as_secs())
+        PeerNote::Down { peer, failures } => {
+            tracing::warn!(peer, %addr, %error, failures, "controller {peer} unreachable; further failures are summarized every {}s", SUMMARY_EVERY.as_secs())
         }
         PeerNote::StillDown {
             peer,
@@ -169,7 +184,7 @@ impl RaftNetwork {
     pub fn new(dialer: Arc<dyn Dialer>) -> Self {
         RaftNetwork {
             dialer,
-            reachability: Arc::new(Mutex::new(Reachability::new(SUMMARY_EVERY))),
+            reachability: Arc::new(Mutex::new(Reachability::new(DOWN_AFTER, SUMMARY_EVERY))),
         }
     }
 }
@@ -348,50 +363,67 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
 mod tests {
     use super::*;
 
-    /// An outage of one peer gives one line when it starts, one summary per period while
-    /// it lasts (counting the failures since the previous line), and one when it ends;
-    /// another peer's outage is separate; successes of a healthy peer say nothing.
+    /// An outage of one peer gives one line once calls failed for `down_after`, one
+    /// summary per period while it lasts (counting the failures since the previous line),
+    /// and one when it ends; another peer's outage is separate; a blip shorter than
+    /// `down_after` and successes of a healthy peer say nothing.
     #[test]
     fn outage_collapses_to_down_summaries_and_up() {
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
-        let mut rule = Reachability::new(Duration::from_secs(30));
+        let mut rule = Reachability::new(Duration::from_secs(1), Duration::from_secs(30));
         assert_eq!(rule.answered(3, at(0)), None);
-        assert_eq!(rule.failed(3, at(10)), Some(PeerNote::Down { peer: 3 }));
-        // A failed call every 10 ms for just under 30 s: nothing more.
-        let mut lines = 0;
-        for ms in (20..30_010).step_by(10) {
-            lines += usize::from(rule.failed(3, at(ms)).is_some());
+        // A blip: failures for 999 ms, then an answer.
+        for ms in (0..1_000).step_by(111) {
+            assert_eq!(rule.failed(3, at(ms)), None, "at {ms}");
         }
-        assert_eq!(lines, 0);
+        assert_eq!(rule.answered(3, at(1_000)), None);
+        // An outage from 10 000, one failed call every 10 ms.
+        assert_eq!(rule.failed(3, at(10_000)), None);
+        let mut notes = Vec::new();
+        for ms in (10_010..=41_000).step_by(10) {
+            notes.extend(rule.failed(3, at(ms)));
+        }
         assert_eq!(
-            rule.failed(3, at(30_010)),
-            Some(PeerNote::StillDown {
-                peer: 3,
-                down_for: Duration::from_secs(30),
-                failures: 3000,
+            notes,
+            vec![
+                PeerNote::Down {
+                    peer: 3,
+                    failures: 101
+                },
+                PeerNote::StillDown {
+                    peer: 3,
+                    down_for: Duration::from_secs(31),
+                    failures: 3000,
+                },
+            ]
+        );
+        assert_eq!(rule.failed(4, at(41_000)), None);
+        assert_eq!(
+            rule.failed(4, at(42_000)),
+            Some(PeerNote::Down {
+                peer: 4,
+                failures: 2
             })
         );
-        assert_eq!(rule.failed(4, at(30_020)), Some(PeerNote::Down { peer: 4 }));
-        assert_eq!(rule.failed(3, at(60_009)), None);
+        assert_eq!(rule.failed(3, at(70_999)), None);
         assert_eq!(
-            rule.failed(3, at(60_010)),
-            Some(PeerNote::StillDown {
-                peer: 3,
-                down_for: Duration::from_secs(60),
-                failures: 2,
-            })
-        );
-        assert_eq!(
-            rule.answered(3, at(61_010)),
+            rule.answered(3, at(71_000)),
             Some(PeerNote::Up {
                 peer: 3,
                 down_for: Duration::from_secs(61),
-                failures: 3003,
+                failures: 3102,
             })
         );
-        assert_eq!(rule.answered(3, at(61_020)), None);
+        assert_eq!(rule.answered(3, at(71_010)), None);
         // A new outage starts over.
-        assert_eq!(rule.failed(3, at(70_000)), Some(PeerNote::Down { peer: 3 }));
+        assert_eq!(rule.failed(3, at(80_000)), None);
+        assert_eq!(
+            rule.failed(3, at(81_000)),
+            Some(PeerNote::Down {
+                peer: 3,
+                failures: 2
+            })
+        );
     }
 }

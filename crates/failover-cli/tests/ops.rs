@@ -1,0 +1,193 @@
+//! What an operator sees during maintenance and outages: `failover pause` / `resume` from
+//! the command line (with the history actor of a process without `USER`), and controller
+//! logs that stay short and plain while a site is down.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{eventually, failover_bin, Cluster};
+
+const READY: Duration = Duration::from_secs(30);
+
+/// `failover ARGS --endpoints ...` with `USER` unset, as under systemd or cron.
+fn failover_without_user(cluster: &Cluster, args: &[&str]) -> std::process::Output {
+    let out = Command::new(failover_bin())
+        .args(args)
+        .args(["--endpoints", &cluster.endpoints()])
+        .env_remove("USER")
+        .output()
+        .expect("run failover");
+    assert!(
+        out.status.success(),
+        "failover {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The user name of this process's uid and the host name, as `id -un` and `hostname` say.
+fn expected_actor() -> String {
+    let run = |cmd: &str, args: &[&str]| {
+        let out = Command::new(cmd).args(args).output().expect("run");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    format!("{}@{}", run("id", &["-un"]), run("hostname", &[]))
+}
+
+/// `pause --group` then `resume` (every group) from the CLI: status shows the pause in the
+/// table and the JSON; pausing again changes nothing and says so; the history records both
+/// with the uid's user name and the host name as the actor although `USER` is unset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_and_resume_from_the_cli() {
+    let mut cluster = Cluster::new();
+    cluster.start_all();
+    cluster.wait_ready(READY).await;
+    let actor = expected_actor();
+    assert!(!actor.starts_with("unknown@"), "{actor}");
+
+    let out = failover_without_user(
+        &cluster,
+        &["pause", "--group", "default", "--reason", "switch upgrade"],
+    );
+    let printed = stdout(&out);
+    assert!(
+        printed.contains(&format!(
+            "group default: automatic failover paused by {actor} since "
+        )) && printed.trim_end().ends_with(": switch upgrade"),
+        "{printed}"
+    );
+    let again = stdout(&failover_without_user(
+        &cluster,
+        &["pause", "--group", "default"],
+    ));
+    assert!(again.contains("already paused; nothing changed"), "{again}");
+
+    let table = stdout(&failover_without_user(&cluster, &["status"]));
+    assert!(
+        table.contains(&format!(
+            "group default: automatic failover paused by {actor}"
+        )),
+        "{table}"
+    );
+    let json: serde_json::Value = serde_json::from_slice(
+        &failover_without_user(&cluster, &["status", "--output", "json"]).stdout,
+    )
+    .expect("status JSON");
+    let group = &json["groups"][0];
+    assert_eq!(group["paused"], true, "{json}");
+    assert_eq!(group["paused_by"], actor.as_str());
+    assert_eq!(group["paused_reason"], "switch upgrade");
+    assert!(group["paused_since_unix_ms"]
+        .as_u64()
+        .is_some_and(|t| t > 0));
+
+    let resumed = stdout(&failover_without_user(
+        &cluster,
+        &["resume", "--reason", "upgrade done"],
+    ));
+    assert!(
+        resumed.contains("group default: automatic failover is on"),
+        "{resumed}"
+    );
+    let history: serde_json::Value = serde_json::from_slice(
+        &failover_without_user(&cluster, &["history", "--output", "json"]).stdout,
+    )
+    .expect("history JSON");
+    let entries: Vec<(String, String, String)> = history
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|e| {
+            let s = |k: &str| e[k].as_str().unwrap_or_default().to_owned();
+            (s("kind"), s("actor"), s("reason"))
+        })
+        .filter(|(kind, ..)| kind == "pause" || kind == "resume")
+        .collect();
+    assert_eq!(
+        entries,
+        vec![
+            ("pause".into(), actor.clone(), "switch upgrade".into()),
+            ("resume".into(), actor.clone(), "upgrade done".into()),
+        ]
+    );
+}
+
+/// The lines about unreachable peers in `log`: `(ours about controller 1, ours about
+/// controller 2, openraft's)`.
+fn peer_lines(log: &str) -> (usize, usize, Vec<&str>) {
+    let ours = |id: u64| {
+        log.lines()
+            .filter(|l| l.contains(&format!("controller {id} unreachable")))
+            .count()
+    };
+    let openraft = log
+        .lines()
+        .filter(|l| l.contains("openraft"))
+        .filter(|l| {
+            l.contains("Unreachable")
+                || l.contains("RPCError")
+                || l.contains("while requesting")
+                || l.contains("heartbeat")
+        })
+        .collect();
+    (ours(1), ours(2), openraft)
+}
+
+/// A site down for several seconds (two controllers killed) leaves one line per peer in
+/// the leader's log, not one per retry, and one line per peer when it is back; no log
+/// file written with stderr redirected holds an ANSI escape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn site_outage_logs_one_line_per_peer_down_and_up() {
+    let mut cluster = Cluster::new();
+    cluster.start_all();
+    cluster.elect_until(|leader| leader > 2).await;
+    let leader = cluster.wait_ready(READY).await.leader;
+    let before = cluster.log_of(leader).len();
+    cluster.kill9(1);
+    cluster.kill9(2);
+    let since_kill = |cluster: &Cluster| cluster.log_of(leader)[before..].to_owned();
+    eventually("the leader logs both peers down", READY, || async {
+        let log = since_kill(&cluster);
+        (log.contains("controller 1 unreachable") && log.contains("controller 2 unreachable"))
+            .then_some(())
+    })
+    .await;
+    // openraft retries each peer many times a second: watch the log for a while, and at
+    // every look it still holds one line per peer.
+    let watch_until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < watch_until {
+        let log = since_kill(&cluster);
+        let (one, two, openraft) = peer_lines(&log);
+        assert_eq!((one, two), (1, 1), "peer lines during the outage:\n{log}");
+        assert!(openraft.is_empty(), "openraft's own lines: {openraft:#?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    cluster.start(1);
+    cluster.start(2);
+    eventually("the leader logs both peers back", READY, || async {
+        let log = since_kill(&cluster);
+        (log.contains("controller 1 reachable again")
+            && log.contains("controller 2 reachable again"))
+        .then_some(())
+    })
+    .await;
+    let log = since_kill(&cluster);
+    let (one, two, openraft) = peer_lines(&log);
+    assert_eq!((one, two), (1, 1), "{log}");
+    assert!(openraft.is_empty(), "openraft's own lines: {openraft:#?}");
+    for node in &cluster.nodes {
+        let log = cluster.log_of(node.id);
+        assert!(!log.is_empty());
+        assert!(
+            !log.contains("\x1b["),
+            "ANSI escape in controller {}'s log",
+            node.id
+        );
+    }
+}
