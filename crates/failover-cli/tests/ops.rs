@@ -191,3 +191,64 @@ async fn site_outage_logs_one_line_per_peer_down_and_up() {
         );
     }
 }
+
+/// The executor logs its lease state once per change, standby included: many standby
+/// polls and renewals later its log still holds one `standby` line, and one `acquired`
+/// line after its site is promoted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executor_logs_each_lease_state_once() {
+    let mut cluster = Cluster::new();
+    cluster.start_all();
+    cluster.wait_ready(READY).await;
+    let dir = cluster.data_dir().join("work");
+    std::fs::create_dir_all(&dir).expect("work dir");
+    let script = common::workers::script(&dir);
+    let _b = cluster.exec(
+        "site-b",
+        &["--instances", "1"],
+        &[script.to_str().expect("utf8")],
+    );
+    let log_path = cluster.data_dir().join("exec-site-b.log");
+    let count = |what: &str| {
+        std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(what))
+            .count()
+    };
+    let standby = "lease state: standby (site-a active at epoch 1)";
+    eventually("the standby line", READY, || async {
+        (count(standby) > 0).then_some(())
+    })
+    .await;
+    cluster.wait_executor_ready("site-b").await;
+    // Standby polls every 100 ms and reports every 250 ms: watch a few seconds of them.
+    let watch_until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < watch_until {
+        assert_eq!(count(standby), 1, "standby logged more than once");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut client = cluster.client();
+    client
+        .promote(failover_proto::admin::PromoteRequest {
+            group: "default".into(),
+            site: "site-b".into(),
+            actor: "test@ops".into(),
+            wait: true,
+            ..Default::default()
+        })
+        .await
+        .expect("promote site-b");
+    let acquired = "lease state: acquired (epoch 2,";
+    eventually("the acquired line", READY, || async {
+        (count(acquired) > 0).then_some(())
+    })
+    .await;
+    // Renewals every 250 ms: still one line.
+    let watch_until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < watch_until {
+        assert_eq!(count(acquired), 1, "acquired logged more than once");
+        assert_eq!(count("lease state: standby"), 1);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
