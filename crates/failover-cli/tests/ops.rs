@@ -139,9 +139,10 @@ fn peer_lines(log: &str) -> (usize, usize, Vec<&str>) {
     (ours(1), ours(2), openraft)
 }
 
-/// A site down for several seconds (two controllers killed) leaves one line per peer in
-/// the leader's log, not one per retry, and one line per peer when it is back; no log
-/// file written with stderr redirected holds an ANSI escape.
+/// A site down for several seconds (one controller frozen, whose calls time out, and one
+/// killed, whose connections are refused) leaves one line per peer in the leader's log,
+/// not one per retry, and one line per peer when it is back; no log file written with
+/// stderr redirected holds an ANSI escape.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn site_outage_logs_one_line_per_peer_down_and_up() {
     let mut cluster = Cluster::new();
@@ -149,7 +150,9 @@ async fn site_outage_logs_one_line_per_peer_down_and_up() {
     cluster.elect_until(|leader| leader > 2).await;
     let leader = cluster.wait_ready(READY).await.leader;
     let before = cluster.log_of(leader).len();
-    cluster.kill9(1);
+    let frozen = cluster.node_mut(1).pid().expect("controller 1 runs");
+    // SAFETY: kill(2) on a child of this test; the cluster SIGKILLs it on drop anyway.
+    unsafe { libc::kill(frozen, libc::SIGSTOP) };
     cluster.kill9(2);
     let since_kill = |cluster: &Cluster| cluster.log_of(leader)[before..].to_owned();
     eventually("the leader logs both peers down", READY, || async {
@@ -168,7 +171,8 @@ async fn site_outage_logs_one_line_per_peer_down_and_up() {
         assert!(openraft.is_empty(), "openraft's own lines: {openraft:#?}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    cluster.start(1);
+    // SAFETY: as above.
+    unsafe { libc::kill(frozen, libc::SIGCONT) };
     cluster.start(2);
     eventually("the leader logs both peers back", READY, || async {
         let log = since_kill(&cluster);

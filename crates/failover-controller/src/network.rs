@@ -217,22 +217,41 @@ pub struct PeerConnection {
 type RpcErr = RPCError<TypeConfig>;
 
 impl PeerConnection {
-    /// Feeds the outcome of one call to the log rule; passes the result through.
-    fn note<T, E: std::fmt::Display>(&self, result: Result<T, E>) -> Result<T, E> {
+    /// Runs one call and feeds its outcome to the log rule; passes the result through. A
+    /// call dropped before it ends (openraft gives up on it after its own timeout, as it
+    /// does with a frozen peer's heartbeats and votes) counts as failed.
+    async fn observed<T, E: std::fmt::Display>(
+        &self,
+        call: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let mut pending = Pending {
+            conn: self,
+            settled: false,
+        };
+        let result = call.await;
+        pending.settled = true;
+        match &result {
+            Ok(_) => self.note(None),
+            Err(e) => self.note(Some(e.to_string())),
+        }
+        result
+    }
+
+    /// Feeds one call's outcome (`None`: it succeeded; else why it failed) to the rule.
+    fn note(&self, error: Option<String>) {
         let now = Instant::now();
-        let (note, error) = {
+        let note = {
             let Ok(mut rule) = self.reachability.lock() else {
-                return result;
+                return;
             };
-            match &result {
-                Ok(_) => (rule.answered(self.target, now), None),
-                Err(e) => (rule.failed(self.target, now), Some(e.to_string())),
+            match &error {
+                None => rule.answered(self.target, now),
+                Some(_) => rule.failed(self.target, now),
             }
         };
         if let Some(note) = note {
             log_note(note, &self.addr, error.as_deref());
         }
-        result
     }
 
     fn client(&self) -> Result<RaftServiceClient<Channel>, RpcErr> {
@@ -277,6 +296,21 @@ impl PeerConnection {
     }
 }
 
+/// A call under way: counted as failed if dropped before it ends.
+struct Pending<'a> {
+    conn: &'a PeerConnection,
+    settled: bool,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.conn
+                .note(Some("no answer before openraft's timeout".to_owned()));
+        }
+    }
+}
+
 /// The message an `InstallSnapshot` call carries beside the raw snapshot bytes.
 #[derive(Serialize, serde::Deserialize)]
 pub(crate) struct SnapshotHeader {
@@ -293,14 +327,14 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RpcErr> {
         let request = self.request(&rpc, Vec::new(), &option)?;
-        let reply = match self.client() {
-            Ok(mut client) => client
+        let call = async {
+            let mut client = self.client()?;
+            client
                 .append_entries(request)
                 .await
-                .map_err(|s| self.status_error(s)),
-            Err(e) => Err(e),
+                .map_err(|s| self.status_error(s))
         };
-        let reply = self.note(reply)?;
+        let reply = self.observed(call).await?;
         self.decode(reply.into_inner())
     }
 
@@ -310,11 +344,11 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RpcErr> {
         let request = self.request(&rpc, Vec::new(), &option)?;
-        let reply = match self.client() {
-            Ok(mut client) => client.vote(request).await.map_err(|s| self.status_error(s)),
-            Err(e) => Err(e),
+        let call = async {
+            let mut client = self.client()?;
+            client.vote(request).await.map_err(|s| self.status_error(s))
         };
-        let reply = self.note(reply)?;
+        let reply = self.observed(call).await?;
         self.decode(reply.into_inner())
     }
 
@@ -324,14 +358,14 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RpcErr> {
         let request = self.request(&rpc, Vec::new(), &option)?;
-        let reply = match self.client() {
-            Ok(mut client) => client
+        let call = async {
+            let mut client = self.client()?;
+            client
                 .pre_vote(request)
                 .await
-                .map_err(|s| self.status_error(s)),
-            Err(e) => Err(e),
+                .map_err(|s| self.status_error(s))
         };
-        let reply = self.note(reply)?;
+        let reply = self.observed(call).await?;
         self.decode(reply.into_inner())
     }
 
@@ -347,14 +381,14 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
             meta: snapshot.meta,
         };
         let request = self.request(&header, snapshot.snapshot, &option)?;
-        let reply = match self.client() {
-            Ok(mut client) => client
+        let call = async {
+            let mut client = self.client()?;
+            client
                 .install_snapshot(request)
                 .await
-                .map_err(|s| self.status_error(s)),
-            Err(e) => Err(e),
+                .map_err(|s| self.status_error(s))
         };
-        let reply = self.note(reply)?;
+        let reply = self.observed(call).await?;
         Ok(self.decode(reply.into_inner())?)
     }
 }
