@@ -62,6 +62,19 @@ async fn pause_and_resume_from_the_cli() {
         )) && printed.trim_end().ends_with(": switch upgrade"),
         "{printed}"
     );
+    let unknown = Command::new(failover_bin())
+        .args([
+            "pause",
+            "--group",
+            "nope",
+            "--endpoints",
+            &cluster.endpoints(),
+        ])
+        .output()
+        .expect("run failover");
+    assert_eq!(unknown.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&unknown.stderr);
+    assert!(said.contains("unknown group `nope`"), "{said}");
     let again = stdout(&failover_without_user(
         &cluster,
         &["pause", "--group", "default"],

@@ -367,8 +367,8 @@ fn demote_to_maintenance_and_promote_back() {
     assert_eq!(kinds, ["created", "demote", "promote"]);
 }
 
-/// Pause refuses automatic failovers and nothing else: an operator promote still moves the
-/// group, both the pause and the resume are recorded with actor and reason, and pausing
+/// Pause refuses automatic failovers and nothing else: an operator promote and demote
+/// still move the group, both the pause and the resume are recorded with actor and reason, and pausing
 /// twice or resuming an unpaused group is refused without a change.
 #[test]
 fn pause_holds_back_failover_but_not_operators() {
@@ -406,6 +406,25 @@ fn pause_holds_back_failover_but_not_operators() {
     assert_eq!(
         state.groups[&g].pending().map(|p| p.kind),
         Some(ChangeKind::Promote)
+    );
+    let g_state = state.groups[&g].clone();
+    let complete = failover_core::promotion::completion(&g_state, 62).expect("demoting");
+    state
+        .apply(&complete)
+        .expect("operator promote completes while paused");
+    state
+        .apply(&Command::BeginDemotion {
+            group: g.clone(),
+            actor: "alice@ops".into(),
+            reason: "drain site-b".into(),
+            at_unix_ms: 64,
+        })
+        .expect("operator demote while paused");
+    let group = &state.groups[&g];
+    assert!(group.pause.is_some(), "operator changes keep the pause");
+    assert_eq!(
+        group.active_site.as_ref().map(SiteId::as_str),
+        Some("site-b")
     );
     let resume = Command::Resume {
         group: g.clone(),
