@@ -66,14 +66,14 @@ pub enum ControllerError {
     Raft(String),
     /// The data dir is empty but the cluster already exists (see [`crate::rejoin`]).
     #[error(
-        "the data dir of controller {node} holds no Raft state, but controller {} reports \
-         a cluster that already elected a leader (term {}, leader {}): a controller that \
+        "the data dir of controller {node} holds no Raft state, but the cluster already \
+         exists: controller {} (term {}) answered, and {}. A controller that \
          lost its data must not vote as if it never ran, or a committed change can be lost. \
          If this controller's disk was replaced, or it never ran before and starts after \
          the others formed the cluster, start it with --join-existing to catch up from the \
          leader as a follower (docs/runbook.md, \"Replacing a controller whose disk is \
          gone\"); if its data is somewhere else, point --data-dir at it",
-        .existing.peer, .existing.term, .existing.leader
+        .existing.peer, .existing.term, .existing.evidence
     )]
     EmptyDataDir {
         /// This controller.
@@ -128,7 +128,13 @@ impl Controller {
             .map_err(|e| ControllerError::Raft(e.to_string()))?;
         if pristine && !join_existing {
             if let Some(existing) =
-                crate::rejoin::probe_existing_cluster(&topology, node_id, dialer.clone()).await
+                crate::rejoin::probe_existing_cluster(
+                    &topology,
+                    node_id,
+                    dialer.clone(),
+                    clock.unix_ms(),
+                )
+                .await
             {
                 if let Err(e) = raft.shutdown().await {
                     tracing::warn!(error = %e, "raft did not shut down cleanly");

@@ -8,11 +8,19 @@
 //! also to one that lacks entries this controller helped commit, and with a forgotten vote
 //! it may vote twice in one term. Either can elect a leader without a committed change (a
 //! promotion, a lease grant) and break S1. So a controller on an empty data directory asks
-//! its peers first; if one of them reports a cluster that has already held an election, it
-//! refuses to start unless the operator says, with `--join-existing`, that it should join
-//! that cluster as an empty follower (docs/runbook.md, "Replacing a controller whose disk
-//! is gone"). Joining never proposes a membership: the node waits for the leader to send it
-//! the log or a snapshot.
+//! its peers first, and refuses to start when they report an existing cluster, unless the
+//! operator says, with `--join-existing`, that it should join that cluster as an empty
+//! follower (docs/runbook.md, "Replacing a controller whose disk is gone"). Joining never
+//! proposes a membership: the node waits for the leader to send it the log or a snapshot.
+//!
+//! "Existing" must not include a cluster that is forming right now: controllers started
+//! together on empty data dirs see each other's first election within milliseconds. A
+//! peer reports an existing cluster when its state holds groups (so a leader has
+//! committed them) and either the leader's history shows a group created more than
+//! [`FORMATION_WINDOW`] ago, or no leader answers (the cluster has lost its quorum, quite
+//! possibly because this controller is missing). What this cannot tell: a disk lost within
+//! [`FORMATION_WINDOW`] of the cluster's creation, and a topology without groups. The window
+//! is short because a false refusal costs little (the message names `--join-existing`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,28 +28,34 @@ use std::time::Duration;
 use failover_client::{AdminClient, Dialer, Endpoints};
 use failover_core::{NodeId, Topology};
 
-/// How long one peer may take to answer the probe. A leader that cannot confirm its
+/// How long one peer may take to answer one call. A leader that cannot confirm its
 /// quorum answers a status only after its 2 s read timeout, so this is longer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// A peer that answered the probe and reports a cluster that already held an election.
+/// How old a group must be for its cluster to count as formed before this start, rather
+/// than forming together with it.
+pub const FORMATION_WINDOW: Duration = Duration::from_secs(15);
+
+/// A peer that reports a cluster formed before this controller started.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExistingCluster {
     /// The controller that answered.
     pub peer: NodeId,
-    /// Its Raft term (above 0: an election has happened).
+    /// Its Raft term.
     pub term: u64,
-    /// The leader it knows, 0 for none.
-    pub leader: NodeId,
+    /// What shows the cluster existed before, in words for the operator.
+    pub evidence: String,
 }
 
-/// Asks every other controller of the topology, in parallel, for its status; the first
-/// that reports a term above 0 (a cluster already formed), or `None` when none does or
-/// none answers within [`PROBE_TIMEOUT`].
+/// Asks every other controller of the topology, in parallel, whether the cluster already
+/// existed before this start (see the module doc); the first that says so, or `None` when
+/// none does or none answers. `now_unix_ms` is the wall clock, compared with the history's
+/// creation times.
 pub async fn probe_existing_cluster(
     topology: &Topology,
     me: NodeId,
     dialer: Arc<dyn Dialer>,
+    now_unix_ms: u64,
 ) -> Option<ExistingCluster> {
     let probes = topology
         .controllers()
@@ -51,19 +65,46 @@ pub async fn probe_existing_cluster(
             let mut client = AdminClient::with_dialer(endpoints, dialer.clone());
             client.deadline = PROBE_TIMEOUT;
             client.attempt_timeout = PROBE_TIMEOUT;
-            let peer = c.id;
-            Some(async move {
-                let status = client.status().await.ok()?;
-                (status.term > 0).then_some(ExistingCluster {
-                    peer,
-                    term: status.term,
-                    leader: status.leader,
-                })
-            })
+            Some(probe_peer(client, c.id, now_unix_ms))
         });
     futures::future::join_all(probes)
         .await
         .into_iter()
         .flatten()
         .next()
+}
+
+async fn probe_peer(
+    mut client: AdminClient,
+    peer: NodeId,
+    now_unix_ms: u64,
+) -> Option<ExistingCluster> {
+    let status = client.status().await.ok()?;
+    if status.term == 0 || status.groups.is_empty() {
+        return None;
+    }
+    let existing = |evidence: String| ExistingCluster {
+        peer,
+        term: status.term,
+        evidence,
+    };
+    let Ok(history) = client.history("").await else {
+        return Some(existing(format!(
+            "its state holds {} group(s) but no leader answers",
+            status.groups.len()
+        )));
+    };
+    let oldest = history
+        .entries
+        .iter()
+        .map(|e| e.requested_at_unix_ms)
+        .filter(|&at| at > 0)
+        .min()?;
+    let age_ms = now_unix_ms.saturating_sub(oldest);
+    (age_ms > FORMATION_WINDOW.as_millis() as u64).then(|| {
+        existing(format!(
+            "its history starts {} s ago, before this controller started",
+            age_ms / 1000
+        ))
+    })
 }
