@@ -88,12 +88,21 @@ fn copy_dir(from: &Path, to: &Path) {
         .arg(to)
         .status()
         .expect("run cp");
-    assert!(status.success(), "cp -a {} {}", from.display(), to.display());
+    assert!(
+        status.success(),
+        "cp -a {} {}",
+        from.display(),
+        to.display()
+    );
 }
 
 /// Waits until controller `id` has exited by itself; its exit code.
 async fn exit_code_of(cluster: &mut Cluster, id: u64) -> Option<i32> {
-    let pid = cluster.nodes.iter().find(|n| n.id == id).and_then(|n| n.pid());
+    let pid = cluster
+        .nodes
+        .iter()
+        .find(|n| n.id == id)
+        .and_then(|n| n.pid());
     let pid = pid.expect("controller started");
     eventually(
         &format!("controller {id} to exit"),
@@ -123,11 +132,7 @@ async fn executors(cluster: &Cluster) -> Sites {
     })
     .await;
     cluster.wait_executor_ready("site-b").await;
-    Sites {
-        dir,
-        a,
-        b: Some(b),
-    }
+    Sites { dir, a, b: Some(b) }
 }
 
 /// Runbook: planned switchover, then the split-brain checks (`/active`, metrics, leases
@@ -208,7 +213,11 @@ async fn runbook_switchover_split_brain_site_dark_and_lost_quorum() {
         std::fs::read_to_string(sites.dir.join("token-site-b-0")).ok()
     })
     .await;
-    assert_eq!(token.trim(), epoch.to_string(), "worker's FAILOVER_FENCING_TOKEN");
+    assert_eq!(
+        token.trim(),
+        epoch.to_string(),
+        "worker's FAILOVER_FENCING_TOKEN"
+    );
 
     // A whole site dark: site-b (active) loses its controllers and its executor.
     drop(sites.b.take());
@@ -273,17 +282,27 @@ async fn runbook_replacing_a_controller_whose_disk_is_gone() {
     let mut cluster = Cluster::new();
     cluster.start_all();
     cluster.wait_ready(Duration::from_secs(30)).await;
-    ok(&cluster, &["promote", "site-b", "--reason", "before", "--wait"]);
+    ok(
+        &cluster,
+        &["promote", "site-b", "--reason", "before", "--wait"],
+    );
     let (_, epoch, _) = group_of(&cluster);
 
     // The empty-dir check ignores a cluster younger than its formation window.
     let window = failover_controller::rejoin::FORMATION_WINDOW;
-    eventually("the cluster to outlive its formation window", window * 3, || async {
-        let history = json(&ok(&cluster, &["history", "--output", "json"]));
-        let created = history[0]["requested_at_unix_ms"].as_u64()?;
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_millis() as u64;
-        (now.saturating_sub(created) > window.as_millis() as u64 + 1000).then_some(())
-    })
+    eventually(
+        "the cluster to outlive its formation window",
+        window * 3,
+        || async {
+            let history = json(&ok(&cluster, &["history", "--output", "json"]));
+            let created = history[0]["requested_at_unix_ms"].as_u64()?;
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .ok()?
+                .as_millis() as u64;
+            (now.saturating_sub(created) > window.as_millis() as u64 + 1000).then_some(())
+        },
+    )
     .await;
 
     cluster.kill9(3);
@@ -317,8 +336,14 @@ async fn runbook_replacing_a_controller_whose_disk_is_gone() {
 
     cluster.kill9(1);
     cluster.kill9(2);
-    ok(&cluster, &["promote", "site-a", "--reason", "after", "--wait"]);
-    assert_eq!(group_of(&cluster), ("site-a".into(), epoch + 1, "active".into()));
+    ok(
+        &cluster,
+        &["promote", "site-a", "--reason", "after", "--wait"],
+    );
+    assert_eq!(
+        group_of(&cluster),
+        ("site-a".into(), epoch + 1, "active".into())
+    );
 }
 
 /// Runbook: backing up a controller (stop, copy, start) and restoring a whole cluster from
@@ -330,7 +355,10 @@ async fn runbook_backup_and_restore() {
     let mut cluster = Cluster::new();
     cluster.start_all();
     cluster.wait_ready(Duration::from_secs(30)).await;
-    ok(&cluster, &["promote", "site-b", "--reason", "in the backup", "--wait"]);
+    ok(
+        &cluster,
+        &["promote", "site-b", "--reason", "in the backup", "--wait"],
+    );
     let (_, epoch_in_backup, _) = group_of(&cluster);
 
     // Backup: stop controller 5, copy its data dir, start it again.
@@ -339,7 +367,16 @@ async fn runbook_backup_and_restore() {
     copy_dir(&controller_dir(&cluster, 5), &backup);
     cluster.start(5);
     cluster.wait_ready(Duration::from_secs(30)).await;
-    ok(&cluster, &["promote", "site-a", "--reason", "after the backup", "--wait"]);
+    ok(
+        &cluster,
+        &[
+            "promote",
+            "site-a",
+            "--reason",
+            "after the backup",
+            "--wait",
+        ],
+    );
 
     // Every controller's disk is lost.
     cluster.kill_all();

@@ -127,14 +127,13 @@ impl Controller {
             .await
             .map_err(|e| ControllerError::Raft(e.to_string()))?;
         if pristine && !join_existing {
-            if let Some(existing) =
-                crate::rejoin::probe_existing_cluster(
-                    &topology,
-                    node_id,
-                    dialer.clone(),
-                    clock.unix_ms(),
-                )
-                .await
+            if let Some(existing) = crate::rejoin::probe_existing_cluster(
+                &topology,
+                node_id,
+                dialer.clone(),
+                clock.unix_ms(),
+            )
+            .await
             {
                 if let Err(e) = raft.shutdown().await {
                     tracing::warn!(error = %e, "raft did not shut down cleanly");
@@ -143,6 +142,21 @@ impl Controller {
                     node: node_id,
                     existing,
                 });
+            }
+        }
+        // Before serving: the leader must know this controller's log starts over before it
+        // can hear so (see crate::rejoin).
+        if pristine && join_existing {
+            match crate::rejoin::allow_rejoin(&topology, node_id, &*dialer).await {
+                Some(leader) => tracing::warn!(
+                    leader,
+                    "empty data dir: joining the existing cluster as a follower; this \
+                     controller proposes no membership and waits for the leader's log"
+                ),
+                None => tracing::warn!(
+                    "empty data dir: joining the existing cluster as a follower, but no \
+                     leader answered; waiting for one to send the log"
+                ),
             }
         }
         let timing = LeaseTiming {
@@ -188,12 +202,7 @@ impl Controller {
                 shutdown_rx,
             )));
         }
-        if pristine && join_existing {
-            tracing::warn!(
-                "empty data dir: joining the existing cluster as a follower; this controller \
-                 proposes no membership and waits for the leader to send it the log"
-            );
-        } else {
+        if !(pristine && join_existing) {
             form_cluster(&ctx).await?;
         }
         Ok(Controller {

@@ -27,6 +27,8 @@ use std::time::Duration;
 
 use failover_client::{AdminClient, Dialer, Endpoints};
 use failover_core::{NodeId, Topology};
+use failover_proto::admin::admin_service_client::AdminServiceClient;
+use failover_proto::admin::AllowRejoinRequest;
 
 /// How long one peer may take to answer one call. A leader that cannot confirm its
 /// quorum answers a status only after its 2 s read timeout, so this is longer.
@@ -107,4 +109,32 @@ async fn probe_peer(
             age_ms / 1000
         ))
     })
+}
+
+/// How long a joining controller keeps asking for the leader's [`allow_rejoin`].
+const ALLOW_REJOIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Asks the leader (through any peer) to replicate to `me` from the start. A leader that
+/// had replicated to this controller before its disk was lost sees its log go back, which
+/// openraft treats as a broken follower (its Raft core stops) unless told first. Returns
+/// the leader that agreed, or `None` when no leader answered within
+/// [`ALLOW_REJOIN_TIMEOUT`]: then no leader holds a replication record of this controller
+/// either (a leader elected later starts without one), and joining is still safe for
+/// the leader.
+pub async fn allow_rejoin(topology: &Topology, me: NodeId, dialer: &dyn Dialer) -> Option<NodeId> {
+    let deadline = tokio::time::Instant::now() + ALLOW_REJOIN_TIMEOUT;
+    while tokio::time::Instant::now() < deadline {
+        for (_, peer) in topology.controllers().filter(|(_, c)| c.id != me) {
+            let Ok(channel) = dialer.channel(&peer.addr) else {
+                continue;
+            };
+            let mut client = AdminServiceClient::new(channel);
+            let request = client.allow_rejoin(AllowRejoinRequest { node_id: me });
+            if let Ok(Ok(answer)) = tokio::time::timeout(PROBE_TIMEOUT, request).await {
+                return Some(answer.into_inner().leader);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    None
 }

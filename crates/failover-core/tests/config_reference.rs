@@ -67,9 +67,9 @@ fn documented_paths(doc: &str) -> BTreeSet<String> {
             !name.starts_with('-')
                 && !name.contains('`')
                 && !name.contains(' ')
-                && name.chars().all(|c| {
-                    c.is_ascii_lowercase() || c.is_ascii_digit() || "_.[]".contains(c)
-                })
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.[]".contains(c))
         })
         .collect()
 }
