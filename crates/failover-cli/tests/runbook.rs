@@ -58,7 +58,7 @@ fn http_code(addr: &str, path: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// `curl -s http://ADDR/metrics | grep -E '^failover_(raft_leader_id|group_epoch|group_active)'`.
+/// `curl -s http://ADDR/metrics | grep -E '^failover_(raft_leader_id|group_epoch|group_active)' | sort`.
 fn metrics(addr: &str) -> Vec<String> {
     let out = Command::new("curl")
         .args(["-s", "-m", "5"])
@@ -73,6 +73,8 @@ fn metrics(addr: &str) -> Vec<String> {
                 || l.starts_with("failover_group_active")
         })
         .map(str::to_owned)
+        .collect::<std::collections::BTreeSet<String>>()
+        .into_iter()
         .collect()
 }
 
