@@ -129,7 +129,7 @@ async fn executors(cluster: &Cluster) -> Sites {
     let script = script.to_str().expect("utf8");
     let a = cluster.exec("site-a", &["--id", "exec-a"], &[script]);
     let b = cluster.exec("site-b", &["--id", "exec-b"], &[script]);
-    eventually("site-a's worker", Duration::from_secs(30), || async {
+    eventually("site-a's worker", Duration::from_secs(60), || async {
         (!workers::live(&dir, "site-a").is_empty()).then_some(())
     })
     .await;
