@@ -4,11 +4,13 @@
 //! - [`cmd`]: argument parsing and one file per subcommand.
 //! - [`output`]: human tables and JSON for what the commands print.
 //! - [`logging`]: `tracing` setup, human or JSON.
+//! - [`systemd`]: readiness and stop notifications for `Type=notify` units.
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod cmd;
 pub mod logging;
 pub mod output;
+pub mod systemd;
 
 use failover_client::ClientError;
 

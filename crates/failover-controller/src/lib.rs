@@ -15,6 +15,8 @@
 //!   `/metrics`).
 //! - [`reconcile`]: the leader's loop that drives the core's obligations (create configured
 //!   groups, finish promotions).
+//! - [`rejoin`]: whether a controller on an empty data dir may form the cluster, or must
+//!   refuse because the cluster exists and it may have lost its vote and log.
 //! - [`node`]: assembles a controller from a topology, a data dir, a listener, a dialer
 //!   and a clock.
 //!
@@ -31,6 +33,7 @@ pub mod leases;
 pub mod network;
 pub mod node;
 pub mod reconcile;
+pub mod rejoin;
 pub mod services;
 pub mod store;
 pub mod types;

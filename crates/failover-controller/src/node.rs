@@ -47,6 +47,9 @@ pub struct ControllerOptions {
     pub node_id: NodeId,
     /// Where its Raft log and state live.
     pub data_dir: PathBuf,
+    /// On an empty data dir, join the cluster the peers already formed as an empty
+    /// follower instead of refusing to start (see [`crate::rejoin`]).
+    pub join_existing: bool,
 }
 
 /// Why a controller could not start.
@@ -61,6 +64,23 @@ pub enum ControllerError {
     /// Raft refused the configuration or failed to start.
     #[error("raft: {0}")]
     Raft(String),
+    /// The data dir is empty but the cluster already exists (see [`crate::rejoin`]).
+    #[error(
+        "the data dir of controller {node} holds no Raft state, but the cluster already \
+         exists: controller {} (term {}) answered, and {}. A controller that \
+         lost its data must not vote as if it never ran, or a committed change can be lost. \
+         If this controller's disk was replaced, or it never ran before and starts after \
+         the others formed the cluster, start it with --join-existing to catch up from the \
+         leader as a follower (docs/runbook.md, \"Replacing a controller whose disk is \
+         gone\"); if its data is somewhere else, point --data-dir at it",
+        .existing.peer, .existing.term, .existing.evidence
+    )]
+    EmptyDataDir {
+        /// This controller.
+        node: NodeId,
+        /// The peer that reported the existing cluster.
+        existing: crate::rejoin::ExistingCluster,
+    },
 }
 
 /// A running controller. Dropping it does not stop it: call [`Controller::shutdown`].
@@ -90,6 +110,7 @@ impl Controller {
             topology,
             node_id,
             data_dir,
+            join_existing,
         } = options;
         if topology.controller(node_id).is_none() {
             let known: Vec<String> = topology
@@ -101,6 +122,43 @@ impl Controller {
         let (log_store, state_machine) = store::open(&data_dir, node_id)?;
         let view: Arc<StateView> = state_machine.view();
         let raft = start_raft(&topology, node_id, dialer.clone(), log_store, state_machine).await?;
+        let pristine = !raft
+            .is_initialized()
+            .await
+            .map_err(|e| ControllerError::Raft(e.to_string()))?;
+        if pristine && !join_existing {
+            if let Some(existing) = crate::rejoin::probe_existing_cluster(
+                &topology,
+                node_id,
+                dialer.clone(),
+                clock.unix_ms(),
+            )
+            .await
+            {
+                if let Err(e) = raft.shutdown().await {
+                    tracing::warn!(error = %e, "raft did not shut down cleanly");
+                }
+                return Err(ControllerError::EmptyDataDir {
+                    node: node_id,
+                    existing,
+                });
+            }
+        }
+        // Before serving: the leader must know this controller's log starts over before it
+        // can hear so (see crate::rejoin).
+        if pristine && join_existing {
+            match crate::rejoin::allow_rejoin(&topology, node_id, &*dialer).await {
+                Some(leader) => tracing::warn!(
+                    leader,
+                    "empty data dir: joining the existing cluster as a follower; this \
+                     controller proposes no membership and waits for the leader's log"
+                ),
+                None => tracing::warn!(
+                    "empty data dir: joining the existing cluster as a follower, but no \
+                     leader answered; waiting for one to send the log"
+                ),
+            }
+        }
         let timing = LeaseTiming {
             ttl: Duration::from_millis(topology.timing.lease_ttl_ms),
             max_clock_drift: Duration::from_millis(topology.timing.max_clock_drift_ms),
@@ -144,7 +202,9 @@ impl Controller {
                 shutdown_rx,
             )));
         }
-        form_cluster(&ctx).await?;
+        if !(pristine && join_existing) {
+            form_cluster(&ctx).await?;
+        }
         Ok(Controller {
             ctx,
             shutdown,

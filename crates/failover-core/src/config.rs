@@ -98,7 +98,7 @@ pub struct GroupConfig {
     pub auto_failover: bool,
     /// Accept automatic failover although no site outside this group holds a controller.
     /// Without such a witness, losing the site that holds the Raft majority stops every
-    /// failover, and a symmetric split cannot be decided: see docs/operations.md.
+    /// failover, and a symmetric split cannot be decided: see docs/configuration.md.
     #[serde(default)]
     pub accept_no_witness: bool,
 }

@@ -73,6 +73,9 @@ pub struct ExecutorOptions {
     pub output: OutputOptions,
     /// How each worker tree is contained (cgroup v2 when possible, or process group).
     pub containment: Containment,
+    /// Notified once, when the leader first accepts a report: the executor is then
+    /// registered with the cluster (`failover exec` tells systemd it is ready).
+    pub registered: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// Why an executor cannot run.
@@ -920,6 +923,9 @@ impl Executor {
                 tokio::time::timeout(Duration::from_secs(1), client.report(report.clone())).await;
             match sent {
                 Ok(Ok(ack)) => {
+                    if let Some(registered) = self.opts.registered.take() {
+                        registered.notify_one();
+                    }
                     self.reporter = Some(addr);
                     let asked = ack.into_inner().reload_generation;
                     if asked > self.reload_done.0 && asked > self.reload_asked {

@@ -7,9 +7,10 @@ use anyhow::Context;
 use clap::Args;
 use failover_controller::{Controller, ControllerOptions, SystemClock, TcpDialer};
 use failover_core::NodeId;
+use futures::{Stream, StreamExt};
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_stream::wrappers::TcpListenerStream;
-use tokio_stream::StreamExt;
 
 /// Arguments of `failover controller`.
 #[derive(Debug, Args)]
@@ -23,6 +24,11 @@ pub struct ControllerArgs {
     /// Where this controller keeps its Raft log and state.
     #[arg(long)]
     pub data_dir: PathBuf,
+    /// Start on an empty data dir although the other controllers already formed the
+    /// cluster: join it as a follower that catches up from the leader (a replaced disk,
+    /// or a first start after the others). Without it such a start is refused.
+    #[arg(long)]
+    pub join_existing: bool,
 }
 
 pub(crate) async fn run(args: ControllerArgs) -> anyhow::Result<()> {
@@ -37,7 +43,7 @@ pub(crate) async fn run(args: ControllerArgs) -> anyhow::Result<()> {
                 args.config.display()
             )
         })?;
-    let listener = tokio::net::TcpListener::bind(&me.addr)
+    let socket = reserve(&me.addr)
         .await
         .with_context(|| format!("cannot listen on {}", me.addr))?;
     let http = match &me.http_addr {
@@ -52,14 +58,11 @@ pub(crate) async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         topology,
         node_id: args.node,
         data_dir: args.data_dir,
+        join_existing: args.join_existing,
     };
-    // Replies are small and latency-bound: without TCP_NODELAY each one can wait out a
-    // delayed ACK (40 ms on Linux).
-    let incoming = TcpListenerStream::new(listener)
-        .map(|stream| stream.and_then(|s| s.set_nodelay(true).map(|()| s)));
     let controller = Controller::start(
         options,
-        incoming,
+        incoming(socket),
         http,
         Arc::new(TcpDialer::default()),
         Arc::new(SystemClock),
@@ -72,10 +75,48 @@ pub(crate) async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         http_addr = me.http_addr.as_deref().unwrap_or("none"),
         "controller started"
     );
+    // Controller::start returned: gRPC and HTTP are bound and served, and the Raft node
+    // runs (with the cluster formed or joined).
+    crate::systemd::ready(&format!("controller {} serving on {}", args.node, me.addr));
     wait_for_stop_signal().await?;
     tracing::info!(node = args.node, "stopping");
+    crate::systemd::stopping();
     controller.shutdown().await;
     Ok(())
+}
+
+/// Binds `addr` without listening yet: the port is taken (a clash fails here, at start),
+/// but connections are refused until [`incoming`] is first polled, which the controller
+/// does only once it serves. Until then a peer's probe of this controller
+/// (`failover_controller::rejoin`) fails at once instead of waiting on a socket nobody
+/// answers, so controllers started together on empty data dirs do not wait for each other.
+async fn reserve(addr: &str) -> anyhow::Result<TcpSocket> {
+    let resolved = tokio::net::lookup_host(addr)
+        .await?
+        .next()
+        .with_context(|| format!("{addr} resolves to no address"))?;
+    let socket = if resolved.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // As std and tokio listeners do on Unix: a restart can bind while old connections
+    // linger in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(resolved)?;
+    Ok(socket)
+}
+
+/// The gRPC connections of a socket from [`reserve`], listening from the first poll on.
+fn incoming(socket: TcpSocket) -> impl Stream<Item = std::io::Result<TcpStream>> {
+    futures::stream::once(async move { socket.listen(1024) })
+        .flat_map(|listening| match listening {
+            Ok(listener) => TcpListenerStream::new(listener).left_stream(),
+            Err(e) => futures::stream::once(async move { Err(e) }).right_stream(),
+        })
+        // Replies are small and latency-bound: without TCP_NODELAY each one can wait out
+        // a delayed ACK (40 ms on Linux).
+        .map(|stream| stream.and_then(|s| s.set_nodelay(true).map(|()| s)))
 }
 
 /// Waits for SIGINT or SIGTERM.

@@ -88,6 +88,8 @@ pub(crate) async fn run(args: ExecArgs) -> anyhow::Result<()> {
         (None, None) => None,
     };
     check_ride_out(&timing, args.stop_grace)?;
+    let registered = Arc::new(tokio::sync::Notify::new());
+    let status = format!("executor {id} of group {} at {}", args.group, args.site);
     let options = ExecutorOptions {
         group: args.group,
         site: args.site,
@@ -114,6 +116,7 @@ pub(crate) async fn run(args: ExecArgs) -> anyhow::Result<()> {
             echo: !args.no_echo,
         },
         containment: args.containment,
+        registered: Some(registered.clone()),
     };
     failover_executor::executor::check_command(&options.command)?;
     // Workers left by a previous executor of this group and site that was killed
@@ -121,6 +124,10 @@ pub(crate) async fn run(args: ExecArgs) -> anyhow::Result<()> {
     for marker in failover_executor::contain::sweep_stale(&options.group, &options.site) {
         tracing::warn!(%marker, "killed a worker tree left by an executor that is gone");
     }
+    tokio::spawn(async move {
+        registered.notified().await;
+        crate::systemd::ready(&format!("{status}: registered with the cluster"));
+    });
     let (control, commands) = tokio::sync::mpsc::channel(4);
     let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
     tokio::spawn(async move {
@@ -129,7 +136,11 @@ pub(crate) async fn run(args: ExecArgs) -> anyhow::Result<()> {
         loop {
             tokio::select! {
                 _ = hangup.recv() => { let _ = control.send(Control::Reload).await; }
-                _ = &mut stop => { let _ = control.send(Control::Shutdown).await; return; }
+                _ = &mut stop => {
+                    crate::systemd::stopping();
+                    let _ = control.send(Control::Shutdown).await;
+                    return;
+                }
             }
         }
     });

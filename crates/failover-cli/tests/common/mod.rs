@@ -117,6 +117,11 @@ impl Cluster {
 
     /// Starts controller `id` (again) on its own data dir.
     pub fn start(&mut self, id: u64) {
+        self.start_with(id, &[], &[]);
+    }
+
+    /// Like [`Cluster::start`], with extra arguments and environment variables.
+    pub fn start_with(&mut self, id: u64, args: &[&str], env: &[(&str, &Path)]) {
         let data_dir = self.dir.path().join(format!("controller-{id}"));
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -130,6 +135,8 @@ impl Cluster {
             .arg(self.config_path())
             .arg("--data-dir")
             .arg(data_dir)
+            .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
@@ -276,6 +283,17 @@ pub fn alive(pid: i32) -> bool {
 impl Cluster {
     /// `failover exec` for `site` with extra arguments, logging to the test dir.
     pub fn exec(&self, site: &str, args: &[&str], command: &[&str]) -> Proc {
+        self.exec_with_env(site, args, command, &[])
+    }
+
+    /// Like [`Cluster::exec`], with extra environment variables.
+    pub fn exec_with_env(
+        &self,
+        site: &str,
+        args: &[&str],
+        command: &[&str],
+        env: &[(&str, &Path)],
+    ) -> Proc {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -287,6 +305,7 @@ impl Cluster {
             .args(args)
             .arg("--")
             .args(command)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .env("FAILOVER_ENDPOINTS", self.endpoints())
             .env("FAILOVER_LOG_DIR", self.dir.path().join("worker-logs"))

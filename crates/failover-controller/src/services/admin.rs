@@ -12,9 +12,15 @@ use failover_core::{ChangeKind, Command, GroupName, GroupState, Rejection, SiteI
 use failover_proto::admin::admin_service_client::AdminServiceClient;
 use failover_proto::admin::admin_service_server::AdminService;
 use failover_proto::admin::{
+<<<<<<< HEAD
     ControllerStatus, DemoteRequest, ExecutorStatus, GroupStatus, HistoryEntry, HistoryRequest,
     HistoryResponse, LeaseStatus, LeasesRequest, LeasesResponse, PauseRequest, PauseResponse,
     PromoteRequest, PromoteResponse, ReloadRequest, ReloadResponse, ResumeRequest, SiteStatus,
+=======
+    AllowRejoinRequest, AllowRejoinResponse, ControllerStatus, DemoteRequest, ExecutorStatus,
+    GroupStatus, HistoryEntry, HistoryRequest, HistoryResponse, LeaseStatus, LeasesRequest,
+    LeasesResponse, PromoteRequest, PromoteResponse, ReloadRequest, ReloadResponse, SiteStatus,
+>>>>>>> ops-docs
     StatusRequest, StatusResponse,
 };
 use openraft::{Instant as _, ReadPolicy};
@@ -702,5 +708,34 @@ impl AdminService for AdminServer {
             .executors
             .request_reload(&site, self.ctx.clock.unix_ms());
         Ok(Response::new(ReloadResponse { generation }))
+    }
+
+    async fn allow_rejoin(
+        &self,
+        request: Request<AllowRejoinRequest>,
+    ) -> Result<Response<AllowRejoinResponse>, Status> {
+        if let Some(mut leader) = self.forward_target(&request)? {
+            return leader.allow_rejoin(forwarded(request.into_inner())).await;
+        }
+        let node = request.into_inner().node_id;
+        if node == self.ctx.node_id || self.ctx.topology.controller(node).is_none() {
+            return Err(Status::invalid_argument(format!(
+                "controller {node} cannot rejoin through controller {}",
+                self.ctx.node_id
+            )));
+        }
+        match self.ctx.raft.trigger().allow_next_revert(&node, true).await {
+            Ok(Ok(())) => {
+                tracing::warn!(
+                    controller = node,
+                    "controller rejoins with an empty log; replicating to it from the start"
+                );
+                Ok(Response::new(AllowRejoinResponse {
+                    leader: self.ctx.node_id,
+                }))
+            }
+            Ok(Err(e)) => Err(Status::unavailable(e.to_string())),
+            Err(fatal) => Err(Status::internal(fatal.to_string())),
+        }
     }
 }

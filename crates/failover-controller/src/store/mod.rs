@@ -69,7 +69,7 @@ pub enum OpenError {
         expected: NodeId,
     },
     /// The directory was written by the earlier sled storage, which this version cannot read.
-    #[error("data dir {dir} holds sled data from an earlier version (file `db`, no `{DATA_FILE}`): move it aside and let this controller rejoin from its peers")]
+    #[error("data dir {dir} holds sled data from an earlier version (file `db`, no `{DATA_FILE}`): move it aside and start this controller with --join-existing to rejoin from its peers")]
     OldFormat {
         /// The directory.
         dir: String,

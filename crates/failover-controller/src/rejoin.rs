@@ -1,0 +1,140 @@
+//! What a controller does when its data directory is empty: form the cluster (a first
+//! start), or refuse, because the cluster already exists and this controller may have
+//! lost the Raft state it promised to keep.
+//!
+//! Raft's safety rests on every voter remembering two things across restarts: the vote it
+//! cast in its current term, and the log entries it acknowledged. A controller whose disk
+//! was replaced remembers neither. With an empty log it grants its vote to any candidate,
+//! also to one that lacks entries this controller helped commit, and with a forgotten vote
+//! it may vote twice in one term. Either can elect a leader without a committed change (a
+//! promotion, a lease grant) and break S1. So a controller on an empty data directory asks
+//! its peers first, and refuses to start when they report an existing cluster, unless the
+//! operator says, with `--join-existing`, that it should join that cluster as an empty
+//! follower (docs/runbook.md, "Replacing a controller whose disk is gone"). Joining never
+//! proposes a membership: the node waits for the leader to send it the log or a snapshot.
+//!
+//! "Existing" must not include a cluster that is forming right now: controllers started
+//! together on empty data dirs see each other's first election within milliseconds. A
+//! peer reports an existing cluster when its state holds groups (so a leader has
+//! committed them) and either the leader's history shows a group created more than
+//! [`FORMATION_WINDOW`] ago, or no leader answers (the cluster has lost its quorum, quite
+//! possibly because this controller is missing). What this cannot tell: a disk lost within
+//! [`FORMATION_WINDOW`] of the cluster's creation, and a topology without groups. The window
+//! is short because a false refusal costs little (the message names `--join-existing`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use failover_client::{AdminClient, Dialer, Endpoints};
+use failover_core::{NodeId, Topology};
+use failover_proto::admin::admin_service_client::AdminServiceClient;
+use failover_proto::admin::AllowRejoinRequest;
+
+/// How long one peer may take to answer one call. A leader that cannot confirm its
+/// quorum answers a status only after its 2 s read timeout, so this is longer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How old a group must be for its cluster to count as formed before this start, rather
+/// than forming together with it.
+pub const FORMATION_WINDOW: Duration = Duration::from_secs(15);
+
+/// A peer that reports a cluster formed before this controller started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExistingCluster {
+    /// The controller that answered.
+    pub peer: NodeId,
+    /// Its Raft term.
+    pub term: u64,
+    /// What shows the cluster existed before, in words for the operator.
+    pub evidence: String,
+}
+
+/// Asks every other controller of the topology, in parallel, whether the cluster already
+/// existed before this start (see the module doc); the first that says so, or `None` when
+/// none does or none answers. `now_unix_ms` is the wall clock, compared with the history's
+/// creation times.
+pub async fn probe_existing_cluster(
+    topology: &Topology,
+    me: NodeId,
+    dialer: Arc<dyn Dialer>,
+    now_unix_ms: u64,
+) -> Option<ExistingCluster> {
+    let probes = topology
+        .controllers()
+        .filter(|(_, c)| c.id != me)
+        .filter_map(|(_, c)| {
+            let endpoints = Endpoints::parse(&c.addr).ok()?;
+            let mut client = AdminClient::with_dialer(endpoints, dialer.clone());
+            client.deadline = PROBE_TIMEOUT;
+            client.attempt_timeout = PROBE_TIMEOUT;
+            Some(probe_peer(client, c.id, now_unix_ms))
+        });
+    futures::future::join_all(probes)
+        .await
+        .into_iter()
+        .flatten()
+        .next()
+}
+
+async fn probe_peer(
+    mut client: AdminClient,
+    peer: NodeId,
+    now_unix_ms: u64,
+) -> Option<ExistingCluster> {
+    let status = client.status().await.ok()?;
+    if status.term == 0 || status.groups.is_empty() {
+        return None;
+    }
+    let existing = |evidence: String| ExistingCluster {
+        peer,
+        term: status.term,
+        evidence,
+    };
+    let Ok(history) = client.history("").await else {
+        return Some(existing(format!(
+            "its state holds {} group(s) but no leader answers",
+            status.groups.len()
+        )));
+    };
+    let oldest = history
+        .entries
+        .iter()
+        .map(|e| e.requested_at_unix_ms)
+        .filter(|&at| at > 0)
+        .min()?;
+    let age_ms = now_unix_ms.saturating_sub(oldest);
+    (age_ms > FORMATION_WINDOW.as_millis() as u64).then(|| {
+        existing(format!(
+            "its history starts {} s ago, before this controller started",
+            age_ms / 1000
+        ))
+    })
+}
+
+/// How long a joining controller keeps asking for the leader's [`allow_rejoin`].
+const ALLOW_REJOIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Asks the leader (through any peer) to replicate to `me` from the start. A leader that
+/// had replicated to this controller before its disk was lost sees its log go back, which
+/// openraft treats as a broken follower (its Raft core stops) unless told first. Returns
+/// the leader that agreed, or `None` when no leader answered within
+/// [`ALLOW_REJOIN_TIMEOUT`]: then no leader holds a replication record of this controller
+/// either (a leader elected later starts without one), and joining is still safe for
+/// the leader.
+pub async fn allow_rejoin(topology: &Topology, me: NodeId, dialer: &dyn Dialer) -> Option<NodeId> {
+    let deadline = tokio::time::Instant::now() + ALLOW_REJOIN_TIMEOUT;
+    while tokio::time::Instant::now() < deadline {
+        for (_, peer) in topology.controllers().filter(|(_, c)| c.id != me) {
+            let Ok(channel) = dialer.channel(&peer.addr) else {
+                continue;
+            };
+            let mut client = AdminServiceClient::new(channel);
+            let request = client.allow_rejoin(AllowRejoinRequest { node_id: me });
+            if let Ok(Ok(answer)) = tokio::time::timeout(PROBE_TIMEOUT, request).await {
+                return Some(answer.into_inner().leader);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    None
+}
