@@ -136,6 +136,11 @@ impl Controller {
                 renewals,
                 shutdown_rx.clone(),
             )),
+            tokio::spawn(store::run_snapshot_schedule(
+                ctx.raft.clone(),
+                ctx.view.clone(),
+                shutdown_rx.clone(),
+            )),
         ];
         if let Some(listener) = http {
             tasks.push(tokio::spawn(crate::http::serve(
@@ -193,7 +198,8 @@ async fn start_raft(
         heartbeat_interval: timing.raft_heartbeat_ms,
         election_timeout_min: timing.election_timeout_min_ms,
         election_timeout_max: timing.election_timeout_max_ms,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(1000),
+        // Snapshots follow the state's size instead (`store::SnapshotSchedule`).
+        snapshot_policy: SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: 200,
         // The state machine and the committed index are not fsynced on apply, so a leader
         // restored without an election could serve a linearizable read from a state that
