@@ -149,6 +149,15 @@ pub fn open(dir: &Path, node_id: NodeId) -> Result<(LogStore, StateMachine), Ope
     Ok((log, sm))
 }
 
+/// A state in the snapshot encoding the controllers store and send (for tools and tests
+/// that need a snapshot without a running cluster). `state` is only borrowed mutably while
+/// its groups are written without their leases; it is unchanged on return.
+pub fn encode_snapshot(state: &mut failover_core::ClusterState) -> io::Result<Vec<u8>> {
+    let mut out = snapshot::encode_skeleton(state)?;
+    snapshot::encode_leases(state, &mut out);
+    Ok(out)
+}
+
 /// Makes a directory's entries (a file created or renamed in it) durable.
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()

@@ -33,14 +33,6 @@ struct JsonSnapshot {
     state: ClusterState,
 }
 
-/// Encodes `state` (see [`encode_skeleton`] and [`encode_leases`]).
-#[cfg(test)]
-pub(crate) fn encode(state: &mut ClusterState) -> io::Result<Vec<u8>> {
-    let mut out = encode_skeleton(state)?;
-    encode_leases(state, &mut out);
-    Ok(out)
-}
-
 /// The magic and the skeleton: the state without its leases. They are moved out of each
 /// group only while the skeleton is written (a pointer swap each way), so this costs the
 /// size of the groups and their history, not of the leases.
@@ -210,6 +202,7 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::encode_snapshot as encode;
     use failover_core::{Command, GroupName, SiteId};
 
     /// A group with `leases` leases; every tenth holder re-acquired (its first lease is

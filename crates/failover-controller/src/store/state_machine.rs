@@ -284,6 +284,7 @@ async fn write_snapshot(
 fn check_state(state: &ClusterState) {
     for group in state.groups.values() {
         group.assert_invariants();
+        group.assert_history();
     }
 }
 
