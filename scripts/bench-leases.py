@@ -244,14 +244,31 @@ class Cluster:
                                                 stderr=subprocess.STDOUT,
                                                 stdin=subprocess.DEVNULL)
         deadline = started + RESTART_TIMEOUT
+        nudged = not wipe
         while time.time() < deadline:
             if self.procs[node - 1].poll() is not None:
                 raise RuntimeError(f"controller {node} exited after its restart")
-            if self.leases_at(node) == expected:
+            if not nudged and self.serving(node):
+                # openraft backs off a follower it found unreachable and resumes sending
+                # to it with the next write; a benchmark cluster is idle by now, so make
+                # one (a grant: the count to reach grows by one).
+                self.nudge()
+                expected = self.leases_at(1 if node != 1 else 2)
+                nudged = True
+            if nudged and self.leases_at(node) == expected:
                 return time.time() - started
             time.sleep(0.05)
         raise RuntimeError(f"controller {node} did not hold {expected} leases within "
                            f"{RESTART_TIMEOUT:.0f} s of its restart")
+
+    def serving(self, node: int) -> bool:
+        """Whether controller `node` answers on its HTTP port."""
+        import urllib.request
+        try:
+            with urllib.request.urlopen(f"http://{self.http[node - 1]}/health", timeout=2):
+                return True
+        except OSError as e:
+            return hasattr(e, "code")
 
     def leases_at(self, node: int):
         """The live leases of group `default` in controller `node`'s applied state (its
@@ -414,6 +431,10 @@ def run_one(system: str, n: int, failover_bin: str, etcd_bin: str, bench_bin: st
         result["max_rss_bytes"] = max_rss
         cluster.check_running()
         if system == "failover":
+            one = [bench_bin, system, "--endpoints", ",".join(cluster.endpoints),
+                   "--leases", "1", "--duration-secs", "0.1"] + extra
+            cluster.nudge = lambda: subprocess.run(one, check=True, capture_output=True,
+                                                   timeout=60)
             result["restart_s"] = cluster.restart(2, wipe=False)
             result["catch_up_s"] = cluster.restart(3, wipe=True)
             result["max_rss_bytes"] = [max(a, b) for a, b in zip(max_rss, cluster.rss_bytes())]
@@ -638,7 +659,10 @@ def render(runs: dict, counts: list, args, etcd_version: str, elapsed: float) ->
         "*restart* is the time from starting controller 2 again (same data dir) until its "
         "own applied state (its `/metrics`) holds all N leases; *catch-up* is the same for "
         "controller 3 after its data dir was deleted, which only a snapshot from the leader "
-        "can bring up to date (the logs are purged up to the last snapshot).",
+        "can bring up to date (the logs are purged up to the last snapshot). openraft backs off a "
+        "follower it found unreachable and resumes sending to it with the next write, and the "
+        "cluster is idle by then, so as soon as the wiped controller answers the script "
+        "makes one grant (a `failover-bench` run of one lease, included in the time).",
     ]
     notes = explain(runs, sums, counts, ka_met, p99_met, rss_met)
     body += ["", "Notes:", ""] + problems + notes

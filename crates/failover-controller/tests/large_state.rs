@@ -74,8 +74,10 @@ fn large_state() -> ClusterState {
         holders,
     };
     group.assert_invariants();
-    let mut state = ClusterState::default();
-    state.next_lease_id = 1000 + LEASES;
+    let mut state = ClusterState {
+        next_lease_id: 1000 + LEASES,
+        ..ClusterState::default()
+    };
     state.groups.insert(group.name.clone(), group);
     state
 }
