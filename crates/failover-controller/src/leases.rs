@@ -106,14 +106,14 @@ impl EngineReports {
             (at, ready),
         );
         if inner.polls.len() > MAX_ENGINE_INSTANCES {
-            let oldest = inner
-                .polls
-                .iter()
-                .min_by_key(|(_, (at, _))| *at)
-                .map(|(key, _)| key.clone());
-            if let Some(key) = oldest {
-                inner.polls.remove(&key);
-            }
+            // Forget the longest-silent quarter at once, so that an acquire costs a
+            // constant amortised time however many instances come and go.
+            let mut times: Vec<Instant> = inner.polls.values().map(|(at, _)| *at).collect();
+            let keep = MAX_ENGINE_INSTANCES * 3 / 4;
+            let cut = times.len() - keep;
+            let (_, cutoff, _) = times.select_nth_unstable(cut);
+            let cutoff = *cutoff;
+            inner.polls.retain(|_, (at, _)| *at >= cutoff);
         }
     }
 
@@ -130,28 +130,27 @@ impl EngineReports {
     /// Per group and site, what was heard (each pair once).
     pub fn seen(&self) -> Vec<EngineSeen> {
         let inner = self.lock();
-        let mut seen: BTreeMap<(GroupName, SiteId), EngineSeen> = BTreeMap::new();
-        let mut note = |group: &GroupName, site: &SiteId, at: Instant, ready: bool| {
-            let entry = seen
-                .entry((group.clone(), site.clone()))
-                .or_insert_with(|| EngineSeen {
-                    group: group.clone(),
-                    site: site.clone(),
-                    heard_at: at,
-                    ready_at: None,
-                });
-            entry.heard_at = entry.heard_at.max(at);
-            if ready {
-                entry.ready_at = Some(entry.ready_at.map_or(at, |r| r.max(at)));
-            }
-        };
+        // Keyed by reference: only one entry per pair is cloned, not one per instance.
+        let mut seen: BTreeMap<(&GroupName, &SiteId), (Instant, Option<Instant>)> = BTreeMap::new();
         for ((group, site, _), (at, ready)) in &inner.polls {
-            note(group, site, *at, *ready);
+            let entry = seen.entry((group, site)).or_insert((*at, None));
+            entry.0 = entry.0.max(*at);
+            if *ready {
+                entry.1 = Some(entry.1.map_or(*at, |r| r.max(*at)));
+            }
         }
         for ((group, site), at) in &inner.renewals {
-            note(group, site, *at, false);
+            let entry = seen.entry((group, site)).or_insert((*at, None));
+            entry.0 = entry.0.max(*at);
         }
-        seen.into_values().collect()
+        seen.into_iter()
+            .map(|((group, site), (heard_at, ready_at))| EngineSeen {
+                group: group.clone(),
+                site: site.clone(),
+                heard_at,
+                ready_at,
+            })
+            .collect()
     }
 }
 

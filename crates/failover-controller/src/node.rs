@@ -35,6 +35,10 @@ use failover_client::Dialer;
 /// How long shutdown waits for each task before aborting it.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 
+/// How long a snapshot send may take, install on the receiver included (~30 MB at
+/// 1,000,000 leases).
+const INSTALL_SNAPSHOT_TIMEOUT_MS: u64 = 60_000;
+
 /// Largest gRPC message a controller accepts (snapshots travel in one message).
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
@@ -194,6 +198,11 @@ impl Controller {
                 renewals,
                 shutdown_rx.clone(),
             )),
+            tokio::spawn(store::run_snapshot_schedule(
+                ctx.raft.clone(),
+                ctx.view.clone(),
+                shutdown_rx.clone(),
+            )),
         ];
         if let Some(listener) = http {
             tasks.push(tokio::spawn(crate::http::serve(
@@ -253,7 +262,12 @@ async fn start_raft(
         heartbeat_interval: timing.raft_heartbeat_ms,
         election_timeout_min: timing.election_timeout_min_ms,
         election_timeout_max: timing.election_timeout_max_ms,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(1000),
+        // Snapshots follow the state's size instead (`store::SnapshotSchedule`).
+        snapshot_policy: SnapshotPolicy::Never,
+        // A snapshot travels whole and the receiver decodes and fsyncs it before it
+        // answers: openraft's 200 ms default is too short for a large state on a loaded
+        // machine, and a send that times out is retried with the same snapshot.
+        install_snapshot_timeout: INSTALL_SNAPSHOT_TIMEOUT_MS,
         max_in_snapshot_log_to_keep: 200,
         // The state machine and the committed index are not fsynced on apply, so a leader
         // restored without an election could serve a linearizable read from a state that

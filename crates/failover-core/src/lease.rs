@@ -13,7 +13,7 @@
 //!
 //! Why this is safe is argued in `docs/leases.md`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -178,11 +178,22 @@ pub enum RenewRefusal {
 /// than the election), call [`LeaderLeases::observe`] after every applied change and before
 /// [`LeaderLeases::completions`] / [`LeaderLeases::expirations`], and drop it when
 /// leadership is lost. `now` never goes backwards.
+///
+/// Cost: every call is independent of the number of live leases except the first
+/// `observe` of a new leader (which meets its predecessor's leases once). Leases are kept
+/// ordered by last renewal, so the next expiry is the first entry; new leases are found
+/// through the lease id counter (ids only grow); a lease that disappeared from the state
+/// without [`LeaderLeases::on_released`] is forgotten once its expiry has passed.
 #[derive(Debug, Clone)]
 pub struct LeaderLeases {
     timing: LeaseTiming,
     became_leader_at: Instant,
+    /// Per lease: its last renewal, never earlier than `became_leader_at`.
     renewed_at: HashMap<LeaseId, Instant>,
+    /// The same pairs ordered by renewal time: the first entry expires first.
+    by_renewal: BTreeSet<(Instant, LeaseId)>,
+    /// Every lease with a smaller id has been observed (or was granted by this leader).
+    observed_below: u64,
     demoting_seen_at: HashMap<GroupName, (Epoch, Instant)>,
 }
 
@@ -193,6 +204,8 @@ impl LeaderLeases {
             timing,
             became_leader_at,
             renewed_at: HashMap::new(),
+            by_renewal: BTreeSet::new(),
+            observed_below: 0,
             demoting_seen_at: HashMap::new(),
         }
     }
@@ -206,9 +219,7 @@ impl LeaderLeases {
     /// leader's own start, since it cannot know what its predecessor accepted. `None` for a
     /// lease this leader has not observed yet (see [`LeaderLeases::observe`]).
     pub fn last_renewal(&self, lease: LeaseId) -> Option<Instant> {
-        self.renewed_at
-            .get(&lease)
-            .map(|at| (*at).max(self.became_leader_at))
+        self.renewed_at.get(&lease).copied()
     }
 
     /// When the leader may treat the lease as dead; `None` until it has observed it.
@@ -217,10 +228,26 @@ impl LeaderLeases {
             .map(|at| at + self.timing.leader_expiry())
     }
 
+    /// Sets the lease's last renewal to `at` (or the leader's start, if later).
+    fn set_renewed(&mut self, lease: LeaseId, at: Instant) {
+        let at = at.max(self.became_leader_at);
+        if let Some(old) = self.renewed_at.insert(lease, at) {
+            self.by_renewal.remove(&(old, lease));
+        }
+        self.by_renewal.insert((at, lease));
+    }
+
+    /// Forgets a lease.
+    fn forget(&mut self, lease: LeaseId) {
+        if let Some(old) = self.renewed_at.remove(&lease) {
+            self.by_renewal.remove(&(old, lease));
+        }
+    }
+
     /// Records a grant received at `received_at` (earlier than any observation of it, so
     /// it replaces one).
     pub fn on_granted(&mut self, lease: LeaseId, received_at: Instant) {
-        self.renewed_at.insert(lease, received_at);
+        self.set_renewed(lease, received_at);
     }
 
     /// Checks a renewal received at `received_at` against `state`, which must reflect at
@@ -251,7 +278,8 @@ impl LeaderLeases {
                 to: pending.to.clone(),
             });
         }
-        if let Some(last) = self.last_renewal(lease) {
+        let last = self.last_renewal(lease);
+        if let Some(last) = last {
             if received_at >= last + self.timing.ttl || now >= last + self.timing.leader_expiry() {
                 return Err(RenewRefusal::Expired(lease));
             }
@@ -263,8 +291,10 @@ impl LeaderLeases {
             });
         }
         debug_assert_eq!(held.epoch, g.epoch);
-        let at = self.renewed_at.entry(lease).or_insert(received_at);
-        *at = (*at).max(received_at);
+        let at = last.map_or(received_at, |last| last.max(received_at));
+        if last != Some(at) {
+            self.set_renewed(lease, at);
+        }
         Ok(Renewed {
             lease,
             ttl: self.timing.ttl,
@@ -276,14 +306,14 @@ impl LeaderLeases {
 
     /// Forgets a released lease.
     pub fn on_released(&mut self, lease: LeaseId) {
-        self.renewed_at.remove(&lease);
+        self.forget(lease);
     }
 
     /// Takes note of the applied state at `now`: the first time this leader sees a group
     /// demoting (at a given epoch) starts that group's drain clock; a lease it has not seen
     /// before counts as renewed at `now` (a grant is applied before its handler can record
-    /// the receipt time, and a predecessor's leases are unknown); leases and groups that
-    /// are gone are forgotten.
+    /// the receipt time, and a predecessor's leases are unknown); groups that are gone,
+    /// and leases that are gone and past their expiry, are forgotten.
     pub fn observe(&mut self, state: &ClusterState, now: Instant) {
         self.demoting_seen_at.retain(|name, (epoch, _)| {
             state
@@ -298,11 +328,38 @@ impl LeaderLeases {
                     .or_insert((g.epoch, now));
             }
         }
-        self.renewed_at
-            .retain(|id, _| state.groups.values().any(|g| g.leases.contains_key(id)));
-        for id in state.groups.values().flat_map(|g| g.leases.keys()) {
-            self.renewed_at.entry(*id).or_insert(now);
+        // Lease ids come from a counter, so the leases not seen yet are those from the
+        // last observed counter value on.
+        let from = LeaseId(self.observed_below);
+        let new: Vec<LeaseId> = state
+            .groups
+            .values()
+            .flat_map(|g| g.leases.range(from..).map(|(id, _)| *id))
+            .filter(|id| !self.renewed_at.contains_key(id))
+            .collect();
+        for id in new {
+            self.set_renewed(id, now);
         }
+        self.observed_below = self.observed_below.max(state.next_lease_id);
+        // A lease that left the state without `on_released` (expired, ended by a
+        // promotion, or released while its handler was gone) is forgotten once its own
+        // expiry has passed; until then it only makes `poll_timeout` wake early.
+        let gone: Vec<LeaseId> = self
+            .expired_by(now)
+            .filter(|id| lease_group(state, *id).is_none())
+            .collect();
+        for id in gone {
+            self.forget(id);
+        }
+    }
+
+    /// The leases whose leader-side expiry is at or before `now`, oldest first.
+    fn expired_by(&self, now: Instant) -> impl Iterator<Item = LeaseId> + '_ {
+        let expiry = self.timing.leader_expiry();
+        self.by_renewal
+            .iter()
+            .take_while(move |(at, _)| now >= *at + expiry)
+            .map(|(_, id)| *id)
     }
 
     /// When the group's demotion may complete even if leases remain: `ttl +
@@ -335,40 +392,48 @@ impl LeaderLeases {
         group.leases.is_empty() || now >= deadline
     }
 
-    /// `Expire` for every group with leases unrenewed for `ttl + max_clock_drift`.
+    /// `Expire` for every group with leases unrenewed for `ttl + max_clock_drift` (ids in
+    /// increasing order, groups in name order).
     pub fn expirations(&self, state: &ClusterState, now: Instant) -> Vec<Command> {
-        state
-            .groups
-            .values()
-            .filter_map(|g| {
-                let dead: Vec<LeaseId> = g
-                    .leases
-                    .keys()
-                    .copied()
-                    .filter(|id| self.expires_at(*id).is_some_and(|at| now >= at))
-                    .collect();
-                (!dead.is_empty()).then(|| Command::Expire {
-                    group: g.name.clone(),
-                    leases: dead,
-                })
+        let mut dead: BTreeMap<&GroupName, Vec<LeaseId>> = BTreeMap::new();
+        for id in self.expired_by(now) {
+            if let Some(g) = lease_group(state, id) {
+                dead.entry(&g.name).or_default().push(id);
+            }
+        }
+        dead.into_iter()
+            .map(|(group, mut leases)| {
+                leases.sort_unstable();
+                Command::Expire {
+                    group: group.clone(),
+                    leases,
+                }
             })
             .collect()
     }
 
     /// The next instant at which [`LeaderLeases::completions`] or
-    /// [`LeaderLeases::expirations`] may have something new to say.
-    pub fn poll_timeout(&self, state: &ClusterState) -> Option<Instant> {
+    /// [`LeaderLeases::expirations`] may have something new to say (possibly earlier: a
+    /// lease that left the state is only forgotten at its expiry).
+    pub fn poll_timeout(&self, _state: &ClusterState) -> Option<Instant> {
         let drains = self
             .demoting_seen_at
             .keys()
             .filter_map(|g| self.drain_deadline(g));
-        let expiries = state
-            .groups
-            .values()
-            .flat_map(|g| g.leases.keys())
-            .filter_map(|id| self.expires_at(*id));
-        drains.chain(expiries).min()
+        let next_expiry = self
+            .by_renewal
+            .first()
+            .map(|(at, _)| *at + self.timing.leader_expiry());
+        drains.chain(next_expiry).min()
     }
+}
+
+/// The group holding `lease`, if any (groups are few; each lookup is logarithmic).
+fn lease_group(state: &ClusterState, lease: LeaseId) -> Option<&GroupState> {
+    state
+        .groups
+        .values()
+        .find(|g| g.leases.contains_key(&lease))
 }
 
 /// The holder-side bounds.

@@ -20,6 +20,7 @@
 #![allow(clippy::result_large_err)]
 
 mod log;
+mod snapshot;
 mod state_machine;
 
 use std::fs::File;
@@ -30,7 +31,9 @@ use std::sync::Arc;
 use redb::{Database, Durability, ReadableTable, TableDefinition, WriteTransaction};
 
 pub use log::LogStore;
-pub use state_machine::{StateMachine, StateView};
+pub use state_machine::{
+    run_snapshot_schedule, SnapshotSchedule, StateMachine, StateView, SNAPSHOT_MIN_ENTRIES,
+};
 
 use failover_core::NodeId;
 
@@ -41,8 +44,14 @@ pub const DATA_FILE: &str = "raft.redb";
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// Raft entries by index.
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
-/// The last snapshot, under one key.
+/// The last snapshot's header (and, from earlier versions, a whole JSON snapshot).
 const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
+/// The last snapshot's data, in pieces of at most 1 MiB, by position.
+const SNAPSHOT_CHUNKS: TableDefinition<u64, &[u8]> = TableDefinition::new("snapshot_chunks");
+/// redb's page cache. The state lives in memory and the log is read back mostly while
+/// still recent, so a small cache costs little; redb's default (1 GiB) would count
+/// against every controller's memory.
+const CACHE_BYTES: usize = 64 << 20;
 
 const NODE_ID: &str = "node_id";
 
@@ -98,7 +107,10 @@ pub fn open(dir: &Path, node_id: NodeId) -> Result<(LogStore, StateMachine), Ope
         return Err(OpenError::OldFormat { dir: shown });
     }
     std::fs::create_dir_all(dir).map_err(io_error)?;
-    let db = Database::create(dir.join(DATA_FILE)).map_err(|e| io_error(io::Error::other(e)))?;
+    let db = redb::Builder::new()
+        .set_cache_size(CACHE_BYTES)
+        .create(dir.join(DATA_FILE))
+        .map_err(|e| io_error(io::Error::other(e)))?;
     sync_dir(dir).map_err(io_error)?;
     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
         sync_dir(parent).map_err(io_error)?;
@@ -107,6 +119,7 @@ pub fn open(dir: &Path, node_id: NodeId) -> Result<(LogStore, StateMachine), Ope
     let found = write(&db, Durability::Immediate, |txn| {
         txn.open_table(LOG)?;
         txn.open_table(SNAPSHOT)?;
+        txn.open_table(SNAPSHOT_CHUNKS)?;
         let mut meta = txn.open_table(META)?;
         let found = meta.get(NODE_ID)?.map(|raw| decode_u64(raw.value()));
         if found.is_none() {
@@ -134,6 +147,15 @@ pub fn open(dir: &Path, node_id: NodeId) -> Result<(LogStore, StateMachine), Ope
     let log = LogStore::new(db.clone());
     let sm = StateMachine::open(db).map_err(|source| OpenError::Damaged { dir: shown, source })?;
     Ok((log, sm))
+}
+
+/// A state in the snapshot encoding the controllers store and send (for tools and tests
+/// that need a snapshot without a running cluster). `state` is only borrowed mutably while
+/// its groups are written without their leases; it is unchanged on return.
+pub fn encode_snapshot(state: &mut failover_core::ClusterState) -> io::Result<Vec<u8>> {
+    let mut out = snapshot::encode_skeleton(state)?;
+    snapshot::encode_leases(state, &mut out);
+    Ok(out)
 }
 
 /// Makes a directory's entries (a file created or renamed in it) durable.

@@ -1,12 +1,18 @@
 //! The replicated state machine, in memory, with its snapshots kept in the redb file.
 //!
 //! The state is applied in memory only; what makes it durable is the Raft log (fdatasynced
-//! on append) plus the last snapshot (fdatasynced when built or installed). On start the state is
-//! empty and openraft restores it: it installs the stored snapshot and re-applies the
-//! committed log after it. Applying therefore costs no disk I/O, which matters at
-//! thousands of lease grants per second.
+//! on append) plus the last snapshot (fdatasynced when built or installed). On start the
+//! state machine loads the stored snapshot (it is then applied up to the snapshot) and
+//! openraft re-applies the committed log after it. Applying therefore costs no disk I/O,
+//! which matters at thousands of lease grants per second.
+//!
+//! Snapshots use the compact encoding of [`super::snapshot`] and are stored in 1 MiB
+//! chunks. They are taken on a schedule that keeps their cost amortised: once the entries
+//! applied since the last one reach the size of the state ([`SnapshotSchedule`]), so a
+//! snapshot, whose cost grows with the state, is paid for by as many entries.
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use redb::{Database, Durability};
@@ -18,22 +24,81 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::{decode, encode, io_err, write_blocking, SNAPSHOT as SNAPSHOTS};
-use crate::types::{Applied, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
+use super::{
+    decode, encode, io_err, snapshot, write_blocking, SNAPSHOT as SNAPSHOTS, SNAPSHOT_CHUNKS,
+};
+use crate::types::{Applied, LogId, Raft, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 
-const SNAPSHOT: &str = "snapshot";
+/// The key of the earlier format: metadata and data as one JSON value.
+const OLD_SNAPSHOT: &str = "snapshot";
+/// The key of the current snapshot's [`SnapshotHeader`]; its data is in `SNAPSHOT_CHUNKS`.
+const HEADER: &str = "header";
+/// Size of one stored piece of snapshot data.
+const CHUNK_BYTES: usize = 1 << 20;
+/// Fewest entries between two snapshots, however small the state.
+pub const SNAPSHOT_MIN_ENTRIES: u64 = 1000;
 
-/// What a snapshot's data holds.
+/// The stored snapshot's metadata and how its data is stored.
 #[derive(Debug, Serialize, Deserialize)]
-struct SnapshotData {
-    state: ClusterState,
+struct SnapshotHeader {
+    meta: SnapshotMeta,
+    len: u64,
+    chunks: u64,
 }
 
-/// A stored snapshot: metadata plus the serialized [`SnapshotData`].
-#[derive(Debug, Serialize, Deserialize)]
-struct StoredSnapshot {
+/// A stored snapshot of the earlier format.
+#[derive(Debug, Deserialize)]
+struct OldSnapshot {
     meta: SnapshotMeta,
     data: Vec<u8>,
+}
+
+/// When the next snapshot is due: once the entries applied since the last one reach
+/// [`SNAPSHOT_MIN_ENTRIES`] or the number of leases and groups, whichever is larger. A
+/// snapshot costs time and bytes in proportion to the state, so this keeps its cost per
+/// entry constant, and a restart re-applies at most about one state's worth of entries.
+#[derive(Debug, Default)]
+pub struct SnapshotSchedule {
+    applied: AtomicU64,
+    last_snapshot: AtomicU64,
+    items: AtomicU64,
+}
+
+impl SnapshotSchedule {
+    /// The entries to apply between two snapshots of a state of `items` leases and groups.
+    pub fn interval(items: u64) -> u64 {
+        items.max(SNAPSHOT_MIN_ENTRIES)
+    }
+
+    /// Whether a snapshot is due; if so, counts it as started so the next one waits a
+    /// full interval.
+    fn take_due(&self) -> bool {
+        let applied = self.applied.load(Ordering::Relaxed);
+        let last = self.last_snapshot.load(Ordering::Relaxed);
+        let due =
+            applied.saturating_sub(last) >= Self::interval(self.items.load(Ordering::Relaxed));
+        due && self
+            .last_snapshot
+            .compare_exchange(last, applied, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    fn applied(&self, index: u64, items: u64) {
+        self.applied.store(index, Ordering::Relaxed);
+        self.items.store(items, Ordering::Relaxed);
+    }
+
+    fn snapshot_at(&self, index: u64) {
+        self.last_snapshot.store(index, Ordering::Relaxed);
+    }
+}
+
+fn items(state: &ClusterState) -> u64 {
+    state
+        .groups
+        .values()
+        .map(|g| g.leases.len() as u64 + 1)
+        .sum()
 }
 
 /// The applied cluster state, shared with the services.
@@ -44,6 +109,7 @@ struct StoredSnapshot {
 pub struct StateView {
     state: RwLock<ClusterState>,
     changes: watch::Sender<u64>,
+    schedule: SnapshotSchedule,
 }
 
 impl StateView {
@@ -51,6 +117,7 @@ impl StateView {
         StateView {
             state: RwLock::new(ClusterState::default()),
             changes: watch::Sender::new(0),
+            schedule: SnapshotSchedule::default(),
         }
     }
 
@@ -94,51 +161,130 @@ impl std::fmt::Debug for StateMachine {
 }
 
 impl StateMachine {
+    /// Loads the stored snapshot, if any: the state machine starts applied up to it.
     pub(super) fn open(db: Arc<Database>) -> Result<Self, io::Error> {
-        if let Some(stored) = read_snapshot(&db)? {
-            // Read it once now so a damaged snapshot is reported at start, by name.
-            let data: SnapshotData = decode(&stored.data, "stored snapshot data")?;
-            check_state(&data.state);
-        }
-        Ok(StateMachine {
+        let view = Arc::new(StateView::new());
+        let mut sm = StateMachine {
             db,
             last_applied: None,
             membership: StoredMembership::default(),
-            view: Arc::new(StateView::new()),
-        })
+            view,
+        };
+        if let Some((meta, data)) = read_snapshot(&sm.db)? {
+            let state = snapshot::decode(&data)?;
+            check_state(&state);
+            sm.restore(&meta, state);
+        }
+        Ok(sm)
     }
 
     /// The view the services read from.
     pub fn view(&self) -> Arc<StateView> {
         self.view.clone()
     }
+
+    /// Replaces the state by a snapshot's.
+    fn restore(&mut self, meta: &SnapshotMeta, state: ClusterState) {
+        let index = meta.last_log_id.map_or(0, |id| id.index());
+        self.view.schedule.applied(index, items(&state));
+        self.view.schedule.snapshot_at(index);
+        *self.view.write() = state;
+        self.last_applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        self.view.changed();
+    }
 }
 
-/// The stored snapshot, if one was ever built or installed.
-fn read_snapshot(db: &Database) -> Result<Option<StoredSnapshot>, io::Error> {
+/// Asks openraft for a snapshot whenever the [`SnapshotSchedule`] says one is due, until
+/// shutdown. Every controller runs it for its own log.
+pub async fn run_snapshot_schedule(
+    raft: Raft,
+    view: Arc<StateView>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut changes = view.subscribe();
+    loop {
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        if view.schedule.take_due() {
+            if let Err(e) = raft.trigger().snapshot().await {
+                tracing::warn!(error = %e, "cannot start a snapshot");
+            }
+        }
+    }
+}
+
+/// The stored snapshot (metadata and data), if one was ever built or installed.
+fn read_snapshot(db: &Database) -> Result<Option<(SnapshotMeta, Vec<u8>)>, io::Error> {
     let txn = db.begin_read().map_err(io_err)?;
     let table = txn.open_table(SNAPSHOTS).map_err(io_err)?;
-    let raw = table.get(SNAPSHOT).map_err(io_err)?;
-    match raw {
-        Some(raw) => decode(raw.value(), "stored snapshot").map(Some),
+    if let Some(raw) = table.get(HEADER).map_err(io_err)? {
+        let header: SnapshotHeader = decode(raw.value(), "snapshot header")?;
+        let chunks = txn.open_table(SNAPSHOT_CHUNKS).map_err(io_err)?;
+        let len = usize::try_from(header.len).map_err(io::Error::other)?;
+        let mut data = Vec::with_capacity(len);
+        for i in 0..header.chunks {
+            let chunk = chunks.get(i).map_err(io_err)?.ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("snapshot chunk {i} of {} is missing", header.chunks),
+                )
+            })?;
+            data.extend_from_slice(chunk.value());
+        }
+        if data.len() != len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("snapshot data is {} bytes, header says {len}", data.len()),
+            ));
+        }
+        return Ok(Some((header.meta, data)));
+    }
+    match table.get(OLD_SNAPSHOT).map_err(io_err)? {
+        Some(raw) => {
+            let old: OldSnapshot = decode(raw.value(), "stored snapshot")?;
+            Ok(Some((old.meta, old.data)))
+        }
         None => Ok(None),
     }
 }
 
-/// Stores `stored` as the current snapshot; returns once the data file is fdatasynced.
-async fn write_snapshot(db: &Arc<Database>, stored: &StoredSnapshot) -> Result<(), io::Error> {
-    let raw = encode(stored)?;
+/// Stores `data` as the current snapshot, in chunks, replacing the previous one; returns
+/// once the data file is fdatasynced. Hands the data back.
+async fn write_snapshot(
+    db: &Arc<Database>,
+    meta: &SnapshotMeta,
+    data: Vec<u8>,
+) -> Result<Vec<u8>, io::Error> {
+    let chunks = data.len().div_ceil(CHUNK_BYTES) as u64;
+    let header = encode(&SnapshotHeader {
+        meta: meta.clone(),
+        len: data.len() as u64,
+        chunks,
+    })?;
+    let data = Arc::new(data);
+    let shared = data.clone();
     write_blocking(db, Durability::Immediate, move |txn| {
-        txn.open_table(SNAPSHOTS)?
-            .insert(SNAPSHOT, raw.as_slice())?;
+        let mut table = txn.open_table(SNAPSHOT_CHUNKS)?;
+        table.retain(|_, _| false)?;
+        for (i, chunk) in shared.chunks(CHUNK_BYTES).enumerate() {
+            table.insert(i as u64, chunk)?;
+        }
+        let mut snapshots = txn.open_table(SNAPSHOTS)?;
+        snapshots.remove(OLD_SNAPSHOT)?;
+        snapshots.insert(HEADER, header.as_slice())?;
         Ok(())
     })
-    .await
+    .await?;
+    Ok(Arc::try_unwrap(data).unwrap_or_else(|shared| shared.as_ref().clone()))
 }
 
 fn check_state(state: &ClusterState) {
     for group in state.groups.values() {
         group.assert_invariants();
+        group.assert_history();
     }
 }
 
@@ -167,6 +313,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             };
             responses.push((responder, applied));
         }
+        let index = self.last_applied.map_or(0, |id| id.index());
+        let items = items(&self.view.read());
+        self.view.schedule.applied(index, items);
         self.view.changed();
         for (responder, applied) in responses {
             if let Some(responder) = responder {
@@ -176,16 +325,24 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(())
     }
 
+    /// Encodes the state now, so applies that happen meanwhile cannot tear the snapshot.
+    /// Applies wait anyway (this runs on the state machine's task); readers wait only for
+    /// the skeleton (groups and history), not for the leases.
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        let index = self.last_applied.map_or(0, |id| id.index());
+        self.view.schedule.snapshot_at(index);
+        let skeleton = snapshot::encode_skeleton(&mut self.view.write());
+        let data = skeleton.map(|mut out| {
+            snapshot::encode_leases(&self.view.read(), &mut out);
+            out
+        });
         SnapshotBuilder {
             db: self.db.clone(),
             meta: SnapshotMeta {
                 last_log_id: self.last_applied,
                 last_membership: self.membership.clone(),
             },
-            data: SnapshotData {
-                state: self.view.read().clone(),
-            },
+            data,
         }
     }
 
@@ -194,34 +351,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         data: Vec<u8>,
     ) -> Result<(), io::Error> {
-        let decoded: SnapshotData = decode(&data, "snapshot")?;
-        check_state(&decoded.state);
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data,
-        };
-        write_snapshot(&self.db, &stored).await?;
-        *self.view.write() = decoded.state;
-        self.last_applied = meta.last_log_id;
-        self.membership = meta.last_membership.clone();
-        self.view.changed();
+        let state = snapshot::decode(&data)?;
+        check_state(&state);
+        write_snapshot(&self.db, meta, data).await?;
+        self.restore(meta, state);
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
-        Ok(read_snapshot(&self.db)?.map(|stored| Snapshot {
-            meta: stored.meta,
-            snapshot: stored.data,
-        }))
+        Ok(read_snapshot(&self.db)?.map(|(meta, snapshot)| Snapshot { meta, snapshot }))
     }
 }
 
-/// Builds a snapshot from the state captured when the builder was made, so applies that
-/// happen meanwhile cannot tear it.
+/// Stores a snapshot encoded when the builder was made.
 pub struct SnapshotBuilder {
     db: Arc<Database>,
     meta: SnapshotMeta,
-    data: SnapshotData,
+    data: Result<Vec<u8>, io::Error>,
 }
 
 impl std::fmt::Debug for SnapshotBuilder {
@@ -236,12 +382,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = Vec<u8>;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let data = encode(&self.data)?;
-        let stored = StoredSnapshot {
-            meta: self.meta.clone(),
-            data: data.clone(),
-        };
-        write_snapshot(&self.db, &stored).await?;
+        let data = std::mem::replace(
+            &mut self.data,
+            Err(io::Error::other("snapshot already built")),
+        )?;
+        let data = write_snapshot(&self.db, &self.meta, data).await?;
         Ok(Snapshot {
             meta: self.meta.clone(),
             snapshot: data,

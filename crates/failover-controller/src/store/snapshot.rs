@@ -1,0 +1,267 @@
+//! The snapshot encoding: compact, written and read in one pass, sized to the state.
+//!
+//! Layout (all integers LEB128 varints unless said otherwise):
+//!
+//! ```text
+//! "FOSNAP2\n"                     8 bytes of magic
+//! skeleton length (u64 LE), skeleton: the ClusterState as JSON with every group's
+//!                                  `leases` and `holders` left empty
+//! per group, in name order:       lease count, then per lease in id order:
+//!                                  id, token, ttl_ms, flags, holder length, holder bytes
+//! ```
+//!
+//! A lease's site and epoch are not written: every live lease is at its group's active
+//! site and epoch (asserted when encoding). `flags` bit 0 says the lease is its holder's
+//! current one (the `holders` index), which the leases alone cannot tell once a
+//! re-acquired holder's newer lease was released. A lease costs about 5 bytes plus its
+//! holder id; the few groups and their history stay JSON, so the format follows
+//! `GroupState` without a second schema. Snapshots stored by earlier versions (the whole
+//! state as JSON) are still read.
+
+use std::collections::BTreeMap;
+use std::io;
+
+use failover_core::lease::{FencingToken, Lease};
+use failover_core::{ClusterState, LeaseId};
+
+const MAGIC: &[u8; 8] = b"FOSNAP2\n";
+const CURRENT_HOLDER: u64 = 1;
+
+/// What a snapshot of the earlier, JSON-only format held.
+#[derive(serde::Deserialize)]
+struct JsonSnapshot {
+    state: ClusterState,
+}
+
+/// The magic and the skeleton: the state without its leases. They are moved out of each
+/// group only while the skeleton is written (a pointer swap each way), so this costs the
+/// size of the groups and their history, not of the leases.
+pub(crate) fn encode_skeleton(state: &mut ClusterState) -> io::Result<Vec<u8>> {
+    let mut taken = Vec::with_capacity(state.groups.len());
+    for group in state.groups.values_mut() {
+        taken.push((
+            std::mem::take(&mut group.leases),
+            std::mem::take(&mut group.holders),
+        ));
+    }
+    let skeleton = serde_json::to_vec(&*state);
+    for (group, (leases, holders)) in state.groups.values_mut().zip(taken) {
+        group.leases = leases;
+        group.holders = holders;
+    }
+    let skeleton = skeleton.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let leases: usize = state.groups.values().map(|g| g.leases.len()).sum();
+    let mut out = Vec::with_capacity(MAGIC.len() + 8 + skeleton.len() + leases * 24);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&(skeleton.len() as u64).to_le_bytes());
+    out.extend_from_slice(&skeleton);
+    Ok(out)
+}
+
+/// Appends every group's leases, in the order of the skeleton's groups: `state` must be
+/// the one [`encode_skeleton`] was given, unchanged.
+pub(crate) fn encode_leases(state: &ClusterState, out: &mut Vec<u8>) {
+    for group in state.groups.values() {
+        put(out, group.leases.len() as u64);
+        for lease in group.leases.values() {
+            group.assert_lease(lease);
+            put(out, lease.id.0);
+            put(out, lease.token.0);
+            put(out, lease.ttl_ms);
+            let current = group.holders.get(&lease.holder) == Some(&lease.id);
+            put(out, if current { CURRENT_HOLDER } else { 0 });
+            put(out, lease.holder.len() as u64);
+            out.extend_from_slice(lease.holder.as_bytes());
+        }
+    }
+}
+
+/// Decodes a snapshot written by [`encode`] (or an earlier JSON one). Damage is an
+/// `InvalidData` error naming what is wrong; the caller still checks the invariants.
+pub(crate) fn decode(data: &[u8]) -> io::Result<ClusterState> {
+    if !data.starts_with(MAGIC) {
+        return serde_json::from_slice::<JsonSnapshot>(data)
+            .map(|s| s.state)
+            .map_err(|e| damaged(format!("neither a binary nor a JSON snapshot: {e}")));
+    }
+    let mut r = Reader {
+        data,
+        at: MAGIC.len(),
+    };
+    let len = r.take(8, "skeleton length")?;
+    let len = u64::from_le_bytes(len.try_into().map_err(|_| damaged("skeleton length"))?);
+    let len = usize::try_from(len).map_err(|_| damaged("skeleton length"))?;
+    let skeleton = r.take(len, "skeleton")?;
+    let mut state: ClusterState = serde_json::from_slice(skeleton)
+        .map_err(|e| damaged(format!("cannot decode the skeleton: {e}")))?;
+    for group in state.groups.values_mut() {
+        let count = r.varint("lease count")?;
+        let mut leases = Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(1 << 24));
+        let mut holders = BTreeMap::new();
+        let mut previous: Option<u64> = None;
+        for _ in 0..count {
+            let id = r.varint("lease id")?;
+            if previous.is_some_and(|p| p >= id) {
+                return Err(damaged(format!(
+                    "group {}: lease ids not increasing at {id}",
+                    group.name
+                )));
+            }
+            previous = Some(id);
+            let token = r.varint("token")?;
+            let ttl_ms = r.varint("ttl")?;
+            let flags = r.varint("flags")?;
+            let holder_len = r.varint("holder length")?;
+            let holder_len = usize::try_from(holder_len).map_err(|_| damaged("holder length"))?;
+            let holder = std::str::from_utf8(r.take(holder_len, "holder")?)
+                .map_err(|_| damaged(format!("lease {id}: holder is not UTF-8")))?
+                .to_owned();
+            let site = group.active_site.clone().ok_or_else(|| {
+                damaged(format!(
+                    "group {} has leases but no active site",
+                    group.name
+                ))
+            })?;
+            if flags & CURRENT_HOLDER != 0 {
+                holders.insert(holder.clone(), LeaseId(id));
+            }
+            leases.push((
+                LeaseId(id),
+                Lease {
+                    id: LeaseId(id),
+                    holder,
+                    site,
+                    epoch: group.epoch,
+                    ttl_ms,
+                    token: FencingToken(token),
+                },
+            ));
+        }
+        // Sorted input: the map is built in bulk, in linear time.
+        group.leases = leases.into_iter().collect();
+        group.holders = holders;
+    }
+    if r.at != data.len() {
+        return Err(damaged(format!(
+            "{} bytes left after the last group",
+            data.len() - r.at
+        )));
+    }
+    Ok(state)
+}
+
+fn damaged(what: impl std::fmt::Display) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("damaged snapshot: {what}"),
+    )
+}
+
+fn put(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+struct Reader<'a> {
+    data: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize, what: &str) -> io::Result<&'a [u8]> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|end| *end <= self.data.len())
+            .ok_or_else(|| damaged(format!("truncated in {what}")))?;
+        let bytes = &self.data[self.at..end];
+        self.at = end;
+        Ok(bytes)
+    }
+
+    fn varint(&mut self, what: &str) -> io::Result<u64> {
+        let mut v: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let byte = *self
+                .data
+                .get(self.at)
+                .ok_or_else(|| damaged(format!("truncated in {what}")))?;
+            self.at += 1;
+            v |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(damaged(format!("{what}: varint longer than 64 bits")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::encode_snapshot as encode;
+    use failover_core::{Command, GroupName, SiteId};
+
+    /// A group with `leases` leases; every tenth holder re-acquired (its first lease is
+    /// superseded), and every twentieth re-acquire was released again (a superseded lease
+    /// whose holder has no current one).
+    pub(crate) fn state(leases: u64) -> ClusterState {
+        let mut state = ClusterState::default();
+        let group = GroupName("g".into());
+        let site = SiteId("a".into());
+        let create = Command::CreateGroup {
+            group: group.clone(),
+            sites: vec![site.clone(), SiteId("b".into())],
+            at_unix_ms: 1,
+        };
+        assert!(state.apply(&create).is_ok());
+        for i in 0..leases {
+            let reacquire = i % 10 == 1;
+            let holder = format!("holder-{}", if reacquire { i - 1 } else { i });
+            let grant = Command::Grant {
+                group: group.clone(),
+                site: site.clone(),
+                holder,
+                ttl_ms: 2000 + i,
+            };
+            assert!(state.apply(&grant).is_ok());
+            if reacquire && i % 20 == 1 {
+                let release = Command::Release {
+                    group: group.clone(),
+                    lease: LeaseId(i),
+                };
+                assert!(state.apply(&release).is_ok());
+            }
+        }
+        state
+    }
+
+    #[test]
+    fn round_trip_keeps_every_lease_and_holder() {
+        let mut original = state(1000);
+        let data = encode(&mut original).unwrap();
+        assert_eq!(decode(&data).unwrap(), original);
+    }
+
+    #[test]
+    fn earlier_json_snapshots_are_read() {
+        let original = state(10);
+        let json = serde_json::to_vec(&serde_json::json!({ "state": original })).unwrap();
+        assert_eq!(decode(&json).unwrap(), original);
+    }
+
+    #[test]
+    fn truncation_is_reported() {
+        let mut original = state(10);
+        let data = encode(&mut original).unwrap();
+        let err = decode(&data[..data.len() - 3]).unwrap_err();
+        assert!(err.to_string().contains("truncated"), "{err}");
+        let mut longer = data.clone();
+        longer.push(0);
+        let err = decode(&longer).unwrap_err();
+        assert!(err.to_string().contains("left after"), "{err}");
+    }
+}

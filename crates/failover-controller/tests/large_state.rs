@@ -1,0 +1,228 @@
+//! A state with many leases survives a snapshot build, an install on another controller
+//! and a restart exactly, and the snapshot stays compact.
+
+use std::collections::BTreeMap;
+
+use failover_controller::store::{self, StateMachine};
+use failover_controller::types::{Entry, SnapshotMeta, StoredMembership, TypeConfig};
+use failover_core::{
+    ChangeKind, ClusterState, Command, Epoch, FencingToken, GroupName, GroupState, HistoryEntry,
+    Lease, LeaseId, Phase, SiteId,
+};
+use openraft::entry::RaftEntry;
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+use openraft::testing::log_id;
+
+const LEASES: u64 = 200_000;
+
+/// One group at `site-a`, epoch 3 (two changes in its history), with `LEASES` leases:
+/// every tenth holder re-acquired (its older lease superseded but live), and every
+/// twentieth of those re-acquires released again (a superseded lease whose holder has no
+/// current one). Built directly: applying 200,000 grants in a debug build would check
+/// every lease after every grant.
+fn large_state() -> ClusterState {
+    let a = SiteId("site-a".into());
+    let b = SiteId("site-b".into());
+    let change = |epoch, from: Option<&SiteId>, to: &SiteId| HistoryEntry {
+        epoch: Epoch(epoch),
+        from: from.cloned(),
+        to: Some(to.clone()),
+        kind: if epoch == 1 {
+            ChangeKind::Created
+        } else {
+            ChangeKind::Promote
+        },
+        actor: "test".into(),
+        reason: format!("change {epoch}"),
+        requested_at_unix_ms: epoch * 1000,
+        completed_at_unix_ms: epoch * 1000 + 5,
+    };
+    let mut leases = BTreeMap::new();
+    let mut holders = BTreeMap::new();
+    for i in 0..LEASES {
+        let reacquire = i % 10 == 1;
+        let holder = format!("engine-{:06}", if reacquire { i - 1 } else { i });
+        let lease = Lease {
+            id: LeaseId(1000 + i),
+            holder: holder.clone(),
+            site: a.clone(),
+            epoch: Epoch(3),
+            ttl_ms: 10_000 + i % 7,
+            token: FencingToken(50 + i),
+        };
+        if !(reacquire && i % 20 == 1) {
+            holders.insert(holder, lease.id);
+        }
+        leases.insert(lease.id, lease);
+    }
+    for i in (0..LEASES).filter(|i| i % 20 == 1) {
+        leases.remove(&LeaseId(1000 + i));
+    }
+    let group = GroupState {
+        name: GroupName("default".into()),
+        sites: vec![a.clone(), b.clone()],
+        active_site: Some(a.clone()),
+        epoch: Epoch(3),
+        phase: Phase::Active,
+        history: vec![
+            change(1, None, &a),
+            change(2, Some(&a), &b),
+            change(3, Some(&b), &a),
+        ],
+        leases,
+        next_token: FencingToken(50 + LEASES),
+        holders,
+    };
+    group.assert_invariants();
+    let mut state = ClusterState {
+        next_lease_id: 1000 + LEASES,
+        ..ClusterState::default()
+    };
+    state.groups.insert(group.name.clone(), group);
+    state
+}
+
+fn meta(index: u64) -> SnapshotMeta {
+    SnapshotMeta {
+        last_log_id: Some(log_id::<TypeConfig>(2, 1, index)),
+        last_membership: StoredMembership::default(),
+    }
+}
+
+fn state_of(sm: &StateMachine) -> ClusterState {
+    sm.view().read().clone()
+}
+
+/// Applies one grant at `index` and returns the granted lease's id.
+async fn grant(sm: &mut StateMachine, index: u64, holder: &str) -> LeaseId {
+    let entry = Entry::new_normal(
+        log_id::<TypeConfig>(2, 1, index),
+        Command::Grant {
+            group: GroupName("default".into()),
+            site: SiteId("site-a".into()),
+            holder: holder.into(),
+            ttl_ms: 10_000,
+        },
+    );
+    let entries = futures::stream::iter([Ok((entry, None))]);
+    sm.apply(entries).await.expect("apply");
+    let view = sm.view();
+    let state = view.read();
+    state.groups[&GroupName("default".into())].holders[holder]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_of_many_leases_installs_and_restarts_exactly() {
+    let original = large_state();
+    let leader_dir = tempfile::tempdir().expect("temp dir");
+    let follower_dir = tempfile::tempdir().expect("temp dir");
+
+    // The leader's state machine gets the state, applies one more grant, and builds a
+    // snapshot.
+    let (leader_log, mut leader) = store::open(leader_dir.path(), 1).expect("open leader");
+    let mut encoded = original.clone();
+    let data = store::encode_snapshot(&mut encoded).expect("encode");
+    leader
+        .install_snapshot(&meta(10), data)
+        .await
+        .expect("install snapshot");
+    assert!(*leader.view().read() == original);
+    let new_lease = grant(&mut leader, 11, "engine-new").await;
+    assert_eq!(new_lease, LeaseId(1000 + LEASES));
+    let expected = state_of(&leader);
+    assert_eq!(
+        expected.groups[&GroupName("default".into())].leases.len(),
+        original.groups[&GroupName("default".into())].leases.len() + 1
+    );
+
+    let snapshot = leader
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("build snapshot");
+    assert_eq!(
+        snapshot.meta.last_log_id,
+        Some(log_id::<TypeConfig>(2, 1, 11))
+    );
+    let bytes_per_lease = snapshot.snapshot.len() as f64 / LEASES as f64;
+    assert!(
+        bytes_per_lease < 32.0,
+        "snapshot takes {bytes_per_lease:.1} bytes per lease"
+    );
+    let current = leader
+        .get_current_snapshot()
+        .await
+        .expect("read snapshot")
+        .expect("a snapshot is stored");
+    assert_eq!(current.snapshot, snapshot.snapshot);
+
+    // A follower that lost its disk installs it and holds exactly the same state.
+    let (follower_log, mut follower) = store::open(follower_dir.path(), 2).expect("open follower");
+    follower
+        .install_snapshot(&snapshot.meta, snapshot.snapshot.clone())
+        .await
+        .expect("install snapshot");
+    assert!(*follower.view().read() == expected);
+    drop((follower, follower_log));
+
+    // Restarted, both come back applied up to the snapshot with exactly that state.
+    drop((leader, leader_log));
+    for (dir, node) in [(leader_dir.path(), 1), (follower_dir.path(), 2)] {
+        let (_log, mut restarted) = store::open(dir, node).expect("reopen");
+        let (applied, _) = restarted.applied_state().await.expect("applied state");
+        assert_eq!(applied, snapshot.meta.last_log_id, "node {node}");
+        assert!(*restarted.view().read() == expected, "node {node}");
+        // And it keeps applying where the snapshot ended: the lease id counter went on.
+        let next = grant(&mut restarted, 12, "engine-after-restart").await;
+        assert_eq!(next, LeaseId(1001 + LEASES), "node {node}");
+    }
+}
+
+/// A snapshot that was cut short or has bytes appended is refused by name, and the
+/// state machine keeps its state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_snapshot_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_log, mut sm) = store::open(dir.path(), 1).expect("open");
+    let lease = grant_in_fresh(&mut sm).await;
+    let snapshot = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("build");
+    let before = state_of(&sm);
+    let mut cut = snapshot.snapshot.clone();
+    cut.truncate(cut.len() - 2);
+    let err = sm
+        .install_snapshot(&meta(99), cut)
+        .await
+        .expect_err("truncated snapshot must be refused");
+    assert!(err.to_string().contains("damaged snapshot"), "{err}");
+    assert_eq!(state_of(&sm), before);
+    assert!(before.groups[&GroupName("default".into())]
+        .leases
+        .contains_key(&lease));
+}
+
+/// Creates the group and grants one lease on a fresh state machine.
+async fn grant_in_fresh(sm: &mut StateMachine) -> LeaseId {
+    let create = Entry::new_normal(
+        log_id::<TypeConfig>(1, 1, 1),
+        Command::CreateGroup {
+            group: GroupName("default".into()),
+            sites: vec![SiteId("site-a".into()), SiteId("site-b".into())],
+            at_unix_ms: 1,
+        },
+    );
+    sm.apply(futures::stream::iter([Ok((create, None))]))
+        .await
+        .expect("apply");
+    let state = state_of(sm);
+    assert!(matches!(
+        state.groups[&GroupName("default".into())].phase,
+        Phase::Active
+    ));
+    grant(sm, 2, "engine-1").await
+}
