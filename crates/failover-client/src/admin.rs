@@ -60,6 +60,8 @@ pub enum ClientError {
 pub struct NoQuorum {
     /// Controllers of the topology that answered this client.
     pub answered: usize,
+    /// Who answered: controller id and the role it gives itself.
+    pub answered_roles: Vec<(u64, String)>,
     /// Controllers in the topology.
     pub total: usize,
     /// How many must be reachable for a quorum.
@@ -176,9 +178,10 @@ impl AdminClient {
         }
     }
 
-    /// Asks every endpoint for its status at once; ends at the first answer confirmed
-    /// by a quorum, or when every endpoint answered, failed or timed out.
-    async fn round(&self) -> Round {
+    /// Asks every endpoint for its status at once, giving each `timeout`; ends at the
+    /// first answer confirmed by a quorum, or when every endpoint answered, failed or
+    /// timed out.
+    async fn round(&self, timeout: Duration) -> Round {
         let mut tasks = JoinSet::new();
         let mut round = Round::default();
         for addr in self.endpoints.addrs() {
@@ -190,7 +193,6 @@ impl AdminClient {
                 }
             };
             let addr = addr.clone();
-            let timeout = self.attempt_timeout;
             tasks.spawn(async move {
                 let mut client = AdminServiceClient::new(channel);
                 let call = client.status(StatusRequest {});
@@ -229,18 +231,32 @@ impl AdminClient {
 
     /// The cluster's status as confirmed by a quorum, and the endpoint that gave it.
     ///
+    /// Rounds repeat while controllers answer (or some stay silent) without a confirmed
+    /// leader, an election may be under way, for at most `max(deadline, attempt_timeout)`
+    /// in all; endpoints that all fail at once (refused, unresolvable) end it at once.
     /// Without a confirmed leader: [`ClientError::NoQuorum`] with the freshest view of
     /// the controllers that answered, or [`ClientError::Unreachable`] when none did.
     pub async fn confirmed_status(&self) -> Result<(String, StatusResponse), ClientError> {
-        let started = Instant::now();
+        let end = Instant::now() + self.deadline.max(self.attempt_timeout);
+        let mut last_answered: Option<Round> = None;
         loop {
-            let round = self.round().await;
+            let left = end.saturating_duration_since(Instant::now());
+            let round = self.round(self.attempt_timeout.min(left)).await;
             if let Some(found) = round.confirmed {
                 return Ok(found);
             }
             let retry = !round.answers.is_empty() || round.silent;
-            if !retry || started.elapsed() >= self.deadline {
+            let round = if round.answers.is_empty() {
+                last_answered.take().unwrap_or(round)
+            } else {
+                round
+            };
+            let done = !retry || Instant::now() + ROUND_PAUSE >= end;
+            if done {
                 return Err(self.no_leader(round));
+            }
+            if !round.answers.is_empty() {
+                last_answered = Some(round);
             }
             tokio::time::sleep(ROUND_PAUSE).await;
         }
@@ -263,8 +279,21 @@ impl AdminClient {
         let total = view.controllers.len().max(round.answers.len());
         let answered_ids: std::collections::BTreeSet<u64> =
             round.answers.iter().map(|(_, s)| s.answered_by).collect();
+        let answered_roles = round
+            .answers
+            .iter()
+            .map(|(_, s)| {
+                let role = s
+                    .controllers
+                    .iter()
+                    .find(|c| c.id == s.answered_by)
+                    .map_or_else(String::new, |c| c.role.clone());
+                (s.answered_by, role)
+            })
+            .collect();
         ClientError::NoQuorum(Box::new(NoQuorum {
             answered: answered_ids.len(),
+            answered_roles,
             total,
             needed: total / 2 + 1,
             believed_leader: round

@@ -13,11 +13,18 @@ mod reload;
 mod status;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use failover_client::{AdminClient, Endpoints};
 use failover_core::{Timing, Topology};
+
+/// How long a command keeps asking while controllers answer without a confirmed leader
+/// (an election takes `election_timeout_max_ms`, 500 ms by default, plus a round).
+const CLI_SETTLE: Duration = Duration::from_secs(2);
+/// How long one controller may take to answer a probe or a call.
+const CLI_ATTEMPT: Duration = Duration::from_secs(2);
 
 /// Multi-site failover coordinator.
 #[derive(Debug, Parser)]
@@ -98,9 +105,13 @@ pub struct ClusterArgs {
 }
 
 impl ClusterArgs {
-    /// An admin client for the cluster these arguments name.
+    /// An admin client for the cluster these arguments name, with the CLI's time
+    /// bounds (docs/cli.md, "Time bounds").
     pub fn client(&self) -> anyhow::Result<AdminClient> {
-        Ok(AdminClient::new(self.endpoints_and_timing()?.0))
+        let mut client = AdminClient::new(self.endpoints_and_timing()?.0);
+        client.deadline = CLI_SETTLE;
+        client.attempt_timeout = CLI_ATTEMPT;
+        Ok(client)
     }
 
     /// The controllers to contact, and the timing of the topology (defaults when only
