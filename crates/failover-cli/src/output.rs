@@ -474,16 +474,18 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 /// The human form of `failover status`: the same facts as [`StatusJson`], which has more.
 pub fn status_table(s: &StatusResponse, quorum: &QuorumJson) -> String {
     let json = StatusJson::new(s, quorum.clone());
-    let leader = json
-        .leader
-        .map_or_else(|| "none elected".to_owned(), |l| l.to_string());
+    let leader = match (json.leader, quorum.confirmed) {
+        (None, _) => "none elected".to_owned(),
+        (Some(l), true) => l.to_string(),
+        (Some(l), false) => format!("{l} (unconfirmed)"),
+    };
     let mut out = format!("leader: {leader}   term: {}\n", s.term);
     match &quorum.message {
         Some(message) => {
             let _ = writeln!(
                 out,
                 "{}\nwhat follows is controller {}'s local view: possibly stale",
-                message.to_uppercase(),
+                message.replacen("no quorum", "NO QUORUM", 1),
                 s.answered_by
             );
         }

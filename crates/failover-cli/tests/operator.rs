@@ -79,6 +79,42 @@ fn exit_codes_without_a_cluster() {
     assert!(took < Duration::from_secs(5), "took {took:?}");
 }
 
+/// `failover check` summarizes a valid file (exit 0) and lists every error of an invalid
+/// one with its field path, each once (exit 1), without contacting anything.
+#[test]
+fn check_validates_a_topology_file() {
+    let cluster = Cluster::new(); // only for its topology file; nothing runs
+    let config = cluster.config.to_str().expect("utf8");
+    let (out, _) = failover(&["check", "--config", config]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let summary = stdout(&out);
+    for needle in [
+        "valid topology `test`",
+        "controllers: 5; Raft quorum: 3",
+        "site-a > site-b",
+        "L1: a lost active site's group runs at a standby within 5500 ms",
+        "L2:",
+    ] {
+        assert!(summary.contains(needle), "{needle}: {summary}");
+    }
+    let text = std::fs::read_to_string(&cluster.config).expect("read");
+    let bad = cluster.data_dir().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        text.replace("id: 2,", "id: 1,")
+            .replace("sites: [site-a, site-b]", "sites: [site-a, site-z]"),
+    )
+    .expect("write");
+    let (out, _) = failover(&["check", "--config", bad.to_str().expect("utf8")]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    let id_error = "bad.yaml: sites[0].controllers[1].id: controller id 1 is used twice";
+    let site_error = "bad.yaml: groups[0].sites[1]: unknown site `site-z`";
+    assert_eq!(err.matches(id_error).count(), 1, "{err}");
+    assert_eq!(err.matches(site_error).count(), 1, "{err}");
+    assert!(err.contains("(2 errors)"), "{err}");
+}
+
 /// On a healthy cluster: exit 0 with the JSON a superset of the table (`-o json`), the
 /// URL form of an endpoint accepted, the HTTP port named as the likely mistake, a fresh
 /// cluster's hold explained by what is missing (not "site-a is lost"), and no panic when
@@ -180,6 +216,7 @@ async fn lost_quorum_is_said_plainly_and_exits_4() {
     );
     let table = stdout(&out);
     assert!(table.contains("possibly stale"), "{table}");
+    assert!(table.contains("NO QUORUM: 2 of 5"), "{table}");
     assert!(table.contains("default"), "the group is still shown: {table}");
 
     let (out, _) = failover(&["status", "-o", "json", "--endpoints", &endpoints]);

@@ -277,22 +277,18 @@ impl AdminClient {
             };
         };
         let total = view.controllers.len().max(round.answers.len());
-        let answered_ids: std::collections::BTreeSet<u64> =
-            round.answers.iter().map(|(_, s)| s.answered_by).collect();
-        let answered_roles = round
+        // A follower may relay the leader's answer: count endpoints, not `answered_by`.
+        let answered_roles: Vec<(u64, String)> = round
             .answers
             .iter()
-            .map(|(_, s)| {
-                let role = s
-                    .controllers
-                    .iter()
-                    .find(|c| c.id == s.answered_by)
-                    .map_or_else(String::new, |c| c.role.clone());
-                (s.answered_by, role)
+            .filter_map(|(addr, s)| {
+                let c = s.controllers.iter().find(|c| &c.addr == addr)?;
+                Some((c.id, c.role.clone()))
             })
             .collect();
+        let answered = round.answers.len();
         ClientError::NoQuorum(Box::new(NoQuorum {
-            answered: answered_ids.len(),
+            answered,
             answered_roles,
             total,
             needed: total / 2 + 1,

@@ -1,5 +1,6 @@
 //! Arguments of every subcommand, and how the cluster is found.
 
+mod check;
 mod controller;
 mod demote;
 mod dev;
@@ -72,6 +73,8 @@ pub enum Command {
     Demote(demote::DemoteArgs),
     /// Show every change of active site, oldest first.
     History(history::HistoryArgs),
+    /// Validate a topology file and summarize it, without contacting a cluster.
+    Check(check::CheckArgs),
     /// Show the live leases: site, holder, epoch, fencing token, time left.
     Leases(leases::LeasesArgs),
     /// Run a site's workers while the site holds the group's lease.
@@ -143,6 +146,7 @@ impl Cli {
             Command::Demote(args) => demote::run(args).await,
             Command::History(args) => history::run(args).await,
             Command::Leases(args) => leases::run(args).await,
+            Command::Check(args) => check::run(args),
             Command::Exec(args) => exec::run(args).await,
             Command::Reload(args) => reload::run(args).await,
             Command::Guard(args) => guard::run(args),
