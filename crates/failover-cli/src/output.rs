@@ -553,7 +553,14 @@ fn groups_table(json: &StatusJson) -> String {
         })
         .collect();
     let table_text = table(
-        &["GROUP", "ACTIVE", "EPOCH", "PHASE", "ACTIVE SINCE", "LOST SITES"],
+        &[
+            "GROUP",
+            "ACTIVE",
+            "EPOCH",
+            "PHASE",
+            "ACTIVE SINCE",
+            "LOST SITES",
+        ],
         &rows,
     );
     let mut out = String::new();
@@ -604,6 +611,12 @@ fn executors_table(json: &StatusJson) -> String {
         .map(|e| {
             let state = match (e.state.as_str(), e.fenced_for_ms) {
                 ("fenced", Some(ms)) => format!("fenced (deadline passed {} ago)", seconds(ms)),
+                ("silent", _) => format!(
+                    "silent for {} (stale after {}, forgotten after {})",
+                    seconds(e.last_seen_ms),
+                    seconds(e.stale_after_ms),
+                    seconds(e.forget_after_ms)
+                ),
                 (state, _) if !e.ready && matches!(state, "standby") => {
                     "standby, not ready".to_owned()
                 }

@@ -51,7 +51,11 @@ fn exit_codes_without_a_cluster() {
 
     let (out, _) = failover(&["status", "--endpoints", "localhost"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stderr(&out).contains("the port is missing"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the port is missing"),
+        "{}",
+        stderr(&out)
+    );
 
     let port = common::free_ports(1)[0];
     let nothing = format!("127.0.0.1:{port}");
@@ -152,7 +156,11 @@ async fn healthy_cluster_answers_and_explains() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(took < Duration::from_millis(1500), "status took {took:?}");
     let table = stdout(&out);
-    for needle in ["ACTIVE SINCE", "last change: created", "held back:   no executor"] {
+    for needle in [
+        "ACTIVE SINCE",
+        "last change: created",
+        "held back:   no executor",
+    ] {
         assert!(table.contains(needle), "{needle}: {table}");
     }
 
@@ -162,7 +170,11 @@ async fn healthy_cluster_answers_and_explains() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let (out, took) = failover(&["status", "--endpoints", &node.http_addr]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(stderr(&out).contains("is it the HTTP port"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is it the HTTP port"),
+        "{}",
+        stderr(&out)
+    );
     assert!(took < Duration::from_secs(1), "took {took:?}");
 
     for args in [
@@ -200,10 +212,14 @@ async fn lost_quorum_is_said_plainly_and_exits_4() {
         signal(&cluster, id, libc::SIGSTOP);
     }
     // The first answers after the freeze may still come from a leader's last quorum.
-    eventually("status to see the quorum gone", Duration::from_secs(15), || async {
-        let (out, _) = failover(&["status", "--endpoints", &endpoints]);
-        (out.status.code() == Some(4)).then_some(())
-    })
+    eventually(
+        "status to see the quorum gone",
+        Duration::from_secs(15),
+        || async {
+            let (out, _) = failover(&["status", "--endpoints", &endpoints]);
+            (out.status.code() == Some(4)).then_some(())
+        },
+    )
     .await;
 
     let (out, took) = failover(&["status", "--endpoints", &endpoints]);
@@ -217,7 +233,10 @@ async fn lost_quorum_is_said_plainly_and_exits_4() {
     let table = stdout(&out);
     assert!(table.contains("possibly stale"), "{table}");
     assert!(table.contains("NO QUORUM: 2 of 5"), "{table}");
-    assert!(table.contains("default"), "the group is still shown: {table}");
+    assert!(
+        table.contains("default"),
+        "the group is still shown: {table}"
+    );
 
     let (out, _) = failover(&["status", "-o", "json", "--endpoints", &endpoints]);
     assert_eq!(out.status.code(), Some(4));
@@ -259,7 +278,11 @@ async fn lost_quorum_is_said_plainly_and_exits_4() {
     let (out, took) = failover(&["status", "--endpoints", &frozen.join(",")]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(took < Duration::from_secs(3), "took {took:?}");
-    assert!(stderr(&out).contains("no answer within"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no answer within"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// A whole site frozen (its controllers and its executor): once the executor's lease
@@ -326,7 +349,10 @@ async fn frozen_site_shows_its_executor_fenced() {
     for worker in a_exec["workers"].as_array().expect("workers") {
         assert_eq!(worker["state"], "fenced", "{a_exec}");
     }
-    assert_eq!(json["groups"][0]["lost_sites"], serde_json::json!(["site-a"]));
+    assert_eq!(
+        json["groups"][0]["lost_sites"],
+        serde_json::json!(["site-a"])
+    );
     assert_eq!(json["groups"][0]["last_change"]["kind"], "failover");
 
     // With the quorum intact, the CLI answers fast although site-a never answers.

@@ -329,7 +329,11 @@ impl AdminClient {
 
     /// [`AdminClient::call`] whose call to the leader may take `timeout` (the probe
     /// keeps `attempt_timeout`).
-    async fn call_within<T, F, Fut>(&mut self, timeout: Duration, mut f: F) -> Result<T, ClientError>
+    async fn call_within<T, F, Fut>(
+        &mut self,
+        timeout: Duration,
+        mut f: F,
+    ) -> Result<T, ClientError>
     where
         F: FnMut(AdminServiceClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,

@@ -18,7 +18,9 @@ pub enum EndpointError {
     #[error(transparent)]
     Empty(#[from] NoEndpoints),
     /// One entry is not `host:port` or `http://host:port`.
-    #[error("endpoint `{entry}`: {why} (expected host:port or http://host:port, e.g. 10.0.0.1:7001)")]
+    #[error(
+        "endpoint `{entry}`: {why} (expected host:port or http://host:port, e.g. 10.0.0.1:7001)"
+    )]
     Invalid {
         /// The entry as given.
         entry: String,
@@ -67,7 +69,9 @@ fn normalize(entry: &str) -> Result<String, EndpointError> {
         why,
     };
     if entry.starts_with("https://") {
-        return Err(invalid("controllers do not speak TLS; use http:// or host:port"));
+        return Err(invalid(
+            "controllers do not speak TLS; use http:// or host:port",
+        ));
     }
     let rest = entry.strip_prefix("http://").unwrap_or(entry);
     if rest.contains("://") {
