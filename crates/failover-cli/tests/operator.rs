@@ -309,12 +309,23 @@ async fn frozen_site_shows_its_executor_fenced() {
     cluster.wait_executor_ready("site-b").await;
     let endpoints = cluster.endpoints();
 
-    // Site-a holds: its executor is shown holding with time left on its lease.
-    let (out, _) = failover(&["status", "-o", "json", "--endpoints", &endpoints]);
-    let json: Value = serde_json::from_slice(&out.stdout).expect("status JSON");
-    let a_exec = executor_of(&json, "site-a").expect("site-a's executor");
-    assert_eq!(a_exec["state"], "holding", "{a_exec}");
-    assert!(a_exec["lease_left_ms"].as_u64().is_some_and(|ms| ms > 0));
+    // Site-a holds: its executor is shown holding with time left on its lease (once its
+    // report reached the leader).
+    let a_exec = eventually(
+        "site-a's executor holding",
+        Duration::from_secs(10),
+        || async {
+            let (out, _) = failover(&["status", "-o", "json", "--endpoints", &endpoints]);
+            let json: Value = serde_json::from_slice(&out.stdout).ok()?;
+            let e = executor_of(&json, "site-a")?.clone();
+            (e["state"] == "holding").then_some(e)
+        },
+    )
+    .await;
+    assert!(
+        a_exec["lease_left_ms"].as_u64().is_some_and(|ms| ms > 0),
+        "{a_exec}"
+    );
     assert_eq!(a_exec["fencing_value"], 1, "{a_exec}");
 
     a.signal(libc::SIGSTOP);
