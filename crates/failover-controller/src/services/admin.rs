@@ -725,3 +725,80 @@ impl AdminService for AdminServer {
         Ok(Response::new(ReloadResponse { generation }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use failover_proto::executor::ExecutorReport;
+
+    const EXPIRY: Duration = Duration::from_millis(3750);
+
+    fn report(lease_state: &str) -> ExecutorReport {
+        ExecutorReport {
+            executor_id: "e".into(),
+            group: "g".into(),
+            lease_state: lease_state.into(),
+            epoch: 4,
+            ..ExecutorReport::default()
+        }
+    }
+
+    fn lease(expires_in: Option<i64>) -> Option<LeaseSeen> {
+        Some(LeaseSeen {
+            fencing_value: 4,
+            expires_in,
+        })
+    }
+
+    /// A live lease is holding with its time left; past its deadline it is fenced with
+    /// the time since, whatever the (frozen) executor last reported.
+    #[test]
+    fn lease_deadline_decides_holding_or_fenced() {
+        let ms = Duration::from_millis;
+        let v = executor_view(
+            &report("acquired"),
+            ms(100),
+            false,
+            lease(Some(2000)),
+            EXPIRY,
+        );
+        assert_eq!(
+            (v.state, v.lease_left_ms, v.fencing_value),
+            ("holding", 2000, 4)
+        );
+        let v = executor_view(&report("draining"), ms(100), false, lease(Some(5)), EXPIRY);
+        assert_eq!(v.state, "draining");
+        let v = executor_view(
+            &report("acquired"),
+            ms(5000),
+            true,
+            lease(Some(-1250)),
+            EXPIRY,
+        );
+        assert_eq!(
+            (v.state, v.fenced_for_ms, v.lease_left_ms),
+            ("fenced", 1250, 0)
+        );
+        let v = executor_view(&report("acquired"), ms(5000), true, lease(Some(0)), EXPIRY);
+        assert_eq!(v.state, "fenced");
+    }
+
+    /// Once the leader expired the lease, an executor still claiming it is fenced (the
+    /// deadline was at most the expiry after its last report); a silent one holding
+    /// nothing is silent, a live one without a lease standby.
+    #[test]
+    fn without_a_lease_a_claim_is_fenced() {
+        let ms = Duration::from_millis;
+        let v = executor_view(&report("acquired"), ms(6000), true, None, EXPIRY);
+        assert_eq!(
+            (v.state, v.fenced_for_ms, v.fencing_value),
+            ("fenced", 2250, 4)
+        );
+        let v = executor_view(&report("standby"), ms(6000), true, None, EXPIRY);
+        assert_eq!(v.state, "silent");
+        let v = executor_view(&report("standby"), ms(100), false, None, EXPIRY);
+        assert_eq!((v.state, v.fencing_value), ("standby", 0));
+        let v = executor_view(&report("connecting"), ms(100), false, None, EXPIRY);
+        assert_eq!(v.state, "connecting");
+    }
+}
