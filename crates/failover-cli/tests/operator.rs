@@ -224,7 +224,7 @@ async fn lost_quorum_is_said_plainly_and_exits_4() {
 
     let (out, took) = failover(&["status", "--endpoints", &endpoints]);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
-    assert!(took < Duration::from_secs(3), "status took {took:?}");
+    assert!(took < Duration::from_millis(4500), "status took {took:?}");
     assert!(
         stderr(&out).contains("no quorum: 2 of 5 controllers reachable, 3 needed"),
         "{}",
@@ -255,17 +255,17 @@ async fn lost_quorum_is_said_plainly_and_exits_4() {
 
     let (out, took) = failover(&["history", "--endpoints", &endpoints]);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
-    assert!(took < Duration::from_secs(4), "history took {took:?}");
+    assert!(took < Duration::from_secs(5), "history took {took:?}");
     assert!(stderr(&out).contains("possibly stale"), "{}", stderr(&out));
     assert!(stdout(&out).contains("created"), "{}", stdout(&out));
 
     let (out, took) = failover(&["leases", "--endpoints", &endpoints]);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
-    assert!(took < Duration::from_secs(4), "leases took {took:?}");
+    assert!(took < Duration::from_secs(5), "leases took {took:?}");
 
     let (out, took) = failover(&["promote", "site-b", "--force", "--endpoints", &endpoints]);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
-    assert!(took < Duration::from_secs(3), "promote took {took:?}");
+    assert!(took < Duration::from_millis(4500), "promote took {took:?}");
     assert!(stderr(&out).contains("no quorum"), "{}", stderr(&out));
 
     // Only the frozen controllers are named: nothing answered at all is exit 3.

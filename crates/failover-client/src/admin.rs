@@ -32,6 +32,9 @@ use crate::transport::{Dialer, TcpDialer};
 
 /// How long a promote with `wait` may take (the server gives up after 60 s).
 const PROMOTE_WAIT: Duration = Duration::from_secs(65);
+/// How long the endpoint that last gave a confirmed answer has before every other
+/// endpoint is asked too: one answer instead of one per controller while it is healthy.
+const HEDGE: Duration = Duration::from_millis(200);
 /// Pause between two probe rounds that found answers but no confirmed leader.
 const ROUND_PAUSE: Duration = Duration::from_millis(100);
 
@@ -100,6 +103,28 @@ impl ClientError {
     }
 }
 
+/// One endpoint's answer to a probe: its status, or why not and whether it stayed silent.
+type Answer = Result<StatusResponse, (String, bool)>;
+
+/// Records one answer; true when it is confirmed by a quorum.
+fn absorb(round: &mut Round, addr: String, answer: Answer) -> bool {
+    match answer {
+        Ok(status) if status.consistent && status.leader != 0 => {
+            round.confirmed = Some((addr, status));
+            true
+        }
+        Ok(status) => {
+            round.answers.push((addr, status));
+            false
+        }
+        Err((why, silent)) => {
+            round.silent |= silent;
+            round.failures.push((addr, why));
+            false
+        }
+    }
+}
+
 /// What one probe round learned: the answers, and why the other endpoints gave none.
 #[derive(Debug, Default)]
 struct Round {
@@ -119,6 +144,8 @@ struct Round {
 pub struct AdminClient {
     endpoints: Endpoints,
     dialer: Arc<dyn Dialer>,
+    /// The endpoint of the last confirmed answer (shared by clones).
+    preferred: Arc<std::sync::Mutex<Option<String>>>,
     /// Total time a call keeps probing while controllers answer without a confirmed
     /// leader (an election in progress). One round always runs.
     pub deadline: Duration,
@@ -173,60 +200,90 @@ impl AdminClient {
         AdminClient {
             endpoints,
             dialer,
+            preferred: Arc::default(),
             deadline: Duration::from_secs(10),
             attempt_timeout: Duration::from_secs(2),
         }
     }
 
-    /// Asks every endpoint for its status at once, giving each `timeout`; ends at the
-    /// first answer confirmed by a quorum, or when every endpoint answered, failed or
-    /// timed out.
+    /// Asks the endpoints for their status, giving each `timeout`: the one that gave the
+    /// last confirmed answer first, and every other one at once if it has not confirmed
+    /// within [`HEDGE`] (without such an endpoint, all at once). Ends at the first answer
+    /// confirmed by a quorum, or when every endpoint answered, failed or timed out.
     async fn round(&self, timeout: Duration) -> Round {
         let mut tasks = JoinSet::new();
         let mut round = Round::default();
-        for addr in self.endpoints.addrs() {
-            let channel = match self.dialer.channel(addr) {
-                Ok(channel) => channel,
-                Err(e) => {
-                    round.failures.push((addr.clone(), e.to_string()));
-                    continue;
+        let addrs = self.endpoints.addrs();
+        let preferred = self
+            .preferred
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .filter(|p| addrs.contains(p));
+        if let Some(first) = &preferred {
+            self.ask(&mut tasks, &mut round, first, timeout);
+            if let Ok(Some(joined)) = tokio::time::timeout(HEDGE, tasks.join_next()).await {
+                if let Ok((addr, answer)) = joined {
+                    if absorb(&mut round, addr, answer) {
+                        return round;
+                    }
                 }
-            };
-            let addr = addr.clone();
-            tasks.spawn(async move {
-                let mut client = AdminServiceClient::new(channel);
-                let call = client.status(StatusRequest {});
-                let answer = match tokio::time::timeout(timeout, call).await {
-                    Ok(Ok(response)) => Ok(response.into_inner()),
-                    Ok(Err(status)) => Err((explain(&addr, &status), false)),
-                    Err(_) => Err((
-                        format!(
-                            "{addr}: no answer within {timeout:?} (process stopped or host unreachable?)"
-                        ),
-                        true,
-                    )),
-                };
-                (addr, answer)
-            });
+            }
+        }
+        for addr in addrs.iter().filter(|a| Some(*a) != preferred.as_ref()) {
+            self.ask(&mut tasks, &mut round, addr, timeout);
         }
         while let Some(joined) = tasks.join_next().await {
             let Ok((addr, answer)) = joined else {
                 continue;
             };
-            match answer {
-                Ok(status) if status.consistent && status.leader != 0 => {
-                    round.confirmed = Some((addr, status));
-                    tasks.abort_all();
-                    break;
-                }
-                Ok(status) => round.answers.push((addr, status)),
-                Err((why, silent)) => {
-                    round.silent |= silent;
-                    round.failures.push((addr, why));
-                }
+            if absorb(&mut round, addr, answer) {
+                tasks.abort_all();
+                break;
             }
         }
+        if let Some((addr, status)) = &round.confirmed {
+            let leader = status
+                .controllers
+                .iter()
+                .find(|c| c.id == status.leader && addrs.contains(&c.addr))
+                .map_or_else(|| addr.clone(), |c| c.addr.clone());
+            *self.preferred.lock().unwrap_or_else(|p| p.into_inner()) = Some(leader);
+        }
         round
+    }
+
+    /// Starts asking `addr` for its status.
+    fn ask(
+        &self,
+        tasks: &mut JoinSet<(String, Answer)>,
+        round: &mut Round,
+        addr: &str,
+        timeout: Duration,
+    ) {
+        let channel = match self.dialer.channel(addr) {
+            Ok(channel) => channel,
+            Err(e) => {
+                round.failures.push((addr.to_owned(), e.to_string()));
+                return;
+            }
+        };
+        let addr = addr.to_owned();
+        tasks.spawn(async move {
+            let mut client = AdminServiceClient::new(channel);
+            let call = client.status(StatusRequest {});
+            let answer = match tokio::time::timeout(timeout, call).await {
+                Ok(Ok(response)) => Ok(response.into_inner()),
+                Ok(Err(status)) => Err((explain(&addr, &status), false)),
+                Err(_) => Err((
+                    format!(
+                        "{addr}: no answer within {timeout:?} (process stopped or host unreachable?)"
+                    ),
+                    true,
+                )),
+            };
+            (addr, answer)
+        });
     }
 
     /// The cluster's status as confirmed by a quorum, and the endpoint that gave it.

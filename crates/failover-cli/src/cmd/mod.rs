@@ -23,9 +23,9 @@ use failover_core::{Timing, Topology};
 
 /// How long a command keeps asking while controllers answer without a confirmed leader
 /// (an election takes `election_timeout_max_ms`, 500 ms by default, plus a round).
-const CLI_SETTLE: Duration = Duration::from_secs(2);
+const CLI_SETTLE: Duration = Duration::from_secs(3);
 /// How long one controller may take to answer a probe or a call.
-const CLI_ATTEMPT: Duration = Duration::from_secs(2);
+const CLI_ATTEMPT: Duration = Duration::from_secs(3);
 
 /// Multi-site failover coordinator.
 #[derive(Debug, Parser)]

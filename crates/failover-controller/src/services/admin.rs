@@ -29,10 +29,10 @@ const PROMOTE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a status waits for a quorum before answering from the local view. A healthy
 /// leader confirms within a few heartbeats; the CLI waits a little longer than this plus
 /// [`FORWARD_TIMEOUT`] for answers (docs/cli.md, "Time bounds").
-const STATUS_READ_TIMEOUT: Duration = Duration::from_secs(1);
+const STATUS_READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a follower waits for the leader's status before answering from its own view
 /// (a frozen leader accepts connections and never answers).
-const FORWARD_TIMEOUT: Duration = Duration::from_millis(1200);
+const FORWARD_TIMEOUT: Duration = Duration::from_millis(2500);
 
 /// Serves the admin API.
 pub struct AdminServer {
