@@ -277,7 +277,7 @@ async fn lost_quorum_is_said_plainly_and_exits_4() {
         .collect();
     let (out, took) = failover(&["status", "--endpoints", &frozen.join(",")]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(took < Duration::from_secs(3), "took {took:?}");
+    assert!(took < Duration::from_millis(4500), "took {took:?}");
     assert!(
         stderr(&out).contains("no answer within"),
         "{}",
@@ -366,10 +366,11 @@ async fn frozen_site_shows_its_executor_fenced() {
     );
     assert_eq!(json["groups"][0]["last_change"]["kind"], "failover");
 
-    // With the quorum intact, the CLI answers fast although site-a never answers.
+    // With the quorum intact, the CLI answers fast although site-a never answers (one
+    // attempt at a frozen endpoint alone is 3 s; the bound is loose for loaded machines).
     let (out, took) = failover(&["status", "--endpoints", &endpoints]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(took < Duration::from_millis(1500), "status took {took:?}");
+    assert!(took < Duration::from_millis(2500), "status took {took:?}");
     let table = stdout(&out);
     let a_lines: Vec<&str> = table
         .lines()
@@ -385,7 +386,7 @@ async fn frozen_site_shows_its_executor_fenced() {
     assert!(table.contains("fenced (deadline passed"), "{table}");
     let (out, took) = failover(&["history", "--endpoints", &endpoints]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(took < Duration::from_millis(1500), "history took {took:?}");
+    assert!(took < Duration::from_millis(2500), "history took {took:?}");
 }
 
 /// The first executor of `site` in a status JSON.
