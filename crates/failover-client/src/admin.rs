@@ -222,11 +222,11 @@ impl AdminClient {
             .filter(|p| addrs.contains(p));
         if let Some(first) = &preferred {
             self.ask(&mut tasks, &mut round, first, timeout);
-            if let Ok(Some(joined)) = tokio::time::timeout(HEDGE, tasks.join_next()).await {
-                if let Ok((addr, answer)) = joined {
-                    if absorb(&mut round, addr, answer) {
-                        return round;
-                    }
+            if let Ok(Some(Ok((addr, answer)))) =
+                tokio::time::timeout(HEDGE, tasks.join_next()).await
+            {
+                if absorb(&mut round, addr, answer) {
+                    return round;
                 }
             }
         }
