@@ -81,11 +81,22 @@ pub struct NoQuorum {
 
 impl std::fmt::Display for NoQuorum {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "no quorum: {} of {} controllers reachable, {} needed",
-            self.answered, self.total, self.needed
-        )?;
+        if self.answered >= self.needed {
+            // Enough controllers answered: an election is under way, or the leader could
+            // not confirm in time (overload). Still nothing is confirmed.
+            write!(
+                f,
+                "no quorum confirmed: {} of {} controllers reachable ({} needed), but no \
+                 leader confirmed its leadership in time (election under way or overloaded)",
+                self.answered, self.total, self.needed
+            )?;
+        } else {
+            write!(
+                f,
+                "no quorum: {} of {} controllers reachable, {} needed",
+                self.answered, self.total, self.needed
+            )?;
+        }
         match self.believed_leader {
             Some(id) => write!(f, " (controller {id} was leader, unconfirmed)"),
             None => write!(f, " (no leader elected)"),
