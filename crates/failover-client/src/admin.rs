@@ -218,8 +218,8 @@ impl AdminClient {
     }
 
     /// Asks the endpoints for their status, giving each `timeout`: the one that gave the
-    /// last confirmed answer first, and every other one at once if it has not confirmed
-    /// within [`HEDGE`] (without such an endpoint, all at once). Ends at the first answer
+    /// last confirmed answer (else the first) first, and every other one at once if it
+    /// has not confirmed within [`HEDGE`]. Ends at the first answer
     /// confirmed by a quorum, or when every endpoint answered, failed or timed out.
     async fn round(&self, timeout: Duration) -> Round {
         let mut tasks = JoinSet::new();
@@ -230,7 +230,8 @@ impl AdminClient {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
-            .filter(|p| addrs.contains(p));
+            .filter(|p| addrs.contains(p))
+            .or_else(|| addrs.first().cloned());
         if let Some(first) = &preferred {
             self.ask(&mut tasks, &mut round, first, timeout);
             if let Ok(Some(Ok((addr, answer)))) =
