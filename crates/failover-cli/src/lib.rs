@@ -14,11 +14,23 @@ pub mod systemd;
 
 use failover_client::ClientError;
 
-/// Exit codes: 1 for a refused request or bad input, 3 when no controller answered.
-/// (clap uses 2 for usage errors.)
+/// Exit code: the command did what was asked.
+pub const EXIT_OK: u8 = 0;
+/// Exit code: a controller refused the request, or the input (arguments, topology file)
+/// is invalid.
+pub const EXIT_REFUSED: u8 = 1;
+/// Exit code: the command line could not be parsed (clap's own code).
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code: no controller answered at all.
+pub const EXIT_UNREACHABLE: u8 = 3;
+/// Exit code: controllers answered, but none could confirm a leader with a quorum.
+pub const EXIT_NO_QUORUM: u8 = 4;
+
+/// The exit code for an error (the table is in docs/cli.md).
 pub fn exit_code(error: &anyhow::Error) -> u8 {
     match error.downcast_ref::<ClientError>() {
-        Some(ClientError::Unreachable { .. }) => 3,
-        _ => 1,
+        Some(ClientError::Unreachable { .. }) => EXIT_UNREACHABLE,
+        Some(ClientError::NoQuorum(_)) => EXIT_NO_QUORUM,
+        _ => EXIT_REFUSED,
     }
 }

@@ -16,7 +16,46 @@ pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `failover status --output json`.
+/// How sure a status answer is: confirmed by a quorum, or a possibly stale local view.
+#[derive(Debug, Clone, Serialize)]
+pub struct QuorumJson {
+    /// Whether a leader confirmed the answer with a quorum.
+    pub confirmed: bool,
+    /// Controllers that answered the CLI (`null` when confirmed: not counted).
+    pub reachable: Option<usize>,
+    /// Controllers in the topology.
+    pub total: usize,
+    /// Controllers a quorum needs.
+    pub needed: usize,
+    /// Without a quorum: why, in words (`null` when confirmed).
+    pub message: Option<String>,
+}
+
+impl QuorumJson {
+    /// A confirmed answer over `total` controllers.
+    pub fn confirmed(total: usize) -> QuorumJson {
+        QuorumJson {
+            confirmed: true,
+            reachable: None,
+            total,
+            needed: total / 2 + 1,
+            message: None,
+        }
+    }
+
+    /// The answer of a cluster without a quorum.
+    pub fn lost(no: &failover_client::admin::NoQuorum) -> QuorumJson {
+        QuorumJson {
+            confirmed: false,
+            reachable: Some(no.answered),
+            total: no.total,
+            needed: no.needed,
+            message: Some(no.to_string()),
+        }
+    }
+}
+
+/// `failover status --output json`: everything the table shows, and more.
 #[derive(Debug, Serialize)]
 pub struct StatusJson {
     /// Leader id, `null` when none is known.
@@ -27,6 +66,8 @@ pub struct StatusJson {
     pub answered_by: u64,
     /// Whether the answer reflects every committed change (false: a possibly stale view).
     pub consistent: bool,
+    /// Whether a quorum confirmed the answer, and the counts when not.
+    pub quorum: QuorumJson,
     /// Every controller of the topology.
     pub controllers: Vec<ControllerJson>,
     /// Every group.
@@ -40,6 +81,10 @@ pub struct StatusJson {
 pub struct SiteJson {
     /// Site name.
     pub name: String,
+    /// Every controller and executor there silent for `failure_timeout` (leader's view).
+    pub lost: bool,
+    /// Milliseconds since the leader last heard from the site (`null`: never).
+    pub last_heard_ms: Option<u64>,
     /// Its executors.
     pub executors: Vec<ExecutorJson>,
 }
@@ -51,13 +96,26 @@ pub struct ExecutorJson {
     pub id: String,
     /// Group it runs.
     pub group: String,
-    /// Ready to take over.
+    /// Its site.
+    pub site: String,
+    /// Its state as the leader knows it: `holding`, `draining`, `standby`, `connecting`,
+    /// `lost`, `paused`, `silent` (stale, no lease) or `fenced` (its lease deadline
+    /// passed; never shown as running).
+    pub state: String,
+    /// The fencing value (epoch) of the lease it holds or last claimed; `null` for none.
+    pub fencing_value: Option<u64>,
+    /// While holding or draining: ms until the leader may treat its lease as expired.
+    pub lease_left_ms: Option<u64>,
+    /// When fenced: ms since its lease deadline passed (at least).
+    pub fenced_for_ms: Option<u64>,
+    /// Ready to take over (as last reported).
     pub ready: bool,
-    /// Not crash-looping or failing health checks.
+    /// Not crash-looping or failing health checks (as last reported).
     pub healthy: bool,
-    /// `acquired`, `standby`, `draining`, `lost`, `connecting`, `paused`.
+    /// The lease state in its last report: `acquired`, `standby`, `draining`, `lost`,
+    /// `connecting`, `paused`. A silent executor's report is old: see `state`.
     pub lease: String,
-    /// Fencing token of the lease it holds (0 if none).
+    /// Fencing token of the lease it reported holding (0 if none).
     pub fencing_token: u64,
     /// Milliseconds since the leader last heard from it.
     pub last_seen_ms: u64,
@@ -67,8 +125,8 @@ pub struct ExecutorJson {
     pub stale_after_ms: u64,
     /// A stale executor is forgotten once silent for this long.
     pub forget_after_ms: u64,
-    /// Why it is not ready or healthy.
-    pub message: String,
+    /// Why it is not ready or healthy (`null` when it says nothing).
+    pub message: Option<String>,
     /// Its workers.
     pub workers: Vec<WorkerJson>,
 }
@@ -80,8 +138,11 @@ pub struct WorkerJson {
     pub instance: u32,
     /// Process id (0 when not running).
     pub pid: u32,
-    /// `running`, `starting`, `backoff`, `stopping`, `stopped`.
+    /// `running`, `starting`, `backoff`, `stopping`, `stopped`; `fenced` or `unknown`
+    /// when its executor is fenced or silent (its last report is no longer true).
     pub state: String,
+    /// The state in the executor's last report.
+    pub reported_state: String,
     /// Restarts after crashes.
     pub restarts: u32,
     /// Milliseconds since it started.
@@ -90,37 +151,64 @@ pub struct WorkerJson {
     pub health: String,
 }
 
+/// A worker's state as status shows it: an executor the leader no longer hears from, or
+/// whose lease deadline passed, does not run what it last reported.
+fn worker_state(executor_state: &str, reported: &str) -> String {
+    match executor_state {
+        "fenced" => "fenced".to_owned(),
+        "silent" => "unknown".to_owned(),
+        _ => reported.to_owned(),
+    }
+}
+
 fn site_json(site: &failover_proto::admin::SiteStatus) -> SiteJson {
     SiteJson {
         name: site.name.clone(),
+        lost: site.lost,
+        last_heard_ms: (site.last_heard_ms != 0).then_some(site.last_heard_ms),
         executors: site
             .executors
             .iter()
             .filter_map(|e| e.report.as_ref().map(|r| (e, r)))
-            .map(|(e, r)| ExecutorJson {
-                id: r.executor_id.clone(),
-                group: r.group.clone(),
-                ready: r.ready,
-                healthy: r.healthy,
-                lease: r.lease_state.clone(),
-                fencing_token: r.fencing_token,
-                last_seen_ms: e.last_seen_ms,
-                stale: e.stale,
-                stale_after_ms: e.stale_after_ms,
-                forget_after_ms: e.forget_after_ms,
-                message: r.message.clone(),
-                workers: r
-                    .workers
-                    .iter()
-                    .map(|w| WorkerJson {
-                        instance: w.instance,
-                        pid: w.pid,
-                        state: w.state.clone(),
-                        restarts: w.restarts,
-                        uptime_ms: w.uptime_ms,
-                        health: w.health.clone(),
-                    })
-                    .collect(),
+            .map(|(e, r)| {
+                let state = if e.state.is_empty() {
+                    // An older controller: derive the least it can say.
+                    if e.stale { "silent" } else { "standby" }.to_owned()
+                } else {
+                    e.state.clone()
+                };
+                let holds = matches!(state.as_str(), "holding" | "draining");
+                ExecutorJson {
+                    id: r.executor_id.clone(),
+                    group: r.group.clone(),
+                    site: site.name.clone(),
+                    fencing_value: (e.fencing_value != 0).then_some(e.fencing_value),
+                    lease_left_ms: holds.then_some(e.lease_left_ms),
+                    fenced_for_ms: (state == "fenced").then_some(e.fenced_for_ms),
+                    ready: r.ready,
+                    healthy: r.healthy,
+                    lease: r.lease_state.clone(),
+                    fencing_token: r.fencing_token,
+                    last_seen_ms: e.last_seen_ms,
+                    stale: e.stale,
+                    stale_after_ms: e.stale_after_ms,
+                    forget_after_ms: e.forget_after_ms,
+                    message: (!r.message.is_empty()).then(|| r.message.clone()),
+                    workers: r
+                        .workers
+                        .iter()
+                        .map(|w| WorkerJson {
+                            instance: w.instance,
+                            pid: w.pid,
+                            state: worker_state(&state, &w.state),
+                            reported_state: w.state.clone(),
+                            restarts: w.restarts,
+                            uptime_ms: w.uptime_ms,
+                            health: w.health.clone(),
+                        })
+                        .collect(),
+                    state,
+                }
             })
             .collect(),
     }
@@ -135,9 +223,10 @@ pub struct ControllerJson {
     pub site: String,
     /// Its gRPC address.
     pub addr: String,
-    /// `leader`, `follower`, `unreachable` or `unknown`.
+    /// `leader`, `follower`, `unreachable` or `unknown` (a follower cannot see the
+    /// others; without a quorum, the role a controller that answered gives itself).
     pub role: String,
-    /// Whether the leader hears from it.
+    /// Whether the leader hears from it (without a quorum: whether it answered the CLI).
     pub reachable: bool,
 }
 
@@ -146,13 +235,13 @@ pub struct ControllerJson {
 pub struct GroupJson {
     /// Group name.
     pub name: String,
-    /// Active site.
-    pub active_site: String,
+    /// Active site (`null`: none).
+    pub active_site: Option<String>,
     /// Current epoch.
     pub epoch: u64,
-    /// `active` or `demoting`.
+    /// `active`, `demoting` or `no_active`.
     pub phase: String,
-    /// While demoting: the site being promoted.
+    /// While demoting: the site being promoted (`null`: none).
     pub promoting_to: Option<String>,
     /// Whether automatic failover of the group is paused.
     pub paused: bool,
@@ -162,16 +251,46 @@ pub struct GroupJson {
     pub paused_reason: Option<String>,
     /// Since when (unix ms), while paused.
     pub paused_since_unix_ms: Option<u64>,
+    /// Since when the active site (or none) is in place, ms since the Unix epoch.
+    pub active_since_unix_ms: Option<u64>,
+    /// The same in RFC 3339 (UTC).
+    pub active_since: Option<String>,
+    /// The last change (its creation if there was none).
+    pub last_change: Option<HistoryJson>,
+    /// The group's sites the leader counts as lost.
+    pub lost_sites: Vec<String>,
+    /// What holds an automatic failover back (`null`: nothing).
+    pub held_back: Option<String>,
+}
+
+/// A site name on the wire (empty for none) as JSON: `null` for none.
+fn site_or_null(site: &str) -> Option<String> {
+    (!site.is_empty()).then(|| site.to_owned())
+}
+
+/// A site name on the wire as a table cell: `-` for none.
+pub fn site_cell(site: &str) -> String {
+    if site.is_empty() {
+        "-".to_owned()
+    } else {
+        site.to_owned()
+    }
 }
 
 impl From<&GroupStatus> for GroupJson {
     fn from(g: &GroupStatus) -> Self {
+        let since = (g.active_since_unix_ms != 0).then_some(g.active_since_unix_ms);
         GroupJson {
             name: g.name.clone(),
-            active_site: g.active_site.clone(),
+            active_site: site_or_null(&g.active_site),
             epoch: g.epoch,
             phase: g.phase.clone(),
-            promoting_to: (!g.promoting_to.is_empty()).then(|| g.promoting_to.clone()),
+            promoting_to: site_or_null(&g.promoting_to),
+            active_since_unix_ms: since,
+            active_since: since.map(format_unix_ms),
+            last_change: g.last_change.as_ref().map(history_entry_json),
+            lost_sites: g.lost_sites.clone(),
+            held_back: (!g.held.is_empty()).then(|| g.held.clone()),
             paused: g.paused,
             paused_by: g.paused.then(|| g.paused_by.clone()),
             paused_reason: g.paused.then(|| g.paused_reason.clone()),
@@ -180,13 +299,15 @@ impl From<&GroupStatus> for GroupJson {
     }
 }
 
-impl From<&StatusResponse> for StatusJson {
-    fn from(s: &StatusResponse) -> Self {
+impl StatusJson {
+    /// The JSON of an answer; `quorum` says how sure it is.
+    pub fn new(s: &StatusResponse, quorum: QuorumJson) -> Self {
         StatusJson {
             leader: (s.leader != 0).then_some(s.leader),
             term: s.term,
             answered_by: s.answered_by,
             consistent: s.consistent,
+            quorum,
             controllers: s
                 .controllers
                 .iter()
@@ -248,11 +369,15 @@ pub fn leases_table(l: &LeasesResponse) -> String {
             vec![
                 l.group.clone(),
                 l.lease_id.to_string(),
-                l.site.clone(),
+                site_cell(&l.site),
                 l.holder.clone(),
                 l.epoch.to_string(),
                 l.fencing_token.to_string(),
-                format!("{} ms", l.ttl_left_ms),
+                if l.ttl_left_ms == 0 {
+                    "-".to_owned()
+                } else {
+                    format!("{} ms", l.ttl_left_ms)
+                },
             ]
         })
         .collect();
@@ -295,10 +420,10 @@ pub struct HistoryJson {
     pub group: String,
     /// Epoch that began with the change.
     pub epoch: u64,
-    /// Previous active site (`null` at creation).
+    /// Previous active site (`null`: none, e.g. at creation).
     pub from: Option<String>,
-    /// New active site.
-    pub to: String,
+    /// New active site (`null`: none, after a demote).
+    pub to: Option<String>,
     /// `created`, `promote`, ...
     pub kind: String,
     /// Who asked.
@@ -313,20 +438,21 @@ pub struct HistoryJson {
 
 /// `failover history --output json`: an array, oldest first.
 pub fn history_json(h: &HistoryResponse) -> Vec<HistoryJson> {
-    h.entries
-        .iter()
-        .map(|e| HistoryJson {
-            group: e.group.clone(),
-            epoch: e.epoch,
-            from: (!e.from.is_empty()).then(|| e.from.clone()),
-            to: e.to.clone(),
-            kind: e.kind.clone(),
-            actor: e.actor.clone(),
-            reason: e.reason.clone(),
-            requested_at_unix_ms: e.requested_at_unix_ms,
-            completed_at_unix_ms: e.completed_at_unix_ms,
-        })
-        .collect()
+    h.entries.iter().map(history_entry_json).collect()
+}
+
+fn history_entry_json(e: &failover_proto::admin::HistoryEntry) -> HistoryJson {
+    HistoryJson {
+        group: e.group.clone(),
+        epoch: e.epoch,
+        from: site_or_null(&e.from),
+        to: site_or_null(&e.to),
+        kind: e.kind.clone(),
+        actor: e.actor.clone(),
+        reason: e.reason.clone(),
+        requested_at_unix_ms: e.requested_at_unix_ms,
+        completed_at_unix_ms: e.completed_at_unix_ms,
+    }
 }
 
 /// Renders rows as left-aligned columns separated by two spaces.
@@ -357,22 +483,44 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// The human form of `failover status`.
-pub fn status_table(s: &StatusResponse) -> String {
-    let leader = if s.leader == 0 {
-        "none elected".to_owned()
-    } else {
-        s.leader.to_string()
+/// The human form of `failover status`: the same facts as [`StatusJson`], which has more.
+pub fn status_table(s: &StatusResponse, quorum: &QuorumJson) -> String {
+    let json = StatusJson::new(s, quorum.clone());
+    let leader = match (json.leader, quorum.confirmed) {
+        (None, _) => "none elected".to_owned(),
+        (Some(l), true) => l.to_string(),
+        (Some(l), false) => format!("{l} (unconfirmed)"),
     };
     let mut out = format!("leader: {leader}   term: {}\n", s.term);
-    if !s.consistent {
-        out.push_str(&format!(
-            "warning: controller {} could not confirm this with a quorum; it may be stale\n",
-            s.answered_by
-        ));
+    match &quorum.message {
+        Some(message) => {
+            let _ = writeln!(
+                out,
+                "{}\nwhat follows is controller {}'s local view: possibly stale",
+                message.replacen("no quorum", "NO QUORUM", 1),
+                s.answered_by
+            );
+        }
+        None if !s.consistent => {
+            let _ = writeln!(
+                out,
+                "warning: controller {} could not confirm this with a quorum; it may be stale",
+                s.answered_by
+            );
+        }
+        None => {}
     }
     out.push('\n');
-    let controllers: Vec<Vec<String>> = s
+    out.push_str(&controllers_table(&json));
+    out.push('\n');
+    out.push_str(&groups_table(&json));
+    out.push_str(&pause_lines(&s.groups));
+    out.push_str(&executors_table(&json));
+    out
+}
+
+fn controllers_table(json: &StatusJson) -> String {
+    let rows: Vec<Vec<String>> = json
         .controllers
         .iter()
         .map(|c| {
@@ -385,91 +533,156 @@ pub fn status_table(s: &StatusResponse) -> String {
             ]
         })
         .collect();
-    out.push_str(&table(
+    table(
         &["CONTROLLER", "SITE", "ADDRESS", "ROLE", "REACHABLE"],
-        &controllers,
-    ));
-    out.push('\n');
-    let groups: Vec<Vec<String>> = s
+        &rows,
+    )
+}
+
+/// One row per group, then its last change and what holds it back, indented.
+fn groups_table(json: &StatusJson) -> String {
+    let rows: Vec<Vec<String>> = json
         .groups
         .iter()
         .map(|g| {
-            let phase = if g.promoting_to.is_empty() {
-                g.phase.clone()
-            } else {
-                format!("{} -> {}", g.phase, g.promoting_to)
+            let phase = match &g.promoting_to {
+                Some(to) => format!("{} -> {to}", g.phase),
+                None if g.phase == "demoting" => format!("{} -> -", g.phase),
+                None => g.phase.clone(),
             };
-            let active = if g.active_site.is_empty() {
-                "(none)".to_owned()
+            let lost = if g.lost_sites.is_empty() {
+                "-".to_owned()
             } else {
-                g.active_site.clone()
+                g.lost_sites.join(",")
             };
             vec![
                 g.name.clone(),
-                active,
+                g.active_site.clone().unwrap_or_else(|| "-".to_owned()),
                 g.epoch.to_string(),
                 phase,
-                g.held.clone(),
+                g.active_since.clone().unwrap_or_else(|| "-".to_owned()),
+                lost,
             ]
         })
         .collect();
-    out.push_str(&table(
-        &["GROUP", "ACTIVE", "EPOCH", "PHASE", "HELD BACK"],
-        &groups,
-    ));
-    out.push_str(&pause_lines(&s.groups));
-    let lost: Vec<&str> = s
-        .sites
-        .iter()
-        .filter(|s| s.lost)
-        .map(|s| s.name.as_str())
-        .collect();
-    if !lost.is_empty() {
-        out.push_str(&format!(
-            "\nlost sites (silent for failure_timeout): {}\n",
-            lost.join(", ")
-        ));
+    let table_text = table(
+        &[
+            "GROUP",
+            "ACTIVE",
+            "EPOCH",
+            "PHASE",
+            "ACTIVE SINCE",
+            "LOST SITES",
+        ],
+        &rows,
+    );
+    let mut out = String::new();
+    // Interleave: each group's row, then its details.
+    let mut lines = table_text.lines();
+    if let Some(header) = lines.next() {
+        out.push_str(header);
+        out.push('\n');
     }
-    let workers: Vec<Vec<String>> = s
-        .sites
-        .iter()
-        .map(site_json)
-        .flat_map(|site| {
-            site.executors.into_iter().flat_map(move |e| {
-                let site = site.name.clone();
-                let executor = if e.stale {
-                    format!(
-                        "{} (STALE: silent {} ms, over {} ms; forgotten after {} s)",
-                        e.id,
-                        e.last_seen_ms,
-                        e.stale_after_ms,
-                        e.forget_after_ms / 1000
-                    )
+    for (line, g) in lines.zip(&json.groups) {
+        out.push_str(line);
+        out.push('\n');
+        let change = g.last_change.as_ref().map_or_else(
+            || "-".to_owned(),
+            |c| {
+                let reason = if c.reason.is_empty() {
+                    String::new()
                 } else {
-                    format!(
-                        "{} ({}{}, seen {} ms ago)",
-                        e.id,
-                        e.lease,
-                        if e.ready { ", ready" } else { ", NOT READY" },
-                        e.last_seen_ms
-                    )
+                    format!(": {}", c.reason)
                 };
-                e.workers.into_iter().map(move |w| {
-                    vec![
-                        site.clone(),
-                        executor.clone(),
-                        w.instance.to_string(),
-                        if w.pid == 0 {
-                            "-".into()
-                        } else {
-                            w.pid.to_string()
-                        },
-                        w.state,
-                        w.restarts.to_string(),
-                        format!("{:.1}s", w.uptime_ms as f64 / 1000.0),
-                        w.health,
-                    ]
-                })
+                format!(
+                    "{} by {} ({} -> {}){reason}",
+                    c.kind,
+                    c.actor,
+                    c.from.as_deref().unwrap_or("-"),
+                    c.to.as_deref().unwrap_or("-"),
+                )
+            },
+        );
+        let _ = writeln!(out, "  last change: {change}");
+        let _ = writeln!(
+            out,
+            "  held back:   {}",
+            g.held_back.as_deref().unwrap_or("-")
+        );
+    }
+    out
+}
+
+/// Executors (state as the leader knows it), then their workers.
+fn executors_table(json: &StatusJson) -> String {
+    let executors: Vec<&ExecutorJson> = json.sites.iter().flat_map(|s| &s.executors).collect();
+    if executors.is_empty() {
+        return String::new();
+    }
+    let rows: Vec<Vec<String>> = executors
+        .iter()
+        .map(|e| {
+            let state = match (e.state.as_str(), e.fenced_for_ms) {
+                ("fenced", Some(ms)) => format!("fenced (deadline passed {} ago)", seconds(ms)),
+                ("silent", _) => format!(
+                    "silent for {} (stale after {}, forgotten after {})",
+                    seconds(e.last_seen_ms),
+                    seconds(e.stale_after_ms),
+                    seconds(e.forget_after_ms)
+                ),
+                (state, _) if !e.ready && matches!(state, "standby") => {
+                    "standby, not ready".to_owned()
+                }
+                (state, _) => state.to_owned(),
+            };
+            vec![
+                e.site.clone(),
+                e.id.clone(),
+                e.group.clone(),
+                state,
+                e.fencing_value
+                    .map_or_else(|| "-".to_owned(), |v| v.to_string()),
+                e.lease_left_ms.map_or_else(|| "-".to_owned(), seconds),
+                format!("{} ago", seconds(e.last_seen_ms)),
+                e.message.clone().unwrap_or_else(|| "-".to_owned()),
+            ]
+        })
+        .collect();
+    let mut out = String::from("\n");
+    out.push_str(&table(
+        &[
+            "SITE",
+            "EXECUTOR",
+            "GROUP",
+            "STATE",
+            "FENCING",
+            "LEASE LEFT",
+            "LAST SEEN",
+            "MESSAGE",
+        ],
+        &rows,
+    ));
+    let workers: Vec<Vec<String>> = executors
+        .iter()
+        .flat_map(|e| {
+            e.workers.iter().map(move |w| {
+                vec![
+                    e.id.clone(),
+                    w.instance.to_string(),
+                    if w.pid == 0 {
+                        "-".into()
+                    } else {
+                        w.pid.to_string()
+                    },
+                    if w.state == w.reported_state {
+                        w.state.clone()
+                    } else {
+                        format!("{} (last reported {})", w.state, w.reported_state)
+                    },
+                    w.restarts.to_string(),
+                    seconds(w.uptime_ms),
+                    w.health.clone(),
+                ]
             })
         })
         .collect();
@@ -477,12 +690,17 @@ pub fn status_table(s: &StatusResponse) -> String {
         out.push('\n');
         out.push_str(&table(
             &[
-                "SITE", "EXECUTOR", "WORKER", "PID", "STATE", "RESTARTS", "UPTIME", "HEALTH",
+                "EXECUTOR", "WORKER", "PID", "STATE", "RESTARTS", "UPTIME", "HEALTH",
             ],
             &workers,
         ));
     }
     out
+}
+
+/// Milliseconds as seconds with one decimal (`3.2s`).
+fn seconds(ms: u64) -> String {
+    format!("{:.1}s", ms as f64 / 1000.0)
 }
 
 /// The human form of `failover history`.
@@ -494,12 +712,8 @@ pub fn history_table(h: &HistoryResponse) -> String {
             vec![
                 e.group.clone(),
                 e.epoch.to_string(),
-                if e.from.is_empty() {
-                    "-".to_owned()
-                } else {
-                    e.from.clone()
-                },
-                e.to.clone(),
+                site_cell(&e.from),
+                site_cell(&e.to),
                 e.kind.clone(),
                 e.actor.clone(),
                 format_unix_ms(e.completed_at_unix_ms),

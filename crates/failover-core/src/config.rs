@@ -152,10 +152,17 @@ fn default_true() -> bool {
 impl Topology {
     /// Parses and validates a topology document. `file` only labels errors.
     pub fn from_yaml(text: &str, file: &str) -> Result<Topology, ConfigError> {
+        Topology::check_yaml(text, file).map_err(|mut errors| errors.remove(0))
+    }
+
+    /// Like [`Topology::from_yaml`], but reports every error the validation finds, each
+    /// once, in document order (a syntax or type error stops parsing, so it comes alone).
+    /// The error list is never empty.
+    pub fn check_yaml(text: &str, file: &str) -> Result<Topology, Vec<ConfigError>> {
         let deserializer = serde_norway::Deserializer::from_str(text);
         let topology: Topology = serde_path_to_error::deserialize(deserializer).map_err(|e| {
             let path = e.path().to_string();
-            ConfigError {
+            vec![ConfigError {
                 file: file.to_owned(),
                 path: if path.is_empty() {
                     ".".to_owned()
@@ -163,14 +170,21 @@ impl Topology {
                     path
                 },
                 reason: e.into_inner().to_string(),
-            }
+            }]
         })?;
-        topology.validate().map_err(|(path, reason)| ConfigError {
-            file: file.to_owned(),
-            path,
-            reason,
-        })?;
-        Ok(topology)
+        let mut errors = Vec::new();
+        topology.validate(&mut errors);
+        if errors.is_empty() {
+            return Ok(topology);
+        }
+        Err(errors
+            .into_iter()
+            .map(|(path, reason)| ConfigError {
+                file: file.to_owned(),
+                path,
+                reason,
+            })
+            .collect())
     }
 
     /// Every controller of every site, with the site it belongs to.
@@ -200,19 +214,21 @@ impl Topology {
         self.groups.iter().find(|g| &g.name == name)
     }
 
-    /// Checks what serde cannot: uniqueness, references between sections, timing relations.
-    fn validate(&self) -> Result<(), (String, String)> {
-        let err = |path: String, reason: String| Err((path, reason));
+    /// Checks what serde cannot: uniqueness, references between sections, timing
+    /// relations. Every problem found is pushed on `errors` as (field path, reason).
+    fn validate(&self, errors: &mut Vec<(String, String)>) {
+        let mut err = |path: String, reason: String| errors.push((path, reason));
         if self.sites.is_empty() {
-            return err("sites".into(), "at least one site is required".into());
+            err("sites".into(), "at least one site is required".into());
         }
         let mut site_names = BTreeSet::new();
         let mut ids = BTreeSet::new();
         let mut addrs = BTreeSet::new();
         for (i, site) in self.sites.iter().enumerate() {
-            check_name(site.name.as_str()).or_else(|r| err(format!("sites[{i}].name"), r))?;
-            if !site_names.insert(&site.name) {
-                return err(
+            if let Err(r) = check_name(site.name.as_str()) {
+                err(format!("sites[{i}].name"), r);
+            } else if !site_names.insert(&site.name) {
+                err(
                     format!("sites[{i}].name"),
                     format!("site `{}` is declared twice", site.name),
                 );
@@ -220,25 +236,26 @@ impl Topology {
             for (j, c) in site.controllers.iter().enumerate() {
                 let path = format!("sites[{i}].controllers[{j}]");
                 if c.id == 0 {
-                    return err(format!("{path}.id"), "controller ids start at 1".into());
-                }
-                if !ids.insert(c.id) {
-                    return err(
+                    err(format!("{path}.id"), "controller ids start at 1".into());
+                } else if !ids.insert(c.id) {
+                    err(
                         format!("{path}.id"),
                         format!("controller id {} is used twice", c.id),
                     );
                 }
-                check_addr(&c.addr).or_else(|r| err(format!("{path}.addr"), r))?;
-                if !addrs.insert(&c.addr) {
-                    return err(
+                if let Err(r) = check_addr(&c.addr) {
+                    err(format!("{path}.addr"), r);
+                } else if !addrs.insert(&c.addr) {
+                    err(
                         format!("{path}.addr"),
                         format!("address {} is used by two controllers", c.addr),
                     );
                 }
                 if let Some(http) = &c.http_addr {
-                    check_addr(http).or_else(|r| err(format!("{path}.http_addr"), r))?;
-                    if !addrs.insert(http) {
-                        return err(
+                    if let Err(r) = check_addr(http) {
+                        err(format!("{path}.http_addr"), r);
+                    } else if !addrs.insert(http) {
+                        err(
                             format!("{path}.http_addr"),
                             format!("address {http} is used twice"),
                         );
@@ -246,53 +263,62 @@ impl Topology {
                 }
             }
         }
-        if ids.is_empty() {
-            return err("sites".into(), "at least one controller is required".into());
+        if ids.is_empty() && !self.sites.is_empty() {
+            err("sites".into(), "at least one controller is required".into());
         }
-        self.validate_groups(&site_names)?;
-        self.timing
-            .validate()
-            .map_err(|(f, r)| (format!("timing.{f}"), r))
+        self.validate_groups(&site_names, errors);
+        if let Err((f, r)) = self.timing.validate() {
+            errors.push((format!("timing.{f}"), r));
+        }
     }
 
-    fn validate_groups(&self, site_names: &BTreeSet<&SiteId>) -> Result<(), (String, String)> {
+    fn validate_groups(&self, site_names: &BTreeSet<&SiteId>, errors: &mut Vec<(String, String)>) {
         let mut names = BTreeSet::new();
         for (i, group) in self.groups.iter().enumerate() {
             let path = format!("groups[{i}]");
-            check_name(group.name.as_str()).map_err(|r| (format!("{path}.name"), r))?;
-            if !names.insert(&group.name) {
-                return Err((
+            if let Err(r) = check_name(group.name.as_str()) {
+                errors.push((format!("{path}.name"), r));
+            } else if !names.insert(&group.name) {
+                errors.push((
                     format!("{path}.name"),
                     format!("group `{}` is declared twice", group.name),
                 ));
             }
             if group.sites.is_empty() {
-                return Err((
+                errors.push((
                     format!("{path}.sites"),
                     "a group needs at least one eligible site".into(),
                 ));
+                continue;
             }
-            self.check_witness(group)
-                .map_err(|reason| (format!("{path}.auto_failover"), reason))?;
-            self.check_quorum_survives_site_loss(group)
-                .map_err(|reason| (format!("{path}.auto_failover"), reason))?;
             let mut seen = BTreeSet::new();
+            let mut sites_ok = true;
             for (j, site) in group.sites.iter().enumerate() {
                 if !site_names.contains(site) {
-                    return Err((
+                    sites_ok = false;
+                    errors.push((
                         format!("{path}.sites[{j}]"),
                         format!("unknown site `{site}` (not in `sites`)"),
                     ));
-                }
-                if !seen.insert(site) {
-                    return Err((
+                } else if !seen.insert(site) {
+                    sites_ok = false;
+                    errors.push((
                         format!("{path}.sites[{j}]"),
                         format!("site `{site}` is listed twice"),
                     ));
                 }
             }
+            // The placement rules only make sense over known, distinct sites; one error
+            // per group field, so a witness problem is not reported twice.
+            if sites_ok {
+                if let Err(reason) = self
+                    .check_witness(group)
+                    .and_then(|()| self.check_quorum_survives_site_loss(group))
+                {
+                    errors.push((format!("{path}.auto_failover"), reason));
+                }
+            }
         }
-        Ok(())
     }
 }
 
@@ -518,6 +544,27 @@ groups:
 
     fn error_of(text: &str) -> ConfigError {
         Topology::from_yaml(text, "t.yaml").expect_err("config should be refused")
+    }
+
+    /// Every independent problem is reported, each once, with its field path.
+    #[test]
+    fn check_reports_every_error_once() {
+        let text = VALID
+            .replace("id: 2,", "id: 1,")
+            .replace("127.0.0.1:7103", "127.0.0.1:0")
+            .replace("[site-a, site-b]", "[site-a, site-z]");
+        let errors = Topology::check_yaml(&text, "t.yaml").expect_err("refused");
+        let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "sites[1].controllers[0].id",
+                "sites[2].controllers[0].addr",
+                "groups[0].sites[1]",
+            ],
+            "{errors:?}"
+        );
+        assert_eq!(Topology::from_yaml(&text, "t.yaml"), Err(errors[0].clone()));
     }
 
     /// The minimal valid file parses with default timing and auto failover on.

@@ -132,7 +132,9 @@ impl Observations {
 /// Why the active site should be replaced.
 enum Trigger {
     /// Silent for `failure_timeout`: replaced whatever the time since the last change.
-    Lost,
+    /// `heard`: whether an executor of the site ever reported for the group to this
+    /// leader (a fresh cluster has none yet, which is not the same as a site gone dark).
+    Lost { heard: bool },
     /// Up but unable to run the group: replaced only outside the cooldown.
     Unhealthy(String),
 }
@@ -141,7 +143,10 @@ impl Trigger {
     /// What holds the group, as the first half of a held-back reason.
     fn held(&self, active: &SiteId) -> String {
         match self {
-            Trigger::Lost => format!("{active} is lost"),
+            Trigger::Lost { heard: true } => format!("{active} is lost for the group"),
+            Trigger::Lost { heard: false } => {
+                format!("no executor at {active} (the active site) has reported")
+            }
             Trigger::Unhealthy(why) => format!("{active} is unhealthy ({why})"),
         }
     }
@@ -149,7 +154,7 @@ impl Trigger {
     /// The reason recorded in the history.
     fn reason(&self, active: &SiteId, timing: &Timing) -> String {
         match self {
-            Trigger::Lost => format!(
+            Trigger::Lost { .. } => format!(
                 "{active} silent for at least {} ms",
                 timing.failure_timeout_ms
             ),
@@ -167,7 +172,11 @@ fn trigger(
     now: Instant,
 ) -> Option<Trigger> {
     if observed.lost_for(active, group, timing, now) {
-        return Some(Trigger::Lost);
+        let heard = observed
+            .sites
+            .get(active)
+            .is_some_and(|s| s.group_last_heard.contains_key(group));
+        return Some(Trigger::Lost { heard });
     }
     observed
         .unhealthy_for(active, group)
@@ -194,6 +203,27 @@ pub fn paused_by(pause: &crate::state::Pause) -> String {
         format!("paused by {}", pause.actor)
     } else {
         format!("paused by {}: {}", pause.actor, pause.reason)
+    }
+}
+
+/// What keeps standby `site` from taking `group` over, for people.
+fn standby_missing(
+    observed: &Observations,
+    site: &SiteId,
+    group: &GroupName,
+    timing: &Timing,
+    now: Instant,
+) -> String {
+    let heard = observed
+        .sites
+        .get(site)
+        .is_some_and(|s| s.group_last_heard.contains_key(group));
+    if !heard {
+        format!("no executor at {site} has reported")
+    } else if observed.lost_for(site, group, timing, now) {
+        format!("{site}'s executors are silent")
+    } else {
+        format!("no ready executor at {site}")
     }
 }
 
@@ -248,7 +278,16 @@ pub fn decide(
             .cloned()
             .collect();
         if candidates.is_empty() {
-            decisions.push(hold("no standby site is ready".into()));
+            let why: Vec<String> = group
+                .sites
+                .iter()
+                .filter(|s| *s != active)
+                .map(|s| standby_missing(observed, s, &group.name, timing, now))
+                .collect();
+            decisions.push(hold(format!(
+                "no standby site is ready ({})",
+                why.join("; ")
+            )));
             continue;
         }
         decisions.push(Decision::Failover {
@@ -315,6 +354,45 @@ mod tests {
         state
             .apply(&crate::promotion::completion(&g, at_unix_ms).expect("complete"))
             .expect("complete");
+    }
+
+    /// A fresh cluster whose executors never reported is held with what is really
+    /// missing, not "a is lost"; a standby that reports but is not ready is named so.
+    #[test]
+    fn held_reason_names_what_is_missing() {
+        let (state, groups, timing, t0) = setup();
+        let now = t0 + Duration::from_millis(timing.failure_timeout_ms);
+        let fresh = Observations {
+            since: t0,
+            sites: BTreeMap::new(),
+        };
+        let d = decide(&state, &groups, &timing, &fresh, now, 0);
+        assert_eq!(
+            d,
+            vec![Decision::Hold {
+                group: "g".into(),
+                reason: "no executor at a (the active site) has reported; no standby site is \
+                         ready (no executor at b has reported; no executor at c has reported)"
+                    .into(),
+            }]
+        );
+        let observed = Observations {
+            since: t0,
+            sites: BTreeMap::from([
+                ("a".into(), heard(t0, true)),
+                ("b".into(), heard(now, false)),
+            ]),
+        };
+        let d = decide(&state, &groups, &timing, &observed, now, 0);
+        assert_eq!(
+            d,
+            vec![Decision::Hold {
+                group: "g".into(),
+                reason: "a is lost for the group; no standby site is ready (no ready \
+                         executor at b; no executor at c has reported)"
+                    .into(),
+            }]
+        );
     }
 
     /// A silent active site is failed over to the ready standbys in priority order; a
@@ -476,7 +554,7 @@ mod tests {
             vec![Decision::Hold {
                 group: "g".into(),
                 reason: "a is unhealthy (worker 1 failed its health check); no standby site \
-                         is ready"
+                         is ready (no ready executor at b; no executor at c has reported)"
                     .into(),
             }]
         );

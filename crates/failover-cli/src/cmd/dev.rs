@@ -79,7 +79,8 @@ pub(crate) async fn run(args: DevArgs, log_format: super::LogFormat) -> anyhow::
         .collect();
     println!("\n  export FAILOVER_ENDPOINTS={}", endpoints.join(","));
     println!("  logs and data: {}\n", args.data_dir.display());
-    print!("{}", output::status_table(&status));
+    let quorum = output::QuorumJson::confirmed(status.controllers.len());
+    print!("{}", output::status_table(&status, &quorum));
     println!("\nPress Ctrl-C to stop.");
     super::controller::wait_for_stop_signal().await?;
     println!("stopping {} controllers", children.0.len());

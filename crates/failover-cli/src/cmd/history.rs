@@ -1,6 +1,10 @@
 //! `failover history`: every change of active site, oldest first.
+//!
+//! Without a quorum it prints the history of a controller that answered, marked as
+//! possibly stale on stderr, and exits with [`crate::EXIT_NO_QUORUM`].
 
 use clap::Args;
+use failover_client::ClientError;
 
 use super::{ClusterArgs, Output};
 use crate::output;
@@ -13,16 +17,35 @@ pub struct HistoryArgs {
     pub group: String,
     #[command(flatten)]
     cluster: ClusterArgs,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t)]
+    /// Output format (`-o json`).
+    #[arg(short = 'o', long, value_enum, default_value_t)]
     output: Output,
 }
 
 pub(crate) async fn run(args: HistoryArgs) -> anyhow::Result<()> {
-    let history = args.cluster.client()?.history(&args.group).await?;
-    match args.output {
-        Output::Json => output::print_json(&output::history_json(&history))?,
-        Output::Table => print!("{}", output::history_table(&history)),
+    let mut client = args.cluster.client()?;
+    let history = match client.history(&args.group).await {
+        Ok(history) => history,
+        Err(ClientError::NoQuorum(no)) => {
+            let stale = client.stale_history(&no.view_from, &args.group).await;
+            if let Ok(history) = stale {
+                eprintln!(
+                    "{no}; controller {}'s local history follows, possibly stale",
+                    no.view.answered_by
+                );
+                print(&history, args.output)?;
+            }
+            return Err(ClientError::NoQuorum(no).into());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    print(&history, args.output)
+}
+
+fn print(history: &failover_proto::admin::HistoryResponse, format: Output) -> anyhow::Result<()> {
+    match format {
+        Output::Json => output::print_json(&output::history_json(history))?,
+        Output::Table => print!("{}", output::history_table(history)),
     }
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! Arguments of every subcommand, and how the cluster is found.
 
+mod check;
 mod controller;
 mod demote;
 mod dev;
@@ -14,11 +15,18 @@ mod reload;
 mod status;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use failover_client::{AdminClient, Endpoints};
 use failover_core::{Timing, Topology};
+
+/// How long a command keeps asking while controllers answer without a confirmed leader
+/// (an election takes `election_timeout_max_ms`, 500 ms by default, plus a round).
+const CLI_SETTLE: Duration = Duration::from_secs(3);
+/// How long one controller may take to answer a probe or a call.
+const CLI_ATTEMPT: Duration = Duration::from_secs(3);
 
 /// Multi-site failover coordinator.
 #[derive(Debug, Parser)]
@@ -80,6 +88,8 @@ pub enum Command {
     Resume(pause::ResumeArgs),
     /// Show every change of active site, oldest first.
     History(history::HistoryArgs),
+    /// Validate a topology file and summarize it, without contacting a cluster.
+    Check(check::CheckArgs),
     /// Show the live leases: site, holder, epoch, fencing token, time left.
     Leases(leases::LeasesArgs),
     /// Run a site's workers while the site holds the group's lease.
@@ -113,9 +123,13 @@ pub struct ClusterArgs {
 }
 
 impl ClusterArgs {
-    /// An admin client for the cluster these arguments name.
+    /// An admin client for the cluster these arguments name, with the CLI's time
+    /// bounds (docs/cli.md, "Time bounds").
     pub fn client(&self) -> anyhow::Result<AdminClient> {
-        Ok(AdminClient::new(self.endpoints_and_timing()?.0))
+        let mut client = AdminClient::new(self.endpoints_and_timing()?.0);
+        client.deadline = CLI_SETTLE;
+        client.attempt_timeout = CLI_ATTEMPT;
+        Ok(client)
     }
 
     /// The controllers to contact, and the timing of the topology (defaults when only
@@ -149,6 +163,7 @@ impl Cli {
             Command::Resume(args) => pause::resume(args).await,
             Command::History(args) => history::run(args).await,
             Command::Leases(args) => leases::run(args).await,
+            Command::Check(args) => check::run(args),
             Command::Exec(args) => exec::run(args).await,
             Command::Reload(args) => reload::run(args).await,
             Command::Guard(args) => guard::run(args),

@@ -27,8 +27,8 @@ pub struct PromoteArgs {
     pub force: bool,
     #[command(flatten)]
     cluster: ClusterArgs,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t)]
+    /// Output format (`-o json`).
+    #[arg(short = 'o', long, value_enum, default_value_t)]
     output: Output,
 }
 

@@ -12,15 +12,10 @@ use failover_core::{ChangeKind, Command, GroupName, GroupState, Rejection, SiteI
 use failover_proto::admin::admin_service_client::AdminServiceClient;
 use failover_proto::admin::admin_service_server::AdminService;
 use failover_proto::admin::{
-<<<<<<< HEAD
-    ControllerStatus, DemoteRequest, ExecutorStatus, GroupStatus, HistoryEntry, HistoryRequest,
-    HistoryResponse, LeaseStatus, LeasesRequest, LeasesResponse, PauseRequest, PauseResponse,
-    PromoteRequest, PromoteResponse, ReloadRequest, ReloadResponse, ResumeRequest, SiteStatus,
-=======
     AllowRejoinRequest, AllowRejoinResponse, ControllerStatus, DemoteRequest, ExecutorStatus,
     GroupStatus, HistoryEntry, HistoryRequest, HistoryResponse, LeaseStatus, LeasesRequest,
-    LeasesResponse, PromoteRequest, PromoteResponse, ReloadRequest, ReloadResponse, SiteStatus,
->>>>>>> ops-docs
+    LeasesResponse, PauseRequest, PauseResponse, PromoteRequest, PromoteResponse, ReloadRequest,
+    ReloadResponse, ResumeRequest, SiteStatus,
     StatusRequest, StatusResponse,
 };
 use openraft::{Instant as _, ReadPolicy};
@@ -33,8 +28,13 @@ use crate::hooks::HookEnv;
 const FORWARDED: &str = "x-failover-forwarded";
 /// How long a promote waits for the new site to become active.
 const PROMOTE_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long a status waits for a quorum before answering from the local view.
+/// How long a status waits for a quorum before answering from the local view. A healthy
+/// leader confirms within a few heartbeats; the CLI waits a little longer than this plus
+/// [`FORWARD_TIMEOUT`] for answers (docs/cli.md, "Time bounds").
 const STATUS_READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a follower waits for the leader's status before answering from its own view
+/// (a frozen leader accepts connections and never answers).
+const FORWARD_TIMEOUT: Duration = Duration::from_millis(2500);
 
 /// Serves the admin API.
 pub struct AdminServer {
@@ -100,6 +100,9 @@ pub fn group_status(group: &GroupState) -> GroupStatus {
             .map(|p| p.reason.clone())
             .unwrap_or_default(),
         paused_since: group.pause.as_ref().map_or(0, |p| p.since_unix_ms),
+        active_since_unix_ms: group.history.last().map_or(0, |h| h.completed_at_unix_ms),
+        last_change: group.history.last().map(|h| history_entry(group, h)),
+        lost_sites: Vec::new(),
     }
 }
 
@@ -115,6 +118,21 @@ fn pause_entry(group: &GroupState, event: &failover_core::PauseEvent) -> History
         reason: event.reason.clone(),
         requested_at_unix_ms: event.at_unix_ms,
         completed_at_unix_ms: event.at_unix_ms,
+    }
+}
+
+/// The proto view of one history entry of `group`.
+fn history_entry(group: &GroupState, h: &failover_core::HistoryEntry) -> HistoryEntry {
+    HistoryEntry {
+        group: group.name.to_string(),
+        epoch: h.epoch.0,
+        from: wire_site(h.from.as_ref()),
+        to: wire_site(h.to.as_ref()),
+        kind: h.kind.as_str().to_owned(),
+        actor: h.actor.clone(),
+        reason: h.reason.clone(),
+        requested_at_unix_ms: h.requested_at_unix_ms,
+        completed_at_unix_ms: h.completed_at_unix_ms,
     }
 }
 
@@ -190,6 +208,12 @@ impl AdminServer {
                 }
             })
             .collect();
+        let sites = self.site_statuses();
+        let lost: Vec<&str> = sites
+            .iter()
+            .filter(|s| s.lost)
+            .map(|s| s.name.as_str())
+            .collect();
         let groups = self
             .ctx
             .view
@@ -198,6 +222,12 @@ impl AdminServer {
             .values()
             .map(|g| GroupStatus {
                 held: self.ctx.held(&g.name).unwrap_or_default(),
+                lost_sites: g
+                    .sites
+                    .iter()
+                    .filter(|s| lost.contains(&s.as_str()))
+                    .map(ToString::to_string)
+                    .collect(),
                 ..group_status(g)
             })
             .collect();
@@ -208,7 +238,7 @@ impl AdminServer {
             groups,
             answered_by: self.ctx.node_id,
             consistent: false,
-            sites: self.site_statuses(),
+            sites,
         }
     }
 
@@ -221,6 +251,8 @@ impl AdminServer {
             .map(|since| crate::detector::observe(&self.ctx, since, now));
         let timing = &self.ctx.topology.timing;
         let stale_after = crate::executors::stale_after(timing);
+        // Lock order everywhere: the state view, then the lease manager.
+        let state = self.ctx.view.read();
         self.ctx
             .topology
             .sites
@@ -239,12 +271,30 @@ impl AdminServer {
                     .executors
                     .site(site.name.as_str(), now)
                     .into_iter()
-                    .map(|(age, report)| ExecutorStatus {
-                        report: Some(report),
-                        last_seen_ms: age.as_millis() as u64,
-                        stale: crate::executors::is_stale(age, stale_after),
-                        stale_after_ms: stale_after.as_millis() as u64,
-                        forget_after_ms: crate::executors::FORGET_AFTER.as_millis() as u64,
+                    .map(|(age, report)| {
+                        let lease = held_lease(&state, &report).map(|lease| LeaseSeen {
+                            fencing_value: lease.epoch.0,
+                            expires_in: self
+                                .ctx
+                                .leases
+                                .with_leader(|l| l.expires_at(lease.id))
+                                .flatten()
+                                .map(|at| signed_until(now, at)),
+                        });
+                        let stale = crate::executors::is_stale(age, stale_after);
+                        let ttl = self.ctx.leases.timing().leader_expiry();
+                        let view = executor_view(&report, age, stale, lease, ttl);
+                        ExecutorStatus {
+                            report: Some(report),
+                            last_seen_ms: age.as_millis() as u64,
+                            stale,
+                            stale_after_ms: stale_after.as_millis() as u64,
+                            forget_after_ms: crate::executors::FORGET_AFTER.as_millis() as u64,
+                            state: view.state.to_owned(),
+                            lease_left_ms: view.lease_left_ms,
+                            fenced_for_ms: view.fenced_for_ms,
+                            fencing_value: view.fencing_value,
+                        }
                     })
                     .collect(),
             })
@@ -507,6 +557,109 @@ impl AdminServer {
     }
 }
 
+/// What the leader knows of the lease an executor holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LeaseSeen {
+    /// Its fencing value (the epoch).
+    fencing_value: u64,
+    /// Milliseconds until the leader may treat it as expired (negative: since it may);
+    /// `None` before this leader observed it.
+    expires_in: Option<i64>,
+}
+
+/// An executor as `failover status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ExecutorView {
+    state: &'static str,
+    lease_left_ms: u64,
+    fenced_for_ms: u64,
+    fencing_value: u64,
+}
+
+/// The newest lease in `state` held by the executor that sent `report`.
+fn held_lease<'a>(
+    state: &'a failover_core::ClusterState,
+    report: &failover_proto::executor::ExecutorReport,
+) -> Option<&'a failover_core::Lease> {
+    let group = state.groups.get(&GroupName(report.group.clone()))?;
+    let id = group.holders.get(&report.executor_id)?;
+    group.leases.get(id)
+}
+
+/// Milliseconds from `now` to `at`, negative when `at` has passed.
+fn signed_until(now: std::time::Instant, at: std::time::Instant) -> i64 {
+    match at.checked_duration_since(now) {
+        Some(left) => left.as_millis() as i64,
+        None => -(now.saturating_duration_since(at).as_millis() as i64),
+    }
+}
+
+/// The state of an executor as the leader knows it, from its last report (sent `age`
+/// ago), whether it is stale, and its lease in the replicated state (`None` when it
+/// holds none there). The report alone can mislead: a frozen executor's last report
+/// says "acquired" with running workers long after its guards stopped them. So:
+/// - a lease whose leader-side deadline passed means fenced, whatever the report says;
+/// - an executor that claims a lease the state no longer has is fenced (the leader
+///   expired the lease once its deadline passed, or it released it after its workers
+///   stopped); its deadline was at most `expiry` after its last report;
+/// - a stale executor holding nothing is silent;
+/// - otherwise its own word (holding while its lease lives).
+fn executor_view(
+    report: &failover_proto::executor::ExecutorReport,
+    age: Duration,
+    stale: bool,
+    lease: Option<LeaseSeen>,
+    expiry: Duration,
+) -> ExecutorView {
+    let claims = matches!(report.lease_state.as_str(), "acquired" | "draining");
+    let mut view = ExecutorView {
+        state: "standby",
+        lease_left_ms: 0,
+        fenced_for_ms: 0,
+        fencing_value: 0,
+    };
+    match lease {
+        Some(lease) => {
+            view.fencing_value = lease.fencing_value;
+            match lease.expires_in {
+                Some(left) if left <= 0 => {
+                    view.state = "fenced";
+                    view.fenced_for_ms = left.unsigned_abs();
+                }
+                _ if stale => {
+                    // Not observed yet by a new leader: it cannot say more than silent.
+                    view.state = "silent";
+                }
+                left => {
+                    view.state = if report.lease_state == "draining" {
+                        "draining"
+                    } else {
+                        "holding"
+                    };
+                    view.lease_left_ms = left.map_or(0, |l| l as u64);
+                }
+            }
+        }
+        // Its lease is gone from the state: expired (its deadline passed) or released
+        // (its workers stopped first). Either way it runs nothing.
+        None if claims => {
+            view.state = "fenced";
+            view.fencing_value = report.epoch;
+            view.fenced_for_ms = age.saturating_sub(expiry).as_millis() as u64;
+        }
+        None if stale => view.state = "silent",
+        None => {
+            view.state = match report.lease_state.as_str() {
+                "connecting" => "connecting",
+                "lost" => "lost",
+                "paused" => "paused",
+                _ => "standby",
+            };
+        }
+    }
+    view
+}
+
 /// Who asks for a change, why, and whether to wait for it.
 struct ChangeRequest {
     kind: ChangeKind,
@@ -522,7 +675,8 @@ impl AdminService for AdminServer {
         request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
         if let Ok(Some(mut leader)) = self.forward_target(&request) {
-            if let Ok(response) = leader.status(forwarded(StatusRequest {})).await {
+            let forward = leader.status(forwarded(StatusRequest {}));
+            if let Ok(Ok(response)) = tokio::time::timeout(FORWARD_TIMEOUT, forward).await {
                 return Ok(response);
             }
         }
@@ -608,11 +762,14 @@ impl AdminService for AdminServer {
         &self,
         request: Request<HistoryRequest>,
     ) -> Result<Response<HistoryResponse>, Status> {
-        if let Some(mut leader) = self.forward_target(&request)? {
-            return leader.history(forwarded(request.into_inner())).await;
+        let stale_ok = request.get_ref().allow_stale;
+        if !stale_ok {
+            if let Some(mut leader) = self.forward_target(&request)? {
+                return leader.history(forwarded(request.into_inner())).await;
+            }
         }
         let filter = request.into_inner().group;
-        if self.ctx.raft.is_leader() {
+        if self.ctx.raft.is_leader() && !stale_ok {
             self.linearize(PROMOTE_TIMEOUT).await?;
         }
         let state = self.ctx.view.read();
@@ -625,19 +782,7 @@ impl AdminService for AdminServer {
             .groups
             .values()
             .filter(|g| filter.is_empty() || g.name.as_str() == filter)
-            .flat_map(|g| {
-                g.history.iter().map(move |h| HistoryEntry {
-                    group: g.name.to_string(),
-                    epoch: h.epoch.0,
-                    from: h.from.as_ref().map(ToString::to_string).unwrap_or_default(),
-                    to: wire_site(h.to.as_ref()),
-                    kind: h.kind.as_str().to_owned(),
-                    actor: h.actor.clone(),
-                    reason: h.reason.clone(),
-                    requested_at_unix_ms: h.requested_at_unix_ms,
-                    completed_at_unix_ms: h.completed_at_unix_ms,
-                })
-            })
+            .flat_map(|g| g.history.iter().map(move |h| history_entry(g, h)))
             .chain(
                 state
                     .groups
@@ -654,8 +799,10 @@ impl AdminService for AdminServer {
         &self,
         request: Request<LeasesRequest>,
     ) -> Result<Response<LeasesResponse>, Status> {
-        if let Some(mut leader) = self.forward_target(&request)? {
-            return leader.leases(forwarded(request.into_inner())).await;
+        if !request.get_ref().allow_stale {
+            if let Some(mut leader) = self.forward_target(&request)? {
+                return leader.leases(forwarded(request.into_inner())).await;
+            }
         }
         let filter = request.into_inner().group;
         let now = self.ctx.clock.now();
@@ -737,5 +884,82 @@ impl AdminService for AdminServer {
             Ok(Err(e)) => Err(Status::unavailable(e.to_string())),
             Err(fatal) => Err(Status::internal(fatal.to_string())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use failover_proto::executor::ExecutorReport;
+
+    const EXPIRY: Duration = Duration::from_millis(3750);
+
+    fn report(lease_state: &str) -> ExecutorReport {
+        ExecutorReport {
+            executor_id: "e".into(),
+            group: "g".into(),
+            lease_state: lease_state.into(),
+            epoch: 4,
+            ..ExecutorReport::default()
+        }
+    }
+
+    fn lease(expires_in: Option<i64>) -> Option<LeaseSeen> {
+        Some(LeaseSeen {
+            fencing_value: 4,
+            expires_in,
+        })
+    }
+
+    /// A live lease is holding with its time left; past its deadline it is fenced with
+    /// the time since, whatever the (frozen) executor last reported.
+    #[test]
+    fn lease_deadline_decides_holding_or_fenced() {
+        let ms = Duration::from_millis;
+        let v = executor_view(
+            &report("acquired"),
+            ms(100),
+            false,
+            lease(Some(2000)),
+            EXPIRY,
+        );
+        assert_eq!(
+            (v.state, v.lease_left_ms, v.fencing_value),
+            ("holding", 2000, 4)
+        );
+        let v = executor_view(&report("draining"), ms(100), false, lease(Some(5)), EXPIRY);
+        assert_eq!(v.state, "draining");
+        let v = executor_view(
+            &report("acquired"),
+            ms(5000),
+            true,
+            lease(Some(-1250)),
+            EXPIRY,
+        );
+        assert_eq!(
+            (v.state, v.fenced_for_ms, v.lease_left_ms),
+            ("fenced", 1250, 0)
+        );
+        let v = executor_view(&report("acquired"), ms(5000), true, lease(Some(0)), EXPIRY);
+        assert_eq!(v.state, "fenced");
+    }
+
+    /// Once the leader expired the lease, an executor still claiming it is fenced (the
+    /// deadline was at most the expiry after its last report); a silent one holding
+    /// nothing is silent, a live one without a lease standby.
+    #[test]
+    fn without_a_lease_a_claim_is_fenced() {
+        let ms = Duration::from_millis;
+        let v = executor_view(&report("acquired"), ms(6000), true, None, EXPIRY);
+        assert_eq!(
+            (v.state, v.fenced_for_ms, v.fencing_value),
+            ("fenced", 2250, 4)
+        );
+        let v = executor_view(&report("standby"), ms(6000), true, None, EXPIRY);
+        assert_eq!(v.state, "silent");
+        let v = executor_view(&report("standby"), ms(100), false, None, EXPIRY);
+        assert_eq!((v.state, v.fencing_value), ("standby", 0));
+        let v = executor_view(&report("connecting"), ms(100), false, None, EXPIRY);
+        assert_eq!(v.state, "connecting");
     }
 }
