@@ -540,6 +540,8 @@ impl AdminClient {
             async move { c.resume(request).await }
         })
         .await
+    }
+
     /// The history as controller `addr` has it locally, without a quorum: possibly stale.
     pub async fn stale_history(
         &self,

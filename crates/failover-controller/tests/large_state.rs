@@ -72,6 +72,8 @@ fn large_state() -> ClusterState {
         leases,
         next_token: FencingToken(50 + LEASES),
         holders,
+        pause: None,
+        pause_history: Vec::new(),
     };
     group.assert_invariants();
     let mut state = ClusterState {
