@@ -287,3 +287,89 @@ async fn controller_churn_never_restarts_active_workers() {
         "a rejoining follower deposed a healthy leader (pre-vote should refuse it)"
     );
 }
+
+/// How many times `needle` occurs in controller `id`'s log (all its runs).
+fn log_count(cluster: &Cluster, id: u64, needle: &str) -> usize {
+    cluster.log_of(id).matches(needle).count()
+}
+
+/// A rolling restart (SIGTERM, wait for the exit, start, wait until caught up) of all five
+/// controllers: a leader that is stopped hands leadership to a caught-up follower before it
+/// exits, so no step waits out an election, and the executor at the active site keeps its
+/// one lease and its workers (same pids) throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_restart_hands_leadership_over_and_keeps_the_lease() {
+    let mut cluster =
+        Cluster::new_with(|yaml| yaml.replacen("sites:\n", &format!("{TIMING}sites:\n"), 1));
+    cluster.start_all();
+    cluster.wait_ready(STEP).await;
+    let dir = cluster.data_dir().join("work");
+    std::fs::create_dir_all(&dir).expect("work dir");
+    let script = workers::script(&dir);
+    let _exec = cluster.exec(
+        "site-a",
+        &["--instances", "2"],
+        &[script.to_str().expect("utf8")],
+    );
+    let mut initial = eventually("two site-a workers running", STEP, || async {
+        let live = workers::live(&dir, "site-a");
+        (live.len() == 4).then_some(live)
+    })
+    .await;
+    initial.sort_unstable();
+    let exec_log_path = cluster.data_dir().join("exec-site-a.log");
+    let mut tally = Tally::default();
+    let mut handovers = 0;
+    for id in 1..=5 {
+        let (lead, term) = leader(&cluster).await;
+        let handed_before = log_count(&cluster, id, "handed leadership over");
+        let exit = cluster.terminate(id, STEP);
+        assert_eq!(
+            exit,
+            Some(0),
+            "controller {id} did not exit cleanly on SIGTERM\n{}",
+            cluster.log_of(id)
+        );
+        if lead == id {
+            // The successor took over before the old leader exited: the stopping leader
+            // saw it, and the new leader's term is the next one (one election, no retry).
+            assert_eq!(
+                log_count(&cluster, id, "handed leadership over"),
+                handed_before + 1,
+                "leader c{id} stopped without handing leadership over\n{}",
+                cluster.log_of(id)
+            );
+            let (after, after_term) = leader(&cluster).await;
+            assert_ne!(after, id);
+            assert_eq!(
+                after_term,
+                term + 1,
+                "c{after} took over after more than one election"
+            );
+            handovers += 1;
+        }
+        cluster.start(id);
+        rejoined(&cluster, id).await;
+        assert_untouched(
+            &dir,
+            &mut initial,
+            &format!("rolling restart (c{id})"),
+            &cluster,
+            &mut tally,
+        )
+        .await;
+    }
+    // A leader is only ever replaced by a hand-over here, so the first one was stopped
+    // while it led.
+    assert!(handovers >= 1, "no controller was stopped while leading");
+    let log = std::fs::read_to_string(&exec_log_path).unwrap_or_default();
+    assert_eq!(
+        log.matches("lease acquired").count(),
+        1,
+        "the executor acquired its lease more than once\n{log}"
+    );
+    assert!(
+        !log.contains("lease gone"),
+        "the executor lost its lease\n{log}"
+    );
+}

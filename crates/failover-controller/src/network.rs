@@ -13,7 +13,8 @@ use failover_proto::raft::RaftPayload;
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::{BasicNode, OptionalSend, RaftNetworkV2};
 use serde::{de::DeserializeOwned, Serialize};
@@ -149,6 +150,20 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         let reply = self
             .client()?
             .pre_vote(request)
+            .await
+            .map_err(|s| self.status_error(s))?;
+        self.decode(reply.into_inner())
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        rpc: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RpcErr> {
+        let request = self.request(&rpc, Vec::new(), &option)?;
+        let reply = self
+            .client()?
+            .transfer_leader(request)
             .await
             .map_err(|s| self.status_error(s))?;
         self.decode(reply.into_inner())
