@@ -70,6 +70,7 @@ a quorum, so the target is zero interruptions (L3).
 | leader frozen (SIGSTOP) until another leader is confirmed, then resumed | {summary['leader_freezes']} |
 | follower rejoins (frozen 2.5 s or killed and restarted 2.5 s later) | {summary['rejoins']} |
 | rolling restarts of all five controllers (SIGTERM, start) | {summary['rolling_restarts']} |
+| leaders stopped by a rolling restart / of them handed leadership over first | {summary.get('rolling_leader_stops', '-')} / {summary.get('rolling_handovers', '-')} |
 | **events that interrupted site-a's workers** | **{summary['interrupting_events']}** |
 | worker starts after the first ones | {summary['worker_starts_after_first']} |
 | rejoins that deposed the leader | {summary['rejoins_that_deposed_the_leader']} |

@@ -5,7 +5,8 @@
 //! two shell workers (each with a child). Then, one after the other: the leader killed with
 //! SIGKILL and restarted, the leader frozen with SIGSTOP until another is elected and
 //! resumed, a follower frozen past the election timeout and resumed, a follower killed and
-//! restarted, and a rolling restart (SIGTERM, start) of every controller. After each event
+//! restarted, and a rolling restart (SIGTERM, start) of every controller, in which a leader
+//! hands leadership over before it exits. After each event
 //! the test checks that the workers started at the beginning are the only ones ever
 //! started and all still run, and that a rejoining follower did not depose the leader.
 //!
@@ -141,6 +142,9 @@ struct Tally {
     leader_freezes: usize,
     rejoins: usize,
     rolling: usize,
+    /// Leaders stopped by a rolling restart, and how many of them handed leadership over.
+    rolling_leader_stops: usize,
+    rolling_handovers: usize,
     deposed_by_rejoin: usize,
     interrupting_events: usize,
     failover_ms: Vec<u128>,
@@ -252,7 +256,15 @@ async fn controller_churn_never_restarts_active_workers() {
 
     for round in 0..rolling {
         for id in 1..=5 {
+            let (lead, _) = leader(&cluster).await;
+            let handed = log_count(&cluster, id, "handed leadership over");
             cluster.terminate(id, Duration::from_secs(10));
+            if lead == id {
+                tally.rolling_leader_stops += 1;
+                if log_count(&cluster, id, "handed leadership over") > handed {
+                    tally.rolling_handovers += 1;
+                }
+            }
             cluster.start(id);
             rejoined(&cluster, id).await;
             let event = format!("rolling restart {round} (c{id})");
@@ -267,13 +279,15 @@ async fn controller_churn_never_restarts_active_workers() {
     let max = ms.last().copied().unwrap_or(0);
     println!(
         "churn-summary {{\"leader_kills\": {}, \"leader_freezes\": {}, \"rejoins\": {}, \
-         \"rolling_restarts\": {}, \"interrupting_events\": {}, \"worker_starts_after_first\": {}, \
+         \"rolling_restarts\": {}, \"rolling_leader_stops\": {}, \"rolling_handovers\": {}, \"interrupting_events\": {}, \"worker_starts_after_first\": {}, \
          \"rejoins_that_deposed_the_leader\": {}, \"new_leader_median_ms\": {median}, \
          \"new_leader_max_ms\": {max}}}",
         tally.kills,
         tally.leader_freezes,
         tally.rejoins,
         tally.rolling,
+        tally.rolling_leader_stops,
+        tally.rolling_handovers,
         tally.interrupting_events,
         workers::recorded(&dir, "site-a")
             .len()
@@ -285,6 +299,12 @@ async fn controller_churn_never_restarts_active_workers() {
     assert!(
         counting || tally.deposed_by_rejoin == 0,
         "a rejoining follower deposed a healthy leader (pre-vote should refuse it)"
+    );
+    assert!(
+        counting || tally.rolling_handovers == tally.rolling_leader_stops,
+        "{} of {} leaders stopped by the rolling restart exited without handing leadership over",
+        tally.rolling_leader_stops - tally.rolling_handovers,
+        tally.rolling_leader_stops
     );
 }
 
