@@ -44,7 +44,8 @@ def main() -> None:
     started = time.time()
     proc = subprocess.run(
         ["cargo", "test", "--release", "-p", "failover-cli", "--test", "churn", "--",
-         "--nocapture", "--test-threads", "1"],
+         "controller_churn_never_restarts_active_workers", "--exact", "--nocapture",
+         "--test-threads", "1"],
         env=env, capture_output=True, text=True)
     took = time.time() - started
     summary = None
