@@ -44,7 +44,8 @@ def main() -> None:
     started = time.time()
     proc = subprocess.run(
         ["cargo", "test", "--release", "-p", "failover-cli", "--test", "churn", "--",
-         "--nocapture", "--test-threads", "1"],
+         "controller_churn_never_restarts_active_workers", "--exact", "--nocapture",
+         "--test-threads", "1"],
         env=env, capture_output=True, text=True)
     took = time.time() - started
     summary = None
@@ -70,6 +71,7 @@ a quorum, so the target is zero interruptions (L3).
 | leader frozen (SIGSTOP) until another leader is confirmed, then resumed | {summary['leader_freezes']} |
 | follower rejoins (frozen 2.5 s or killed and restarted 2.5 s later) | {summary['rejoins']} |
 | rolling restarts of all five controllers (SIGTERM, start) | {summary['rolling_restarts']} |
+| leaders stopped by a rolling restart / of them handed leadership over first | {summary.get('rolling_leader_stops', '-')} / {summary.get('rolling_handovers', '-')} |
 | **events that interrupted site-a's workers** | **{summary['interrupting_events']}** |
 | worker starts after the first ones | {summary['worker_starts_after_first']} |
 | rejoins that deposed the leader | {summary['rejoins_that_deposed_the_leader']} |

@@ -5,7 +5,8 @@
 //! two shell workers (each with a child). Then, one after the other: the leader killed with
 //! SIGKILL and restarted, the leader frozen with SIGSTOP until another is elected and
 //! resumed, a follower frozen past the election timeout and resumed, a follower killed and
-//! restarted, and a rolling restart (SIGTERM, start) of every controller. After each event
+//! restarted, and a rolling restart (SIGTERM, start) of every controller, in which a leader
+//! hands leadership over before it exits. After each event
 //! the test checks that the workers started at the beginning are the only ones ever
 //! started and all still run, and that a rejoining follower did not depose the leader.
 //!
@@ -141,6 +142,9 @@ struct Tally {
     leader_freezes: usize,
     rejoins: usize,
     rolling: usize,
+    /// Leaders stopped by a rolling restart, and how many of them handed leadership over.
+    rolling_leader_stops: usize,
+    rolling_handovers: usize,
     deposed_by_rejoin: usize,
     interrupting_events: usize,
     failover_ms: Vec<u128>,
@@ -252,7 +256,15 @@ async fn controller_churn_never_restarts_active_workers() {
 
     for round in 0..rolling {
         for id in 1..=5 {
+            let (lead, _) = leader(&cluster).await;
+            let handed = log_count(&cluster, id, "handed leadership over");
             cluster.terminate(id, Duration::from_secs(10));
+            if lead == id {
+                tally.rolling_leader_stops += 1;
+                if log_count(&cluster, id, "handed leadership over") > handed {
+                    tally.rolling_handovers += 1;
+                }
+            }
             cluster.start(id);
             rejoined(&cluster, id).await;
             let event = format!("rolling restart {round} (c{id})");
@@ -267,13 +279,15 @@ async fn controller_churn_never_restarts_active_workers() {
     let max = ms.last().copied().unwrap_or(0);
     println!(
         "churn-summary {{\"leader_kills\": {}, \"leader_freezes\": {}, \"rejoins\": {}, \
-         \"rolling_restarts\": {}, \"interrupting_events\": {}, \"worker_starts_after_first\": {}, \
+         \"rolling_restarts\": {}, \"rolling_leader_stops\": {}, \"rolling_handovers\": {}, \"interrupting_events\": {}, \"worker_starts_after_first\": {}, \
          \"rejoins_that_deposed_the_leader\": {}, \"new_leader_median_ms\": {median}, \
          \"new_leader_max_ms\": {max}}}",
         tally.kills,
         tally.leader_freezes,
         tally.rejoins,
         tally.rolling,
+        tally.rolling_leader_stops,
+        tally.rolling_handovers,
         tally.interrupting_events,
         workers::recorded(&dir, "site-a")
             .len()
@@ -285,5 +299,97 @@ async fn controller_churn_never_restarts_active_workers() {
     assert!(
         counting || tally.deposed_by_rejoin == 0,
         "a rejoining follower deposed a healthy leader (pre-vote should refuse it)"
+    );
+    assert!(
+        counting || tally.rolling_handovers == tally.rolling_leader_stops,
+        "{} of {} leaders stopped by the rolling restart exited without handing leadership over",
+        tally.rolling_leader_stops - tally.rolling_handovers,
+        tally.rolling_leader_stops
+    );
+}
+
+/// How many times `needle` occurs in controller `id`'s log (all its runs).
+fn log_count(cluster: &Cluster, id: u64, needle: &str) -> usize {
+    cluster.log_of(id).matches(needle).count()
+}
+
+/// A rolling restart (SIGTERM, wait for the exit, start, wait until caught up) of all five
+/// controllers: a leader that is stopped hands leadership to a caught-up follower before it
+/// exits, so no step waits out an election, and the executor at the active site keeps its
+/// one lease and its workers (same pids) throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_restart_hands_leadership_over_and_keeps_the_lease() {
+    let mut cluster =
+        Cluster::new_with(|yaml| yaml.replacen("sites:\n", &format!("{TIMING}sites:\n"), 1));
+    cluster.start_all();
+    cluster.wait_ready(STEP).await;
+    let dir = cluster.data_dir().join("work");
+    std::fs::create_dir_all(&dir).expect("work dir");
+    let script = workers::script(&dir);
+    let _exec = cluster.exec(
+        "site-a",
+        &["--instances", "2"],
+        &[script.to_str().expect("utf8")],
+    );
+    let mut initial = eventually("two site-a workers running", STEP, || async {
+        let live = workers::live(&dir, "site-a");
+        (live.len() == 4).then_some(live)
+    })
+    .await;
+    initial.sort_unstable();
+    let exec_log_path = cluster.data_dir().join("exec-site-a.log");
+    let mut tally = Tally::default();
+    let mut handovers = 0;
+    for id in 1..=5 {
+        let (lead, term) = leader(&cluster).await;
+        let handed_before = log_count(&cluster, id, "handed leadership over");
+        let exit = cluster.terminate(id, STEP);
+        assert_eq!(
+            exit,
+            Some(0),
+            "controller {id} did not exit cleanly on SIGTERM\n{}",
+            cluster.log_of(id)
+        );
+        if lead == id {
+            // The successor took over before the old leader exited: the stopping leader
+            // saw it, and the new leader's term is the next one (one election, no retry).
+            assert_eq!(
+                log_count(&cluster, id, "handed leadership over"),
+                handed_before + 1,
+                "leader c{id} stopped without handing leadership over\n{}",
+                cluster.log_of(id)
+            );
+            let (after, after_term) = leader(&cluster).await;
+            assert_ne!(after, id);
+            assert_eq!(
+                after_term,
+                term + 1,
+                "c{after} took over after more than one election"
+            );
+            handovers += 1;
+        }
+        cluster.start(id);
+        rejoined(&cluster, id).await;
+        assert_untouched(
+            &dir,
+            &mut initial,
+            &format!("rolling restart (c{id})"),
+            &cluster,
+            &mut tally,
+        )
+        .await;
+    }
+    // A leader is only ever replaced by a hand-over here, so the first one was stopped
+    // while it led.
+    assert!(handovers >= 1, "no controller was stopped while leading");
+    let log = std::fs::read_to_string(&exec_log_path).unwrap_or_default();
+    assert_eq!(
+        log.matches("lease acquired").count(),
+        1,
+        "the executor acquired its lease more than once\n{log}"
+    );
+    assert!(
+        !log.contains("lease gone"),
+        "the executor lost its lease\n{log}"
     );
 }

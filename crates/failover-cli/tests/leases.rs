@@ -231,3 +231,66 @@ fn check_beliefs(beliefs: &[Belief]) {
     tokens.dedup();
     assert_eq!(tokens.len(), total, "every grant has its own token");
 }
+
+/// A holder configured with the default drift bound (as one started with only the
+/// endpoints is) runs by the timing the cluster sends with the grant: a cluster with a
+/// larger drift bound and a shorter keepalive interval than the defaults gets a holder
+/// whose deadline counts the cluster's drift, and which knows the cluster's cadence and
+/// ride-out margin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holder_takes_its_timing_from_the_grant() {
+    const CLUSTER_DRIFT: Duration = Duration::from_millis(700);
+    const CLUSTER_KEEPALIVE: Duration = Duration::from_millis(150);
+    let mut cluster = Cluster::new_with(|yaml| {
+        yaml.replacen(
+            "sites:\n",
+            "timing: { max_clock_drift_ms: 700, keepalive_interval_ms: 150 }\nsites:\n",
+            1,
+        )
+    });
+    cluster.start_all();
+    cluster.wait_ready(Duration::from_secs(30)).await;
+    // The holder's own bound is the default one (250 ms), smaller than the cluster's.
+    let holder = session(&cluster, "site-a", "a1");
+    let mut state = holder.state();
+    let valid_until = eventually("the lease acquired", Duration::from_secs(30), || {
+        let current = state.borrow_and_update().clone();
+        async move {
+            match current {
+                LeaseState::Acquired { valid_until, .. } => Some(valid_until),
+                _ => None,
+            }
+        }
+    })
+    .await;
+    // The acquire was sent before now, so a deadline counted with the cluster's drift is
+    // at most this; one counted with the holder's own 250 ms would be up to 450 ms later.
+    let latest = Instant::now() + TTL - CLUSTER_DRIFT - STOP_GRACE;
+    assert!(
+        valid_until <= latest,
+        "the deadline does not count the cluster's drift bound: it is {:?} past the latest \
+         one the cluster's timing allows",
+        valid_until - latest
+    );
+    let timing = holder.granted_timing().expect("a grant carries the timing");
+    assert_eq!(timing.ttl, TTL);
+    assert_eq!(timing.max_clock_drift, CLUSTER_DRIFT);
+    assert_eq!(timing.keepalive_interval, Some(CLUSTER_KEEPALIVE));
+    // ttl 3500 - drift 700 - 2 x keepalive 150 - takeover (2 x 500 + 100) = 1400 ms.
+    assert_eq!(timing.ride_out_margin, Some(Duration::from_millis(1400)));
+    // Renewals keep it: after several keepalive intervals the lease is still held and its
+    // deadline still counts the cluster's drift.
+    let mut renewed = holder.state();
+    let later = eventually("a renewal", Duration::from_secs(10), || {
+        let current = renewed.borrow_and_update().clone();
+        async move {
+            match current {
+                LeaseState::Acquired { valid_until: v, .. } if v > valid_until => Some(v),
+                _ => None,
+            }
+        }
+    })
+    .await;
+    assert!(later <= Instant::now() + TTL - CLUSTER_DRIFT - STOP_GRACE);
+    holder.shutdown().await;
+}

@@ -60,7 +60,7 @@ use failover_core::lease::{HolderLease, HolderTiming};
 use failover_core::{Epoch, FencingToken, FencingValue, LeaseId};
 use failover_proto::lease::lease_service_client::LeaseServiceClient;
 use failover_proto::lease::{
-    acquire_response, keep_alive_response, AcquireRequest, GroupEvent, KeepAliveRequest,
+    acquire_response, keep_alive_response, AcquireRequest, Grant, GroupEvent, KeepAliveRequest,
     KeepAliveResponse, ReleaseRequest, WatchRequest,
 };
 use tokio::sync::{mpsc, watch};
@@ -91,7 +91,9 @@ pub struct LeaseConfig {
     pub site: String,
     /// This instance's id (unique within the group).
     pub instance: String,
-    /// The topology's `max_clock_drift_ms`.
+    /// The drift bound to assume until a grant says the cluster's (`max_clock_drift_ms`):
+    /// from then on the session counts the cluster's bound, whatever this says, so a holder
+    /// started with only the endpoints cannot assume less drift than the cluster does.
     pub max_clock_drift: Duration,
     /// Time this instance needs to stop its work; the lease is given up that much early.
     pub stop_grace: Duration,
@@ -166,10 +168,38 @@ impl LeaseState {
     }
 }
 
+/// The lease timing the cluster sent with the last grant or renewal: the session runs by
+/// it (drift bound, keepalive cadence, TTL), not by local configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GrantTiming {
+    /// The lease TTL, counted from when the request was sent.
+    pub ttl: Duration,
+    /// The cluster's drift bound (the holder's own when the grant carried none).
+    pub max_clock_drift: Duration,
+    /// How often the cluster asks the holder to renew (`None` if the grant said nothing).
+    pub keepalive_interval: Option<Duration>,
+    /// What a holder may keep off its lease and still ride out a leader election
+    /// (docs/leases.md, "The timing inequality"); `None` if the grant said nothing.
+    pub ride_out_margin: Option<Duration>,
+}
+
+impl GrantTiming {
+    fn from_grant(grant: &Grant, own_drift: Duration) -> GrantTiming {
+        let ms = |v: u64| (v > 0).then(|| Duration::from_millis(v));
+        GrantTiming {
+            ttl: Duration::from_millis(grant.ttl_ms),
+            max_clock_drift: ms(grant.max_clock_drift_ms).unwrap_or(own_drift),
+            keepalive_interval: ms(grant.keepalive_interval_ms),
+            ride_out_margin: ms(grant.ride_out_margin_ms),
+        }
+    }
+}
+
 /// A running lease session. Dropping it stops renewing (the lease then expires);
 /// [`LeaseSession::shutdown`] releases it first.
 pub struct LeaseSession {
     state: watch::Receiver<LeaseState>,
+    timing: watch::Receiver<Option<GrantTiming>>,
     clock: Arc<dyn Clock>,
     ready: Arc<AtomicBool>,
     commands: mpsc::Sender<Cmd>,
@@ -184,6 +214,7 @@ impl LeaseSession {
         clock: Arc<dyn Clock>,
     ) -> LeaseSession {
         let (publish, state) = watch::channel(LeaseState::Connecting);
+        let (publish_timing, timing) = watch::channel(None);
         let (commands, received) = mpsc::channel(4);
         let ready = Arc::new(AtomicBool::new(true));
         let driver = Driver {
@@ -197,6 +228,7 @@ impl LeaseSession {
             dialer,
             clock: clock.clone(),
             publish,
+            publish_timing,
             leader: None,
             next_endpoint: 0,
             backoff: Duration::from_millis(25),
@@ -204,6 +236,7 @@ impl LeaseSession {
         };
         LeaseSession {
             state,
+            timing,
             clock,
             ready,
             commands,
@@ -214,6 +247,12 @@ impl LeaseSession {
     /// The published state; `changed()` wakes on every transition.
     pub fn state(&self) -> watch::Receiver<LeaseState> {
         self.state.clone()
+    }
+
+    /// The timing the cluster sent with the last grant or renewal; `None` before the
+    /// first grant.
+    pub fn granted_timing(&self) -> Option<GrantTiming> {
+        *self.timing.borrow()
     }
 
     /// Whether new gated work may start now, and the fencing value it carries
@@ -356,36 +395,55 @@ async fn open_on(dialer: Arc<dyn Dialer>, addr: String, within: Duration) -> Opt
     }
 }
 
-/// Opens a keepalive stream on the leader: the known `leader` alone if there is one (and
-/// it is not `suspect`), else every controller at once, `suspect` only if it is the only
-/// one. Each attempt gets `within`; the first stream a controller accepts wins and the
-/// other attempts are dropped.
+/// Opens a keepalive stream on the leader: the known `leader` alone first if there is
+/// one (and it is not `suspect`), else a race over every controller that lasts until one
+/// accepts. Each attempt gets `within`; a controller that refused is asked again `retry`
+/// later, while attempts on controllers that do not answer (frozen, cut off) run on beside
+/// them, so a hung controller never delays asking the others again. `suspect` (the
+/// controller just abandoned) is first asked one `within` late: a deposed leader that has
+/// not noticed yet still accepts streams. `None` only without endpoints; the caller bounds
+/// the whole wait by the lease deadline.
 async fn open_keepalive(
     dialer: Arc<dyn Dialer>,
     endpoints: Endpoints,
     leader: Option<String>,
     suspect: Option<String>,
     within: Duration,
+    retry: Duration,
 ) -> Option<Opened> {
     if let Some(leader) = leader.filter(|l| Some(l) != suspect.as_ref()) {
         if let Some(opened) = open_on(dialer.clone(), leader, within).await {
             return Some(opened);
         }
     }
-    let mut addrs: Vec<String> = endpoints.addrs().to_vec();
-    if addrs.len() > 1 {
-        addrs.retain(|a| Some(a) != suspect.as_ref());
-    }
+    let addrs: Vec<String> = endpoints.addrs().to_vec();
+    let alone = addrs.len() == 1;
+    let attempt = |addr: String, after: Duration| {
+        let dialer = dialer.clone();
+        async move {
+            tokio::time::sleep(after).await;
+            let opened = open_on(dialer, addr.clone(), within).await;
+            (addr, opened)
+        }
+    };
     let mut attempts: futures::stream::FuturesUnordered<_> = addrs
         .into_iter()
-        .map(|addr| open_on(dialer.clone(), addr, within))
+        .map(|addr| {
+            let after = if !alone && Some(&addr) == suspect.as_ref() {
+                within
+            } else {
+                Duration::ZERO
+            };
+            attempt(addr, after)
+        })
         .collect();
     // Hints are not followed: during an election they name the leader that was lost, and
     // the leader to be is among the controllers raced here anyway.
-    while let Some(result) = futures::StreamExt::next(&mut attempts).await {
+    while let Some((addr, result)) = futures::StreamExt::next(&mut attempts).await {
         if result.is_some() {
             return result;
         }
+        attempts.push(attempt(addr, retry));
     }
     None
 }
@@ -401,6 +459,7 @@ struct Driver {
     clock: Arc<dyn Clock>,
     holder: HolderLease,
     publish: watch::Sender<LeaseState>,
+    publish_timing: watch::Sender<Option<GrantTiming>>,
     leader: Option<String>,
     next_endpoint: usize,
     backoff: Duration,
@@ -409,6 +468,21 @@ struct Driver {
 }
 
 impl Driver {
+    /// Takes the cluster's timing from a grant or renewal, before its deadline is counted.
+    fn take_timing(&mut self, grant: &Grant) {
+        let timing = GrantTiming::from_grant(grant, self.config.max_clock_drift);
+        self.keepalive = timing.keepalive_interval;
+        self.holder.set_timing(HolderTiming {
+            max_clock_drift: timing.max_clock_drift,
+            stop_grace: self.config.stop_grace,
+        });
+        self.publish_timing.send_if_modified(|current| {
+            let changed = *current != Some(timing);
+            *current = Some(timing);
+            changed
+        });
+    }
+
     async fn run(mut self, mut commands: mpsc::Receiver<Cmd>) {
         loop {
             let Some(acquired) = unless_stopped(self.acquire(), &mut commands).await else {
@@ -546,8 +620,7 @@ impl Driver {
         self.backoff = Duration::from_millis(25);
         match response.result {
             Some(acquire_response::Result::Granted(grant)) => {
-                self.keepalive = (grant.keepalive_interval_ms > 0)
-                    .then(|| Duration::from_millis(grant.keepalive_interval_ms));
+                self.take_timing(&grant);
                 self.holder.on_granted(
                     sent_at,
                     LeaseId(grant.lease_id),
@@ -591,6 +664,7 @@ impl Driver {
                     self.leader.clone(),
                     suspect.take(),
                     interval,
+                    interval / 2,
                 ) => opened,
                 _ = self.deadline() => return self.lost(lease, DEADLINE_PASSED).await,
                 cmd = commands.recv() => return self.on_command(lease, cmd).await,
@@ -605,6 +679,13 @@ impl Driver {
                     cmd = commands.recv() => return self.on_command(lease, cmd).await,
                 }
             };
+            // Rare (a leader change): worth a line, with how much lease was left.
+            tracing::info!(
+                %addr,
+                lease_left = ?self.holder.poll_timeout().map(|t| t.saturating_duration_since(self.clock.now())),
+                "keepalive stream open"
+            );
+            let mut first_renewal = true;
             self.leader = Some(addr.clone());
             self.backoff = Duration::from_millis(25);
             // Answers to requests sent on an earlier stream never come.
@@ -640,11 +721,16 @@ impl Driver {
                         match answer.result {
                             Some(keep_alive_response::Result::Renewed(grant)) => {
                                 if let Some(sent_at) = sent.remove(&answer.seq) {
+                                    if std::mem::take(&mut first_renewal) {
+                                        tracing::info!(%addr, took = ?self.clock.now().saturating_duration_since(sent_at), "renewed on the new stream");
+                                    }
+                                    self.take_timing(&grant);
                                     self.holder.on_renewed(self.clock.now(), sent_at, lease, Duration::from_millis(grant.ttl_ms));
                                     self.publish_held();
                                 }
                             }
                             Some(keep_alive_response::Result::Refused(r)) if r.reason == "not_leader" || r.reason == "overloaded" => {
+                                tracing::info!(%addr, reason = %r.reason, message = %r.message, "renewal refused; looking for the leader");
                                 self.leader = None;
                                 suspect = Some(addr.clone());
                                 continue 'connect;
@@ -661,7 +747,7 @@ impl Driver {
                     _ = answer_overdue(&sent, 2 * interval) => {
                         // The controller stopped answering without closing the stream (a
                         // cut, a frozen process): go elsewhere, not back to it first.
-                        tracing::debug!(%addr, "keepalive answer overdue; reconnecting");
+                        tracing::info!(%addr, "keepalive answer overdue; looking for the leader");
                         self.leader = None;
                         suspect = Some(addr.clone());
                         continue 'connect;

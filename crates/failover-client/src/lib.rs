@@ -22,5 +22,5 @@ pub mod transport;
 pub use admin::{AdminClient, ClientError};
 pub use clock::{Clock, SystemClock};
 pub use endpoints::Endpoints;
-pub use lease::{LeaseConfig, LeaseSession, LeaseState};
+pub use lease::{GrantTiming, LeaseConfig, LeaseSession, LeaseState};
 pub use transport::{DialError, Dialer, TcpDialer};

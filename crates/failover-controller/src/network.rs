@@ -19,7 +19,8 @@ use failover_proto::raft::RaftPayload;
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::{BasicNode, OptionalSend, RaftNetworkV2};
 use serde::{de::DeserializeOwned, Serialize};
@@ -366,6 +367,20 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
                 .map_err(|s| self.status_error(s))
         };
         let reply = self.observed(call).await?;
+        self.decode(reply.into_inner())
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        rpc: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RpcErr> {
+        let request = self.request(&rpc, Vec::new(), &option)?;
+        let reply = self
+            .client()?
+            .transfer_leader(request)
+            .await
+            .map_err(|s| self.status_error(s))?;
         self.decode(reply.into_inner())
     }
 

@@ -13,8 +13,9 @@ use failover_proto::executor::executor_service_server::ExecutorServiceServer;
 use failover_proto::lease::lease_service_server::LeaseServiceServer;
 use failover_proto::raft::raft_service_server::RaftServiceServer;
 use futures::Stream;
+use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{InitializeError, RaftError};
-use openraft::{BasicNode, SnapshotPolicy};
+use openraft::{BasicNode, Instant as _, SnapshotPolicy};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
@@ -231,8 +232,10 @@ impl Controller {
         &self.ctx.view
     }
 
-    /// Stops serving, stops Raft, and waits for every task.
+    /// Hands leadership over if this controller leads (see [`hand_over_leadership`]),
+    /// then stops serving, stops Raft, and waits for every task.
     pub async fn shutdown(self) {
+        hand_over_leadership(&self.ctx).await;
         let _ = self.shutdown.send(true);
         if let Err(e) = self.ctx.raft.shutdown().await {
             tracing::warn!(error = %e, "raft did not shut down cleanly");
@@ -247,6 +250,124 @@ impl Controller {
             }
         }
     }
+}
+
+/// A leader that stops first makes a caught-up follower leader (openraft's leadership
+/// transfer: the successor campaigns at once and the others stop honouring this leader's
+/// lease), so a rolling restart never waits out an election timeout while holders'
+/// renewals go unanswered (docs/leases.md, "Riding out controller churn"). It tries one
+/// successor per `election_timeout_max_ms`, and gives up after two of them: the cluster
+/// then elects a leader the ordinary way. A follower stops at once.
+async fn hand_over_leadership(ctx: &NodeContext) {
+    let per_attempt = Duration::from_millis(ctx.topology.timing.election_timeout_max_ms);
+    let deadline = tokio::time::Instant::now() + 2 * per_attempt;
+    let mut tried: Vec<NodeId> = Vec::new();
+    let mut metrics = ctx.raft.metrics();
+    loop {
+        let candidates = {
+            let m = metrics.borrow_watched();
+            if m.current_leader != Some(ctx.node_id) || !m.state.is_leader() {
+                if !tried.is_empty() {
+                    tracing::info!(leader = ?m.current_leader, term = m.current_term, "handed leadership over");
+                }
+                return;
+            }
+            followers(&m, per_attempt)
+        };
+        let site = |id: NodeId| ctx.topology.controller(id).map(|(site, _)| site.clone());
+        let Some(to) = successor(site(ctx.node_id), &candidates, &tried, site) else {
+            tracing::warn!(
+                "no caught-up follower to hand leadership to; stopping without (the others elect a leader after their election timeout)"
+            );
+            return;
+        };
+        tried.push(to);
+        tracing::info!(to, "stopping while leading: handing leadership over");
+        if let Err(e) = ctx.raft.trigger().transfer_leader(to).await {
+            tracing::warn!(error = %e, "cannot hand leadership over");
+            return;
+        }
+        let attempt_end = (tokio::time::Instant::now() + per_attempt).min(deadline);
+        let lost = tokio::time::timeout_at(attempt_end, async {
+            // Until the successor leads (its first heartbeat names it), not merely until
+            // this node stepped down: stopping in between would leave the election to it.
+            while metrics.changed().await.is_ok() {
+                let m = metrics.borrow_watched();
+                if m.current_leader.is_some_and(|l| l != ctx.node_id) {
+                    return;
+                }
+            }
+        })
+        .await;
+        if lost.is_err() && tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                tried = ?tried,
+                "leadership was not taken over in time; stopping anyway"
+            );
+            return;
+        }
+    }
+}
+
+/// A follower as the leader sees it, for choosing a successor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Follower {
+    id: NodeId,
+    /// Its log is as long as the leader's.
+    caught_up: bool,
+    /// It acknowledged a heartbeat within the last election timeout.
+    reachable: bool,
+}
+
+/// The voters other than the leader, from the leader's metrics.
+fn followers(
+    m: &openraft::RaftMetrics<crate::types::TypeConfig>,
+    fresh: Duration,
+) -> Vec<Follower> {
+    let last = m.last_log_index;
+    m.membership_config
+        .membership()
+        .voter_ids()
+        .filter(|id| *id != m.id)
+        .map(|id| {
+            let matched = m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&id).cloned().flatten())
+                .map(|log_id| log_id.index);
+            let acked = m
+                .heartbeat
+                .as_ref()
+                .and_then(|h| h.get(&id).cloned().flatten());
+            Follower {
+                id,
+                caught_up: matched.is_some() && matched == last,
+                reachable: acked.is_some_and(|at| at.elapsed() <= fresh),
+            }
+        })
+        .collect()
+}
+
+/// The follower to hand leadership to: reachable and caught up, not tried yet, at the
+/// leader's own site if one is (the leader stays near the holders it served), else the
+/// lowest id. `None` when no follower qualifies.
+fn successor<S: PartialEq>(
+    own_site: Option<S>,
+    followers: &[Follower],
+    tried: &[NodeId],
+    site_of: impl Fn(NodeId) -> Option<S>,
+) -> Option<NodeId> {
+    let mut eligible: Vec<NodeId> = followers
+        .iter()
+        .filter(|f| f.caught_up && f.reachable && !tried.contains(&f.id))
+        .map(|f| f.id)
+        .collect();
+    eligible.sort_unstable();
+    let same_site = eligible
+        .iter()
+        .copied()
+        .find(|id| own_site.is_some() && site_of(*id) == own_site);
+    same_site.or_else(|| eligible.first().copied())
 }
 
 async fn start_raft(
@@ -350,5 +471,41 @@ where
         .await;
     if let Err(e) = result {
         tracing::error!(error = %e, "gRPC server stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{successor, Follower};
+
+    fn f(id: u64, caught_up: bool, reachable: bool) -> Follower {
+        Follower {
+            id,
+            caught_up,
+            reachable,
+        }
+    }
+
+    fn site(id: u64) -> Option<&'static str> {
+        Some(if id <= 2 { "a" } else { "b" })
+    }
+
+    #[test]
+    fn successor_prefers_a_caught_up_follower_at_the_same_site() {
+        let all = [f(3, true, true), f(2, true, true), f(4, true, true)];
+        assert_eq!(successor(site(1), &all, &[], site), Some(2));
+        // Not caught up, or unreachable: another site's lowest id.
+        let lagging = [f(2, false, true), f(4, true, true), f(3, true, true)];
+        assert_eq!(successor(site(1), &lagging, &[], site), Some(3));
+        let gone = [f(2, true, false), f(4, true, true)];
+        assert_eq!(successor(site(1), &gone, &[], site), Some(4));
+    }
+
+    #[test]
+    fn successor_skips_the_tried_and_gives_up_without_candidates() {
+        let all = [f(2, true, true), f(3, true, true)];
+        assert_eq!(successor(site(1), &all, &[2], site), Some(3));
+        assert_eq!(successor(site(1), &all, &[2, 3], site), None);
+        assert_eq!(successor(site(1), &[f(2, false, false)], &[], site), None);
     }
 }

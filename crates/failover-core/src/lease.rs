@@ -526,6 +526,26 @@ impl HolderLease {
         }
     }
 
+    /// The bounds the cluster sent with a grant or renewal (its drift bound), which the
+    /// holder uses from now on instead of its own. A deadline already computed is moved
+    /// earlier by however much more the new bounds keep off the lease, never later: a
+    /// holder must not believe a lease longer than the cluster's argument allows.
+    pub fn set_timing(&mut self, timing: HolderTiming) {
+        let old = self.timing.max_clock_drift + self.timing.stop_grace;
+        let new = timing.max_clock_drift + timing.stop_grace;
+        if let Holding::Held { valid_until, .. } = &mut self.holding {
+            *valid_until = valid_until
+                .checked_sub(new.saturating_sub(old))
+                .unwrap_or(*valid_until);
+        }
+        self.timing = timing;
+    }
+
+    /// The bounds in force.
+    pub fn timing(&self) -> HolderTiming {
+        self.timing
+    }
+
     /// The lease was refused, released, or must be given up: hold nothing from now on.
     pub fn on_lost(&mut self) {
         self.holding = Holding::None;
@@ -693,6 +713,43 @@ mod tests {
         );
         assert_eq!(holder.held(deadline), None);
         assert_eq!(holder.poll_timeout(), None);
+    }
+
+    /// The cluster's drift bound replaces the holder's own: a larger one pulls the current
+    /// deadline in by the difference at once, and every later renewal counts it; a smaller
+    /// one never pushes a computed deadline out.
+    #[test]
+    fn holder_takes_the_clusters_drift_bound() {
+        let t0 = Instant::now();
+        let grace = Duration::from_millis(100);
+        let mut holder = HolderLease::new(HolderTiming {
+            max_clock_drift: DRIFT,
+            stop_grace: grace,
+        });
+        holder.on_granted(t0, LeaseId(1), FencingToken(7), Epoch(1), TTL);
+        let cluster_drift = Duration::from_millis(700);
+        holder.set_timing(HolderTiming {
+            max_clock_drift: cluster_drift,
+            stop_grace: grace,
+        });
+        assert_eq!(
+            holder.poll_timeout(),
+            Some(t0 + TTL - cluster_drift - grace)
+        );
+        let sent = t0 + Duration::from_millis(300);
+        holder.on_renewed(sent, sent, LeaseId(1), TTL);
+        assert_eq!(
+            holder.poll_timeout(),
+            Some(sent + TTL - cluster_drift - grace)
+        );
+        holder.set_timing(HolderTiming {
+            max_clock_drift: Duration::ZERO,
+            stop_grace: grace,
+        });
+        assert_eq!(
+            holder.poll_timeout(),
+            Some(sent + TTL - cluster_drift - grace)
+        );
     }
 
     /// A second acquire under a holder id with a live lease (a restarted process, or a

@@ -431,6 +431,7 @@ impl Executor {
                     }
                     None => {
                         tracing::info!(token = held.token, epoch = held.epoch, "lease acquired");
+                        self.take_cluster_timing();
                         self.held = Some(held);
                         for slot in &mut self.slots {
                             slot.restart_at = None;
@@ -627,6 +628,48 @@ impl Executor {
         }
     }
 
+    /// How often to report: the cadence the cluster sent with the lease, else the
+    /// configured one.
+    fn report_interval(&self) -> Duration {
+        self.session
+            .as_ref()
+            .and_then(|s| s.granted_timing())
+            .and_then(|t| t.keepalive_interval)
+            .unwrap_or(self.opts.report_interval)
+    }
+
+    /// Checks the stop grace against the timing the cluster sent with the lease (the
+    /// configured timing may be the defaults when only endpoints were given): an executor
+    /// keeps twice its stop grace off the lease, and what the cluster's timing leaves for
+    /// that must outlast a leader election, or elections stop the workers. Warns, since
+    /// the lease is already held; `failover exec` refuses the same at start when it knows
+    /// the topology.
+    fn take_cluster_timing(&mut self) {
+        let Some(timing) = self.session.as_ref().and_then(|s| s.granted_timing()) else {
+            return;
+        };
+        if timing.max_clock_drift != self.opts.max_clock_drift || timing.ttl != self.opts.lease_ttl
+        {
+            tracing::info!(
+                ttl = ?timing.ttl,
+                max_clock_drift = ?timing.max_clock_drift,
+                keepalive = ?timing.keepalive_interval,
+                "using the cluster's lease timing"
+            );
+        }
+        let kept = 2 * self.opts.stop_grace;
+        if let Some(margin) = timing.ride_out_margin.filter(|m| kept >= *m) {
+            tracing::warn!(
+                stop_grace = ?self.opts.stop_grace,
+                ride_out_margin = ?margin,
+                "--stop-grace is too long for the cluster's timing: the executor keeps 2 x stop \
+                 grace off the lease, more than the cluster's timing leaves to ride out a \
+                 leader election, so an election can stop the workers; use a stop grace under \
+                 half the margin (docs/leases.md, \"Riding out controller churn\")"
+            );
+        }
+    }
+
     async fn on_tick(&mut self) {
         let now = self.clock.now();
         self.after_stop().await;
@@ -636,7 +679,7 @@ impl Executor {
         self.advance_reload(now).await;
         if self
             .last_report
-            .is_none_or(|at| now.saturating_duration_since(at) >= self.opts.report_interval)
+            .is_none_or(|at| now.saturating_duration_since(at) >= self.report_interval())
         {
             self.last_report = Some(now);
             self.report().await;

@@ -91,6 +91,9 @@ fn grant_message(ctx: &NodeContext, lease: LeaseId, epoch: Epoch, token: Fencing
         fencing_token: token.0,
         keepalive_interval_ms: ctx.topology.timing.keepalive_interval_ms,
         fencing_value: FencingValue::from(epoch).0,
+        max_clock_drift_ms: ctx.topology.timing.max_clock_drift_ms,
+        // Config load refuses timing whose margin is not positive.
+        ride_out_margin_ms: u64::try_from(ctx.topology.timing.ride_out_margin_ms()).unwrap_or(0),
     }
 }
 

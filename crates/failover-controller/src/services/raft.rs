@@ -2,7 +2,7 @@
 
 use failover_proto::raft::raft_service_server::RaftService;
 use failover_proto::raft::RaftPayload;
-use openraft::raft::{AppendEntriesRequest, VoteRequest};
+use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
 use openraft::ReadPolicy;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -73,6 +73,22 @@ impl RaftService for RaftServer {
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
         reply(read.log_id())
+    }
+
+    /// A stopping leader names its successor: that node campaigns at once (once its log
+    /// is as long as the leader's), every other one stops honouring the old leader's lease.
+    async fn transfer_leader(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let rpc: TransferLeaderRequest<TypeConfig> =
+            decode(request.get_ref(), "transfer-leader request")?;
+        let response = self
+            .raft
+            .handle_transfer_leader(rpc)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        reply(&response)
     }
 
     async fn append_entries(
