@@ -15,6 +15,7 @@
 //!   `/metrics`).
 //! - [`reconcile`]: the leader's loop that drives the core's obligations (create configured
 //!   groups, finish promotions).
+//! - [`runtime`]: openraft's runtime, tokio with seedable randomness for the simulation.
 //! - [`node`]: assembles a controller from a topology, a data dir, a listener, a dialer
 //!   and a clock.
 //!
@@ -31,10 +32,11 @@ pub mod leases;
 pub mod network;
 pub mod node;
 pub mod reconcile;
+pub mod runtime;
 pub mod services;
 pub mod store;
 pub mod types;
 
 pub use failover_client::clock::{Clock, SystemClock};
 pub use failover_client::{Dialer, TcpDialer};
-pub use node::{Controller, ControllerError, ControllerOptions};
+pub use node::{Controller, ControllerError, ControllerOptions, Parts};
