@@ -181,7 +181,15 @@ impl Checker {
     /// Holder `holder` at `site` lost its lease other than by a drain: its belief ended at
     /// `ended` (true time). Counted as needless when the site was settled and connected
     /// to a quorum over the whole lease before it.
-    pub fn lapsed(&mut self, now: Instant, holder: usize, site: usize, ended: Instant, ttl: Duration, why: &str) {
+    pub fn lapsed(
+        &mut self,
+        now: Instant,
+        holder: usize,
+        site: usize,
+        ended: Instant,
+        ttl: Duration,
+        why: &str,
+    ) {
         self.lapses += 1;
         let settled_since = ended.checked_sub(ttl).unwrap_or(self.origin);
         let needless = self
@@ -193,13 +201,18 @@ impl Checker {
         }
         self.event(
             now,
-            &format!("holder {holder} lost its lease ({why}){}", if needless { ", needless" } else { "" }),
+            &format!(
+                "holder {holder} lost its lease ({why}){}",
+                if needless { ", needless" } else { "" }
+            ),
         );
     }
 
     /// Whether a holder at `site` believes at `now`.
     pub fn site_holds(&self, site: usize, now: Instant) -> bool {
-        self.beliefs.values().any(|b| b.site == site && b.until > now)
+        self.beliefs
+            .values()
+            .any(|b| b.site == site && b.until > now)
     }
 
     /// A grant acknowledged to a holder: lease id and token must never be handed out again.
@@ -222,7 +235,10 @@ impl Checker {
     /// The operator was told the group is at `site` (`None`: demoted) from `epoch` on.
     pub fn on_change_acked(&mut self, now: Instant, epoch: u64, site: Option<String>) {
         self.change_count += 1;
-        self.event(now, &format!("operator: acknowledged epoch {epoch} at {site:?}"));
+        self.event(
+            now,
+            &format!("operator: acknowledged epoch {epoch} at {site:?}"),
+        );
         if let Some(seen) = self.changes.insert(epoch, site.clone()) {
             if seen != site {
                 self.violation(
@@ -235,11 +251,18 @@ impl Checker {
 
     /// Checks the applied states of the running controllers against each other and
     /// against every acknowledged change.
-    pub fn check_views(&mut self, now: Instant, group: &GroupName, views: &[(NodeId, ClusterState)]) {
+    pub fn check_views(
+        &mut self,
+        now: Instant,
+        group: &GroupName,
+        views: &[(NodeId, ClusterState)],
+    ) {
         let mut by_epoch: BTreeMap<u64, (NodeId, Option<String>, Option<String>)> = BTreeMap::new();
         let mut problems = Vec::new();
         for (node, state) in views {
-            let Some(g) = state.groups.get(group) else { continue };
+            let Some(g) = state.groups.get(group) else {
+                continue;
+            };
             for entry in &g.history {
                 let to = entry.to.as_ref().map(|s| s.to_string());
                 let from = entry.from.as_ref().map(|s| s.to_string());
@@ -278,7 +301,9 @@ impl Checker {
         let mut problems = Vec::new();
         for epoch in self.changes.keys() {
             if !g.history.iter().any(|h| h.epoch.0 == *epoch) {
-                problems.push(format!("S3: acknowledged epoch {epoch} is not in the leader's history"));
+                problems.push(format!(
+                    "S3: acknowledged epoch {epoch} is not in the leader's history"
+                ));
             }
         }
         if let Some(max) = self.grants.keys().max() {

@@ -34,7 +34,10 @@ impl DriftClock {
 
     /// The true time at which this clock reads `local`.
     pub fn true_at(&self, local: StdInstant) -> Instant {
-        self.origin + local.saturating_duration_since(self.origin_std).div_f64(self.rate)
+        self.origin
+            + local
+                .saturating_duration_since(self.origin_std)
+                .div_f64(self.rate)
     }
 
     /// True time elapsed since the origin.

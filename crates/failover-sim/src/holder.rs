@@ -16,8 +16,8 @@ use tokio::time::Instant;
 
 use crate::check::Checker;
 use crate::clock::DriftClock;
-use failover_client::clock::Clock;
 use crate::net::{round_trip, Endpoint, Net};
+use failover_client::clock::Clock;
 
 /// How long a holder waits for an answer before it tries another controller.
 const REQUEST_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -77,8 +77,14 @@ impl Holder {
                 None => {
                     if let Some(until) = had.take() {
                         let now = Instant::now();
-                        self.checker()
-                            .lapsed(now, self.index, self.site.0, until, self.ttl, "not renewed in time");
+                        self.checker().lapsed(
+                            now,
+                            self.index,
+                            self.site.0,
+                            until,
+                            self.ttl,
+                            "not renewed in time",
+                        );
                     }
                     self.acquire(&mut lease, &mut target).await;
                 }
@@ -97,8 +103,14 @@ impl Holder {
     fn note_belief(&self, lease: &HolderLease) {
         if let Some((id, _, epoch, valid_until)) = lease.held(self.clock.now()) {
             let until = self.clock.true_at(valid_until);
-            self.checker()
-                .believe(Instant::now(), self.index, self.site.0, epoch.0, id.0, until);
+            self.checker().believe(
+                Instant::now(),
+                self.index,
+                self.site.0,
+                epoch.0,
+                id.0,
+                until,
+            );
         }
     }
 
@@ -110,19 +122,29 @@ impl Holder {
             ready: true,
         };
         let sent_at = self.clock.now();
-        let answer = round_trip(&self.net, self.endpoint, *target, REQUEST_TIMEOUT, |slot| async move {
-            LeaseServer::new(slot.ctx)
-                .acquire(tonic::Request::new(request))
-                .await
-        })
+        let answer = round_trip(
+            &self.net,
+            self.endpoint,
+            *target,
+            REQUEST_TIMEOUT,
+            |slot| async move {
+                LeaseServer::new(slot.ctx)
+                    .acquire(tonic::Request::new(request))
+                    .await
+            },
+        )
         .await;
         let grant = match answer.map(|r| r.map(|r| r.into_inner().result)) {
             Some(Ok(Some(acquire_response::Result::Granted(grant)))) => grant,
             Some(Ok(_)) => return,
             Some(Err(_)) | None => return self.next(target),
         };
-        self.checker()
-            .on_grant(Instant::now(), grant.lease_id, grant.epoch, grant.fencing_token);
+        self.checker().on_grant(
+            Instant::now(),
+            grant.lease_id,
+            grant.epoch,
+            grant.fencing_token,
+        );
         lease.on_granted(
             sent_at,
             LeaseId(grant.lease_id),
@@ -137,29 +159,39 @@ impl Holder {
     async fn renew(&self, lease: &mut HolderLease, id: LeaseId, target: &mut NodeId) -> bool {
         let group = self.group.clone();
         let sent_at = self.clock.now();
-        let answer = round_trip(&self.net, self.endpoint, *target, REQUEST_TIMEOUT, |slot| async move {
-            let ctx = slot.ctx;
-            if !ctx.raft.is_leader() {
-                return Renew::Elsewhere;
-            }
-            let received_at = ctx.clock.now();
-            let (reply, answer) = oneshot::channel();
-            ctx.leases.submit(Renewal {
-                group: group.clone(),
-                lease: id,
-                received_at,
-                reply,
-            });
-            match answer.await {
-                Ok(Ok(renewed)) => {
-                    ctx.leases.engines().on_renewed(&group, &renewed.site, received_at);
-                    Renew::Renewed(renewed.ttl)
+        let answer = round_trip(
+            &self.net,
+            self.endpoint,
+            *target,
+            REQUEST_TIMEOUT,
+            |slot| async move {
+                let ctx = slot.ctx;
+                if !ctx.raft.is_leader() {
+                    return Renew::Elsewhere;
                 }
-                Ok(Err(RenewalError::Refused(RenewRefusal::Draining { .. }))) => Renew::Draining,
-                Ok(Err(RenewalError::Refused(refusal))) => Renew::Refused(refusal.to_string()),
-                Ok(Err(_)) | Err(_) => Renew::Elsewhere,
-            }
-        })
+                let received_at = ctx.clock.now();
+                let (reply, answer) = oneshot::channel();
+                ctx.leases.submit(Renewal {
+                    group: group.clone(),
+                    lease: id,
+                    received_at,
+                    reply,
+                });
+                match answer.await {
+                    Ok(Ok(renewed)) => {
+                        ctx.leases
+                            .engines()
+                            .on_renewed(&group, &renewed.site, received_at);
+                        Renew::Renewed(renewed.ttl)
+                    }
+                    Ok(Err(RenewalError::Refused(RenewRefusal::Draining { .. }))) => {
+                        Renew::Draining
+                    }
+                    Ok(Err(RenewalError::Refused(refusal))) => Renew::Refused(refusal.to_string()),
+                    Ok(Err(_)) | Err(_) => Renew::Elsewhere,
+                }
+            },
+        )
         .await;
         let now = Instant::now();
         match answer.unwrap_or(Renew::Elsewhere) {
@@ -194,11 +226,17 @@ impl Holder {
             group: self.group.to_string(),
             lease_id: id.0,
         };
-        let _ = round_trip(&self.net, self.endpoint, target, REQUEST_TIMEOUT, |slot| async move {
-            LeaseServer::new(slot.ctx)
-                .release(tonic::Request::new(request))
-                .await
-        })
+        let _ = round_trip(
+            &self.net,
+            self.endpoint,
+            target,
+            REQUEST_TIMEOUT,
+            |slot| async move {
+                LeaseServer::new(slot.ctx)
+                    .release(tonic::Request::new(request))
+                    .await
+            },
+        )
         .await;
     }
 }

@@ -29,7 +29,8 @@ fn parse() -> Result<Args, String> {
     while let Some(flag) = it.next() {
         let mut value = |name: &str| -> Result<u64, String> {
             let raw = it.next().ok_or(format!("{name} needs a value"))?;
-            raw.parse().map_err(|_| format!("{name}: `{raw}` is not a number"))
+            raw.parse()
+                .map_err(|_| format!("{name}: `{raw}` is not a number"))
         };
         match flag.as_str() {
             "--from" => args.from = value("--from")?,
@@ -40,7 +41,11 @@ fn parse() -> Result<Args, String> {
                 args.seeds = 1;
                 args.verbose = true;
             }
-            other => return Err(format!("unknown argument `{other}` (--seeds N --from S --threads T | --seed S)")),
+            other => {
+                return Err(format!(
+                    "unknown argument `{other}` (--seeds N --from S --threads T | --seed S)"
+                ))
+            }
         }
     }
     Ok(args)

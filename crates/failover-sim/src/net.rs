@@ -255,7 +255,11 @@ fn unreachable(what: &str) -> RPCError<TypeConfig> {
 }
 
 impl SimPeer {
-    async fn send<T, E, F, Fut>(&self, option: &RPCOption, call: F) -> Result<T, RPCError<TypeConfig>>
+    async fn send<T, E, F, Fut>(
+        &self,
+        option: &RPCOption,
+        call: F,
+    ) -> Result<T, RPCError<TypeConfig>>
     where
         F: FnOnce(Raft) -> Fut,
         Fut: Future<Output = Result<T, E>>,
@@ -286,8 +290,11 @@ impl RaftNetworkV2<TypeConfig> for SimPeer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.send(&option, |raft| async move { raft.append_entries(rpc).await })
-            .await
+        self.send(
+            &option,
+            |raft| async move { raft.append_entries(rpc).await },
+        )
+        .await
     }
 
     async fn vote(

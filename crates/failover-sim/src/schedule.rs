@@ -112,7 +112,8 @@ fn random_cut(rng: &mut SmallRng, layout: &Layout) -> Vec<(Endpoint, Endpoint)> 
         // One controller isolated.
         1 => {
             let all = layout.all_endpoints();
-            let controllers: Vec<Endpoint> = all.iter().copied().filter(|e| *e < HOLDER_BASE).collect();
+            let controllers: Vec<Endpoint> =
+                all.iter().copied().filter(|e| *e < HOLDER_BASE).collect();
             let node = controllers[rng.random_range(0..controllers.len())];
             let rest: Vec<Endpoint> = all.into_iter().filter(|e| *e != node).collect();
             both_ways(&[node], &rest)
@@ -122,7 +123,14 @@ fn random_cut(rng: &mut SmallRng, layout: &Layout) -> Vec<(Endpoint, Endpoint)> 
             let site = layout.data_sites[rng.random_range(0..layout.data_sites.len())];
             let controllers: Vec<Endpoint> = layout.controllers.iter().flatten().copied().collect();
             let mut cuts = both_ways(&layout.holders[site], &controllers);
-            cuts.extend(both_ways(&layout.controllers[site], &layout.all_endpoints().into_iter().filter(|e| !layout.site_endpoints(site).contains(e)).collect::<Vec<_>>()));
+            cuts.extend(both_ways(
+                &layout.controllers[site],
+                &layout
+                    .all_endpoints()
+                    .into_iter()
+                    .filter(|e| !layout.site_endpoints(site).contains(e))
+                    .collect::<Vec<_>>(),
+            ));
             cuts
         }
         // One-way cuts between random pairs.
@@ -173,8 +181,20 @@ impl Schedule {
                 5 => {
                     let loss = rng.random_range(0.02..0.3);
                     let extra_delay_ms = rng.random_range(0..300);
-                    faults.push((at, Fault::Weather { loss, extra_delay_ms }));
-                    faults.push((end, Fault::Weather { loss: 0.0, extra_delay_ms: 0 }));
+                    faults.push((
+                        at,
+                        Fault::Weather {
+                            loss,
+                            extra_delay_ms,
+                        },
+                    ));
+                    faults.push((
+                        end,
+                        Fault::Weather {
+                            loss: 0.0,
+                            extra_delay_ms: 0,
+                        },
+                    ));
                 }
                 6..=8 => {
                     let site = layout.data_sites[rng.random_range(0..layout.data_sites.len())];

@@ -133,6 +133,7 @@ struct World {
     rng: SmallRng,
     origin: Instant,
     leaders: Vec<(NodeId, u64)>,
+    applied: Vec<(NodeId, u64)>,
 }
 
 /// Runs one seed on a fresh single-threaded runtime with paused time.
@@ -240,6 +241,7 @@ impl World {
             rng,
             origin,
             leaders: Vec::new(),
+            applied: Vec::new(),
             topology,
         }
     }
@@ -341,7 +343,9 @@ impl World {
         while at < self.origin + end {
             at += TICK;
             tokio::time::sleep_until(at).await;
-            while let Some((offset, fault)) = faults.next_if(|(offset, _)| self.origin + *offset <= at) {
+            while let Some((offset, fault)) =
+                faults.next_if(|(offset, _)| self.origin + *offset <= at)
+            {
                 let _ = offset;
                 self.apply(fault).await;
             }
@@ -390,19 +394,28 @@ impl World {
             Fault::RestartAll => self.restart_all().await,
             Fault::Cut(cuts) => cuts.iter().for_each(|(a, b)| self.net.block(*a, *b)),
             Fault::Mend(cuts) => cuts.iter().for_each(|(a, b)| self.net.unblock(*a, *b)),
-            Fault::Weather { loss, extra_delay_ms } => self.net.set_weather(*loss, *extra_delay_ms),
+            Fault::Weather {
+                loss,
+                extra_delay_ms,
+            } => self.net.set_weather(*loss, *extra_delay_ms),
             Fault::Promote { site, force } => self.operator_promote(Some(*site), *force),
             Fault::Demote => self.operator_promote(None, false),
         }
     }
 
     fn crash(&mut self, id: NodeId, power_loss: bool) {
-        let Some(node) = self.nodes.get_mut(&id) else { return };
-        let Some(controller) = node.running.take() else { return };
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        let Some(controller) = node.running.take() else {
+            return;
+        };
         self.net.down(id);
         node.disk = node.disk.after_crash(power_loss);
         tokio::spawn(controller.shutdown());
-        self.trace(&format!("controller {id} crashed (power loss: {power_loss})"));
+        self.trace(&format!(
+            "controller {id} crashed (power loss: {power_loss})"
+        ));
     }
 
     async fn restart_all(&mut self) {
@@ -417,7 +430,10 @@ impl World {
                 Ok(()) => self.trace(&format!("controller {id} restarted")),
                 Err(e) => {
                     let now = Instant::now();
-                    self.checker().violation(now, format!("S3: controller {id} cannot restart on what its disk kept: {e}"));
+                    self.checker().violation(
+                        now,
+                        format!("S3: controller {id} cannot restart on what its disk kept: {e}"),
+                    );
                 }
             }
         }
@@ -476,7 +492,9 @@ impl World {
                     checker.on_change_acked(now, g.epoch, site);
                 }
                 Ok(None) => checker.event(now, "operator: answer without a group"),
-                Err(status) => checker.event(now, &format!("operator: refused: {:?}", status.code())),
+                Err(status) => {
+                    checker.event(now, &format!("operator: refused: {:?}", status.code()))
+                }
             }
         });
     }
@@ -486,19 +504,32 @@ impl World {
     fn monitor(&mut self, now: Instant) -> Option<NodeId> {
         let mut views = Vec::new();
         let mut leaders = Vec::new();
+        let mut applied = Vec::new();
         for id in self.net.up_nodes() {
-            let Some(slot) = self.net.node(id) else { continue };
+            let Some(slot) = self.net.node(id) else {
+                continue;
+            };
             let metrics = slot.raft.metrics().borrow_watched().clone();
             if metrics.state == ServerState::Leader {
                 leaders.push((id, metrics.current_term));
             }
+            applied.push((id, metrics.last_applied.map_or(0, |l| l.index)));
             views.push((id, slot.ctx.view.read().clone()));
+        }
+        if applied != self.applied {
+            // Every commit on every controller enters the trace, so two runs of one seed
+            // agree only if they agree on what was applied where, and when.
+            self.trace(&format!("applied {applied:?}"));
+            self.applied = applied;
         }
         if leaders != self.leaders {
             self.trace(&format!("leaders {leaders:?}"));
             self.leaders = leaders.clone();
         }
-        let leader = leaders.iter().max_by_key(|(_, term)| *term).map(|(id, _)| *id);
+        let leader = leaders
+            .iter()
+            .max_by_key(|(_, term)| *term)
+            .map(|(id, _)| *id);
         let active = leader
             .and_then(|id| views.iter().find(|(v, _)| *v == id))
             .and_then(|(_, state)| state.groups.get(&self.group))
@@ -519,7 +550,8 @@ impl World {
     /// that reach each other both ways.
     fn connected_to_quorum(&self, site: usize) -> bool {
         let holders = &self.layout.holders[site];
-        let both = |a: Endpoint, b: Endpoint| !self.net.is_blocked(a, b) && !self.net.is_blocked(b, a);
+        let both =
+            |a: Endpoint, b: Endpoint| !self.net.is_blocked(a, b) && !self.net.is_blocked(b, a);
         let reachable: Vec<NodeId> = self
             .net
             .up_nodes()
