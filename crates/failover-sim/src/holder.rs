@@ -20,7 +20,7 @@ use crate::net::{round_trip, Endpoint, Net};
 use failover_client::clock::Clock;
 
 /// How long a holder waits for an answer before it tries another controller.
-const REQUEST_TIMEOUT: Duration = Duration::from_millis(1000);
+const REQUEST_TIMEOUT: Duration = Duration::from_millis(700);
 
 /// One simulated engine instance.
 pub struct Holder {
@@ -52,7 +52,8 @@ enum Renew {
     Renewed(Duration),
     Draining,
     Refused(String),
-    Elsewhere,
+    /// Not the leader (here is the one it knows of, if any), or no answer.
+    Elsewhere(Option<NodeId>),
 }
 
 impl Holder {
@@ -96,8 +97,13 @@ impl Holder {
         }
     }
 
-    fn next(&self, target: &mut NodeId) {
-        *target = *target % self.controllers + 1;
+    /// Follows the leader hint a controller gave (as the real client follows
+    /// `x-failover-leader`), or tries the next controller.
+    fn redirect(&self, target: &mut NodeId, hint: Option<NodeId>) {
+        *target = match hint {
+            Some(leader) if leader != *target => leader,
+            _ => *target % self.controllers + 1,
+        };
     }
 
     fn note_belief(&self, lease: &HolderLease) {
@@ -128,16 +134,21 @@ impl Holder {
             *target,
             REQUEST_TIMEOUT,
             |slot| async move {
-                LeaseServer::new(slot.ctx)
+                let hint = slot.ctx.leader().map(|(id, _)| id);
+                let answer = LeaseServer::new(slot.ctx)
                     .acquire(tonic::Request::new(request))
-                    .await
+                    .await;
+                (answer, hint)
             },
         )
         .await;
-        let grant = match answer.map(|r| r.map(|r| r.into_inner().result)) {
-            Some(Ok(Some(acquire_response::Result::Granted(grant)))) => grant,
-            Some(Ok(_)) => return,
-            Some(Err(_)) | None => return self.next(target),
+        let grant = match answer {
+            Some((Ok(response), _)) => match response.into_inner().result {
+                Some(acquire_response::Result::Granted(grant)) => grant,
+                _ => return,
+            },
+            Some((Err(_), hint)) => return self.redirect(target, hint),
+            None => return self.redirect(target, None),
         };
         self.checker().on_grant(
             Instant::now(),
@@ -167,7 +178,7 @@ impl Holder {
             |slot| async move {
                 let ctx = slot.ctx;
                 if !ctx.raft.is_leader() {
-                    return Renew::Elsewhere;
+                    return Renew::Elsewhere(ctx.leader().map(|(id, _)| id));
                 }
                 let received_at = ctx.clock.now();
                 let (reply, answer) = oneshot::channel();
@@ -188,20 +199,20 @@ impl Holder {
                         Renew::Draining
                     }
                     Ok(Err(RenewalError::Refused(refusal))) => Renew::Refused(refusal.to_string()),
-                    Ok(Err(_)) | Err(_) => Renew::Elsewhere,
+                    Ok(Err(_)) | Err(_) => Renew::Elsewhere(None),
                 }
             },
         )
         .await;
         let now = Instant::now();
-        match answer.unwrap_or(Renew::Elsewhere) {
+        match answer.unwrap_or(Renew::Elsewhere(None)) {
             Renew::Renewed(ttl) => {
                 lease.on_renewed(self.clock.now(), sent_at, id, ttl);
                 self.note_belief(lease);
                 true
             }
-            Renew::Elsewhere => {
-                self.next(target);
+            Renew::Elsewhere(hint) => {
+                self.redirect(target, hint);
                 true
             }
             Renew::Draining => {
