@@ -3,14 +3,16 @@
 
 CARGO ?= cargo
 
-.PHONY: build test dev lint bench clean chaos chaos-long chaos-build
+.PHONY: build test dev lint bench clean chaos chaos-long chaos-build sim sim-ci sim-broken sim-replay sim-build
 
 build:
 	$(CARGO) build --workspace --release
 
-# The whole test suite: unit, property, storage-suite and multi-process tests.
+# The whole test suite: unit, property, storage-suite and multi-process tests, then the
+# CI-sized deterministic simulation.
 test:
 	$(CARGO) nextest run --workspace --no-fail-fast
+	$(MAKE) sim-ci
 
 # Starts the example topology (5 controllers on loopback) and waits for Ctrl-C.
 dev:
@@ -62,3 +64,34 @@ chaos-long: chaos-build
 
 clean:
 	rm -rf .dev-data target
+
+# The deterministic simulation (crates/failover-sim, docs/testing.md). It needs tokio's
+# seedable `select!` order, which only `--cfg tokio_unstable` exposes, so it builds in its
+# own target dir and never changes the flags of the rest of the workspace.
+# `make sim SEEDS=100000` for long runs, `make sim-replay SEED=n` to replay one seed.
+SIM_ENV = RUSTFLAGS="--cfg tokio_unstable" CARGO_TARGET_DIR=target/sim
+SEEDS ?= 1000
+SIM_FROM ?= 0
+SIM_THREADS ?= 2
+SIM = ./target/sim/release/failover-sim
+
+sim-build:
+	$(SIM_ENV) $(CARGO) build --release -p failover-sim
+
+sim: sim-build
+	$(SIM) --seeds $(SEEDS) --from $(SIM_FROM) --threads $(SIM_THREADS)
+
+sim-replay: sim-build
+	$(SIM) --seed $(SEED)
+
+# Proves the checks bite: the controller built with `chaos-broken-skip-lease-wait` must be
+# caught within the CI seed budget.
+sim-broken:
+	$(SIM_ENV) $(CARGO) nextest run --release -p failover-sim --features broken-skip-lease-wait --test broken
+
+# What CI runs: same seed same trace, the CI seed budget, the broken build caught.
+SIM_CI_SEEDS ?= 1000
+sim-ci: sim-build
+	$(SIM_ENV) $(CARGO) nextest run --release -p failover-sim
+	$(SIM) --seeds $(SIM_CI_SEEDS) --threads $(SIM_THREADS)
+	$(MAKE) sim-broken

@@ -17,6 +17,7 @@
 //!   groups, finish promotions).
 //! - [`rejoin`]: whether a controller on an empty data dir may form the cluster, or must
 //!   refuse because the cluster exists and it may have lost its vote and log.
+//! - [`runtime`]: openraft's runtime, tokio with seedable randomness for the simulation.
 //! - [`node`]: assembles a controller from a topology, a data dir, a listener, a dialer
 //!   and a clock.
 //!
@@ -34,10 +35,11 @@ pub mod network;
 pub mod node;
 pub mod reconcile;
 pub mod rejoin;
+pub mod runtime;
 pub mod services;
 pub mod store;
 pub mod types;
 
 pub use failover_client::clock::{Clock, SystemClock};
 pub use failover_client::{Dialer, TcpDialer};
-pub use node::{Controller, ControllerError, ControllerOptions};
+pub use node::{Controller, ControllerError, ControllerOptions, Parts};

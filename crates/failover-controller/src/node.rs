@@ -15,6 +15,7 @@ use failover_proto::raft::raft_service_server::RaftServiceServer;
 use futures::Stream;
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{InitializeError, RaftError};
+use openraft::network::{NetSnapshot, RaftNetworkFactory};
 use openraft::{BasicNode, Instant as _, SnapshotPolicy};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{watch, Notify};
@@ -29,7 +30,7 @@ use crate::services::lease::LeaseServer;
 use crate::services::raft::RaftServer;
 use crate::services::NodeContext;
 use crate::store::{self, OpenError, StateView};
-use crate::types::Raft;
+use crate::types::{Raft, TypeConfig};
 use failover_client::clock::Clock;
 use failover_client::Dialer;
 
@@ -88,6 +89,22 @@ pub enum ControllerError {
     },
 }
 
+/// What a controller runs on besides its topology: storage, the Raft transport, how it
+/// reaches peers to forward requests, and its clock. [`Controller::start`] builds them
+/// from a data dir and a dialer; the deterministic simulation supplies simulated ones.
+pub struct Parts<N> {
+    /// The Raft log and vote.
+    pub log_store: store::LogStore,
+    /// The state machine (its view is what the services read).
+    pub state_machine: store::StateMachine,
+    /// The Raft transport.
+    pub network: N,
+    /// How services reach other controllers (forwarding to the leader).
+    pub dialer: Arc<dyn Dialer>,
+    /// Monotonic time for leases and wall-clock time for history.
+    pub clock: Arc<dyn Clock>,
+}
+
 /// A running controller. Dropping it does not stop it: call [`Controller::shutdown`].
 pub struct Controller {
     ctx: Arc<NodeContext>,
@@ -117,32 +134,32 @@ impl Controller {
             data_dir,
             join_existing,
         } = options;
-        if topology.controller(node_id).is_none() {
-            let known: Vec<String> = topology
-                .controllers()
-                .map(|(_, c)| c.id.to_string())
-                .collect();
-            return Err(ControllerError::NotInTopology(node_id, known.join(", ")));
-        }
+        check_member(&topology, node_id)?;
         let (log_store, state_machine) = store::open(&data_dir, node_id)?;
-        let view: Arc<StateView> = state_machine.view();
-        let raft = start_raft(&topology, node_id, dialer.clone(), log_store, state_machine).await?;
-        let pristine = !raft
+        let parts = Parts {
+            log_store,
+            state_machine,
+            network: RaftNetwork::new(dialer.clone()),
+            dialer,
+            clock,
+        };
+        let mut controller = Controller::launch(topology, node_id, parts).await?;
+        let ctx = controller.ctx.clone();
+        let pristine = !ctx
+            .raft
             .is_initialized()
             .await
             .map_err(|e| ControllerError::Raft(e.to_string()))?;
         if pristine && !join_existing {
             if let Some(existing) = crate::rejoin::probe_existing_cluster(
-                &topology,
+                &ctx.topology,
                 node_id,
-                dialer.clone(),
-                clock.unix_ms(),
+                ctx.dialer.clone(),
+                ctx.clock.unix_ms(),
             )
             .await
             {
-                if let Err(e) = raft.shutdown().await {
-                    tracing::warn!(error = %e, "raft did not shut down cleanly");
-                }
+                controller.shutdown().await;
                 return Err(ControllerError::EmptyDataDir {
                     node: node_id,
                     existing,
@@ -152,7 +169,7 @@ impl Controller {
         // Before serving: the leader must know this controller's log starts over before it
         // can hear so (see crate::rejoin).
         if pristine && join_existing {
-            match crate::rejoin::allow_rejoin(&topology, node_id, &*dialer).await {
+            match crate::rejoin::allow_rejoin(&ctx.topology, node_id, &*ctx.dialer).await {
                 Some(leader) => tracing::warn!(
                     leader,
                     "empty data dir: joining the existing cluster as a follower; this \
@@ -164,6 +181,61 @@ impl Controller {
                 ),
             }
         }
+        let shutdown_rx = controller.shutdown.subscribe();
+        controller.tasks.push(tokio::spawn(serve(
+            ctx.clone(),
+            incoming,
+            shutdown_rx.clone(),
+        )));
+        if let Some(listener) = http {
+            controller
+                .tasks
+                .push(tokio::spawn(crate::http::serve(ctx, listener, shutdown_rx)));
+        }
+        if !(pristine && join_existing) {
+            form_cluster(&controller.ctx).await?;
+        }
+        Ok(controller)
+    }
+
+    /// Starts a controller on the given [`Parts`] without serving gRPC or HTTP: callers
+    /// reach it in process through [`Controller::context`]. The deterministic simulation
+    /// runs the real Raft node, state machine, lease batcher and reconcile loop this way,
+    /// over a simulated network, disk and clock.
+    pub async fn start_with<N>(
+        topology: Topology,
+        node_id: NodeId,
+        parts: Parts<N>,
+    ) -> Result<Controller, ControllerError>
+    where
+        N: RaftNetworkFactory<TypeConfig>,
+        N::Network: NetSnapshot<TypeConfig, SnapshotData = Vec<u8>>,
+    {
+        check_member(&topology, node_id)?;
+        let controller = Controller::launch(topology, node_id, parts).await?;
+        form_cluster(&controller.ctx).await?;
+        Ok(controller)
+    }
+
+    /// Starts Raft and the background tasks every controller runs.
+    async fn launch<N>(
+        topology: Topology,
+        node_id: NodeId,
+        parts: Parts<N>,
+    ) -> Result<Controller, ControllerError>
+    where
+        N: RaftNetworkFactory<TypeConfig>,
+        N::Network: NetSnapshot<TypeConfig, SnapshotData = Vec<u8>>,
+    {
+        let Parts {
+            log_store,
+            state_machine,
+            network,
+            dialer,
+            clock,
+        } = parts;
+        let view: Arc<StateView> = state_machine.view();
+        let raft = start_raft(&topology, node_id, network, log_store, state_machine).await?;
         let timing = LeaseTiming {
             ttl: Duration::from_millis(topology.timing.lease_ttl_ms),
             max_clock_drift: Duration::from_millis(topology.timing.max_clock_drift_ms),
@@ -183,8 +255,7 @@ impl Controller {
             held: Default::default(),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let mut tasks = vec![
-            tokio::spawn(serve(ctx.clone(), incoming, shutdown_rx.clone())),
+        let tasks = vec![
             tokio::spawn(crate::reconcile::run(ctx.clone(), shutdown_rx.clone())),
             tokio::spawn(crate::confirm::run(ctx.clone(), shutdown_rx.clone())),
             tokio::spawn(crate::leases::follow_leadership(
@@ -202,24 +273,20 @@ impl Controller {
             tokio::spawn(store::run_snapshot_schedule(
                 ctx.raft.clone(),
                 ctx.view.clone(),
-                shutdown_rx.clone(),
+                shutdown_rx,
             )),
         ];
-        if let Some(listener) = http {
-            tasks.push(tokio::spawn(crate::http::serve(
-                ctx.clone(),
-                listener,
-                shutdown_rx,
-            )));
-        }
-        if !(pristine && join_existing) {
-            form_cluster(&ctx).await?;
-        }
         Ok(Controller {
             ctx,
             shutdown,
             tasks,
         })
+    }
+
+    /// What the services share: Raft, the applied state, the lease manager (for in-process
+    /// callers such as the simulation).
+    pub fn context(&self) -> &Arc<NodeContext> {
+        &self.ctx
     }
 
     /// The Raft handle (metrics, leadership).
@@ -370,13 +437,29 @@ fn successor<S: PartialEq>(
     same_site.or_else(|| eligible.first().copied())
 }
 
-async fn start_raft(
+/// Refuses a node id the topology does not list.
+fn check_member(topology: &Topology, node_id: NodeId) -> Result<(), ControllerError> {
+    if topology.controller(node_id).is_some() {
+        return Ok(());
+    }
+    let known: Vec<String> = topology
+        .controllers()
+        .map(|(_, c)| c.id.to_string())
+        .collect();
+    Err(ControllerError::NotInTopology(node_id, known.join(", ")))
+}
+
+async fn start_raft<N>(
     topology: &Topology,
     node_id: NodeId,
-    dialer: Arc<dyn Dialer>,
+    network: N,
     log_store: store::LogStore,
     state_machine: store::StateMachine,
-) -> Result<Raft, ControllerError> {
+) -> Result<Raft, ControllerError>
+where
+    N: RaftNetworkFactory<TypeConfig>,
+    N::Network: NetSnapshot<TypeConfig, SnapshotData = Vec<u8>>,
+{
     let timing = topology.timing;
     let config = openraft::Config {
         cluster_name: topology.cluster_name.clone(),
@@ -404,15 +487,9 @@ async fn start_raft(
     }
     .validate()
     .map_err(|e| ControllerError::Raft(e.to_string()))?;
-    Raft::new(
-        node_id,
-        Arc::new(config),
-        RaftNetwork::new(dialer),
-        log_store,
-        state_machine,
-    )
-    .await
-    .map_err(|e| ControllerError::Raft(e.to_string()))
+    Raft::new(node_id, Arc::new(config), network, log_store, state_machine)
+        .await
+        .map_err(|e| ControllerError::Raft(e.to_string()))
 }
 
 /// On a pristine data dir, proposes the topology's controllers as the initial membership.

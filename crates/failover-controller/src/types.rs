@@ -7,6 +7,7 @@ openraft::declare_raft_types!(
     pub TypeConfig:
         D = Command,
         R = Applied,
+        AsyncRuntime = crate::runtime::ControllerRuntime,
 );
 
 /// What applying one log entry answered: `None` for Raft's own entries (blank, membership).

@@ -115,6 +115,38 @@ pub fn open(dir: &Path, node_id: NodeId) -> Result<(LogStore, StateMachine), Ope
     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
         sync_dir(parent).map_err(io_error)?;
     }
+    open_database(db, node_id, shown)
+}
+
+/// Opens the stores on a redb storage backend instead of a file: the deterministic
+/// simulation passes a simulated disk that keeps only what was synced across a crash.
+pub fn open_with_backend(
+    backend: impl redb::StorageBackend,
+    node_id: NodeId,
+) -> Result<(LogStore, StateMachine), OpenError> {
+    let db = Database::builder()
+        .create_with_backend(backend)
+        .map_err(|e| OpenError::Io {
+            dir: BACKEND_NAME.to_owned(),
+            source: io::Error::other(e),
+        })?;
+    open_database(db, node_id, BACKEND_NAME.to_owned())
+}
+
+/// How errors name a store opened with [`open_with_backend`].
+const BACKEND_NAME: &str = "(storage backend)";
+
+/// Checks the owner of a freshly opened database and builds the two stores on it;
+/// errors name the store `shown`.
+fn open_database(
+    db: Database,
+    node_id: NodeId,
+    shown: String,
+) -> Result<(LogStore, StateMachine), OpenError> {
+    let io_error = |source| OpenError::Io {
+        dir: shown.clone(),
+        source,
+    };
     let db = Arc::new(db);
     let found = write(&db, Durability::Immediate, |txn| {
         txn.open_table(LOG)?;
@@ -187,11 +219,19 @@ fn write<T>(
 }
 
 /// [`write`] on the blocking pool, so the fsync does not stall the async runtime.
+///
+/// On a current-thread runtime (the deterministic simulation, single-threaded tests) the
+/// commit runs inline instead: handing it to another thread would make the order of the
+/// runtime's tasks depend on the operating system's scheduling.
 async fn write_blocking<T: Send + 'static>(
     db: &Arc<Database>,
     durability: Durability,
     body: impl FnOnce(&WriteTransaction) -> Result<T, redb::Error> + Send + 'static,
 ) -> io::Result<T> {
+    let flavor = tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor());
+    if matches!(flavor, Ok(tokio::runtime::RuntimeFlavor::CurrentThread)) {
+        return write(db, durability, body);
+    }
     let db = db.clone();
     tokio::task::spawn_blocking(move || write(&db, durability, body))
         .await
