@@ -15,8 +15,7 @@ use failover_proto::admin::{
     AllowRejoinRequest, AllowRejoinResponse, ControllerStatus, DemoteRequest, ExecutorStatus,
     GroupStatus, HistoryEntry, HistoryRequest, HistoryResponse, LeaseStatus, LeasesRequest,
     LeasesResponse, PauseRequest, PauseResponse, PromoteRequest, PromoteResponse, ReloadRequest,
-    ReloadResponse, ResumeRequest, SiteStatus,
-    StatusRequest, StatusResponse,
+    ReloadResponse, ResumeRequest, SiteStatus, StatusRequest, StatusResponse,
 };
 use openraft::{Instant as _, ReadPolicy};
 use tonic::{Request, Response, Status};
