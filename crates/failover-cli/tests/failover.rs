@@ -574,7 +574,8 @@ async fn paused_group_is_not_failed_over_until_resumed() {
                 "a paused group moved"
             );
             assert!(g.paused, "the pause was lost");
-            held_seen |= g.held == "site-a is lost; paused by tester@ci: network maintenance";
+            held_seen |=
+                g.held == "site-a is lost for the group; paused by tester@ci: network maintenance";
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
