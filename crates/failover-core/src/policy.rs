@@ -597,7 +597,10 @@ mod tests {
             decide(&state, &groups, &timing, &lost, now, 0),
             vec![Decision::Hold {
                 group: "g".into(),
-                reason: "a is lost for the group; paused by alice@ops: switch upgrade".into(),
+                reason:
+                    "no executor at a (the active site) has reported; paused by alice@ops: switch \
+                         upgrade"
+                        .into(),
             }]
         );
         assert!(matches!(
