@@ -19,10 +19,10 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{alive, eventually, workers, Cluster};
+use common::{alive, eventually, workers, Cluster, Proc};
 
 /// The test's timing: the defaults' shape, slowed down for a loaded 2-core machine running
 /// debug builds (openraft times each heartbeat out after one heartbeat interval, and 100 ms
@@ -162,22 +162,7 @@ async fn controller_churn_never_restarts_active_workers() {
     } else {
         Cluster::new_with(|yaml| yaml.replacen("sites:\n", &format!("{TIMING}sites:\n"), 1))
     };
-    cluster.start_all();
-    cluster.wait_ready(STEP).await;
-    let dir = cluster.data_dir().join("work");
-    std::fs::create_dir_all(&dir).expect("work dir");
-    let script = workers::script(&dir);
-    let _exec = cluster.exec(
-        "site-a",
-        &["--instances", "2"],
-        &[script.to_str().expect("utf8")],
-    );
-    let mut initial = eventually("two site-a workers running", STEP, || async {
-        let live = workers::live(&dir, "site-a");
-        (live.len() == 4).then_some(live)
-    })
-    .await;
-    initial.sort_unstable();
+    let (dir, _exec, mut initial) = start_with_site_a_workers(&mut cluster).await;
     let first_count = initial.len();
     let mut tally = Tally::default();
 
@@ -321,22 +306,7 @@ fn log_count(cluster: &Cluster, id: u64, needle: &str) -> usize {
 async fn rolling_restart_hands_leadership_over_and_keeps_the_lease() {
     let mut cluster =
         Cluster::new_with(|yaml| yaml.replacen("sites:\n", &format!("{TIMING}sites:\n"), 1));
-    cluster.start_all();
-    cluster.wait_ready(STEP).await;
-    let dir = cluster.data_dir().join("work");
-    std::fs::create_dir_all(&dir).expect("work dir");
-    let script = workers::script(&dir);
-    let _exec = cluster.exec(
-        "site-a",
-        &["--instances", "2"],
-        &[script.to_str().expect("utf8")],
-    );
-    let mut initial = eventually("two site-a workers running", STEP, || async {
-        let live = workers::live(&dir, "site-a");
-        (live.len() == 4).then_some(live)
-    })
-    .await;
-    initial.sort_unstable();
+    let (dir, _exec, mut initial) = start_with_site_a_workers(&mut cluster).await;
     let exec_log_path = cluster.data_dir().join("exec-site-a.log");
     let mut tally = Tally::default();
     let mut handovers = 0;
@@ -392,4 +362,27 @@ async fn rolling_restart_hands_leadership_over_and_keeps_the_lease() {
         !log.contains("lease gone"),
         "the executor lost its lease\n{log}"
     );
+}
+
+/// Starts every controller and an executor at site-a with two instances; returns the
+/// workers' directory, the executor, and the sorted pids of its running workers (each
+/// worker and its child).
+async fn start_with_site_a_workers(cluster: &mut Cluster) -> (PathBuf, Proc, Vec<i32>) {
+    cluster.start_all();
+    cluster.wait_ready(STEP).await;
+    let dir = cluster.data_dir().join("work");
+    std::fs::create_dir_all(&dir).expect("work dir");
+    let script = workers::script(&dir);
+    let exec = cluster.exec(
+        "site-a",
+        &["--instances", "2"],
+        &[script.to_str().expect("utf8")],
+    );
+    let mut initial = eventually("two site-a workers running", STEP, || async {
+        let live = workers::live(&dir, "site-a");
+        (live.len() == 4).then_some(live)
+    })
+    .await;
+    initial.sort_unstable();
+    (dir, exec, initial)
 }
