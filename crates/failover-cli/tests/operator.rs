@@ -208,6 +208,20 @@ async fn lost_quorum_is_said_plainly_and_exits_4() {
     cluster.start_all();
     cluster.wait_ready(Duration::from_secs(30)).await;
     let endpoints = cluster.endpoints();
+    // The controllers left running must have applied the group's creation, or their
+    // local view has nothing to show once the quorum is gone.
+    let client = cluster.client();
+    for node in cluster.nodes.iter().filter(|n| n.site == "site-b") {
+        eventually(
+            &format!("controller {} to have applied the group", node.id),
+            Duration::from_secs(15),
+            || async {
+                let history = client.stale_history(&node.addr, "default").await.ok()?;
+                (!history.entries.is_empty()).then_some(())
+            },
+        )
+        .await;
+    }
     for id in [1, 2, 5] {
         signal(&cluster, id, libc::SIGSTOP);
     }
