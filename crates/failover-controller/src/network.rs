@@ -287,6 +287,31 @@ impl PeerConnection {
         Ok(request)
     }
 
+    /// One Raft RPC without snapshot bytes: `message` sent through `method` of a client,
+    /// the reply decoded, and the outcome counted for the outage log.
+    async fn unary<M, R, F, Fut>(
+        &self,
+        message: &M,
+        option: &RPCOption,
+        method: F,
+    ) -> Result<R, RpcErr>
+    where
+        M: Serialize,
+        R: DeserializeOwned,
+        F: FnOnce(RaftServiceClient<Channel>, tonic::Request<RaftPayload>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<RaftPayload>, tonic::Status>>,
+    {
+        let request = self.request(message, Vec::new(), option)?;
+        let call = async {
+            let client = self.client()?;
+            method(client, request)
+                .await
+                .map_err(|s| self.status_error(s))
+        };
+        let reply = self.observed(call).await?;
+        self.decode(reply.into_inner())
+    }
+
     fn decode<T: DeserializeOwned>(&self, payload: RaftPayload) -> Result<T, RpcErr> {
         serde_json::from_slice(&payload.json).map_err(|e| {
             RPCError::Network(NetworkError::from_string(format!(
@@ -327,16 +352,10 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RpcErr> {
-        let request = self.request(&rpc, Vec::new(), &option)?;
-        let call = async {
-            let mut client = self.client()?;
-            client
-                .append_entries(request)
-                .await
-                .map_err(|s| self.status_error(s))
-        };
-        let reply = self.observed(call).await?;
-        self.decode(reply.into_inner())
+        self.unary(&rpc, &option, |mut c, r| async move {
+            c.append_entries(r).await
+        })
+        .await
     }
 
     async fn vote(
@@ -344,13 +363,8 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RpcErr> {
-        let request = self.request(&rpc, Vec::new(), &option)?;
-        let call = async {
-            let mut client = self.client()?;
-            client.vote(request).await.map_err(|s| self.status_error(s))
-        };
-        let reply = self.observed(call).await?;
-        self.decode(reply.into_inner())
+        self.unary(&rpc, &option, |mut c, r| async move { c.vote(r).await })
+            .await
     }
 
     async fn pre_vote(
@@ -358,16 +372,8 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RpcErr> {
-        let request = self.request(&rpc, Vec::new(), &option)?;
-        let call = async {
-            let mut client = self.client()?;
-            client
-                .pre_vote(request)
-                .await
-                .map_err(|s| self.status_error(s))
-        };
-        let reply = self.observed(call).await?;
-        self.decode(reply.into_inner())
+        self.unary(&rpc, &option, |mut c, r| async move { c.pre_vote(r).await })
+            .await
     }
 
     async fn transfer_leader(
