@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use failover_client::clock::Clock;
 use failover_client::{Dialer, Endpoints, LeaseConfig, LeaseSession, LeaseState};
 use failover_core::supervision::{RestartPolicy, Restarts};
-use failover_proto::executor::executor_service_client::ExecutorServiceClient;
 use failover_proto::executor::{ExecutorReport, WorkerReport};
 use tokio::sync::{mpsc, watch};
 
@@ -21,6 +20,7 @@ use crate::contain::Containment;
 use crate::guards::{Gone, LiveGuards};
 use crate::health::HealthCheck;
 use crate::output::OutputOptions;
+use crate::report::{self, Delivery};
 use crate::worker::{GuardEvent, Spawn, Worker, WorkerEvent};
 
 /// How often the loop runs its periodic work.
@@ -227,7 +227,11 @@ struct Executor {
     reload_done: (u64, bool, String),
     reload_asked: u64,
     last_report: Option<Instant>,
+    /// The controller to send the next report to first (the last one that took it).
     reporter: Option<String>,
+    /// The report on its way, if any: at most one at a time, never awaited by the loop.
+    reporting: Option<tokio::task::JoinHandle<()>>,
+    deliveries: (mpsc::Sender<Delivery>, mpsc::Receiver<Delivery>),
 }
 
 /// Runs an executor until `Control::Shutdown`.
@@ -281,6 +285,8 @@ pub async fn run(
         reload_asked: 0,
         last_report: None,
         reporter: None,
+        reporting: None,
+        deliveries: mpsc::channel(4),
     };
     ex.start_session();
     let mut tick = tokio::time::interval(TICK);
@@ -289,6 +295,7 @@ pub async fn run(
             changed = lease_changed(&mut ex.lease) => if changed { ex.on_lease().await },
             Some(event) = ex.events.1.recv() => ex.on_worker_event(event).await,
             Some(result) = ex.health.1.recv() => ex.on_health(result),
+            Some(delivery) = ex.deliveries.1.recv() => ex.on_delivery(delivery),
             _ = tick.tick() => ex.on_tick().await,
             cmd = control.recv() => match cmd {
                 Some(Control::Reload) => ex.begin_reload(ex.reload_asked.max(ex.reload_done.0) + 1),
@@ -682,7 +689,7 @@ impl Executor {
             .is_none_or(|at| now.saturating_duration_since(at) >= self.report_interval())
         {
             self.last_report = Some(now);
-            self.report().await;
+            self.report();
         }
     }
 
@@ -950,50 +957,42 @@ impl Executor {
         }
     }
 
-    /// Sends the heartbeat report to the leader (following its hint); starts a reload
-    /// when the leader asks for a newer one.
-    async fn report(&mut self) {
+    /// Sends the heartbeat report to the leader in a task of its own (see [`report`]);
+    /// skipped while the previous one is still on its way.
+    fn report(&mut self) {
+        if self.reporting.as_ref().is_some_and(|r| !r.is_finished()) {
+            return;
+        }
         let report = self.report_message(self.clock.now());
-        let addrs = self.opts.endpoints.addrs().to_vec();
-        let mut targets: Vec<String> = self.reporter.iter().cloned().collect();
-        targets.extend(addrs);
-        for addr in targets.into_iter().take(8) {
-            let Ok(channel) = self.dialer.channel(&addr) else {
-                continue;
-            };
-            let mut client = ExecutorServiceClient::new(channel);
-            let sent =
-                tokio::time::timeout(Duration::from_secs(1), client.report(report.clone())).await;
-            match sent {
-                Ok(Ok(ack)) => {
-                    if let Some(registered) = self.opts.registered.take() {
-                        registered.notify_one();
-                    }
-                    self.reporter = Some(addr);
-                    let asked = ack.into_inner().reload_generation;
-                    if asked > self.reload_done.0 && asked > self.reload_asked {
-                        self.begin_reload(asked);
-                    }
-                    return;
-                }
-                Ok(Err(status)) => {
-                    self.reporter = status
-                        .metadata()
-                        .get("x-failover-leader")
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_owned);
-                    if let Some(leader) = self.reporter.clone() {
-                        if leader != addr {
-                            continue;
-                        }
-                    }
-                }
-                Err(_) => self.reporter = None,
-            }
+        let dialer = self.dialer.clone();
+        let endpoints = self.opts.endpoints.addrs().to_vec();
+        let hint = self.reporter.clone();
+        let done = self.deliveries.0.clone();
+        self.reporting = Some(tokio::spawn(async move {
+            let delivery = report::deliver(dialer, endpoints, hint, report).await;
+            // The loop may have ended meanwhile; then nobody needs the outcome.
+            let _ = done.send(delivery).await;
+        }));
+    }
+
+    /// A report's outcome: whom to ask next, and a reload the leader asks for.
+    fn on_delivery(&mut self, delivery: Delivery) {
+        self.reporter = delivery.ask_next;
+        let Some(asked) = delivery.reload_generation else {
+            return;
+        };
+        if let Some(registered) = self.opts.registered.take() {
+            registered.notify_one();
+        }
+        if asked > self.reload_done.0 && asked > self.reload_asked {
+            self.begin_reload(asked);
         }
     }
 
     async fn shutdown(&mut self) {
+        if let Some(reporting) = self.reporting.take() {
+            reporting.abort();
+        }
         tracing::info!("shutting down: stopping workers, then releasing the lease");
         self.abort_reload("the executor is shutting down").await;
         self.stop_all(self.opts.stop_grace).await;

@@ -10,6 +10,7 @@
 //! - [`contain`]: a cgroup v2 per worker tree where the machine allows it, else process
 //!   group, subreaper and an environment marker.
 //! - [`output`]: rotating per-instance log files and the prefixed copy on stderr.
+//! - [`report`]: the heartbeat report to the leader, sent off the supervisor loop.
 //! - [`guards`]: every live guard, which gates giving the lease back.
 //! - [`health`]: command and HTTP health checks.
 //! - [`monotonic`]: CLOCK_MONOTONIC nanoseconds, shared by executor and guards.
@@ -27,6 +28,7 @@ pub mod guards;
 pub mod health;
 pub mod monotonic;
 pub mod output;
+pub mod report;
 pub mod worker;
 
 pub use contain::Containment;
