@@ -66,7 +66,7 @@ pub async fn deliver(
         match answer {
             Answer::Accepted(generation) => return accepted(addr, generation),
             Answer::Refused(Some(leader)) => named = Some(leader),
-            Answer::Refused(None) | Answer::NoAnswer => {}
+            Answer::Refused(None) | Answer::Silent => {}
         }
     }
     Delivery {
@@ -88,12 +88,12 @@ enum Answer {
     /// Refused, naming the leader if the controller knows it.
     Refused(Option<String>),
     /// No connection or no answer in time.
-    NoAnswer,
+    Silent,
 }
 
 async fn send_one(dialer: &dyn Dialer, addr: &str, report: &ExecutorReport) -> Answer {
     let Ok(channel) = dialer.channel(addr) else {
-        return Answer::NoAnswer;
+        return Answer::Silent;
     };
     let mut client = ExecutorServiceClient::new(channel);
     match tokio::time::timeout(ANSWER_WITHIN, client.report(report.clone())).await {
@@ -105,7 +105,7 @@ async fn send_one(dialer: &dyn Dialer, addr: &str, report: &ExecutorReport) -> A
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned),
         ),
-        Err(_) => Answer::NoAnswer,
+        Err(_) => Answer::Silent,
     }
 }
 
@@ -131,7 +131,6 @@ mod tests {
             match &self.leader {
                 None => Ok(Response::new(ReportAck {
                     reload_generation: 7,
-                    ..Default::default()
                 })),
                 Some(leader) => {
                     let mut status = Status::unavailable("not the leader");
