@@ -310,14 +310,16 @@ impl Supervisor {
         self.release_if_gone(now);
     }
 
-    /// Periodic work: releases due, restarts due, health checks due, the unhealthy
-    /// verdict and its cooldown, the next reload step.
+    /// Periodic work, in this order: a release that became due, the unhealthy verdict
+    /// and its cooldown, restarts due, health checks due, the next reload step.
     pub fn handle_tick(&mut self, now: Instant) {
         self.advance_clock(now);
         self.release_if_gone(now);
+        // Before any start: a crash-looping slot is not started once more only to be
+        // stopped in the same tick.
+        self.check_unhealthy(now);
         self.start_due_workers(now);
         self.check_health(now);
-        self.check_unhealthy(now);
         self.advance_reload(now);
     }
 
