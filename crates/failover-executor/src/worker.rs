@@ -334,3 +334,33 @@ async fn watch(
         .await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every end report the guard sends maps to its typed end; anything else is refused.
+    #[test]
+    fn guard_end_reports_are_typed() {
+        let cases = [
+            ("stopped margin_ms=120", Some(WorkerExit::StoppedByGuard)),
+            (
+                "stopped (exited 0) margin_ms=3",
+                Some(WorkerExit::StoppedByGuard),
+            ),
+            (
+                "stopped (the guard got signal 15; killed 9) margin_ms=-1",
+                Some(WorkerExit::StoppedByGuard),
+            ),
+            ("exited 3 margin_ms=2000", Some(WorkerExit::Exited(3))),
+            ("killed 9 margin_ms=2000", Some(WorkerExit::Signalled(9))),
+            ("failed No such file", Some(WorkerExit::FailedToStart)),
+            ("exited", None),
+            ("stoppedx", None),
+            ("", None),
+        ];
+        for (report, expected) in cases {
+            assert_eq!(parse_end(report), expected, "{report:?}");
+        }
+    }
+}

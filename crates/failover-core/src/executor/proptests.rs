@@ -304,7 +304,7 @@ fn config() -> SupervisorConfig {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    #![proptest_config(ProptestConfig::with_cases(256))]
 
     /// No start after the lease is lost or past its safe deadline; release only once
     /// every tree is gone; a reload never takes the running workers below N-1; a crash
