@@ -9,6 +9,7 @@ use failover_proto::executor::executor_service_client::ExecutorServiceClient;
 use failover_proto::executor::{ExecutorReport, WorkerReport};
 
 use crate::options::ExecutorOptions;
+use crate::session;
 
 /// Time one controller gets to answer a report.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -22,13 +23,7 @@ pub(crate) fn message(
     lease: &LeaseState,
     now: Instant,
 ) -> ExecutorReport {
-    let (state, epoch, token) = match lease {
-        LeaseState::Acquired { epoch, token, .. } => ("acquired", epoch.0, token.0),
-        LeaseState::Draining { epoch, token, .. } => ("draining", epoch.0, token.0),
-        LeaseState::Standby { epoch, .. } => ("standby", *epoch, 0),
-        LeaseState::Lost { .. } => ("lost", 0, 0),
-        LeaseState::Connecting => ("connecting", 0, 0),
-    };
+    let (state, epoch, token) = session::report_fields(lease);
     let unhealthy = supervisor.unhealthy_reason();
     let state = if unhealthy.is_some() { "paused" } else { state };
     let workers = supervisor

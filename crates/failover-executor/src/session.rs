@@ -1,5 +1,6 @@
 //! The executor's side of its lease session: starting it, what the supervisor is told of
-//! each lease state, what is logged, and the cluster's timing sent with the grant.
+//! each lease state, what is logged and reported, and the cluster's timing sent with the
+//! grant. The only file of the executor that reads the lease client's types.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,6 +54,18 @@ pub(crate) fn view(state: &LeaseState) -> LeaseView {
         LeaseState::Standby { .. } | LeaseState::Lost { .. } | LeaseState::Connecting => {
             LeaseView::NotHeld
         }
+    }
+}
+
+/// The lease state as the executor reports it: its name, the epoch and the token (0
+/// where there is none).
+pub(crate) fn report_fields(state: &LeaseState) -> (&'static str, u64, u64) {
+    match state {
+        LeaseState::Acquired { epoch, token, .. } => ("acquired", epoch.0, token.0),
+        LeaseState::Draining { epoch, token, .. } => ("draining", epoch.0, token.0),
+        LeaseState::Standby { epoch, .. } => ("standby", *epoch, 0),
+        LeaseState::Lost { .. } => ("lost", 0, 0),
+        LeaseState::Connecting => ("connecting", 0, 0),
     }
 }
 

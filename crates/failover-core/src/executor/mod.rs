@@ -454,18 +454,28 @@ impl Supervisor {
         }
         if let Some(Held::Draining { .. }) = self.held {
             self.held = None;
-            self.actions.push_back(Action::ReleaseLease);
+            self.owe_release(now, Action::ReleaseLease);
         }
         if let Some(unhealthy) = &mut self.unhealthy {
             if unhealthy.release_pending {
                 unhealthy.release_pending = false;
-                self.actions.push_back(Action::ReleaseDetached);
+                self.owe_release(now, Action::ReleaseDetached);
             }
         }
         if self.shutting_down && !self.exited {
             self.exited = true;
-            self.actions.push_back(Action::Exit);
+            self.owe_release(now, Action::Exit);
         }
+    }
+
+    /// Hands out an action that gives the lease back: asserted never while a tree this
+    /// supervisor started may still run.
+    fn owe_release(&mut self, now: Instant, action: Action) {
+        assert!(
+            self.trees_gone(now),
+            "{action:?} while a worker tree may still run"
+        );
+        self.actions.push_back(action);
     }
 
     fn check_health(&mut self, now: Instant) {
