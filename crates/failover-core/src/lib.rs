@@ -12,12 +12,15 @@
 //! - [`command`]: the commands the Raft log carries and what applying them answers.
 //! - [`lease`]: lease timing on the leader and at the holder.
 //! - [`supervision`]: restart backoff and crash-loop detection for site workers.
+//! - [`executor`]: the executor's supervisor: worker starts, stops, restarts, rolling
+//!   reloads, the unhealthy cooldown and lease release, as actions for its driver.
 //! - [`policy`]: failure detection and the automatic failover decision.
 //! - [`promotion`]: the promotion protocol (Active → Demoting → Active at the next epoch).
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod command;
 pub mod config;
+pub mod executor;
 pub mod ids;
 pub mod lease;
 pub mod placement;

@@ -1,51 +1,84 @@
 //! CLOCK_MONOTONIC as nanoseconds: the one clock an executor and its guards share.
 //!
-//! `std::time::Instant` reads CLOCK_MONOTONIC on Linux but hides its value; deadlines
-//! cross a process boundary (executor → guard) as these nanoseconds instead.
+//! The executor decides with the injected [`Clock`]; a guard is another process and
+//! enforces its deadline on the raw clock. Deadlines cross that boundary as nanoseconds,
+//! converted through a [`Reading`] that pairs the two clocks.
 
 use std::time::{Duration, Instant};
 
+use failover_client::clock::Clock;
+
 /// Nanoseconds of CLOCK_MONOTONIC now.
 pub fn now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec; CLOCK_MONOTONIC always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// The CLOCK_MONOTONIC nanoseconds of `instant`, rounded down by a millisecond so the
-/// conversion error can only make a deadline earlier.
-///
-/// The raw clock is read *before* `Instant::now()`: then `now_ns` is at most the true
-/// value behind `now`, and `now_ns + (instant - now)` is at most the true value of
-/// `instant`. Read the other way round, the time between the two reads would move every
-/// deadline later.
-pub fn instant_to_ns(instant: Instant) -> u64 {
-    let now_ns = now_ns();
-    let now = Instant::now();
-    let margin = Duration::from_millis(1).as_nanos() as u64;
-    match instant.checked_duration_since(now) {
-        Some(ahead) => (now_ns + ahead.as_nanos() as u64).saturating_sub(margin),
-        None => now_ns.saturating_sub(now.duration_since(instant).as_nanos() as u64 + margin),
+/// The raw monotonic clock and the executor's clock, read at (nearly) the same moment:
+/// converts the executor's deadlines into the nanoseconds a guard enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct Reading {
+    raw_ns: u64,
+    now: Instant,
+}
+
+impl Reading {
+    /// Reads the raw clock, then `clock`. In that order: then the raw value is at most
+    /// the true value behind `now`, so the time between the two reads can only move a
+    /// converted deadline earlier, never later.
+    pub fn take(clock: &dyn Clock) -> Reading {
+        let raw_ns = now_ns();
+        Reading {
+            raw_ns,
+            now: clock.now(),
+        }
+    }
+
+    /// A reading made of given values (tests).
+    pub fn new(raw_ns: u64, now: Instant) -> Reading {
+        Reading { raw_ns, now }
+    }
+
+    /// The CLOCK_MONOTONIC nanoseconds of `instant`, rounded down by a millisecond so the
+    /// conversion error can only make a deadline earlier.
+    pub fn to_ns(self, instant: Instant) -> u64 {
+        let margin = Duration::from_millis(1).as_nanos() as u64;
+        match instant.checked_duration_since(self.now) {
+            Some(ahead) => (self.raw_ns + ahead.as_nanos() as u64).saturating_sub(margin),
+            None => self
+                .raw_ns
+                .saturating_sub(self.now.duration_since(instant).as_nanos() as u64 + margin),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use failover_client::SystemClock;
 
-    /// Whatever the scheduling between the two clock reads, the converted deadline is
-    /// never later than the clock says when it is read back.
+    /// The conversion is exact up to the millisecond kept off, in both directions.
+    #[test]
+    fn conversion_is_relative_to_the_reading() {
+        let now = Instant::now() + Duration::from_secs(1);
+        let reading = Reading::new(10_000_000_000, now);
+        assert_eq!(
+            reading.to_ns(now + Duration::from_millis(500)),
+            10_500_000_000 - 1_000_000
+        );
+        assert_eq!(
+            reading.to_ns(now - Duration::from_millis(5)),
+            10_000_000_000 - 6_000_000
+        );
+    }
+
+    /// With the system clock, whatever the scheduling between the two reads, the
+    /// converted deadline is never later than the raw clock says when it is read back.
     #[test]
     fn conversion_never_moves_a_deadline_later() {
         for ahead_ms in [0u64, 1, 50, 1_000, 60_000] {
             let instant = Instant::now() + Duration::from_millis(ahead_ms);
-            let converted = instant_to_ns(instant);
-            // Measured the same way round as a guard would compare: the remaining time
-            // seen on the raw clock is at most the remaining time of the Instant.
+            let converted = Reading::take(&SystemClock).to_ns(instant);
             let instant_left = instant.saturating_duration_since(Instant::now());
             let raw_left = converted.saturating_sub(now_ns());
             assert!(
@@ -53,7 +86,5 @@ mod tests {
                 "{ahead_ms} ms ahead: raw {raw_left} ns left, instant {instant_left:?} left"
             );
         }
-        let past = Instant::now() - Duration::from_millis(5);
-        assert!(instant_to_ns(past) < now_ns());
     }
 }

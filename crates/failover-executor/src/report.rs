@@ -1,4 +1,6 @@
-//! Delivery of the executor's heartbeat report to the leader, off the supervisor loop.
+//! The executor's heartbeat: its state as the controllers see it (`failover status`,
+//! the readiness gate of a promotion, `failover reload`), and its delivery to the leader,
+//! off the driver's loop.
 //!
 //! The loop that extends the guards' deadlines must never wait on the network: a report
 //! to a frozen or cut-off leader gets no reset, only a timeout, and while the loop waited
@@ -7,12 +9,57 @@
 //! to the loop as an event.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use failover_client::Dialer;
+use failover_client::{Dialer, LeaseState};
+use failover_core::executor::Supervisor;
 use failover_proto::executor::executor_service_client::ExecutorServiceClient;
-use failover_proto::executor::ExecutorReport;
+use failover_proto::executor::{ExecutorReport, WorkerReport};
 use futures::stream::{FuturesUnordered, StreamExt};
+
+use crate::options::ExecutorOptions;
+use crate::session;
+
+/// The report of the executor `opts` describe, at `now`.
+pub(crate) fn message(
+    opts: &ExecutorOptions,
+    supervisor: &Supervisor,
+    lease: &LeaseState,
+    now: Instant,
+) -> ExecutorReport {
+    let (state, epoch, token) = session::report_fields(lease);
+    let unhealthy = supervisor.unhealthy_reason();
+    let state = if unhealthy.is_some() { "paused" } else { state };
+    let workers = supervisor
+        .slots(now)
+        .into_iter()
+        .map(|slot| WorkerReport {
+            instance: slot.instance,
+            pid: slot.pid.unwrap_or(0),
+            state: slot.state.name().into(),
+            restarts: slot.restarts,
+            uptime_ms: slot.uptime.as_millis() as u64,
+            health: slot.health.name().into(),
+            generation: slot.worker.map_or(0, |w| w.0),
+        })
+        .collect();
+    let reload = supervisor.reload_outcome();
+    ExecutorReport {
+        executor_id: opts.executor_id.clone(),
+        group: opts.group.clone(),
+        site: opts.site.clone(),
+        ready: supervisor.ready(now),
+        healthy: unhealthy.is_none(),
+        lease_state: state.into(),
+        epoch,
+        fencing_token: token,
+        workers,
+        reload_done: reload.generation,
+        reload_ok: reload.ok,
+        reload_message: reload.message.clone(),
+        message: unhealthy.unwrap_or_default().to_owned(),
+    }
+}
 
 /// How long one controller gets to answer a report.
 const ANSWER_WITHIN: Duration = Duration::from_secs(1);
@@ -21,19 +68,19 @@ const LEADER_HEADER: &str = "x-failover-leader";
 
 /// What one report delivery found out.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Delivery {
+pub(crate) struct Delivery {
     /// The controller to ask first next time: the one that accepted this report (the
     /// leader), or the leader a follower named.
-    pub ask_next: Option<String>,
+    pub(crate) ask_next: Option<String>,
     /// The reload generation the leader asks for; `None` when nobody accepted the report.
-    pub reload_generation: Option<u64>,
+    pub(crate) reload_generation: Option<u64>,
 }
 
 /// Sends `report` to `hint` (the controller that accepted the last one) and, if that
 /// fails, to every endpoint at once: only the leader accepts, followers refuse naming
 /// it, and a controller that does not answer holds up no other. Takes at most about two
 /// answer timeouts.
-pub async fn deliver(
+pub(crate) async fn deliver(
     dialer: Arc<dyn Dialer>,
     endpoints: Vec<String>,
     hint: Option<String>,

@@ -11,7 +11,9 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use failover_core::executor::{WorkerExit, WorkerId};
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -19,7 +21,6 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
 use crate::contain::{self, Containment, TreeId, TREE_MARKER_ENV};
-use crate::monotonic::instant_to_ns;
 use crate::output::OutputOptions;
 
 /// What a guard reported about its worker.
@@ -27,8 +28,13 @@ use crate::output::OutputOptions;
 pub enum GuardEvent {
     /// The worker runs with this pid.
     Started(u32),
-    /// The worker tree is gone: how the worker ended (`exited 0`, `killed 9`, `stopped`).
-    Ended(String),
+    /// The worker tree is gone.
+    Ended {
+        /// How the worker ended, typed for the supervisor.
+        exit: WorkerExit,
+        /// The guard's report as sent (with its deadline margin), for the log.
+        report: String,
+    },
 }
 
 /// A guard event, labelled with the worker it is about.
@@ -36,24 +42,32 @@ pub enum GuardEvent {
 pub struct WorkerEvent {
     /// The slot (instance number).
     pub instance: u32,
-    /// The generation of the worker (bumped by each start, so stale events are ignored).
-    pub generation: u64,
+    /// The worker (one per start, so stale events are recognised).
+    pub worker: WorkerId,
     /// What happened.
     pub event: GuardEvent,
 }
 
-/// A running guard and what is known of its worker.
+/// Reads the guard's end report: its first word says how the tree ended (`stopped`,
+/// `exited <status>`, `killed <signal>`, `failed <why>`); `None` for anything else.
+pub fn parse_end(report: &str) -> Option<WorkerExit> {
+    let mut words = report.split_whitespace();
+    let number = |word: Option<&str>| word.and_then(|w| w.parse::<i32>().ok());
+    match words.next()? {
+        "stopped" => Some(WorkerExit::StoppedByGuard),
+        "exited" => number(words.next()).map(WorkerExit::Exited),
+        "killed" => number(words.next()).map(WorkerExit::Signalled),
+        "failed" => Some(WorkerExit::FailedToStart),
+        _ => None,
+    }
+}
+
+/// A running guard: the driver's handle on one worker.
 pub struct Worker {
     /// The slot.
     pub instance: u32,
-    /// This worker's generation.
-    pub generation: u64,
-    /// The worker's pid, once the guard reported it.
-    pub pid: Option<u32>,
-    /// When it was started.
-    pub started_at: Instant,
-    /// Whether a stop was asked for.
-    pub stopping: bool,
+    /// The worker's environment (health checks run with it too).
+    pub env: Vec<(String, String)>,
     guard: Child,
     control: Option<OwnedWriteHalf>,
     cgroup: Option<PathBuf>,
@@ -69,10 +83,10 @@ pub struct Spawn<'a> {
     pub env: Vec<(String, String)>,
     /// The slot.
     pub instance: u32,
-    /// Its generation.
-    pub generation: u64,
-    /// The lease deadline the tree must be gone by.
-    pub deadline: Instant,
+    /// The worker.
+    pub worker: WorkerId,
+    /// The lease deadline the tree must be gone by, as CLOCK_MONOTONIC nanoseconds.
+    pub deadline_ns: u64,
     /// Time the worker gets between TERM and KILL.
     pub stop_grace: Duration,
     /// The failover group (names the log file).
@@ -116,7 +130,8 @@ impl Worker {
     /// Starts a guard with its worker; events arrive on `events`.
     pub fn spawn(spec: Spawn<'_>, events: mpsc::Sender<WorkerEvent>) -> std::io::Result<Worker> {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
-        let (instance, generation) = (spec.instance, spec.generation);
+        let (instance, worker) = (spec.instance, spec.worker);
+        let generation = worker.0;
         let id = TreeId {
             group: spec.group.to_string(),
             site: spec.site.to_string(),
@@ -164,13 +179,10 @@ impl Worker {
             cgroup: cgroup.clone(),
             marker,
         };
-        tokio::spawn(watch(read, tree, instance, generation, events));
+        tokio::spawn(watch(read, tree, instance, worker, events));
         Ok(Worker {
             instance,
-            generation,
-            pid: None,
-            started_at: Instant::now(),
-            stopping: false,
+            env: spec.env,
             guard,
             control: Some(write),
             cgroup,
@@ -185,18 +197,14 @@ impl Worker {
         }
     }
 
-    /// Moves the deadline the guard enforces.
-    pub async fn extend(&mut self, deadline: Instant) {
-        if !self.stopping {
-            self.send(format!("deadline {}\n", instant_to_ns(deadline)))
-                .await;
-        }
+    /// Moves the deadline the guard enforces to `deadline_ns` (CLOCK_MONOTONIC).
+    pub async fn extend(&mut self, deadline_ns: u64) {
+        self.send(format!("deadline {deadline_ns}\n")).await;
     }
 
     /// Asks the guard to stop the tree: TERM now, KILL after `grace` (or before the
     /// deadline, whichever comes first).
     pub async fn stop(&mut self, grace: Duration) {
-        self.stopping = true;
         self.send(format!("stop {}\n", grace.as_millis())).await;
     }
 
@@ -217,7 +225,7 @@ fn guard_command(spec: &Spawn<'_>, cgroup: Option<&Path>) -> Command {
     command
         .arg("guard")
         .arg("--deadline-ns")
-        .arg(instant_to_ns(spec.deadline).to_string())
+        .arg(spec.deadline_ns.to_string())
         .arg("--stop-grace-ms")
         .arg(spec.stop_grace.as_millis().to_string())
         .arg("--control-fd")
@@ -272,15 +280,16 @@ async fn watch(
     read: OwnedReadHalf,
     mut tree: Tree,
     instance: u32,
-    generation: u64,
+    worker: WorkerId,
     events: mpsc::Sender<WorkerEvent>,
 ) {
+    let generation = worker.0;
     let send = |event| {
         let events = events.clone();
         async move {
             let labelled = WorkerEvent {
                 instance,
-                generation,
+                worker,
                 event,
             };
             let _ = events.send(labelled).await;
@@ -304,7 +313,11 @@ async fn watch(
             }
             _ => {
                 ended = true;
-                send(GuardEvent::Ended(line.clone())).await;
+                let exit = parse_end(&line).unwrap_or_else(|| {
+                    tracing::warn!(instance, generation, report = %line, "unknown guard report");
+                    WorkerExit::GuardLost
+                });
+                send(GuardEvent::Ended { exit, report: line }).await;
             }
         }
     }
@@ -313,6 +326,41 @@ async fn watch(
             .await
             .unwrap_or_else(|e| format!("tree kill failed: {e}"));
         tracing::warn!(instance, generation, %how, "the guard died without reporting");
-        send(GuardEvent::Ended(format!("guard exited; {how}"))).await;
+        let report = format!("guard exited; {how}");
+        send(GuardEvent::Ended {
+            exit: WorkerExit::GuardLost,
+            report,
+        })
+        .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every end report the guard sends maps to its typed end; anything else is refused.
+    #[test]
+    fn guard_end_reports_are_typed() {
+        let cases = [
+            ("stopped margin_ms=120", Some(WorkerExit::StoppedByGuard)),
+            (
+                "stopped (exited 0) margin_ms=3",
+                Some(WorkerExit::StoppedByGuard),
+            ),
+            (
+                "stopped (the guard got signal 15; killed 9) margin_ms=-1",
+                Some(WorkerExit::StoppedByGuard),
+            ),
+            ("exited 3 margin_ms=2000", Some(WorkerExit::Exited(3))),
+            ("killed 9 margin_ms=2000", Some(WorkerExit::Signalled(9))),
+            ("failed No such file", Some(WorkerExit::FailedToStart)),
+            ("exited", None),
+            ("stoppedx", None),
+            ("", None),
+        ];
+        for (report, expected) in cases {
+            assert_eq!(parse_end(report), expected, "{report:?}");
+        }
     }
 }

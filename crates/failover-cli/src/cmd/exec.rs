@@ -118,7 +118,7 @@ pub(crate) async fn run(args: ExecArgs) -> anyhow::Result<()> {
         containment: args.containment,
         registered: Some(registered.clone()),
     };
-    failover_executor::executor::check_command(&options.command)?;
+    failover_executor::check_command(&options.command)?;
     // Workers left by a previous executor of this group and site that was killed
     // together with its guards run with no lease: end them before taking one.
     for marker in failover_executor::contain::sweep_stale(&options.group, &options.site) {
