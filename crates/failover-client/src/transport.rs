@@ -70,6 +70,10 @@ pub struct TlsDialer {
     pub connect_timeout: Duration,
     /// The client's TLS material.
     pub tls: std::sync::Arc<crate::tls::ClientTls>,
+    /// One channel per address, shared by every caller: a handshake costs more than a
+    /// TCP connect, and openraft makes a new client after every failed call, so a fresh
+    /// channel each time could keep a slow peer from ever finishing one.
+    channels: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Channel>>>,
 }
 
 impl TlsDialer {
@@ -78,12 +82,25 @@ impl TlsDialer {
         TlsDialer {
             connect_timeout: TcpDialer::default().connect_timeout,
             tls,
+            channels: Default::default(),
         }
     }
 }
 
 impl Dialer for TlsDialer {
     fn channel(&self, addr: &str) -> Result<Channel, DialError> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(channel) = channels.get(addr) {
+            return Ok(channel.clone());
+        }
+        let channel = self.new_channel(addr)?;
+        channels.insert(addr.to_owned(), channel.clone());
+        Ok(channel)
+    }
+}
+
+impl TlsDialer {
+    fn new_channel(&self, addr: &str) -> Result<Channel, DialError> {
         let dial_error = |reason: String| DialError {
             addr: addr.to_owned(),
             reason,

@@ -108,7 +108,27 @@ fn secure(
         return Ok((config, Arc::new(TcpDialer::default()), env));
     }
     if topology.tls.is_some() {
-        println!("failover dev: replacing the topology's tls section with throwaway certificates");
+        // The topology brings its own certificates: `dev` speaks as the client the
+        // environment names.
+        let config = std::fs::canonicalize(&args.config)
+            .with_context(|| format!("cannot resolve {}", args.config.display()))?;
+        let var = |name: &str| {
+            std::env::var_os(name).map(PathBuf::from).with_context(|| {
+                format!(
+                    "{} configures TLS: set FAILOVER_TLS_CA, FAILOVER_TLS_CERT and \
+                     FAILOVER_TLS_KEY to an operator or reader certificate for `dev` to use \
+                     ({name} is not set), or drop the tls section to get throwaway ones",
+                    args.config.display()
+                )
+            })
+        };
+        let files = TlsFiles {
+            ca: var("FAILOVER_TLS_CA")?,
+            cert: var("FAILOVER_TLS_CERT")?,
+            key: var("FAILOVER_TLS_KEY")?,
+        };
+        let dialer = Arc::new(TlsDialer::new(failover_client::tls::client_tls(files)?));
+        return Ok((config, dialer, Vec::new()));
     }
     let data_dir = std::fs::canonicalize(&args.data_dir)
         .with_context(|| format!("cannot resolve {}", args.data_dir.display()))?;
