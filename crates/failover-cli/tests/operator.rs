@@ -73,7 +73,12 @@ fn exit_codes_without_a_cluster() {
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(took < Duration::from_secs(1), "promote took {took:?}");
 
-    let (out, took) = failover(&["status", "--insecure", "--endpoints", "no-such-host.invalid:7001"]);
+    let (out, took) = failover(&[
+        "status",
+        "--insecure",
+        "--endpoints",
+        "no-such-host.invalid:7001",
+    ]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("cannot resolve the host name"),

@@ -308,7 +308,10 @@ impl Cluster {
             .iter()
             .find(|n| n.id == id)
             .expect("known controller");
-        AdminClient::with_dialer(Endpoints::parse(&node.addr).expect("endpoint"), self.dialer())
+        AdminClient::with_dialer(
+            Endpoints::parse(&node.addr).expect("endpoint"),
+            self.dialer(),
+        )
     }
 
     /// Waits until a leader is known and every group exists; returns that status.
@@ -435,7 +438,10 @@ impl Drop for Cluster {
 fn topology_yaml(nodes: &[Node], tls: Option<&Path>) -> String {
     let mut yaml = String::from("cluster_name: test\n");
     match tls {
-        Some(dir) => yaml.push_str(&format!("tls: {{ ca: \"{}\" }}\n", dir.join("ca.pem").display())),
+        Some(dir) => yaml.push_str(&format!(
+            "tls: {{ ca: \"{}\" }}\n",
+            dir.join("ca.pem").display()
+        )),
         None => yaml.push_str("tls: { insecure: true }\n"),
     }
     yaml.push_str("sites:\n");
