@@ -549,7 +549,9 @@ async fn paused_group_is_not_failed_over_until_resumed() {
         .await
         .expect("pause");
     let g = &paused.groups[0];
-    assert!(g.paused && g.paused_by == "tester@ci" && g.paused_reason == "network maintenance");
+    // The authenticated identity, with what the client claimed.
+    assert_eq!(g.paused_by, "operator/dev (as tester@ci)");
+    assert!(g.paused && g.paused_reason == "network maintenance");
     assert!(g.paused_since > 0);
 
     let lost_at = Instant::now();
@@ -575,7 +577,7 @@ async fn paused_group_is_not_failed_over_until_resumed() {
             );
             assert!(g.paused, "the pause was lost");
             held_seen |=
-                g.held == "site-a is lost for the group; paused by tester@ci: network maintenance";
+                g.held == "site-a is lost for the group; paused by operator/dev (as tester@ci): network maintenance";
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

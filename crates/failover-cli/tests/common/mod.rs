@@ -513,14 +513,34 @@ impl Cluster {
 /// The dialer of `site`'s engines of the cluster this test process made last (its
 /// certificates' directory is where FAILOVER_TLS_CA points); plaintext for an insecure one.
 pub fn engine_dialer(site: &str) -> Arc<dyn Dialer> {
+    env_dialer(&format!("engine-{site}"))
+}
+
+/// The operator's dialer of the cluster this test process made last.
+pub fn operator_dialer() -> Arc<dyn Dialer> {
+    env_dialer("operator-dev")
+}
+
+/// A lease client of `site`'s engine to the controller at `addr`.
+pub fn lease_client(
+    site: &str,
+    addr: &str,
+) -> failover_proto::lease::lease_service_client::LeaseServiceClient<tonic::transport::Channel> {
+    failover_proto::lease::lease_service_client::LeaseServiceClient::new(
+        engine_dialer(site).channel(addr).expect("channel"),
+    )
+}
+
+/// The dialer presenting certificate `name` of the cluster this test process made last.
+fn env_dialer(name: &str) -> Arc<dyn Dialer> {
     let Some(ca) = std::env::var_os("FAILOVER_TLS_CA") else {
         return Arc::new(failover_client::TcpDialer::default());
     };
     let dir = PathBuf::from(ca).parent().expect("tls dir").to_owned();
     let files = TlsFiles {
         ca: dir.join("ca.pem"),
-        cert: dir.join(format!("engine-{site}.pem")),
-        key: dir.join(format!("engine-{site}.key")),
+        cert: dir.join(format!("{name}.pem")),
+        key: dir.join(format!("{name}.key")),
     };
     Arc::new(TlsDialer::new(
         failover_client::tls::client_tls(files).expect("engine TLS"),
