@@ -607,8 +607,12 @@ async fn paused_group_is_not_failed_over_until_resumed() {
         .iter()
         .map(|e| (e.kind.as_str(), e.actor.as_str()))
         .collect();
-    let pause_at = kinds.iter().position(|k| *k == ("pause", "tester@ci"));
-    let resume_at = kinds.iter().position(|k| *k == ("resume", "tester@ci"));
+    let pause_at = kinds
+        .iter()
+        .position(|k| *k == ("pause", "operator/dev (as tester@ci)"));
+    let resume_at = kinds
+        .iter()
+        .position(|k| *k == ("resume", "operator/dev (as tester@ci)"));
     assert!(
         pause_at < resume_at && pause_at.is_some(),
         "pause and resume in order in the history: {kinds:?}"
