@@ -74,7 +74,7 @@ impl TlsFiles {
     }
 
     /// Size and modification time of every file: a change means reload.
-    fn stamp(&self) -> Vec<Option<(u64, SystemTime)>> {
+    fn stamp(&self) -> Stamp {
         [&self.ca, &self.cert, &self.key]
             .iter()
             .map(|p| {
@@ -136,11 +136,14 @@ pub fn load_roots(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
     Ok(roots)
 }
 
+/// Size and modification time of each file of a [`TlsFiles`] (`None`: unreadable).
+type Stamp = Vec<Option<(u64, SystemTime)>>;
+
 /// A configuration built from [`TlsFiles`], rebuilt when the files change (module doc).
 pub struct Reloading<T> {
     files: TlsFiles,
     build: fn(&TlsFiles) -> Result<T, TlsError>,
-    cache: Mutex<(Vec<Option<(u64, SystemTime)>>, Arc<T>)>,
+    cache: Mutex<(Stamp, Arc<T>)>,
 }
 
 impl<T> std::fmt::Debug for Reloading<T> {
