@@ -18,6 +18,9 @@ import time
 
 from benchdoc import write_section
 
+# Benchmarks measure plaintext clusters (tls: { insecure: true }); clients must say so.
+os.environ.setdefault("FAILOVER_INSECURE", "true")
+
 BIN = "./target/release/failover"
 ENDPOINTS = ",".join(f"127.0.0.1:{7100 + i}" for i in range(1, 6))
 
@@ -25,7 +28,10 @@ ENDPOINTS = ",".join(f"127.0.0.1:{7100 + i}" for i in range(1, 6))
 def main() -> None:
     data = tempfile.mkdtemp(prefix="failover-bench-")
     log = open(os.path.join(data, "dev.out"), "w+")
-    dev = subprocess.Popen([BIN, "dev", "--config", "sites.example.yaml", "--data-dir", data],
+    config = os.path.join(data, "sites.yaml")
+    with open("sites.example.yaml") as src, open(config, "w") as dst:
+        dst.write(src.read() + "tls: { insecure: true }\n")
+    dev = subprocess.Popen([BIN, "dev", "--config", config, "--data-dir", data],
                            stdout=log, stderr=subprocess.STDOUT)
     try:
         ready_ms = wait_ready(log)

@@ -25,6 +25,9 @@ import time
 
 from benchdoc import wait_for, write_section
 
+# Benchmarks measure plaintext clusters (tls: { insecure: true }); clients must say so.
+os.environ.setdefault("FAILOVER_INSECURE", "true")
+
 BIN = "./target/release/failover"
 ENDPOINTS = ",".join(f"127.0.0.1:{7100 + i}" for i in range(1, 6))
 WORKER = """#!/bin/sh
@@ -51,6 +54,7 @@ def main() -> None:
         config = os.path.join(work, "sites.yaml")
         with open("sites.example.yaml") as src, open(config, "w") as dst:
             dst.write(src.read().replace("auto_failover: true", "auto_failover: false"))
+            dst.write("tls: { insecure: true }\n")
         dev = subprocess.Popen([BIN, "dev", "--config", config, "--data-dir", os.path.join(work, "data")],
                                stdout=dev_log, stderr=subprocess.STDOUT)
         procs.append(dev)

@@ -28,6 +28,9 @@ import time
 
 from benchdoc import wait_for, write_section
 
+# Benchmarks measure plaintext clusters (tls: { insecure: true }); clients must say so.
+os.environ.setdefault("FAILOVER_INSECURE", "true")
+
 BIN = "./target/release/failover"
 # Seconds between a planned switchover to site-b and site-b's loss.
 AFTER_SWITCHOVER_S = [1, 5, 20]
@@ -63,10 +66,10 @@ def free_ports(n):
 
 def topology(ports, timing):
     sites = [("site-a", [1, 2]), ("site-b", [3, 4]), ("witness", [5])]
-    lines = ["cluster_name: bench", "timing:"]
+    lines = ["cluster_name: bench", "tls: { insecure: true }", "timing:"]
     lines += [f"  {k}: {v}" for k, v in timing.items()] or ["  {}"]
     if not timing:
-        lines = ["cluster_name: bench"]
+        lines = ["cluster_name: bench", "tls: { insecure: true }"]
     lines.append("sites:")
     for name, ids in sites:
         lines.append(f"  - name: {name}\n    controllers:")

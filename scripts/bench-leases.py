@@ -39,6 +39,9 @@ import time
 
 from benchdoc import write_section
 
+# Benchmarks measure plaintext clusters (tls: { insecure: true }); clients must say so.
+os.environ.setdefault("FAILOVER_INSECURE", "true")
+
 # Lease TTL for both systems. Granting 10,000 leases takes longer than the default 2 s TTL,
 # so with it the first leases would expire before the keepalive phase reaches them.
 # Granting 1,000,000 leases takes minutes, so the TTL must outlast the whole grant phase.
@@ -350,6 +353,7 @@ def start_failover(cluster: Cluster, failover_bin: str) -> None:
     with open(topology, "w") as f:
         f.write(f"""# Written by scripts/bench-leases.py.
 cluster_name: bench-leases
+tls: { insecure: true }
 timing:
   lease_ttl_ms: {TTL_SECS * 1000}
   keepalive_interval_ms: {TTL_SECS * 1000 // 8}

@@ -30,6 +30,9 @@ import sys
 import tempfile
 import time
 
+# Benchmarks measure plaintext clusters (tls: { insecure: true }); clients must say so.
+os.environ.setdefault("FAILOVER_INSECURE", "true")
+
 DATA_FILE = "raft.redb"
 # The two Raft entries a `promote --wait` reply depends on.
 ENTRIES = ("BeginPromotion", "CompletePromotion")
@@ -63,7 +66,7 @@ def free_ports(n: int) -> list:
 
 def topology(ports: list) -> str:
     sites = [("site-a", 1), ("site-b", 2), ("witness", 3)]
-    text = "cluster_name: trace\nsites:\n"
+    text = "cluster_name: trace\ntls: { insecure: true }\nsites:\n"
     for (site, node), port in zip(sites, ports):
         text += f"  - name: {site}\n    controllers:\n      - {{ id: {node}, addr: \"127.0.0.1:{port}\" }}\n"
     text += "groups:\n  - name: default\n    sites: [site-a, site-b]\n    auto_failover: false\n"

@@ -101,7 +101,13 @@ impl Plan {
 
     /// The topology file for this run, as YAML.
     pub fn topology_yaml(&self) -> anyhow::Result<String> {
-        Ok(serde_norway::to_string(&self.topology)?)
+        // The chaos runs test the protocol, not transport security: plaintext.
+        let mut topology = self.topology.clone();
+        topology.tls = Some(failover_core::config::TlsConfig {
+            insecure: true,
+            ..Default::default()
+        });
+        Ok(serde_norway::to_string(&topology)?)
     }
 
     /// The site by name.

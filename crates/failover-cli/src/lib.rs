@@ -1,12 +1,14 @@
 //! The `failover` command line: one module per subcommand under [`cmd`].
 //!
 //! # Layout
+//! - [`certs`]: a throwaway CA and certificates for `failover dev` and tests.
 //! - [`cmd`]: argument parsing and one file per subcommand.
 //! - [`output`]: human tables and JSON for what the commands print.
 //! - [`logging`]: `tracing` setup, human or JSON.
 //! - [`systemd`]: readiness and stop notifications for `Type=notify` units.
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod certs;
 pub mod cmd;
 pub mod logging;
 pub mod output;

@@ -47,7 +47,10 @@ struct Acked {
 
 /// Promotes `default` to the other site, again and again, recording each acknowledgement.
 async fn promote_loop(endpoints: String, acked: Arc<Mutex<Acked>>, stop: Arc<AtomicBool>) {
-    let mut client = AdminClient::new(Endpoints::parse(&endpoints).expect("endpoints"));
+    let mut client = AdminClient::with_dialer(
+        Endpoints::parse(&endpoints).expect("endpoints"),
+        common::operator_dialer(),
+    );
     let mut target = "site-b";
     while !stop.load(Ordering::Relaxed) {
         let request = PromoteRequest {
@@ -101,13 +104,11 @@ async fn grant_loop(endpoints: String, acked: Arc<Mutex<Acked>>, stop: Arc<Atomi
         let holder = format!("holder-{n}");
         let client = match clients.get(&addr) {
             Some(client) => client.clone(),
-            None => match LeaseServiceClient::connect(format!("http://{addr}")).await {
-                Ok(client) => {
-                    clients.insert(addr.clone(), client.clone());
-                    client
-                }
-                Err(_) => continue,
-            },
+            None => {
+                let client = common::lease_client("site-a", &addr);
+                clients.insert(addr.clone(), client.clone());
+                client
+            }
         };
         let mut client = client;
         let request = AcquireRequest {

@@ -402,6 +402,7 @@ fn exec_by_config(cluster: &Cluster, site: &str, args: &[&str], script: &str) ->
         .arg(&cluster.config)
         .args(args)
         .args(["--", script])
+        .envs(cluster.engine_env(site))
         .env("RUST_LOG", "info")
         .env_remove("FAILOVER_ENDPOINTS")
         .stdin(std::process::Stdio::null())

@@ -26,12 +26,21 @@ fn id_of(e: &ExecutorStatus) -> &str {
 /// Runs `failover exec` with `args` and waits up to `within` for it to exit (killing it
 /// if it does not, which fails the test).
 fn exec_once(cluster: &Cluster, args: &[&str], within: Duration) -> Output {
+    let site = args
+        .iter()
+        .position(|a| *a == "--site")
+        .and_then(|i| args.get(i + 1))
+        .copied()
+        .filter(|s| ["site-a", "site-b", "witness"].contains(s))
+        // An unknown site has no certificate: any engine's passes the check that refuses it.
+        .unwrap_or("site-a");
     let child = Command::new(failover_bin())
         .arg("exec")
         .args(args)
         .arg("--config")
         .arg(&cluster.config)
         .args(["--", "/bin/sh", "-c", "sleep 1000"])
+        .envs(cluster.engine_env(site))
         .env("FAILOVER_ENDPOINTS", cluster.endpoints())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

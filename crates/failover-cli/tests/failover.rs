@@ -549,7 +549,9 @@ async fn paused_group_is_not_failed_over_until_resumed() {
         .await
         .expect("pause");
     let g = &paused.groups[0];
-    assert!(g.paused && g.paused_by == "tester@ci" && g.paused_reason == "network maintenance");
+    // The authenticated identity, with what the client claimed.
+    assert_eq!(g.paused_by, "operator/dev (as tester@ci)");
+    assert!(g.paused && g.paused_reason == "network maintenance");
     assert!(g.paused_since > 0);
 
     let lost_at = Instant::now();
@@ -575,7 +577,7 @@ async fn paused_group_is_not_failed_over_until_resumed() {
             );
             assert!(g.paused, "the pause was lost");
             held_seen |=
-                g.held == "site-a is lost for the group; paused by tester@ci: network maintenance";
+                g.held == "site-a is lost for the group; paused by operator/dev (as tester@ci): network maintenance";
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -605,8 +607,12 @@ async fn paused_group_is_not_failed_over_until_resumed() {
         .iter()
         .map(|e| (e.kind.as_str(), e.actor.as_str()))
         .collect();
-    let pause_at = kinds.iter().position(|k| *k == ("pause", "tester@ci"));
-    let resume_at = kinds.iter().position(|k| *k == ("resume", "tester@ci"));
+    let pause_at = kinds
+        .iter()
+        .position(|k| *k == ("pause", "operator/dev (as tester@ci)"));
+    let resume_at = kinds
+        .iter()
+        .position(|k| *k == ("resume", "operator/dev (as tester@ci)"));
     assert!(
         pause_at < resume_at && pause_at.is_some(),
         "pause and resume in order in the history: {kinds:?}"

@@ -5,7 +5,6 @@ mod common;
 use std::time::Duration;
 
 use common::{eventually, Cluster};
-use failover_proto::lease::lease_service_client::LeaseServiceClient;
 use failover_proto::lease::{
     acquire_response, keep_alive_response, AcquireRequest, KeepAliveRequest, ReleaseRequest,
 };
@@ -25,7 +24,7 @@ fn acquire(group: &str, site: &str, instance: &str) -> AcquireRequest {
 /// and none of them creates a lease or bumps a token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_lease_requests_get_precise_statuses() {
-    let mut cluster = Cluster::new();
+    let mut cluster = Cluster::new_insecure();
     cluster.start_all();
     // A leader elected again under load would answer UNAVAILABLE: bad input must be
     // refused the same by any controller, so the checks below go to a follower first.
@@ -39,18 +38,14 @@ async fn bad_lease_requests_get_precise_statuses() {
             .addr
             .clone()
     };
-    let mut leader = LeaseServiceClient::connect(format!("http://{}", addr(status.leader)))
-        .await
-        .expect("connect leader");
+    let mut leader = common::lease_client("site-a", &addr(status.leader));
 
     let follower = status
         .controllers
         .iter()
         .find(|c| c.id != status.leader)
         .expect("follower");
-    let mut follower = LeaseServiceClient::connect(format!("http://{}", follower.addr))
-        .await
-        .expect("connect follower");
+    let mut follower = common::lease_client("site-a", &follower.addr);
     // The follower learns of the group when it applies the leader's creation of it; until
     // then it rightly answers NOT_FOUND.
     let not_leader = eventually(
@@ -120,9 +115,7 @@ async fn bad_lease_requests_get_precise_statuses() {
     // If an election moved the leader under load, ask the new one.
     if release.as_ref().err().map(|e| e.code()) == Some(Code::Unavailable) {
         let now = cluster.wait_ready(Duration::from_secs(30)).await.leader;
-        leader = LeaseServiceClient::connect(format!("http://{}", addr(now)))
-            .await
-            .expect("connect leader");
+        leader = common::lease_client("site-a", &addr(now));
         release = leader
             .release(ReleaseRequest {
                 group: "default".into(),

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{eventually, Cluster, Proc};
 use failover_client::clock::SystemClock;
-use failover_client::{Endpoints, LeaseConfig, LeaseSession, LeaseState, TcpDialer};
+use failover_client::{Endpoints, LeaseConfig, LeaseSession, LeaseState};
 use failover_proto::admin::PromoteRequest;
 
 /// The defaults of the test topology (those of `Timing::default()`).
@@ -46,7 +46,7 @@ fn session(endpoints: &str, site: &str, instance: &str) -> LeaseSession {
             standby_poll: Duration::from_millis(100),
             release_on_drain: true,
         },
-        Arc::new(TcpDialer::default()),
+        common::engine_dialer(site),
         Arc::new(SystemClock),
     )
 }
@@ -456,7 +456,7 @@ fn session_with_grace(
             standby_poll: Duration::from_millis(100),
             release_on_drain: true,
         },
-        Arc::new(TcpDialer::default()),
+        common::engine_dialer(site),
         Arc::new(SystemClock),
     )
 }

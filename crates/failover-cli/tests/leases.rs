@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::{eventually, Cluster};
 use failover_client::clock::SystemClock;
-use failover_client::{Endpoints, LeaseConfig, LeaseSession, LeaseState, TcpDialer};
+use failover_client::{Endpoints, LeaseConfig, LeaseSession, LeaseState};
 use failover_proto::admin::PromoteRequest;
 
 /// The defaults of the test topology (those of `Timing::default()`).
@@ -90,7 +90,7 @@ fn session(cluster: &Cluster, site: &str, instance: &str) -> LeaseSession {
             standby_poll: Duration::from_millis(100),
             release_on_drain: true,
         },
-        Arc::new(TcpDialer::default()),
+        common::engine_dialer(site),
         Arc::new(SystemClock),
     )
 }

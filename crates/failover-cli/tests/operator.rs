@@ -60,7 +60,7 @@ fn exit_codes_without_a_cluster() {
     let port = common::free_ports(1)[0];
     let nothing = format!("127.0.0.1:{port}");
     for command in ["status", "history", "leases"] {
-        let (out, took) = failover(&[command, "--endpoints", &nothing]);
+        let (out, took) = failover(&[command, "--insecure", "--endpoints", &nothing]);
         assert_eq!(out.status.code(), Some(3), "{command}: {}", stderr(&out));
         assert!(
             stderr(&out).contains("connection refused"),
@@ -69,11 +69,16 @@ fn exit_codes_without_a_cluster() {
         );
         assert!(took < Duration::from_secs(1), "{command} took {took:?}");
     }
-    let (out, took) = failover(&["promote", "site-b", "--endpoints", &nothing]);
+    let (out, took) = failover(&["promote", "site-b", "--insecure", "--endpoints", &nothing]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(took < Duration::from_secs(1), "promote took {took:?}");
 
-    let (out, took) = failover(&["status", "--endpoints", "no-such-host.invalid:7001"]);
+    let (out, took) = failover(&[
+        "status",
+        "--insecure",
+        "--endpoints",
+        "no-such-host.invalid:7001",
+    ]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("cannot resolve the host name"),

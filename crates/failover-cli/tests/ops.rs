@@ -48,8 +48,10 @@ async fn pause_and_resume_from_the_cli() {
     let mut cluster = Cluster::new();
     cluster.start_all();
     cluster.wait_ready(READY).await;
-    let actor = expected_actor();
-    assert!(!actor.starts_with("unknown@"), "{actor}");
+    let claimed = expected_actor();
+    assert!(!claimed.starts_with("unknown@"), "{claimed}");
+    // History names the certificate's identity, with what the CLI claimed.
+    let actor = format!("operator/dev (as {claimed})");
 
     let out = failover_without_user(
         &cluster,

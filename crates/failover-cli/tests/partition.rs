@@ -211,7 +211,7 @@ async fn leader(http: &[(u64, String)]) -> Option<u64> {
 
 fn topology(net: &Net) -> String {
     let mut yaml =
-        format!("cluster_name: partition\ntiming: {{ lease_ttl_ms: {TTL_MS} }}\nsites:\n");
+        format!("cluster_name: partition\ntls: {{ insecure: true }}\ntiming: {{ lease_ttl_ms: {TTL_MS} }}\nsites:\n");
     for (s, name) in SITES.iter().enumerate() {
         yaml.push_str(&format!("  - name: {name}\n    controllers:\n"));
         for (id, site, port) in CONTROLLERS.iter().filter(|c| c.1 == s) {
@@ -253,6 +253,8 @@ impl Run {
         let child = Command::new("ip")
             .args(["netns", "exec", &net.ns(site), failover_bin()])
             .args(args)
+            // Partitions test the protocol: the namespaced cluster runs in plaintext.
+            .env("FAILOVER_INSECURE", "true")
             .env("RUST_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))

@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`endpoints`]: where the cluster is (`--endpoints`, `FAILOVER_ENDPOINTS`, a topology file).
 //! - [`transport`]: the [`Dialer`] that makes channels (TCP, or a simulated network).
+//! - [`tls`]: mutual-TLS material read from PEM files and reloaded when they change.
 //! - [`clock`]: the clock clients and controllers read, supplied by the caller.
 //! - [`lease`]: a lease session that holds, renews and gives up a lease safely. Ask
 //!   [`LeaseSession::holds`] before every unit of work and pass the fencing value it
@@ -17,10 +18,11 @@ pub mod admin;
 pub mod clock;
 pub mod endpoints;
 pub mod lease;
+pub mod tls;
 pub mod transport;
 
 pub use admin::{AdminClient, ClientError};
 pub use clock::{Clock, SystemClock};
 pub use endpoints::Endpoints;
 pub use lease::{GrantTiming, LeaseConfig, LeaseSession, LeaseState};
-pub use transport::{DialError, Dialer, TcpDialer};
+pub use transport::{DialError, Dialer, TcpDialer, TlsDialer};

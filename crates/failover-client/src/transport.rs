@@ -55,3 +55,91 @@ impl Dialer for TcpDialer {
             .connect_lazy())
     }
 }
+
+/// How long a TLS handshake may take once TCP is connected (a handshake costs a few
+/// signatures: more than a TCP connect, and more on a loaded machine).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Dials over TCP and mutual TLS (docs/security.md): the controller's certificate must be
+/// signed by the cluster CA and name the address dialed (IP or DNS name); the client
+/// presents its own certificate. Every new connection reads the current files
+/// ([`crate::tls::Reloading`]), so rotated certificates are used without a restart.
+#[derive(Debug, Clone)]
+pub struct TlsDialer {
+    /// How long the TCP connection may take (the TLS handshake then gets 2 s).
+    pub connect_timeout: Duration,
+    /// The client's TLS material.
+    pub tls: std::sync::Arc<crate::tls::ClientTls>,
+    /// One channel per address, shared by every caller: a handshake costs more than a
+    /// TCP connect, and openraft makes a new client after every failed call, so a fresh
+    /// channel each time could keep a slow peer from ever finishing one.
+    channels: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Channel>>>,
+}
+
+impl TlsDialer {
+    /// A dialer presenting the given material, with the default connect timeout.
+    pub fn new(tls: std::sync::Arc<crate::tls::ClientTls>) -> Self {
+        TlsDialer {
+            connect_timeout: TcpDialer::default().connect_timeout,
+            tls,
+            channels: Default::default(),
+        }
+    }
+}
+
+impl Dialer for TlsDialer {
+    fn channel(&self, addr: &str) -> Result<Channel, DialError> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(channel) = channels.get(addr) {
+            return Ok(channel.clone());
+        }
+        let channel = self.new_channel(addr)?;
+        channels.insert(addr.to_owned(), channel.clone());
+        Ok(channel)
+    }
+}
+
+impl TlsDialer {
+    fn new_channel(&self, addr: &str) -> Result<Channel, DialError> {
+        let dial_error = |reason: String| DialError {
+            addr: addr.to_owned(),
+            reason,
+        };
+        // The channel speaks HTTP/2 over the stream the connector returns, which is
+        // already encrypted: the URI scheme stays http.
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| dial_error(e.to_string()))?;
+        let (host, _) = addr
+            .rsplit_once(':')
+            .ok_or_else(|| dial_error("no port".to_owned()))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let server_name = rustls::pki_types::ServerName::try_from(host.to_owned())
+            .map_err(|e| dial_error(format!("`{host}` is not a valid TLS server name: {e}")))?;
+        let tls = self.tls.clone();
+        let timeout = self.connect_timeout;
+        let target = addr.to_owned();
+        let connector = tower::service_fn(move |_: tonic::codegen::http::Uri| {
+            let tls = tls.current();
+            let server_name = server_name.clone();
+            let target = target.clone();
+            async move {
+                let timed_out = |what: &str, limit: Duration| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("{what} {target} took longer than {limit:?}"),
+                    )
+                };
+                let tcp = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&target))
+                    .await
+                    .map_err(|_| timed_out("connecting to", timeout))??;
+                tcp.set_nodelay(true)?;
+                let handshake = tokio_rustls::TlsConnector::from(tls).connect(server_name, tcp);
+                let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+                    .await
+                    .map_err(|_| timed_out("the TLS handshake with", HANDSHAKE_TIMEOUT))??;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        });
+        Ok(endpoint.connect_with_connector_lazy(connector))
+    }
+}

@@ -52,17 +52,28 @@ pub fn router(ctx: Arc<NodeContext>) -> Router {
 }
 
 /// Serves [`router`] on `listener` until `shutdown` turns true.
+/// over TLS (server certificate only; no client certificate asked) when `tls` is given.
 pub(crate) async fn serve(
     ctx: Arc<NodeContext>,
     listener: TcpListener,
+    tls: Option<Arc<crate::auth::ServerTls>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let stop = async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
     };
-    let result = axum::serve(listener, router(ctx))
-        .with_graceful_shutdown(stop)
-        .await;
+    let result = match tls {
+        None => {
+            axum::serve(listener, router(ctx))
+                .with_graceful_shutdown(stop)
+                .await
+        }
+        Some(tls) => {
+            axum::serve(TlsListener::new(listener, tls), router(ctx))
+                .with_graceful_shutdown(stop)
+                .await
+        }
+    };
     if let Err(e) = result {
         tracing::error!(error = %e, "HTTP server stopped");
     }
@@ -510,6 +521,70 @@ fn live_executors(
         entry.1 += 1;
     }
     by_group
+}
+
+/// A listener whose connections are TLS (handshakes run in their own tasks, so a slow
+/// client delays nobody).
+struct TlsListener {
+    local: std::io::Result<std::net::SocketAddr>,
+    rx: tokio::sync::mpsc::Receiver<(
+        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        std::net::SocketAddr,
+    )>,
+}
+
+impl TlsListener {
+    fn new(listener: TcpListener, tls: Arc<crate::auth::ServerTls>) -> TlsListener {
+        let local = listener.local_addr();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let (tcp, addr) = match listener.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "HTTP accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+                if tx.is_closed() {
+                    return;
+                }
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let handshake = tokio::time::timeout(
+                        std::time::Duration::from_secs(10),
+                        acceptor.accept(tcp),
+                    );
+                    if let Ok(Ok(stream)) = handshake.await {
+                        let _ = tx.send((stream, addr)).await;
+                    }
+                });
+            }
+        });
+        TlsListener { local, rx }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.rx.recv().await {
+            Some(accepted) => accepted,
+            // The accept task ended: wait for shutdown.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        match &self.local {
+            Ok(addr) => Ok(*addr),
+            Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@
 //! `failover_core`; this crate moves commands into Raft and state out to clients.
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod auth;
 pub mod confirm;
 pub mod detector;
 pub mod executors;

@@ -56,6 +56,12 @@ pub struct ControllerOptions {
     /// On an empty data dir, join the cluster the peers already formed as an empty
     /// follower instead of refusing to start (see [`crate::rejoin`]).
     pub join_existing: bool,
+    /// Mutual TLS for the gRPC (and, with `tls_http`, HTTP) server; `None` serves
+    /// plaintext and checks no roles (the topology's `tls: { insecure: true }`).
+    pub tls: Option<Arc<crate::auth::ServerTls>>,
+    /// Serve the HTTP endpoints over TLS too (without asking a client certificate):
+    /// [`crate::auth::http_tls`].
+    pub tls_http: Option<Arc<crate::auth::ServerTls>>,
 }
 
 /// Why a controller could not start.
@@ -126,13 +132,15 @@ impl Controller {
     where
         S: Stream<Item = Result<IO, IE>> + Send + 'static,
         IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
-        IE: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+        IE: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
     {
         let ControllerOptions {
             topology,
             node_id,
             data_dir,
             join_existing,
+            tls,
+            tls_http,
         } = options;
         check_member(&topology, node_id)?;
         let (log_store, state_machine) = store::open(&data_dir, node_id)?;
@@ -182,15 +190,27 @@ impl Controller {
             }
         }
         let shutdown_rx = controller.shutdown.subscribe();
+        match &tls {
+            Some(tls) => {
+                tracing::info!(files = %tls.files().describe(), "serving gRPC over mutual TLS")
+            }
+            None => tracing::warn!(
+                "INSECURE: serving gRPC in plaintext without authentication (tls.insecure: true); \
+                 anyone who reaches this port can promote, demote and acquire leases"
+            ),
+        }
         controller.tasks.push(tokio::spawn(serve(
             ctx.clone(),
-            incoming,
+            crate::auth::accept(incoming, tls),
             shutdown_rx.clone(),
         )));
         if let Some(listener) = http {
-            controller
-                .tasks
-                .push(tokio::spawn(crate::http::serve(ctx, listener, shutdown_rx)));
+            controller.tasks.push(tokio::spawn(crate::http::serve(
+                ctx,
+                listener,
+                tls_http,
+                shutdown_rx,
+            )));
         }
         if !(pristine && join_existing) {
             form_cluster(&controller.ctx).await?;
@@ -527,7 +547,7 @@ async fn serve<S, IO, IE>(ctx: Arc<NodeContext>, incoming: S, mut shutdown: watc
 where
     S: Stream<Item = Result<IO, IE>> + Send + 'static,
     IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
-    IE: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
 {
     let raft = RaftServiceServer::new(RaftServer::new(ctx.raft.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -540,6 +560,7 @@ where
     };
     let result = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .layer(crate::auth::AuthLayer)
         .add_service(raft)
         .add_service(admin)
         .add_service(lease)

@@ -37,6 +37,10 @@ pub struct Topology {
     pub sites: Vec<SiteConfig>,
     /// The failover groups; each is active at one of its sites at a time.
     pub groups: Vec<GroupConfig>,
+    /// Transport security; a controller needs it (a CA and per-controller certificates,
+    /// or `insecure: true`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
 }
 
 /// One site of the deployment.
@@ -83,6 +87,32 @@ pub struct ControllerConfig {
     /// `host:port` for HTTP: `/active/<group>/<site>`, `/health`, `/metrics`. None: no HTTP.
     #[serde(default)]
     pub http_addr: Option<String>,
+    /// PEM certificate this controller presents to clients and peers (required unless
+    /// `tls.insecure`); relative paths are relative to the topology file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<String>,
+    /// PEM private key of `cert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// Transport security of the cluster (docs/security.md): mutual TLS on every gRPC
+/// connection, or, only when asked for explicitly, plaintext without authentication.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file of the CA that signs every controller and client certificate (required
+    /// unless `insecure`); relative paths are relative to the topology file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    /// Serve the HTTP endpoints (`http_addr`) over TLS too, with the controller's
+    /// certificate (no client certificate asked).
+    #[serde(default)]
+    pub http: bool,
+    /// Plaintext and no authentication: anyone who reaches a port can do anything. The
+    /// only way to run without TLS; status and the controllers' logs say so.
+    #[serde(default)]
+    pub insecure: bool,
 }
 
 /// A failover group as configured.
@@ -214,9 +244,70 @@ impl Topology {
         self.groups.iter().find(|g| &g.name == name)
     }
 
+    /// How controllers secure their connections, or why they cannot start: a topology
+    /// without a `tls` section is refused, so plaintext is always an explicit choice.
+    pub fn transport(&self) -> Result<&TlsConfig, String> {
+        self.tls.as_ref().ok_or_else(|| {
+            "the topology has no `tls` section: set `tls: { ca: <CA file> }` and each \
+             controller's `cert` and `key` (docs/security.md; `failover dev` generates \
+             them), or `tls: { insecure: true }` to run in plaintext without authentication"
+                .to_owned()
+        })
+    }
+
+    /// Whether the cluster runs without TLS (`tls.insecure: true`).
+    pub fn insecure(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.insecure)
+    }
+
+    /// TLS is configured one way or the other: a CA and every controller's certificate
+    /// and key, or `insecure: true` (then no certificate may be named, so a typo cannot
+    /// silently turn TLS off).
+    fn validate_tls(&self, errors: &mut Vec<(String, String)>) {
+        let Some(tls) = &self.tls else {
+            // Parsing alone (clients, `failover check`) accepts no section; a controller
+            // refuses to start without one (`Topology::transport`).
+            return;
+        };
+        if tls.insecure {
+            if tls.ca.is_some() || tls.http {
+                errors.push((
+                    "tls.insecure".into(),
+                    "`insecure: true` cannot be combined with `ca` or `http`: choose one".into(),
+                ));
+            }
+            return;
+        }
+        if tls.ca.is_none() {
+            errors.push((
+                "tls.ca".into(),
+                "missing: the CA file that signs the cluster's certificates (or set \
+                 `insecure: true`)"
+                    .into(),
+            ));
+        }
+        for (i, site) in self.sites.iter().enumerate() {
+            for (j, c) in site.controllers.iter().enumerate() {
+                for (field, value) in [("cert", &c.cert), ("key", &c.key)] {
+                    if value.is_none() {
+                        errors.push((
+                            format!("sites[{i}].controllers[{j}].{field}"),
+                            format!(
+                                "missing: controller {} needs a certificate and key for \
+                                 TLS (or set `tls: {{ insecure: true }}`)",
+                                c.id
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
     /// Checks what serde cannot: uniqueness, references between sections, timing
     /// relations. Every problem found is pushed on `errors` as (field path, reason).
     fn validate(&self, errors: &mut Vec<(String, String)>) {
+        self.validate_tls(errors);
         let mut err = |path: String, reason: String| errors.push((path, reason));
         if self.sites.is_empty() {
             err("sites".into(), "at least one site is required".into());

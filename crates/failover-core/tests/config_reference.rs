@@ -18,6 +18,8 @@ fn full_topology() -> Topology {
                 id: 1 as NodeId,
                 addr: "127.0.0.1:1".into(),
                 http_addr: Some("127.0.0.1:2".into()),
+                cert: Some("c.pem".into()),
+                key: Some("c.key".into()),
             }],
             hooks: Hooks {
                 before_acquire: Some("true".into()),
@@ -31,6 +33,11 @@ fn full_topology() -> Topology {
             auto_failover: true,
             accept_no_witness: false,
         }],
+        tls: Some(failover_core::config::TlsConfig {
+            ca: Some("ca.pem".into()),
+            http: true,
+            insecure: false,
+        }),
     }
 }
 

@@ -1,10 +1,12 @@
 //! `failover controller`: one Raft node of the topology, until SIGINT or SIGTERM.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
+use failover_client::tls::TlsFiles;
+use failover_client::TlsDialer;
 use failover_controller::{Controller, ControllerOptions, SystemClock, TcpDialer};
 use failover_core::NodeId;
 use futures::{Stream, StreamExt};
@@ -54,17 +56,20 @@ pub(crate) async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let security = transport(&args.config, &topology, &me)?;
     let options = ControllerOptions {
         topology,
         node_id: args.node,
         data_dir: args.data_dir,
         join_existing: args.join_existing,
+        tls: security.server,
+        tls_http: security.http,
     };
     let controller = Controller::start(
         options,
         incoming(socket),
         http,
-        Arc::new(TcpDialer::default()),
+        security.dialer,
         Arc::new(SystemClock),
     )
     .await?;
@@ -83,6 +88,51 @@ pub(crate) async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     crate::systemd::stopping();
     controller.shutdown().await;
     Ok(())
+}
+
+/// How a controller secures its connections.
+struct Security {
+    server: Option<Arc<failover_controller::auth::ServerTls>>,
+    http: Option<Arc<failover_controller::auth::ServerTls>>,
+    dialer: Arc<dyn failover_controller::Dialer>,
+}
+
+/// The controller's TLS material from the topology (paths relative to the topology
+/// file), or plaintext when the topology says `insecure: true`.
+fn transport(
+    config: &Path,
+    topology: &failover_core::Topology,
+    me: &failover_core::config::ControllerConfig,
+) -> anyhow::Result<Security> {
+    let tls = topology
+        .transport()
+        .map_err(|why| anyhow::anyhow!("{}: {why}", config.display()))?;
+    if tls.insecure {
+        return Ok(Security {
+            server: None,
+            http: None,
+            dialer: Arc::new(TcpDialer::default()),
+        });
+    }
+    let base = config.parent().unwrap_or(Path::new("."));
+    let resolve = |p: &Option<String>| p.as_ref().map(|p| base.join(p)).unwrap_or_default();
+    let files = TlsFiles {
+        ca: resolve(&tls.ca),
+        cert: resolve(&me.cert),
+        key: resolve(&me.key),
+    };
+    let server = failover_controller::auth::server_tls(files.clone())?;
+    let http = if tls.http {
+        Some(failover_controller::auth::http_tls(files.clone())?)
+    } else {
+        None
+    };
+    let dialer = Arc::new(TlsDialer::new(failover_client::tls::client_tls(files)?));
+    Ok(Security {
+        server: Some(server),
+        http,
+        dialer,
+    })
 }
 
 /// Binds `addr` without listening yet: the port is taken (a clash fails here, at start),

@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use failover_client::{AdminClient, Endpoints};
+use std::sync::Arc;
+
+use failover_client::tls::TlsFiles;
+use failover_client::{AdminClient, Dialer, Endpoints, TcpDialer, TlsDialer};
 use failover_core::Topology;
 
 use crate::output;
@@ -58,13 +61,12 @@ impl Drop for Children {
 
 pub(crate) async fn run(args: DevArgs, log_format: super::LogFormat) -> anyhow::Result<()> {
     let topology = super::load_topology(&args.config)?;
-    let config = std::fs::canonicalize(&args.config)
-        .with_context(|| format!("cannot resolve {}", args.config.display()))?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    let (config, dialer, client_env) = secure(&args, &topology)?;
     let started = Instant::now();
     let mut children = spawn_controllers(&topology, &config, &args.data_dir, log_format)?;
-    let mut client = AdminClient::new(Endpoints::from_topology(&topology));
+    let mut client = AdminClient::with_dialer(Endpoints::from_topology(&topology), dialer);
     let status = wait_until_ready(&mut client, &topology, &mut children).await?;
     println!(
         "failover dev: {topology} ready in {} ms (leader elected, groups created)\n",
@@ -78,6 +80,9 @@ pub(crate) async fn run(args: DevArgs, log_format: super::LogFormat) -> anyhow::
         .map(|(_, c)| c.addr.as_str())
         .collect();
     println!("\n  export FAILOVER_ENDPOINTS={}", endpoints.join(","));
+    for line in &client_env {
+        println!("  {line}");
+    }
     println!("  logs and data: {}\n", args.data_dir.display());
     let quorum = output::QuorumJson::confirmed(status.controllers.len());
     print!("{}", output::status_table(&status, &quorum));
@@ -86,6 +91,70 @@ pub(crate) async fn run(args: DevArgs, log_format: super::LogFormat) -> anyhow::
     println!("stopping {} controllers", children.0.len());
     drop(children);
     Ok(())
+}
+
+/// The topology the controllers run (with a throwaway CA and certificates generated into
+/// `<data-dir>/tls` unless the topology says `insecure: true`), how `dev` itself dials
+/// them, and the lines that tell the user how to point the CLI at them.
+fn secure(
+    args: &DevArgs,
+    topology: &Topology,
+) -> anyhow::Result<(PathBuf, Arc<dyn Dialer>, Vec<String>)> {
+    if topology.insecure() {
+        let config = std::fs::canonicalize(&args.config)
+            .with_context(|| format!("cannot resolve {}", args.config.display()))?;
+        println!("failover dev: INSECURE (tls.insecure: true): plaintext, no authentication");
+        let env = vec!["export FAILOVER_INSECURE=true".to_owned()];
+        return Ok((config, Arc::new(TcpDialer::default()), env));
+    }
+    if topology.tls.is_some() {
+        // The topology brings its own certificates: `dev` speaks as the client the
+        // environment names.
+        let config = std::fs::canonicalize(&args.config)
+            .with_context(|| format!("cannot resolve {}", args.config.display()))?;
+        let var = |name: &str| {
+            std::env::var_os(name).map(PathBuf::from).with_context(|| {
+                format!(
+                    "{} configures TLS: set FAILOVER_TLS_CA, FAILOVER_TLS_CERT and \
+                     FAILOVER_TLS_KEY to an operator or reader certificate for `dev` to use \
+                     ({name} is not set), or drop the tls section to get throwaway ones",
+                    args.config.display()
+                )
+            })
+        };
+        let files = TlsFiles {
+            ca: var("FAILOVER_TLS_CA")?,
+            cert: var("FAILOVER_TLS_CERT")?,
+            key: var("FAILOVER_TLS_KEY")?,
+        };
+        let dialer = Arc::new(TlsDialer::new(failover_client::tls::client_tls(files)?));
+        return Ok((config, dialer, Vec::new()));
+    }
+    let data_dir = std::fs::canonicalize(&args.data_dir)
+        .with_context(|| format!("cannot resolve {}", args.data_dir.display()))?;
+    let tls_dir = data_dir.join("tls");
+    let secured = crate::certs::issue_for(topology, &tls_dir)?;
+    let config = data_dir.join("topology.yaml");
+    // JSON is YAML: the controllers read it as a topology file.
+    let text = serde_json::to_string_pretty(&secured)?;
+    std::fs::write(&config, text).with_context(|| format!("cannot write {}", config.display()))?;
+    let files = TlsFiles {
+        ca: tls_dir.join("ca.pem"),
+        cert: tls_dir.join("operator-dev.pem"),
+        key: tls_dir.join("operator-dev.key"),
+    };
+    let env = vec![
+        format!("export FAILOVER_TLS_CA={}", files.ca.display()),
+        format!("export FAILOVER_TLS_CERT={}", files.cert.display()),
+        format!("export FAILOVER_TLS_KEY={}", files.key.display()),
+        format!(
+            "(operator certificate; reader-dev.pem is read-only, engine-<site>.pem are for \
+             `failover exec`: all in {})",
+            tls_dir.display()
+        ),
+    ];
+    let dialer = Arc::new(TlsDialer::new(failover_client::tls::client_tls(files)?));
+    Ok((config, dialer, env))
 }
 
 fn spawn_controllers(

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use failover_client::{SystemClock, TcpDialer};
+use failover_client::SystemClock;
 use failover_core::supervision::RestartPolicy;
 use failover_executor::health::HealthCheck;
 use failover_executor::output::default_log_dir;
@@ -73,6 +73,7 @@ pub struct ExecArgs {
 
 pub(crate) async fn run(args: ExecArgs) -> anyhow::Result<()> {
     let (endpoints, timing) = args.cluster.endpoints_and_timing()?;
+    let dialer = args.cluster.dialer()?;
     super::exec_check::check(&args.cluster, &endpoints, &args.site, &args.group).await?;
     let id = args.id.clone().unwrap_or_else(|| {
         format!(
@@ -144,13 +145,7 @@ pub(crate) async fn run(args: ExecArgs) -> anyhow::Result<()> {
             }
         }
     });
-    failover_executor::run(
-        options,
-        Arc::new(TcpDialer::default()),
-        Arc::new(SystemClock),
-        commands,
-    )
-    .await?;
+    failover_executor::run(options, dialer, Arc::new(SystemClock), commands).await?;
     Ok(())
 }
 

@@ -24,7 +24,7 @@ pub(crate) async fn check(
     site: &str,
     group: &str,
 ) -> anyhow::Result<()> {
-    let placements = match placements_from_cluster(endpoints).await {
+    let placements = match placements_from_cluster(endpoints, cluster.dialer()?).await {
         Ok(placements) => placements,
         Err(ClientError::Unreachable { .. }) => match &cluster.config {
             Some(path) => {
@@ -46,8 +46,11 @@ pub(crate) async fn check(
         .map_err(|e| anyhow::anyhow!("failover exec cannot run here: {e}"))
 }
 
-async fn placements_from_cluster(endpoints: &Endpoints) -> Result<Placements, ClientError> {
-    let mut client = AdminClient::new(endpoints.clone());
+async fn placements_from_cluster(
+    endpoints: &Endpoints,
+    dialer: std::sync::Arc<dyn failover_client::Dialer>,
+) -> Result<Placements, ClientError> {
+    let mut client = AdminClient::with_dialer(endpoints.clone(), dialer);
     let deadline = Instant::now() + GROUPS_WAIT;
     loop {
         let status = client.status().await?;

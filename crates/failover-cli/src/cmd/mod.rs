@@ -19,7 +19,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use failover_client::{AdminClient, Endpoints};
+use std::sync::Arc;
+
+use failover_client::tls::TlsFiles;
+use failover_client::{AdminClient, Dialer, Endpoints, TcpDialer, TlsDialer};
 use failover_core::{Timing, Topology};
 
 /// How long a command keeps asking while controllers answer without a confirmed leader
@@ -120,16 +123,64 @@ pub struct ClusterArgs {
     /// A topology file whose controllers to contact (used when no endpoints are given).
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// PEM file of the cluster CA (mutual TLS, docs/security.md).
+    #[arg(long, env = "FAILOVER_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// PEM file of this client's certificate (its role: operator, reader or engine).
+    #[arg(long, env = "FAILOVER_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM file of this client's private key.
+    #[arg(long, env = "FAILOVER_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Connect in plaintext, to a cluster run with `tls: { insecure: true }`.
+    #[arg(long, env = "FAILOVER_INSECURE")]
+    pub insecure: bool,
 }
 
 impl ClusterArgs {
     /// An admin client for the cluster these arguments name, with the CLI's time
     /// bounds (docs/cli.md, "Time bounds").
     pub fn client(&self) -> anyhow::Result<AdminClient> {
-        let mut client = AdminClient::new(self.endpoints_and_timing()?.0);
+        let mut client = AdminClient::with_dialer(self.endpoints_and_timing()?.0, self.dialer()?);
         client.deadline = CLI_SETTLE;
         client.attempt_timeout = CLI_ATTEMPT;
         Ok(client)
+    }
+
+    /// How to reach the controllers: mutual TLS with `--tls-ca/--tls-cert/--tls-key` (or
+    /// their environment variables), plaintext with `--insecure` or when the topology
+    /// given with `--config` says `insecure: true`.
+    pub fn dialer(&self) -> anyhow::Result<Arc<dyn Dialer>> {
+        match (&self.tls_ca, &self.tls_cert, &self.tls_key) {
+            (Some(ca), Some(cert), Some(key)) => {
+                let files = TlsFiles {
+                    ca: ca.clone(),
+                    cert: cert.clone(),
+                    key: key.clone(),
+                };
+                return Ok(Arc::new(TlsDialer::new(failover_client::tls::client_tls(
+                    files,
+                )?)));
+            }
+            (None, None, None) => {}
+            _ => anyhow::bail!(
+                "give all three of --tls-ca, --tls-cert and --tls-key (or FAILOVER_TLS_CA, \
+                 FAILOVER_TLS_CERT, FAILOVER_TLS_KEY), not only some"
+            ),
+        }
+        let insecure_topology = self
+            .config
+            .as_deref()
+            .and_then(|p| load_topology(p).ok())
+            .is_some_and(|t| t.insecure());
+        if self.insecure || insecure_topology {
+            return Ok(Arc::new(TcpDialer::default()));
+        }
+        anyhow::bail!(
+            "no client certificate: pass --tls-ca, --tls-cert and --tls-key (or set \
+             FAILOVER_TLS_CA, FAILOVER_TLS_CERT, FAILOVER_TLS_KEY; `failover dev` prints \
+             them), or --insecure for a cluster run with `tls: {{ insecure: true }}`"
+        )
     }
 
     /// The controllers to contact, and the timing of the topology (defaults when only

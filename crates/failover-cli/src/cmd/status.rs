@@ -23,24 +23,42 @@ pub struct StatusArgs {
 
 pub(crate) async fn run(args: StatusArgs) -> anyhow::Result<()> {
     let client = args.cluster.client()?;
+    let insecure = args.cluster.tls_cert.is_none();
     match client.confirmed_status().await {
         Ok((_, status)) => {
             let quorum = QuorumJson::confirmed(status.controllers.len());
-            print(&status, quorum, args.output)
+            print(&status, quorum, args.output, insecure)
         }
         Err(ClientError::NoQuorum(no)) => {
             let view = as_seen_by_the_cli(&no);
-            print(&view, QuorumJson::lost(&no), args.output)?;
+            print(&view, QuorumJson::lost(&no), args.output, insecure)?;
             Err(ClientError::NoQuorum(no).into())
         }
         Err(e) => Err(e.into()),
     }
 }
 
-fn print(status: &StatusResponse, quorum: QuorumJson, output: Output) -> anyhow::Result<()> {
+/// Prints the status; `insecure`: the answer came over plaintext (`tls.insecure`), which
+/// the table's first line and the JSON's `transport` say.
+fn print(
+    status: &StatusResponse,
+    quorum: QuorumJson,
+    output: Output,
+    insecure: bool,
+) -> anyhow::Result<()> {
+    let transport = if insecure { "insecure" } else { "mutual-tls" };
     match output {
-        Output::Json => output::print_json(&StatusJson::new(status, quorum)),
+        Output::Json => {
+            let mut json = serde_json::to_value(StatusJson::new(status, quorum))?;
+            if let Some(map) = json.as_object_mut() {
+                map.insert("transport".into(), transport.into());
+            }
+            output::print_json(&json)
+        }
         Output::Table => {
+            if insecure {
+                println!("transport: INSECURE (plaintext, no authentication: tls.insecure)");
+            }
             print!("{}", output::status_table(status, &quorum));
             Ok(())
         }

@@ -11,7 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use failover_client::{AdminClient, Endpoints};
+use std::sync::Arc;
+
+use failover_client::tls::TlsFiles;
+use failover_client::{AdminClient, Dialer, Endpoints, TlsDialer};
 use failover_proto::admin::StatusResponse;
 
 /// The `failover` binary under test.
@@ -66,11 +69,17 @@ impl Node {
     }
 }
 
-/// The example topology (site-a: 1, 2; site-b: 3, 4; witness: 5) on free ports.
+/// The example topology (site-a: 1, 2; site-b: 3, 4; witness: 5) on free ports, over
+/// mutual TLS with certificates made for it in its directory (`tls/`): the processes
+/// it starts, and the CLI commands a test runs (through FAILOVER_TLS_* set for this test
+/// process), use the operator certificate, executors their site's engine certificate.
+/// [`Cluster::new_insecure`] runs one in plaintext.
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     pub nodes: Vec<Node>,
+    /// Plaintext (`tls: { insecure: true }`).
+    pub insecure: bool,
 }
 
 const SITES: [(u64, &str); 5] = [
@@ -89,6 +98,15 @@ impl Cluster {
 
     /// Like [`Cluster::new`], with the topology text passed through `edit` first.
     pub fn new_with(edit: impl FnOnce(String) -> String) -> Cluster {
+        Cluster::build(edit, false)
+    }
+
+    /// A cluster in plaintext without authentication (`tls: { insecure: true }`).
+    pub fn new_insecure() -> Cluster {
+        Cluster::build(|yaml| yaml, true)
+    }
+
+    fn build(edit: impl FnOnce(String) -> String, insecure: bool) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let ports = free_ports(2 * SITES.len());
         let (grpc, http) = ports.split_at(SITES.len());
@@ -104,8 +122,77 @@ impl Cluster {
             })
             .collect();
         let config = dir.path().join("sites.yaml");
-        std::fs::write(&config, edit(topology_yaml(&nodes))).expect("write topology");
-        Cluster { dir, config, nodes }
+        let tls = dir.path().join("tls");
+        let yaml = if insecure {
+            std::env::set_var("FAILOVER_INSECURE", "true");
+            topology_yaml(&nodes, None)
+        } else {
+            let plain = topology_yaml(&nodes, None);
+            let topology = failover_core::Topology::from_yaml(&plain, "test").expect("topology");
+            failover_cli::certs::issue_for(&topology, &tls).expect("certificates");
+            // This test process's CLI commands and clients speak as the operator.
+            std::env::set_var("FAILOVER_TLS_CA", tls.join("ca.pem"));
+            std::env::set_var("FAILOVER_TLS_CERT", tls.join("operator-dev.pem"));
+            std::env::set_var("FAILOVER_TLS_KEY", tls.join("operator-dev.key"));
+            topology_yaml(&nodes, Some(&tls))
+        };
+        std::fs::write(&config, edit(yaml)).expect("write topology");
+        Cluster {
+            dir,
+            config,
+            nodes,
+            insecure,
+        }
+    }
+
+    /// The TLS files of a client certificate issued for this cluster: `operator-dev`,
+    /// `reader-dev`, `engine-<site>`.
+    pub fn tls_files(&self, name: &str) -> TlsFiles {
+        let tls = self.dir.path().join("tls");
+        TlsFiles {
+            ca: tls.join("ca.pem"),
+            cert: tls.join(format!("{name}.pem")),
+            key: tls.join(format!("{name}.key")),
+        }
+    }
+
+    /// A dialer presenting the certificate `name` (see [`Cluster::tls_files`]); plaintext
+    /// for an insecure cluster.
+    pub fn dialer_as(&self, name: &str) -> Arc<dyn Dialer> {
+        if self.insecure {
+            return Arc::new(failover_client::TcpDialer::default());
+        }
+        let tls = failover_client::tls::client_tls(self.tls_files(name)).expect("client TLS");
+        Arc::new(TlsDialer::new(tls))
+    }
+
+    /// The operator's dialer.
+    pub fn dialer(&self) -> Arc<dyn Dialer> {
+        self.dialer_as("operator-dev")
+    }
+
+    /// The dialer of `site`'s engines (executors, lease sessions).
+    pub fn engine_dialer(&self, site: &str) -> Arc<dyn Dialer> {
+        self.dialer_as(&format!("engine-{site}"))
+    }
+
+    /// Environment that makes a `failover` process speak as `name` (see
+    /// [`Cluster::tls_files`]).
+    pub fn tls_env(&self, name: &str) -> Vec<(&'static str, PathBuf)> {
+        if self.insecure {
+            return Vec::new();
+        }
+        let files = self.tls_files(name);
+        vec![
+            ("FAILOVER_TLS_CA", files.ca),
+            ("FAILOVER_TLS_CERT", files.cert),
+            ("FAILOVER_TLS_KEY", files.key),
+        ]
+    }
+
+    /// Environment for an executor of `site`.
+    pub fn engine_env(&self, site: &str) -> Vec<(&'static str, PathBuf)> {
+        self.tls_env(&format!("engine-{site}"))
     }
 
     /// Starts every controller.
@@ -208,7 +295,10 @@ impl Cluster {
 
     /// A client that knows every controller.
     pub fn client(&self) -> AdminClient {
-        AdminClient::new(Endpoints::parse(&self.endpoints()).expect("endpoints"))
+        AdminClient::with_dialer(
+            Endpoints::parse(&self.endpoints()).expect("endpoints"),
+            self.dialer(),
+        )
     }
 
     /// A client that knows only controller `id`.
@@ -218,7 +308,10 @@ impl Cluster {
             .iter()
             .find(|n| n.id == id)
             .expect("known controller");
-        AdminClient::new(Endpoints::parse(&node.addr).expect("endpoint"))
+        AdminClient::with_dialer(
+            Endpoints::parse(&node.addr).expect("endpoint"),
+            self.dialer(),
+        )
     }
 
     /// Waits until a leader is known and every group exists; returns that status.
@@ -305,6 +398,7 @@ impl Cluster {
             .args(args)
             .arg("--")
             .args(command)
+            .envs(self.engine_env(site))
             .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .env("FAILOVER_ENDPOINTS", self.endpoints())
@@ -339,13 +433,30 @@ impl Drop for Cluster {
     }
 }
 
-fn topology_yaml(nodes: &[Node]) -> String {
-    let mut yaml = String::from("cluster_name: test\nsites:\n");
+/// The test topology; with certificates from `tls` (made by `certs::issue_for`), else
+/// insecure.
+fn topology_yaml(nodes: &[Node], tls: Option<&Path>) -> String {
+    let mut yaml = String::from("cluster_name: test\n");
+    match tls {
+        Some(dir) => yaml.push_str(&format!(
+            "tls: {{ ca: \"{}\" }}\n",
+            dir.join("ca.pem").display()
+        )),
+        None => yaml.push_str("tls: { insecure: true }\n"),
+    }
+    yaml.push_str("sites:\n");
     for site in ["site-a", "site-b", "witness"] {
         yaml.push_str(&format!("  - name: {site}\n    controllers:\n"));
         for n in nodes.iter().filter(|n| n.site == site) {
+            let certs = tls.map_or(String::new(), |dir| {
+                format!(
+                    ", cert: \"{}\", key: \"{}\"",
+                    dir.join(format!("controller-{}.pem", n.id)).display(),
+                    dir.join(format!("controller-{}.key", n.id)).display()
+                )
+            });
             yaml.push_str(&format!(
-                "      - {{ id: {}, addr: \"{}\", http_addr: \"{}\" }}\n",
+                "      - {{ id: {}, addr: \"{}\", http_addr: \"{}\"{certs} }}\n",
                 n.id, n.addr, n.http_addr
             ));
         }
@@ -397,4 +508,41 @@ impl Cluster {
         }
         panic!("30 elections never produced the wanted leader");
     }
+}
+
+/// The dialer of `site`'s engines of the cluster this test process made last (its
+/// certificates' directory is where FAILOVER_TLS_CA points); plaintext for an insecure one.
+pub fn engine_dialer(site: &str) -> Arc<dyn Dialer> {
+    env_dialer(&format!("engine-{site}"))
+}
+
+/// The operator's dialer of the cluster this test process made last.
+pub fn operator_dialer() -> Arc<dyn Dialer> {
+    env_dialer("operator-dev")
+}
+
+/// A lease client of `site`'s engine to the controller at `addr`.
+pub fn lease_client(
+    site: &str,
+    addr: &str,
+) -> failover_proto::lease::lease_service_client::LeaseServiceClient<tonic::transport::Channel> {
+    failover_proto::lease::lease_service_client::LeaseServiceClient::new(
+        engine_dialer(site).channel(addr).expect("channel"),
+    )
+}
+
+/// The dialer presenting certificate `name` of the cluster this test process made last.
+fn env_dialer(name: &str) -> Arc<dyn Dialer> {
+    let Some(ca) = std::env::var_os("FAILOVER_TLS_CA") else {
+        return Arc::new(failover_client::TcpDialer::default());
+    };
+    let dir = PathBuf::from(ca).parent().expect("tls dir").to_owned();
+    let files = TlsFiles {
+        ca: dir.join("ca.pem"),
+        cert: dir.join(format!("{name}.pem")),
+        key: dir.join(format!("{name}.key")),
+    };
+    Arc::new(TlsDialer::new(
+        failover_client::tls::client_tls(files).expect("engine TLS"),
+    ))
 }

@@ -74,6 +74,7 @@ fn forwarded<T>(message: T) -> Request<T> {
     request
         .metadata_mut()
         .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    crate::auth::forward_caller(&mut request);
     request
 }
 
@@ -700,7 +701,7 @@ impl AdminService for AdminServer {
             } else {
                 ChangeKind::Promote
             },
-            actor: req.actor,
+            actor: crate::auth::actor(&req.actor),
             reason: req.reason,
             wait: req.wait,
         };
@@ -720,7 +721,7 @@ impl AdminService for AdminServer {
         let req = request.into_inner();
         let change = ChangeRequest {
             kind: ChangeKind::Demote,
-            actor: req.actor,
+            actor: crate::auth::actor(&req.actor),
             reason: req.reason,
             wait: req.wait,
         };
@@ -738,7 +739,7 @@ impl AdminService for AdminServer {
         }
         let req = request.into_inner();
         let answer = self
-            .set_pause(req.group, true, req.actor, req.reason)
+            .set_pause(req.group, true, crate::auth::actor(&req.actor), req.reason)
             .await?;
         Ok(Response::new(answer))
     }
@@ -752,7 +753,7 @@ impl AdminService for AdminServer {
         }
         let req = request.into_inner();
         let answer = self
-            .set_pause(req.group, false, req.actor, req.reason)
+            .set_pause(req.group, false, crate::auth::actor(&req.actor), req.reason)
             .await?;
         Ok(Response::new(answer))
     }

@@ -32,6 +32,7 @@ impl ExecutorService for ExecutorServer {
             return Err(not_leader(&self.ctx));
         }
         let report = request.into_inner();
+        crate::auth::require_site(&report.site)?;
         if report.executor_id.is_empty() {
             return Err(Status::invalid_argument("executor_id is empty"));
         }
@@ -50,6 +51,7 @@ impl ExecutorService for ExecutorServer {
             return Err(not_leader(&self.ctx));
         }
         let request = request.into_inner();
+        crate::auth::require_site(&request.site)?;
         let known = self
             .ctx
             .executors

@@ -60,6 +60,7 @@ impl LeaseServer {
         site: &SiteId,
         f: impl FnOnce(&GroupState) -> T,
     ) -> Result<T, Status> {
+        crate::auth::require_site(site.as_str())?;
         if self.ctx.topology.site(site.as_str()).is_none() {
             return Err(Status::not_found(format!("unknown site `{site}`")));
         }

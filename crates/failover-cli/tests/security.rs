@@ -1,0 +1,275 @@
+//! Mutual TLS and roles (docs/security.md) on a real cluster: who is refused, and that a
+//! refused request changes nothing.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::Cluster;
+use failover_client::{AdminClient, ClientError, Endpoints, TcpDialer, TlsDialer};
+use failover_proto::admin::{PauseRequest, PromoteRequest};
+use failover_proto::lease::lease_service_client::LeaseServiceClient;
+use failover_proto::lease::AcquireRequest;
+
+const READY: Duration = Duration::from_secs(30);
+
+fn refused_code(error: &ClientError) -> Option<tonic::Code> {
+    match error {
+        ClientError::Refused(status) => Some(status.code()),
+        _ => None,
+    }
+}
+
+async fn history_len(cluster: &Cluster) -> usize {
+    let mut client = cluster.client();
+    client.history("").await.expect("history").entries.len()
+}
+
+/// A plaintext client, and a client whose certificate another CA signed, get no answer;
+/// the reader may read but not promote or pause, and history is unchanged; an operator's
+/// pause is recorded with its certificate's identity.
+#[tokio::test]
+async fn roles_and_certificates_decide_who_may_do_what() {
+    let mut cluster = Cluster::new();
+    cluster.start_all();
+    cluster.wait_ready(READY).await;
+    let endpoints = Endpoints::parse(&cluster.endpoints()).expect("endpoints");
+
+    // No certificate (plaintext): the TLS handshake fails, nothing answers.
+    let mut plain = AdminClient::with_dialer(endpoints.clone(), Arc::new(TcpDialer::default()));
+    plain.deadline = Duration::from_secs(2);
+    let error = plain.status().await.expect_err("plaintext refused");
+    assert!(
+        matches!(error, ClientError::Unreachable { .. }),
+        "plaintext: {error}"
+    );
+
+    // A certificate from another CA, even with the operator role: refused.
+    let other = tempfile::tempdir().expect("temp dir");
+    let rogue_ca = failover_cli::certs::Authority::open_or_create(other.path()).expect("CA");
+    let rogue = rogue_ca.issue_client("operator", "mallory").expect("cert");
+    let files = failover_client::tls::TlsFiles {
+        ca: cluster.tls_files("operator-dev").ca,
+        cert: rogue.cert,
+        key: rogue.key,
+    };
+    let dialer = TlsDialer::new(failover_client::tls::client_tls(files).expect("tls"));
+    let mut rogue_client = AdminClient::with_dialer(endpoints.clone(), Arc::new(dialer));
+    rogue_client.deadline = Duration::from_secs(2);
+    let error = rogue_client.status().await.expect_err("foreign CA refused");
+    assert!(
+        matches!(error, ClientError::Unreachable { .. }),
+        "foreign CA: {error}"
+    );
+
+    // A reader reads, but may not change anything.
+    let before = history_len(&cluster).await;
+    let mut reader = AdminClient::with_dialer(endpoints.clone(), cluster.dialer_as("reader-dev"));
+    reader.status().await.expect("a reader may read status");
+    let error = reader
+        .promote(PromoteRequest {
+            group: "default".into(),
+            site: "site-b".into(),
+            force: true,
+            actor: "eve".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a reader may not promote");
+    assert_eq!(
+        refused_code(&error),
+        Some(tonic::Code::PermissionDenied),
+        "{error}"
+    );
+    assert!(error.to_string().contains("reader/dev"), "{error}");
+    let error = reader
+        .pause(PauseRequest {
+            group: "default".into(),
+            reason: "x".into(),
+            actor: "eve".into(),
+        })
+        .await
+        .expect_err("a reader may not pause");
+    assert_eq!(refused_code(&error), Some(tonic::Code::PermissionDenied));
+    assert_eq!(
+        history_len(&cluster).await,
+        before,
+        "a refused call changed history"
+    );
+    let status = cluster.client().status().await.expect("status");
+    assert_eq!(status.groups[0].active_site, "site-a");
+
+    // The operator may, and history names the certificate's identity; through a follower
+    // too (the follower forwards on the operator's behalf).
+    let leader = status.leader;
+    let follower = cluster
+        .nodes
+        .iter()
+        .find(|n| n.id != leader)
+        .expect("a follower")
+        .id;
+    let mut operator = cluster.client_of(follower);
+    operator
+        .pause(PauseRequest {
+            group: "default".into(),
+            reason: "maintenance".into(),
+            actor: "alice@host".into(),
+        })
+        .await
+        .expect("an operator may pause");
+    let history = cluster.client().history("default").await.expect("history");
+    let last = history.entries.last().expect("an entry");
+    assert_eq!(last.kind, "pause");
+    assert_eq!(last.actor, "operator/dev (as alice@host)");
+}
+
+/// An engine certificate bound to site-a may ask for site-a's lease but not site-b's;
+/// the operator certificate may not ask for leases at all.
+#[tokio::test]
+async fn engines_act_only_for_their_sites() {
+    let mut cluster = Cluster::new();
+    cluster.start_all();
+    let leader = cluster.wait_ready(READY).await.leader;
+    let addr = cluster
+        .nodes
+        .iter()
+        .find(|n| n.id == leader)
+        .expect("leader")
+        .addr
+        .clone();
+    let acquire = |site: &str| AcquireRequest {
+        group: "default".into(),
+        site: site.into(),
+        instance: "i-1".into(),
+        ready: true,
+    };
+    let engine_a = cluster
+        .engine_dialer("site-a")
+        .channel(&addr)
+        .expect("channel");
+    let mut lease = LeaseServiceClient::new(engine_a);
+    let denied = lease
+        .acquire(acquire("site-b"))
+        .await
+        .expect_err("site-a's engine may not acquire for site-b");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    assert!(denied.message().contains("site-a"), "{denied:?}");
+    let granted = lease.acquire(acquire("site-a")).await;
+    assert!(
+        granted.as_ref().err().map(|s| s.code()) != Some(tonic::Code::PermissionDenied),
+        "site-a's engine may acquire for site-a: {granted:?}"
+    );
+
+    let operator = cluster.dialer().channel(&addr).expect("channel");
+    let denied = LeaseServiceClient::new(operator)
+        .acquire(acquire("site-a"))
+        .await
+        .expect_err("an operator is not an engine");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+}
+
+/// `insecure: true` runs in plaintext, and the controllers' logs say so.
+#[tokio::test]
+async fn insecure_mode_is_plaintext_and_says_so() {
+    let mut cluster = Cluster::new_insecure();
+    cluster.start_all();
+    let endpoints = Endpoints::parse(&cluster.endpoints()).expect("endpoints");
+    let mut plain = AdminClient::with_dialer(endpoints, Arc::new(TcpDialer::default()));
+    common::eventually("a plaintext answer", READY, || {
+        let mut plain = plain.clone();
+        async move { plain.status().await.ok().filter(|s| s.leader != 0) }
+    })
+    .await;
+    plain.status().await.expect("status");
+    assert!(
+        cluster.log_of(1).contains("INSECURE"),
+        "{}",
+        cluster.log_of(1)
+    );
+}
+
+/// New keys and certificates for every controller and client, written over the old files
+/// on a running cluster while site-a's executor holds the lease: the lease is neither
+/// lost nor replaced, controllers reload the files for new connections, a controller
+/// restarted on the new files rejoins, and a client with the new certificate is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_rotate_on_a_running_cluster_without_interruption() {
+    let mut cluster = Cluster::new();
+    cluster.start_all();
+    cluster.wait_ready(READY).await;
+    let _exec = cluster.exec("site-a", &[], &["sleep", "600"]);
+    let held = |client: AdminClient| async move {
+        let mut client = client;
+        let leases = client.leases("default").await.ok()?;
+        leases.leases.into_iter().find(|l| l.site == "site-a")
+    };
+    let before =
+        common::eventually("site-a holds the lease", READY, || held(cluster.client())).await;
+
+    let tls = cluster.data_dir().join("tls");
+    let old_operator = std::fs::read(tls.join("operator-dev.pem")).expect("old cert");
+    let text = std::fs::read_to_string(&cluster.config).expect("topology");
+    let topology = failover_core::Topology::from_yaml(&text, "test").expect("topology");
+    failover_cli::certs::issue_for(&topology, &tls).expect("rotate");
+    assert_ne!(
+        std::fs::read(tls.join("operator-dev.pem")).expect("new cert"),
+        old_operator,
+        "the certificates were not replaced"
+    );
+
+    // A new client (new connections) with the new operator certificate is served, by
+    // every controller: each reloads its own files on the new connection.
+    for node in &cluster.nodes {
+        let mut fresh = AdminClient::with_dialer(
+            Endpoints::parse(&node.addr).expect("endpoint"),
+            cluster.dialer(),
+        );
+        fresh
+            .status()
+            .await
+            .unwrap_or_else(|e| panic!("controller {} after rotation: {e}", node.id));
+        assert!(
+            cluster
+                .log_of(node.id)
+                .contains("TLS files changed: reloaded"),
+            "controller {} did not reload: {}",
+            node.id,
+            cluster.log_of(node.id)
+        );
+    }
+
+    // A controller restarted on the new files rejoins: its peers accept its certificate.
+    // A follower: a leader change is not what this test is about.
+    let leader = cluster.wait_ready(READY).await.leader;
+    let restarted = if leader == 5 { 4 } else { 5 };
+    cluster.kill9(restarted);
+    cluster.start(restarted);
+    common::eventually("the restarted controller reachable", READY, || {
+        let mut client = cluster.client();
+        async move {
+            let status = client.status().await.ok()?;
+            status
+                .controllers
+                .iter()
+                .any(|c| c.id == restarted && c.reachable)
+                .then_some(())
+        }
+    })
+    .await;
+
+    // The lease outlives all of it: same lease, same fencing token, through more than a
+    // TTL after the rotation (a lease that missed its renewals would have expired).
+    let until = std::time::Instant::now() + Duration::from_millis(4000);
+    while std::time::Instant::now() < until {
+        let after = held(cluster.client())
+            .await
+            .expect("site-a still holds the lease");
+        assert_eq!(
+            (after.lease_id, after.fencing_token, after.epoch),
+            (before.lease_id, before.fencing_token, before.epoch),
+            "the lease was replaced during the rotation"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

@@ -1,0 +1,542 @@
+//! Who is calling, and what they may do (docs/security.md).
+//!
+//! A controller serves gRPC over mutual TLS: [`accept`] runs the handshake of every
+//! incoming connection (clients must present a certificate signed by the cluster CA)
+//! and records the caller's [`Identity`], read from the certificate's URI SANs:
+//!
+//! - `failover://role/<role>/<name>`: the role (`peer`, `engine`, `operator`, `reader`)
+//!   and a name for logs and history;
+//! - `failover://site/<site>` (engines, one per site): the sites an engine may hold
+//!   leases and report for.
+//!
+//! [`AuthLayer`] then checks every call against [`ROLE_TABLE`], the one place that says
+//! which RPC needs which role; a call outside its role is answered `PERMISSION_DENIED`
+//! before any service code runs. In `insecure` mode there is no TLS and no check.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use failover_client::tls::{self as client_tls, Reloading, TlsError, TlsFiles};
+use futures::Stream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tonic::transport::server::Connected;
+
+/// What a caller may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    /// Another controller: Raft, and admin calls it forwards for a client.
+    Peer,
+    /// An engine host (executor, lease client): the lease and executor APIs, for its
+    /// bound sites only.
+    Engine,
+    /// An operator: promote, demote, pause, resume, reload, and all a reader can.
+    Operator,
+    /// A reader: status, history, leases.
+    Reader,
+}
+
+impl Role {
+    /// The role's name in certificates and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Peer => "peer",
+            Role::Engine => "engine",
+            Role::Operator => "operator",
+            Role::Reader => "reader",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Role> {
+        Some(match text {
+            "peer" => Role::Peer,
+            "engine" => Role::Engine,
+            "operator" => Role::Operator,
+            "reader" => Role::Reader,
+            _ => return None,
+        })
+    }
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// What it may do.
+    pub role: Role,
+    /// Its name (from the certificate), recorded in history.
+    pub name: String,
+    /// For engines: the sites it is bound to.
+    pub sites: Vec<String>,
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.role.as_str(), self.name)
+    }
+}
+
+/// URI SAN prefix naming a role and a name.
+pub const ROLE_URI: &str = "failover://role/";
+/// URI SAN prefix naming a site an engine is bound to.
+pub const SITE_URI: &str = "failover://site/";
+
+impl Identity {
+    /// The identity a certificate (DER) carries in its URI SANs, or why it has none.
+    pub fn from_certificate(der: &[u8]) -> Result<Identity, String> {
+        use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+        let (_, cert) = X509Certificate::from_der(der)
+            .map_err(|e| format!("unreadable client certificate: {e}"))?;
+        let mut uris = Vec::new();
+        if let Ok(Some(san)) = cert.subject_alternative_name() {
+            for name in &san.value.general_names {
+                if let GeneralName::URI(uri) = name {
+                    uris.push(uri.to_string());
+                }
+            }
+        }
+        Identity::from_uris(&uris)
+    }
+
+    /// The identity named by a certificate's URI SANs (module doc).
+    pub fn from_uris(uris: &[String]) -> Result<Identity, String> {
+        let mut found = None;
+        let mut sites = Vec::new();
+        for uri in uris {
+            if let Some(rest) = uri.strip_prefix(ROLE_URI) {
+                let (role, name) = rest.split_once('/').unwrap_or((rest, ""));
+                let role = Role::parse(role).ok_or_else(|| {
+                    format!("certificate names unknown role `{role}` in {uri} (peer, engine, operator or reader)")
+                })?;
+                if found.is_some() {
+                    return Err("certificate names more than one role".to_owned());
+                }
+                found = Some((role, name.to_owned()));
+            } else if let Some(site) = uri.strip_prefix(SITE_URI) {
+                sites.push(site.to_owned());
+            }
+        }
+        let (role, name) = found.ok_or_else(|| {
+            format!("certificate names no role (a URI SAN {ROLE_URI}<role>/<name>)")
+        })?;
+        Ok(Identity { role, name, sites })
+    }
+
+    /// The identity as a header value (`role/name[/site,site]`), for forwarding.
+    fn to_header(&self) -> String {
+        format!(
+            "{}/{}/{}",
+            self.role.as_str(),
+            self.name,
+            self.sites.join(",")
+        )
+    }
+
+    fn from_header(text: &str) -> Option<Identity> {
+        let mut parts = text.splitn(3, '/');
+        let role = Role::parse(parts.next()?)?;
+        let name = parts.next()?.to_owned();
+        let sites = parts
+            .next()
+            .unwrap_or("")
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        Some(Identity { role, name, sites })
+    }
+}
+
+/// Which roles may call an RPC (by gRPC path prefix or full path). The first matching
+/// row decides; a path no row matches is refused.
+pub const ROLE_TABLE: &[(&str, &[Role])] = &[
+    ("/failover.raft.v1.RaftService/", &[Role::Peer]),
+    (
+        "/failover.admin.v1.AdminService/Status",
+        &[Role::Reader, Role::Operator, Role::Peer, Role::Engine],
+    ),
+    (
+        "/failover.admin.v1.AdminService/History",
+        &[Role::Reader, Role::Operator, Role::Peer],
+    ),
+    (
+        "/failover.admin.v1.AdminService/Leases",
+        &[Role::Reader, Role::Operator, Role::Peer],
+    ),
+    ("/failover.admin.v1.AdminService/AllowRejoin", &[Role::Peer]),
+    ("/failover.admin.v1.AdminService/", &[Role::Operator]),
+    ("/failover.lease.v1.LeaseService/", &[Role::Engine]),
+    ("/failover.executor.v1.ExecutorService/", &[Role::Engine]),
+];
+
+/// Whether `role` may call the RPC at `path`.
+pub fn allowed(path: &str, role: Role) -> bool {
+    ROLE_TABLE
+        .iter()
+        .find(|(prefix, _)| path.starts_with(prefix))
+        .is_some_and(|(_, roles)| roles.contains(&role))
+}
+
+/// What a connection's TLS handshake established, attached to every request on it.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    /// The caller; `None` on a plaintext (insecure) connection.
+    pub identity: Option<Identity>,
+}
+
+/// A served connection: plaintext (insecure mode) or mutual TLS.
+pub enum ServerConn<IO> {
+    /// `insecure: true`.
+    Plain(IO),
+    /// Mutual TLS, with the caller's identity.
+    Tls(Box<tokio_rustls::server::TlsStream<IO>>, Identity),
+}
+
+impl<IO> Connected for ServerConn<IO>
+where
+    IO: Connected,
+{
+    type ConnectInfo = PeerInfo;
+
+    fn connect_info(&self) -> PeerInfo {
+        match self {
+            ServerConn::Plain(_) => PeerInfo { identity: None },
+            ServerConn::Tls(_, identity) => PeerInfo {
+                identity: Some(identity.clone()),
+            },
+        }
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for ServerConn<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ServerConn::Plain(io) => Pin::new(io).poll_read(cx, buf),
+            ServerConn::Tls(io, _) => Pin::new(io.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ServerConn<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ServerConn::Plain(io) => Pin::new(io).poll_write(cx, buf),
+            ServerConn::Tls(io, _) => Pin::new(io.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ServerConn::Plain(io) => Pin::new(io).poll_flush(cx),
+            ServerConn::Tls(io, _) => Pin::new(io.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ServerConn::Plain(io) => Pin::new(io).poll_shutdown(cx),
+            ServerConn::Tls(io, _) => Pin::new(io.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A controller's server side of mutual TLS, reloaded when its files change.
+pub type ServerTls = Reloading<rustls::ServerConfig>;
+
+/// A server configuration that requires a client certificate signed by the cluster CA.
+pub fn server_config(files: &TlsFiles) -> Result<rustls::ServerConfig, TlsError> {
+    let roots = Arc::new(client_tls::load_roots(&files.ca)?);
+    let certs = client_tls::load_certs(&files.cert, "certificate")?;
+    let key = client_tls::load_key(&files.key)?;
+    let invalid = |reason: String| TlsError::Invalid {
+        files: files.describe(),
+        reason,
+    };
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots, client_tls::provider())
+            .build()
+            .map_err(|e| invalid(e.to_string()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(client_tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .map_err(|e| invalid(e.to_string()))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// The HTTP endpoints' configuration: the controller's certificate, no client
+/// certificate asked (load balancers and Prometheus probe them).
+pub fn http_server_config(files: &TlsFiles) -> Result<rustls::ServerConfig, TlsError> {
+    let certs = client_tls::load_certs(&files.cert, "certificate")?;
+    let key = client_tls::load_key(&files.key)?;
+    let invalid = |reason: String| TlsError::Invalid {
+        files: files.describe(),
+        reason,
+    };
+    let mut config = rustls::ServerConfig::builder_with_provider(client_tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| invalid(e.to_string()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Loads the HTTP endpoints' TLS configuration.
+pub fn http_tls(files: TlsFiles) -> Result<Arc<ServerTls>, TlsError> {
+    Ok(Arc::new(Reloading::new(files, http_server_config)?))
+}
+
+/// Loads a controller's server TLS configuration.
+pub fn server_tls(files: TlsFiles) -> Result<Arc<ServerTls>, TlsError> {
+    Ok(Arc::new(Reloading::new(files, server_config)?))
+}
+
+/// How long a client may take to complete the TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Connections accepted but not yet handed to the server.
+const ACCEPT_BACKLOG: usize = 64;
+
+/// The connections of `incoming`, with the TLS handshake done (each in its own task, so a
+/// slow client delays nobody) when `tls` is given, as they are when it is not. A
+/// handshake that fails (no certificate, wrong CA, no role) is logged and dropped.
+pub fn accept<S, IO, IE>(
+    incoming: S,
+    tls: Option<Arc<ServerTls>>,
+) -> impl Stream<Item = Result<ServerConn<IO>, io::Error>> + Send + 'static
+where
+    S: Stream<Item = Result<IO, IE>> + Send + 'static,
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+{
+    use futures::StreamExt;
+    let (tx, rx) = tokio::sync::mpsc::channel(ACCEPT_BACKLOG);
+    tokio::spawn(async move {
+        let mut incoming = std::pin::pin!(incoming);
+        while let Some(next) = incoming.next().await {
+            let io = match next {
+                Ok(io) => io,
+                Err(e) => {
+                    let e: Box<dyn std::error::Error + Send + Sync> = e.into();
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            };
+            let Some(tls) = &tls else {
+                if tx.send(Ok(ServerConn::Plain(io))).await.is_err() {
+                    return;
+                }
+                continue;
+            };
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let stream =
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "TLS handshake refused");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::warn!("TLS handshake timed out");
+                            return;
+                        }
+                    };
+                let identity = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .ok_or_else(|| "no client certificate".to_owned())
+                    .and_then(|c| Identity::from_certificate(c));
+                match identity {
+                    Ok(identity) => {
+                        let _ = tx
+                            .send(Ok(ServerConn::Tls(Box::new(stream), identity)))
+                            .await;
+                    }
+                    Err(why) => tracing::warn!(%why, "connection refused"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// Header by which a controller forwarding an admin call names the client it forwards
+/// for; honoured only on a peer's connection.
+pub const ON_BEHALF_OF: &str = "x-failover-on-behalf-of";
+
+tokio::task_local! {
+    static CALLER: Option<Identity>;
+}
+
+/// The authenticated caller of the call being served (`None` in insecure mode), for
+/// history and for forwarding.
+pub fn caller() -> Option<Identity> {
+    CALLER.try_with(Clone::clone).ok().flatten()
+}
+
+/// Adds the caller of the call being served to a request this controller forwards to the
+/// leader, so the leader checks and records the client, not this controller.
+pub fn forward_caller<T>(request: &mut tonic::Request<T>) {
+    if let Some(identity) = caller() {
+        if let Ok(value) = identity.to_header().parse() {
+            request.metadata_mut().insert(ON_BEHALF_OF, value);
+        }
+    }
+}
+
+/// The caller recorded in history for an admin action: the authenticated identity, and
+/// what the client says about itself (`--actor`) when it differs.
+pub fn actor(claimed: &str) -> String {
+    match caller() {
+        Some(identity) if claimed.is_empty() || claimed == identity.name => identity.to_string(),
+        Some(identity) => format!("{identity} (as {claimed})"),
+        None => claimed.to_owned(),
+    }
+}
+
+/// Refuses an engine that is not bound to `site` (lease and executor calls).
+pub fn require_site(site: &str) -> Result<(), tonic::Status> {
+    match caller() {
+        Some(identity)
+            if identity.role == Role::Engine && !identity.sites.iter().any(|s| s == site) =>
+        {
+            Err(tonic::Status::permission_denied(format!(
+                "{identity} is bound to sites [{}], not {site}",
+                identity.sites.join(", ")
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Checks every call against [`ROLE_TABLE`] (module doc).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AuthLayer;
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+
+    fn layer(&self, inner: S) -> AuthService<S> {
+        AuthService { inner }
+    }
+}
+
+/// The service [`AuthLayer`] wraps around the controller's gRPC services.
+#[derive(Debug, Clone)]
+pub struct AuthService<S> {
+    inner: S,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+impl<S, B> tower::Service<http::Request<B>> for AuthService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let identity = match request.extensions().get::<PeerInfo>() {
+            Some(PeerInfo { identity: Some(id) }) => Some(id.clone()),
+            // Insecure mode (or an in-process server): no checks.
+            _ => None,
+        };
+        let Some(mut identity) = identity else {
+            let future = self.inner.call(request);
+            return Box::pin(CALLER.scope(None, future));
+        };
+        if identity.role == Role::Peer {
+            if let Some(on_behalf) = request
+                .headers()
+                .get(ON_BEHALF_OF)
+                .and_then(|v| v.to_str().ok())
+                .and_then(Identity::from_header)
+            {
+                identity = on_behalf;
+            }
+        }
+        let path = request.uri().path();
+        if !allowed(path, identity.role) {
+            let status = tonic::Status::permission_denied(format!(
+                "{identity} may not call {path}: the {} role does not allow it (docs/security.md, role table)",
+                identity.role.as_str()
+            ));
+            return Box::pin(async move { Ok(status.into_http()) });
+        }
+        let future = self.inner.call(request);
+        Box::pin(CALLER.scope(Some(identity), future))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identities_from_uris() {
+        let id = Identity::from_uris(&[
+            "failover://role/engine/a-host".to_owned(),
+            "failover://site/site-a".to_owned(),
+        ])
+        .expect("engine");
+        assert_eq!(id.role, Role::Engine);
+        assert_eq!(id.sites, ["site-a"]);
+        assert_eq!(id.to_string(), "engine/a-host");
+        assert_eq!(Identity::from_header(&id.to_header()), Some(id));
+        assert!(Identity::from_uris(&[]).unwrap_err().contains("no role"));
+        assert!(Identity::from_uris(&["failover://role/admin/x".to_owned()])
+            .unwrap_err()
+            .contains("unknown role `admin`"));
+    }
+
+    #[test]
+    fn role_table() {
+        let admin = "/failover.admin.v1.AdminService/";
+        assert!(allowed(&format!("{admin}Status"), Role::Reader));
+        assert!(!allowed(&format!("{admin}Promote"), Role::Reader));
+        assert!(allowed(&format!("{admin}Promote"), Role::Operator));
+        assert!(!allowed(&format!("{admin}Promote"), Role::Engine));
+        assert!(!allowed(&format!("{admin}Promote"), Role::Peer));
+        assert!(allowed("/failover.raft.v1.RaftService/Vote", Role::Peer));
+        assert!(!allowed(
+            "/failover.raft.v1.RaftService/Vote",
+            Role::Operator
+        ));
+        assert!(allowed(
+            "/failover.lease.v1.LeaseService/Acquire",
+            Role::Engine
+        ));
+        assert!(!allowed(
+            "/failover.lease.v1.LeaseService/Acquire",
+            Role::Operator
+        ));
+        assert!(!allowed("/unknown.Service/X", Role::Operator));
+    }
+}
