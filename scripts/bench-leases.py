@@ -73,6 +73,8 @@ def main() -> None:
     parser.add_argument("--run-timeout", type=float, default=None,
                         help="seconds one failover-bench run may take before it counts as "
                              "failed (default 300 + N / 500)")
+    parser.add_argument("--etcd-run-timeout", type=float, default=None,
+                        help="the same for etcd's runs (default: --run-timeout)")
     parser.add_argument("--save-json", default=None,
                         help="also write every run's raw results to this file")
     parser.add_argument("--no-write", action="store_true", help="print results, leave docs alone")
@@ -100,7 +102,8 @@ def main() -> None:
                 print(f"== run {rep + 1}/{args.repeat}: {system}, {n} leases", flush=True)
                 load_before = os.getloadavg()[0]
                 result = run_one(system, n, failover_bin, etcd_bin, bench_bin, workload,
-                                 args.keep, args.run_timeout)
+                                 args.keep, (args.etcd_run_timeout or args.run_timeout)
+                                 if system == "etcd" else args.run_timeout)
                 result["load_1min"] = [load_before, os.getloadavg()[0]]
                 print(json.dumps(result, indent=1), flush=True)
                 runs[(system, n)].append(result)
