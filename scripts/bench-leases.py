@@ -75,6 +75,8 @@ def main() -> None:
                              "failed (default 300 + N / 500)")
     parser.add_argument("--etcd-run-timeout", type=float, default=None,
                         help="the same for etcd's runs (default: --run-timeout)")
+    parser.add_argument("--systems", default=",".join(SYSTEMS),
+                        help="which systems to run (default failover,etcd; the docs need both)")
     parser.add_argument("--save-json", default=None,
                         help="also write every run's raw results to this file")
     parser.add_argument("--no-write", action="store_true", help="print results, leave docs alone")
@@ -95,10 +97,11 @@ def main() -> None:
     workload = ["--concurrency", str(args.concurrency), "--streams", str(args.streams),
                 "--window", str(args.window), "--duration-secs", str(args.duration)]
     started = time.time()
-    runs = {(system, n): [] for n in counts for system in SYSTEMS}
+    systems = [name for name in SYSTEMS if name in args.systems.split(",")]
+    runs = {(system, n): [] for n in counts for system in systems}
     for rep in range(args.repeat):
         for n in counts:
-            for system in SYSTEMS:
+            for system in systems:
                 print(f"== run {rep + 1}/{args.repeat}: {system}, {n} leases", flush=True)
                 load_before = os.getloadavg()[0]
                 result = run_one(system, n, failover_bin, etcd_bin, bench_bin, workload,
@@ -255,7 +258,11 @@ class Cluster:
             shutil.rmtree(data)
         log = open(os.path.join(self.root, f"controller-{node}.restart.log"), "w")
         started = time.time()
-        self.procs[node - 1] = subprocess.Popen(self.argv[node], stdout=log,
+        # A controller whose data dir is gone must be told to rejoin as an empty follower
+        # (`--join-existing`); without it, it looks for an existing cluster and refuses to
+        # start beside one (crates/failover-controller/src/rejoin.rs).
+        argv = self.argv[node] + (["--join-existing"] if wipe else [])
+        self.procs[node - 1] = subprocess.Popen(argv, stdout=log,
                                                 stderr=subprocess.STDOUT,
                                                 stdin=subprocess.DEVNULL)
         deadline = started + RESTART_TIMEOUT
@@ -620,7 +627,9 @@ def render(runs: dict, counts: list, args, etcd_version: str, elapsed: float) ->
                                  ("--streams", args.streams, 16),
                                  ("--window", args.window, 64),
                                  ("--duration", args.duration, 10.0),
-                                 ("--repeat", args.repeat, 1)):
+                                 ("--repeat", args.repeat, 1),
+                                 ("--run-timeout", args.run_timeout, None),
+                                 ("--etcd-run-timeout", args.etcd_run_timeout, None)):
         if value != default:
             command += f" {flag} {value}"
     cores = os.cpu_count()
