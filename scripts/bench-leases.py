@@ -44,8 +44,10 @@ os.environ.setdefault("FAILOVER_INSECURE", "true")
 
 # Lease TTL for both systems. Granting 10,000 leases takes longer than the default 2 s TTL,
 # so with it the first leases would expire before the keepalive phase reaches them.
-# Granting 1,000,000 leases takes minutes, so the TTL must outlast the whole grant phase.
-TTL_SECS = 600
+# Granting 1,000,000 leases takes minutes (more than 10 on a loaded machine), so the TTL
+# must outlast the whole grant phase: leases that expire while the others are still being
+# granted would turn the keepalive phase into renewals of dead leases.
+TTL_SECS = 3600
 # The targets from the issue.
 KEEPALIVE_RATIO_TARGET = 2.0
 # Under 1 KiB per lease at the largest count, and under 1 GiB per controller.
@@ -71,6 +73,15 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="keepalive phase, seconds")
     parser.add_argument("--repeat", type=int, default=1,
                         help="runs of everything; the table shows medians (default 3)")
+    parser.add_argument("--run-timeout", type=float, default=None,
+                        help="seconds one failover-bench run may take before it counts as "
+                             "failed (default 300 + N / 500)")
+    parser.add_argument("--etcd-run-timeout", type=float, default=None,
+                        help="the same for etcd's runs (default: --run-timeout)")
+    parser.add_argument("--systems", default=",".join(SYSTEMS),
+                        help="which systems to run (default failover,etcd; the docs need both)")
+    parser.add_argument("--save-json", default=None,
+                        help="also write every run's raw results to this file")
     parser.add_argument("--no-write", action="store_true", help="print results, leave docs alone")
     parser.add_argument("--keep", action="store_true", help="keep the temp dirs (logs, data)")
     args = parser.parse_args()
@@ -89,17 +100,24 @@ def main() -> None:
     workload = ["--concurrency", str(args.concurrency), "--streams", str(args.streams),
                 "--window", str(args.window), "--duration-secs", str(args.duration)]
     started = time.time()
-    runs = {(system, n): [] for n in counts for system in SYSTEMS}
+    systems = [name for name in SYSTEMS if name in args.systems.split(",")]
+    runs = {(system, n): [] for n in counts for system in systems}
     for rep in range(args.repeat):
         for n in counts:
-            for system in SYSTEMS:
+            for system in systems:
                 print(f"== run {rep + 1}/{args.repeat}: {system}, {n} leases", flush=True)
+                load_before = os.getloadavg()[0]
                 result = run_one(system, n, failover_bin, etcd_bin, bench_bin, workload,
-                                 args.keep)
+                                 args.keep, (args.etcd_run_timeout or args.run_timeout)
+                                 if system == "etcd" else args.run_timeout)
+                result["load_1min"] = [load_before, os.getloadavg()[0]]
                 print(json.dumps(result, indent=1), flush=True)
                 runs[(system, n)].append(result)
     elapsed = time.time() - started
     print(f"lease benchmark took {elapsed:.0f} s")
+    if args.save_json:
+        with open(args.save_json, "w") as f:
+            json.dump({f"{system} {n}": rs for (system, n), rs in runs.items()}, f, indent=1)
 
     body = render(runs, counts, args, etcd_version, elapsed)
     if args.no_write:
@@ -243,7 +261,11 @@ class Cluster:
             shutil.rmtree(data)
         log = open(os.path.join(self.root, f"controller-{node}.restart.log"), "w")
         started = time.time()
-        self.procs[node - 1] = subprocess.Popen(self.argv[node], stdout=log,
+        # A controller whose data dir is gone must be told to rejoin as an empty follower
+        # (`--join-existing`); without it, it looks for an existing cluster and refuses to
+        # start beside one (crates/failover-controller/src/rejoin.rs).
+        argv = self.argv[node] + (["--join-existing"] if wipe else [])
+        self.procs[node - 1] = subprocess.Popen(argv, stdout=log,
                                                 stderr=subprocess.STDOUT,
                                                 stdin=subprocess.DEVNULL)
         deadline = started + RESTART_TIMEOUT
@@ -402,7 +424,7 @@ def start_etcd(cluster: Cluster, etcd_bin: str) -> None:
 
 
 def run_one(system: str, n: int, failover_bin: str, etcd_bin: str, bench_bin: str,
-            workload: list, keep: bool) -> dict:
+            workload: list, keep: bool, run_timeout=None) -> dict:
     root = tempfile.mkdtemp(prefix=f"bench-leases-{system}-{n}-")
     cluster = Cluster(root)
     result = {}
@@ -421,7 +443,7 @@ def run_one(system: str, n: int, failover_bin: str, etcd_bin: str, bench_bin: st
             bench = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=stderr, text=True,
                                      env=env)
             try:
-                max_rss = sample_rss_until_exit(cluster, bench, timeout=300 + n / 500)
+                max_rss = sample_rss_until_exit(cluster, bench, timeout=run_timeout or 300 + n / 500)
                 out = bench.stdout.read()
             finally:
                 if bench.poll() is None:
@@ -609,10 +631,17 @@ def render(runs: dict, counts: list, args, etcd_version: str, elapsed: float) ->
                                  ("--streams", args.streams, 16),
                                  ("--window", args.window, 64),
                                  ("--duration", args.duration, 10.0),
-                                 ("--repeat", args.repeat, 1)):
+                                 ("--repeat", args.repeat, 1),
+                                 ("--run-timeout", args.run_timeout, None),
+                                 ("--etcd-run-timeout", args.etcd_run_timeout, None)):
         if value != default:
             command += f" {flag} {value}"
     cores = os.cpu_count()
+    loads = [x for rs in runs.values() for r in rs for x in r.get("load_1min", [])]
+    load_text = (f" The 1-minute load average, read before and after each run, was "
+                 f"{min(loads):.1f}-{max(loads):.1f} on {cores} cores: other builds and tests "
+                 "shared the machine, so absolute rates are low and both systems suffer "
+                 "alike; compare the two systems within this run." if loads else "")
     body = [
         f"## Leases: failover vs etcd (`python3 scripts/bench-leases.py`, release build, "
         f"{cores} cores)",
@@ -621,7 +650,7 @@ def render(runs: dict, counts: list, args, etcd_version: str, elapsed: float) ->
         f"{cores}. Both systems in the same run ({elapsed:.0f} s): {args.repeat} repetitions, "
         "each running every lease count against failover then etcd, every time on a fresh "
         "3-node cluster on loopback. The load generator (`failover-bench`, "
-        "crates/failover-bench) shares the cores with the servers.",
+        "crates/failover-bench) shares the cores with the servers." + load_text,
         "",
         "- **failover**: 3 controllers (site-a, site-b, witness: one each), group `default` "
         f"active at site-a (`auto_failover: false`, so no promotion can start mid-run); "

@@ -702,7 +702,29 @@ impl GroupState {
                 self.name
             );
         }
-        for pair in self.pause_history.windows(2) {
+        // Pause events, like the history, only grow at their end and every earlier pair
+        // was checked when it was appended: the newest pair suffices here, so an apply
+        // costs the same however long the group's past ([`GroupState::assert_history`]
+        // checks all of it, for a state read from elsewhere).
+        let newest = self.pause_history.len().saturating_sub(2);
+        self.assert_pause_history_from(newest);
+        // History only grows at its end, and every earlier pair was checked when it was
+        // appended: the newest pair suffices here ([`GroupState::assert_history`] checks
+        // all of it, for a state read from elsewhere).
+        let newest = self.history.len().saturating_sub(2);
+        self.assert_history_from(newest);
+    }
+
+    /// The invariants of the whole history (epochs increase and each change starts where
+    /// the previous one ended) and of every pause event pair (pauses and resumes
+    /// alternate, following the epochs). Crashes on violation.
+    pub fn assert_history(&self) {
+        self.assert_history_from(0);
+        self.assert_pause_history_from(0);
+    }
+
+    fn assert_pause_history_from(&self, start: usize) {
+        for pair in self.pause_history[start..].windows(2) {
             assert!(
                 pair[0].paused != pair[1].paused,
                 "{}: pauses and resumes alternate",
@@ -714,17 +736,6 @@ impl GroupState {
                 self.name
             );
         }
-        // History only grows at its end, and every earlier pair was checked when it was
-        // appended: the newest pair suffices here ([`GroupState::assert_history`] checks
-        // all of it, for a state read from elsewhere).
-        let newest = self.history.len().saturating_sub(2);
-        self.assert_history_from(newest);
-    }
-
-    /// The invariants of the whole history: epochs increase and each change starts where
-    /// the previous one ended. Crashes on violation.
-    pub fn assert_history(&self) {
-        self.assert_history_from(0);
     }
 
     fn assert_history_from(&self, start: usize) {

@@ -161,7 +161,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let start = last_log_id.map_or(0, |id| id.index() + 1);
         write_blocking(&self.db, Durability::Immediate, move |txn| {
-            txn.open_table(LOG)?.retain_in(start.., |_, _| false)?;
+            let mut log = txn.open_table(LOG)?;
+            while log.last()?.is_some_and(|(index, _)| index.value() >= start) {
+                log.pop_last()?;
+            }
             Ok(())
         })
         .await
@@ -172,7 +175,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let end = log_id.index();
         write_blocking(&self.db, Durability::Immediate, move |txn| {
             txn.open_table(META)?.insert(LAST_PURGED, raw.as_slice())?;
-            txn.open_table(LOG)?.retain_in(..=end, |_, _| false)?;
+            super::remove_first_through(&mut txn.open_table(LOG)?, end)?;
             Ok(())
         })
         .await

@@ -54,20 +54,35 @@ struct OldSnapshot {
 }
 
 /// When the next snapshot is due: once the entries applied since the last one reach
-/// [`SNAPSHOT_MIN_ENTRIES`] or the number of leases and groups, whichever is larger. A
-/// snapshot costs time and bytes in proportion to the state, so this keeps its cost per
-/// entry constant, and a restart re-applies at most about one state's worth of entries.
+/// [`SNAPSHOT_MIN_ENTRIES`] or a quarter of the leases and groups the state held at the
+/// last one, whichever is larger. A snapshot costs time and bytes in proportion to the
+/// state, so its cost per entry stays constant; the log between two snapshots (what a
+/// restart re-applies and what the data file holds besides the snapshot) stays under a
+/// quarter of the state's size.
+///
+/// The interval follows the state's size *at the last snapshot*, not its current size:
+/// measured against the current size, a state that grows by one lease per entry (a grant
+/// phase) would never have applied as many entries since the last snapshot as it holds
+/// leases, so no snapshot would come and the log would never be purged. While the state
+/// grows, snapshots come at sizes growing by a factor of about 1.25, so their total cost
+/// stays a constant multiple of the final state's size.
 #[derive(Debug, Default)]
 pub struct SnapshotSchedule {
     applied: AtomicU64,
     last_snapshot: AtomicU64,
     items: AtomicU64,
+    items_at_snapshot: AtomicU64,
 }
 
+/// The log between two snapshots is at most the state's size (leases and groups at the
+/// last snapshot) divided by this.
+pub const SNAPSHOT_STATE_FRACTION: u64 = 4;
+
 impl SnapshotSchedule {
-    /// The entries to apply between two snapshots of a state of `items` leases and groups.
+    /// The entries to apply after a snapshot of a state of `items` leases and groups
+    /// before the next one.
     pub fn interval(items: u64) -> u64 {
-        items.max(SNAPSHOT_MIN_ENTRIES)
+        (items / SNAPSHOT_STATE_FRACTION).max(SNAPSHOT_MIN_ENTRIES)
     }
 
     /// Whether a snapshot is due; if so, counts it as started so the next one waits a
@@ -75,8 +90,8 @@ impl SnapshotSchedule {
     fn take_due(&self) -> bool {
         let applied = self.applied.load(Ordering::Relaxed);
         let last = self.last_snapshot.load(Ordering::Relaxed);
-        let due =
-            applied.saturating_sub(last) >= Self::interval(self.items.load(Ordering::Relaxed));
+        let interval = Self::interval(self.items_at_snapshot.load(Ordering::Relaxed));
+        let due = applied.saturating_sub(last) >= interval;
         due && self
             .last_snapshot
             .compare_exchange(last, applied, Ordering::Relaxed, Ordering::Relaxed)
@@ -88,8 +103,11 @@ impl SnapshotSchedule {
         self.items.store(items, Ordering::Relaxed);
     }
 
+    /// A snapshot of the state as last applied was taken (or installed) at `index`.
     fn snapshot_at(&self, index: u64) {
         self.last_snapshot.store(index, Ordering::Relaxed);
+        self.items_at_snapshot
+            .store(self.items.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 }
 
@@ -268,7 +286,7 @@ async fn write_snapshot(
     let shared = data.clone();
     write_blocking(db, Durability::Immediate, move |txn| {
         let mut table = txn.open_table(SNAPSHOT_CHUNKS)?;
-        table.retain(|_, _| false)?;
+        super::remove_first_through(&mut table, u64::MAX)?;
         for (i, chunk) in shared.chunks(CHUNK_BYTES).enumerate() {
             table.insert(i as u64, chunk)?;
         }
@@ -391,5 +409,52 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             meta: self.meta.clone(),
             snapshot: data,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Applies `entries` entries one by one to a state growing by `growth` items per entry
+    /// and returns the indexes at which a snapshot was due.
+    fn snapshots(entries: u64, items_at_start: u64, growth: u64) -> Vec<u64> {
+        let schedule = SnapshotSchedule::default();
+        let mut taken = Vec::new();
+        for index in 1..=entries {
+            schedule.applied(index, items_at_start + index * growth);
+            if schedule.take_due() {
+                schedule.snapshot_at(index);
+                taken.push(index);
+            }
+        }
+        taken
+    }
+
+    #[test]
+    fn a_growing_state_is_snapshotted_and_its_log_stays_under_a_quarter_of_it() {
+        // A grant phase: one lease more per entry. Measured against the current size,
+        // no snapshot would ever be due after the first.
+        let taken = snapshots(1_000_000, 1, 1);
+        assert!(taken.len() > 20, "{} snapshots", taken.len());
+        for pair in taken.windows(2) {
+            let gap = pair[1] - pair[0];
+            assert!(gap <= SNAPSHOT_MIN_ENTRIES.max(pair[0] / SNAPSHOT_STATE_FRACTION + 1));
+        }
+        let last = *taken.last().unwrap_or(&0);
+        assert!(1_000_000 - last <= 1_000_000 / SNAPSHOT_STATE_FRACTION);
+    }
+
+    #[test]
+    fn a_flat_state_is_snapshotted_every_quarter_of_its_size() {
+        let taken = snapshots(400_000, 100_000, 0);
+        let gaps: Vec<u64> = taken.windows(2).map(|p| p[1] - p[0]).collect();
+        assert!(gaps.iter().skip(1).all(|g| *g == 25_000), "{gaps:?}");
+    }
+
+    #[test]
+    fn a_small_state_waits_for_the_minimum() {
+        let taken = snapshots(5_000, 10, 0);
+        assert_eq!(taken, vec![1000, 2000, 3000, 4000, 5000]);
     }
 }
