@@ -36,7 +36,7 @@ use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::services::NodeContext;
+use crate::context::NodeContext;
 use crate::types::TypeConfig;
 
 /// The content type of the OpenMetrics text format, which Prometheus negotiates.

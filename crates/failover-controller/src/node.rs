@@ -22,13 +22,13 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tonic::transport::server::Connected;
 
+use crate::context::NodeContext;
 use crate::leases::LeaseManager;
 use crate::network::RaftNetwork;
 use crate::services::admin::AdminServer;
 use crate::services::executor::ExecutorServer;
 use crate::services::lease::LeaseServer;
 use crate::services::raft::RaftServer;
-use crate::services::NodeContext;
 use crate::store::{self, OpenError, StateView};
 use crate::types::{Raft, TypeConfig};
 use failover_client::clock::Clock;
