@@ -9,6 +9,14 @@ pub trait Clock: Send + Sync + 'static {
     fn unix_ms(&self) -> u64;
     /// A monotonic instant, for measuring elapsed time.
     fn now(&self) -> Instant;
+
+    /// The reading of this clock at `at`, an instant of the async runtime's clock (tokio
+    /// time, which openraft stamps heartbeats with), so that times openraft reports are
+    /// compared with [`Clock::now`] and never measured on a second clock. Where the two
+    /// are one (the operating system's monotonic clock), this is the same instant.
+    fn at_runtime_instant(&self, at: tokio::time::Instant) -> Instant {
+        at.into_std()
+    }
 }
 
 /// The operating system's clocks.

@@ -42,7 +42,7 @@ use openraft::ReadPolicy;
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
-use crate::services::NodeContext;
+use crate::context::NodeContext;
 use crate::types::TypeConfig;
 
 /// How many recent confirmations are kept: a follower applies a confirmed read log id one

@@ -123,6 +123,47 @@ pub async fn after_demote(hooks: &Hooks, env: &HookEnv) {
     }
 }
 
+/// Most `after_demote` hooks running at once; one more waits for a running one to end.
+pub const MAX_HOOK_TASKS: usize = 16;
+
+/// The `after_demote` hooks the leader started and has not yet seen end: tracked, never
+/// fire-and-forget, and bounded by [`MAX_HOOK_TASKS`]. Dropping it aborts the tasks,
+/// which kills the hook processes (they are spawned with `kill_on_drop`).
+#[derive(Debug, Default)]
+pub struct HookTasks {
+    running: tokio::task::JoinSet<()>,
+}
+
+impl HookTasks {
+    /// Starts `hooks`' `after_demote` hook for `env`, first waiting for a running hook to
+    /// end if [`MAX_HOOK_TASKS`] run.
+    pub async fn after_demote(&mut self, hooks: Hooks, env: HookEnv) {
+        self.reap();
+        while self.running.len() >= MAX_HOOK_TASKS {
+            if self.running.join_next().await.is_none() {
+                break;
+            }
+        }
+        self.running
+            .spawn(async move { after_demote(&hooks, &env).await });
+    }
+
+    /// Forgets hooks that ended.
+    pub fn reap(&mut self) {
+        while self.running.try_join_next().is_some() {}
+    }
+
+    /// How many hooks run.
+    pub fn len(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Whether no hook runs.
+    pub fn is_empty(&self) -> bool {
+        self.running.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,6 +195,32 @@ mod tests {
             text.contains("exit status: 4") && text.contains("nope"),
             "{text}"
         );
+    }
+
+    /// Hook tasks are tracked and bounded: with more hooks started than the bound, no
+    /// more than the bound run at once, and every one ends.
+    #[tokio::test]
+    async fn hook_tasks_are_bounded() {
+        let dir = std::env::temp_dir().join(format!("hook-tasks-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let hooks = Hooks {
+            before_acquire: None,
+            after_demote: Some(format!(
+                "touch {}/$FAILOVER_EPOCH; sleep 0.2",
+                dir.display()
+            )),
+            timeout_ms: 5_000,
+        };
+        let mut tasks = HookTasks::default();
+        for epoch in 0..(MAX_HOOK_TASKS as u64 + 4) {
+            let env = HookEnv { epoch, ..env() };
+            tasks.after_demote(hooks.clone(), env).await;
+            assert!(tasks.len() <= MAX_HOOK_TASKS);
+        }
+        while tasks.running.join_next().await.is_some() {}
+        let ran = std::fs::read_dir(&dir).expect("read dir").count();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(ran, MAX_HOOK_TASKS + 4);
     }
 
     /// A hook that runs too long is killed and counts as a veto.

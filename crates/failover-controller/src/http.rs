@@ -25,8 +25,9 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use failover_core::leader::reach::Quorum;
 use failover_core::{ChangeKind, ClusterState, GroupName, NodeId, Phase, SiteId};
-use openraft::{Instant as _, ServerState};
+use openraft::ServerState;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -36,7 +37,7 @@ use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::services::NodeContext;
+use crate::context::NodeContext;
 use crate::types::TypeConfig;
 
 /// The content type of the OpenMetrics text format, which Prometheus negotiates.
@@ -177,24 +178,18 @@ fn current(ctx: &NodeContext) -> Result<NodeId, String> {
     if leader == ctx.node_id {
         // A leader cut off from the majority goes on believing it leads: count who
         // acknowledged its heartbeats lately (itself included).
-        let within = Duration::from_millis(ctx.topology.timing.election_timeout_max_ms);
-        let total = ctx.topology.controllers().count();
-        let heard = ctx
-            .topology
-            .controllers()
-            .filter(|(_, c)| {
-                c.id == ctx.node_id
-                    || metrics
-                        .heartbeat
-                        .as_ref()
-                        .and_then(|h| h.get(&c.id).cloned().flatten())
-                        .is_some_and(|at| at.elapsed() <= within)
-            })
-            .count();
-        if heard * 2 <= total {
+        let now = ctx.clock.now();
+        let quorum = Quorum::count(
+            ctx.topology
+                .controllers()
+                .map(|(_, c)| ctx.reachable(&metrics, c.id, now)),
+        );
+        if !quorum.holds() {
+            let within = Duration::from_millis(ctx.topology.timing.election_timeout_max_ms);
             return Err(format!(
-                "leader without a quorum: {heard} of {total} controllers acknowledged it \
-                 within {within:?}"
+                "leader without a quorum: {} of {} controllers acknowledged it \
+                 within {within:?}",
+                quorum.heard, quorum.total
             ));
         }
     }

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use failover_core::leader::Leader;
 use failover_core::lease::{LeaderLeases, LeaseTiming, RenewRefusal, Renewed};
 use failover_core::{GroupName, LeaseId, SiteId};
 use openraft::async_runtime::WatchReceiver;
@@ -72,18 +73,7 @@ struct EngineInner {
     renewals: HashMap<(GroupName, SiteId), Instant>,
 }
 
-/// One site's engines for one group, as the detector reads them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EngineSeen {
-    /// The group.
-    pub group: GroupName,
-    /// The site.
-    pub site: SiteId,
-    /// The last acquire or accepted renewal from an engine of this site for this group.
-    pub heard_at: Instant,
-    /// The last acquire of an instance whose latest acquire said it is ready, if any.
-    pub ready_at: Option<Instant>,
-}
+pub use failover_core::leader::observe::EngineSeen;
 
 impl EngineReports {
     fn lock(&self) -> MutexGuard<'_, EngineInner> {
@@ -157,8 +147,7 @@ impl EngineReports {
 /// The leader soft state of the term this controller leads.
 struct Leading {
     term: u64,
-    since: Instant,
-    leases: LeaderLeases,
+    leader: Leader,
 }
 
 /// Lease bookkeeping of one controller.
@@ -253,12 +242,26 @@ impl LeaseManager {
 
     /// When this controller became leader, if it leads.
     pub fn leader_since(&self) -> Option<Instant> {
-        self.lock().as_ref().map(|l| l.since)
+        self.lock().as_ref().map(|l| l.leader.since())
     }
 
-    /// Runs `f` on the soft state if this controller leads.
+    /// Runs `f` on the lease soft state if this controller leads.
     pub fn with_leader<T>(&self, f: impl FnOnce(&mut LeaderLeases) -> T) -> Option<T> {
-        self.lock().as_mut().map(|l| f(&mut l.leases))
+        self.lock().as_mut().map(|l| f(l.leader.leases_mut()))
+    }
+
+    /// Runs `f` on the sans-IO leader with the term it leads, if this controller leads.
+    pub fn with_core_term<T>(&self, f: impl FnOnce(u64, &mut Leader) -> T) -> Option<T> {
+        self.lock().as_mut().map(|l| f(l.term, &mut l.leader))
+    }
+
+    /// Runs `f` on the sans-IO leader if this controller still leads in `term`: the
+    /// outcome of a proposal goes back to the leader that made it, never to a later one.
+    pub fn with_core_in<T>(&self, term: u64, f: impl FnOnce(&mut Leader) -> T) -> Option<T> {
+        self.lock()
+            .as_mut()
+            .filter(|l| l.term == term)
+            .map(|l| f(&mut l.leader))
     }
 
     /// Follows Raft leadership: fresh soft state on every new term led, none otherwise.
@@ -274,8 +277,7 @@ impl LeaseManager {
                 let since = self.clock.now();
                 *leading = Some(Leading {
                     term,
-                    since,
-                    leases: LeaderLeases::new(self.timing, since),
+                    leader: Leader::new(self.timing, since),
                 });
             }
             (_, false) => *leading = None,
@@ -352,7 +354,8 @@ pub async fn run_batcher(
         for renewal in batch.drain(..) {
             let answer = match leading.as_mut() {
                 Some(l) => l
-                    .leases
+                    .leader
+                    .leases_mut()
                     .renew(
                         &state,
                         &renewal.group,

@@ -4,6 +4,7 @@
 //! - [`types`]: the openraft type configuration.
 //! - [`store`]: redb-backed Raft log, vote, state machine and snapshots.
 //! - [`network`]: the Raft transport over gRPC, dialing through a caller-supplied [`Dialer`].
+//! - [`context`]: what every part of a controller shares, and proposing through Raft.
 //! - [`confirm`]: quorum confirmations, so `/active` answers 200 only from a controller
 //!   whose leader still holds a quorum.
 //! - [`detector`]: the leader's failure detector (what it heard from each site).
@@ -27,6 +28,7 @@
 
 pub mod auth;
 pub mod confirm;
+pub mod context;
 pub mod detector;
 pub mod executors;
 pub mod hooks;

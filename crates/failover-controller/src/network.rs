@@ -12,6 +12,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use failover_client::clock::Clock;
 use failover_client::Dialer;
 use failover_core::NodeId;
 use failover_proto::raft::raft_service_client::RaftServiceClient;
@@ -177,14 +178,16 @@ fn log_note(note: PeerNote, addr: &str, error: Option<&str>) {
 #[derive(Clone)]
 pub struct RaftNetwork {
     dialer: Arc<dyn Dialer>,
+    clock: Arc<dyn Clock>,
     reachability: Arc<Mutex<Reachability>>,
 }
 
 impl RaftNetwork {
-    /// A network that dials through `dialer`.
-    pub fn new(dialer: Arc<dyn Dialer>) -> Self {
+    /// A network that dials through `dialer` and times outages on `clock`.
+    pub fn new(dialer: Arc<dyn Dialer>, clock: Arc<dyn Clock>) -> Self {
         RaftNetwork {
             dialer,
+            clock,
             reachability: Arc::new(Mutex::new(Reachability::new(DOWN_AFTER, SUMMARY_EVERY))),
         }
     }
@@ -196,6 +199,7 @@ impl RaftNetworkFactory<TypeConfig> for RaftNetwork {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
         PeerConnection {
             target,
+            clock: self.clock.clone(),
             reachability: self.reachability.clone(),
             addr: node.addr.clone(),
             client: self
@@ -210,6 +214,7 @@ impl RaftNetworkFactory<TypeConfig> for RaftNetwork {
 /// The Raft RPC client to one peer.
 pub struct PeerConnection {
     target: NodeId,
+    clock: Arc<dyn Clock>,
     reachability: Arc<Mutex<Reachability>>,
     addr: String,
     client: Result<RaftServiceClient<Channel>, String>,
@@ -240,7 +245,7 @@ impl PeerConnection {
 
     /// Feeds one call's outcome (`None`: it succeeded; else why it failed) to the rule.
     fn note(&self, error: Option<String>) {
-        let now = Instant::now();
+        let now = self.clock.now();
         let note = {
             let Ok(mut rule) = self.reachability.lock() else {
                 return;

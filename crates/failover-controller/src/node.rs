@@ -16,19 +16,19 @@ use futures::Stream;
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{InitializeError, RaftError};
 use openraft::network::{NetSnapshot, RaftNetworkFactory};
-use openraft::{BasicNode, Instant as _, SnapshotPolicy};
+use openraft::{BasicNode, SnapshotPolicy};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tonic::transport::server::Connected;
 
+use crate::context::NodeContext;
 use crate::leases::LeaseManager;
 use crate::network::RaftNetwork;
 use crate::services::admin::AdminServer;
 use crate::services::executor::ExecutorServer;
 use crate::services::lease::LeaseServer;
 use crate::services::raft::RaftServer;
-use crate::services::NodeContext;
 use crate::store::{self, OpenError, StateView};
 use crate::types::{Raft, TypeConfig};
 use failover_client::clock::Clock;
@@ -147,7 +147,7 @@ impl Controller {
         let parts = Parts {
             log_store,
             state_machine,
-            network: RaftNetwork::new(dialer.clone()),
+            network: RaftNetwork::new(dialer.clone(), clock.clone()),
             dialer,
             clock,
         };
@@ -359,7 +359,7 @@ async fn hand_over_leadership(ctx: &NodeContext) {
                 }
                 return;
             }
-            followers(&m, per_attempt)
+            followers(ctx, &m)
         };
         let site = |id: NodeId| ctx.topology.controller(id).map(|(site, _)| site.clone());
         let Some(to) = successor(site(ctx.node_id), &candidates, &tried, site) else {
@@ -408,9 +408,10 @@ struct Follower {
 
 /// The voters other than the leader, from the leader's metrics.
 fn followers(
+    ctx: &NodeContext,
     m: &openraft::RaftMetrics<crate::types::TypeConfig>,
-    fresh: Duration,
 ) -> Vec<Follower> {
+    let now = ctx.clock.now();
     let last = m.last_log_index;
     m.membership_config
         .membership()
@@ -422,14 +423,10 @@ fn followers(
                 .as_ref()
                 .and_then(|r| r.get(&id).cloned().flatten())
                 .map(|log_id| log_id.index);
-            let acked = m
-                .heartbeat
-                .as_ref()
-                .and_then(|h| h.get(&id).cloned().flatten());
             Follower {
                 id,
                 caught_up: matched.is_some() && matched == last,
-                reachable: acked.is_some_and(|at| at.elapsed() <= fresh),
+                reachable: ctx.reachable(m, id, now),
             }
         })
         .collect()

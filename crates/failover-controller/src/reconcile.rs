@@ -1,35 +1,41 @@
-//! The leader's reconcile loop: turns what the core says is owed into Raft proposals.
+//! The leader's reconcile loop: the driver of [`failover_core::leader::Leader`].
 //!
 //! On the leader only, whenever the applied state changes, a promotion begins, a lease is
-//! released, or the next lease deadline passes, it:
-//! 1. creates groups the topology declares and the state lacks;
-//! 2. completes promotions whose old site can no longer hold the group
-//!    ([`LeaderLeases::completions`](failover_core::lease::LeaderLeases::completions));
-//! 3. drops leases unrenewed past their TTL plus the drift bound;
-//! 4. runs `after_demote` hooks of sites whose demotion completed;
-//! 5. asks the failover policy about lost active sites and promotes the first ready
-//!    standby whose `before_acquire` hook agrees.
+//! released, or the leader's next deadline passes, one pass:
+//! 1. gathers what this controller heard ([`detector::observe`]);
+//! 2. polls the core leader, which returns what to propose (groups the topology declares
+//!    and the state lacks, completions of promotions whose old site can no longer hold
+//!    the group, expirations of leases unrenewed past their TTL plus the drift bound) and
+//!    the failover policy's decisions;
+//! 3. proposes each command and hands its fate back to the core, which answers with the
+//!    effects the commit owes (the `after_demote` hook of a site whose demotion completed):
+//!    they run then, once, as tracked and bounded tasks ([`HookTasks`]);
+//! 4. for each group to fail over, promotes the first ready standby whose
+//!    `before_acquire` hook agrees.
 //!
 //! Each step is idempotent: a proposal that lost a race is refused by `apply` and changes
-//! nothing, so a new leader can run the loop on whatever state it inherits.
+//! nothing (and owes nothing), so a new leader can run the loop on whatever state it
+//! inherits.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use failover_core::policy::{self, Decision};
+use failover_core::leader::{Effect, Ready};
+use failover_core::policy::Decision;
 use failover_core::{ChangeKind, Command, GroupName, SiteId};
 use tokio::sync::watch;
 
+use crate::context::{propose, NodeContext, ProposeError};
 use crate::detector;
-use crate::hooks::{self, HookEnv};
-use crate::services::{propose, NodeContext};
+use crate::hooks::{self, HookEnv, HookTasks};
 
 /// Longest sleep between two passes when nothing wakes the loop.
 const MAX_SLEEP: Duration = Duration::from_millis(250);
 
-/// Runs until `shutdown` turns true.
+/// Runs until `shutdown` turns true; hooks still running then are stopped.
 pub async fn run(ctx: Arc<NodeContext>, mut shutdown: watch::Receiver<bool>) {
     let mut changes = ctx.view.subscribe();
+    let mut hooks = HookTasks::default();
     let mut sleep = MAX_SLEEP;
     loop {
         tokio::select! {
@@ -42,99 +48,91 @@ pub async fn run(ctx: Arc<NodeContext>, mut shutdown: watch::Receiver<bool>) {
             return;
         }
         sleep = MAX_SLEEP;
+        hooks.reap();
         if ctx.raft.is_leader() {
-            sleep = step(&ctx).await.min(MAX_SLEEP);
+            sleep = step(&ctx, &mut hooks).await.min(MAX_SLEEP);
         }
     }
 }
 
-/// One pass over the state; returns how long until the next lease deadline.
+/// One pass over the state; returns how long until the leader's next deadline.
 /// Failures are logged and retried on the next pass.
-pub async fn step(ctx: &NodeContext) -> Duration {
-    let owed = owed_commands(ctx);
-    for command in owed.commands {
-        let what = command.to_string();
-        match propose(ctx, command).await {
-            Ok(outcome) => tracing::info!(%what, ?outcome, "committed"),
-            Err(e) => tracing::warn!(%what, reason = %e.into_status().message(), "not committed"),
+pub async fn step(ctx: &NodeContext, hooks: &mut HookTasks) -> Duration {
+    let Some((term, ready, sleep)) = poll(ctx) else {
+        return MAX_SLEEP;
+    };
+    for proposal in ready.proposals {
+        let what = proposal.command.to_string();
+        let id = proposal.id;
+        let result = match propose(ctx, proposal.command).await {
+            Ok(outcome) => {
+                tracing::info!(%what, ?outcome, "committed");
+                Ok(outcome)
+            }
+            Err(ProposeError::Rejected(rejection)) => {
+                tracing::warn!(%what, reason = %rejection, "refused");
+                Err(rejection)
+            }
+            Err(ProposeError::Status(status)) => {
+                tracing::warn!(%what, reason = %status.message(), "not committed");
+                ctx.leases.with_core_in(term, |l| l.on_not_committed(id));
+                continue;
+            }
+        };
+        let effects = ctx
+            .leases
+            .with_core_in(term, |l| l.on_applied(id, &result))
+            .unwrap_or_default();
+        for effect in effects {
+            run_effect(ctx, hooks, effect).await;
         }
     }
-    for (site, env) in owed.demoted {
-        let hooks = ctx.topology.hooks(site.as_str());
-        tokio::spawn(async move { hooks::after_demote(&hooks, &env).await });
+    #[cfg(feature = "chaos-broken-skip-lease-wait")]
+    for command in broken_skip_lease_wait(&ctx.view.read(), ctx.clock.unix_ms()) {
+        let _ = propose(ctx, command).await;
     }
-    fail_over(ctx, owed.decisions).await;
-    owed.sleep
+    fail_over(ctx, ready.decisions).await;
+    sleep
 }
 
-/// What one pass owes: commands to propose, demoted sites whose hooks to run, failover
-/// decisions, and how long until the next deadline.
-struct Owed {
-    commands: Vec<Command>,
-    demoted: Vec<(SiteId, HookEnv)>,
-    decisions: Vec<Decision>,
-    sleep: Duration,
-}
-
-fn owed_commands(ctx: &NodeContext) -> Owed {
+/// Polls the core leader as of now: the term it leads, what it owes, and how long until
+/// its next deadline. `None` when this controller does not lead.
+fn poll(ctx: &NodeContext) -> Option<(u64, Ready, Duration)> {
+    // Lock order everywhere: the state view, then the lease manager.
     let state = ctx.view.read();
     let now = ctx.clock.now();
     let at_unix_ms = ctx.clock.unix_ms();
-    let mut commands: Vec<Command> = ctx
-        .topology
-        .groups
-        .iter()
-        .filter(|g| !state.groups.contains_key(&g.name))
-        .map(|g| Command::CreateGroup {
-            group: g.name.clone(),
-            sites: g.sites.clone(),
-            at_unix_ms,
-        })
-        .collect();
-    let mut demoted = Vec::new();
-    let next = ctx.leases.with_leader(|leader| {
-        leader.observe(&state, now);
-        for completion in leader.completions(&state, now, at_unix_ms) {
-            if let Some(g) = state.groups.get(completion.group()) {
-                if let (Some(old), Some(pending)) = (&g.active_site, g.pending()) {
-                    let env = HookEnv {
-                        group: g.name.to_string(),
-                        site: old.to_string(),
-                        epoch: g.epoch.0,
-                        reason: pending.reason.clone(),
-                    };
-                    demoted.push((old.clone(), env));
-                }
-            }
-            commands.push(completion);
-        }
-        #[cfg(feature = "chaos-broken-skip-lease-wait")]
-        commands.extend(broken_skip_lease_wait(&state, at_unix_ms));
-        commands.extend(leader.expirations(&state, now));
-        leader.poll_timeout(&state)
-    });
-    let decisions = match ctx.leases.leader_since() {
-        Some(since) => {
-            let observed = detector::observe(ctx, since, now);
-            policy::decide(
-                &state,
-                &ctx.topology.groups,
-                &ctx.topology.timing,
-                &observed,
-                now,
-                at_unix_ms,
-            )
-        }
-        None => Vec::new(),
-    };
-    let sleep = next.flatten().map_or(MAX_SLEEP, |at| {
+    let since = ctx.leases.leader_since()?;
+    let observed = detector::observe(ctx, since, now);
+    let (term, ready) = ctx.leases.with_core_term(|term, leader| {
+        let ready = leader.poll(&state, &ctx.topology, &observed, now, at_unix_ms);
+        (term, ready)
+    })?;
+    let sleep = ready.next_timeout.map_or(MAX_SLEEP, |at| {
         crate::leases::until(now, at) + Duration::from_millis(1)
     });
-    Owed {
-        commands,
-        demoted,
-        decisions,
-        sleep,
+    Some((term, ready, sleep))
+}
+
+/// Carries out one effect a commit owed.
+async fn run_effect(ctx: &NodeContext, hooks: &mut HookTasks, effect: Effect) {
+    match effect {
+        Effect::AfterDemote {
+            group,
+            site,
+            epoch,
+            reason,
+        } => {
+            let env = HookEnv {
+                group: group.to_string(),
+                site: site.to_string(),
+                epoch: epoch.0,
+                reason,
+            };
+            hooks
+                .after_demote(ctx.topology.hooks(site.as_str()), env)
+                .await;
+        }
     }
 }
 

@@ -11,6 +11,8 @@
 //! - [`state`]: the replicated state machine: groups, phases, history, and [`state::ClusterState::apply`].
 //! - [`command`]: the commands the Raft log carries and what applying them answers.
 //! - [`lease`]: lease timing on the leader and at the holder.
+//! - [`leader`]: the leader's decisions (observations, changes, what to propose, the
+//!   effects owed after each commit), driven by the controller.
 //! - [`supervision`]: restart backoff and crash-loop detection for site workers.
 //! - [`executor`]: the executor's supervisor: worker starts, stops, restarts, rolling
 //!   reloads, the unhealthy cooldown and lease release, as actions for its driver.
@@ -22,6 +24,7 @@ pub mod command;
 pub mod config;
 pub mod executor;
 pub mod ids;
+pub mod leader;
 pub mod lease;
 pub mod placement;
 pub mod policy;

@@ -55,4 +55,8 @@ impl Clock for DriftClock {
     fn now(&self) -> StdInstant {
         self.local_at(Instant::now())
     }
+
+    fn at_runtime_instant(&self, at: Instant) -> StdInstant {
+        self.local_at(at)
+    }
 }

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use failover_core::leader::change::{self, ChangePlan};
 use failover_core::promotion;
 use failover_core::{ChangeKind, Command, GroupName, GroupState, Rejection, SiteId};
 use failover_proto::admin::admin_service_client::AdminServiceClient;
@@ -17,7 +18,7 @@ use failover_proto::admin::{
     LeasesResponse, PauseRequest, PauseResponse, PromoteRequest, PromoteResponse, ReloadRequest,
     ReloadResponse, ResumeRequest, SiteStatus, StatusRequest, StatusResponse,
 };
-use openraft::{Instant as _, ReadPolicy};
+use openraft::ReadPolicy;
 use tonic::{Request, Response, Status};
 
 use super::{propose, NodeContext, ProposeError};
@@ -166,24 +167,19 @@ impl AdminServer {
     fn local_status(&self) -> StatusResponse {
         let metrics = self.ctx.metrics();
         let leader = metrics.current_leader.unwrap_or(0);
-        let reachable_within =
-            Duration::from_millis(self.ctx.topology.timing.election_timeout_max_ms);
+        let now = self.ctx.clock.now();
         let controllers = self
             .ctx
             .topology
             .controllers()
             .map(|(site, c)| {
-                let acked = metrics
-                    .heartbeat
-                    .as_ref()
-                    .and_then(|h| h.get(&c.id).cloned().flatten());
                 let matched = metrics
                     .replication
                     .as_ref()
                     .and_then(|r| r.get(&c.id).cloned().flatten())
                     .map_or(0, |id| id.index);
                 let is_self = c.id == self.ctx.node_id;
-                let reachable = is_self || acked.is_some_and(|at| at.elapsed() <= reachable_within);
+                let reachable = self.ctx.reachable(&metrics, c.id, now);
                 let role = if c.id == leader {
                     "leader"
                 } else if metrics.heartbeat.is_none() {
@@ -363,18 +359,13 @@ impl AdminServer {
         force: bool,
     ) -> Result<(), Status> {
         let now = self.ctx.clock.now();
-        if !force {
-            if let Some(since) = self.ctx.leases.leader_since() {
-                let observed = crate::detector::observe(&self.ctx, since, now);
-                if observed.has_reports_for(&group.name) && !observed.ready_for(site, &group.name) {
-                    return Err(Status::failed_precondition(format!(
-                        "{site} is not ready for group {} (no executor there reports ready); \
-                         use --force to promote it anyway",
-                        group.name
-                    )));
-                }
-            }
-        }
+        let observed = self
+            .ctx
+            .leases
+            .leader_since()
+            .map(|since| crate::detector::observe(&self.ctx, since, now));
+        change::check_ready(observed.as_ref(), &group.name, site, force)
+            .map_err(|not_ready| Status::failed_precondition(not_ready.to_string()))?;
         let env = HookEnv {
             group: group.name.to_string(),
             site: site.to_string(),
@@ -400,12 +391,8 @@ impl AdminServer {
         let started = self.ctx.clock.now();
         let current = self.ctx.view.read().group(&group).cloned();
         let current = current.map_err(|r| rejection_status(&r))?;
-        let check = match &target {
-            Some(site) => promotion::check_start(&current, site),
-            None => promotion::check_demote(&current),
-        };
-        match check {
-            Ok(()) => {
+        match change::plan_change(&current, target.as_ref()) {
+            ChangePlan::Start => {
                 if let Some(site) = &target {
                     self.check_target(&current, site, request.kind == ChangeKind::ForcedPromote)
                         .await?;
@@ -432,7 +419,7 @@ impl AdminServer {
                     .map_err(ProposeError::into_status)?;
                 self.ctx.reconcile.notify_one();
             }
-            Err(Rejection::AlreadyActive { .. } | Rejection::NoActiveSite(_)) => {
+            ChangePlan::AlreadyThere => {
                 return Ok(PromoteResponse {
                     group: Some(group_status(&current)),
                     already_active: true,
@@ -440,9 +427,8 @@ impl AdminServer {
                     completes_within_ms: 0,
                 });
             }
-            Err(Rejection::PromotionInProgress { to, .. })
-                if to == promotion::site_name(target.as_ref()) => {}
-            Err(rejection) => return Err(rejection_status(&rejection)),
+            ChangePlan::Join => {}
+            ChangePlan::Refuse(rejection) => return Err(rejection_status(&rejection)),
         }
         if !request.wait {
             return self.started_answer(&group, started);
@@ -453,7 +439,12 @@ impl AdminServer {
         Ok(PromoteResponse {
             group: Some(group_status(&done)),
             already_active: false,
-            elapsed_ms: started.elapsed().as_millis() as u64,
+            elapsed_ms: self
+                .ctx
+                .clock
+                .now()
+                .saturating_duration_since(started)
+                .as_millis() as u64,
             completes_within_ms: 0,
         })
     }
@@ -486,7 +477,7 @@ impl AdminServer {
         Ok(PromoteResponse {
             group: Some(group_status(&view)),
             already_active: false,
-            elapsed_ms: started.elapsed().as_millis() as u64,
+            elapsed_ms: now.saturating_duration_since(started).as_millis() as u64,
             completes_within_ms: within,
         })
     }

@@ -7,6 +7,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
+use failover_core::leader::change;
 use failover_core::lease::{RenewRefusal, Renewed};
 use failover_core::{
     Command, Epoch, FencingToken, FencingValue, GroupName, GroupState, LeaseId, Outcome, Rejection,
@@ -18,6 +19,7 @@ use failover_proto::lease::{
     KeepAliveRequest, KeepAliveResponse, Refused, ReleaseRequest, ReleaseResponse, Standby,
     WatchRequest,
 };
+use futures::stream::FuturesUnordered;
 use futures::Stream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
@@ -32,6 +34,8 @@ use crate::leases::{Renewal, RenewalError};
 pub const LEADER_HINT: &str = "x-failover-leader";
 /// Most keepalive answers buffered per stream before the stream is considered stuck.
 const STREAM_BUFFER: usize = 4096;
+/// Most renewals of one keepalive stream waiting for the batcher's answer at once.
+pub const MAX_RENEWALS_IN_FLIGHT: usize = 4096;
 
 /// Serves the lease API.
 pub struct LeaseServer {
@@ -137,8 +141,79 @@ pub fn group_event(group: &GroupState, site: &str) -> GroupEvent {
         active_site: wire_site(active),
         epoch: group.epoch.0,
         phase: group.phase.name().to_owned(),
-        drain: group.pending().is_some() && active.is_some_and(|a| a.as_str() == site),
+        drain: change::drains(group, &SiteId(site.to_owned())),
         promoting_to: wire_site(group.pending().and_then(|p| p.to.as_ref())),
+    }
+}
+
+/// One keepalive stream's task: submits each renewal to the batcher and sends the answers
+/// back in the order they come. At most [`MAX_RENEWALS_IN_FLIGHT`] renewals of the stream
+/// wait for an answer; beyond that it reads no more requests until one is answered (the
+/// client's sends back up), so one task and a bounded set of waiting answers serve a
+/// stream, however fast it sends. Ends when the client closes its side and every answer
+/// went out, or when the client stops reading answers.
+async fn serve_keepalives(
+    ctx: Arc<NodeContext>,
+    mut incoming: Streaming<KeepAliveRequest>,
+    answers: mpsc::Sender<Result<KeepAliveResponse, Status>>,
+) {
+    let mut waiting = FuturesUnordered::new();
+    let mut open = true;
+    while open || !waiting.is_empty() {
+        tokio::select! {
+            next = incoming.next(), if open && waiting.len() < MAX_RENEWALS_IN_FLIGHT => {
+                match next {
+                    Some(Ok(req)) => waiting.push(renew(&ctx, req)),
+                    _ => open = false,
+                }
+            }
+            Some(answer) = waiting.next() => {
+                if answers.send(Ok(answer)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Submits one renewal and waits for its answer.
+fn renew(
+    ctx: &Arc<NodeContext>,
+    req: KeepAliveRequest,
+) -> impl std::future::Future<Output = KeepAliveResponse> {
+    let received_at = ctx.clock.now();
+    let (reply, answer) = oneshot::channel();
+    ctx.leases.submit(Renewal {
+        group: GroupName(req.group.clone()),
+        lease: LeaseId(req.lease_id),
+        received_at,
+        reply,
+    });
+    let ctx = ctx.clone();
+    async move {
+        let result = match answer.await {
+            Ok(Ok(Renewed {
+                lease,
+                epoch,
+                token,
+                site,
+                ..
+            })) => {
+                ctx.leases
+                    .engines()
+                    .on_renewed(&GroupName(req.group.clone()), &site, received_at);
+                keep_alive_response::Result::Renewed(grant_message(&ctx, lease, epoch, token))
+            }
+            Ok(Err(e)) => keep_alive_response::Result::Refused(refused(&e)),
+            Err(_) => keep_alive_response::Result::Refused(refused(&RenewalError::NotLeader(
+                "controller stopping".into(),
+            ))),
+        };
+        KeepAliveResponse {
+            lease_id: req.lease_id,
+            seq: req.seq,
+            result: Some(result),
+        }
     }
 }
 
@@ -214,54 +289,9 @@ impl LeaseService for LeaseServer {
         request: Request<Streaming<KeepAliveRequest>>,
     ) -> Result<Response<Self::KeepAliveStream>, Status> {
         self.require_leader()?;
-        let mut incoming = request.into_inner();
+        let incoming = request.into_inner();
         let (answers, stream) = mpsc::channel(STREAM_BUFFER);
-        let ctx = self.ctx.clone();
-        tokio::spawn(async move {
-            while let Some(Ok(req)) = incoming.next().await {
-                let received_at = ctx.clock.now();
-                let (reply, answer) = oneshot::channel();
-                ctx.leases.submit(Renewal {
-                    group: GroupName(req.group.clone()),
-                    lease: LeaseId(req.lease_id),
-                    received_at,
-                    reply,
-                });
-                let answers = answers.clone();
-                let ctx = ctx.clone();
-                tokio::spawn(async move {
-                    let result = match answer.await {
-                        Ok(Ok(Renewed {
-                            lease,
-                            epoch,
-                            token,
-                            site,
-                            ..
-                        })) => {
-                            ctx.leases.engines().on_renewed(
-                                &GroupName(req.group.clone()),
-                                &site,
-                                received_at,
-                            );
-                            keep_alive_response::Result::Renewed(grant_message(
-                                &ctx, lease, epoch, token,
-                            ))
-                        }
-                        Ok(Err(e)) => keep_alive_response::Result::Refused(refused(&e)),
-                        Err(_) => keep_alive_response::Result::Refused(refused(
-                            &RenewalError::NotLeader("controller stopping".into()),
-                        )),
-                    };
-                    let _ = answers
-                        .send(Ok(KeepAliveResponse {
-                            lease_id: req.lease_id,
-                            seq: req.seq,
-                            result: Some(result),
-                        }))
-                        .await;
-                });
-            }
-        });
+        tokio::spawn(serve_keepalives(self.ctx.clone(), incoming, answers));
         Ok(Response::new(Box::pin(ReceiverStream::new(stream))))
     }
 
