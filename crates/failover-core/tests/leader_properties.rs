@@ -21,6 +21,7 @@ const SITES: [&str; 3] = ["a", "b", "c"];
 fn topology() -> Topology {
     Topology {
         cluster_name: "t".into(),
+        tls: None,
         timing: Timing::default(),
         sites: SITES
             .iter()
