@@ -463,6 +463,26 @@ pub enum Holding {
     },
 }
 
+/// A lease the holder holds at the instant it asked ([`HolderLease::held`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    /// The lease.
+    pub lease: LeaseId,
+    /// Its identity token.
+    pub token: FencingToken,
+    /// Its epoch (what stores compare: [`Held::fencing_value`]).
+    pub epoch: Epoch,
+    /// The instant after which the holder must have stopped.
+    pub valid_until: Instant,
+}
+
+impl Held {
+    /// The value the holder passes downstream: the lease's epoch.
+    pub fn fencing_value(&self) -> FencingValue {
+        FencingValue::from(self.epoch)
+    }
+}
+
 /// The holder's lease state machine. Driver contract: note the send time of every
 /// acquire and keepalive *before* sending, hand replies back with that send time, and call
 /// [`HolderLease::handle_timeout`] no later than [`HolderLease::poll_timeout`].
@@ -568,15 +588,20 @@ impl HolderLease {
         }
     }
 
-    /// The lease and token if held and valid at `now`.
-    pub fn held(&self, now: Instant) -> Option<(LeaseId, FencingToken, Epoch, Instant)> {
+    /// The lease, its token, epoch and deadline if held and valid at `now`.
+    pub fn held(&self, now: Instant) -> Option<Held> {
         match self.holding {
             Holding::Held {
                 lease,
                 token,
                 epoch,
                 valid_until,
-            } if now < valid_until => Some((lease, token, epoch, valid_until)),
+            } if now < valid_until => Some(Held {
+                lease,
+                token,
+                epoch,
+                valid_until,
+            }),
             _ => None,
         }
     }

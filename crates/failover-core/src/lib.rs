@@ -29,7 +29,7 @@ pub mod supervision;
 pub use command::{Command, CommandResult, Outcome, Rejection};
 pub use config::{ConfigError, Timing, Topology};
 pub use ids::{Epoch, GroupName, NodeId, SiteId};
-pub use lease::{FencingToken, FencingValue, Lease, LeaseId};
+pub use lease::{FencingToken, FencingValue, Held, Lease, LeaseId};
 pub use state::{
     ChangeKind, ClusterState, GroupState, GroupSummary, HistoryEntry, Pause, PauseEvent, Phase,
 };

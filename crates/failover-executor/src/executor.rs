@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 use failover_client::clock::Clock;
 use failover_client::{Dialer, Endpoints, LeaseConfig, LeaseSession, LeaseState};
 use failover_core::supervision::{RestartPolicy, Restarts};
-use failover_proto::executor::executor_service_client::ExecutorServiceClient;
+use failover_core::{Epoch, FencingToken};
 use failover_proto::executor::{ExecutorReport, WorkerReport};
+use failover_proto::types::{Health as WireHealth, LeaseState as WireLease, WorkerState};
 use tokio::sync::{mpsc, watch};
 
 use crate::contain::Containment;
@@ -152,11 +153,11 @@ enum Health {
 }
 
 impl Health {
-    fn name(self) -> &'static str {
+    fn wire(self) -> WireHealth {
         match self {
-            Health::Unknown => "unknown",
-            Health::Healthy => "healthy",
-            Health::Unhealthy { .. } => "unhealthy",
+            Health::Unknown => WireHealth::Unknown,
+            Health::Healthy => WireHealth::Healthy,
+            Health::Unhealthy { .. } => WireHealth::Unhealthy,
         }
     }
 
@@ -308,11 +309,7 @@ pub fn lease_state_line(state: &LeaseState) -> String {
     match state {
         LeaseState::Connecting => "connecting (no leader reached yet)".to_owned(),
         LeaseState::Standby { active_site, epoch } => {
-            let active = if active_site.is_empty() {
-                "no site"
-            } else {
-                active_site.as_str()
-            };
+            let active = active_site.as_ref().map_or("no site", |s| s.as_str());
             format!("standby ({active} active at epoch {epoch})")
         }
         LeaseState::Acquired { token, epoch, .. } => {
@@ -337,8 +334,8 @@ impl Executor {
     fn start_session(&mut self) {
         let config = LeaseConfig {
             endpoints: self.opts.endpoints.clone(),
-            group: self.opts.group.clone(),
-            site: self.opts.site.clone(),
+            group: failover_core::GroupName(self.opts.group.clone()),
+            site: failover_core::SiteId(self.opts.site.clone()),
             instance: self.opts.executor_id.clone(),
             max_clock_drift: self.opts.max_clock_drift,
             stop_grace: self.opts.stop_grace,
@@ -888,14 +885,14 @@ impl Executor {
 
     fn report_message(&self, now: Instant) -> ExecutorReport {
         let (state, epoch, token) = match &self.lease_state {
-            LeaseState::Acquired { epoch, token, .. } => ("acquired", epoch.0, token.0),
-            LeaseState::Draining { epoch, token, .. } => ("draining", epoch.0, token.0),
-            LeaseState::Standby { epoch, .. } => ("standby", *epoch, 0),
-            LeaseState::Lost { .. } => ("lost", 0, 0),
-            LeaseState::Connecting => ("connecting", 0, 0),
+            LeaseState::Acquired { epoch, token, .. } => (WireLease::Acquired, *epoch, *token),
+            LeaseState::Draining { epoch, token, .. } => (WireLease::Draining, *epoch, *token),
+            LeaseState::Standby { epoch, .. } => (WireLease::Standby, *epoch, FencingToken(0)),
+            LeaseState::Lost { .. } => (WireLease::Lost, Epoch(0), FencingToken(0)),
+            LeaseState::Connecting => (WireLease::Connecting, Epoch(0), FencingToken(0)),
         };
         let state = if self.unhealthy.is_some() {
-            "paused"
+            WireLease::Paused
         } else {
             state
         };
@@ -904,19 +901,21 @@ impl Executor {
             .iter()
             .map(|s| {
                 let (pid, worker_state, uptime, generation) = match &s.worker {
-                    Some(w) if w.stopping => (w.pid.unwrap_or(0), "stopping", 0, w.generation),
+                    Some(w) if w.stopping => {
+                        (w.pid.unwrap_or(0), WorkerState::Stopping, 0, w.generation)
+                    }
                     Some(w) => (
                         w.pid.unwrap_or(0),
                         if w.pid.is_some() {
-                            "running"
+                            WorkerState::Running
                         } else {
-                            "starting"
+                            WorkerState::Starting
                         },
                         now.saturating_duration_since(w.started_at).as_millis() as u64,
                         w.generation,
                     ),
-                    None if s.restart_at.is_some() => (0, "backoff", 0, 0),
-                    None => (0, "stopped", 0, 0),
+                    None if s.restart_at.is_some() => (0, WorkerState::Backoff, 0, 0),
+                    None => (0, WorkerState::Stopped, 0, 0),
                 };
                 WorkerReport {
                     instance: s.instance,
@@ -924,7 +923,7 @@ impl Executor {
                     state: worker_state.into(),
                     restarts: s.restarts.count,
                     uptime_ms: uptime,
-                    health: s.health.name().into(),
+                    health: s.health.wire().into(),
                     generation,
                 }
             })
@@ -936,8 +935,8 @@ impl Executor {
             ready: self.ready(now),
             healthy: self.unhealthy.is_none(),
             lease_state: state.into(),
-            epoch,
-            fencing_token: token,
+            epoch: epoch.0,
+            fencing_token: token.0,
             workers,
             reload_done: self.reload_done.0,
             reload_ok: self.reload_done.1,
@@ -961,7 +960,7 @@ impl Executor {
             let Ok(channel) = self.dialer.channel(&addr) else {
                 continue;
             };
-            let mut client = ExecutorServiceClient::new(channel);
+            let mut client = failover_proto::wire::executor_client(channel);
             let sent =
                 tokio::time::timeout(Duration::from_secs(1), client.report(report.clone())).await;
             match sent {
@@ -979,7 +978,7 @@ impl Executor {
                 Ok(Err(status)) => {
                     self.reporter = status
                         .metadata()
-                        .get("x-failover-leader")
+                        .get(failover_proto::wire::LEADER_HEADER)
                         .and_then(|v| v.to_str().ok())
                         .map(str::to_owned);
                     if let Some(leader) = self.reporter.clone() {
@@ -1046,8 +1045,8 @@ mod tests {
             lease_state_line(&acquired(6, 100))
         );
         let standby = |site: &str, epoch| LeaseState::Standby {
-            active_site: site.into(),
-            epoch,
+            active_site: (!site.is_empty()).then(|| site.into()),
+            epoch: Epoch(epoch),
         };
         assert_eq!(
             lease_state_line(&standby("site-a", 2)),
