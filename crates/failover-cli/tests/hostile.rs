@@ -206,7 +206,11 @@ async fn hostile_requests_are_refused_by_name_and_change_nothing() {
         "`workers.state` holds -3",
     );
 
-    assert_eq!(committed(&mut admin).await, before, "committed state changed");
+    assert_eq!(
+        committed(&mut admin).await,
+        before,
+        "committed state changed"
+    );
     // The refused report registered no executor.
     let status = admin
         .status(StatusRequest {})

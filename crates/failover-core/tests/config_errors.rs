@@ -39,7 +39,12 @@ fn the_example_parses() {
 #[test]
 fn a_string_where_a_number_belongs() {
     let text = with("lease_ttl_ms: 3500", "lease_ttl_ms: soon");
-    refused(&text, "timing.lease_ttl_ms", "lease_ttl_ms: soon", "expected u64");
+    refused(
+        &text,
+        "timing.lease_ttl_ms",
+        "lease_ttl_ms: soon",
+        "expected u64",
+    );
 }
 
 #[test]
@@ -81,7 +86,12 @@ fn a_string_where_a_bool_belongs() {
 #[test]
 fn a_scalar_where_a_list_belongs() {
     let text = with("sites: [site-a, site-b]", "sites: site-a");
-    refused(&text, "groups[0].sites", "sites: site-a", "expected a sequence");
+    refused(
+        &text,
+        "groups[0].sites",
+        "sites: site-a",
+        "expected a sequence",
+    );
 }
 
 #[test]
@@ -95,7 +105,10 @@ fn a_list_where_a_map_belongs() {
 
 #[test]
 fn an_unknown_key() {
-    let text = with("auto_failover: true", "auto_failover: true\n    auto_fialover: true");
+    let text = with(
+        "auto_failover: true",
+        "auto_failover: true\n    auto_fialover: true",
+    );
     refused(
         &text,
         "groups[0].auto_fialover",
