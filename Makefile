@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: build test dev lint bench clean chaos chaos-long chaos-build sim sim-ci sim-broken sim-replay sim-build
+.PHONY: build test dev lint bench clean chaos chaos-long chaos-build sim sim-ci sim-broken sim-replay sim-build fuzz fuzz-ci
 
 build:
 	$(CARGO) build --workspace --release
@@ -95,3 +95,13 @@ sim-ci: sim-build
 	$(SIM_ENV) $(CARGO) nextest run --release -p failover-sim
 	$(SIM) --seeds $(SIM_CI_SEEDS) --threads $(SIM_THREADS)
 	$(MAKE) sim-broken
+
+# Fuzzing (fuzz/, docs/testing.md "Fuzzing"): libFuzzer on stable Rust, its own workspace
+# and target dir. `make fuzz` runs each target (topology parser, command decoding and
+# apply, wire conversions) for FUZZ_SECONDS; CI runs `fuzz-ci`, 15 s per target.
+FUZZ_SECONDS ?= 600
+fuzz:
+	bash scripts/fuzz.sh $(FUZZ_SECONDS)
+
+fuzz-ci:
+	bash scripts/fuzz.sh 15

@@ -4,7 +4,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Read at run time: a build script compiled in another checkout (a shared or copied
     // target dir) would otherwise compile that checkout's protos.
     let root = format!("{}/../../proto", std::env::var("CARGO_MANIFEST_DIR")?);
-    let files = ["raft.proto", "admin.proto", "lease.proto", "executor.proto"];
+    let files = [
+        "types.proto",
+        "raft.proto",
+        "admin.proto",
+        "lease.proto",
+        "executor.proto",
+    ];
     for file in files {
         println!("cargo:rerun-if-changed={root}/{file}");
     }

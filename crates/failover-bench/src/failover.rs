@@ -2,7 +2,6 @@
 
 use std::time::{Duration, Instant};
 
-use failover_proto::lease::lease_service_client::LeaseServiceClient;
 use failover_proto::lease::{
     acquire_response, keep_alive_response, AcquireRequest, KeepAliveRequest, KeepAliveResponse,
     WatchRequest,
@@ -14,7 +13,6 @@ use tonic::Code;
 use crate::workload::Target;
 
 /// Metadata key a non-leader sets to the leader's address.
-const LEADER_HINT: &str = "x-failover-leader";
 /// Time one probe of a controller may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -82,7 +80,7 @@ async fn probe(addr: &str, group: &str, site: &str) -> Probe {
         Ok(channel) => channel,
         Err(e) => return Probe::NotYet(format!("{e:#}")),
     };
-    let mut client = LeaseServiceClient::new(channel);
+    let mut client = failover_proto::wire::lease_client(channel);
     let no_renewals = tokio_stream::empty::<KeepAliveRequest>();
     match tokio::time::timeout(PROBE_TIMEOUT, client.keep_alive(no_renewals)).await {
         Err(_) => return Probe::NotYet("keepalive probe timed out".into()),
@@ -90,7 +88,7 @@ async fn probe(addr: &str, group: &str, site: &str) -> Probe {
         Ok(Err(status)) if status.code() == Code::Unavailable => {
             let leader = status
                 .metadata()
-                .get(LEADER_HINT)
+                .get(failover_proto::wire::LEADER_HEADER)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned);
             return Probe::NotLeader(leader);
@@ -135,7 +133,7 @@ impl Target for Failover {
             instance: format!("bench-{instance}"),
             ready: false,
         };
-        let response = LeaseServiceClient::new(channel)
+        let response = failover_proto::wire::lease_client(channel)
             .acquire(request)
             .await
             .map_err(|status| status.to_string())?;
@@ -163,9 +161,11 @@ impl Target for Failover {
     fn answer(answer: &KeepAliveResponse) -> (u64, Result<(), String>) {
         let outcome = match &answer.result {
             Some(keep_alive_response::Result::Renewed(_)) => Ok(()),
-            Some(keep_alive_response::Result::Refused(refused)) => {
-                Err(format!("{}: {}", refused.reason, refused.message))
-            }
+            Some(keep_alive_response::Result::Refused(refused)) => Err(format!(
+                "{}: {}",
+                failover_proto::wire::refusal_name(refused.reason()),
+                refused.message
+            )),
             None => Err("empty keepalive answer".into()),
         };
         (answer.seq, outcome)
@@ -176,7 +176,7 @@ impl Target for Failover {
         channel: Channel,
         requests: ReceiverStream<KeepAliveRequest>,
     ) -> Result<tonic::Streaming<KeepAliveResponse>, tonic::Status> {
-        Ok(LeaseServiceClient::new(channel)
+        Ok(failover_proto::wire::lease_client(channel)
             .keep_alive(requests)
             .await?
             .into_inner())

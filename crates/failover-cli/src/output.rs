@@ -3,6 +3,8 @@
 //! The JSON shapes are a contract (scripts and the chaos harness parse them): keys are
 //! only ever added, never renamed.
 
+use failover_proto::types::{ExecutorState, WorkerState};
+use failover_proto::wire;
 use std::fmt::Write as _;
 
 use failover_proto::admin::{
@@ -153,11 +155,11 @@ pub struct WorkerJson {
 
 /// A worker's state as status shows it: an executor the leader no longer hears from, or
 /// whose lease deadline passed, does not run what it last reported.
-fn worker_state(executor_state: &str, reported: &str) -> String {
+fn worker_state(executor_state: ExecutorState, reported: WorkerState) -> String {
     match executor_state {
-        "fenced" => "fenced".to_owned(),
-        "silent" => "unknown".to_owned(),
-        _ => reported.to_owned(),
+        ExecutorState::Fenced => "fenced".to_owned(),
+        ExecutorState::Silent => "unknown".to_owned(),
+        _ => wire::worker_state_name(reported).to_owned(),
     }
 }
 
@@ -171,23 +173,23 @@ fn site_json(site: &failover_proto::admin::SiteStatus) -> SiteJson {
             .iter()
             .filter_map(|e| e.report.as_ref().map(|r| (e, r)))
             .map(|(e, r)| {
-                let state = if e.state.is_empty() {
+                let state = match e.state() {
                     // An older controller: derive the least it can say.
-                    if e.stale { "silent" } else { "standby" }.to_owned()
-                } else {
-                    e.state.clone()
+                    ExecutorState::Unspecified if e.stale => ExecutorState::Silent,
+                    ExecutorState::Unspecified => ExecutorState::Standby,
+                    state => state,
                 };
-                let holds = matches!(state.as_str(), "holding" | "draining");
+                let holds = matches!(state, ExecutorState::Holding | ExecutorState::Draining);
                 ExecutorJson {
                     id: r.executor_id.clone(),
                     group: r.group.clone(),
                     site: site.name.clone(),
                     fencing_value: (e.fencing_value != 0).then_some(e.fencing_value),
                     lease_left_ms: holds.then_some(e.lease_left_ms),
-                    fenced_for_ms: (state == "fenced").then_some(e.fenced_for_ms),
+                    fenced_for_ms: (state == ExecutorState::Fenced).then_some(e.fenced_for_ms),
                     ready: r.ready,
                     healthy: r.healthy,
-                    lease: r.lease_state.clone(),
+                    lease: wire::lease_state_name(r.lease_state()).to_owned(),
                     fencing_token: r.fencing_token,
                     last_seen_ms: e.last_seen_ms,
                     stale: e.stale,
@@ -200,14 +202,14 @@ fn site_json(site: &failover_proto::admin::SiteStatus) -> SiteJson {
                         .map(|w| WorkerJson {
                             instance: w.instance,
                             pid: w.pid,
-                            state: worker_state(&state, &w.state),
-                            reported_state: w.state.clone(),
+                            state: worker_state(state, w.state()),
+                            reported_state: wire::worker_state_name(w.state()).to_owned(),
                             restarts: w.restarts,
                             uptime_ms: w.uptime_ms,
-                            health: w.health.clone(),
+                            health: wire::health_name(w.health()).to_owned(),
                         })
                         .collect(),
-                    state,
+                    state: wire::executor_state_name(state).to_owned(),
                 }
             })
             .collect(),
@@ -284,7 +286,7 @@ impl From<&GroupStatus> for GroupJson {
             name: g.name.clone(),
             active_site: site_or_null(&g.active_site),
             epoch: g.epoch,
-            phase: g.phase.clone(),
+            phase: wire::phase_name(g.phase()).to_owned(),
             promoting_to: site_or_null(&g.promoting_to),
             active_since_unix_ms: since,
             active_since: since.map(format_unix_ms),

@@ -43,7 +43,7 @@ async fn promote_survives_leader_kill_and_full_restart() {
         (
             group.active_site.as_str(),
             group.epoch,
-            group.phase.as_str()
+            failover_proto::wire::phase_name(group.phase())
         ),
         ("site-a", 1, "active")
     );
@@ -108,7 +108,7 @@ async fn promote_survives_leader_kill_and_full_restart() {
         (
             group.active_site.as_str(),
             group.epoch,
-            group.phase.as_str()
+            failover_proto::wire::phase_name(group.phase())
         ),
         ("site-a", 3, "active")
     );

@@ -165,9 +165,10 @@ async fn crashed_worker_is_respawned() {
                 .report
                 .clone()?
                 .workers
-                .first()?
-                .clone();
-            (w.restarts == 1 && w.state == "running").then_some(w.restarts)
+                .first()
+                .copied()?;
+            (w.restarts == 1 && w.state() == failover_proto::types::WorkerState::Running)
+                .then_some(w.restarts)
         }
     })
     .await;

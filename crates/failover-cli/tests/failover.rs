@@ -56,7 +56,11 @@ fn group(status: &StatusResponse) -> (String, u64, String) {
         .iter()
         .find(|g| g.name == "default")
         .expect("default group");
-    (g.active_site.clone(), g.epoch, g.phase.clone())
+    (
+        g.active_site.clone(),
+        g.epoch,
+        failover_proto::wire::phase_name(g.phase()).to_owned(),
+    )
 }
 
 /// Kills every process of site-a (its executor, controllers 1 and 2) and returns how long
@@ -124,9 +128,9 @@ async fn site_loss_fails_over_and_the_site_stays_standby_when_back() {
                 let a = st.sites.iter().find(|s| s.name == "site-a")?;
                 let back = a.executors.iter().any(|e| {
                     e.last_seen_ms < 1000
-                        && e.report
-                            .as_ref()
-                            .is_some_and(|r| r.ready && r.lease_state == "standby")
+                        && e.report.as_ref().is_some_and(|r| {
+                            r.ready && r.lease_state() == failover_proto::types::LeaseState::Standby
+                        })
                 });
                 back.then_some(())
             }
@@ -571,7 +575,10 @@ async fn paused_group_is_not_failed_over_until_resumed() {
                 .find(|g| g.name == "default")
                 .expect("group");
             assert_eq!(
-                (g.active_site.as_str(), g.phase.as_str()),
+                (
+                    g.active_site.as_str(),
+                    failover_proto::wire::phase_name(g.phase())
+                ),
                 ("site-a", "active"),
                 "a paused group moved"
             );

@@ -142,7 +142,11 @@ async fn bad_lease_requests_get_precise_statuses() {
     let answer = answers.message().await.expect("stream").expect("an answer");
     assert_eq!(answer.seq, 7);
     match answer.result {
-        Some(keep_alive_response::Result::Refused(r)) => assert_eq!(r.reason, "unknown", "{r:?}"),
+        Some(keep_alive_response::Result::Refused(r)) => assert_eq!(
+            r.reason(),
+            failover_proto::types::RefusalReason::Unknown,
+            "{r:?}"
+        ),
         other => panic!("keepalive for an unknown lease was not refused: {other:?}"),
     }
 

@@ -161,7 +161,10 @@ async fn holders_at_two_sites_never_overlap() {
             // The leader dies right after the demotion committed: the next leader must
             // finish the promotion, and must not let the new site in before the old is out.
             let started = client.promote(promote(site, false)).await.expect("promote");
-            assert_eq!(started.group.expect("group").phase, "demoting");
+            assert_eq!(
+                started.group.expect("group").phase(),
+                failover_proto::types::Phase::Demoting
+            );
             let leader = cluster.wait_ready(Duration::from_secs(30)).await.leader;
             cluster.kill9(leader);
             eventually(
@@ -172,7 +175,10 @@ async fn holders_at_two_sites_never_overlap() {
                     async move {
                         let s = client.status().await.ok()?;
                         let g = s.groups.first()?;
-                        (s.consistent && g.active_site == site && g.phase == "active").then_some(())
+                        (s.consistent
+                            && g.active_site == site
+                            && g.phase() == failover_proto::types::Phase::Active)
+                            .then_some(())
                     }
                 },
             )

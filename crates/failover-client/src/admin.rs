@@ -283,7 +283,7 @@ impl AdminClient {
         };
         let addr = addr.to_owned();
         tasks.spawn(async move {
-            let mut client = AdminServiceClient::new(channel);
+            let mut client = failover_proto::wire::admin_client(channel);
             let call = client.status(StatusRequest {});
             let answer = match tokio::time::timeout(timeout, call).await {
                 Ok(Ok(response)) => Ok(response.into_inner()),
@@ -418,9 +418,10 @@ impl AdminClient {
                     tried: addr.clone(),
                     last: e.to_string(),
                 })?;
-            let answer = tokio::time::timeout(timeout, f(AdminServiceClient::new(channel)))
-                .await
-                .unwrap_or_else(|_| Err(tonic::Status::unavailable("attempt timed out")));
+            let answer =
+                tokio::time::timeout(timeout, f(failover_proto::wire::admin_client(channel)))
+                    .await
+                    .unwrap_or_else(|_| Err(tonic::Status::unavailable("attempt timed out")));
             match answer {
                 Ok(response) => return Ok(response.into_inner()),
                 Err(status) if is_transient(&status) && started.elapsed() < self.deadline => {
@@ -584,7 +585,11 @@ impl AdminClient {
                 tried: addr.to_owned(),
                 last: e.to_string(),
             })?;
-        match tokio::time::timeout(self.attempt_timeout, f(AdminServiceClient::new(channel))).await
+        match tokio::time::timeout(
+            self.attempt_timeout,
+            f(failover_proto::wire::admin_client(channel)),
+        )
+        .await
         {
             Ok(Ok(response)) => Ok(response.into_inner()),
             Ok(Err(status)) if is_transient(&status) => Err(ClientError::Unreachable {

@@ -57,12 +57,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use failover_core::lease::{HolderLease, HolderTiming};
-use failover_core::{Epoch, FencingToken, FencingValue, LeaseId};
+use failover_core::{Epoch, FencingToken, FencingValue, GroupName, LeaseId, SiteId};
 use failover_proto::lease::lease_service_client::LeaseServiceClient;
 use failover_proto::lease::{
-    acquire_response, keep_alive_response, AcquireRequest, Grant, GroupEvent, KeepAliveRequest,
-    KeepAliveResponse, ReleaseRequest, WatchRequest,
+    AcquireRequest, GroupEvent, KeepAliveRequest, KeepAliveResponse, ReleaseRequest, WatchRequest,
 };
+use failover_proto::types::RefusalReason;
+use failover_proto::wire::{self, AcquireAnswer, Granted, KeepAliveAnswer, LEADER_HEADER};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
@@ -71,8 +72,6 @@ use crate::clock::Clock;
 use crate::endpoints::Endpoints;
 use crate::transport::Dialer;
 
-/// Metadata key a controller sets to the leader's address when it is not the leader.
-const LEADER_HINT: &str = "x-failover-leader";
 /// Longest wait between two attempts to reach a controller.
 const MAX_BACKOFF: Duration = Duration::from_millis(500);
 /// Why a holder stops when no renewal came in time.
@@ -86,9 +85,9 @@ pub struct LeaseConfig {
     /// Where the controllers are.
     pub endpoints: Endpoints,
     /// The failover group.
-    pub group: String,
+    pub group: GroupName,
     /// This instance's site.
-    pub site: String,
+    pub site: SiteId,
     /// This instance's id (unique within the group).
     pub instance: String,
     /// The drift bound to assume until a grant says the cluster's (`max_clock_drift_ms`):
@@ -115,10 +114,10 @@ pub enum LeaseState {
     Connecting,
     /// The site is not active (or is being demoted): do not run the gated work.
     Standby {
-        /// The active site.
-        active_site: String,
+        /// The active site (`None` when no site is active).
+        active_site: Option<SiteId>,
         /// The current epoch.
-        epoch: u64,
+        epoch: Epoch,
     },
     /// Held: the work may run until `valid_until` (monotonic), carrying `token` downstream.
     Acquired {
@@ -184,13 +183,13 @@ pub struct GrantTiming {
 }
 
 impl GrantTiming {
-    fn from_grant(grant: &Grant, own_drift: Duration) -> GrantTiming {
-        let ms = |v: u64| (v > 0).then(|| Duration::from_millis(v));
+    fn from_grant(grant: &Granted, own_drift: Duration) -> GrantTiming {
         GrantTiming {
-            ttl: Duration::from_millis(grant.ttl_ms),
-            max_clock_drift: ms(grant.max_clock_drift_ms).unwrap_or(own_drift),
-            keepalive_interval: ms(grant.keepalive_interval_ms),
-            ride_out_margin: ms(grant.ride_out_margin_ms),
+            ttl: grant.ttl,
+            max_clock_drift: grant.max_clock_drift.unwrap_or(own_drift),
+            keepalive_interval: (!grant.keepalive_interval.is_zero())
+                .then_some(grant.keepalive_interval),
+            ride_out_margin: grant.ride_out_margin,
         }
     }
 }
@@ -386,7 +385,7 @@ async fn answer_overdue(sent: &HashMap<u64, Instant>, deadline: Duration) {
 /// Opens a keepalive stream on `addr`; only the leader accepts one. `None` when it did not.
 async fn open_on(dialer: Arc<dyn Dialer>, addr: String, within: Duration) -> Option<Opened> {
     let channel = dialer.channel(&addr).ok()?;
-    let mut client = LeaseServiceClient::new(channel);
+    let mut client = wire::lease_client(channel);
     let (requests, outgoing) = mpsc::channel::<KeepAliveRequest>(16);
     let stream = tokio_stream::wrappers::ReceiverStream::new(outgoing);
     match tokio::time::timeout(within, client.keep_alive(stream)).await {
@@ -469,7 +468,7 @@ struct Driver {
 
 impl Driver {
     /// Takes the cluster's timing from a grant or renewal, before its deadline is counted.
-    fn take_timing(&mut self, grant: &Grant) {
+    fn take_timing(&mut self, grant: &Granted) {
         let timing = GrantTiming::from_grant(grant, self.config.max_clock_drift);
         self.keepalive = timing.keepalive_interval;
         self.holder.set_timing(HolderTiming {
@@ -534,7 +533,7 @@ impl Driver {
     fn client(&mut self) -> Option<(String, LeaseServiceClient<Channel>)> {
         let addr = self.target();
         match self.dialer.channel(&addr) {
-            Ok(channel) => Some((addr, LeaseServiceClient::new(channel))),
+            Ok(channel) => Some((addr, wire::lease_client(channel))),
             Err(e) => {
                 tracing::debug!(error = %e, "cannot dial");
                 self.leader = None;
@@ -547,7 +546,7 @@ impl Driver {
     fn on_error(&mut self, status: &tonic::Status) {
         let hint = status
             .metadata()
-            .get(LEADER_HINT)
+            .get(LEADER_HEADER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         self.leader = hint;
@@ -569,11 +568,11 @@ impl Driver {
     fn publish_held(&self) {
         let now = self.clock.now();
         match self.holder.held(now) {
-            Some((lease, token, epoch, valid_until)) => self.set(LeaseState::Acquired {
-                lease,
-                token,
-                epoch,
-                valid_until,
+            Some(held) => self.set(LeaseState::Acquired {
+                lease: held.lease,
+                token: held.token,
+                epoch: held.epoch,
+                valid_until: held.valid_until,
             }),
             None => self.set(LeaseState::Lost {
                 reason: DEADLINE_PASSED.into(),
@@ -588,8 +587,8 @@ impl Driver {
             return false;
         };
         let request = AcquireRequest {
-            group: self.config.group.clone(),
-            site: self.config.site.clone(),
+            group: self.config.group.to_string(),
+            site: self.config.site.to_string(),
             instance: self.config.instance.clone(),
             ready: self.ready.load(Ordering::Relaxed),
         };
@@ -618,27 +617,29 @@ impl Driver {
         };
         self.leader = Some(addr);
         self.backoff = Duration::from_millis(25);
-        match response.result {
-            Some(acquire_response::Result::Granted(grant)) => {
+        match AcquireAnswer::try_from(&response) {
+            Ok(AcquireAnswer::Granted(grant)) => {
                 self.take_timing(&grant);
-                self.holder.on_granted(
-                    sent_at,
-                    LeaseId(grant.lease_id),
-                    FencingToken(grant.fencing_token),
-                    Epoch(grant.epoch),
-                    Duration::from_millis(grant.ttl_ms),
-                );
+                self.holder
+                    .on_granted(sent_at, grant.lease, grant.token, grant.epoch, grant.ttl);
                 self.publish_held();
                 self.holder.held(self.clock.now()).is_some()
             }
-            Some(acquire_response::Result::Standby(standby)) => {
+            Ok(AcquireAnswer::Standby(standby)) => {
                 self.set(LeaseState::Standby {
                     active_site: standby.active_site,
                     epoch: standby.epoch,
                 });
                 false
             }
-            None => false,
+            Err(error) => {
+                // Nothing is held on an answer this build cannot read; another controller
+                // (or a later attempt) may answer properly.
+                tracing::warn!(%error, "acquire answer refused");
+                self.leader = None;
+                self.pause().await;
+                false
+            }
         }
     }
 
@@ -646,7 +647,7 @@ impl Driver {
     /// the owner releases it or stops the session.
     async fn hold(&mut self, commands: &mut mpsc::Receiver<Cmd>) -> HoldEnd {
         let lease = match self.holder.held(self.clock.now()) {
-            Some((lease, ..)) => lease,
+            Some(held) => held.lease,
             None => return HoldEnd::Reacquire,
         };
         let interval = self.keepalive_interval();
@@ -693,8 +694,8 @@ impl Driver {
             // Drain notices arrive at once on the watch stream; a refused renewal would
             // tell the same one keepalive later.
             let watch_request = WatchRequest {
-                group: self.config.group.clone(),
-                site: self.config.site.clone(),
+                group: self.config.group.to_string(),
+                site: self.config.site.to_string(),
             };
             let mut events = tokio::time::timeout(interval, client.watch(watch_request))
                 .await
@@ -708,7 +709,7 @@ impl Driver {
                         seq += 1;
                         sent.insert(seq, self.clock.now());
                         sent.retain(|s, _| *s + 64 > seq);
-                        let request = KeepAliveRequest { group: self.config.group.clone(), lease_id: lease.0, seq };
+                        let request = KeepAliveRequest { group: self.config.group.to_string(), lease_id: lease.0, seq };
                         if requests.send(request).await.is_err() {
                             continue 'connect;
                         }
@@ -718,30 +719,38 @@ impl Driver {
                             Ok(Some(answer)) => answer,
                             _ => { self.leader = None; suspect = Some(addr.clone()); continue 'connect; }
                         };
-                        match answer.result {
-                            Some(keep_alive_response::Result::Renewed(grant)) => {
-                                if let Some(sent_at) = sent.remove(&answer.seq) {
+                        match KeepAliveAnswer::try_from(&answer) {
+                            Ok(KeepAliveAnswer::Renewed { seq, grant }) => {
+                                if let Some(sent_at) = sent.remove(&seq) {
                                     if std::mem::take(&mut first_renewal) {
                                         tracing::info!(%addr, took = ?self.clock.now().saturating_duration_since(sent_at), "renewed on the new stream");
                                     }
                                     self.take_timing(&grant);
-                                    self.holder.on_renewed(self.clock.now(), sent_at, lease, Duration::from_millis(grant.ttl_ms));
+                                    self.holder.on_renewed(self.clock.now(), sent_at, lease, grant.ttl);
                                     self.publish_held();
                                 }
                             }
-                            Some(keep_alive_response::Result::Refused(r)) if r.reason == "not_leader" || r.reason == "overloaded" => {
-                                tracing::info!(%addr, reason = %r.reason, message = %r.message, "renewal refused; looking for the leader");
+                            Ok(KeepAliveAnswer::Refused { reason: reason @ (RefusalReason::NotLeader | RefusalReason::Overloaded), message, .. }) => {
+                                tracing::info!(%addr, reason = wire::refusal_name(reason), %message, "renewal refused; looking for the leader");
                                 self.leader = None;
                                 suspect = Some(addr.clone());
                                 continue 'connect;
                             }
-                            Some(keep_alive_response::Result::Refused(r)) if r.reason == "draining" => {
+                            Ok(KeepAliveAnswer::Refused { reason: RefusalReason::Draining, .. }) => {
                                 return self.drain(lease, commands).await;
                             }
-                            Some(keep_alive_response::Result::Refused(r)) => {
-                                return self.lost(lease, &r.message).await;
+                            Ok(KeepAliveAnswer::Refused { message, .. }) => {
+                                return self.lost(lease, &message).await;
                             }
-                            None => {}
+                            Err(error) => {
+                                // An answer this build cannot read (an unknown refusal
+                                // reason, an absurd TTL): the lease is not extended by
+                                // it; ask another controller.
+                                tracing::warn!(%addr, %error, "keepalive answer refused; looking for the leader");
+                                self.leader = None;
+                                suspect = Some(addr.clone());
+                                continue 'connect;
+                            }
                         }
                     }
                     _ = answer_overdue(&sent, 2 * interval) => {
@@ -769,13 +778,14 @@ impl Driver {
     /// grace after the notice, or give up at the deadline.
     async fn drain(&mut self, lease: LeaseId, commands: &mut mpsc::Receiver<Cmd>) -> HoldEnd {
         let noticed_at = self.clock.now();
-        let Some((lease, token, epoch, valid_until)) = self.holder.held(noticed_at) else {
+        let Some(held) = self.holder.held(noticed_at) else {
             return self.lost(lease, DEADLINE_PASSED).await;
         };
+        let (lease, valid_until) = (held.lease, held.valid_until);
         self.set(LeaseState::Draining {
             lease,
-            token,
-            epoch,
+            token: held.token,
+            epoch: held.epoch,
             valid_until,
         });
         let stopped_at = noticed_at + self.config.stop_grace;
@@ -867,7 +877,7 @@ impl Driver {
                 return;
             };
             let request = ReleaseRequest {
-                group: self.config.group.clone(),
+                group: self.config.group.to_string(),
                 lease_id: lease.0,
             };
             match tokio::time::timeout(CALL_TIMEOUT, client.release(request)).await {

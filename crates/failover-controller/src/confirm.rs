@@ -168,7 +168,7 @@ async fn ask_leader(
     if peer.as_ref().is_none_or(|(id, _)| *id != leader) {
         let (_, controller) = ctx.topology.controller(leader)?;
         let channel = ctx.dialer.channel(&controller.addr).ok()?;
-        *peer = Some((leader, RaftServiceClient::new(channel)));
+        *peer = Some((leader, failover_proto::wire::raft_client(channel)));
     }
     let (_, client) = peer.as_mut()?;
     let mut request = tonic::Request::new(RaftPayload {

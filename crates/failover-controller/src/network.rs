@@ -205,7 +205,7 @@ impl RaftNetworkFactory<TypeConfig> for RaftNetwork {
             client: self
                 .dialer
                 .channel(&node.addr)
-                .map(RaftServiceClient::new)
+                .map(failover_proto::wire::raft_client)
                 .map_err(|e| e.to_string()),
         }
     }

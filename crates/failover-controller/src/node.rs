@@ -1,5 +1,6 @@
 //! Assembles a controller: storage, Raft, services and the reconcile loop.
 
+use failover_proto::wire;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -40,9 +41,6 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 /// How long a snapshot send may take, install on the receiver included (~30 MB at
 /// 1,000,000 leases).
 const INSTALL_SNAPSHOT_TIMEOUT_MS: u64 = 60_000;
-
-/// Largest gRPC message a controller accepts (snapshots travel in one message).
-const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 /// What a controller needs to know about itself.
 #[derive(Debug, Clone)]
@@ -547,11 +545,19 @@ where
     IE: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
 {
     let raft = RaftServiceServer::new(RaftServer::new(ctx.raft.clone()))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let admin = AdminServiceServer::new(AdminServer::new(ctx.clone()));
-    let lease = LeaseServiceServer::new(LeaseServer::new(ctx.clone()));
-    let executor = ExecutorServiceServer::new(ExecutorServer::new(ctx.clone()));
+        .max_decoding_message_size(wire::MAX_RAFT_MESSAGE_BYTES)
+        .max_encoding_message_size(wire::MAX_RAFT_MESSAGE_BYTES);
+    // Requests on the other APIs are a handful of bounded fields: anything larger is
+    // refused before it is decoded.
+    let admin = AdminServiceServer::new(AdminServer::new(ctx.clone()))
+        .max_decoding_message_size(wire::MAX_REQUEST_BYTES)
+        .max_encoding_message_size(wire::MAX_RESPONSE_BYTES);
+    let lease = LeaseServiceServer::new(LeaseServer::new(ctx.clone()))
+        .max_decoding_message_size(wire::MAX_REQUEST_BYTES)
+        .max_encoding_message_size(wire::MAX_RESPONSE_BYTES);
+    let executor = ExecutorServiceServer::new(ExecutorServer::new(ctx.clone()))
+        .max_decoding_message_size(wire::MAX_REQUEST_BYTES)
+        .max_encoding_message_size(wire::MAX_RESPONSE_BYTES);
     let stop = async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
     };

@@ -27,7 +27,6 @@ use std::time::Duration;
 
 use failover_client::{AdminClient, Dialer, Endpoints};
 use failover_core::{NodeId, Topology};
-use failover_proto::admin::admin_service_client::AdminServiceClient;
 use failover_proto::admin::AllowRejoinRequest;
 
 /// How long one peer may take to answer one call. A leader that cannot confirm its
@@ -128,7 +127,7 @@ pub async fn allow_rejoin(topology: &Topology, me: NodeId, dialer: &dyn Dialer) 
             let Ok(channel) = dialer.channel(&peer.addr) else {
                 continue;
             };
-            let mut client = AdminServiceClient::new(channel);
+            let mut client = failover_proto::wire::admin_client(channel);
             let request = client.allow_rejoin(AllowRejoinRequest { node_id: me });
             if let Ok(Ok(answer)) = tokio::time::timeout(PROBE_TIMEOUT, request).await {
                 return Some(answer.into_inner().leader);

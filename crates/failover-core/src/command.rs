@@ -7,8 +7,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{Epoch, GroupName, SiteId};
-use crate::lease::{Lease, LeaseId};
+use crate::ids::{Epoch, GroupName, LeaseId, SiteId};
+use crate::lease::Lease;
 use crate::state::{ChangeKind, GroupSummary};
 
 /// One replicated state change.

@@ -14,70 +14,14 @@
 //! Why this is safe is argued in `docs/leases.md`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fmt;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use crate::command::{Command, Rejection};
 use crate::ids::{Epoch, GroupName, SiteId};
+pub use crate::ids::{FencingToken, FencingValue, LeaseId};
 use crate::state::{ClusterState, GroupState, Phase};
-
-/// A lease's id, unique in the cluster and never reused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct LeaseId(pub u64);
-
-/// A lease's token: its identity among every grant of its group, strictly increasing
-/// across grants and epochs. Two holders of one epoch have different tokens, so a store
-/// must not compare it (they would refuse each other); it compares the
-/// [`FencingValue`].
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
-)]
-#[serde(transparent)]
-pub struct FencingToken(pub u64);
-
-/// The value a downstream store compares (S2): the lease's epoch. Equal for every holder
-/// of one epoch, so two engine instances at the active site never refuse each other, and
-/// strictly larger for every later epoch, so a store that refuses a value below the
-/// highest it has seen refuses a stale site as soon as the new one has written once.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
-)]
-#[serde(transparent)]
-pub struct FencingValue(pub u64);
-
-impl From<Epoch> for FencingValue {
-    fn from(epoch: Epoch) -> Self {
-        FencingValue(epoch.0)
-    }
-}
-
-impl fmt::Display for FencingValue {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
-
-impl FencingToken {
-    /// The token after this one.
-    pub fn next(self) -> FencingToken {
-        FencingToken(self.0 + 1)
-    }
-}
-
-impl fmt::Display for LeaseId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
-
-impl fmt::Display for FencingToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
 
 /// A granted lease, as replicated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -463,6 +407,26 @@ pub enum Holding {
     },
 }
 
+/// A lease the holder holds at the instant it asked ([`HolderLease::held`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    /// The lease.
+    pub lease: LeaseId,
+    /// Its identity token.
+    pub token: FencingToken,
+    /// Its epoch (what stores compare: [`Held::fencing_value`]).
+    pub epoch: Epoch,
+    /// The instant after which the holder must have stopped.
+    pub valid_until: Instant,
+}
+
+impl Held {
+    /// The value the holder passes downstream: the lease's epoch.
+    pub fn fencing_value(&self) -> FencingValue {
+        FencingValue::from(self.epoch)
+    }
+}
+
 /// The holder's lease state machine. Driver contract: note the send time of every
 /// acquire and keepalive *before* sending, hand replies back with that send time, and call
 /// [`HolderLease::handle_timeout`] no later than [`HolderLease::poll_timeout`].
@@ -568,15 +532,20 @@ impl HolderLease {
         }
     }
 
-    /// The lease and token if held and valid at `now`.
-    pub fn held(&self, now: Instant) -> Option<(LeaseId, FencingToken, Epoch, Instant)> {
+    /// The lease, its token, epoch and deadline if held and valid at `now`.
+    pub fn held(&self, now: Instant) -> Option<Held> {
         match self.holding {
             Holding::Held {
                 lease,
                 token,
                 epoch,
                 valid_until,
-            } if now < valid_until => Some((lease, token, epoch, valid_until)),
+            } if now < valid_until => Some(Held {
+                lease,
+                token,
+                epoch,
+                valid_until,
+            }),
             _ => None,
         }
     }

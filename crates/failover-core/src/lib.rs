@@ -5,7 +5,7 @@
 //! what is recorded in history), so every rule can be tested exhaustively.
 //!
 //! # Layout
-//! - [`ids`]: newtypes for sites, groups, controllers and epochs.
+//! - [`ids`]: newtypes for sites, groups, controllers, epochs, leases and fencing values.
 //! - [`placement`]: which site may run an executor of which group (a witness may not).
 //! - [`config`]: the topology file (sites, controllers, groups, timing) and its validation.
 //! - [`state`]: the replicated state machine: groups, phases, history, and [`state::ClusterState::apply`].
@@ -34,8 +34,8 @@ pub mod supervision;
 
 pub use command::{Command, CommandResult, Outcome, Rejection};
 pub use config::{ConfigError, Timing, Topology};
-pub use ids::{Epoch, GroupName, NodeId, SiteId};
-pub use lease::{FencingToken, FencingValue, Lease, LeaseId};
+pub use ids::{Epoch, FencingToken, FencingValue, GroupName, LeaseId, NodeId, SiteId};
+pub use lease::{Held, Lease};
 pub use state::{
     ChangeKind, ClusterState, GroupState, GroupSummary, HistoryEntry, Pause, PauseEvent, Phase,
 };

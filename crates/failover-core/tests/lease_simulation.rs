@@ -705,7 +705,9 @@ impl Sim {
         let mut believers: Vec<(usize, LeaseId, FencingToken, Epoch, Instant)> = Vec::new();
         for (i, h) in self.holders.iter().enumerate() {
             let now = h.clock.instant(self.base, self.now);
-            if let Some((lease, token, epoch, until)) = h.lease.held(now) {
+            if let Some(held) = h.lease.held(now) {
+                let (lease, token, epoch, until) =
+                    (held.lease, held.token, held.epoch, held.valid_until);
                 believers.push((i, lease, token, epoch, until));
             }
         }
@@ -1161,7 +1163,8 @@ impl Sim {
         }
         holder.lease.handle_timeout(now);
         let mut send = None;
-        if let Some((lease, ..)) = holder.lease.held(now) {
+        if let Some(held) = holder.lease.held(now) {
+            let lease = held.lease;
             if self.rng.chance(p.release_permille) {
                 // It stops first, then tells the leader.
                 holder.lease.on_lost();
@@ -1246,7 +1249,11 @@ impl Sim {
                 ttl,
             } => holder.lease.on_renewed(now, *sent_at, *lease, *ttl),
             Reply::RenewRefused { lease, draining } => {
-                if holder.lease.held(now).is_some_and(|held| held.0 == *lease) {
+                if holder
+                    .lease
+                    .held(now)
+                    .is_some_and(|held| held.lease == *lease)
+                {
                     holder.lease.on_lost();
                     if *draining {
                         send = Some(Request::Release { lease: *lease });
@@ -1254,10 +1261,13 @@ impl Sim {
                 }
             }
         }
-        let believes = holder
-            .lease
-            .held(now)
-            .map(|held| (held.0, held.1, local_of(self.base, held.3) as f64 / 1000.0));
+        let believes = holder.lease.held(now).map(|held| {
+            (
+                held.lease,
+                held.token,
+                local_of(self.base, held.valid_until) as f64 / 1000.0,
+            )
+        });
         trace!(
             self,
             "{} (local {:.3}) gets {reply:?}; now holds {believes:?}",
@@ -1541,7 +1551,8 @@ fn play(s: &Script, timer_first: bool) -> (Option<LeaseId>, Option<LeaseId>, Str
         } else {
             "reply first"
         },
-        a1.held(at(woke)).map(|h| (h.0, local_of(base, h.3) / MS))
+        a1.held(at(woke))
+            .map(|h| (h.lease, local_of(base, h.valid_until) / MS))
     ));
     // An operator promotes site-b: no lease is left, so it completes at once; b1 acquires.
     let begin = Command::BeginPromotion {
@@ -1564,7 +1575,7 @@ fn play(s: &Script, timer_first: bool) -> (Option<LeaseId>, Option<LeaseId>, Str
         leader.on_granted(l.id, at(woke));
         b1.on_granted(at(woke), l.id, l.token, l.epoch, timing.ttl);
     }
-    let held = |h: &HolderLease| h.held(at(woke)).map(|held| held.0);
+    let held = |h: &HolderLease| h.held(at(woke)).map(|held| held.lease);
     (held(&a1), held(&b1), log.join("\n"))
 }
 

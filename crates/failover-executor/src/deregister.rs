@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use failover_client::Dialer;
-use failover_proto::executor::executor_service_client::ExecutorServiceClient;
 use failover_proto::executor::DeregisterRequest;
 
 use crate::ExecutorOptions;
@@ -40,7 +39,7 @@ pub async fn deregister(
         let Ok(channel) = dialer.channel(&addr) else {
             continue;
         };
-        let mut client = ExecutorServiceClient::new(channel);
+        let mut client = failover_proto::wire::executor_client(channel);
         match tokio::time::timeout(ATTEMPT_TIMEOUT, client.deregister(request.clone())).await {
             Ok(Ok(_)) => {
                 tracing::info!(controller = %addr, "deregistered from the leader");
@@ -49,7 +48,7 @@ pub async fn deregister(
             Ok(Err(status)) => {
                 let leader = status
                     .metadata()
-                    .get("x-failover-leader")
+                    .get(failover_proto::wire::LEADER_HEADER)
                     .and_then(|v| v.to_str().ok())
                     .filter(|leader| *leader != addr);
                 if let Some(leader) = leader {

@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use failover_client::{Dialer, LeaseState};
 use failover_core::executor::Supervisor;
-use failover_proto::executor::executor_service_client::ExecutorServiceClient;
 use failover_proto::executor::{ExecutorReport, WorkerReport};
+use failover_proto::types::{Health, LeaseState as WireLease, WorkerState};
+use failover_proto::wire::LEADER_HEADER;
 use futures::stream::{FuturesUnordered, StreamExt};
 
 use crate::options::ExecutorOptions;
@@ -29,17 +30,21 @@ pub(crate) fn message(
 ) -> ExecutorReport {
     let (state, epoch, token) = session::report_fields(lease);
     let unhealthy = supervisor.unhealthy_reason();
-    let state = if unhealthy.is_some() { "paused" } else { state };
+    let state = if unhealthy.is_some() {
+        WireLease::Paused
+    } else {
+        state
+    };
     let workers = supervisor
         .slots(now)
         .into_iter()
         .map(|slot| WorkerReport {
             instance: slot.instance,
             pid: slot.pid.unwrap_or(0),
-            state: slot.state.name().into(),
+            state: WorkerState::from(slot.state).into(),
             restarts: slot.restarts,
             uptime_ms: slot.uptime.as_millis() as u64,
-            health: slot.health.name().into(),
+            health: Health::from(slot.health).into(),
             generation: slot.worker.map_or(0, |w| w.0),
         })
         .collect();
@@ -51,8 +56,8 @@ pub(crate) fn message(
         ready: supervisor.ready(now),
         healthy: unhealthy.is_none(),
         lease_state: state.into(),
-        epoch,
-        fencing_token: token,
+        epoch: epoch.0,
+        fencing_token: token.0,
         workers,
         reload_done: reload.generation,
         reload_ok: reload.ok,
@@ -63,8 +68,6 @@ pub(crate) fn message(
 
 /// How long one controller gets to answer a report.
 const ANSWER_WITHIN: Duration = Duration::from_secs(1);
-/// The header a follower names the leader in.
-const LEADER_HEADER: &str = "x-failover-leader";
 
 /// What one report delivery found out.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -142,7 +145,7 @@ async fn send_one(dialer: &dyn Dialer, addr: &str, report: &ExecutorReport) -> A
     let Ok(channel) = dialer.channel(addr) else {
         return Answer::Silent;
     };
-    let mut client = ExecutorServiceClient::new(channel);
+    let mut client = failover_proto::wire::executor_client(channel);
     match tokio::time::timeout(ANSWER_WITHIN, client.report(report.clone())).await {
         Ok(Ok(ack)) => Answer::Accepted(ack.into_inner().reload_generation),
         Ok(Err(status)) => Answer::Refused(

@@ -8,6 +8,8 @@ use std::time::Duration;
 use failover_client::clock::Clock;
 use failover_client::{Dialer, LeaseConfig, LeaseSession, LeaseState};
 use failover_core::executor::LeaseView;
+use failover_core::{Epoch, FencingToken, GroupName, SiteId};
+use failover_proto::types::LeaseState as WireLease;
 
 use crate::options::ExecutorOptions;
 
@@ -24,8 +26,8 @@ pub(crate) fn start(
 ) -> LeaseSession {
     let config = LeaseConfig {
         endpoints: opts.endpoints.clone(),
-        group: opts.group.clone(),
-        site: opts.site.clone(),
+        group: GroupName(opts.group.clone()),
+        site: SiteId(opts.site.clone()),
         instance: opts.executor_id.clone(),
         max_clock_drift: opts.max_clock_drift,
         stop_grace: opts.stop_grace,
@@ -57,15 +59,15 @@ pub(crate) fn view(state: &LeaseState) -> LeaseView {
     }
 }
 
-/// The lease state as the executor reports it: its name, the epoch and the token (0
+/// The lease state as the executor reports it: its state, the epoch and the token (0
 /// where there is none).
-pub(crate) fn report_fields(state: &LeaseState) -> (&'static str, u64, u64) {
+pub(crate) fn report_fields(state: &LeaseState) -> (WireLease, Epoch, FencingToken) {
     match state {
-        LeaseState::Acquired { epoch, token, .. } => ("acquired", epoch.0, token.0),
-        LeaseState::Draining { epoch, token, .. } => ("draining", epoch.0, token.0),
-        LeaseState::Standby { epoch, .. } => ("standby", *epoch, 0),
-        LeaseState::Lost { .. } => ("lost", 0, 0),
-        LeaseState::Connecting => ("connecting", 0, 0),
+        LeaseState::Acquired { epoch, token, .. } => (WireLease::Acquired, *epoch, *token),
+        LeaseState::Draining { epoch, token, .. } => (WireLease::Draining, *epoch, *token),
+        LeaseState::Standby { epoch, .. } => (WireLease::Standby, *epoch, FencingToken(0)),
+        LeaseState::Lost { .. } => (WireLease::Lost, Epoch(0), FencingToken(0)),
+        LeaseState::Connecting => (WireLease::Connecting, Epoch(0), FencingToken(0)),
     }
 }
 
@@ -76,11 +78,7 @@ pub fn lease_state_line(state: &LeaseState) -> String {
     match state {
         LeaseState::Connecting => "connecting (no leader reached yet)".to_owned(),
         LeaseState::Standby { active_site, epoch } => {
-            let active = if active_site.is_empty() {
-                "no site"
-            } else {
-                active_site.as_str()
-            };
+            let active = active_site.as_ref().map_or("no site", |s| s.as_str());
             format!("standby ({active} active at epoch {epoch})")
         }
         LeaseState::Acquired { token, epoch, .. } => {
@@ -165,8 +163,8 @@ mod tests {
             lease_state_line(&acquired(6, 100))
         );
         let standby = |site: &str, epoch| LeaseState::Standby {
-            active_site: site.into(),
-            epoch,
+            active_site: (!site.is_empty()).then(|| site.into()),
+            epoch: Epoch(epoch),
         };
         assert_eq!(
             lease_state_line(&standby("site-a", 2)),

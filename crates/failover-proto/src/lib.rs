@@ -2,10 +2,16 @@
 //!
 //! The modules nest as the packages do (`failover.admin.v1` → `failover::admin::v1`) so
 //! cross-package references resolve; the short aliases below are what code uses.
-#![allow(missing_docs, clippy::all)]
+//! [`wire`] is the one place where proto types become core types and back.
 
 /// The proto packages as generated.
+#[allow(missing_docs, clippy::all)]
 pub mod failover {
+    pub mod types {
+        pub mod v1 {
+            tonic::include_proto!("failover.types.v1");
+        }
+    }
     pub mod raft {
         pub mod v1 {
             tonic::include_proto!("failover.raft.v1");
@@ -27,6 +33,11 @@ pub mod failover {
         }
     }
 }
+
+pub mod wire;
+
+/// Enumerations shared by the other packages (phases, refusal reasons, states).
+pub use failover::types::v1 as types;
 
 /// Raft RPCs between controllers.
 pub use failover::raft::v1 as raft;

@@ -70,8 +70,8 @@ impl Holder {
             let local = self.clock.now();
             lease.handle_timeout(local);
             match lease.held(local) {
-                Some((id, ..)) => {
-                    if !self.renew(&mut lease, id, &mut target).await {
+                Some(held) => {
+                    if !self.renew(&mut lease, held.lease, &mut target).await {
                         had = None;
                     }
                 }
@@ -90,7 +90,8 @@ impl Holder {
                     self.acquire(&mut lease, &mut target).await;
                 }
             }
-            if let Some((_, _, _, valid_until)) = lease.held(self.clock.now()) {
+            if let Some(held) = lease.held(self.clock.now()) {
+                let valid_until = held.valid_until;
                 had = Some(self.clock.true_at(valid_until));
             }
             tokio::time::sleep(self.keepalive).await;
@@ -107,7 +108,8 @@ impl Holder {
     }
 
     fn note_belief(&self, lease: &HolderLease) {
-        if let Some((id, _, epoch, valid_until)) = lease.held(self.clock.now()) {
+        if let Some(held) = lease.held(self.clock.now()) {
+            let (id, epoch, valid_until) = (held.lease, held.epoch, held.valid_until);
             let until = self.clock.true_at(valid_until);
             self.checker().believe(
                 Instant::now(),

@@ -66,7 +66,7 @@ pub(crate) fn print_change(
             "{active} is already active for group {} (epoch {}); nothing changed",
             group.name, group.epoch
         );
-    } else if group.phase == "demoting" {
+    } else if group.phase() == failover_proto::types::Phase::Demoting {
         let next = if group.promoting_to.is_empty() {
             "no site"
         } else {

@@ -18,14 +18,16 @@ use failover_proto::admin::{
     LeasesResponse, PauseRequest, PauseResponse, PromoteRequest, PromoteResponse, ReloadRequest,
     ReloadResponse, ResumeRequest, SiteStatus, StatusRequest, StatusResponse,
 };
+use failover_proto::types::{ExecutorState, LeaseState};
+use failover_proto::wire::{
+    self, group_status, history_entry, pause_entry, FORWARDED_HEADER as FORWARDED,
+};
 use openraft::ReadPolicy;
 use tonic::{Request, Response, Status};
 
 use super::{propose, NodeContext, ProposeError};
 use crate::hooks::HookEnv;
 
-/// Marks a request that a controller already forwarded to the leader.
-const FORWARDED: &str = "x-failover-forwarded";
 /// How long a promote waits for the new site to become active.
 const PROMOTE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a status waits for a quorum before answering from the local view. A healthy
@@ -66,7 +68,7 @@ impl AdminServer {
             .dialer
             .channel(&addr)
             .map_err(|e| Status::unavailable(e.to_string()))?;
-        Ok(Some(AdminServiceClient::new(channel)))
+        Ok(Some(wire::admin_client(channel)))
     }
 }
 
@@ -77,69 +79,6 @@ fn forwarded<T>(message: T) -> Request<T> {
         .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
     crate::auth::forward_caller(&mut request);
     request
-}
-
-/// The proto view of a group.
-pub fn group_status(group: &GroupState) -> GroupStatus {
-    GroupStatus {
-        name: group.name.to_string(),
-        active_site: wire_site(group.active_site.as_ref()),
-        epoch: group.epoch.0,
-        phase: group.phase.name().to_owned(),
-        promoting_to: wire_site(group.pending().and_then(|p| p.to.as_ref())),
-        sites: group.sites.iter().map(ToString::to_string).collect(),
-        held: String::new(),
-        paused: group.pause.is_some(),
-        paused_by: group
-            .pause
-            .as_ref()
-            .map(|p| p.actor.clone())
-            .unwrap_or_default(),
-        paused_reason: group
-            .pause
-            .as_ref()
-            .map(|p| p.reason.clone())
-            .unwrap_or_default(),
-        paused_since: group.pause.as_ref().map_or(0, |p| p.since_unix_ms),
-        active_since_unix_ms: group.history.last().map_or(0, |h| h.completed_at_unix_ms),
-        last_change: group.history.last().map(|h| history_entry(group, h)),
-        lost_sites: Vec::new(),
-    }
-}
-
-/// A pause or resume as a history entry (kind `pause` or `resume`; no change of site).
-fn pause_entry(group: &GroupState, event: &failover_core::PauseEvent) -> HistoryEntry {
-    HistoryEntry {
-        group: group.name.to_string(),
-        epoch: event.epoch.0,
-        from: wire_site(event.active_site.as_ref()),
-        to: wire_site(event.active_site.as_ref()),
-        kind: if event.paused { "pause" } else { "resume" }.to_owned(),
-        actor: event.actor.clone(),
-        reason: event.reason.clone(),
-        requested_at_unix_ms: event.at_unix_ms,
-        completed_at_unix_ms: event.at_unix_ms,
-    }
-}
-
-/// The proto view of one history entry of `group`.
-fn history_entry(group: &GroupState, h: &failover_core::HistoryEntry) -> HistoryEntry {
-    HistoryEntry {
-        group: group.name.to_string(),
-        epoch: h.epoch.0,
-        from: wire_site(h.from.as_ref()),
-        to: wire_site(h.to.as_ref()),
-        kind: h.kind.as_str().to_owned(),
-        actor: h.actor.clone(),
-        reason: h.reason.clone(),
-        requested_at_unix_ms: h.requested_at_unix_ms,
-        completed_at_unix_ms: h.completed_at_unix_ms,
-    }
-}
-
-/// A site on the wire: its name, or empty for none.
-pub fn wire_site(site: Option<&SiteId>) -> String {
-    site.map(ToString::to_string).unwrap_or_default()
 }
 
 /// The gRPC status for a command the state refused.
@@ -286,7 +225,7 @@ impl AdminServer {
                             stale,
                             stale_after_ms: stale_after.as_millis() as u64,
                             forget_after_ms: crate::executors::FORGET_AFTER.as_millis() as u64,
-                            state: view.state.to_owned(),
+                            state: view.state.into(),
                             lease_left_ms: view.lease_left_ms,
                             fenced_for_ms: view.fenced_for_ms,
                             fencing_value: view.fencing_value,
@@ -489,19 +428,19 @@ impl AdminServer {
     /// listed as unchanged.
     async fn set_pause(
         &self,
-        group: String,
+        group: Option<GroupName>,
         paused: bool,
         actor: String,
         reason: String,
     ) -> Result<PauseResponse, Status> {
         let names: Vec<GroupName> = {
             let state = self.ctx.view.read();
-            if group.is_empty() {
-                state.groups.keys().cloned().collect()
-            } else {
-                let name = GroupName(group);
-                state.group(&name).map_err(|r| rejection_status(&r))?;
-                vec![name]
+            match group {
+                None => state.groups.keys().cloned().collect(),
+                Some(name) => {
+                    state.group(&name).map_err(|r| rejection_status(&r))?;
+                    vec![name]
+                }
             }
         };
         let mut unchanged = Vec::new();
@@ -561,7 +500,7 @@ struct LeaseSeen {
 /// An executor as `failover status` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct ExecutorView {
-    state: &'static str,
+    state: ExecutorState,
     lease_left_ms: u64,
     fenced_for_ms: u64,
     fencing_value: u64,
@@ -602,9 +541,11 @@ fn executor_view(
     lease: Option<LeaseSeen>,
     expiry: Duration,
 ) -> ExecutorView {
-    let claims = matches!(report.lease_state.as_str(), "acquired" | "draining");
+    // A report with an unknown lease state was refused when it arrived.
+    let reported = report.lease_state();
+    let claims = matches!(reported, LeaseState::Acquired | LeaseState::Draining);
     let mut view = ExecutorView {
-        state: "standby",
+        state: ExecutorState::Standby,
         lease_left_ms: 0,
         fenced_for_ms: 0,
         fencing_value: 0,
@@ -614,18 +555,18 @@ fn executor_view(
             view.fencing_value = lease.fencing_value;
             match lease.expires_in {
                 Some(left) if left <= 0 => {
-                    view.state = "fenced";
+                    view.state = ExecutorState::Fenced;
                     view.fenced_for_ms = left.unsigned_abs();
                 }
                 _ if stale => {
                     // Not observed yet by a new leader: it cannot say more than silent.
-                    view.state = "silent";
+                    view.state = ExecutorState::Silent;
                 }
                 left => {
-                    view.state = if report.lease_state == "draining" {
-                        "draining"
+                    view.state = if reported == LeaseState::Draining {
+                        ExecutorState::Draining
                     } else {
-                        "holding"
+                        ExecutorState::Holding
                     };
                     view.lease_left_ms = left.map_or(0, |l| l as u64);
                 }
@@ -634,17 +575,20 @@ fn executor_view(
         // Its lease is gone from the state: expired (its deadline passed) or released
         // (its workers stopped first). Either way it runs nothing.
         None if claims => {
-            view.state = "fenced";
+            view.state = ExecutorState::Fenced;
             view.fencing_value = report.epoch;
             view.fenced_for_ms = age.saturating_sub(expiry).as_millis() as u64;
         }
-        None if stale => view.state = "silent",
+        None if stale => view.state = ExecutorState::Silent,
         None => {
-            view.state = match report.lease_state.as_str() {
-                "connecting" => "connecting",
-                "lost" => "lost",
-                "paused" => "paused",
-                _ => "standby",
+            view.state = match reported {
+                LeaseState::Connecting => ExecutorState::Connecting,
+                LeaseState::Lost => ExecutorState::Lost,
+                LeaseState::Paused => ExecutorState::Paused,
+                LeaseState::Standby
+                | LeaseState::Acquired
+                | LeaseState::Draining
+                | LeaseState::Unspecified => ExecutorState::Standby,
             };
         }
     }
@@ -682,23 +626,18 @@ impl AdminService for AdminServer {
         &self,
         request: Request<PromoteRequest>,
     ) -> Result<Response<PromoteResponse>, Status> {
+        // Bad input gets the same answer from every controller, before any forwarding.
+        let req = wire::Promote::try_from(request.get_ref())?;
         if let Some(mut leader) = self.forward_target(&request)? {
             return leader.promote(forwarded(request.into_inner())).await;
         }
-        let req = request.into_inner();
         let change = ChangeRequest {
-            kind: if req.force {
-                ChangeKind::ForcedPromote
-            } else {
-                ChangeKind::Promote
-            },
+            kind: wire::promote_kind(req.force),
             actor: crate::auth::actor(&req.actor),
             reason: req.reason,
             wait: req.wait,
         };
-        let answer = self
-            .change(GroupName(req.group), Some(SiteId(req.site)), change)
-            .await?;
+        let answer = self.change(req.group, Some(req.site), change).await?;
         Ok(Response::new(answer))
     }
 
@@ -706,29 +645,27 @@ impl AdminService for AdminServer {
         &self,
         request: Request<DemoteRequest>,
     ) -> Result<Response<PromoteResponse>, Status> {
+        let req = wire::Demote::try_from(request.get_ref())?;
         if let Some(mut leader) = self.forward_target(&request)? {
             return leader.demote(forwarded(request.into_inner())).await;
         }
-        let req = request.into_inner();
         let change = ChangeRequest {
             kind: ChangeKind::Demote,
             actor: crate::auth::actor(&req.actor),
             reason: req.reason,
             wait: req.wait,
         };
-        Ok(Response::new(
-            self.change(GroupName(req.group), None, change).await?,
-        ))
+        Ok(Response::new(self.change(req.group, None, change).await?))
     }
 
     async fn pause(
         &self,
         request: Request<PauseRequest>,
     ) -> Result<Response<PauseResponse>, Status> {
+        let req = wire::SetPause::try_from(request.get_ref())?;
         if let Some(mut leader) = self.forward_target(&request)? {
             return leader.pause(forwarded(request.into_inner())).await;
         }
-        let req = request.into_inner();
         let answer = self
             .set_pause(req.group, true, crate::auth::actor(&req.actor), req.reason)
             .await?;
@@ -739,10 +676,10 @@ impl AdminService for AdminServer {
         &self,
         request: Request<ResumeRequest>,
     ) -> Result<Response<PauseResponse>, Status> {
+        let req = wire::SetPause::try_from(request.get_ref())?;
         if let Some(mut leader) = self.forward_target(&request)? {
             return leader.resume(forwarded(request.into_inner())).await;
         }
-        let req = request.into_inner();
         let answer = self
             .set_pause(req.group, false, crate::auth::actor(&req.actor), req.reason)
             .await?;
@@ -754,6 +691,7 @@ impl AdminService for AdminServer {
         request: Request<HistoryRequest>,
     ) -> Result<Response<HistoryResponse>, Status> {
         let stale_ok = request.get_ref().allow_stale;
+        wire::group_filter("group", &request.get_ref().group)?;
         if !stale_ok {
             if let Some(mut leader) = self.forward_target(&request)? {
                 return leader.history(forwarded(request.into_inner())).await;
@@ -790,6 +728,7 @@ impl AdminService for AdminServer {
         &self,
         request: Request<LeasesRequest>,
     ) -> Result<Response<LeasesResponse>, Status> {
+        wire::group_filter("group", &request.get_ref().group)?;
         if !request.get_ref().allow_stale {
             if let Some(mut leader) = self.forward_target(&request)? {
                 return leader.leases(forwarded(request.into_inner())).await;
@@ -834,6 +773,7 @@ impl AdminService for AdminServer {
         &self,
         request: Request<ReloadRequest>,
     ) -> Result<Response<ReloadResponse>, Status> {
+        wire::site("site", &request.get_ref().site)?;
         if let Some(mut leader) = self.forward_target(&request)? {
             return leader.reload(forwarded(request.into_inner())).await;
         }
@@ -885,7 +825,7 @@ mod tests {
 
     const EXPIRY: Duration = Duration::from_millis(3750);
 
-    fn report(lease_state: &str) -> ExecutorReport {
+    fn report(lease_state: LeaseState) -> ExecutorReport {
         ExecutorReport {
             executor_id: "e".into(),
             group: "g".into(),
@@ -908,7 +848,7 @@ mod tests {
     fn lease_deadline_decides_holding_or_fenced() {
         let ms = Duration::from_millis;
         let v = executor_view(
-            &report("acquired"),
+            &report(LeaseState::Acquired),
             ms(100),
             false,
             lease(Some(2000)),
@@ -916,12 +856,18 @@ mod tests {
         );
         assert_eq!(
             (v.state, v.lease_left_ms, v.fencing_value),
-            ("holding", 2000, 4)
+            (ExecutorState::Holding, 2000, 4)
         );
-        let v = executor_view(&report("draining"), ms(100), false, lease(Some(5)), EXPIRY);
-        assert_eq!(v.state, "draining");
         let v = executor_view(
-            &report("acquired"),
+            &report(LeaseState::Draining),
+            ms(100),
+            false,
+            lease(Some(5)),
+            EXPIRY,
+        );
+        assert_eq!(v.state, ExecutorState::Draining);
+        let v = executor_view(
+            &report(LeaseState::Acquired),
             ms(5000),
             true,
             lease(Some(-1250)),
@@ -929,10 +875,16 @@ mod tests {
         );
         assert_eq!(
             (v.state, v.fenced_for_ms, v.lease_left_ms),
-            ("fenced", 1250, 0)
+            (ExecutorState::Fenced, 1250, 0)
         );
-        let v = executor_view(&report("acquired"), ms(5000), true, lease(Some(0)), EXPIRY);
-        assert_eq!(v.state, "fenced");
+        let v = executor_view(
+            &report(LeaseState::Acquired),
+            ms(5000),
+            true,
+            lease(Some(0)),
+            EXPIRY,
+        );
+        assert_eq!(v.state, ExecutorState::Fenced);
     }
 
     /// Once the leader expired the lease, an executor still claiming it is fenced (the
@@ -941,16 +893,22 @@ mod tests {
     #[test]
     fn without_a_lease_a_claim_is_fenced() {
         let ms = Duration::from_millis;
-        let v = executor_view(&report("acquired"), ms(6000), true, None, EXPIRY);
+        let v = executor_view(&report(LeaseState::Acquired), ms(6000), true, None, EXPIRY);
         assert_eq!(
             (v.state, v.fenced_for_ms, v.fencing_value),
-            ("fenced", 2250, 4)
+            (ExecutorState::Fenced, 2250, 4)
         );
-        let v = executor_view(&report("standby"), ms(6000), true, None, EXPIRY);
-        assert_eq!(v.state, "silent");
-        let v = executor_view(&report("standby"), ms(100), false, None, EXPIRY);
-        assert_eq!((v.state, v.fencing_value), ("standby", 0));
-        let v = executor_view(&report("connecting"), ms(100), false, None, EXPIRY);
-        assert_eq!(v.state, "connecting");
+        let v = executor_view(&report(LeaseState::Standby), ms(6000), true, None, EXPIRY);
+        assert_eq!(v.state, ExecutorState::Silent);
+        let v = executor_view(&report(LeaseState::Standby), ms(100), false, None, EXPIRY);
+        assert_eq!((v.state, v.fencing_value), (ExecutorState::Standby, 0));
+        let v = executor_view(
+            &report(LeaseState::Connecting),
+            ms(100),
+            false,
+            None,
+            EXPIRY,
+        );
+        assert_eq!(v.state, ExecutorState::Connecting);
     }
 }

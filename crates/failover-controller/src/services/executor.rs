@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use failover_proto::executor::executor_service_server::ExecutorService;
 use failover_proto::executor::{DeregisterAck, DeregisterRequest, ExecutorReport, ReportAck};
+use failover_proto::wire;
 use tonic::{Request, Response, Status};
 
 use super::lease::not_leader;
@@ -33,9 +34,7 @@ impl ExecutorService for ExecutorServer {
         }
         let report = request.into_inner();
         crate::auth::require_site(&report.site)?;
-        if report.executor_id.is_empty() {
-            return Err(Status::invalid_argument("executor_id is empty"));
-        }
+        wire::check_report(&report)?;
         if self.ctx.topology.site(&report.site).is_none() {
             return Err(Status::not_found(format!("unknown site `{}`", report.site)));
         }
@@ -52,6 +51,7 @@ impl ExecutorService for ExecutorServer {
         }
         let request = request.into_inner();
         crate::auth::require_site(&request.site)?;
+        wire::check_deregister(&request)?;
         let known = self
             .ctx
             .executors

@@ -7,8 +7,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use failover_core::leader::change;
-use failover_core::lease::{RenewRefusal, Renewed};
+use failover_core::lease::Renewed;
 use failover_core::{
     Command, Epoch, FencingToken, FencingValue, GroupName, GroupState, LeaseId, Outcome, Rejection,
     SiteId,
@@ -19,6 +18,8 @@ use failover_proto::lease::{
     KeepAliveRequest, KeepAliveResponse, Refused, ReleaseRequest, ReleaseResponse, Standby,
     WatchRequest,
 };
+use failover_proto::types::RefusalReason;
+use failover_proto::wire::{self, LEADER_HEADER};
 use futures::stream::FuturesUnordered;
 use futures::Stream;
 use tokio::sync::{mpsc, oneshot};
@@ -26,12 +27,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::admin::{rejection_status, wire_site};
+use super::admin::rejection_status;
 use super::{propose, NodeContext, ProposeError};
 use crate::leases::{Renewal, RenewalError};
 
-/// Metadata key carrying the leader's address on a not-leader answer.
-pub const LEADER_HINT: &str = "x-failover-leader";
 /// Most keepalive answers buffered per stream before the stream is considered stuck.
 const STREAM_BUFFER: usize = 4096;
 /// Most renewals of one keepalive stream waiting for the batcher's answer at once.
@@ -60,7 +59,7 @@ impl LeaseServer {
     /// of leases a copy per request would cost more than the grant.
     fn with_group<T>(
         &self,
-        group: &str,
+        group: &GroupName,
         site: &SiteId,
         f: impl FnOnce(&GroupState) -> T,
     ) -> Result<T, Status> {
@@ -69,9 +68,7 @@ impl LeaseServer {
             return Err(Status::not_found(format!("unknown site `{site}`")));
         }
         let state = self.ctx.view.read();
-        let g = state
-            .group(&GroupName(group.to_owned()))
-            .map_err(|r| rejection_status(&r))?;
+        let g = state.group(group).map_err(|r| rejection_status(&r))?;
         g.check_site(site).map_err(|r| rejection_status(&r))?;
         Ok(f(g))
     }
@@ -82,7 +79,7 @@ pub fn not_leader(ctx: &NodeContext) -> Status {
     let mut status = Status::unavailable(format!("controller {} is not the leader", ctx.node_id));
     if let Some((_, addr)) = ctx.leader() {
         if let Ok(value) = addr.parse() {
-            status.metadata_mut().insert(LEADER_HINT, value);
+            status.metadata_mut().insert(LEADER_HEADER, value);
         }
     }
     status
@@ -110,7 +107,7 @@ fn standby(rejection: &Rejection) -> Option<Standby> {
             demoting,
             ..
         } => Some(Standby {
-            active_site: wire_site(active_site.as_ref()),
+            active_site: wire::site_to_wire(active_site.as_ref()),
             epoch: epoch.0,
             demoting: *demoting,
         }),
@@ -120,29 +117,13 @@ fn standby(rejection: &Rejection) -> Option<Standby> {
 
 fn refused(error: &RenewalError) -> Refused {
     let reason = match error {
-        RenewalError::Refused(RenewRefusal::Unknown(_)) => "unknown",
-        RenewalError::Refused(RenewRefusal::Draining { .. }) => "draining",
-        RenewalError::Refused(RenewRefusal::Expired(_)) => "expired",
-        RenewalError::Refused(RenewRefusal::Superseded { .. }) => "superseded",
-        RenewalError::NotLeader(_) => "not_leader",
-        RenewalError::Overloaded => "overloaded",
+        RenewalError::Refused(refusal) => RefusalReason::from(refusal),
+        RenewalError::NotLeader(_) => RefusalReason::NotLeader,
+        RenewalError::Overloaded => RefusalReason::Overloaded,
     };
     Refused {
-        reason: reason.to_owned(),
+        reason: reason.into(),
         message: error.to_string(),
-    }
-}
-
-/// The event a watcher at `site` sees for `group`.
-pub fn group_event(group: &GroupState, site: &str) -> GroupEvent {
-    let active = group.active_site.as_ref();
-    GroupEvent {
-        group: group.name.to_string(),
-        active_site: wire_site(active),
-        epoch: group.epoch.0,
-        phase: group.phase.name().to_owned(),
-        drain: change::drains(group, &SiteId(site.to_owned())),
-        promoting_to: wire_site(group.pending().and_then(|p| p.to.as_ref())),
     }
 }
 
@@ -163,7 +144,15 @@ async fn serve_keepalives(
         tokio::select! {
             next = incoming.next(), if open && waiting.len() < MAX_RENEWALS_IN_FLIGHT => {
                 match next {
-                    Some(Ok(req)) => waiting.push(renew(&ctx, req)),
+                    Some(Ok(req)) => match wire::KeepAlive::try_from(&req) {
+                        Ok(keepalive) => waiting.push(renew(&ctx, req, keepalive.lease)),
+                        Err(e) => {
+                            // The stream ends with the error: a peer that sends malformed
+                            // renewals is not one to keep answering.
+                            let _ = answers.send(Err(Status::from(e))).await;
+                            return;
+                        }
+                    },
                     _ => open = false,
                 }
             }
@@ -180,12 +169,13 @@ async fn serve_keepalives(
 fn renew(
     ctx: &Arc<NodeContext>,
     req: KeepAliveRequest,
+    lease: LeaseId,
 ) -> impl std::future::Future<Output = KeepAliveResponse> {
     let received_at = ctx.clock.now();
     let (reply, answer) = oneshot::channel();
     ctx.leases.submit(Renewal {
         group: GroupName(req.group.clone()),
-        lease: LeaseId(req.lease_id),
+        lease,
         received_at,
         reply,
     });
@@ -226,18 +216,15 @@ impl LeaseService for LeaseServer {
         request: Request<AcquireRequest>,
     ) -> Result<Response<AcquireResponse>, Status> {
         let received_at = self.ctx.clock.now();
-        let req = request.into_inner();
-        if req.instance.is_empty() {
-            return Err(Status::invalid_argument("instance id is empty"));
-        }
-        let site = SiteId(req.site.clone());
+        let req = wire::Acquire::try_from(&request.into_inner())?;
+        let site = req.site.clone();
         // Bad input gets the same answer from every controller; then only the leader grants.
         let check = self.with_group(&req.group, &site, |g| g.check_grant(&site))?;
         self.require_leader()?;
         // Any acquire is news that the site's engine is alive; a standby's `ready` makes
         // the site a failover candidate (the detector reads this).
         self.ctx.leases.engines().on_acquire(
-            &GroupName(req.group.clone()),
+            &req.group,
             &site,
             &req.instance,
             received_at,
@@ -253,7 +240,7 @@ impl LeaseService for LeaseServer {
             };
         }
         let command = Command::Grant {
-            group: GroupName(req.group),
+            group: req.group,
             site,
             holder: req.instance,
             ttl_ms: self.ctx.topology.timing.lease_ttl_ms,
@@ -300,10 +287,10 @@ impl LeaseService for LeaseServer {
         request: Request<ReleaseRequest>,
     ) -> Result<Response<ReleaseResponse>, Status> {
         self.require_leader()?;
-        let req = request.into_inner();
-        let lease = LeaseId(req.lease_id);
+        let req = wire::Release::try_from(&request.into_inner())?;
+        let lease = req.lease;
         let command = Command::Release {
-            group: GroupName(req.group),
+            group: req.group,
             lease,
         };
         match propose(&self.ctx, command).await {
@@ -323,9 +310,10 @@ impl LeaseService for LeaseServer {
         &self,
         request: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let req = request.into_inner();
-        let group = GroupName(req.group.clone());
-        self.with_group(&req.group, &SiteId(req.site.clone()), |_| ())?;
+        let req = wire::Watch::try_from(&request.into_inner())?;
+        let group = req.group;
+        self.with_group(&group, &req.site, |_| ())?;
+        let site = req.site.to_string();
         let ctx = self.ctx.clone();
         let (events, stream) = mpsc::channel(16);
         tokio::spawn(async move {
@@ -336,7 +324,7 @@ impl LeaseService for LeaseServer {
                     .view
                     .read()
                     .group(&group)
-                    .map(|g| group_event(g, &req.site));
+                    .map(|g| wire::group_event(g, &site));
                 let Ok(event) = event else { return };
                 if last.as_ref() != Some(&event) {
                     if events.send(Ok(event.clone())).await.is_err() {

@@ -84,6 +84,14 @@ pub enum OpenError {
         /// The directory.
         dir: String,
     },
+    /// The data file is truncated or garbled: refused, never reset, and left as found.
+    #[error("data file {file} is damaged: {reason}. It was left untouched; restore it from a backup, or move it aside and start this controller with --join-existing to rejoin from its peers")]
+    DamagedFile {
+        /// The data file.
+        file: String,
+        /// What redb (or the check before it) found.
+        reason: String,
+    },
     /// The state recorded in the directory cannot be decoded.
     #[error("data dir {dir} is damaged: {source}")]
     Damaged {
@@ -108,10 +116,45 @@ pub fn open(dir: &Path, node_id: NodeId) -> Result<(LogStore, StateMachine), Ope
         return Err(OpenError::OldFormat { dir: shown });
     }
     std::fs::create_dir_all(dir).map_err(io_error)?;
-    let db = redb::Builder::new()
-        .set_cache_size(CACHE_BYTES)
-        .create(dir.join(DATA_FILE))
-        .map_err(|e| io_error(io::Error::other(e)))?;
+    let file = dir.join(DATA_FILE);
+    let damaged = |reason: String| OpenError::DamagedFile {
+        file: file.display().to_string(),
+        reason,
+    };
+    // redb would initialise an empty file as a new database: a data file truncated to
+    // nothing must not become a silent reset of everything this controller acknowledged.
+    match std::fs::metadata(&file) {
+        Ok(meta) if meta.len() == 0 => {
+            return Err(damaged("it is empty (truncated?)".to_owned()));
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_error(e)),
+    }
+    // redb 2.6 asserts (panics) on a file shorter than its header says instead of
+    // returning an error; a truncated file is damage to report, not a crash.
+    let opened = std::panic::catch_unwind(|| {
+        redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(&file)
+    })
+    .map_err(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unreadable".to_owned());
+        damaged(format!("shorter than its header says (truncated?): {what}"))
+    })?;
+    let db = opened.map_err(|e| match e {
+        redb::DatabaseError::Storage(redb::StorageError::Io(e))
+            if e.kind() == io::ErrorKind::PermissionDenied =>
+        {
+            io_error(e)
+        }
+        redb::DatabaseError::DatabaseAlreadyOpen => io_error(io::Error::other(e)),
+        other => damaged(other.to_string()),
+    })?;
     sync_dir(dir).map_err(io_error)?;
     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
         sync_dir(parent).map_err(io_error)?;
