@@ -22,6 +22,7 @@ dev:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	python3 scripts/check-architecture.py
 
 # Measurements written to docs/benchmarks.md: the controller cluster, then the lease API
 # against etcd (installs Debian's etcd-server if `etcd` is missing).
