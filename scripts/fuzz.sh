@@ -7,6 +7,11 @@
 #   fuzz/target/<host>/release/TARGET fuzz/artifacts/TARGET/crash-...
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
+# libfuzzer-sys compiles libFuzzer's C++ sources: a fresh machine may have only gcc.
+if ! command -v c++ >/dev/null 2>&1; then
+  apt-get update
+  DEBIAN_FRONTEND=noninteractive apt-get install -y g++
+fi
 secs=${1:-20}
 shift || true
 targets=("$@")
