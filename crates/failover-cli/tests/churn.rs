@@ -354,7 +354,7 @@ async fn rolling_restart_hands_leadership_over_and_keeps_the_lease() {
     assert!(handovers >= 1, "no controller was stopped while leading");
     let log = std::fs::read_to_string(&exec_log_path).unwrap_or_default();
     assert_eq!(
-        log.matches("lease acquired").count(),
+        log.matches("lease state: acquired").count(),
         1,
         "the executor acquired its lease more than once\n{log}"
     );

@@ -229,10 +229,17 @@ impl LeaseManager {
 
     /// Queues a renewal; the answer arrives on `renewal.reply`.
     pub fn submit(&self, renewal: Renewal) {
-        if let Err(mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r)) =
-            self.renewals.try_send(renewal)
-        {
-            let _ = r.reply.send(Err(RenewalError::Overloaded));
+        match self.renewals.try_send(renewal) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(r)) => {
+                let _ = r.reply.send(Err(RenewalError::Overloaded));
+            }
+            // The batcher is gone: this controller is stopping.
+            Err(mpsc::error::TrySendError::Closed(r)) => {
+                let _ = r
+                    .reply
+                    .send(Err(RenewalError::NotLeader("controller stopping".into())));
+            }
         }
     }
 
