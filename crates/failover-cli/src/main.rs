@@ -32,10 +32,34 @@ fn main() -> ExitCode {
 }
 
 /// A command that prints and ends behaves like other Unix filters when its reader goes
-/// away (`failover history | head -1`): SIGPIPE ends it, where Rust's default (SIGPIPE
-/// ignored) makes `println!` panic. Long-running commands keep ignoring SIGPIPE, so a
-/// closed log pipe never kills a controller or an executor.
+/// away (`failover history | head -1`): it ends by SIGPIPE, as `cat` does, not with a
+/// panic. SIGPIPE itself stays ignored (Rust's default), because the network writes too:
+/// a TLS or HTTP/2 write to a peer that closed the connection (the CLI pointed at an HTTP
+/// port, say) must be an error the command reports, not a signal that kills it. So only a
+/// failed write to stdout, which `println!` turns into a panic, is turned back into the
+/// signal.
 fn end_quietly_when_the_reader_goes() {
-    // SAFETY: resetting one signal's disposition before any thread is started.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if stdout_went_away(info) {
+            // SAFETY: restoring one signal's default disposition and raising it on this
+            // process, which ends it as the reader's departure ends any filter.
+            unsafe {
+                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+                libc::raise(libc::SIGPIPE);
+            }
+        }
+        default(info);
+    }));
+}
+
+/// Whether a panic is `println!` failing because stdout's reader went away.
+fn stdout_went_away(info: &std::panic::PanicHookInfo<'_>) -> bool {
+    let message = info
+        .payload()
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| info.payload().downcast_ref::<&str>().copied())
+        .unwrap_or("");
+    message.starts_with("failed printing to stdout") && message.contains("Broken pipe")
 }

@@ -54,7 +54,9 @@ fn refused(result: Result<impl std::fmt::Debug, tonic::Status>, code: Code, nami
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_requests_are_refused_by_name_and_change_nothing() {
-    let mut cluster = Cluster::new();
+    // Plaintext: what is checked here is the wire boundary behind the TLS layer, with
+    // clients that any role could send (tests/security.rs checks who may send what).
+    let mut cluster = Cluster::new_insecure();
     cluster.start_all();
     let status = cluster.wait_ready(Duration::from_secs(30)).await;
     let leader = status

@@ -196,6 +196,13 @@ pub fn explain(addr: &str, status: &tonic::Status) -> String {
             "{addr}: answered, but not as a controller's gRPC port \
              (is it the HTTP port? use the controller's `addr`, not `http_addr`)"
         )
+    } else if lower.contains("received corrupt message") {
+        // A TLS client that got plaintext back.
+        format!(
+            "{addr}: answered, but not with TLS: is it the HTTP port (use the controller's \
+             `addr`, not `http_addr`), or a cluster run with `tls: {{ insecure: true }}` \
+             (then pass --insecure)?"
+        )
     } else {
         format!("{addr}: {chain}")
     }
