@@ -196,6 +196,10 @@ pub fn explain(addr: &str, status: &tonic::Status) -> String {
             "{addr}: answered, but not as a controller's gRPC port \
              (is it the HTTP port? use the controller's `addr`, not `http_addr`)"
         )
+    } else if let Some(at) = chain.find("no answer within") {
+        // A connect or TLS handshake that timed out: said once, not per layer.
+        let what = chain[at..].split(": ").next().unwrap_or("no answer");
+        format!("{addr}: {what} (process stopped or host unreachable?)")
     } else if lower.contains("received corrupt message") {
         // A TLS client that got plaintext back.
         format!(

@@ -126,7 +126,7 @@ impl TlsDialer {
                 let timed_out = |what: &str, limit: Duration| {
                     std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
-                        format!("{what} {target} took longer than {limit:?}"),
+                        format!("no answer within {limit:?} ({what} {target})"),
                     )
                 };
                 let tcp = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&target))
@@ -136,7 +136,7 @@ impl TlsDialer {
                 let handshake = tokio_rustls::TlsConnector::from(tls).connect(server_name, tcp);
                 let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
                     .await
-                    .map_err(|_| timed_out("the TLS handshake with", HANDSHAKE_TIMEOUT))??;
+                    .map_err(|_| timed_out("TLS handshake with", HANDSHAKE_TIMEOUT))??;
                 Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
             }
         });
