@@ -70,8 +70,9 @@ impl Visit for Message {
 /// (replication, heartbeat, vote, pre-vote), which the transport summarizes instead.
 pub fn is_openraft_peer_error(level: Level, message: &str) -> bool {
     /// (how the message starts, what it contains further on)
-    const PEER_ERRORS: [(&str, &str); 4] = [
+    const PEER_ERRORS: [(&str, &str); 5] = [
         ("ReplicationCore recv RPCError", ""),
+        ("update progress error: ", ""),
         ("while requesting", ""),
         ("timeout while requesting", ""),
         ("HeartbeatWorker(", "failed to send a heartbeat"),
@@ -104,6 +105,10 @@ mod tests {
         assert!(is_openraft_peer_error(
             Level::WARN,
             "HeartbeatWorker(id=4, target=1) failed to send a heartbeat: Ok(Err(Unreachable(..)))"
+        ));
+        assert!(is_openraft_peer_error(
+            Level::WARN,
+            "update progress error: Unreachable node: controller 4 at 127.0.0.1:1: Connection refused"
         ));
         assert!(!is_openraft_peer_error(
             Level::WARN,
