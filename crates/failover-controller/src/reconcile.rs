@@ -88,8 +88,12 @@ pub async fn step(ctx: &NodeContext, hooks: &mut HookTasks) -> Duration {
         }
     }
     #[cfg(feature = "chaos-broken-skip-lease-wait")]
-    for command in broken_skip_lease_wait(&ctx.view.read(), ctx.clock.unix_ms()) {
-        let _ = propose(ctx, command).await;
+    {
+        // Collected first: the state's read guard must not be held across a proposal.
+        let commands = broken_skip_lease_wait(&ctx.view.read(), ctx.clock.unix_ms());
+        for command in commands {
+            let _ = propose(ctx, command).await;
+        }
     }
     fail_over(ctx, ready.decisions).await;
     sleep
