@@ -41,11 +41,14 @@ bench:
 CHAOS = ./target/debug/chaos
 CHAOS_FLAGS ?=
 
+# Both builds select the whole workspace, as `make test` does, so Cargo resolves the same
+# features and reuses the test build; only the controller and what depends on it are
+# built again for the broken variant.
 chaos-build:
 	bash chaos-tests/setup.sh
-	$(CARGO) build -p failover-cli --features failover-controller/chaos-broken-skip-lease-wait
+	$(CARGO) build --workspace --bins --features failover-controller/chaos-broken-skip-lease-wait
 	cp target/debug/failover target/debug/failover-broken
-	$(CARGO) build -p failover-cli -p chaos-tests
+	$(CARGO) build --workspace --bins
 
 chaos: chaos-build
 	rm -rf chaos-tests/results/quick
