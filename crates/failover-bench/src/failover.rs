@@ -86,12 +86,7 @@ async fn probe(addr: &str, group: &str, site: &str) -> Probe {
         Err(_) => return Probe::NotYet("keepalive probe timed out".into()),
         Ok(Ok(_)) => {}
         Ok(Err(status)) if status.code() == Code::Unavailable => {
-            let leader = status
-                .metadata()
-                .get(failover_proto::wire::LEADER_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            return Probe::NotLeader(leader);
+            return Probe::NotLeader(failover_proto::wire::leader_named(&status));
         }
         Ok(Err(status)) => return Probe::NotYet(status.to_string()),
     }

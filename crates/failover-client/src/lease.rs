@@ -63,7 +63,7 @@ use failover_proto::lease::{
     AcquireRequest, GroupEvent, KeepAliveRequest, KeepAliveResponse, ReleaseRequest, WatchRequest,
 };
 use failover_proto::types::RefusalReason;
-use failover_proto::wire::{self, AcquireAnswer, Granted, KeepAliveAnswer, LEADER_HEADER};
+use failover_proto::wire::{self, AcquireAnswer, Granted, KeepAliveAnswer};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
@@ -544,12 +544,7 @@ impl Driver {
 
     /// Learns from a failed call where the leader is; forgets a dead one.
     fn on_error(&mut self, status: &tonic::Status) {
-        let hint = status
-            .metadata()
-            .get(LEADER_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        self.leader = hint;
+        self.leader = wire::leader_named(status);
     }
 
     async fn pause(&mut self) {

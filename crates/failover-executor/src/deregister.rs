@@ -46,13 +46,10 @@ pub async fn deregister(
                 return true;
             }
             Ok(Err(status)) => {
-                let leader = status
-                    .metadata()
-                    .get(failover_proto::wire::LEADER_HEADER)
-                    .and_then(|v| v.to_str().ok())
-                    .filter(|leader| *leader != addr);
+                let leader =
+                    failover_proto::wire::leader_named(&status).filter(|leader| *leader != addr);
                 if let Some(leader) = leader {
-                    targets.insert(0, leader.to_owned());
+                    targets.insert(0, leader);
                 }
             }
             Err(_) => {}

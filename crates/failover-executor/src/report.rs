@@ -15,7 +15,7 @@ use failover_client::{Dialer, LeaseState};
 use failover_core::executor::Supervisor;
 use failover_proto::executor::{ExecutorReport, WorkerReport};
 use failover_proto::types::{Health, LeaseState as WireLease, WorkerState};
-use failover_proto::wire::LEADER_HEADER;
+use failover_proto::wire;
 use futures::stream::{FuturesUnordered, StreamExt};
 
 use crate::options::ExecutorOptions;
@@ -145,16 +145,10 @@ async fn send_one(dialer: &dyn Dialer, addr: &str, report: &ExecutorReport) -> A
     let Ok(channel) = dialer.channel(addr) else {
         return Answer::Silent;
     };
-    let mut client = failover_proto::wire::executor_client(channel);
+    let mut client = wire::executor_client(channel);
     match tokio::time::timeout(ANSWER_WITHIN, client.report(report.clone())).await {
         Ok(Ok(ack)) => Answer::Accepted(ack.into_inner().reload_generation),
-        Ok(Err(status)) => Answer::Refused(
-            status
-                .metadata()
-                .get(LEADER_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned),
-        ),
+        Ok(Err(status)) => Answer::Refused(wire::leader_named(&status)),
         Err(_) => Answer::Silent,
     }
 }
@@ -167,6 +161,7 @@ mod tests {
         ExecutorService, ExecutorServiceServer,
     };
     use failover_proto::executor::{DeregisterAck, DeregisterRequest, ReportAck};
+    use failover_proto::wire::LEADER_HEADER;
     use tokio::net::TcpListener;
     use tonic::{Request, Response, Status};
 

@@ -22,6 +22,15 @@ use crate::{admin, executor, lease, raft, types};
 
 /// Metadata key carrying the leader's address on a not-leader answer; clients follow it.
 pub const LEADER_HEADER: &str = "x-failover-leader";
+/// The leader a not-leader answer names ([`LEADER_HEADER`]), if it names one.
+pub fn leader_named(status: &tonic::Status) -> Option<String> {
+    status
+        .metadata()
+        .get(LEADER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
 /// Metadata key marking a request that a controller already forwarded to the leader.
 pub const FORWARDED_HEADER: &str = "x-failover-forwarded";
 

@@ -20,15 +20,6 @@ pub enum HealthState {
 }
 
 impl HealthState {
-    /// The name reported to the controllers.
-    pub fn name(self) -> &'static str {
-        match self {
-            HealthState::Unknown => "unknown",
-            HealthState::Healthy => "healthy",
-            HealthState::Unhealthy { .. } => "unhealthy",
-        }
-    }
-
     pub(super) fn record(self, ok: bool, now: Instant) -> HealthState {
         match (ok, self) {
             (true, _) => HealthState::Healthy,
@@ -51,19 +42,6 @@ pub enum SlotState {
     Running,
     /// A stop was asked for; the tree is not gone yet.
     Stopping,
-}
-
-impl SlotState {
-    /// The name reported to the controllers.
-    pub fn name(self) -> &'static str {
-        match self {
-            SlotState::Stopped => "stopped",
-            SlotState::Backoff => "backoff",
-            SlotState::Starting => "starting",
-            SlotState::Running => "running",
-            SlotState::Stopping => "stopping",
-        }
-    }
 }
 
 /// One slot as reported.
