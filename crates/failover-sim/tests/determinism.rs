@@ -1,13 +1,13 @@
 //! Same seed, same trace: the whole run (elections, faults, grants, beliefs, checks) is a
 //! function of the seed. Needs `--cfg tokio_unstable` (tokio's `select!` order is seeded
-//! only then): `make sim-ci` runs it so.
+//! only then), which .cargo/config.toml sets for the workspace.
 
 use failover_sim::{run_seed, Options};
 
 #[test]
 #[cfg_attr(
     not(tokio_unstable),
-    ignore = "needs RUSTFLAGS=\"--cfg tokio_unstable\"; run `make sim-ci`"
+    ignore = "needs --cfg tokio_unstable, which .cargo/config.toml sets"
 )]
 fn one_seed_twice_gives_the_same_trace_bit_for_bit() {
     for seed in [3, 11] {
@@ -31,7 +31,7 @@ fn one_seed_twice_gives_the_same_trace_bit_for_bit() {
 #[test]
 #[cfg_attr(
     not(tokio_unstable),
-    ignore = "needs RUSTFLAGS=\"--cfg tokio_unstable\"; run `make sim-ci`"
+    ignore = "needs --cfg tokio_unstable, which .cargo/config.toml sets"
 )]
 fn different_seeds_give_different_traces() {
     let a = run_seed(1, Options::default());
