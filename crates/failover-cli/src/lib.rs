@@ -5,6 +5,7 @@
 //! - [`cmd`]: argument parsing and one file per subcommand.
 //! - [`output`]: human tables and JSON for what the commands print.
 //! - [`logging`]: `tracing` setup, human or JSON.
+//! - [`panics`]: a panic aborts a long-running command; a closed stdout ends a short one.
 //! - [`systemd`]: readiness and stop notifications for `Type=notify` units.
 #![warn(missing_docs, unreachable_pub)]
 
@@ -12,6 +13,7 @@ pub mod certs;
 pub mod cmd;
 pub mod logging;
 pub mod output;
+pub mod panics;
 pub mod systemd;
 
 use failover_client::ClientError;
