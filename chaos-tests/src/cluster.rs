@@ -19,6 +19,8 @@ pub struct Operator {
     pub config: PathBuf,
     /// The group.
     pub group: String,
+    /// The client's TLS settings (`FAILOVER_TLS_*`), empty in plaintext runs.
+    pub env: Vec<(String, String)>,
 }
 
 /// The group as `failover status` shows it.
@@ -50,7 +52,8 @@ impl Operator {
         command
             .args(["netns", "exec", &self.ns])
             .arg(&self.bin)
-            .args(args);
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         if !args.contains(&"--endpoints") {
             command.arg("--config").arg(&self.config);
         }

@@ -36,6 +36,8 @@ pub struct Options {
     pub work_dir: PathBuf,
     /// Run the etcd-lock baseline (no controllers, no executors, no fencing) instead.
     pub baseline: bool,
+    /// Mutual TLS on every channel (certificates issued per run), else plaintext.
+    pub tls: bool,
 }
 
 /// A running cluster under test and what the harness recorded so far.
@@ -58,6 +60,8 @@ pub struct Cluster {
     pub netem_missing: bool,
     observer: Option<Observer>,
     options: Options,
+    /// Where the run's CA and certificates are, when it runs over TLS.
+    tls_dir: Option<PathBuf>,
 }
 
 /// What a finished run hands to the checker.
@@ -101,13 +105,19 @@ impl Cluster {
         set_mode(&dir, 0o755)?;
         set_mode(&dir.join("events"), 0o777)?;
         let config = dir.join("topology.yaml");
-        std::fs::write(&config, plan.topology_yaml()?)?;
+        let tls_dir = (options.tls && !options.baseline).then(|| dir.join("tls"));
+        let yaml = match &tls_dir {
+            Some(tls_dir) => plan.secured_topology_yaml(tls_dir)?,
+            None => plan.topology_yaml()?,
+        };
+        std::fs::write(&config, yaml)?;
         let net = Network::create(run_id, &plan)?;
         let op = Operator {
             ns: net.ops.ns.clone(),
             bin: options.failover_bin.clone(),
             config: config.clone(),
             group: plan.group.clone(),
+            env: client_env(tls_dir.as_deref(), "operator-dev"),
         };
         let mut cluster = Cluster {
             procs: Procs::default(),
@@ -120,6 +130,7 @@ impl Cluster {
             netem_missing: false,
             observer: Some(Observer::start(dir.join("events"))),
             options: options.clone(),
+            tls_dir,
         };
         cluster.start_postgres(template)?;
         if options.baseline {
@@ -287,7 +298,12 @@ impl Cluster {
         let spec = Spec {
             ns: self.net.site(site)?.ns.clone(),
             argv,
-            env: vec![("CHAOS_EXECUTOR".into(), name.clone())],
+            env: std::iter::once(("CHAOS_EXECUTOR".into(), name.clone()))
+                .chain(client_env(
+                    self.tls_dir.as_deref(),
+                    &format!("engine-{site}"),
+                ))
+                .collect(),
             log: self.dir.join(format!("logs/{name}.log")),
         };
         self.procs.start(&name, spec)
@@ -532,4 +548,18 @@ pub fn heal_and_settle(cluster: &mut Cluster, timeout: Duration) -> anyhow::Resu
             .then_some(())
     });
     Ok(settled.is_some())
+}
+
+/// The environment that gives a `failover` client (the CLI, `failover exec`) the
+/// certificate `name` issued in `tls_dir` (none in plaintext runs).
+fn client_env(tls_dir: Option<&Path>, name: &str) -> Vec<(String, String)> {
+    let Some(dir) = tls_dir else {
+        return Vec::new();
+    };
+    let path = |file: String| dir.join(file).display().to_string();
+    vec![
+        ("FAILOVER_TLS_CA".into(), path("ca.pem".into())),
+        ("FAILOVER_TLS_CERT".into(), path(format!("{name}.pem"))),
+        ("FAILOVER_TLS_KEY".into(), path(format!("{name}.key"))),
+    ]
 }

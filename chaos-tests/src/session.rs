@@ -58,6 +58,10 @@ pub struct RunArgs {
     /// Keep every run's files (logs, events, history.json), not only failed runs'.
     #[arg(long)]
     pub keep: bool,
+    /// Run the cluster in plaintext (`tls: { insecure: true }`). By default every channel
+    /// is mutual TLS with certificates issued per run, as a real deployment runs.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 /// Runs the scenarios; returns whether the session passed its gate.
@@ -88,6 +92,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<bool> {
         worker_stdout: !args.no_worker_stdout,
         work_dir: work_dir.clone(),
         baseline: args.baseline,
+        tls: !args.insecure,
     };
     let template = workload::Template::create(&work_dir.join("pg-template"))?;
     let mut results = Vec::new();
@@ -151,6 +156,9 @@ fn reproduce(args: &RunArgs, scenario: &str, seed: u64) -> String {
     }
     if args.baseline {
         cmd.push_str(" --baseline");
+    }
+    if args.insecure {
+        cmd.push_str(" --insecure");
     }
     cmd
 }

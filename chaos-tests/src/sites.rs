@@ -99,14 +99,21 @@ impl Plan {
         })
     }
 
-    /// The topology file for this run, as YAML.
+    /// The topology file for this run, as YAML, in plaintext (`insecure: true`).
     pub fn topology_yaml(&self) -> anyhow::Result<String> {
-        // The chaos runs test the protocol, not transport security: plaintext.
         let mut topology = self.topology.clone();
         topology.tls = Some(failover_core::config::TlsConfig {
             insecure: true,
             ..Default::default()
         });
+        Ok(serde_norway::to_string(&topology)?)
+    }
+
+    /// The topology file for this run, as YAML, over mutual TLS as a real deployment runs
+    /// it: a CA and every certificate are issued into `tls_dir` (controllers for their
+    /// namespace addresses, an operator, and an engine per site).
+    pub fn secured_topology_yaml(&self, tls_dir: &Path) -> anyhow::Result<String> {
+        let topology = failover_cli::certs::issue_for(&self.topology, tls_dir)?;
         Ok(serde_norway::to_string(&topology)?)
     }
 
