@@ -106,7 +106,7 @@ async fn a_flood_from_one_identity_is_refused_and_others_are_served() {
     for status in &refused {
         assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
         assert!(
-            status.message().contains("engine/engine-site-a")
+            status.message().contains("engine/site-a")
                 && status.message().contains("limits.acquires_per_second"),
             "{status:?}"
         );
@@ -141,7 +141,7 @@ async fn a_flood_from_one_identity_is_refused_and_others_are_served() {
         .expect_err("a fourth watch stream");
     assert_eq!(over.code(), tonic::Code::ResourceExhausted, "{over:?}");
     assert!(
-        over.message().contains("engine/engine-site-a")
+        over.message().contains("engine/site-a")
             && over.message().contains("limits.watch_streams"),
         "{over:?}"
     );
