@@ -10,7 +10,7 @@ use common::{eventually, Cluster};
 use failover_client::{ClientError, Dialer};
 use failover_proto::admin::PromoteRequest;
 use failover_proto::lease::lease_service_client::LeaseServiceClient;
-use failover_proto::lease::{acquire_response, AcquireRequest, WatchRequest};
+use failover_proto::lease::{acquire_response, AcquireRequest, KeepAliveRequest, WatchRequest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const READY: Duration = Duration::from_secs(30);
@@ -141,8 +141,7 @@ async fn a_flood_from_one_identity_is_refused_and_others_are_served() {
         .expect_err("a fourth watch stream");
     assert_eq!(over.code(), tonic::Code::ResourceExhausted, "{over:?}");
     assert!(
-        over.message().contains("engine/site-a")
-            && over.message().contains("limits.watch_streams"),
+        over.message().contains("engine/site-a") && over.message().contains("limits.watch_streams"),
         "{over:?}"
     );
     let mut watching = other
@@ -188,11 +187,17 @@ async fn a_client_that_never_reads_its_stream_is_closed() {
     let mut cluster =
         Cluster::new_insecure_with(|yaml| yaml + "limits: { stall_timeout_ms: 1000 }\n");
     cluster.start_all();
-    cluster.wait_ready(READY).await;
+    let status = cluster.wait_ready(READY).await;
     let node = (
         cluster.nodes[0].addr.clone(),
         cluster.nodes[0].http_addr.clone(),
     );
+    let leader = cluster
+        .nodes
+        .iter()
+        .find(|n| n.id == status.leader)
+        .map(|n| (n.addr.clone(), n.http_addr.clone()))
+        .expect("leader");
     let slow_channel = tonic::transport::Endpoint::from_shared(format!("http://{}", node.0))
         .expect("endpoint")
         .initial_stream_window_size(Some(1))
@@ -278,5 +283,54 @@ async fn a_client_that_never_reads_its_stream_is_closed() {
     );
     // Admin calls were served throughout, and still are.
     admin.status().await.expect("status");
+
+    // A keep-alive stream that sends renewals and never reads the answers: the leader
+    // buffers a bounded number, then closes it.
+    let dial_slow = |addr: String| async move {
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("endpoint")
+            .initial_stream_window_size(Some(1))
+            .initial_connection_window_size(Some(1))
+            .connect()
+            .await
+            .expect("slow client connects")
+    };
+    let mut holder = LeaseServiceClient::new(dial_slow(leader.0.clone()).await);
+    let granted = holder
+        .acquire(AcquireRequest {
+            group: "default".into(),
+            site: "site-a".into(),
+            instance: "slow-holder".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("acquire")
+        .into_inner();
+    let Some(acquire_response::Result::Granted(grant)) = granted.result else {
+        panic!("not granted: {granted:?}");
+    };
+    let renewals = tokio_stream::iter((0..6000u64).map(move |seq| KeepAliveRequest {
+        group: "default".into(),
+        lease_id: grant.lease_id,
+        seq,
+    }));
+    let _unread = holder
+        .keep_alive(renewals)
+        .await
+        .expect("keep-alive stream");
+    let sample = "failover_stalled_streams_total{stream=\"keepalive\"}";
+    eventually(
+        "the unread keep-alive stream closed",
+        Duration::from_secs(20),
+        || {
+            let http = leader.1.clone();
+            async move { (metric(&http, sample).await? >= 1.0).then_some(()) }
+        },
+    )
+    .await;
+    admin
+        .status()
+        .await
+        .expect("status after the slow keep-alive");
     cluster.kill_all();
 }
