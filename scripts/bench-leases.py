@@ -375,7 +375,9 @@ def start_failover(cluster: Cluster, failover_bin: str) -> None:
     with open(topology, "w") as f:
         f.write(f"""# Written by scripts/bench-leases.py.
 cluster_name: bench-leases
-tls: { insecure: true }
+tls: {{ insecure: true }}
+# One client (one address) grants up to 1,000,000 leases: lift the per-identity limits.
+limits: {{ acquires_per_second: 1000000, acquire_burst: 1000000, keepalive_streams: 100000 }}
 timing:
   lease_ttl_ms: {TTL_SECS * 1000}
   keepalive_interval_ms: {TTL_SECS * 1000 // 8}

@@ -183,6 +183,17 @@ pub fn allowed(path: &str, role: Role) -> bool {
 pub struct PeerInfo {
     /// The caller; `None` on a plaintext (insecure) connection.
     pub identity: Option<Identity>,
+    /// The peer's address, when the connection is TCP (what limits count by in insecure
+    /// mode).
+    pub remote: Option<std::net::SocketAddr>,
+}
+
+/// The remote address of a connection whose info is tonic's TCP info.
+fn remote_of<IO: Connected>(io: &IO) -> Option<std::net::SocketAddr> {
+    let info = io.connect_info();
+    (&info as &dyn std::any::Any)
+        .downcast_ref::<tonic::transport::server::TcpConnectInfo>()
+        .and_then(|tcp| tcp.remote_addr())
 }
 
 /// A served connection: plaintext (insecure mode) or mutual TLS.
@@ -201,9 +212,13 @@ where
 
     fn connect_info(&self) -> PeerInfo {
         match self {
-            ServerConn::Plain(_) => PeerInfo { identity: None },
-            ServerConn::Tls(_, identity) => PeerInfo {
+            ServerConn::Plain(io) => PeerInfo {
+                identity: None,
+                remote: remote_of(io),
+            },
+            ServerConn::Tls(io, identity) => PeerInfo {
                 identity: Some(identity.clone()),
+                remote: remote_of(io.get_ref().0),
             },
         }
     }
@@ -383,6 +398,20 @@ pub const ON_BEHALF_OF: &str = "x-failover-on-behalf-of";
 
 tokio::task_local! {
     static CALLER: Option<Identity>;
+    static REMOTE: Option<std::net::SocketAddr>;
+}
+
+/// Who per-identity limits count the call being served against (docs/security.md,
+/// "Limits and slow clients"): the authenticated identity (`role/name`), or in insecure
+/// mode the peer's IP address (`address/<ip>`; every client on one host shares it).
+pub fn limit_key() -> String {
+    if let Some(identity) = caller() {
+        return identity.to_string();
+    }
+    match REMOTE.try_with(|r| *r).ok().flatten() {
+        Some(addr) => format!("address/{}", addr.ip()),
+        None => "address/unknown".to_owned(),
+    }
 }
 
 /// The authenticated caller of the call being served (`None` in insecure mode), for
@@ -463,14 +492,13 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let identity = match request.extensions().get::<PeerInfo>() {
-            Some(PeerInfo { identity: Some(id) }) => Some(id.clone()),
-            // Insecure mode (or an in-process server): no checks.
-            _ => None,
-        };
+        let peer = request.extensions().get::<PeerInfo>();
+        let remote = peer.and_then(|p| p.remote);
+        // Insecure mode (or an in-process server): no identity, no checks.
+        let identity = peer.and_then(|p| p.identity.clone());
         let Some(mut identity) = identity else {
             let future = self.inner.call(request);
-            return Box::pin(CALLER.scope(None, future));
+            return Box::pin(REMOTE.scope(remote, CALLER.scope(None, future)));
         };
         if identity.role == Role::Peer {
             if let Some(on_behalf) = request
@@ -491,7 +519,7 @@ where
             return Box::pin(async move { Ok(status.into_http()) });
         }
         let future = self.inner.call(request);
-        Box::pin(CALLER.scope(Some(identity), future))
+        Box::pin(REMOTE.scope(remote, CALLER.scope(Some(identity), future)))
     }
 }
 

@@ -41,6 +41,8 @@ pub struct NodeContext {
     /// Groups whose active site is lost or unhealthy but which the leader does not fail
     /// over, and why.
     pub held: std::sync::Mutex<std::collections::BTreeMap<failover_core::GroupName, String>>,
+    /// Per-identity limits and slow-client closes (the topology's `limits:`).
+    pub limits: Arc<crate::limits::Limiter>,
 }
 
 /// Why a proposal produced no outcome.

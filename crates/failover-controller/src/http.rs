@@ -245,6 +245,16 @@ struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    limit: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StreamLabels {
+    stream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SiteLabels {
     site: String,
 }
@@ -284,6 +294,7 @@ fn render(ctx: &NodeContext) -> Result<String, std::fmt::Error> {
     raft_metrics(&mut registry, &ctx.metrics());
     group_metrics(&mut registry, &ctx.view.read());
     lease_metrics(&mut registry, ctx);
+    limit_metrics(&mut registry, ctx);
     site_metrics(&mut registry, ctx);
     let mut body = String::new();
     prometheus_client::encoding::text::encode(&mut body, &registry)?;
@@ -446,6 +457,44 @@ fn lease_metrics(registry: &mut Registry, ctx: &NodeContext) {
         "Lease renewals this controller answered since it started, by result: accepted, \
          refused by the lease rules, or not_leader when leadership could not be confirmed",
         keepalives,
+    );
+}
+
+fn limit_metrics(registry: &mut Registry, ctx: &NodeContext) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let counters = &ctx.limits.counters;
+    let refused = Family::<LimitLabels, Counter>::default();
+    for (limit, n) in [
+        ("acquires_per_second", &counters.refused_acquires),
+        ("watch_streams", &counters.refused_watches),
+        ("keepalive_streams", &counters.refused_keepalives),
+    ] {
+        let labels = LimitLabels {
+            limit: limit.to_owned(),
+        };
+        refused.get_or_create(&labels).inc_by(n.load(Relaxed));
+    }
+    registry.register(
+        "failover_limit_refusals",
+        "Calls this controller refused RESOURCE_EXHAUSTED since it started, by the \
+         per-identity limit they were over (the topology's limits: section)",
+        refused,
+    );
+    let stalled = Family::<StreamLabels, Counter>::default();
+    for (stream, n) in [
+        ("watch", &counters.stalled_watches),
+        ("keepalive", &counters.stalled_keepalives),
+    ] {
+        let labels = StreamLabels {
+            stream: stream.to_owned(),
+        };
+        stalled.get_or_create(&labels).inc_by(n.load(Relaxed));
+    }
+    registry.register(
+        "failover_stalled_streams",
+        "Server streams this controller closed since it started because their client left \
+         an answer untaken for limits.stall_timeout_ms",
+        stalled,
     );
 }
 

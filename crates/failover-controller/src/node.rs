@@ -259,6 +259,7 @@ impl Controller {
             max_clock_drift: Duration::from_millis(topology.timing.max_clock_drift_ms),
         };
         let (leases, renewals) = LeaseManager::new(timing, clock.clone());
+        let limits = crate::limits::Limiter::new(topology.limits);
         let ctx = Arc::new(NodeContext {
             node_id,
             topology,
@@ -271,6 +272,7 @@ impl Controller {
             executors: Arc::default(),
             confirmations: Default::default(),
             held: Default::default(),
+            limits,
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let tasks = vec![

@@ -41,6 +41,9 @@ pub struct Topology {
     /// or `insecure: true`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
+    /// Per-identity limits and the slow-client rule (docs/security.md).
+    #[serde(default)]
+    pub limits: crate::limits::Limits,
 }
 
 /// One site of the deployment.
@@ -360,6 +363,9 @@ impl Topology {
         self.validate_groups(&site_names, errors);
         if let Err((f, r)) = self.timing.validate() {
             errors.push((format!("timing.{f}"), r));
+        }
+        if let Err((f, r)) = self.limits.validate() {
+            errors.push((format!("limits.{f}"), r));
         }
     }
 

@@ -26,6 +26,7 @@ pub mod executor;
 pub mod ids;
 pub mod leader;
 pub mod lease;
+pub mod limits;
 pub mod placement;
 pub mod policy;
 pub mod promotion;

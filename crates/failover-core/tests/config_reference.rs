@@ -38,6 +38,7 @@ fn full_topology() -> Topology {
             http: true,
             insecure: false,
         }),
+        limits: failover_core::limits::Limits::default(),
     }
 }
 

@@ -22,6 +22,7 @@ fn topology() -> Topology {
     Topology {
         cluster_name: "t".into(),
         tls: None,
+        limits: Default::default(),
         timing: Timing::default(),
         sites: SITES
             .iter()

@@ -106,6 +106,11 @@ impl Cluster {
         Cluster::build(|yaml| yaml, true)
     }
 
+    /// Like [`Cluster::new_insecure`], with the topology text passed through `edit` first.
+    pub fn new_insecure_with(edit: impl FnOnce(String) -> String) -> Cluster {
+        Cluster::build(edit, true)
+    }
+
     fn build(edit: impl FnOnce(String) -> String, insecure: bool) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let ports = free_ports(2 * SITES.len());

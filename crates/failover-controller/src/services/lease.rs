@@ -23,15 +23,17 @@ use failover_proto::wire::{self, LEADER_HEADER};
 use futures::stream::FuturesUnordered;
 use futures::Stream;
 use tokio::sync::{mpsc, oneshot};
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::admin::rejection_status;
 use super::{propose, NodeContext, ProposeError};
 use crate::leases::{Renewal, RenewalError};
+use crate::limits::{GuardedStream, StreamKind, Verdict};
 
-/// Most keepalive answers buffered per stream before the stream is considered stuck.
+/// Most keepalive answers buffered per stream; when the client leaves them untaken for
+/// `limits.stall_timeout_ms`, the stream is closed (docs/security.md, "Limits and slow
+/// clients").
 const STREAM_BUFFER: usize = 4096;
 /// Most renewals of one keepalive stream waiting for the batcher's answer at once.
 pub const MAX_RENEWALS_IN_FLIGHT: usize = 4096;
@@ -132,12 +134,16 @@ fn refused(error: &RenewalError) -> Refused {
 /// wait for an answer; beyond that it reads no more requests until one is answered (the
 /// client's sends back up), so one task and a bounded set of waiting answers serve a
 /// stream, however fast it sends. Ends when the client closes its side and every answer
-/// went out, or when the client stops reading answers.
+/// went out, when the client goes away, or when an answer finds no room for
+/// `limits.stall_timeout_ms` (the client does not read): then `verdict` ends the stream.
 async fn serve_keepalives(
     ctx: Arc<NodeContext>,
     mut incoming: Streaming<KeepAliveRequest>,
     answers: mpsc::Sender<Result<KeepAliveResponse, Status>>,
+    verdict: Verdict,
+    who: String,
 ) {
+    let stall = ctx.limits.stall_timeout();
     let mut waiting = FuturesUnordered::new();
     let mut open = true;
     while open || !waiting.is_empty() {
@@ -157,8 +163,14 @@ async fn serve_keepalives(
                 }
             }
             Some(answer) = waiting.next() => {
-                if answers.send(Ok(answer)).await.is_err() {
-                    return;
+                match tokio::time::timeout(stall, answers.send(Ok(answer))).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return,
+                    Err(_) => {
+                        let status = ctx.limits.stalled(&who, StreamKind::KeepAlive);
+                        *verdict.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
+                        return;
+                    }
                 }
             }
         }
@@ -216,6 +228,10 @@ impl LeaseService for LeaseServer {
         request: Request<AcquireRequest>,
     ) -> Result<Response<AcquireResponse>, Status> {
         let received_at = self.ctx.clock.now();
+        // Over its rate, a caller is refused before anything is read or proposed.
+        self.ctx
+            .limits
+            .check_acquire(&crate::auth::limit_key(), received_at)?;
         let req = wire::Acquire::try_from(&request.into_inner())?;
         let site = req.site.clone();
         // Bad input gets the same answer from every controller; then only the leader grants.
@@ -276,10 +292,24 @@ impl LeaseService for LeaseServer {
         request: Request<Streaming<KeepAliveRequest>>,
     ) -> Result<Response<Self::KeepAliveStream>, Status> {
         self.require_leader()?;
+        let who = crate::auth::limit_key();
+        let permit =
+            self.ctx
+                .limits
+                .open_stream(&who, StreamKind::KeepAlive, self.ctx.clock.now())?;
         let incoming = request.into_inner();
         let (answers, stream) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(serve_keepalives(self.ctx.clone(), incoming, answers));
-        Ok(Response::new(Box::pin(ReceiverStream::new(stream))))
+        let verdict = Verdict::default();
+        tokio::spawn(serve_keepalives(
+            self.ctx.clone(),
+            incoming,
+            answers,
+            verdict.clone(),
+            who,
+        ));
+        Ok(Response::new(Box::pin(GuardedStream::new(
+            stream, verdict, permit,
+        ))))
     }
 
     async fn release(
@@ -314,12 +344,32 @@ impl LeaseService for LeaseServer {
         let group = req.group;
         self.with_group(&group, &req.site, |_| ())?;
         let site = req.site.to_string();
+        let who = crate::auth::limit_key();
+        let permit = self
+            .ctx
+            .limits
+            .open_stream(&who, StreamKind::Watch, self.ctx.clock.now())?;
         let ctx = self.ctx.clone();
-        let (events, stream) = mpsc::channel(16);
+        // One event waits at most: a watcher needs the newest view, not every one in
+        // between, so the event is read from the state only once there is room for it.
+        let (events, stream) = mpsc::channel(1);
+        let verdict = Verdict::default();
+        let ended = verdict.clone();
         tokio::spawn(async move {
+            let stall = ctx.limits.stall_timeout();
             let mut changes = ctx.view.subscribe();
             let mut last: Option<GroupEvent> = None;
             loop {
+                let room = match tokio::time::timeout(stall, events.reserve()).await {
+                    Ok(Ok(room)) => room,
+                    // The client went away.
+                    Ok(Err(_)) => return,
+                    Err(_) => {
+                        let status = ctx.limits.stalled(&who, StreamKind::Watch);
+                        *ended.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
+                        return;
+                    }
+                };
                 let event = ctx
                     .view
                     .read()
@@ -327,16 +377,17 @@ impl LeaseService for LeaseServer {
                     .map(|g| wire::group_event(g, &site));
                 let Ok(event) = event else { return };
                 if last.as_ref() != Some(&event) {
-                    if events.send(Ok(event.clone())).await.is_err() {
-                        return;
-                    }
+                    room.send(Ok(event.clone()));
                     last = Some(event);
                 }
-                if changes.changed().await.is_err() {
-                    return;
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { return },
+                    () = events.closed() => return,
                 }
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(stream))))
+        Ok(Response::new(Box::pin(GuardedStream::new(
+            stream, verdict, permit,
+        ))))
     }
 }
