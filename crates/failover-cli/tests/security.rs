@@ -273,3 +273,105 @@ async fn certificates_rotate_on_a_running_cluster_without_interruption() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+/// An engine bound to site-b that knows the id of site-a's lease may neither renew nor
+/// release it: PERMISSION_DENIED naming the engine, the lease and its site, and the lease
+/// stays as it was (same id, still renewable by site-a's engine).
+#[tokio::test]
+async fn an_engine_may_not_renew_or_release_another_sites_lease() {
+    use failover_proto::lease::{acquire_response, KeepAliveRequest, ReleaseRequest};
+    let mut cluster = Cluster::new();
+    cluster.start_all();
+    let leader = cluster.wait_ready(READY).await.leader;
+    let addr = cluster
+        .nodes
+        .iter()
+        .find(|n| n.id == leader)
+        .expect("leader")
+        .addr
+        .clone();
+    let channel = |site: &str| cluster.engine_dialer(site).channel(&addr).expect("channel");
+    let mut engine_a = LeaseServiceClient::new(channel("site-a"));
+    let granted = engine_a
+        .acquire(AcquireRequest {
+            group: "default".into(),
+            site: "site-a".into(),
+            instance: "i-a".into(),
+            ready: true,
+        })
+        .await
+        .expect("site-a acquires")
+        .into_inner();
+    let Some(acquire_response::Result::Granted(grant)) = granted.result else {
+        panic!("site-a was not granted: {granted:?}");
+    };
+    let lease_id = grant.lease_id;
+    let held = || async {
+        let leases = cluster.client().leases("default").await.expect("leases");
+        leases
+            .leases
+            .into_iter()
+            .find(|l| l.lease_id == lease_id)
+            .map(|l| (l.lease_id, l.fencing_token, l.epoch, l.site))
+    };
+    let before = held().await.expect("the lease is listed");
+
+    let mut engine_b = LeaseServiceClient::new(channel("site-b"));
+    let check = |denied: &tonic::Status| {
+        assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+        let message = denied.message();
+        for part in ["engine/", "[site-b]", "not site-a", &lease_id.to_string()] {
+            assert!(message.contains(part), "`{part}` missing: {message}");
+        }
+    };
+    let denied = engine_b
+        .release(ReleaseRequest {
+            group: "default".into(),
+            lease_id,
+        })
+        .await
+        .expect_err("site-b's engine may not release site-a's lease");
+    check(&denied);
+
+    let renewal = KeepAliveRequest {
+        group: "default".into(),
+        lease_id,
+        seq: 1,
+    };
+    let denied = match engine_b
+        .keep_alive(tokio_stream::iter(vec![renewal.clone()]))
+        .await
+    {
+        Err(status) => status,
+        Ok(answers) => {
+            let mut answers = answers.into_inner();
+            match answers.message().await {
+                Err(status) => status,
+                Ok(answer) => panic!("site-b's keepalive was answered: {answer:?}"),
+            }
+        }
+    };
+    check(&denied);
+
+    // Nothing changed: the same lease, and its own engine still renews it.
+    assert_eq!(held().await, Some(before));
+    let mut answers = engine_a
+        .keep_alive(tokio_stream::iter(vec![renewal]))
+        .await
+        .expect("site-a's keepalive")
+        .into_inner();
+    let answer = answers
+        .message()
+        .await
+        .expect("site-a's renewal answered")
+        .expect("an answer");
+    assert!(
+        matches!(
+            answer.result,
+            Some(failover_proto::lease::keep_alive_response::Result::Renewed(
+                _
+            ))
+        ),
+        "{answer:?}"
+    );
+}
