@@ -375,3 +375,102 @@ async fn an_engine_may_not_renew_or_release_another_sites_lease() {
         "{answer:?}"
     );
 }
+
+/// Certificates re-issued on a running cluster, then the leader killed with SIGKILL: the
+/// new leader serves clients that present the new certificates, and site-a's lease goes
+/// through the leader change untouched (a new leader treats every lease as renewed at its
+/// start, DESIGN.md): same id, token and epoch, site-b never holds one, and the worker is
+/// never restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_rotate_across_a_leader_change() {
+    let mut cluster = Cluster::new();
+    cluster.start_all();
+    cluster.wait_ready(READY).await;
+    let starts = cluster.data_dir().join("worker-starts");
+    let script = format!("echo $$ >> '{}'; exec sleep 600", starts.display());
+    let _exec = cluster.exec("site-a", &[], &["sh", "-c", &script]);
+    let held = |client: AdminClient, site: &'static str| async move {
+        let mut client = client;
+        let leases = client.leases("default").await.ok()?;
+        leases.leases.into_iter().find(|l| l.site == site)
+    };
+    let before = common::eventually("site-a holds the lease", READY, || {
+        held(cluster.client(), "site-a")
+    })
+    .await;
+    common::eventually("the worker started", READY, || async {
+        std::fs::read_to_string(&starts)
+            .ok()
+            .filter(|t| !t.is_empty())
+    })
+    .await;
+
+    let tls = cluster.data_dir().join("tls");
+    let old_operator = std::fs::read(tls.join("operator-dev.pem")).expect("old cert");
+    let text = std::fs::read_to_string(&cluster.config).expect("topology");
+    let topology = failover_core::Topology::from_yaml(&text, "test").expect("topology");
+    failover_cli::certs::issue_for(&topology, &tls).expect("rotate");
+    assert_ne!(
+        std::fs::read(tls.join("operator-dev.pem")).expect("new cert"),
+        old_operator,
+        "the certificates were not replaced"
+    );
+
+    let old_leader = cluster.wait_ready(READY).await.leader;
+    cluster.kill9(old_leader);
+    let new_leader = common::eventually("a new leader", READY, || {
+        let mut client = cluster.client();
+        async move {
+            let status = client.status().await.ok()?;
+            (status.leader != 0 && status.leader != old_leader).then_some(status.leader)
+        }
+    })
+    .await;
+
+    // The new leader answers a client with the new certificate on a new connection.
+    let addr = cluster
+        .nodes
+        .iter()
+        .find(|n| n.id == new_leader)
+        .expect("new leader")
+        .addr
+        .clone();
+    let mut fresh =
+        AdminClient::with_dialer(Endpoints::parse(&addr).expect("endpoint"), cluster.dialer());
+    let status = fresh
+        .status()
+        .await
+        .expect("the new leader serves the new certificate");
+    assert_eq!(status.leader, new_leader);
+    assert!(
+        cluster
+            .log_of(new_leader)
+            .contains("TLS files changed: reloaded"),
+        "the new leader did not reload: {}",
+        cluster.log_of(new_leader)
+    );
+
+    // Through more than a TTL after the leader change: the same lease, never site-b's.
+    let until = std::time::Instant::now() + Duration::from_millis(4000);
+    while std::time::Instant::now() < until {
+        let after = held(cluster.client(), "site-a")
+            .await
+            .expect("site-a still holds the lease");
+        assert_eq!(
+            (after.lease_id, after.fencing_token, after.epoch),
+            (before.lease_id, before.fencing_token, before.epoch),
+            "the lease was replaced across the leader change"
+        );
+        assert!(
+            held(cluster.client(), "site-b").await.is_none(),
+            "site-b holds a lease"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let started = std::fs::read_to_string(&starts).expect("worker starts");
+    assert_eq!(
+        started.lines().count(),
+        1,
+        "the worker was restarted: {started}"
+    );
+}
