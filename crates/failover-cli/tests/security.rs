@@ -292,19 +292,27 @@ async fn an_engine_may_not_renew_or_release_another_sites_lease() {
         .clone();
     let channel = |site: &str| cluster.engine_dialer(site).channel(&addr).expect("channel");
     let mut engine_a = LeaseServiceClient::new(channel("site-a"));
-    let granted = engine_a
-        .acquire(AcquireRequest {
-            group: "default".into(),
-            site: "site-a".into(),
-            instance: "i-a".into(),
-            ready: true,
-        })
-        .await
-        .expect("site-a acquires")
-        .into_inner();
-    let Some(acquire_response::Result::Granted(grant)) = granted.result else {
-        panic!("site-a was not granted: {granted:?}");
-    };
+    // The group is created by the leader's first pass: poll until site-a is granted.
+    let grant = common::eventually("site-a granted", READY, || {
+        let mut engine_a = engine_a.clone();
+        async move {
+            let answer = engine_a
+                .acquire(AcquireRequest {
+                    group: "default".into(),
+                    site: "site-a".into(),
+                    instance: "i-a".into(),
+                    ready: true,
+                })
+                .await
+                .ok()?
+                .into_inner();
+            match answer.result {
+                Some(acquire_response::Result::Granted(grant)) => Some(grant),
+                _ => None,
+            }
+        }
+    })
+    .await;
     let lease_id = grant.lease_id;
     let held = || async {
         let leases = cluster.client().leases("default").await.expect("leases");
@@ -473,4 +481,57 @@ async fn certificates_rotate_across_a_leader_change() {
         1,
         "the worker was restarted: {started}"
     );
+}
+
+/// The first leader of a new cluster fixes its id (128 random bits in hex) through the
+/// log: every controller shows the same one, `failover status` shows it (table and JSON),
+/// and it survives a restart of every controller (it is stored with their data).
+#[tokio::test]
+async fn the_cluster_id_is_fixed_once_replicated_and_shown_by_status() {
+    let mut cluster = Cluster::new();
+    cluster.start_all();
+    cluster.wait_ready(READY).await;
+    let id = common::eventually("a cluster id", READY, || {
+        let mut client = cluster.client();
+        async move {
+            let status = client.status().await.ok()?;
+            (!status.cluster_id.is_empty()).then_some(status.cluster_id)
+        }
+    })
+    .await;
+    assert_eq!(id.len(), 32, "{id}");
+    assert!(id.chars().all(|c| c.is_ascii_hexdigit()), "{id}");
+    for node in &cluster.nodes {
+        let seen = common::eventually("each controller knows the id", READY, || {
+            let mut client = cluster.client_of(node.id);
+            async move {
+                let status = client.status().await.ok()?;
+                (!status.cluster_id.is_empty()).then_some(status.cluster_id)
+            }
+        })
+        .await;
+        assert_eq!(seen, id, "controller {}", node.id);
+    }
+
+    let status = |args: &[&str]| {
+        let out = std::process::Command::new(common::failover_bin())
+            .args(["status", "--endpoints", &cluster.endpoints()])
+            .args(args)
+            .output()
+            .expect("failover status");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let table = status(&[]);
+    assert!(table.contains(&format!("cluster: {id}\n")), "{table}");
+    let json: serde_json::Value =
+        serde_json::from_str(&status(&["--output", "json"])).expect("status JSON");
+    assert_eq!(json["cluster_id"], id.as_str(), "{json}");
+
+    cluster.kill_all();
+    cluster.start_all();
+    cluster.wait_ready(READY).await;
+    let mut client = cluster.client();
+    let after = client.status().await.expect("status").cluster_id;
+    assert_eq!(after, id, "the id changed across a restart");
 }

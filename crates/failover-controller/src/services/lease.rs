@@ -341,10 +341,11 @@ impl LeaseService for LeaseServer {
         &self,
         request: Request<ReleaseRequest>,
     ) -> Result<Response<ReleaseResponse>, Status> {
-        self.require_leader()?;
         let req = wire::Release::try_from(&request.into_inner())?;
         let lease = req.lease;
+        // Like bad input, a lease of another site gets the same answer everywhere.
         self.require_lease_site(&req.group, lease)?;
+        self.require_leader()?;
         let command = Command::Release {
             group: req.group,
             lease,
