@@ -76,6 +76,8 @@ pub struct StatusJson {
     pub groups: Vec<GroupJson>,
     /// Every site with the executors reporting to the leader.
     pub sites: Vec<SiteJson>,
+    /// The cluster's identity, `null` until its first leader fixed it.
+    pub cluster_id: Option<String>,
 }
 
 /// One site in [`StatusJson`].
@@ -323,6 +325,7 @@ impl StatusJson {
                 .collect(),
             groups: s.groups.iter().map(GroupJson::from).collect(),
             sites: s.sites.iter().map(site_json).collect(),
+            cluster_id: (!s.cluster_id.is_empty()).then(|| s.cluster_id.clone()),
         }
     }
 }
@@ -494,6 +497,8 @@ pub fn status_table(s: &StatusResponse, quorum: &QuorumJson) -> String {
         (Some(l), false) => format!("{l} (unconfirmed)"),
     };
     let mut out = format!("leader: {leader}   term: {}\n", s.term);
+    let cluster = json.cluster_id.as_deref().unwrap_or("not fixed yet");
+    let _ = writeln!(out, "cluster: {cluster}");
     match &quorum.message {
         Some(message) => {
             let _ = writeln!(

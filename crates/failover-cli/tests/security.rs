@@ -273,3 +273,265 @@ async fn certificates_rotate_on_a_running_cluster_without_interruption() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+/// An engine bound to site-b that knows the id of site-a's lease may neither renew nor
+/// release it: PERMISSION_DENIED naming the engine, the lease and its site, and the lease
+/// stays as it was (same id, still renewable by site-a's engine).
+#[tokio::test]
+async fn an_engine_may_not_renew_or_release_another_sites_lease() {
+    use failover_proto::lease::{acquire_response, KeepAliveRequest, ReleaseRequest};
+    let mut cluster = Cluster::new();
+    cluster.start_all();
+    let leader = cluster.wait_ready(READY).await.leader;
+    let addr = cluster
+        .nodes
+        .iter()
+        .find(|n| n.id == leader)
+        .expect("leader")
+        .addr
+        .clone();
+    let channel = |site: &str| cluster.engine_dialer(site).channel(&addr).expect("channel");
+    let mut engine_a = LeaseServiceClient::new(channel("site-a"));
+    // The group is created by the leader's first pass: poll until site-a is granted.
+    let grant = common::eventually("site-a granted", READY, || {
+        let mut engine_a = engine_a.clone();
+        async move {
+            let answer = engine_a
+                .acquire(AcquireRequest {
+                    group: "default".into(),
+                    site: "site-a".into(),
+                    instance: "i-a".into(),
+                    ready: true,
+                })
+                .await
+                .ok()?
+                .into_inner();
+            match answer.result {
+                Some(acquire_response::Result::Granted(grant)) => Some(grant),
+                _ => None,
+            }
+        }
+    })
+    .await;
+    let lease_id = grant.lease_id;
+    let held = || async {
+        let leases = cluster.client().leases("default").await.expect("leases");
+        leases
+            .leases
+            .into_iter()
+            .find(|l| l.lease_id == lease_id)
+            .map(|l| (l.lease_id, l.fencing_token, l.epoch, l.site))
+    };
+    let before = held().await.expect("the lease is listed");
+
+    let mut engine_b = LeaseServiceClient::new(channel("site-b"));
+    let check = |denied: &tonic::Status| {
+        assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+        let message = denied.message();
+        for part in ["engine/", "[site-b]", "not site-a", &lease_id.to_string()] {
+            assert!(message.contains(part), "`{part}` missing: {message}");
+        }
+    };
+    let denied = engine_b
+        .release(ReleaseRequest {
+            group: "default".into(),
+            lease_id,
+        })
+        .await
+        .expect_err("site-b's engine may not release site-a's lease");
+    check(&denied);
+
+    let renewal = KeepAliveRequest {
+        group: "default".into(),
+        lease_id,
+        seq: 1,
+    };
+    let denied = match engine_b
+        .keep_alive(tokio_stream::iter(vec![renewal.clone()]))
+        .await
+    {
+        Err(status) => status,
+        Ok(answers) => {
+            let mut answers = answers.into_inner();
+            match answers.message().await {
+                Err(status) => status,
+                Ok(answer) => panic!("site-b's keepalive was answered: {answer:?}"),
+            }
+        }
+    };
+    check(&denied);
+
+    // Nothing changed: the same lease, and its own engine still renews it.
+    assert_eq!(held().await, Some(before));
+    let mut answers = engine_a
+        .keep_alive(tokio_stream::iter(vec![renewal]))
+        .await
+        .expect("site-a's keepalive")
+        .into_inner();
+    let answer = answers
+        .message()
+        .await
+        .expect("site-a's renewal answered")
+        .expect("an answer");
+    assert!(
+        matches!(
+            answer.result,
+            Some(failover_proto::lease::keep_alive_response::Result::Renewed(
+                _
+            ))
+        ),
+        "{answer:?}"
+    );
+}
+
+/// Certificates re-issued on a running cluster, then the leader killed with SIGKILL: the
+/// new leader serves clients that present the new certificates, and site-a's lease goes
+/// through the leader change untouched (a new leader treats every lease as renewed at its
+/// start, DESIGN.md): same id, token and epoch, site-b never holds one, and the worker is
+/// never restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_rotate_across_a_leader_change() {
+    let mut cluster = Cluster::new();
+    cluster.start_all();
+    cluster.wait_ready(READY).await;
+    let starts = cluster.data_dir().join("worker-starts");
+    let script = format!("echo $$ >> '{}'; exec sleep 600", starts.display());
+    let _exec = cluster.exec("site-a", &[], &["sh", "-c", &script]);
+    let held = |client: AdminClient, site: &'static str| async move {
+        let mut client = client;
+        let leases = client.leases("default").await.ok()?;
+        leases.leases.into_iter().find(|l| l.site == site)
+    };
+    let before = common::eventually("site-a holds the lease", READY, || {
+        held(cluster.client(), "site-a")
+    })
+    .await;
+    common::eventually("the worker started", READY, || async {
+        std::fs::read_to_string(&starts)
+            .ok()
+            .filter(|t| !t.is_empty())
+    })
+    .await;
+
+    let tls = cluster.data_dir().join("tls");
+    let old_operator = std::fs::read(tls.join("operator-dev.pem")).expect("old cert");
+    let text = std::fs::read_to_string(&cluster.config).expect("topology");
+    let topology = failover_core::Topology::from_yaml(&text, "test").expect("topology");
+    failover_cli::certs::issue_for(&topology, &tls).expect("rotate");
+    assert_ne!(
+        std::fs::read(tls.join("operator-dev.pem")).expect("new cert"),
+        old_operator,
+        "the certificates were not replaced"
+    );
+
+    let old_leader = cluster.wait_ready(READY).await.leader;
+    cluster.kill9(old_leader);
+    let new_leader = common::eventually("a new leader", READY, || {
+        let mut client = cluster.client();
+        async move {
+            let status = client.status().await.ok()?;
+            (status.leader != 0 && status.leader != old_leader).then_some(status.leader)
+        }
+    })
+    .await;
+
+    // The new leader answers a client with the new certificate on a new connection.
+    let addr = cluster
+        .nodes
+        .iter()
+        .find(|n| n.id == new_leader)
+        .expect("new leader")
+        .addr
+        .clone();
+    let mut fresh =
+        AdminClient::with_dialer(Endpoints::parse(&addr).expect("endpoint"), cluster.dialer());
+    let status = fresh
+        .status()
+        .await
+        .expect("the new leader serves the new certificate");
+    assert_eq!(status.leader, new_leader);
+    assert!(
+        cluster
+            .log_of(new_leader)
+            .contains("TLS files changed: reloaded"),
+        "the new leader did not reload: {}",
+        cluster.log_of(new_leader)
+    );
+
+    // Through more than a TTL after the leader change: the same lease, never site-b's.
+    let until = std::time::Instant::now() + Duration::from_millis(4000);
+    while std::time::Instant::now() < until {
+        let after = held(cluster.client(), "site-a")
+            .await
+            .expect("site-a still holds the lease");
+        assert_eq!(
+            (after.lease_id, after.fencing_token, after.epoch),
+            (before.lease_id, before.fencing_token, before.epoch),
+            "the lease was replaced across the leader change"
+        );
+        assert!(
+            held(cluster.client(), "site-b").await.is_none(),
+            "site-b holds a lease"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let started = std::fs::read_to_string(&starts).expect("worker starts");
+    assert_eq!(
+        started.lines().count(),
+        1,
+        "the worker was restarted: {started}"
+    );
+}
+
+/// The first leader of a new cluster fixes its id (128 random bits in hex) through the
+/// log: every controller shows the same one, `failover status` shows it (table and JSON),
+/// and it survives a restart of every controller (it is stored with their data).
+#[tokio::test]
+async fn the_cluster_id_is_fixed_once_replicated_and_shown_by_status() {
+    let mut cluster = Cluster::new();
+    cluster.start_all();
+    cluster.wait_ready(READY).await;
+    let id = common::eventually("a cluster id", READY, || {
+        let mut client = cluster.client();
+        async move {
+            let status = client.status().await.ok()?;
+            (!status.cluster_id.is_empty()).then_some(status.cluster_id)
+        }
+    })
+    .await;
+    assert_eq!(id.len(), 32, "{id}");
+    assert!(id.chars().all(|c| c.is_ascii_hexdigit()), "{id}");
+    for node in &cluster.nodes {
+        let seen = common::eventually("each controller knows the id", READY, || {
+            let mut client = cluster.client_of(node.id);
+            async move {
+                let status = client.status().await.ok()?;
+                (!status.cluster_id.is_empty()).then_some(status.cluster_id)
+            }
+        })
+        .await;
+        assert_eq!(seen, id, "controller {}", node.id);
+    }
+
+    let status = |args: &[&str]| {
+        let out = std::process::Command::new(common::failover_bin())
+            .args(["status", "--endpoints", &cluster.endpoints()])
+            .args(args)
+            .output()
+            .expect("failover status");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let table = status(&[]);
+    assert!(table.contains(&format!("cluster: {id}\n")), "{table}");
+    let json: serde_json::Value =
+        serde_json::from_str(&status(&["--output", "json"])).expect("status JSON");
+    assert_eq!(json["cluster_id"], id.as_str(), "{json}");
+
+    cluster.kill_all();
+    cluster.start_all();
+    cluster.wait_ready(READY).await;
+    let mut client = cluster.client();
+    let after = client.status().await.expect("status").cluster_id;
+    assert_eq!(after, id, "the id changed across a restart");
+}

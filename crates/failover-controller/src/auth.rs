@@ -443,16 +443,23 @@ pub fn actor(claimed: &str) -> String {
 /// Refuses an engine that is not bound to `site` (lease and executor calls).
 pub fn require_site(site: &str) -> Result<(), tonic::Status> {
     match caller() {
-        Some(identity)
-            if identity.role == Role::Engine && !identity.sites.iter().any(|s| s == site) =>
-        {
-            Err(tonic::Status::permission_denied(format!(
-                "{identity} is bound to sites [{}], not {site}",
-                identity.sites.join(", ")
-            )))
+        Some(identity) => {
+            require_site_of(&identity, site).map_err(tonic::Status::permission_denied)
         }
-        _ => Ok(()),
+        None => Ok(()),
     }
+}
+
+/// Why `identity`, if it is an engine, may not act for `site`; other roles pass (the
+/// role table decides for them). For checks outside the call's scope (streams).
+pub fn require_site_of(identity: &Identity, site: &str) -> Result<(), String> {
+    if identity.role == Role::Engine && !identity.sites.iter().any(|s| s == site) {
+        return Err(format!(
+            "{identity} is bound to sites [{}], not {site}",
+            identity.sites.join(", ")
+        ));
+    }
+    Ok(())
 }
 
 /// Checks every call against [`ROLE_TABLE`] (module doc).

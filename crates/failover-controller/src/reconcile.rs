@@ -61,6 +61,7 @@ pub async fn step(ctx: &NodeContext, hooks: &mut HookTasks) -> Duration {
     let Some((term, ready, sleep)) = poll(ctx) else {
         return MAX_SLEEP;
     };
+    fix_cluster_id(ctx).await;
     for proposal in ready.proposals {
         let what = proposal.command.to_string();
         let id = proposal.id;
@@ -97,6 +98,34 @@ pub async fn step(ctx: &NodeContext, hooks: &mut HookTasks) -> Duration {
     }
     fail_over(ctx, ready.decisions).await;
     sleep
+}
+
+/// The first leader of a new cluster fixes its identity: a random 128-bit id, in hex,
+/// committed through the log so every controller holds the same one. Idempotent: a
+/// cluster that has an id refuses another, and a lost proposal is retried next pass.
+async fn fix_cluster_id(ctx: &NodeContext) {
+    if ctx.view.read().cluster_id.is_some() {
+        return;
+    }
+    let id = new_cluster_id();
+    match propose(ctx, Command::SetClusterId { id: id.clone() }).await {
+        Ok(_) => tracing::info!(cluster_id = %id, "cluster id fixed"),
+        Err(ProposeError::Rejected(rejection)) => {
+            tracing::debug!(reason = %rejection, "cluster id already fixed")
+        }
+        Err(ProposeError::Status(status)) => {
+            tracing::warn!(reason = %status.message(), "cluster id not committed")
+        }
+    }
+}
+
+/// 128 random bits in hex, from the runtime's generator (seeded in the simulation, so a
+/// run replays).
+fn new_cluster_id() -> String {
+    use openraft::rt::AsyncRuntime;
+    use rand::Rng as _;
+    let mut rng = crate::runtime::ControllerRuntime::thread_rng();
+    format!("{:016x}{:016x}", rng.next_u64(), rng.next_u64())
 }
 
 /// Polls the core leader as of now: the term it leads, what it owes, and how long until

@@ -115,12 +115,19 @@ pub enum Command {
         /// When the leader proposed it (wall clock, for history only).
         at_unix_ms: u64,
     },
+    /// Fixes the cluster's identity: proposed once by the first leader of a new cluster,
+    /// so every controller learns the same id through the log (docs/security.md). A
+    /// cluster that already has an id keeps it: the command is then refused.
+    SetClusterId {
+        /// The id: random, 32 hex digits.
+        id: String,
+    },
 }
 
 impl Command {
-    /// The group a command acts on.
-    pub fn group(&self) -> &GroupName {
-        match self {
+    /// The group a command acts on; `None` for a command on the cluster as a whole.
+    pub fn group(&self) -> Option<&GroupName> {
+        Some(match self {
             Command::CreateGroup { group, .. }
             | Command::BeginPromotion { group, .. }
             | Command::BeginDemotion { group, .. }
@@ -130,7 +137,8 @@ impl Command {
             | Command::Expire { group, .. }
             | Command::Pause { group, .. }
             | Command::Resume { group, .. } => group,
-        }
+            Command::SetClusterId { .. } => return None,
+        })
     }
 }
 
@@ -176,6 +184,7 @@ impl fmt::Display for Command {
             Command::Resume { group, actor, .. } => {
                 write!(f, "resume automatic failover of group {group} ({actor})")
             }
+            Command::SetClusterId { id } => write!(f, "set cluster id {id}"),
         }
     }
 }
@@ -276,6 +285,9 @@ pub enum Rejection {
     /// A resume of a group that is not paused.
     #[error("automatic failover of group `{0}` is not paused")]
     NotPaused(GroupName),
+    /// The cluster already has an id; it never changes.
+    #[error("the cluster id is already {0}")]
+    ClusterIdSet(String),
     /// The group holds as many leases as it may.
     #[error("group `{group}` already holds {limit} leases")]
     TooManyLeases {
@@ -299,6 +311,8 @@ pub enum Outcome {
     Expired(usize),
     /// A group was paused or resumed; its pause afterwards (`None`: resumed).
     PauseChanged(Option<crate::state::Pause>),
+    /// The cluster's id was set.
+    ClusterIdSet,
 }
 
 /// What applying a command answers: what it produced, or why nothing changed.

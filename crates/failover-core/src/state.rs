@@ -22,6 +22,10 @@ pub struct ClusterState {
     pub groups: BTreeMap<GroupName, GroupState>,
     /// The id the next granted lease gets; lease ids are never reused.
     pub next_lease_id: u64,
+    /// The cluster's identity, fixed by its first leader ([`Command::SetClusterId`]);
+    /// `None` until then.
+    #[serde(default)]
+    pub cluster_id: Option<String>,
 }
 
 /// One failover group.
@@ -293,9 +297,16 @@ impl ClusterState {
             } => self
                 .group_mut(group)?
                 .set_pause(false, actor, reason, *at_unix_ms),
+            Command::SetClusterId { id } => match &self.cluster_id {
+                Some(existing) => Err(Rejection::ClusterIdSet(existing.clone())),
+                None => {
+                    self.cluster_id = Some(id.clone());
+                    Ok(Outcome::ClusterIdSet)
+                }
+            },
         };
         if result.is_ok() {
-            if let Some(group) = self.groups.get(command.group()) {
+            if let Some(group) = command.group().and_then(|g| self.groups.get(g)) {
                 group.assert_invariants();
                 if cfg!(debug_assertions) {
                     for lease in group.leases.values() {

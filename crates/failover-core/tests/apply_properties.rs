@@ -100,7 +100,7 @@ proptest! {
         let mut last_token = std::collections::BTreeMap::new();
         for command in &commands {
             let before = state.clone();
-            let was_paused = before.groups.get(command.group()).is_some_and(|g| g.pause.is_some());
+            let was_paused = before.groups.get(command.group().expect("a group command")).is_some_and(|g| g.pause.is_some());
             let result = state.apply(command);
             // A paused group is never moved by an automatic failover; pausing and resuming
             // never touch the active site, the epoch or the leases.
@@ -110,7 +110,7 @@ proptest! {
                 }
             }
             if let (Command::Pause { .. } | Command::Resume { .. }, Ok(_)) = (command, &result) {
-                let (a, b) = (&before.groups[command.group()], &state.groups[command.group()]);
+                let (a, b) = (&before.groups[command.group().expect("a group command")], &state.groups[command.group().expect("a group command")]);
                 prop_assert_eq!((&a.active_site, a.epoch, &a.phase, &a.leases), (&b.active_site, b.epoch, &b.phase, &b.leases));
                 prop_assert_eq!(b.pause.is_some(), matches!(command, Command::Pause { .. }));
                 prop_assert_eq!(b.pause_history.len(), a.pause_history.len() + 1);
@@ -119,7 +119,7 @@ proptest! {
                 Err(_) => prop_assert_eq!(&state, &before),
                 Ok(outcome) => {
                     if let Outcome::Granted(lease) = &outcome {
-                        let group = command.group().clone();
+                        let group = command.group().expect("a group command").clone();
                         let g = &state.groups[&group];
                         prop_assert_eq!(Some(&lease.site), g.active_site.as_ref());
                         prop_assert!(g.pending().is_none(), "no grant while demoting");
@@ -129,7 +129,7 @@ proptest! {
                         }
                         last_token.insert(group, (lease.epoch, lease.token));
                         // A holder id's live lease is never dropped by its re-acquire.
-                        for (id, old) in &before.groups.get(command.group()).map(|g| g.leases.clone()).unwrap_or_default() {
+                        for (id, old) in &before.groups.get(command.group().expect("a group command")).map(|g| g.leases.clone()).unwrap_or_default() {
                             prop_assert!(g.leases.contains_key(id), "lease {} of {} silently superseded", id, old.holder);
                         }
                     }
@@ -160,7 +160,7 @@ proptest! {
         let mut granted: Vec<(GroupName, Epoch, FencingValue)> = Vec::new();
         for command in &commands {
             if let Ok(Outcome::Granted(lease)) = state.apply(command) {
-                let group = command.group().clone();
+                let group = command.group().expect("a group command").clone();
                 let value = lease.fencing_value();
                 prop_assert_eq!(value, FencingValue(state.groups[&group].epoch.0));
                 for (_, epoch, earlier) in granted.iter().filter(|(g, ..)| *g == group) {

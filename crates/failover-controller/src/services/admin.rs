@@ -94,6 +94,7 @@ pub fn rejection_status(rejection: &Rejection) -> Status {
         | Rejection::Paused { .. }
         | Rejection::AlreadyPaused { .. }
         | Rejection::NotPaused(_)
+        | Rejection::ClusterIdSet(_)
         | Rejection::NoActiveSite(_)
         | Rejection::NoPendingPromotion { .. }
         | Rejection::Standby { .. } => Status::failed_precondition(message),
@@ -174,6 +175,7 @@ impl AdminServer {
             answered_by: self.ctx.node_id,
             consistent: false,
             sites,
+            cluster_id: self.ctx.view.read().cluster_id.clone().unwrap_or_default(),
         }
     }
 

@@ -56,6 +56,13 @@ impl LeaseServer {
         Err(not_leader(&self.ctx))
     }
 
+    /// Refuses an engine that names a lease of a site it is not bound to (the lease id
+    /// alone is no proof of ownership). A lease the state does not know passes: the
+    /// state machine refuses it with its usual answer.
+    fn require_lease_site(&self, group: &GroupName, lease: LeaseId) -> Result<(), Status> {
+        lease_site_check(&self.ctx, crate::auth::caller().as_ref(), group, lease)
+    }
+
     /// Checks that `site` is a site of the topology and of the group, then runs `f` on
     /// the group under the state's read lock. The group is never copied: with thousands
     /// of leases a copy per request would cost more than the grant.
@@ -73,6 +80,33 @@ impl LeaseServer {
         let g = state.group(group).map_err(|r| rejection_status(&r))?;
         g.check_site(site).map_err(|r| rejection_status(&r))?;
         Ok(f(g))
+    }
+}
+
+/// The site check of a keepalive or release: `caller` (an engine) must be bound to the
+/// site of `lease` in `group`.
+fn lease_site_check(
+    ctx: &NodeContext,
+    caller: Option<&crate::auth::Identity>,
+    group: &GroupName,
+    lease: LeaseId,
+) -> Result<(), Status> {
+    let Some(caller) = caller else {
+        return Ok(());
+    };
+    let site = {
+        let state = ctx.view.read();
+        state
+            .group(group)
+            .ok()
+            .and_then(|g| g.leases.get(&lease))
+            .map(|l| l.site.clone())
+    };
+    match site {
+        Some(site) => crate::auth::require_site_of(caller, site.as_str()).map_err(|why| {
+            Status::permission_denied(format!("lease {} of group {group}: {why}", lease.0))
+        }),
+        None => Ok(()),
     }
 }
 
@@ -138,6 +172,7 @@ fn refused(error: &RenewalError) -> Refused {
 /// `limits.stall_timeout_ms` (the client does not read): then `verdict` ends the stream.
 async fn serve_keepalives(
     ctx: Arc<NodeContext>,
+    caller: Option<crate::auth::Identity>,
     mut incoming: Streaming<KeepAliveRequest>,
     answers: mpsc::Sender<Result<KeepAliveResponse, Status>>,
     verdict: Verdict,
@@ -151,7 +186,19 @@ async fn serve_keepalives(
             next = incoming.next(), if open && waiting.len() < MAX_RENEWALS_IN_FLIGHT => {
                 match next {
                     Some(Ok(req)) => match wire::KeepAlive::try_from(&req) {
-                        Ok(keepalive) => waiting.push(renew(&ctx, req, keepalive.lease)),
+                        Ok(keepalive) => {
+                            let group = GroupName(req.group.clone());
+                            if let Err(denied) =
+                                lease_site_check(&ctx, caller.as_ref(), &group, keepalive.lease)
+                            {
+                                // As for malformed renewals: the stream ends with the
+                                // refusal, and the lease is not renewed.
+                                tracing::warn!(error = %denied.message(), "keepalive refused");
+                                let _ = answers.send(Err(denied)).await;
+                                return;
+                            }
+                            waiting.push(renew(&ctx, req, keepalive.lease))
+                        }
                         Err(e) => {
                             // The stream ends with the error: a peer that sends malformed
                             // renewals is not one to keep answering.
@@ -300,8 +347,12 @@ impl LeaseService for LeaseServer {
         let incoming = request.into_inner();
         let (answers, stream) = mpsc::channel(STREAM_BUFFER);
         let verdict = Verdict::default();
+        // The stream is served by its own task, outside the call's scope: it takes the
+        // caller along for the site check of each renewal.
+        let caller = crate::auth::caller();
         tokio::spawn(serve_keepalives(
             self.ctx.clone(),
+            caller,
             incoming,
             answers,
             verdict.clone(),
@@ -316,9 +367,11 @@ impl LeaseService for LeaseServer {
         &self,
         request: Request<ReleaseRequest>,
     ) -> Result<Response<ReleaseResponse>, Status> {
-        self.require_leader()?;
         let req = wire::Release::try_from(&request.into_inner())?;
         let lease = req.lease;
+        // Like bad input, a lease of another site gets the same answer everywhere.
+        self.require_lease_site(&req.group, lease)?;
+        self.require_leader()?;
         let command = Command::Release {
             group: req.group,
             lease,

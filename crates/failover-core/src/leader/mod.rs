@@ -115,7 +115,7 @@ impl Leader {
             .collect();
         self.leases.observe(state, now);
         for completion in self.leases.completions(state, now, at_unix_ms) {
-            let Some(g) = state.groups.get(completion.group()) else {
+            let Some(g) = completion.group().and_then(|g| state.groups.get(g)) else {
                 continue;
             };
             if self.ledger.in_flight(&g.name) {
