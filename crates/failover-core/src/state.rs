@@ -100,8 +100,8 @@ pub struct GroupSummary {
     pub active_site: Option<SiteId>,
     /// The current epoch.
     pub epoch: Epoch,
-    /// The phase name (`active`, `demoting`, `no_active`).
-    pub phase: String,
+    /// Where the group is in the promotion protocol.
+    pub phase: Phase,
     /// While demoting: the site being promoted (`None` for a demotion to no site).
     pub promoting_to: Option<SiteId>,
     /// How many leases are live.
@@ -402,7 +402,7 @@ impl GroupState {
             sites: self.sites.clone(),
             active_site: self.active_site.clone(),
             epoch: self.epoch,
-            phase: self.phase.name().to_owned(),
+            phase: self.phase.clone(),
             promoting_to: self.pending().and_then(|p| p.to.clone()),
             lease_count: self.leases.len(),
         }
