@@ -34,6 +34,7 @@ pub mod executors;
 pub mod hooks;
 pub mod http;
 pub mod leases;
+pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod reconcile;
