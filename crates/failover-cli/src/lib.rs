@@ -3,7 +3,8 @@
 //! # Layout
 //! - [`certs`]: a throwaway CA and certificates for `failover dev` and tests.
 //! - [`cmd`]: argument parsing and one file per subcommand.
-//! - [`output`]: human tables and JSON for what the commands print.
+//! - [`output`]: what several commands print alike (group view, tables, JSON writing);
+//!   each command renders the rest beside it in [`cmd`].
 //! - [`logging`]: `tracing` setup, human or JSON.
 //! - [`panics`]: a panic aborts a long-running command; a closed stdout ends a short one.
 //! - [`systemd`]: readiness and stop notifications for `Type=notify` units.

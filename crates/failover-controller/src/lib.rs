@@ -35,6 +35,7 @@ pub mod hooks;
 pub mod http;
 pub mod leases;
 pub mod limits;
+pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod reconcile;

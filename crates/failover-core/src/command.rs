@@ -8,8 +8,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{Epoch, GroupName, LeaseId, SiteId};
-use crate::lease::Lease;
-use crate::state::{ChangeKind, GroupSummary};
+use crate::model::{ChangeKind, GroupSummary, Lease, Pause};
 
 /// One replicated state change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -243,7 +242,7 @@ pub enum Rejection {
     #[error("group `{0}` has no eligible site")]
     NoSites(GroupName),
     /// A grant for a site that is not (or no longer) active: the holder stays standby.
-    #[error("site `{site}` is standby for group `{group}`: `{}` is active at epoch {epoch}{}", crate::promotion::site_name(.active_site.as_ref()), if *.demoting { " and being demoted" } else { "" })]
+    #[error("site `{site}` is standby for group `{group}`: `{}` is active at epoch {epoch}{}", crate::model::site_name(.active_site.as_ref()), if *.demoting { " and being demoted" } else { "" })]
     Standby {
         /// The group asked about.
         group: GroupName,
@@ -310,7 +309,7 @@ pub enum Outcome {
     /// This many leases were dropped as expired.
     Expired(usize),
     /// A group was paused or resumed; its pause afterwards (`None`: resumed).
-    PauseChanged(Option<crate::state::Pause>),
+    PauseChanged(Option<Pause>),
     /// The cluster's id was set.
     ClusterIdSet,
 }

@@ -16,36 +16,12 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
 use crate::command::{Command, Rejection};
 use crate::ids::{Epoch, GroupName, SiteId};
 pub use crate::ids::{FencingToken, FencingValue, LeaseId};
-use crate::state::{ClusterState, GroupState, Phase};
-
-/// A granted lease, as replicated.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Lease {
-    /// Its id.
-    pub id: LeaseId,
-    /// The engine instance holding it.
-    pub holder: String,
-    /// The holder's site (always the group's active site).
-    pub site: SiteId,
-    /// The epoch it was granted in.
-    pub epoch: Epoch,
-    /// Its time to live without renewal.
-    pub ttl_ms: u64,
-    /// The lease's identity token (not what a store compares: see [`Lease::fencing_value`]).
-    pub token: FencingToken,
-}
-
-impl Lease {
-    /// What the holder passes downstream with every write: its epoch.
-    pub fn fencing_value(&self) -> FencingValue {
-        FencingValue::from(self.epoch)
-    }
-}
+pub use crate::model::Lease;
+use crate::model::Phase;
+use crate::state::{ClusterState, GroupState};
 
 /// The lease bounds of the topology, as durations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,7 +70,7 @@ pub enum RenewRefusal {
     #[error(transparent)]
     Unknown(Rejection),
     /// The group is demoting its active site: renewals stop so the handover can complete.
-    #[error("group `{group}` is moving to `{}`: drain and release", crate::promotion::site_name(.to.as_ref()))]
+    #[error("group `{group}` is moving to `{}`: drain and release", crate::model::site_name(.to.as_ref()))]
     Draining {
         /// The group.
         group: GroupName,

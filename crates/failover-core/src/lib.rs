@@ -8,6 +8,8 @@
 //! - [`ids`]: newtypes for sites, groups, controllers, epochs, leases and fencing values.
 //! - [`placement`]: which site may run an executor of which group (a witness may not).
 //! - [`config`]: the topology file (sites, controllers, groups, timing) and its validation.
+//! - [`model`]: the records state and commands share (lease, phase, change kind, pause,
+//!   group summary); a leaf, so the modules below depend on it one way.
 //! - [`state`]: the replicated state machine: groups, phases, history, and [`state::ClusterState::apply`].
 //! - [`command`]: the commands the Raft log carries and what applying them answers.
 //! - [`lease`]: lease timing on the leader and at the holder.
@@ -27,6 +29,7 @@ pub mod ids;
 pub mod leader;
 pub mod lease;
 pub mod limits;
+pub mod model;
 pub mod placement;
 pub mod policy;
 pub mod promotion;

@@ -43,10 +43,7 @@ fn check_not_changing(group: &GroupState) -> Result<(), Rejection> {
     Ok(())
 }
 
-/// A site for messages: its name, or `(none)`.
-pub fn site_name(site: Option<&SiteId>) -> String {
-    site.map_or_else(|| "(none)".to_owned(), ToString::to_string)
-}
+pub use crate::model::site_name;
 
 /// The command that finishes the group's promotion. `None` when the group is not demoting.
 /// Propose it only once nothing of the old site can still hold the group: see

@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::command::{Command, CommandResult, Outcome, Rejection};
 use crate::ids::{Epoch, GroupName, SiteId};
-use crate::lease::{FencingToken, Lease, LeaseId};
+use crate::ids::{FencingToken, LeaseId};
+pub use crate::model::{ChangeKind, GroupSummary, Lease, Pause, PendingChange, Phase};
 
 /// The most leases one group may hold; a grant beyond it is refused. A lease costs a
 /// controller well under 1 KiB (docs/benchmarks.md), so a full group stays under 1 GiB.
@@ -65,17 +66,6 @@ pub struct GroupState {
     pub pause_history: Vec<PauseEvent>,
 }
 
-/// Who paused a group's automatic failover, why and since when.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Pause {
-    /// Who asked (`user@host`).
-    pub actor: String,
-    /// Free-text reason.
-    pub reason: String,
-    /// When the pause was committed (wall clock of the proposing leader).
-    pub since_unix_ms: u64,
-}
-
 /// One pause or resume, as recorded in the group's pause history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PauseEvent {
@@ -91,80 +81,6 @@ pub struct PauseEvent {
     pub epoch: Epoch,
     /// The group's active site at the time.
     pub active_site: Option<SiteId>,
-}
-
-/// The small, fixed-size part of a group: what status and promote answers carry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GroupSummary {
-    /// The group's name.
-    pub name: GroupName,
-    /// Eligible sites, highest priority first.
-    pub sites: Vec<SiteId>,
-    /// The active site (`None` in maintenance).
-    pub active_site: Option<SiteId>,
-    /// The current epoch.
-    pub epoch: Epoch,
-    /// The phase name (`active`, `demoting`, `no_active`).
-    pub phase: String,
-    /// While demoting: the site being promoted (`None` for a demotion to no site).
-    pub promoting_to: Option<SiteId>,
-    /// How many leases are live.
-    pub lease_count: usize,
-}
-
-/// Where a group is in the promotion protocol.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Phase {
-    /// `active_site` holds the group; its holders may acquire and renew.
-    Active,
-    /// The active site is being drained so that `pending.to` (or no site) can take over at
-    /// the next epoch.
-    Demoting(PendingChange),
-    /// No site is active (maintenance): nothing is granted until an operator promotes one.
-    NoActive,
-}
-
-/// A change of active site that has begun and not yet finished.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PendingChange {
-    /// The site that becomes active; `None` for a demotion to maintenance.
-    pub to: Option<SiteId>,
-    /// Why.
-    pub kind: ChangeKind,
-    /// Who asked.
-    pub actor: String,
-    /// Free-text reason.
-    pub reason: String,
-    /// When the demotion was committed (wall clock of the proposing leader).
-    pub started_at_unix_ms: u64,
-}
-
-/// Why the active site changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ChangeKind {
-    /// The group was created at its preferred site.
-    Created,
-    /// An operator promoted a site.
-    Promote,
-    /// An operator promoted a site with `--force` (readiness of the new site not required).
-    ForcedPromote,
-    /// The leader promoted a standby because the active site was lost.
-    Failover,
-    /// An operator demoted the active site: no site active (maintenance).
-    Demote,
-}
-
-impl ChangeKind {
-    /// The lowercase name used in tables and JSON.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ChangeKind::Created => "created",
-            ChangeKind::Promote => "promote",
-            ChangeKind::ForcedPromote => "forced_promote",
-            ChangeKind::Failover => "failover",
-            ChangeKind::Demote => "demote",
-        }
-    }
 }
 
 /// One completed change of active site.
@@ -186,17 +102,6 @@ pub struct HistoryEntry {
     pub requested_at_unix_ms: u64,
     /// When the change completed (wall clock).
     pub completed_at_unix_ms: u64,
-}
-
-impl Phase {
-    /// The lowercase name used in tables and JSON.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Phase::Active => "active",
-            Phase::Demoting(_) => "demoting",
-            Phase::NoActive => "no_active",
-        }
-    }
 }
 
 impl ClusterState {
@@ -413,7 +318,7 @@ impl GroupState {
             sites: self.sites.clone(),
             active_site: self.active_site.clone(),
             epoch: self.epoch,
-            phase: self.phase.name().to_owned(),
+            phase: self.phase.clone(),
             promoting_to: self.pending().and_then(|p| p.to.clone()),
             lease_count: self.leases.len(),
         }

@@ -15,8 +15,6 @@ use failover_client::tls::TlsFiles;
 use failover_client::{AdminClient, Dialer, Endpoints, TcpDialer, TlsDialer};
 use failover_core::Topology;
 
-use crate::output;
-
 /// How long `dev` waits for a leader and every group before giving up.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a controller gets to exit after SIGTERM before SIGKILL.
@@ -84,8 +82,8 @@ pub(crate) async fn run(args: DevArgs, log_format: super::LogFormat) -> anyhow::
         println!("  {line}");
     }
     println!("  logs and data: {}\n", args.data_dir.display());
-    let quorum = output::QuorumJson::confirmed(status.controllers.len());
-    print!("{}", output::status_table(&status, &quorum));
+    let quorum = super::status::QuorumJson::confirmed(status.controllers.len());
+    print!("{}", super::status::status_table(&status, &quorum));
     println!("\nPress Ctrl-C to stop.");
     super::controller::wait_for_stop_signal().await?;
     println!("stopping {} controllers", children.0.len());

@@ -8,6 +8,9 @@ use failover_client::ClientError;
 
 use super::{ClusterArgs, Output};
 use crate::output;
+use failover_proto::admin::HistoryResponse;
+
+use crate::output::{format_unix_ms, history_entry_json, site_cell, table, HistoryJson};
 
 /// Arguments of `failover history`.
 #[derive(Debug, Args)]
@@ -44,8 +47,46 @@ pub(crate) async fn run(args: HistoryArgs) -> anyhow::Result<()> {
 
 fn print(history: &failover_proto::admin::HistoryResponse, format: Output) -> anyhow::Result<()> {
     match format {
-        Output::Json => output::print_json(&output::history_json(history))?,
-        Output::Table => print!("{}", output::history_table(history)),
+        Output::Json => output::print_json(&history_json(history))?,
+        Output::Table => print!("{}", history_table(history)),
     }
     Ok(())
+}
+
+/// `failover history --output json`: an array, oldest first.
+pub(crate) fn history_json(h: &HistoryResponse) -> Vec<HistoryJson> {
+    h.entries.iter().map(history_entry_json).collect()
+}
+
+/// The human form of `failover history`.
+pub(crate) fn history_table(h: &HistoryResponse) -> String {
+    let rows: Vec<Vec<String>> = h
+        .entries
+        .iter()
+        .map(|e| {
+            vec![
+                e.group.clone(),
+                e.epoch.to_string(),
+                site_cell(&e.from),
+                site_cell(&e.to),
+                e.kind.clone(),
+                e.actor.clone(),
+                format_unix_ms(e.completed_at_unix_ms),
+                e.reason.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "GROUP",
+            "EPOCH",
+            "FROM",
+            "TO",
+            "KIND",
+            "ACTOR",
+            "COMPLETED",
+            "REASON",
+        ],
+        &rows,
+    )
 }

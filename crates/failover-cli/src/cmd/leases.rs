@@ -9,6 +9,10 @@ use failover_client::ClientError;
 
 use super::{ClusterArgs, Output};
 use crate::output;
+use failover_proto::admin::LeasesResponse;
+use serde::Serialize;
+
+use crate::output::{site_cell, table};
 
 /// Arguments of `failover leases`.
 #[derive(Debug, Args)]
@@ -44,8 +48,72 @@ pub(crate) async fn run(args: LeasesArgs) -> anyhow::Result<()> {
 
 fn print(leases: &failover_proto::admin::LeasesResponse, format: Output) -> anyhow::Result<()> {
     match format {
-        Output::Json => output::print_json(&output::leases_json(leases))?,
-        Output::Table => print!("{}", output::leases_table(leases)),
+        Output::Json => output::print_json(&leases_json(leases))?,
+        Output::Table => print!("{}", leases_table(leases)),
     }
     Ok(())
+}
+
+/// One lease as JSON.
+#[derive(Debug, Serialize)]
+pub(crate) struct LeaseJson {
+    /// Group name.
+    pub(crate) group: String,
+    /// Lease id.
+    pub(crate) lease_id: u64,
+    /// Holder's site.
+    pub(crate) site: String,
+    /// Holder (instance id).
+    pub(crate) holder: String,
+    /// Epoch it was granted in.
+    pub(crate) epoch: u64,
+    /// Fencing token.
+    pub(crate) fencing_token: u64,
+    /// Milliseconds until the leader may consider it expired.
+    pub(crate) ttl_left_ms: u64,
+}
+
+/// `failover leases --output json`: an array.
+pub(crate) fn leases_json(l: &LeasesResponse) -> Vec<LeaseJson> {
+    l.leases
+        .iter()
+        .map(|l| LeaseJson {
+            group: l.group.clone(),
+            lease_id: l.lease_id,
+            site: l.site.clone(),
+            holder: l.holder.clone(),
+            epoch: l.epoch,
+            fencing_token: l.fencing_token,
+            ttl_left_ms: l.ttl_left_ms,
+        })
+        .collect()
+}
+
+/// The human form of `failover leases`.
+pub(crate) fn leases_table(l: &LeasesResponse) -> String {
+    let rows: Vec<Vec<String>> = l
+        .leases
+        .iter()
+        .map(|l| {
+            vec![
+                l.group.clone(),
+                l.lease_id.to_string(),
+                site_cell(&l.site),
+                l.holder.clone(),
+                l.epoch.to_string(),
+                l.fencing_token.to_string(),
+                if l.ttl_left_ms == 0 {
+                    "-".to_owned()
+                } else {
+                    format!("{} ms", l.ttl_left_ms)
+                },
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "GROUP", "LEASE", "SITE", "HOLDER", "EPOCH", "TOKEN", "TTL LEFT",
+        ],
+        &rows,
+    )
 }

@@ -5,6 +5,10 @@ use failover_proto::admin::PromoteRequest;
 
 use super::{ClusterArgs, Output};
 use crate::output;
+use failover_proto::admin::{GroupStatus, PromoteResponse};
+use serde::Serialize;
+
+use crate::output::GroupJson;
 
 /// Arguments of `failover promote`.
 #[derive(Debug, Args)]
@@ -54,7 +58,7 @@ pub(crate) fn print_change(
 ) -> anyhow::Result<()> {
     let group = response.group.clone().unwrap_or_default();
     if output == Output::Json {
-        return output::print_json(&output::PromoteJson::from((response, &group)));
+        return output::print_json(&PromoteJson::from((response, &group)));
     }
     let active = if group.active_site.is_empty() {
         "no site"
@@ -138,4 +142,28 @@ pub(crate) fn hostname() -> String {
     }
     let end = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
     String::from_utf8_lossy(&buffer[..end]).into_owned()
+}
+
+/// `failover promote --output json`.
+#[derive(Debug, Serialize)]
+pub(crate) struct PromoteJson {
+    /// The group after the promotion.
+    pub(crate) group: GroupJson,
+    /// True when the site was already active.
+    pub(crate) already_active: bool,
+    /// Time the leader took, in milliseconds.
+    pub(crate) elapsed_ms: u64,
+    /// Without `--wait`: the latest time (ms) by which the promotion completes.
+    pub(crate) completes_within_ms: u64,
+}
+
+impl From<(&PromoteResponse, &GroupStatus)> for PromoteJson {
+    fn from((r, g): (&PromoteResponse, &GroupStatus)) -> Self {
+        PromoteJson {
+            group: GroupJson::from(g),
+            already_active: r.already_active,
+            elapsed_ms: r.elapsed_ms,
+            completes_within_ms: r.completes_within_ms,
+        }
+    }
 }

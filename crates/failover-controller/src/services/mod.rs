@@ -4,6 +4,7 @@ pub mod admin;
 pub mod executor;
 pub mod lease;
 pub mod raft;
+pub mod status;
 
 use tonic::Status;
 
