@@ -34,7 +34,7 @@ pub struct ControllerArgs {
     /// How many changes of active site and pause events per group stay in memory (older
     /// ones are read from the data file). For tests that cross the window quickly.
     #[arg(long, hide = true, default_value_t = failover_core::HISTORY_WINDOW,
-          value_parser = clap::value_parser!(u64).range(1..).map(|n| n as usize))]
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub history_window: usize,
 }
 

@@ -292,8 +292,8 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::encode_snapshot as encode;
-    use failover_core::{Command, GroupName, SiteId};
+    use crate::store::encode_snapshot as encode_with;
+    use failover_core::{Command, SiteId};
 
     /// A group with `leases` leases; every tenth holder re-acquired (its first lease is
     /// superseded), and every twentieth re-acquire was released again (a superseded lease
@@ -329,24 +329,118 @@ mod tests {
         state
     }
 
+    fn encode(state: &mut ClusterState) -> io::Result<Vec<u8>> {
+        encode_with(state, &BTreeMap::new())
+    }
+
+    /// `state(10)` after `changes` promotions and as many pauses and resumes, its history
+    /// trimmed to `window`, with its archive.
+    fn with_history(
+        changes: u64,
+        window: usize,
+    ) -> (ClusterState, BTreeMap<GroupName, GroupArchive>) {
+        let mut state = state(10);
+        let group = GroupName("g".into());
+        for i in 0..changes {
+            let at_unix_ms = 100 + i;
+            let to = SiteId(if i % 2 == 0 { "b" } else { "a" }.into());
+            let begin = Command::BeginPromotion {
+                group: group.clone(),
+                to,
+                kind: failover_core::ChangeKind::Promote,
+                actor: "test".into(),
+                reason: format!("change {i}"),
+                at_unix_ms,
+            };
+            assert!(state.apply(&begin).is_ok());
+            let from_epoch = state.groups[&group].epoch;
+            let complete = Command::CompletePromotion {
+                group: group.clone(),
+                from_epoch,
+                at_unix_ms,
+            };
+            assert!(state.apply(&complete).is_ok());
+            let pause = if i % 2 == 0 {
+                Command::Pause {
+                    group: group.clone(),
+                    actor: "test".into(),
+                    reason: format!("pause {i}"),
+                    at_unix_ms,
+                }
+            } else {
+                Command::Resume {
+                    group: group.clone(),
+                    actor: "test".into(),
+                    reason: format!("resume {i}"),
+                    at_unix_ms,
+                }
+            };
+            assert!(state.apply(&pause).is_ok());
+        }
+        let mut archive: BTreeMap<GroupName, GroupArchive> = BTreeMap::new();
+        for a in state.trim_history(window) {
+            let (changes, pauses) = archive.entry(a.group).or_default();
+            match a.record {
+                failover_core::HistoryRecord::Change(e) => changes.push(e),
+                failover_core::HistoryRecord::Pause(e) => pauses.push(e),
+            }
+        }
+        (state, archive)
+    }
+
     #[test]
     fn round_trip_keeps_every_lease_and_holder() {
         let mut original = state(1000);
         let data = encode(&mut original).unwrap();
-        assert_eq!(decode(&data).unwrap(), original);
+        assert_eq!(decode(&data).unwrap().state, original);
+    }
+
+    #[test]
+    fn round_trip_keeps_the_archived_history() {
+        let (mut original, archive) = with_history(50, 4);
+        let g = &original.groups[&GroupName("g".into())];
+        assert_eq!((g.history.len(), g.history_archived), (4, 47));
+        assert_eq!((g.pause_history.len(), g.pause_history_archived), (4, 46));
+        let data = encode_with(&mut original, &archive).unwrap();
+        let decoded = decode(&data).unwrap();
+        assert_eq!(decoded.state, original);
+        assert_eq!(decoded.archive, archive);
+        // A count that disagrees with the skeleton is damage.
+        let err = decode(&encode(&mut original).unwrap()).unwrap_err();
+        assert!(
+            err.to_string().contains("where the skeleton says 47"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn snapshots_without_an_archive_section_are_read() {
+        // FOSNAP2: the same layout up to the leases, the whole history in the skeleton.
+        let (mut original, archive) = with_history(30, usize::MAX);
+        assert!(archive.is_empty());
+        let mut data = encode(&mut original).unwrap();
+        data.truncate(data.len() - 2 * original.groups.len());
+        data[..8].copy_from_slice(b"FOSNAP2\n");
+        let decoded = decode(&data).unwrap();
+        assert_eq!(decoded.state, original);
+        assert_eq!(
+            decoded.state.groups[&GroupName("g".into())].history.len(),
+            31
+        );
+        assert!(decoded.archive.is_empty());
     }
 
     #[test]
     fn earlier_json_snapshots_are_read() {
         let original = state(10);
         let json = serde_json::to_vec(&serde_json::json!({ "state": original })).unwrap();
-        assert_eq!(decode(&json).unwrap(), original);
+        assert_eq!(decode(&json).unwrap().state, original);
     }
 
     #[test]
     fn truncation_is_reported() {
-        let mut original = state(10);
-        let data = encode(&mut original).unwrap();
+        let (mut original, archive) = with_history(10, 2);
+        let data = encode_with(&mut original, &archive).unwrap();
         let err = decode(&data[..data.len() - 3]).unwrap_err();
         assert!(err.to_string().contains("truncated"), "{err}");
         let mut longer = data.clone();
