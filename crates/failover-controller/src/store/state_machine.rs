@@ -464,8 +464,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             history::store(txn, &archived)
         })
         .await?;
+        let bytes = data.len();
         write_snapshot(&self.db, meta, data).await?;
         self.restore(meta, decoded.state)?;
+        tracing::info!(
+            last_log_id = ?meta.last_log_id,
+            bytes,
+            "installed a snapshot from the leader"
+        );
         Ok(())
     }
 
