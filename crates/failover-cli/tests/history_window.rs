@@ -47,7 +47,11 @@ async fn every_controller_serves_the_whole_history_after_restart_and_rejoin() {
     cluster.wait_ready(Duration::from_secs(30)).await;
     let mut client = cluster.client();
     for i in 0..CHANGES {
-        let site = if i % 2 == 0 { "site-b" } else { "site-a" };
+        let site = if i.is_multiple_of(2) {
+            "site-b"
+        } else {
+            "site-a"
+        };
         client
             .promote(PromoteRequest {
                 group: "default".into(),

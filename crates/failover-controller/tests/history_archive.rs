@@ -30,8 +30,12 @@ fn command(index: u64) -> Vec<Command> {
     }
     let at_unix_ms = 1000 + index;
     let mut out = Vec::new();
-    if index % 2 == 0 {
-        let to = if index % 4 == 0 { "site-a" } else { "site-b" };
+    if index.is_multiple_of(2) {
+        let to = if index.is_multiple_of(4) {
+            "site-a"
+        } else {
+            "site-b"
+        };
         out.push(Command::BeginPromotion {
             group: group(),
             to: SiteId(to.into()),
@@ -48,8 +52,8 @@ fn command(index: u64) -> Vec<Command> {
             at_unix_ms,
         });
     }
-    if index % 3 == 0 {
-        out.push(if index % 6 == 0 {
+    if index.is_multiple_of(3) {
+        out.push(if index.is_multiple_of(6) {
             Command::Resume {
                 group: group(),
                 actor: "test".into(),

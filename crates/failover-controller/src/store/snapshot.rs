@@ -343,7 +343,7 @@ mod tests {
         let group = GroupName("g".into());
         for i in 0..changes {
             let at_unix_ms = 100 + i;
-            let to = SiteId(if i % 2 == 0 { "b" } else { "a" }.into());
+            let to = SiteId(if i.is_multiple_of(2) { "b" } else { "a" }.into());
             let begin = Command::BeginPromotion {
                 group: group.clone(),
                 to,
@@ -360,7 +360,7 @@ mod tests {
                 at_unix_ms,
             };
             assert!(state.apply(&complete).is_ok());
-            let pause = if i % 2 == 0 {
+            let pause = if i.is_multiple_of(2) {
                 Command::Pause {
                     group: group.clone(),
                     actor: "test".into(),
