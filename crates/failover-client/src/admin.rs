@@ -525,11 +525,24 @@ impl AdminClient {
 
     /// Every change of active site, oldest first; `group` empty for all groups.
     pub async fn history(&mut self, group: &str) -> Result<HistoryResponse, ClientError> {
+        self.history_page(group, 0, 0).await
+    }
+
+    /// The newest `limit` entries (0: all) completed before `before_unix_ms` (0: no
+    /// bound) of the history, oldest first; `group` empty for all groups.
+    pub async fn history_page(
+        &mut self,
+        group: &str,
+        limit: u32,
+        before_unix_ms: u64,
+    ) -> Result<HistoryResponse, ClientError> {
         let group = group.to_owned();
         self.call(|mut c| {
             let request = HistoryRequest {
                 group: group.clone(),
                 allow_stale: false,
+                limit,
+                before_unix_ms,
             };
             async move { c.history(request).await }
         })
@@ -560,9 +573,21 @@ impl AdminClient {
         addr: &str,
         group: &str,
     ) -> Result<HistoryResponse, ClientError> {
+        self.stale_history_page(addr, group, 0).await
+    }
+
+    /// Like [`AdminClient::stale_history`], only the newest `limit` entries (0: all).
+    pub async fn stale_history_page(
+        &self,
+        addr: &str,
+        group: &str,
+        limit: u32,
+    ) -> Result<HistoryResponse, ClientError> {
         let request = HistoryRequest {
             group: group.to_owned(),
             allow_stale: true,
+            limit,
+            before_unix_ms: 0,
         };
         self.once(addr, |mut c| async move { c.history(request).await })
             .await

@@ -60,6 +60,9 @@ pub struct ControllerOptions {
     /// Serve the HTTP endpoints over TLS too (without asking a client certificate):
     /// [`crate::auth::http_tls`].
     pub tls_http: Option<Arc<crate::auth::ServerTls>>,
+    /// How many changes and pause events per group stay in memory; the older ones are
+    /// read from the data file. Default [`failover_core::HISTORY_WINDOW`].
+    pub history_window: usize,
 }
 
 /// Why a controller could not start.
@@ -139,9 +142,16 @@ impl Controller {
             join_existing,
             tls,
             tls_http,
+            history_window,
         } = options;
         check_member(&topology, node_id)?;
-        let (log_store, state_machine) = store::open(&data_dir, node_id)?;
+        let (log_store, mut state_machine) = store::open(&data_dir, node_id)?;
+        state_machine
+            .set_history_window(history_window)
+            .map_err(|source| store::OpenError::Damaged {
+                dir: data_dir.display().to_string(),
+                source,
+            })?;
         let parts = Parts {
             log_store,
             state_machine,

@@ -75,6 +75,8 @@ fn large_state() -> ClusterState {
         holders,
         pause: None,
         pause_history: Vec::new(),
+        pause_history_archived: 0,
+        history_archived: 0,
     };
     group.assert_invariants();
     let mut state = ClusterState {
@@ -124,7 +126,7 @@ async fn snapshot_of_many_leases_installs_and_restarts_exactly() {
     // snapshot.
     let (leader_log, mut leader) = store::open(leader_dir.path(), 1).expect("open leader");
     let mut encoded = original.clone();
-    let data = store::encode_snapshot(&mut encoded).expect("encode");
+    let data = store::encode_snapshot(&mut encoded, &Default::default()).expect("encode");
     leader
         .install_snapshot(&meta(10), data)
         .await

@@ -41,5 +41,6 @@ pub use config::{ConfigError, Timing, Topology};
 pub use ids::{Epoch, FencingToken, FencingValue, GroupName, LeaseId, NodeId, SiteId};
 pub use lease::{Held, Lease};
 pub use state::{
-    ChangeKind, ClusterState, GroupState, GroupSummary, HistoryEntry, Pause, PauseEvent, Phase,
+    Archived, ChangeKind, ClusterState, GroupState, GroupSummary, HistoryEntry, HistoryRecord,
+    Pause, PauseEvent, Phase, HISTORY_WINDOW,
 };

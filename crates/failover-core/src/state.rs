@@ -16,6 +16,12 @@ pub use crate::model::{ChangeKind, GroupSummary, Lease, Pause, PendingChange, Ph
 /// controller well under 1 KiB (docs/benchmarks.md), so a full group stays under 1 GiB.
 pub const MAX_LEASES_PER_GROUP: usize = 1_000_000;
 
+/// How many of a group's newest changes of active site, and newest pause events, the
+/// controllers keep in memory by default. Older ones leave the window through
+/// [`ClusterState::trim_history`] and live on disk only (docs/architecture.md, "History"),
+/// so a group's memory does not grow with its past.
+pub const HISTORY_WINDOW: usize = 1024;
+
 /// Everything the controllers agree on through Raft.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
@@ -43,8 +49,14 @@ pub struct GroupState {
     pub epoch: Epoch,
     /// Whether a promotion is under way.
     pub phase: Phase,
-    /// Every change of active site, oldest first.
+    /// The newest changes of active site, oldest first: the whole history from its
+    /// `history_archived`-th change on (the older ones left the window for the archive).
+    /// Never empty: the newest change is the current epoch's.
     pub history: Vec<HistoryEntry>,
+    /// How many of the oldest changes of active site left `history` for the archive: the
+    /// sequence number (from 0, the creation) of `history[0]`.
+    #[serde(default)]
+    pub history_archived: u64,
     /// Live leases, all at `active_site` and `epoch`.
     pub leases: BTreeMap<LeaseId, Lease>,
     /// The token the next grant carries. Strictly increases across grants and epochs, so
@@ -64,6 +76,31 @@ pub struct GroupState {
     /// of changes of active site).
     #[serde(default)]
     pub pause_history: Vec<PauseEvent>,
+    /// How many of the oldest pause events left `pause_history` for the archive: the
+    /// sequence number of `pause_history[0]`.
+    #[serde(default)]
+    pub pause_history_archived: u64,
+}
+
+/// A history record that left a group's in-memory window: the shell stores it (by group,
+/// kind and sequence) before the state that no longer holds it is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Archived {
+    /// The group it belongs to.
+    pub group: GroupName,
+    /// Its position in the group's history of its kind, from 0.
+    pub seq: u64,
+    /// The record.
+    pub record: HistoryRecord,
+}
+
+/// One record of a group's history: a change of active site or a pause event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HistoryRecord {
+    /// A change of active site (`GroupState::history`).
+    Change(HistoryEntry),
+    /// A pause or resume (`GroupState::pause_history`).
+    Pause(PauseEvent),
 }
 
 /// One pause or resume, as recorded in the group's pause history.
@@ -226,6 +263,18 @@ impl ClusterState {
         result
     }
 
+    /// Moves every group's history records beyond the newest `window` of each kind out of
+    /// memory and returns them, oldest first per group and kind, for the shell to archive.
+    /// Deterministic: every replica that applied the same commands with the same window
+    /// archives the same records at the same sequence numbers.
+    pub fn trim_history(&mut self, window: usize) -> Vec<Archived> {
+        let mut archived = Vec::new();
+        for group in self.groups.values_mut() {
+            group.trim_history(window, &mut archived);
+        }
+        archived
+    }
+
     /// The group with this name, or the rejection an API should return.
     pub fn group(&self, name: &GroupName) -> Result<&GroupState, Rejection> {
         self.groups
@@ -262,6 +311,8 @@ impl ClusterState {
             holders: BTreeMap::new(),
             pause: None,
             pause_history: Vec::new(),
+            pause_history_archived: 0,
+            history_archived: 0,
             next_token: FencingToken(1),
             history: vec![HistoryEntry {
                 epoch,
@@ -281,6 +332,80 @@ impl ClusterState {
 }
 
 impl GroupState {
+    /// How many changes of active site the group has had, archived ones included.
+    pub fn history_len(&self) -> u64 {
+        self.history_archived + self.history.len() as u64
+    }
+
+    /// How many pause events the group has had, archived ones included.
+    pub fn pause_history_len(&self) -> u64 {
+        self.pause_history_archived + self.pause_history.len() as u64
+    }
+
+    /// Moves the records beyond the newest `window` of each kind into `out`.
+    fn trim_history(&mut self, window: usize, out: &mut Vec<Archived>) {
+        assert!(
+            window >= 1,
+            "the history window keeps at least the newest change"
+        );
+        if self.history.len() > window {
+            let leaving = self.history.len() - window;
+            for (i, entry) in self.history.drain(..leaving).enumerate() {
+                out.push(Archived {
+                    group: self.name.clone(),
+                    seq: self.history_archived + i as u64,
+                    record: HistoryRecord::Change(entry),
+                });
+            }
+            self.history_archived += leaving as u64;
+        }
+        if self.pause_history.len() > window {
+            let leaving = self.pause_history.len() - window;
+            for (i, event) in self.pause_history.drain(..leaving).enumerate() {
+                out.push(Archived {
+                    group: self.name.clone(),
+                    seq: self.pause_history_archived + i as u64,
+                    record: HistoryRecord::Pause(event),
+                });
+            }
+            self.pause_history_archived += leaving as u64;
+        }
+    }
+
+    /// The invariants of the whole history with its archived part (`changes` and
+    /// `pauses`, oldest first, as read back from wherever the shell keeps them): one record
+    /// per archived sequence number, and the chain rules of [`GroupState::assert_history`]
+    /// across the boundary between archive and window. Crashes on violation.
+    pub fn assert_archive(&self, changes: &[HistoryEntry], pauses: &[PauseEvent]) {
+        assert_eq!(
+            changes.len() as u64,
+            self.history_archived,
+            "{}: archived changes missing",
+            self.name
+        );
+        assert_eq!(
+            pauses.len() as u64,
+            self.pause_history_archived,
+            "{}: archived pause events missing",
+            self.name
+        );
+        let chain: Vec<&HistoryEntry> = changes.iter().chain(&self.history).collect();
+        for pair in chain.windows(2) {
+            check_change_pair(&self.name, pair[0], pair[1]);
+        }
+        let events: Vec<&PauseEvent> = pauses.iter().chain(&self.pause_history).collect();
+        if let Some(first) = events.first() {
+            assert!(
+                first.paused,
+                "{}: the first pause event is a pause",
+                self.name
+            );
+        }
+        for pair in events.windows(2) {
+            check_pause_pair(&self.name, pair[0], pair[1]);
+        }
+    }
+
     /// Refuses a site that is not eligible for this group.
     pub fn check_site(&self, site: &SiteId) -> Result<(), Rejection> {
         if self.sites.contains(site) {
@@ -604,7 +729,11 @@ impl GroupState {
                 self.name
             );
         }
-        if let Some(first) = self.pause_history.first() {
+        if let Some(first) = self
+            .pause_history
+            .first()
+            .filter(|_| self.pause_history_archived == 0)
+        {
             assert!(
                 first.paused,
                 "{}: the first pause event is a pause",
@@ -631,9 +760,10 @@ impl GroupState {
         self.assert_history_from(newest);
     }
 
-    /// The invariants of the whole history (epochs increase and each change starts where
-    /// the previous one ended) and of every pause event pair (pauses and resumes
-    /// alternate, following the epochs). Crashes on violation.
+    /// The invariants of the whole in-memory history (epochs increase and each change
+    /// starts where the previous one ended) and of every pause event pair (pauses and
+    /// resumes alternate, following the epochs); [`GroupState::assert_archive`] extends
+    /// them across the archived part. Crashes on violation.
     pub fn assert_history(&self) {
         self.assert_history_from(0);
         self.assert_pause_history_from(0);
@@ -641,32 +771,38 @@ impl GroupState {
 
     fn assert_pause_history_from(&self, start: usize) {
         for pair in self.pause_history[start..].windows(2) {
-            assert!(
-                pair[0].paused != pair[1].paused,
-                "{}: pauses and resumes alternate",
-                self.name
-            );
-            assert!(
-                pair[0].epoch <= pair[1].epoch,
-                "{}: pause events follow the epochs",
-                self.name
-            );
+            check_pause_pair(&self.name, &pair[0], &pair[1]);
         }
     }
 
     fn assert_history_from(&self, start: usize) {
         for pair in self.history[start..].windows(2) {
-            assert!(
-                pair[0].epoch < pair[1].epoch,
-                "{}: history epochs increase",
-                self.name
-            );
-            assert_eq!(
-                pair[1].from.as_ref(),
-                pair[0].to.as_ref(),
-                "{}: each change starts where the previous ended",
-                self.name
-            );
+            check_change_pair(&self.name, &pair[0], &pair[1]);
         }
     }
+}
+
+/// The chain rule of two consecutive changes of active site of `group`.
+fn check_change_pair(group: &GroupName, older: &HistoryEntry, newer: &HistoryEntry) {
+    assert!(
+        older.epoch < newer.epoch,
+        "{group}: history epochs increase"
+    );
+    assert_eq!(
+        newer.from.as_ref(),
+        older.to.as_ref(),
+        "{group}: each change starts where the previous ended"
+    );
+}
+
+/// The rule of two consecutive pause events of `group`.
+fn check_pause_pair(group: &GroupName, older: &PauseEvent, newer: &PauseEvent) {
+    assert!(
+        older.paused != newer.paused,
+        "{group}: pauses and resumes alternate"
+    );
+    assert!(
+        older.epoch <= newer.epoch,
+        "{group}: pause events follow the epochs"
+    );
 }

@@ -31,6 +31,11 @@ pub struct ControllerArgs {
     /// or a first start after the others). Without it such a start is refused.
     #[arg(long)]
     pub join_existing: bool,
+    /// How many changes of active site and pause events per group stay in memory (older
+    /// ones are read from the data file). For tests that cross the window quickly.
+    #[arg(long, hide = true, default_value_t = failover_core::HISTORY_WINDOW,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub history_window: usize,
 }
 
 pub(crate) async fn run(args: ControllerArgs) -> anyhow::Result<()> {
@@ -64,6 +69,7 @@ pub(crate) async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         join_existing: args.join_existing,
         tls: security.server,
         tls_http: security.http,
+        history_window: args.history_window,
     };
     let controller = Controller::start(
         options,

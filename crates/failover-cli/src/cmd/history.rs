@@ -18,6 +18,9 @@ pub struct HistoryArgs {
     /// Only this group (default: every group).
     #[arg(long, default_value = "")]
     pub group: String,
+    /// Only the newest N entries (still oldest first); 0 for all.
+    #[arg(long, default_value_t = 0)]
+    pub limit: u32,
     #[command(flatten)]
     cluster: ClusterArgs,
     /// Output format (`-o json`).
@@ -27,10 +30,12 @@ pub struct HistoryArgs {
 
 pub(crate) async fn run(args: HistoryArgs) -> anyhow::Result<()> {
     let mut client = args.cluster.client()?;
-    let history = match client.history(&args.group).await {
+    let history = match client.history_page(&args.group, args.limit, 0).await {
         Ok(history) => history,
         Err(ClientError::NoQuorum(no)) => {
-            let stale = client.stale_history(&no.view_from, &args.group).await;
+            let stale = client
+                .stale_history_page(&no.view_from, &args.group, args.limit)
+                .await;
             if let Ok(history) = stale {
                 eprintln!(
                     "{no}; controller {}'s local history follows, possibly stale",

@@ -456,30 +456,70 @@ impl AdminService for AdminServer {
                 return leader.history(forwarded(request.into_inner())).await;
             }
         }
-        let filter = request.into_inner().group;
+        let HistoryRequest {
+            group: filter,
+            limit,
+            before_unix_ms,
+            ..
+        } = request.into_inner();
         if self.ctx.raft.is_leader() && !stale_ok {
             self.linearize(PROMOTE_TIMEOUT).await?;
         }
-        let state = self.ctx.view.read();
-        if !filter.is_empty() {
-            state
-                .group(&GroupName(filter.clone()))
-                .map_err(|r| rejection_status(&r))?;
-        }
-        let mut entries: Vec<HistoryEntry> = state
-            .groups
-            .values()
-            .filter(|g| filter.is_empty() || g.name.as_str() == filter)
-            .flat_map(|g| g.history.iter().map(move |h| history_entry(g, h)))
-            .chain(
+        // Per group, the windows in memory with the count of archived records below each:
+        // every one of those is on disk once the lock was held (store::StateView).
+        let windows: Vec<(GroupName, u64, u64, Vec<HistoryEntry>, Vec<HistoryEntry>)> = {
+            let state = self.ctx.view.read();
+            if !filter.is_empty() {
                 state
-                    .groups
-                    .values()
-                    .filter(|g| filter.is_empty() || g.name.as_str() == filter)
-                    .flat_map(|g| g.pause_history.iter().map(move |p| pause_entry(g, p))),
-            )
-            .collect();
+                    .group(&GroupName(filter.clone()))
+                    .map_err(|r| rejection_status(&r))?;
+            }
+            state
+                .groups
+                .values()
+                .filter(|g| filter.is_empty() || g.name.as_str() == filter)
+                .map(|g| {
+                    (
+                        g.name.clone(),
+                        g.history_archived,
+                        g.pause_history_archived,
+                        g.history.iter().map(|h| history_entry(g, h)).collect(),
+                        g.pause_history.iter().map(|p| pause_entry(g, p)).collect(),
+                    )
+                })
+                .collect()
+        };
+        // Changes of every group, then pause events, each oldest first: the stable sort
+        // below keeps that order among entries of the same millisecond.
+        let mut changes = Vec::new();
+        let mut pauses = Vec::new();
+        for (name, archived_changes, archived_pauses, window, pause_window) in windows {
+            if archived_changes + archived_pauses > 0 {
+                let (old_changes, old_pauses) = self
+                    .ctx
+                    .view
+                    .archived_history(&name, archived_changes, archived_pauses)
+                    .map_err(|e| {
+                        Status::internal(format!("cannot read the history of {name}: {e}"))
+                    })?;
+                let state = self.ctx.view.read();
+                let g = state.group(&name).map_err(|r| rejection_status(&r))?;
+                changes.extend(old_changes.iter().map(|h| history_entry(g, h)));
+                pauses.extend(old_pauses.iter().map(|p| pause_entry(g, p)));
+            }
+            changes.extend(window);
+            pauses.extend(pause_window);
+        }
+        let mut entries = changes;
+        entries.append(&mut pauses);
+        if before_unix_ms > 0 {
+            entries.retain(|e| e.completed_at_unix_ms < before_unix_ms);
+        }
         entries.sort_by_key(|e| (e.completed_at_unix_ms, e.group.clone(), e.epoch));
+        if limit > 0 {
+            let skip = entries.len().saturating_sub(limit as usize);
+            entries.drain(..skip);
+        }
         Ok(Response::new(HistoryResponse { entries }))
     }
 

@@ -19,6 +19,7 @@
 // costs an fdatasync: boxing it in every transaction closure would buy nothing.
 #![allow(clippy::result_large_err)]
 
+mod history;
 mod log;
 mod snapshot;
 mod state_machine;
@@ -196,6 +197,7 @@ fn open_database(
         txn.open_table(LOG)?;
         txn.open_table(SNAPSHOT)?;
         txn.open_table(SNAPSHOT_CHUNKS)?;
+        txn.open_table(history::HISTORY)?;
         let mut meta = txn.open_table(META)?;
         let found = meta.get(NODE_ID)?.map(|raw| decode_u64(raw.value()));
         if found.is_none() {
@@ -226,11 +228,28 @@ fn open_database(
 }
 
 /// A state in the snapshot encoding the controllers store and send (for tools and tests
-/// that need a snapshot without a running cluster). `state` is only borrowed mutably while
-/// its groups are written without their leases; it is unchanged on return.
-pub fn encode_snapshot(state: &mut failover_core::ClusterState) -> io::Result<Vec<u8>> {
+/// that need a snapshot without a running cluster), with the archived history of each
+/// group that has one in `archive` (changes, then pause events, oldest first; a group
+/// missing from it has none). `state` is only borrowed mutably while its groups are
+/// written without their leases; it is unchanged on return.
+pub fn encode_snapshot(
+    state: &mut failover_core::ClusterState,
+    archive: &std::collections::BTreeMap<
+        failover_core::GroupName,
+        (
+            Vec<failover_core::HistoryEntry>,
+            Vec<failover_core::PauseEvent>,
+        ),
+    >,
+) -> io::Result<Vec<u8>> {
     let mut out = snapshot::encode_skeleton(state)?;
     snapshot::encode_leases(state, &mut out);
+    let none = (Vec::new(), Vec::new());
+    let groups = state
+        .groups
+        .keys()
+        .map(|name| archive.get(name).unwrap_or(&none));
+    snapshot::encode_archive(groups, &mut out)?;
     Ok(out)
 }
 

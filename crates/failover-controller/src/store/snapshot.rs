@@ -3,12 +3,20 @@
 //! Layout (all integers LEB128 varints unless said otherwise):
 //!
 //! ```text
-//! "FOSNAP2\n"                     8 bytes of magic
+//! "FOSNAP3\n"                     8 bytes of magic
 //! skeleton length (u64 LE), skeleton: the ClusterState as JSON with every group's
 //!                                  `leases` and `holders` left empty
 //! per group, in name order:       lease count, then per lease in id order:
 //!                                  id, token, ttl_ms, flags, holder length, holder bytes
+//! per group, in name order:       the archived history: `history_archived` changes,
+//!                                  then `pause_history_archived` pause events, oldest
+//!                                  first, each as its length and its JSON
 //! ```
+//!
+//! The archive section carries the records that left the in-memory window (read from
+//! the history table when the snapshot is built), so a follower that installs the
+//! snapshot holds the whole history. `FOSNAP2` is the same without the archive section
+//! (from before the window, when the skeleton held the whole history) and is still read.
 //!
 //! A lease's site and epoch are not written: every live lease is at its group's active
 //! site and epoch (asserted when encoding). `flags` bit 0 says the lease is its holder's
@@ -22,9 +30,22 @@ use std::collections::BTreeMap;
 use std::io;
 
 use failover_core::lease::{FencingToken, Lease};
-use failover_core::{ClusterState, LeaseId};
+use failover_core::{ClusterState, GroupName, HistoryEntry, LeaseId, PauseEvent};
 
-const MAGIC: &[u8; 8] = b"FOSNAP2\n";
+const MAGIC: &[u8; 8] = b"FOSNAP3\n";
+/// The format before the archive section: the same up to the leases.
+const MAGIC_V2: &[u8; 8] = b"FOSNAP2\n";
+
+/// One group's archived history: changes of active site and pause events, oldest first.
+pub(crate) type GroupArchive = (Vec<HistoryEntry>, Vec<PauseEvent>);
+
+/// A decoded snapshot: the in-memory state and every group's archived history (empty for
+/// the formats before the archive section).
+#[derive(Debug)]
+pub(crate) struct Decoded {
+    pub state: ClusterState,
+    pub archive: BTreeMap<GroupName, GroupArchive>,
+}
 const CURRENT_HOLDER: u64 = 1;
 
 /// What a snapshot of the earlier, JSON-only format held.
@@ -76,12 +97,43 @@ pub(crate) fn encode_leases(state: &ClusterState, out: &mut Vec<u8>) {
     }
 }
 
-/// Decodes a snapshot written by [`encode`] (or an earlier JSON one). Damage is an
-/// `InvalidData` error naming what is wrong; the caller still checks the invariants.
-pub(crate) fn decode(data: &[u8]) -> io::Result<ClusterState> {
-    if !data.starts_with(MAGIC) {
+/// Appends every group's archived history, in the order of the skeleton's groups:
+/// `archive` yields, per group of the skeleton's state, exactly its archived records.
+pub(crate) fn encode_archive<'a>(
+    archive: impl IntoIterator<Item = &'a GroupArchive>,
+    out: &mut Vec<u8>,
+) -> io::Result<()> {
+    for (changes, pauses) in archive {
+        put(out, changes.len() as u64);
+        for entry in changes {
+            put_json(out, entry)?;
+        }
+        put(out, pauses.len() as u64);
+        for event in pauses {
+            put_json(out, event)?;
+        }
+    }
+    Ok(())
+}
+
+fn put_json<T: serde::Serialize>(out: &mut Vec<u8>, value: &T) -> io::Result<()> {
+    let raw =
+        serde_json::to_vec(value).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    put(out, raw.len() as u64);
+    out.extend_from_slice(&raw);
+    Ok(())
+}
+
+/// Decodes a snapshot written by [`encode`] (or an earlier binary or JSON one). Damage is
+/// an `InvalidData` error naming what is wrong; the caller still checks the invariants.
+pub(crate) fn decode(data: &[u8]) -> io::Result<Decoded> {
+    let with_archive = data.starts_with(MAGIC);
+    if !with_archive && !data.starts_with(MAGIC_V2) {
         return serde_json::from_slice::<JsonSnapshot>(data)
-            .map(|s| s.state)
+            .map(|s| Decoded {
+                state: s.state,
+                archive: BTreeMap::new(),
+            })
             .map_err(|e| damaged(format!("neither a binary nor a JSON snapshot: {e}")));
     }
     let mut r = Reader {
@@ -141,13 +193,29 @@ pub(crate) fn decode(data: &[u8]) -> io::Result<ClusterState> {
         group.leases = leases.into_iter().collect();
         group.holders = holders;
     }
+    let mut archive = BTreeMap::new();
+    for group in state.groups.values() {
+        if !with_archive {
+            if group.history_archived != 0 || group.pause_history_archived != 0 {
+                return Err(damaged(format!(
+                    "group {}: archived history in a snapshot without an archive",
+                    group.name
+                )));
+            }
+            continue;
+        }
+        let changes: Vec<HistoryEntry> = r.records(group.history_archived, "archived change")?;
+        let pauses: Vec<PauseEvent> =
+            r.records(group.pause_history_archived, "archived pause event")?;
+        archive.insert(group.name.clone(), (changes, pauses));
+    }
     if r.at != data.len() {
         return Err(damaged(format!(
             "{} bytes left after the last group",
             data.len() - r.at
         )));
     }
-    Ok(state)
+    Ok(Decoded { state, archive })
 }
 
 fn damaged(what: impl std::fmt::Display) -> io::Error {
@@ -197,13 +265,35 @@ impl<'a> Reader<'a> {
         }
         Err(damaged(format!("{what}: varint longer than 64 bits")))
     }
+
+    /// A count that must be `expected`, then that many length-prefixed JSON records.
+    fn records<T: serde::de::DeserializeOwned>(
+        &mut self,
+        expected: u64,
+        what: &str,
+    ) -> io::Result<Vec<T>> {
+        let count = self.varint(what)?;
+        if count != expected {
+            return Err(damaged(format!(
+                "{count} {what}s where the skeleton says {expected}"
+            )));
+        }
+        let mut out = Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(1 << 20));
+        for i in 0..count {
+            let len = self.varint(what)?;
+            let len = usize::try_from(len).map_err(|_| damaged(what))?;
+            let raw = self.take(len, what)?;
+            out.push(serde_json::from_slice(raw).map_err(|e| damaged(format!("{what} {i}: {e}")))?);
+        }
+        Ok(out)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::encode_snapshot as encode;
-    use failover_core::{Command, GroupName, SiteId};
+    use crate::store::encode_snapshot as encode_with;
+    use failover_core::{Command, SiteId};
 
     /// A group with `leases` leases; every tenth holder re-acquired (its first lease is
     /// superseded), and every twentieth re-acquire was released again (a superseded lease
@@ -239,24 +329,118 @@ mod tests {
         state
     }
 
+    fn encode(state: &mut ClusterState) -> io::Result<Vec<u8>> {
+        encode_with(state, &BTreeMap::new())
+    }
+
+    /// `state(10)` after `changes` promotions and as many pauses and resumes, its history
+    /// trimmed to `window`, with its archive.
+    fn with_history(
+        changes: u64,
+        window: usize,
+    ) -> (ClusterState, BTreeMap<GroupName, GroupArchive>) {
+        let mut state = state(10);
+        let group = GroupName("g".into());
+        for i in 0..changes {
+            let at_unix_ms = 100 + i;
+            let to = SiteId(if i.is_multiple_of(2) { "b" } else { "a" }.into());
+            let begin = Command::BeginPromotion {
+                group: group.clone(),
+                to,
+                kind: failover_core::ChangeKind::Promote,
+                actor: "test".into(),
+                reason: format!("change {i}"),
+                at_unix_ms,
+            };
+            assert!(state.apply(&begin).is_ok());
+            let from_epoch = state.groups[&group].epoch;
+            let complete = Command::CompletePromotion {
+                group: group.clone(),
+                from_epoch,
+                at_unix_ms,
+            };
+            assert!(state.apply(&complete).is_ok());
+            let pause = if i.is_multiple_of(2) {
+                Command::Pause {
+                    group: group.clone(),
+                    actor: "test".into(),
+                    reason: format!("pause {i}"),
+                    at_unix_ms,
+                }
+            } else {
+                Command::Resume {
+                    group: group.clone(),
+                    actor: "test".into(),
+                    reason: format!("resume {i}"),
+                    at_unix_ms,
+                }
+            };
+            assert!(state.apply(&pause).is_ok());
+        }
+        let mut archive: BTreeMap<GroupName, GroupArchive> = BTreeMap::new();
+        for a in state.trim_history(window) {
+            let (changes, pauses) = archive.entry(a.group).or_default();
+            match a.record {
+                failover_core::HistoryRecord::Change(e) => changes.push(e),
+                failover_core::HistoryRecord::Pause(e) => pauses.push(e),
+            }
+        }
+        (state, archive)
+    }
+
     #[test]
     fn round_trip_keeps_every_lease_and_holder() {
         let mut original = state(1000);
         let data = encode(&mut original).unwrap();
-        assert_eq!(decode(&data).unwrap(), original);
+        assert_eq!(decode(&data).unwrap().state, original);
+    }
+
+    #[test]
+    fn round_trip_keeps_the_archived_history() {
+        let (mut original, archive) = with_history(50, 4);
+        let g = &original.groups[&GroupName("g".into())];
+        assert_eq!((g.history.len(), g.history_archived), (4, 47));
+        assert_eq!((g.pause_history.len(), g.pause_history_archived), (4, 46));
+        let data = encode_with(&mut original, &archive).unwrap();
+        let decoded = decode(&data).unwrap();
+        assert_eq!(decoded.state, original);
+        assert_eq!(decoded.archive, archive);
+        // A count that disagrees with the skeleton is damage.
+        let err = decode(&encode(&mut original).unwrap()).unwrap_err();
+        assert!(
+            err.to_string().contains("where the skeleton says 47"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn snapshots_without_an_archive_section_are_read() {
+        // FOSNAP2: the same layout up to the leases, the whole history in the skeleton.
+        let (mut original, archive) = with_history(30, usize::MAX);
+        assert!(archive.is_empty());
+        let mut data = encode(&mut original).unwrap();
+        data.truncate(data.len() - 2 * original.groups.len());
+        data[..8].copy_from_slice(b"FOSNAP2\n");
+        let decoded = decode(&data).unwrap();
+        assert_eq!(decoded.state, original);
+        assert_eq!(
+            decoded.state.groups[&GroupName("g".into())].history.len(),
+            31
+        );
+        assert!(decoded.archive.is_empty());
     }
 
     #[test]
     fn earlier_json_snapshots_are_read() {
         let original = state(10);
         let json = serde_json::to_vec(&serde_json::json!({ "state": original })).unwrap();
-        assert_eq!(decode(&json).unwrap(), original);
+        assert_eq!(decode(&json).unwrap().state, original);
     }
 
     #[test]
     fn truncation_is_reported() {
-        let mut original = state(10);
-        let data = encode(&mut original).unwrap();
+        let (mut original, archive) = with_history(10, 2);
+        let data = encode_with(&mut original, &archive).unwrap();
         let err = decode(&data[..data.len() - 3]).unwrap_err();
         assert!(err.to_string().contains("truncated"), "{err}");
         let mut longer = data.clone();

@@ -17,7 +17,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use redb::{Database, Durability};
 
-use failover_core::ClusterState;
+use failover_core::{ClusterState, GroupName, HistoryEntry, PauseEvent, HISTORY_WINDOW};
 use futures::{Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
@@ -25,7 +25,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::{
-    decode, encode, io_err, snapshot, write_blocking, SNAPSHOT as SNAPSHOTS, SNAPSHOT_CHUNKS,
+    decode, encode, history, io_err, snapshot, write, write_blocking, SNAPSHOT as SNAPSHOTS,
+    SNAPSHOT_CHUNKS,
 };
 use crate::types::{Applied, LogId, Raft, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 
@@ -123,20 +124,37 @@ fn items(state: &ClusterState) -> u64 {
 ///
 /// Readers hold the read lock only while they look; `changes` ticks after every applied
 /// batch so waiters (a promote waiting for `Active`, a watch stream) need no polling.
+/// The history records that left the in-memory window are read from the data file
+/// ([`StateView::archived_history`]).
 #[derive(Debug)]
 pub struct StateView {
     state: RwLock<ClusterState>,
     changes: watch::Sender<u64>,
     schedule: SnapshotSchedule,
+    db: Arc<Database>,
 }
 
 impl StateView {
-    fn new() -> Self {
+    fn new(db: Arc<Database>) -> Self {
         StateView {
             state: RwLock::new(ClusterState::default()),
             changes: watch::Sender::new(0),
             schedule: SnapshotSchedule::default(),
+            db,
         }
+    }
+
+    /// The archived part of `group`'s history: its first `changes` changes of active site
+    /// and its first `pauses` pause events, oldest first. Take the counts
+    /// (`history_archived`, `pause_history_archived`) from [`StateView::read`] first and
+    /// release the lock before calling this: every record below them is on disk by then.
+    pub fn archived_history(
+        &self,
+        group: &GroupName,
+        changes: u64,
+        pauses: u64,
+    ) -> io::Result<(Vec<HistoryEntry>, Vec<PauseEvent>)> {
+        history::read(&self.db, group, changes, pauses)
     }
 
     /// Read access to the applied state. Hold it briefly: apply waits for it.
@@ -168,6 +186,7 @@ pub struct StateMachine {
     last_applied: Option<LogId>,
     membership: StoredMembership,
     view: Arc<StateView>,
+    history_window: usize,
 }
 
 impl std::fmt::Debug for StateMachine {
@@ -181,19 +200,61 @@ impl std::fmt::Debug for StateMachine {
 impl StateMachine {
     /// Loads the stored snapshot, if any: the state machine starts applied up to it.
     pub(super) fn open(db: Arc<Database>) -> Result<Self, io::Error> {
-        let view = Arc::new(StateView::new());
+        let view = Arc::new(StateView::new(db.clone()));
         let mut sm = StateMachine {
             db,
             last_applied: None,
             membership: StoredMembership::default(),
             view,
+            history_window: HISTORY_WINDOW,
         };
         if let Some((meta, data)) = read_snapshot(&sm.db)? {
-            let state = snapshot::decode(&data)?;
-            check_state(&state);
-            sm.restore(&meta, state);
+            let decoded = snapshot::decode(&data)?;
+            check_state(&decoded);
+            // The archive was written before the snapshot was stored; written again only
+            // if it is not there (a data file from before the archive table, or damage).
+            let mut missing = Vec::new();
+            for (name, (changes, pauses)) in decoded.archive {
+                if !history::holds(&sm.db, &name, changes.len() as u64, pauses.len() as u64)? {
+                    missing.extend(history::as_archived(&name, changes, pauses));
+                }
+            }
+            if !missing.is_empty() {
+                write(&sm.db, Durability::Immediate, |txn| {
+                    history::store(txn, &missing)
+                })?;
+            }
+            sm.restore(&meta, decoded.state)?;
         }
         Ok(sm)
+    }
+
+    /// Sets how many changes, and how many pause events, of each group stay in memory
+    /// (default [`HISTORY_WINDOW`]; tests pass a small one to cross the boundary quickly)
+    /// and moves what is beyond it to the archive now.
+    ///
+    /// # Panics
+    /// If `window` is 0: the newest change is the current epoch's and stays in memory.
+    pub fn set_history_window(&mut self, window: usize) -> io::Result<()> {
+        assert!(window >= 1, "the history window keeps at least one record");
+        self.history_window = window;
+        self.trim_history()
+    }
+
+    /// Moves the history beyond the window to the archive. The records are written while
+    /// the state's write lock is held, so a reader that saw a group's archived counts
+    /// finds every record below them on disk. Not fsynced: the next durable commit of the
+    /// data file (a log append, a snapshot) carries it, and until a snapshot covers them
+    /// the records are re-created by re-applying the log.
+    fn trim_history(&self) -> io::Result<()> {
+        let mut state = self.view.write();
+        let archived = state.trim_history(self.history_window);
+        if !archived.is_empty() {
+            write(&self.db, Durability::None, |txn| {
+                history::store(txn, &archived)
+            })?;
+        }
+        Ok(())
     }
 
     /// The view the services read from.
@@ -201,15 +262,19 @@ impl StateMachine {
         self.view.clone()
     }
 
-    /// Replaces the state by a snapshot's.
-    fn restore(&mut self, meta: &SnapshotMeta, state: ClusterState) {
+    /// Replaces the state by a snapshot's (whose archive is stored already), and moves
+    /// the history beyond the window to the archive (a snapshot of an earlier format
+    /// holds the whole history in its skeleton).
+    fn restore(&mut self, meta: &SnapshotMeta, state: ClusterState) -> io::Result<()> {
         let index = meta.last_log_id.map_or(0, |id| id.index());
         self.view.schedule.applied(index, items(&state));
         self.view.schedule.snapshot_at(index);
         *self.view.write() = state;
+        self.trim_history()?;
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         self.view.changed();
+        Ok(())
     }
 }
 
@@ -299,10 +364,14 @@ async fn write_snapshot(
     Ok(Arc::try_unwrap(data).unwrap_or_else(|shared| shared.as_ref().clone()))
 }
 
-fn check_state(state: &ClusterState) {
-    for group in state.groups.values() {
+/// The invariants of a decoded snapshot, its archived history included.
+fn check_state(decoded: &snapshot::Decoded) {
+    let none = (Vec::new(), Vec::new());
+    for group in decoded.state.groups.values() {
         group.assert_invariants();
         group.assert_history();
+        let (changes, pauses) = decoded.archive.get(&group.name).unwrap_or(&none);
+        group.assert_archive(changes, pauses);
     }
 }
 
@@ -331,6 +400,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             };
             responses.push((responder, applied));
         }
+        self.trim_history()?;
         let index = self.last_applied.map_or(0, |id| id.index());
         let items = items(&self.view.read());
         self.view.schedule.applied(index, items);
@@ -345,14 +415,27 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     /// Encodes the state now, so applies that happen meanwhile cannot tear the snapshot.
     /// Applies wait anyway (this runs on the state machine's task); readers wait only for
-    /// the skeleton (groups and history), not for the leases.
+    /// the skeleton (groups and their history windows), not for the leases or the
+    /// archived history, which is read from the data file.
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         let index = self.last_applied.map_or(0, |id| id.index());
         self.view.schedule.snapshot_at(index);
         let skeleton = snapshot::encode_skeleton(&mut self.view.write());
-        let data = skeleton.map(|mut out| {
-            snapshot::encode_leases(&self.view.read(), &mut out);
-            out
+        let data = skeleton.and_then(|mut out| {
+            let counts: Vec<(GroupName, u64, u64)> = {
+                let state = self.view.read();
+                snapshot::encode_leases(&state, &mut out);
+                state
+                    .groups
+                    .values()
+                    .map(|g| (g.name.clone(), g.history_archived, g.pause_history_archived))
+                    .collect()
+            };
+            for (name, changes, pauses) in counts {
+                let archive = history::read(&self.db, &name, changes, pauses)?;
+                snapshot::encode_archive([&archive], &mut out)?;
+            }
+            Ok(out)
         });
         SnapshotBuilder {
             db: self.db.clone(),
@@ -369,10 +452,26 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         data: Vec<u8>,
     ) -> Result<(), io::Error> {
-        let state = snapshot::decode(&data)?;
-        check_state(&state);
+        let decoded = snapshot::decode(&data)?;
+        check_state(&decoded);
+        let archived: Vec<_> = decoded
+            .archive
+            .into_iter()
+            .flat_map(|(name, (changes, pauses))| history::as_archived(&name, changes, pauses))
+            .collect();
+        // Made durable by the snapshot's own commit, which follows.
+        write_blocking(&self.db, Durability::None, move |txn| {
+            history::store(txn, &archived)
+        })
+        .await?;
+        let bytes = data.len();
         write_snapshot(&self.db, meta, data).await?;
-        self.restore(meta, state);
+        self.restore(meta, decoded.state)?;
+        tracing::info!(
+            last_log_id = ?meta.last_log_id,
+            bytes,
+            "installed a snapshot from the leader"
+        );
         Ok(())
     }
 

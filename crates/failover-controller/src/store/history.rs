@@ -1,0 +1,130 @@
+//! The history archive: the records that left the groups' in-memory windows
+//! ([`failover_core::ClusterState::trim_history`]), in the redb table `history`, keyed by
+//! (group, kind, sequence) so writing a record again (a re-apply after a restart, a
+//! snapshot installed over an archive) overwrites it with the same value.
+//!
+//! The archive only grows: a record at a sequence number below the window's first is
+//! committed history, the same on every replica, and is never removed. Readers take the
+//! window's first sequence numbers under the state's lock first and then read the
+//! archive below them: what they read is complete, because the state machine writes the
+//! records leaving the window before it releases the lock.
+
+use std::io;
+
+use failover_core::{Archived, GroupName, HistoryEntry, HistoryRecord, PauseEvent};
+use redb::{Database, TableDefinition, WriteTransaction};
+
+use super::{decode, io_err};
+
+/// Archived history records by (group, kind, sequence), JSON-encoded.
+pub(super) const HISTORY: TableDefinition<(&str, u8, u64), &[u8]> = TableDefinition::new("history");
+
+/// The kind byte of a change of active site.
+const CHANGE: u8 = 0;
+/// The kind byte of a pause event.
+const PAUSE: u8 = 1;
+
+/// Writes `records` (idempotently) in `txn`.
+pub(super) fn store(txn: &WriteTransaction, records: &[Archived]) -> Result<(), redb::Error> {
+    let mut table = txn.open_table(HISTORY)?;
+    for archived in records {
+        let (kind, value) = match &archived.record {
+            HistoryRecord::Change(entry) => (CHANGE, serde_json::to_vec(entry)),
+            HistoryRecord::Pause(event) => (PAUSE, serde_json::to_vec(event)),
+        };
+        let value = value.map_err(|e| redb::Error::Io(io::Error::other(e)))?;
+        table.insert(
+            (archived.group.as_str(), kind, archived.seq),
+            value.as_slice(),
+        )?;
+    }
+    Ok(())
+}
+
+/// One group's archived part, oldest first: its first `changes` changes of active site
+/// and its first `pauses` pause events. A record missing below those counts is damage.
+pub(super) fn read(
+    db: &Database,
+    group: &GroupName,
+    changes: u64,
+    pauses: u64,
+) -> io::Result<(Vec<HistoryEntry>, Vec<PauseEvent>)> {
+    let txn = db.begin_read().map_err(io_err)?;
+    let table = txn.open_table(HISTORY).map_err(io_err)?;
+    let name = group.as_str();
+    let read_kind = |kind: u8, count: u64, what: &str| -> io::Result<Vec<Vec<u8>>> {
+        let mut out = Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(1 << 20));
+        let range = table
+            .range((name, kind, 0)..(name, kind, count))
+            .map_err(io_err)?;
+        for (expected, item) in (0..count).zip(range) {
+            let (key, value) = item.map_err(io_err)?;
+            if key.value().2 != expected {
+                break;
+            }
+            out.push(value.value().to_vec());
+        }
+        if out.len() as u64 != count {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "the history archive of group {name} is missing {what} {} of {count}",
+                    out.len()
+                ),
+            ));
+        }
+        Ok(out)
+    };
+    let raw_changes = read_kind(CHANGE, changes, "change")?;
+    let raw_pauses = read_kind(PAUSE, pauses, "pause event")?;
+    let changes = raw_changes
+        .iter()
+        .map(|raw| decode(raw, "archived change"))
+        .collect::<io::Result<Vec<HistoryEntry>>>()?;
+    let pauses = raw_pauses
+        .iter()
+        .map(|raw| decode(raw, "archived pause event"))
+        .collect::<io::Result<Vec<PauseEvent>>>()?;
+    Ok((changes, pauses))
+}
+
+/// Whether the archive holds a group's first `changes` changes and `pauses` pause events
+/// (checked by their last ones: the archive is written in order, in whole transactions).
+pub(super) fn holds(
+    db: &Database,
+    group: &GroupName,
+    changes: u64,
+    pauses: u64,
+) -> io::Result<bool> {
+    let txn = db.begin_read().map_err(io_err)?;
+    let table = txn.open_table(HISTORY).map_err(io_err)?;
+    let has = |kind: u8, count: u64| -> io::Result<bool> {
+        match count.checked_sub(1) {
+            None => Ok(true),
+            Some(last) => Ok(table
+                .get((group.as_str(), kind, last))
+                .map_err(io_err)?
+                .is_some()),
+        }
+    };
+    Ok(has(CHANGE, changes)? && has(PAUSE, pauses)?)
+}
+
+/// The records of `group`'s archive as [`Archived`] values, for writing them again.
+pub(super) fn as_archived(
+    group: &GroupName,
+    changes: Vec<HistoryEntry>,
+    pauses: Vec<PauseEvent>,
+) -> Vec<Archived> {
+    let changes = changes.into_iter().enumerate().map(|(i, e)| Archived {
+        group: group.clone(),
+        seq: i as u64,
+        record: HistoryRecord::Change(e),
+    });
+    let pauses = pauses.into_iter().enumerate().map(|(i, e)| Archived {
+        group: group.clone(),
+        seq: i as u64,
+        record: HistoryRecord::Pause(e),
+    });
+    changes.chain(pauses).collect()
+}
