@@ -79,8 +79,10 @@ SIM_FROM ?= 0
 SIM_THREADS ?= 2
 SIM = ./target/debug/failover-sim
 
+# `--workspace`, as the tests select it: with `-p failover-sim` alone Cargo would resolve
+# other dependency features and compile every dependency again.
 sim-build:
-	$(CARGO) build -p failover-sim
+	$(CARGO) build --workspace --bins
 
 sim: sim-build
 	$(SIM) --seeds $(SEEDS) --from $(SIM_FROM) --threads $(SIM_THREADS)
@@ -91,7 +93,7 @@ sim-replay: sim-build
 # Proves the checks bite: the controller built with `chaos-broken-skip-lease-wait` must be
 # caught within the CI seed budget.
 sim-broken:
-	$(CARGO) nextest run -p failover-sim --features broken-skip-lease-wait --test broken
+	$(CARGO) nextest run --workspace --features failover-sim/broken-skip-lease-wait --test broken
 
 # What CI runs after the workspace tests (which include the simulation's own tests: same
 # seed same trace): the CI seed budget, then the broken build caught.
