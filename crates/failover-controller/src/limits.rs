@@ -167,10 +167,15 @@ impl Limiter {
         self.limits.stall_timeout()
     }
 
-    /// Records that a `kind` stream of `who` was closed because its client did not take
-    /// an answer within the stall timeout, and the status its client gets if it ever
-    /// reads again.
-    pub fn stalled(&self, who: &str, kind: StreamKind) -> Status {
+    /// Records that a `kind` stream of `who` is closed because its client did not take
+    /// an answer within the stall timeout, and leaves in `verdict` the status its client
+    /// gets if it ever reads again.
+    pub fn close_stalled(&self, verdict: &Verdict, who: &str, kind: StreamKind) {
+        let status = self.stalled(who, kind);
+        *verdict.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
+    }
+
+    fn stalled(&self, who: &str, kind: StreamKind) -> Status {
         let counter = match kind {
             StreamKind::Watch => &self.counters.stalled_watches,
             StreamKind::KeepAlive => &self.counters.stalled_keepalives,
@@ -367,7 +372,7 @@ mod tests {
         tx.send(Ok(1)).await.expect("queue");
         tx.send(Ok(2)).await.expect("queue");
         assert_eq!(stream.next().await.map(|r| r.ok()), Some(Some(1)));
-        *verdict.lock().expect("verdict") = Some(limiter.stalled("reader/x", StreamKind::Watch));
+        limiter.close_stalled(&verdict, "reader/x", StreamKind::Watch);
         let ended = stream.next().await.expect("verdict").expect_err("status");
         assert_eq!(ended.code(), tonic::Code::ResourceExhausted);
         assert!(stream.next().await.is_none());

@@ -214,8 +214,7 @@ async fn serve_keepalives(
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => return,
                     Err(_) => {
-                        let status = ctx.limits.stalled(&who, StreamKind::KeepAlive);
-                        *verdict.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
+                        ctx.limits.close_stalled(&verdict, &who, StreamKind::KeepAlive);
                         return;
                     }
                 }
@@ -418,8 +417,7 @@ impl LeaseService for LeaseServer {
                     // The client went away.
                     Ok(Err(_)) => return,
                     Err(_) => {
-                        let status = ctx.limits.stalled(&who, StreamKind::Watch);
-                        *ended.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
+                        ctx.limits.close_stalled(&ended, &who, StreamKind::Watch);
                         return;
                     }
                 };
