@@ -13,8 +13,8 @@ use tonic::Status;
 
 use crate::store::StateView;
 use crate::types::Raft;
-use failover_client::clock::Clock;
-use failover_client::Dialer;
+use failover_net::Clock;
+use failover_net::Dialer;
 
 /// What every service of one controller shares.
 pub struct NodeContext {

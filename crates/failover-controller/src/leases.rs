@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::store::StateView;
 use crate::types::Raft;
-use failover_client::clock::Clock;
+use failover_net::Clock;
 
 /// Most renewals waiting for the next confirmation round; beyond it they are refused.
 pub const MAX_PENDING_RENEWALS: usize = 200_000;

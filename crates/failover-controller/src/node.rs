@@ -32,8 +32,8 @@ use crate::services::lease::LeaseServer;
 use crate::services::raft::RaftServer;
 use crate::store::{self, OpenError, StateView};
 use crate::types::{Raft, TypeConfig};
-use failover_client::clock::Clock;
-use failover_client::Dialer;
+use failover_net::Clock;
+use failover_net::Dialer;
 
 /// How long shutdown waits for each task before aborting it.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
