@@ -18,8 +18,8 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::{ReadPolicy, ServerState};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::store::Raft;
 use crate::store::StateView;
-use crate::types::Raft;
 use failover_net::Clock;
 
 /// Most renewals waiting for the next confirmation round; beyond it they are refused.
