@@ -79,8 +79,7 @@ impl TreeId {
     /// Whether the executor that started this tree is gone (its pid is dead, or now
     /// belongs to a process that is not `failover`).
     fn orphaned(&self) -> bool {
-        let executor = live_stat(self.executor_pid as libc::pid_t);
-        !executor.is_some_and(|stat| stat.comm == "failover")
+        live_stat(self.executor_pid as libc::pid_t).is_none_or(|stat| stat.comm != "failover")
     }
 }
 
