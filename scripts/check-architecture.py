@@ -7,10 +7,15 @@ The code map in docs/architecture.md has one section per crate, headed
 file name when that is unambiguous in the crate (`log.rs`); a `mod.rs` is named by its
 folder (`store/`). `lib.rs` is the crate itself and needs no mention.
 
-It also fails on an import circle between the top-level modules of failover-core (a
-module is `src/<name>.rs` or the folder `src/<name>/`; it depends on every module it names
-as `crate::<module>` outside comments and its `#[cfg(test)]` part), so the core's modules
-depend one way. KNOWN_CIRCLES lists the circles not yet broken; a new one fails.
+It also fails on an import circle between the top-level modules of any crate (a module
+is `src/<name>.rs` or the folder `src/<name>/`; it depends on every module it names as
+`crate::<module>`, through `super::` paths that reach the crate root, or through an item
+the crate root re-exports from it (`pub use state::GroupState` makes `crate::GroupState`
+name `state`), outside comments, strings and its `#[cfg(test)]` part), so each crate's
+modules depend one way. KNOWN_CIRCLES lists the circles not yet broken; a new one fails.
+
+And it fails when a crate depends on a workspace crate FORBIDDEN_DEPS rules out (the
+controller on the client library, the core or failover-net on any).
 
     python3 scripts/check-architecture.py
 """
@@ -55,34 +60,117 @@ def names_for(rel, all_rels):
     return spellings
 
 
-# Circles of failover-core modules not yet broken (sorted module names); docs/architecture.md
-# says why each remains. Remove an entry once its circle is gone.
-KNOWN_CIRCLES = {("promotion", "state")}
+# Circles between top-level modules not yet broken: crate title -> circles (sorted module
+# names). docs/architecture.md says why each remains. Remove an entry once its circle is
+# gone; a circle not listed here fails the check.
+KNOWN_CIRCLES = {}
+
+IDENT = r"[A-Za-z_]\w*"
 
 
-def core_imports():
-    """Top-level module of failover-core -> the top-level modules it names."""
-    src = os.path.join(ROOT, "crates", "failover-core", "src")
+def code_of(path):
+    """A file's text without comments, strings and its `#[cfg(test)]` part."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read().split("\n#[cfg(test)]", 1)[0]
+    text = re.sub(r"/\*.*?\*/", " ", text, flags=re.S)
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', text)
+    return "\n".join(line.split("//", 1)[0] for line in text.splitlines())
+
+
+def brace_items(code, start):
+    """The items of the `{...}` group opening at `start`, split at its top-level commas."""
+    depth, item, items = 0, "", []
+    for ch in code[start:]:
+        if ch == "{":
+            depth += 1
+            if depth == 1:
+                continue
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                break
+        if ch == "," and depth == 1:
+            items.append(item)
+            item = ""
+        else:
+            item += ch
+    items.append(item)
+    return [i.strip() for i in items if i.strip()]
+
+
+def root_names(code):
+    """The first path segment of every item named from the crate root (`crate::x`,
+    `crate::{x, y::z}`), with the `super::` paths resolved by the caller."""
+    names = []
+    for m in re.finditer(r"\bcrate::(\{|" + IDENT + ")", code):
+        if m.group(1) == "{":
+            names += [re.match(IDENT, i).group(0) for i in brace_items(code, m.start(1))
+                      if re.match(IDENT, i)]
+        else:
+            names.append(m.group(1))
+    return names
+
+
+def super_root_names(code, depth):
+    """Items a file `depth` modules below the root names through `super::` paths that
+    reach the root (`super::x` in `src/a.rs`, `super::super::x` in `src/a/b.rs`)."""
+    prefix = r"\b" + r"super::" * depth + r"(?!super\b)(\{|" + IDENT + ")"
+    names = []
+    for m in re.finditer(prefix, code):
+        if m.group(1) == "{":
+            names += [re.match(IDENT, i).group(0) for i in brace_items(code, m.start(1))
+                      if re.match(IDENT, i)]
+        else:
+            names.append(m.group(1))
+    return names
+
+
+def reexports(code, modules):
+    """Names the crate root re-exports from its modules (`pub use state::{A, B as C}`):
+    name -> module, so that `crate::A` counts as naming `state`."""
+    found = {}
+    for m in re.finditer(r"\bpub use (" + IDENT + r")::([^;]+);", code):
+        module = m.group(1)
+        if module not in modules:
+            continue
+        for item in re.split(r"[{},]", m.group(2)):
+            item = item.strip()
+            if not item:
+                continue
+            name = item.split(" as ")[-1].split("::")[-1].strip()
+            if name and name != "*":
+                found[name] = module
+    return found
+
+
+def crate_imports(src):
+    """Top-level module of one crate -> the top-level modules it names (a module is
+    `src/<name>.rs` or the folder `src/<name>/`; `main.rs` counts as a module)."""
+    files = []
+    for dirpath, _, names in os.walk(src):
+        for name in names:
+            if name.endswith(".rs"):
+                files.append(os.path.relpath(os.path.join(dirpath, name), src))
+    modules = {f.split(os.sep)[0].removesuffix(".rs") for f in files} - {"lib"}
+    root = "lib.rs" if "lib.rs" in files else "main.rs"
+    aliases = reexports(code_of(os.path.join(src, root)), modules) if root in files else {}
     deps = {}
-    for dirpath, _, files in os.walk(src):
-        for name in files:
-            if not name.endswith(".rs"):
-                continue
-            rel = os.path.relpath(os.path.join(dirpath, name), src)
-            module = rel.split(os.sep)[0].removesuffix(".rs")
-            if module == "lib":
-                continue
-            with open(os.path.join(dirpath, name), encoding="utf-8") as f:
-                text = f.read().split("\n#[cfg(test)]", 1)[0]
-            code = "\n".join(line.split("//", 1)[0] for line in text.splitlines())
-            named = set(re.findall(r"\bcrate::(\w+)", code)) - {module}
-            deps.setdefault(module, set()).update(named)
+    for rel in files:
+        parts = rel.removesuffix(".rs").split(os.sep)
+        if parts[-1] == "mod":
+            parts = parts[:-1]
+        module = parts[0]
+        if module == "lib":
+            continue
+        code = code_of(os.path.join(src, rel))
+        named = root_names(code) + (super_root_names(code, len(parts)) if rel != root else [])
+        targets = {n if n in modules else aliases.get(n) for n in named}
+        deps.setdefault(module, set()).update(t for t in targets if t and t != module)
     return deps
 
 
-def core_circles():
-    """Every group of failover-core modules that import each other in a circle."""
-    deps = core_imports()
+def circles(deps):
+    """Every group of modules that import each other in a circle (sorted names)."""
     reach = {}
     for start in deps:
         seen, todo = set(), list(deps[start])
@@ -93,11 +181,31 @@ def core_circles():
             seen.add(m)
             todo.extend(deps.get(m, ()))
         reach[start] = seen
-    circles = set()
+    found = set()
     for m in deps:
         if m in reach[m]:
-            circles.add(tuple(sorted(n for n in deps if n in reach[m] and m in reach[n])))
-    return circles
+            found.add(tuple(sorted(n for n in deps if n in reach[m] and m in reach[n])))
+    return found
+
+
+# Workspace crates a crate must not depend on (its [dependencies] in Cargo.toml). The core
+# and failover-net stand alone; the controller reaches its peers through failover-net and
+# the generated clients, not through the client library.
+FORBIDDEN_DEPS = {
+    "crates/failover-core": "any",
+    "crates/failover-net": "any",
+    "crates/failover-controller": {"failover-client"},
+}
+
+
+def workspace_deps(path):
+    """The workspace crates named in a crate's [dependencies] section."""
+    with open(os.path.join(path, "Cargo.toml"), encoding="utf-8") as f:
+        text = f.read()
+    section = re.search(r"^\[dependencies\]\n(.*?)(?=^\[|\Z)", text, flags=re.M | re.S)
+    if not section:
+        return set()
+    return set(re.findall(r"^(failover-[\w-]+|chaos-tests)\b", section.group(1), flags=re.M))
 
 
 def main():
@@ -121,11 +229,20 @@ def main():
             if not any(re.search(r"(?<![\w/])" + re.escape(s) + r"(?![\w])", body)
                        for s in names_for(rel, rels)):
                 missing.append(f"{title}/src/{rel}: not named in its section of docs/architecture.md")
-    for circle in sorted(core_circles() - KNOWN_CIRCLES):
-        missing.append("failover-core: modules import each other in a circle: " + " -> ".join(circle))
+    for title, path in crate_dirs():
+        forbidden = FORBIDDEN_DEPS.get(title, set())
+        for dep in sorted(workspace_deps(path)):
+            if forbidden == "any" or dep in forbidden:
+                missing.append(f"{title}: must not depend on {dep} (docs/architecture.md, Code map)")
+    for title, path in crate_dirs():
+        known = KNOWN_CIRCLES.get(title, set())
+        for circle in sorted(circles(crate_imports(os.path.join(path, "src"))) - known):
+            missing.append(f"{title}: modules import each other in a circle: "
+                           + " <-> ".join(circle))
     if missing:
         print("\n".join(missing))
-        sys.exit(f"{len(missing)} source file(s) missing from docs/architecture.md")
+        sys.exit(f"{len(missing)} problem(s): source files missing from docs/architecture.md, "
+                 "import circles or forbidden dependencies")
     print("docs/architecture.md names every source file")
 
 

@@ -2,9 +2,8 @@
 //!
 //! # Layout
 //! - [`endpoints`]: where the cluster is (`--endpoints`, `FAILOVER_ENDPOINTS`, a topology file).
-//! - [`transport`]: the [`Dialer`] that makes channels (TCP, or a simulated network).
-//! - [`tls`]: mutual-TLS material read from PEM files and reloaded when they change.
-//! - [`clock`]: the clock clients and controllers read, supplied by the caller.
+//! - [`transport`], [`tls`], [`clock`]: re-exported from `failover-net` (how processes
+//!   reach each other: the [`Dialer`], TLS material, the [`Clock`]).
 //! - [`lease`]: a lease session that holds, renews and gives up a lease safely. Ask
 //!   [`LeaseSession::holds`] before every unit of work and pass the fencing value it
 //!   answers downstream; once it answers `None`, start nothing and call
@@ -15,14 +14,12 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod admin;
-pub mod clock;
 pub mod endpoints;
 pub mod lease;
-pub mod tls;
-pub mod transport;
 
 pub use admin::{AdminClient, ClientError};
-pub use clock::{Clock, SystemClock};
 pub use endpoints::Endpoints;
+pub use failover_net::{clock, tls, transport};
+pub use failover_net::{Clock, SystemClock};
+pub use failover_net::{DialError, Dialer, TcpDialer, TlsDialer};
 pub use lease::{GrantTiming, LeaseConfig, LeaseSession, LeaseState};
-pub use transport::{DialError, Dialer, TcpDialer, TlsDialer};

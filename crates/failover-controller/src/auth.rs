@@ -19,7 +19,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use failover_client::tls::{self as client_tls, Reloading, TlsError, TlsFiles};
+use failover_net::tls::{self as client_tls, Reloading, TlsError, TlsFiles};
 use futures::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::transport::server::Connected;

@@ -34,7 +34,8 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use failover_core::NodeId;
+use failover_core::{NodeId, Topology};
+use failover_net::{Clock, Dialer};
 use failover_proto::raft::raft_service_client::RaftServiceClient;
 use failover_proto::raft::RaftPayload;
 use openraft::async_runtime::WatchReceiver;
@@ -42,7 +43,7 @@ use openraft::ReadPolicy;
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
-use crate::context::NodeContext;
+use crate::store::Raft;
 use crate::types::TypeConfig;
 
 /// How many recent confirmations are kept: a follower applies a confirmed read log id one
@@ -122,9 +123,27 @@ pub fn trust_window(timing: &failover_core::Timing) -> Duration {
     Duration::from_millis(lease.saturating_sub(drift + 1))
 }
 
+/// What the confirmation loop reads and where it records: the parts of a controller it
+/// needs, passed in so that this module does not depend on the `NodeContext` that holds
+/// its [`Confirmations`].
+pub(crate) struct Confirmer {
+    /// This controller's Raft id.
+    pub(crate) node_id: NodeId,
+    /// The topology (the timing, and where the leader is).
+    pub(crate) topology: Topology,
+    /// The Raft handle.
+    pub(crate) raft: Raft,
+    /// How to reach the leader.
+    pub(crate) dialer: Arc<dyn Dialer>,
+    /// The clock confirmations are timed on.
+    pub(crate) clock: Arc<dyn Clock>,
+    /// Where confirmations go.
+    pub(crate) confirmations: Arc<Confirmations>,
+}
+
 /// Confirms four times per trust window until shutdown; see the module comment.
-pub(crate) async fn run(ctx: Arc<NodeContext>, mut shutdown: watch::Receiver<bool>) {
-    let timing = ctx.topology.timing;
+pub(crate) async fn run(me: Confirmer, mut shutdown: watch::Receiver<bool>) {
+    let timing = me.topology.timing;
     let period = (trust_window(&timing) / 4).max(Duration::from_millis(10));
     // A round that takes longer than the window proves nothing usable.
     let ttl = trust_window(&timing);
@@ -136,21 +155,21 @@ pub(crate) async fn run(ctx: Arc<NodeContext>, mut shutdown: watch::Receiver<boo
             _ = tick.tick() => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
-        let started = ctx.clock.now();
-        let leader = ctx.raft.metrics().borrow_watched().current_leader;
+        let started = me.clock.now();
+        let leader = me.raft.metrics().borrow_watched().current_leader;
         let read = match leader {
             None => None,
-            Some(id) if id == ctx.node_id => {
-                let round = ctx.raft.ensure_linearizable(ReadPolicy::ReadIndex);
+            Some(id) if id == me.node_id => {
+                let round = me.raft.ensure_linearizable(ReadPolicy::ReadIndex);
                 match tokio::time::timeout(ttl, round).await {
                     Ok(Ok(read)) => Some(read.log_id().index),
                     _ => None,
                 }
             }
-            Some(id) => ask_leader(&ctx, id, &mut peer, ttl).await,
+            Some(id) => ask_leader(&me, id, &mut peer, ttl).await,
         };
         if let Some(read_index) = read {
-            ctx.confirmations.record(Confirmation {
+            me.confirmations.record(Confirmation {
                 started,
                 read_index,
             });
@@ -160,14 +179,14 @@ pub(crate) async fn run(ctx: Arc<NodeContext>, mut shutdown: watch::Receiver<boo
 
 /// Asks controller `leader` for a read-index round; its read index if it answered.
 async fn ask_leader(
-    ctx: &NodeContext,
+    me: &Confirmer,
     leader: NodeId,
     peer: &mut Option<(NodeId, RaftServiceClient<Channel>)>,
     ttl: Duration,
 ) -> Option<u64> {
     if peer.as_ref().is_none_or(|(id, _)| *id != leader) {
-        let (_, controller) = ctx.topology.controller(leader)?;
-        let channel = ctx.dialer.channel(&controller.addr).ok()?;
+        let (_, controller) = me.topology.controller(leader)?;
+        let channel = me.dialer.channel(&controller.addr).ok()?;
         *peer = Some((leader, failover_proto::wire::raft_client(channel)));
     }
     let (_, client) = peer.as_mut()?;

@@ -11,10 +11,10 @@ use openraft::errors::{ClientWriteError, RaftError};
 use tokio::sync::Notify;
 use tonic::Status;
 
+use crate::store::Raft;
 use crate::store::StateView;
-use crate::types::Raft;
-use failover_client::clock::Clock;
-use failover_client::Dialer;
+use failover_net::Clock;
+use failover_net::Dialer;
 
 /// What every service of one controller shares.
 pub struct NodeContext {
@@ -37,7 +37,7 @@ pub struct NodeContext {
     /// What the executors last reported (meaningful on the leader).
     pub executors: Arc<crate::executors::ExecutorRegistry>,
     /// Recent proofs that the leader this controller follows held a quorum (`/active`).
-    pub confirmations: crate::confirm::Confirmations,
+    pub confirmations: Arc<crate::confirm::Confirmations>,
     /// Groups whose active site is lost or unhealthy but which the leader does not fail
     /// over, and why.
     pub held: std::sync::Mutex<std::collections::BTreeMap<failover_core::GroupName, String>>,

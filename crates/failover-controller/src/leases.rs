@@ -18,9 +18,9 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::{ReadPolicy, ServerState};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::store::Raft;
 use crate::store::StateView;
-use crate::types::Raft;
-use failover_client::clock::Clock;
+use failover_net::Clock;
 
 /// Most renewals waiting for the next confirmation round; beyond it they are refused.
 pub const MAX_PENDING_RENEWALS: usize = 200_000;

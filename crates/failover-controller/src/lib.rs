@@ -45,6 +45,6 @@ pub mod services;
 pub mod store;
 pub mod types;
 
-pub use failover_client::clock::{Clock, SystemClock};
-pub use failover_client::{Dialer, TcpDialer};
+pub use failover_net::{Clock, SystemClock};
+pub use failover_net::{Dialer, TcpDialer};
 pub use node::{Controller, ControllerError, ControllerOptions, Parts};

@@ -12,9 +12,9 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use failover_client::clock::Clock;
-use failover_client::Dialer;
 use failover_core::NodeId;
+use failover_net::Clock;
+use failover_net::Dialer;
 use failover_proto::raft::raft_service_client::RaftServiceClient;
 use failover_proto::raft::RaftPayload;
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};

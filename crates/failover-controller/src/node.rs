@@ -30,10 +30,11 @@ use crate::services::admin::AdminServer;
 use crate::services::executor::ExecutorServer;
 use crate::services::lease::LeaseServer;
 use crate::services::raft::RaftServer;
+use crate::store::Raft;
 use crate::store::{self, OpenError, StateView};
-use crate::types::{Raft, TypeConfig};
-use failover_client::clock::Clock;
-use failover_client::Dialer;
+use crate::types::TypeConfig;
+use failover_net::Clock;
+use failover_net::Dialer;
 
 /// How long shutdown waits for each task before aborting it.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
@@ -287,7 +288,17 @@ impl Controller {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let tasks = vec![
             tokio::spawn(crate::reconcile::run(ctx.clone(), shutdown_rx.clone())),
-            tokio::spawn(crate::confirm::run(ctx.clone(), shutdown_rx.clone())),
+            tokio::spawn(crate::confirm::run(
+                crate::confirm::Confirmer {
+                    node_id: ctx.node_id,
+                    topology: ctx.topology.clone(),
+                    raft: ctx.raft.clone(),
+                    dialer: ctx.dialer.clone(),
+                    clock: ctx.clock.clone(),
+                    confirmations: ctx.confirmations.clone(),
+                },
+                shutdown_rx.clone(),
+            )),
             tokio::spawn(crate::leases::follow_leadership(
                 ctx.raft.clone(),
                 leases.clone(),

@@ -25,13 +25,22 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use failover_client::{AdminClient, Dialer, Endpoints};
 use failover_core::{NodeId, Topology};
-use failover_proto::admin::AllowRejoinRequest;
+use failover_net::Dialer;
+use failover_proto::admin::admin_service_client::AdminServiceClient;
+use failover_proto::admin::{AllowRejoinRequest, HistoryRequest, StatusRequest};
+use tokio::time::Instant;
+use tonic::transport::Channel;
 
-/// How long one peer may take to answer one call. A leader that cannot confirm its
-/// quorum answers a status only after its 2 s read timeout, so this is longer.
+/// How long one peer may take to answer one call, and how long a peer is asked again
+/// while it answers without a leader confirmed by a quorum (an election may be under
+/// way). A leader that cannot confirm its quorum answers a status only after its 2 s read
+/// timeout, so this is longer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Pause between two questions to a peer that answered without a confirmed leader, or
+/// failed in a way that may pass (the leader changed under the call).
+const PROBE_PAUSE: Duration = Duration::from_millis(100);
 
 /// How old a group must be for its cluster to count as formed before this start, rather
 /// than forming together with it.
@@ -50,8 +59,9 @@ pub struct ExistingCluster {
 
 /// Asks every other controller of the topology, in parallel, whether the cluster already
 /// existed before this start (see the module doc); the first that says so, or `None` when
-/// none does or none answers. `now_unix_ms` is the wall clock, compared with the history's
-/// creation times.
+/// none does or none answers. Each peer is asked at its topology address, over a channel
+/// from `dialer`. `now_unix_ms` is the wall clock, compared with the history's creation
+/// times.
 pub async fn probe_existing_cluster(
     topology: &Topology,
     me: NodeId,
@@ -62,11 +72,12 @@ pub async fn probe_existing_cluster(
         .controllers()
         .filter(|(_, c)| c.id != me)
         .filter_map(|(_, c)| {
-            let endpoints = Endpoints::parse(&c.addr).ok()?;
-            let mut client = AdminClient::with_dialer(endpoints, dialer.clone());
-            client.deadline = PROBE_TIMEOUT;
-            client.attempt_timeout = PROBE_TIMEOUT;
-            Some(probe_peer(client, c.id, now_unix_ms))
+            let channel = dialer.channel(&c.addr).ok()?;
+            Some(probe_peer(
+                failover_proto::wire::admin_client(channel),
+                c.id,
+                now_unix_ms,
+            ))
         });
     futures::future::join_all(probes)
         .await
@@ -75,12 +86,72 @@ pub async fn probe_existing_cluster(
         .next()
 }
 
+/// Whether a failed call may succeed when asked again: the peer is there but its leader
+/// changed or is being elected.
+fn is_transient(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+    )
+}
+
+/// One peer's view of the cluster: its status as soon as a quorum confirms it, or, when
+/// none confirms it within [`PROBE_TIMEOUT`], the last unconfirmed answer (flagged by
+/// `consistent: false`). `None` when the peer does not answer at all.
+async fn peer_status(
+    client: &mut AdminServiceClient<Channel>,
+) -> Option<failover_proto::admin::StatusResponse> {
+    let end = Instant::now() + PROBE_TIMEOUT;
+    let mut last = None;
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, client.status(StatusRequest {})).await {
+            Ok(Ok(answer)) => {
+                let status = answer.into_inner();
+                if status.consistent && status.leader != 0 {
+                    return Some(status);
+                }
+                last = Some(status);
+            }
+            Ok(Err(_)) if last.is_none() => return None,
+            Ok(Err(_)) | Err(_) => return last,
+        }
+        if Instant::now() + PROBE_PAUSE >= end {
+            return last;
+        }
+        tokio::time::sleep(PROBE_PAUSE).await;
+    }
+}
+
+/// The whole history as the peer's leader has it (the peer forwards the call), asked
+/// again while the failure may pass, for at most [`PROBE_TIMEOUT`].
+async fn leader_history(
+    client: &mut AdminServiceClient<Channel>,
+) -> Option<failover_proto::admin::HistoryResponse> {
+    let end = Instant::now() + PROBE_TIMEOUT;
+    loop {
+        let request = HistoryRequest {
+            group: String::new(),
+            allow_stale: false,
+            limit: 0,
+            before_unix_ms: 0,
+        };
+        match tokio::time::timeout(PROBE_TIMEOUT, client.history(request)).await {
+            Ok(Ok(answer)) => return Some(answer.into_inner()),
+            Ok(Err(status)) if is_transient(&status) && Instant::now() + PROBE_PAUSE < end => {
+                tokio::time::sleep(PROBE_PAUSE).await;
+            }
+            Ok(Err(_)) | Err(_) => return None,
+        }
+    }
+}
+
 async fn probe_peer(
-    mut client: AdminClient,
+    mut client: AdminServiceClient<Channel>,
     peer: NodeId,
     now_unix_ms: u64,
 ) -> Option<ExistingCluster> {
-    let status = client.status().await.ok()?;
+    let status = peer_status(&mut client).await?;
     if status.term == 0 || status.groups.is_empty() {
         return None;
     }
@@ -89,11 +160,17 @@ async fn probe_peer(
         term: status.term,
         evidence,
     };
-    let Ok(history) = client.history("").await else {
-        return Some(existing(format!(
+    let no_leader = || {
+        existing(format!(
             "its state holds {} group(s) but no leader answers",
             status.groups.len()
-        )));
+        ))
+    };
+    if !(status.consistent && status.leader != 0) {
+        return Some(no_leader());
+    }
+    let Some(history) = leader_history(&mut client).await else {
+        return Some(no_leader());
     };
     let oldest = history
         .entries

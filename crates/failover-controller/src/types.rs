@@ -1,4 +1,5 @@
 //! The openraft type configuration: what the log carries and what applying it answers.
+//! The store builds on it; the Raft handle over the store is `store::Raft`.
 
 use failover_core::{Command, CommandResult};
 
@@ -14,8 +15,6 @@ openraft::declare_raft_types!(
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Applied(pub Option<CommandResult>);
 
-/// The Raft handle of a controller.
-pub type Raft = openraft::Raft<TypeConfig, crate::store::StateMachine>;
 /// A log id of this cluster.
 pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
 /// A vote of this cluster.

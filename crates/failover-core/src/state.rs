@@ -11,6 +11,7 @@ use crate::command::{Command, CommandResult, Outcome, Rejection};
 use crate::ids::{Epoch, GroupName, SiteId};
 use crate::ids::{FencingToken, LeaseId};
 pub use crate::model::{ChangeKind, GroupSummary, Lease, Pause, PendingChange, Phase};
+use crate::promotion::Position;
 
 /// The most leases one group may hold; a grant beyond it is refused. A lease costs a
 /// controller well under 1 KiB (docs/benchmarks.md), so a full group stays under 1 GiB.
@@ -331,6 +332,18 @@ impl ClusterState {
     }
 }
 
+impl<'a> From<&'a GroupState> for Position<'a> {
+    fn from(group: &'a GroupState) -> Self {
+        Position {
+            name: &group.name,
+            sites: &group.sites,
+            active_site: group.active_site.as_ref(),
+            epoch: group.epoch,
+            phase: &group.phase,
+        }
+    }
+}
+
 impl GroupState {
     /// How many changes of active site the group has had, archived ones included.
     pub fn history_len(&self) -> u64 {
@@ -408,32 +421,17 @@ impl GroupState {
 
     /// Refuses a site that is not eligible for this group.
     pub fn check_site(&self, site: &SiteId) -> Result<(), Rejection> {
-        if self.sites.contains(site) {
-            return Ok(());
-        }
-        Err(Rejection::UnknownSite {
-            group: self.name.clone(),
-            site: site.clone(),
-            eligible: self
-                .sites
-                .iter()
-                .map(SiteId::as_str)
-                .collect::<Vec<_>>()
-                .join(", "),
-        })
+        Position::from(self).check_site(site)
     }
 
     /// The promotion under way, if any.
     pub fn pending(&self) -> Option<&PendingChange> {
-        match &self.phase {
-            Phase::Active | Phase::NoActive => None,
-            Phase::Demoting(pending) => Some(pending),
-        }
+        Position::from(self).pending()
     }
 
     /// Whether `site` is the active site and no change is under way.
     pub fn is_serving(&self, site: &SiteId) -> bool {
-        matches!(self.phase, Phase::Active) && self.active_site.as_ref() == Some(site)
+        Position::from(self).is_serving(site)
     }
 
     /// The fixed-size part of the group.
@@ -515,8 +513,8 @@ impl GroupState {
     /// lease, so the change completes at once.
     fn begin_change(&mut self, to: Option<&SiteId>, pending: PendingChange) -> CommandResult {
         match to {
-            Some(to) => crate::promotion::check_start(self, to)?,
-            None => crate::promotion::check_demote(self)?,
+            Some(to) => crate::promotion::check_start(&*self, to)?,
+            None => crate::promotion::check_demote(&*self)?,
         }
         if pending.kind == ChangeKind::Failover {
             self.check_not_paused()?;

@@ -9,11 +9,17 @@
 //! is the subreaper of everything under it, and every process carries
 //! [`TREE_MARKER_ENV`] in its environment, which the executor searches for when the guard
 //! itself is gone.
+//!
+//! /proc (the process list, states, parents, environments, this process's cgroup and
+//! mounts) is read through the `procfs` crate, which parses each file the way the kernel
+//! documents it (a `comm` with spaces or parentheses, escapes in mount paths).
 
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+use procfs::process::{MountInfo, Process, Stat};
 
 /// Environment variable that marks every process of one worker tree, with the tree's
 /// [`TreeId`] (`<group>.<site>.<instance>.<executor pid>.<generation>`).
@@ -73,9 +79,7 @@ impl TreeId {
     /// Whether the executor that started this tree is gone (its pid is dead, or now
     /// belongs to a process that is not `failover`).
     fn orphaned(&self) -> bool {
-        let pid = self.executor_pid as libc::pid_t;
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        !(alive(pid) && comm.trim_end() == "failover")
+        live_stat(self.executor_pid as libc::pid_t).is_none_or(|stat| stat.comm != "failover")
     }
 }
 
@@ -108,31 +112,30 @@ pub fn sweep_stale(group: &str, site: &str) -> Vec<String> {
     swept.into_iter().collect()
 }
 
-/// Every live process that carries a tree marker, with the marker.
+/// Every process that carries a tree marker, with the marker. A process whose
+/// environment cannot be read (another user's, or gone meanwhile) is skipped.
 fn markers() -> Vec<(libc::pid_t, String)> {
-    let prefix = format!("{TREE_MARKER_ENV}=");
-    let mut found = Vec::new();
-    for pid in pids() {
-        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
-            continue;
-        };
-        if let Some(marker) = environ
-            .split(|b| *b == 0)
-            .find_map(|v| v.strip_prefix(prefix.as_bytes()))
-        {
-            found.push((pid, String::from_utf8_lossy(marker).into_owned()));
-        }
-    }
-    found
+    let Ok(all) = procfs::process::all_processes() else {
+        return Vec::new();
+    };
+    all.flatten()
+        .filter_map(|process| {
+            let environ = process.environ().ok()?;
+            let marker = environ.get(std::ffi::OsStr::new(TREE_MARKER_ENV))?;
+            Some((process.pid(), marker.to_string_lossy().into_owned()))
+        })
+        .collect()
 }
 
-/// Every pid in /proc.
-fn pids() -> Vec<libc::pid_t> {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+/// Every live process (not a zombie) with its parent: the links a tree is found by.
+pub fn parents() -> Vec<(libc::pid_t, libc::pid_t)> {
+    let Ok(all) = procfs::process::all_processes() else {
+        return Vec::new();
+    };
+    all.flatten()
+        .filter_map(|process| process.stat().ok())
+        .filter(is_live)
+        .map(|stat| (stat.pid, stat.ppid))
         .collect()
 }
 
@@ -162,35 +165,30 @@ impl std::str::FromStr for Containment {
 
 /// The cgroup v2 directory this process is in, if a cgroup v2 hierarchy is mounted.
 pub fn own_cgroup() -> Option<PathBuf> {
-    let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let relative = cgroups.lines().find_map(|l| l.strip_prefix("0::"))?;
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    cgroup_dir(&mountinfo, relative)
+    let me = Process::myself().ok()?;
+    // The cgroup v2 line of /proc/self/cgroup: hierarchy 0, no controllers (`0::/path`).
+    let cgroups = me.cgroups().ok()?;
+    let v2 = cgroups
+        .0
+        .iter()
+        .find(|c| c.hierarchy == 0 && c.controllers.is_empty())?;
+    let mounts = me.mountinfo().ok()?;
+    cgroup_dir(&mounts.0, &v2.pathname)
 }
 
-/// Where the cgroup `relative` (as in /proc/self/cgroup) lives, given /proc/self/mountinfo.
-fn cgroup_dir(mountinfo: &str, relative: &str) -> Option<PathBuf> {
-    for line in mountinfo.lines() {
-        // Fields: id parent major:minor root mount-point options... - fstype source opts.
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        if right.split_whitespace().next() != Some("cgroup2") {
-            continue;
-        }
-        let fields: Vec<&str> = left.split_whitespace().collect();
-        let (root, mount_point) = (*fields.get(3)?, *fields.get(4)?);
-        // A mount of a subtree (a container's namespace) shows paths below its root.
-        let inside = if root == "/" {
-            relative
-        } else {
-            relative.strip_prefix(root).unwrap_or(relative)
-        };
-        let mut dir = PathBuf::from(mount_point);
-        dir.push(inside.trim_start_matches('/'));
-        return Some(dir);
-    }
-    None
+/// Where the cgroup `relative` (as in /proc/self/cgroup) lives, given this process's
+/// mounts (/proc/self/mountinfo): below the first cgroup2 mount.
+fn cgroup_dir(mounts: &[MountInfo], relative: &str) -> Option<PathBuf> {
+    let mount = mounts.iter().find(|m| m.fs_type == "cgroup2")?;
+    // A mount of a subtree (a container's namespace) shows paths below its root.
+    let inside = if mount.root == "/" {
+        relative
+    } else {
+        relative
+            .strip_prefix(mount.root.as_str())
+            .unwrap_or(relative)
+    };
+    Some(mount.mount_point.join(inside.trim_start_matches('/')))
 }
 
 /// Creates the cgroup `name` under this process's own cgroup, for one worker tree. An
@@ -284,13 +282,20 @@ pub fn kill_marked(marker: &str, within: Duration) -> bool {
 
 /// Whether `pid` is a live process (not a zombie).
 pub fn alive(pid: libc::pid_t) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+    live_stat(pid).is_some()
+}
+
+/// The status of `pid` (/proc/PID/stat), when it is a live process.
+fn live_stat(pid: libc::pid_t) -> Option<Stat> {
+    Process::new(pid)
+        .and_then(|p| p.stat())
         .ok()
-        .and_then(|stat| {
-            let state = stat[stat.rfind(')')? + 2..].split_whitespace().next()?;
-            Some(state != "Z" && state != "X")
-        })
-        .unwrap_or(false)
+        .filter(is_live)
+}
+
+/// Whether a process is running, sleeping or stopped, not a zombie or dead.
+fn is_live(stat: &Stat) -> bool {
+    stat.state != 'Z' && stat.state != 'X'
 }
 
 #[cfg(test)]
@@ -300,14 +305,21 @@ mod tests {
     const HYBRID: &str = "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n\
         41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
 
+    /// Mounts as /proc/self/mountinfo lists them.
+    fn mounts(text: &str) -> Vec<MountInfo> {
+        text.lines()
+            .map(|line| MountInfo::from_line(line).expect("a mountinfo line"))
+            .collect()
+    }
+
     #[test]
     fn cgroup_dir_follows_the_cgroup2_mount() {
         assert_eq!(
-            cgroup_dir(HYBRID, "/"),
+            cgroup_dir(&mounts(HYBRID), "/"),
             Some(PathBuf::from("/sys/fs/cgroup/unified/"))
         );
         assert_eq!(
-            cgroup_dir(HYBRID, "/system.slice/x.service"),
+            cgroup_dir(&mounts(HYBRID), "/system.slice/x.service"),
             Some(PathBuf::from(
                 "/sys/fs/cgroup/unified/system.slice/x.service"
             ))
@@ -318,7 +330,7 @@ mod tests {
     fn cgroup_dir_strips_the_root_of_a_subtree_mount() {
         let info = "50 40 0:30 /kubepods/pod1 /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
         assert_eq!(
-            cgroup_dir(info, "/kubepods/pod1/app"),
+            cgroup_dir(&mounts(info), "/kubepods/pod1/app"),
             Some(PathBuf::from("/sys/fs/cgroup/app"))
         );
     }
@@ -326,7 +338,7 @@ mod tests {
     #[test]
     fn no_cgroup2_mount_means_no_cgroup() {
         let v1 = "32 31 0:29 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n";
-        assert_eq!(cgroup_dir(v1, "/"), None);
+        assert_eq!(cgroup_dir(&mounts(v1), "/"), None);
     }
 
     #[test]

@@ -583,21 +583,7 @@ fn say(fd: RawFd, line: &str) {
 
 /// Every live descendant of `root`, found through /proc parent links.
 pub fn descendants(root: libc::pid_t) -> BTreeSet<libc::pid_t> {
-    let mut parents = Vec::new();
-    if let Ok(entries) = std::fs::read_dir("/proc") {
-        for entry in entries.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<libc::pid_t>().ok())
-            else {
-                continue;
-            };
-            if let Some(ppid) = parent_of(pid) {
-                parents.push((pid, ppid));
-            }
-        }
-    }
+    let parents = contain::parents();
     let mut found = BTreeSet::from([root]);
     loop {
         let before = found.len();
@@ -612,16 +598,4 @@ pub fn descendants(root: libc::pid_t) -> BTreeSet<libc::pid_t> {
     }
     found.remove(&root);
     found
-}
-
-/// The parent pid from /proc/PID/stat (the field after the parenthesized name).
-fn parent_of(pid: libc::pid_t) -> Option<libc::pid_t> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after_name = &stat[stat.rfind(')')? + 2..];
-    let mut fields = after_name.split_whitespace();
-    let state = fields.next()?;
-    if state == "Z" || state == "X" {
-        return None;
-    }
-    fields.next()?.parse().ok()
 }

@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use failover_controller::services::NodeContext;
-use failover_controller::types::{Raft, Snapshot, TypeConfig, Vote};
+use failover_controller::store::Raft;
+use failover_controller::types::{Snapshot, TypeConfig, Vote};
 use failover_core::NodeId;
 use openraft::errors::{RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory};

@@ -9,7 +9,8 @@ use serde::Serialize;
 use tonic::{Request, Response, Status};
 
 use crate::network::SnapshotHeader;
-use crate::types::{Raft, Snapshot, TypeConfig};
+use crate::store::Raft;
+use crate::types::{Snapshot, TypeConfig};
 
 /// Serves Raft RPCs from peers. Only controllers should reach it.
 pub struct RaftServer {

@@ -39,6 +39,11 @@ pub use state_machine::{
 
 use failover_core::NodeId;
 
+/// The Raft handle of a controller: openraft over this store's state machine. It lives
+/// here, above the type configuration (`crate::types`) the store is written against, so
+/// the two modules do not depend on each other.
+pub type Raft = openraft::Raft<crate::types::TypeConfig, StateMachine>;
+
 /// The one file in a data directory that holds a controller's Raft state.
 pub const DATA_FILE: &str = "raft.redb";
 

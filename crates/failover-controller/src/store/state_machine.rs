@@ -24,11 +24,12 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use super::Raft;
 use super::{
     decode, encode, history, io_err, snapshot, write, write_blocking, SNAPSHOT as SNAPSHOTS,
     SNAPSHOT_CHUNKS,
 };
-use crate::types::{Applied, LogId, Raft, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::types::{Applied, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 
 /// The key of the earlier format: metadata and data as one JSON value.
 const OLD_SNAPSHOT: &str = "snapshot";
