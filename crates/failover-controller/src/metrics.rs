@@ -153,24 +153,23 @@ fn group_metrics(registry: &mut Registry, state: &ClusterState) {
         leases
             .get_or_create(&labels)
             .set(int(g.leases.len() as u64));
-        let count = g
-            .history
-            .iter()
-            .filter(|h| h.kind == ChangeKind::Failover)
-            .count();
-        failovers.get_or_create(&labels).inc_by(count as u64);
+        // From the per-kind counts, not the history in memory: that window is bounded.
+        let counts = &g.change_counts;
+        failovers
+            .get_or_create(&labels)
+            .inc_by(counts.get(ChangeKind::Failover));
         for trigger in ["manual", "automatic"] {
-            let n = g
-                .history
+            let n: u64 = ALL_KINDS
                 .iter()
-                .filter(|h| promotion_trigger(h.kind) == Some(trigger))
-                .count();
+                .filter(|kind| promotion_trigger(**kind) == Some(trigger))
+                .map(|kind| counts.get(*kind))
+                .sum();
             promotions
                 .get_or_create(&PromotionLabels {
                     group: g.name.to_string(),
                     trigger: trigger.to_owned(),
                 })
-                .inc_by(n as u64);
+                .inc_by(n);
         }
         if let Some(last) = g.history.last() {
             last_change
@@ -198,12 +197,12 @@ fn group_metrics(registry: &mut Registry, state: &ClusterState) {
     registry.register("failover_group_leases", "Live leases of the group", leases);
     registry.register(
         "failover_failovers",
-        "Automatic failovers of the group recorded in its history",
+        "Automatic failovers of the group since its creation",
         failovers,
     );
     registry.register(
         "failover_promotions",
-        "Changes of the group's active site to another site recorded in its history, by \
+        "Changes of the group's active site to another site since its creation, by \
          trigger: manual (failover promote, with or without --force) or automatic (failover)",
         promotions,
     );
@@ -220,6 +219,15 @@ fn group_metrics(registry: &mut Registry, state: &ClusterState) {
         paused,
     );
 }
+
+/// Every kind of change, for summing counts by trigger.
+const ALL_KINDS: [ChangeKind; 5] = [
+    ChangeKind::Created,
+    ChangeKind::Promote,
+    ChangeKind::ForcedPromote,
+    ChangeKind::Failover,
+    ChangeKind::Demote,
+];
 
 /// `manual` or `automatic` for a change that promoted a site; `None` for the group's
 /// creation and demotions to no site.

@@ -88,6 +88,79 @@ pub(super) fn read(
     Ok((changes, pauses))
 }
 
+/// The newest of one group's archived records of one kind below sequence `count` (its
+/// archived count) for which `keep` holds, at most `limit` of them (0: every one), oldest
+/// first. Reads backwards from the newest and stops at `limit`, so a page of the newest
+/// records costs the page, not the archive. A record missing below `count` is damage.
+fn newest<T: serde::de::DeserializeOwned>(
+    db: &Database,
+    group: &GroupName,
+    kind: u8,
+    count: u64,
+    limit: usize,
+    keep: impl Fn(&T) -> bool,
+    what: &str,
+) -> io::Result<Vec<T>> {
+    let txn = db.begin_read().map_err(io_err)?;
+    let table = txn.open_table(HISTORY).map_err(io_err)?;
+    let name = group.as_str();
+    let mut out = Vec::new();
+    let range = table
+        .range((name, kind, 0)..(name, kind, count))
+        .map_err(io_err)?;
+    for (expected, item) in (0..count).rev().zip(range.rev()) {
+        let (key, value) = item.map_err(io_err)?;
+        if key.value().2 != expected {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "the history archive of group {name} is missing {what} {expected} of {count}"
+                ),
+            ));
+        }
+        let record: T = decode(value.value(), what)?;
+        if keep(&record) {
+            out.push(record);
+            if out.len() == limit {
+                break;
+            }
+        }
+    }
+    if out.len() != limit && count > 0 && table.get((name, kind, 0)).map_err(io_err)?.is_none() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("the history archive of group {name} is missing {what} 0 of {count}"),
+        ));
+    }
+    out.reverse();
+    Ok(out)
+}
+
+/// The newest `limit` (0: all) of a group's first `count` archived changes that completed
+/// before `before_unix_ms` (0: no bound), oldest first.
+pub(super) fn newest_changes(
+    db: &Database,
+    group: &GroupName,
+    count: u64,
+    limit: usize,
+    before_unix_ms: u64,
+) -> io::Result<Vec<HistoryEntry>> {
+    let keep = |e: &HistoryEntry| before_unix_ms == 0 || e.completed_at_unix_ms < before_unix_ms;
+    newest(db, group, CHANGE, count, limit, keep, "archived change")
+}
+
+/// [`newest_changes`] for pause events (their time is when they were applied).
+pub(super) fn newest_pauses(
+    db: &Database,
+    group: &GroupName,
+    count: u64,
+    limit: usize,
+    before_unix_ms: u64,
+) -> io::Result<Vec<PauseEvent>> {
+    let keep = |e: &PauseEvent| before_unix_ms == 0 || e.at_unix_ms < before_unix_ms;
+    newest(db, group, PAUSE, count, limit, keep, "archived pause event")
+}
+
 /// Whether the archive holds a group's first `changes` changes and `pauses` pause events
 /// (checked by their last ones: the archive is written in order, in whole transactions).
 pub(super) fn holds(
