@@ -446,6 +446,50 @@ mod tests {
         }
     }
 
+    /// The counts go on past the history window: 3,000 changes with a window of 4.
+    #[test]
+    fn counts_do_not_stop_at_the_history_window() {
+        let mut state = state();
+        let group = GroupName("default".into());
+        for i in 0..3_000u64 {
+            let kind = match i % 3 {
+                0 => ChangeKind::Failover,
+                1 => ChangeKind::Promote,
+                _ => ChangeKind::ForcedPromote,
+            };
+            let to = if i.is_multiple_of(2) {
+                "site-b"
+            } else {
+                "site-a"
+            };
+            let begin = Command::BeginPromotion {
+                group: group.clone(),
+                to: SiteId(to.into()),
+                kind,
+                actor: "test".into(),
+                reason: "test".into(),
+                at_unix_ms: 10 + i,
+            };
+            state.apply(&begin).expect("begin");
+            let g = state.groups[&group].clone();
+            let done = failover_core::promotion::completion(&g, 10 + i).expect("completion");
+            state.apply(&done).expect("complete");
+            state.trim_history(4);
+        }
+        assert_eq!(state.groups[&group].history.len(), 4);
+        let mut registry = Registry::default();
+        group_metrics(&mut registry, &state);
+        let mut body = String::new();
+        prometheus_client::encoding::text::encode(&mut body, &registry).expect("encode");
+        for expected in [
+            "failover_failovers_total{group=\"default\"} 1000\n",
+            "failover_promotions_total{group=\"default\",trigger=\"manual\"} 2000\n",
+            "failover_promotions_total{group=\"default\",trigger=\"automatic\"} 1000\n",
+        ] {
+            assert!(body.contains(expected), "missing {expected:?} in\n{body}");
+        }
+    }
+
     /// Stale executors are left out; live ones are counted per site and group with the
     /// age of the latest report.
     #[test]

@@ -201,3 +201,86 @@ pub(super) fn as_archived(
     });
     changes.chain(pauses).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use failover_core::{ChangeKind, Epoch, SiteId};
+    use redb::Durability;
+
+    const ARCHIVED: u64 = 10_000;
+
+    fn change(i: u64) -> HistoryEntry {
+        let site = |n: u64| Some(SiteId(format!("site-{}", n % 2)));
+        HistoryEntry {
+            epoch: Epoch(i + 1),
+            from: (i > 0).then(|| site(i + 1)).flatten(),
+            to: site(i),
+            kind: ChangeKind::Promote,
+            actor: "test".into(),
+            reason: format!("change {i}"),
+            requested_at_unix_ms: 1000 + i,
+            completed_at_unix_ms: 1000 + i,
+        }
+    }
+
+    /// A data file whose archive holds group `g`'s first [`ARCHIVED`] changes.
+    fn archive() -> (tempfile::TempDir, Database, GroupName) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = Database::create(dir.path().join("archive.redb")).expect("create");
+        let group = GroupName("g".into());
+        let records = as_archived(&group, (0..ARCHIVED).map(change).collect(), Vec::new());
+        super::super::write(&db, Durability::Immediate, |txn| store(txn, &records)).expect("store");
+        (dir, db, group)
+    }
+
+    #[test]
+    fn a_page_is_the_newest_records_before_the_bound_oldest_first() {
+        let (_dir, db, g) = archive();
+        let newest = newest_changes(&db, &g, ARCHIVED, 5, 0).expect("page");
+        assert_eq!(
+            newest,
+            (ARCHIVED - 5..ARCHIVED).map(change).collect::<Vec<_>>()
+        );
+        let before = newest_changes(&db, &g, ARCHIVED, 5, 1000 + 5000).expect("page");
+        assert_eq!(before, (4995..5000).map(change).collect::<Vec<_>>());
+        // Below a smaller archived count (what a reader saw under the lock) only.
+        let below = newest_changes(&db, &g, 100, 3, 0).expect("page");
+        assert_eq!(below, (97..100).map(change).collect::<Vec<_>>());
+        let all_before = newest_changes(&db, &g, ARCHIVED, 0, 1000 + 10).expect("all");
+        assert_eq!(all_before, (0..10).map(change).collect::<Vec<_>>());
+        assert!(newest_pauses(&db, &g, 0, 5, 0).expect("none").is_empty());
+    }
+
+    #[test]
+    fn a_page_reads_only_the_records_it_returns() {
+        let (_dir, db, g) = archive();
+        // The oldest record gone: a page of the newest never gets there, while reading
+        // everything (or back to it) reports the gap.
+        super::super::write(&db, Durability::Immediate, |txn| {
+            txn.open_table(HISTORY)?.remove(("g", CHANGE, 0))?;
+            Ok(())
+        })
+        .expect("remove");
+        let newest = newest_changes(&db, &g, ARCHIVED, 20, 0).expect("page");
+        assert_eq!(newest.len(), 20);
+        let err = read(&db, &g, ARCHIVED, 0).expect_err("a gap");
+        assert!(err.to_string().contains("missing change"), "{err}");
+        let err = newest_changes(&db, &g, ARCHIVED, 0, 0).expect_err("a gap");
+        assert!(
+            err.to_string().contains("missing archived change 0"),
+            "{err}"
+        );
+        // A gap in the middle is found too.
+        super::super::write(&db, Durability::Immediate, |txn| {
+            txn.open_table(HISTORY)?.remove(("g", CHANGE, 9_990))?;
+            Ok(())
+        })
+        .expect("remove");
+        let err = newest_changes(&db, &g, ARCHIVED, 20, 0).expect_err("a gap");
+        assert!(
+            err.to_string().contains("missing archived change 9990"),
+            "{err}"
+        );
+    }
+}
