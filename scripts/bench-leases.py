@@ -92,15 +92,19 @@ def main() -> None:
         if not os.access(path, os.X_OK):
             sys.exit(f"{path} is missing: build it first "
                      "(cargo build --release -p failover-cli -p failover-bench)")
-    etcd_bin = ensure_etcd()
-    etcd_version = subprocess.run([etcd_bin, "--version"], capture_output=True,
-                                  text=True).stdout.splitlines()[0].split()[-1]
+    systems = [name for name in SYSTEMS if name in args.systems.split(",")]
+    if systems != list(SYSTEMS) and not args.no_write:
+        sys.exit("the docs compare both systems: --systems needs --no-write")
+    etcd_bin, etcd_version = None, None
+    if "etcd" in systems:
+        etcd_bin = ensure_etcd()
+        etcd_version = subprocess.run([etcd_bin, "--version"], capture_output=True,
+                                      text=True).stdout.splitlines()[0].split()[-1]
 
     counts = [int(n) for n in args.leases.split(",")]
     workload = ["--concurrency", str(args.concurrency), "--streams", str(args.streams),
                 "--window", str(args.window), "--duration-secs", str(args.duration)]
     started = time.time()
-    systems = [name for name in SYSTEMS if name in args.systems.split(",")]
     runs = {(system, n): [] for n in counts for system in systems}
     for rep in range(args.repeat):
         for n in counts:
@@ -119,12 +123,14 @@ def main() -> None:
         with open(args.save_json, "w") as f:
             json.dump({f"{system} {n}": rs for (system, n), rs in runs.items()}, f, indent=1)
 
-    body = render(runs, counts, args, etcd_version, elapsed)
-    if args.no_write:
-        print(body)
-    else:
-        write_chart(runs, counts)
-        write_section("leases", body)
+    # The tables compare the two systems; a run of one has its results printed above.
+    if systems == list(SYSTEMS):
+        body = render(runs, counts, args, etcd_version, elapsed)
+        if args.no_write:
+            print(body)
+        else:
+            write_chart(runs, counts)
+            write_section("leases", body)
     if any("error" in r for rs in runs.values() for r in rs):
         sys.exit("some runs failed; see above")
 

@@ -153,24 +153,23 @@ fn group_metrics(registry: &mut Registry, state: &ClusterState) {
         leases
             .get_or_create(&labels)
             .set(int(g.leases.len() as u64));
-        let count = g
-            .history
-            .iter()
-            .filter(|h| h.kind == ChangeKind::Failover)
-            .count();
-        failovers.get_or_create(&labels).inc_by(count as u64);
+        // From the per-kind counts, not the history in memory: that window is bounded.
+        let counts = &g.change_counts;
+        failovers
+            .get_or_create(&labels)
+            .inc_by(counts.get(ChangeKind::Failover));
         for trigger in ["manual", "automatic"] {
-            let n = g
-                .history
+            let n: u64 = ALL_KINDS
                 .iter()
-                .filter(|h| promotion_trigger(h.kind) == Some(trigger))
-                .count();
+                .filter(|kind| promotion_trigger(**kind) == Some(trigger))
+                .map(|kind| counts.get(*kind))
+                .sum();
             promotions
                 .get_or_create(&PromotionLabels {
                     group: g.name.to_string(),
                     trigger: trigger.to_owned(),
                 })
-                .inc_by(n as u64);
+                .inc_by(n);
         }
         if let Some(last) = g.history.last() {
             last_change
@@ -198,12 +197,12 @@ fn group_metrics(registry: &mut Registry, state: &ClusterState) {
     registry.register("failover_group_leases", "Live leases of the group", leases);
     registry.register(
         "failover_failovers",
-        "Automatic failovers of the group recorded in its history",
+        "Automatic failovers of the group since its creation",
         failovers,
     );
     registry.register(
         "failover_promotions",
-        "Changes of the group's active site to another site recorded in its history, by \
+        "Changes of the group's active site to another site since its creation, by \
          trigger: manual (failover promote, with or without --force) or automatic (failover)",
         promotions,
     );
@@ -220,6 +219,15 @@ fn group_metrics(registry: &mut Registry, state: &ClusterState) {
         paused,
     );
 }
+
+/// Every kind of change, for summing counts by trigger.
+const ALL_KINDS: [ChangeKind; 5] = [
+    ChangeKind::Created,
+    ChangeKind::Promote,
+    ChangeKind::ForcedPromote,
+    ChangeKind::Failover,
+    ChangeKind::Demote,
+];
 
 /// `manual` or `automatic` for a change that promoted a site; `None` for the group's
 /// creation and demotions to no site.
@@ -433,6 +441,50 @@ mod tests {
             "failover_promotions_total{group=\"default\",trigger=\"automatic\"} 1\n",
             "failover_group_last_change_timestamp_seconds{group=\"default\"} 5.5\n",
             "failover_group_paused{group=\"default\"} 1\n",
+        ] {
+            assert!(body.contains(expected), "missing {expected:?} in\n{body}");
+        }
+    }
+
+    /// The counts go on past the history window: 3,000 changes with a window of 4.
+    #[test]
+    fn counts_do_not_stop_at_the_history_window() {
+        let mut state = state();
+        let group = GroupName("default".into());
+        for i in 0..3_000u64 {
+            let kind = match i % 3 {
+                0 => ChangeKind::Failover,
+                1 => ChangeKind::Promote,
+                _ => ChangeKind::ForcedPromote,
+            };
+            let to = if i.is_multiple_of(2) {
+                "site-b"
+            } else {
+                "site-a"
+            };
+            let begin = Command::BeginPromotion {
+                group: group.clone(),
+                to: SiteId(to.into()),
+                kind,
+                actor: "test".into(),
+                reason: "test".into(),
+                at_unix_ms: 10 + i,
+            };
+            state.apply(&begin).expect("begin");
+            let g = state.groups[&group].clone();
+            let done = failover_core::promotion::completion(&g, 10 + i).expect("completion");
+            state.apply(&done).expect("complete");
+            state.trim_history(4);
+        }
+        assert_eq!(state.groups[&group].history.len(), 4);
+        let mut registry = Registry::default();
+        group_metrics(&mut registry, &state);
+        let mut body = String::new();
+        prometheus_client::encoding::text::encode(&mut body, &registry).expect("encode");
+        for expected in [
+            "failover_failovers_total{group=\"default\"} 1000\n",
+            "failover_promotions_total{group=\"default\",trigger=\"manual\"} 2000\n",
+            "failover_promotions_total{group=\"default\",trigger=\"automatic\"} 1000\n",
         ] {
             assert!(body.contains(expected), "missing {expected:?} in\n{body}");
         }

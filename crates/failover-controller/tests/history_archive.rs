@@ -151,7 +151,17 @@ async fn restart_reapply_and_snapshot_install_keep_the_whole_history() {
         full_history(&sm),
         (s.history.clone(), s.pause_history.clone())
     );
+    // What a leader sends: the stored snapshot (index 40, which holds no copy of the
+    // archive) with the archive below its watermark read from the history table, which
+    // holds more by now.
     apply(&mut sm, 41, 80).await;
+    let sent = sm
+        .get_current_snapshot()
+        .await
+        .expect("read snapshot")
+        .expect("a snapshot");
+    assert_eq!(sent.meta, snapshot.meta);
+    assert!(sent.snapshot.len() > snapshot.snapshot.len());
     assert_eq!(
         full_history(&sm),
         (g.history.clone(), g.pause_history.clone())
@@ -162,7 +172,7 @@ async fn restart_reapply_and_snapshot_install_keep_the_whole_history() {
     let (flog, mut follower) = store::open(follower_dir.path(), 2).expect("open follower");
     follower.set_history_window(WINDOW).expect("window");
     follower
-        .install_snapshot(&snapshot.meta, snapshot.snapshot.clone())
+        .install_snapshot(&sent.meta, sent.snapshot.clone())
         .await
         .expect("install");
     assert_eq!(

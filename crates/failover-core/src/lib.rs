@@ -41,6 +41,6 @@ pub use config::{ConfigError, Timing, Topology};
 pub use ids::{Epoch, FencingToken, FencingValue, GroupName, LeaseId, NodeId, SiteId};
 pub use lease::{Held, Lease};
 pub use state::{
-    Archived, ChangeKind, ClusterState, GroupState, GroupSummary, HistoryEntry, HistoryRecord,
-    Pause, PauseEvent, Phase, HISTORY_WINDOW,
+    Archived, ChangeCounts, ChangeKind, ClusterState, GroupState, GroupSummary, HistoryEntry,
+    HistoryRecord, Pause, PauseEvent, Phase, HISTORY_WINDOW,
 };

@@ -85,6 +85,65 @@ pub enum ChangeKind {
     Demote,
 }
 
+/// How many changes of each kind a group has had since its creation (its creation
+/// included), archived ones too: the metrics count from it, because the history in
+/// memory is bounded and stops growing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeCounts {
+    /// [`ChangeKind::Created`] (1 for every group).
+    pub created: u64,
+    /// [`ChangeKind::Promote`].
+    pub promote: u64,
+    /// [`ChangeKind::ForcedPromote`].
+    pub forced_promote: u64,
+    /// [`ChangeKind::Failover`].
+    pub failover: u64,
+    /// [`ChangeKind::Demote`].
+    pub demote: u64,
+}
+
+impl ChangeCounts {
+    /// The counts of `kinds`.
+    pub fn of(kinds: impl IntoIterator<Item = ChangeKind>) -> Self {
+        let mut counts = ChangeCounts::default();
+        for kind in kinds {
+            counts.record(kind);
+        }
+        counts
+    }
+
+    /// Counts one more change of `kind`.
+    pub fn record(&mut self, kind: ChangeKind) {
+        *self.slot(kind) += 1;
+    }
+
+    /// How many changes of `kind`.
+    pub fn get(&self, kind: ChangeKind) -> u64 {
+        match kind {
+            ChangeKind::Created => self.created,
+            ChangeKind::Promote => self.promote,
+            ChangeKind::ForcedPromote => self.forced_promote,
+            ChangeKind::Failover => self.failover,
+            ChangeKind::Demote => self.demote,
+        }
+    }
+
+    /// Every change counted, of any kind.
+    pub fn total(&self) -> u64 {
+        self.created + self.promote + self.forced_promote + self.failover + self.demote
+    }
+
+    fn slot(&mut self, kind: ChangeKind) -> &mut u64 {
+        match kind {
+            ChangeKind::Created => &mut self.created,
+            ChangeKind::Promote => &mut self.promote,
+            ChangeKind::ForcedPromote => &mut self.forced_promote,
+            ChangeKind::Failover => &mut self.failover,
+            ChangeKind::Demote => &mut self.demote,
+        }
+    }
+}
+
 impl ChangeKind {
     /// The lowercase name used in tables and JSON.
     pub fn as_str(self) -> &'static str {

@@ -1,11 +1,11 @@
 //! The bounded history window: whatever the commands and the window, a group keeps at
 //! most the window in memory, and the records it moved out (`trim_history`) followed by
 //! what it kept are exactly everything appended, in order, at consecutive sequence
-//! numbers.
+//! numbers; and the per-kind change counts equal those of the untrimmed history.
 
 use failover_core::{
-    Archived, ChangeKind, ClusterState, Command, GroupName, HistoryEntry, HistoryRecord,
-    PauseEvent, SiteId,
+    Archived, ChangeCounts, ChangeKind, ClusterState, Command, GroupName, HistoryEntry,
+    HistoryRecord, PauseEvent, SiteId,
 };
 use proptest::prelude::*;
 
@@ -13,7 +13,7 @@ const SITES: [&str; 3] = ["site-a", "site-b", "site-c"];
 
 #[derive(Debug, Clone)]
 enum Op {
-    Promote(usize),
+    Promote(usize, ChangeKind),
     Demote,
     Pause,
     Resume,
@@ -21,7 +21,15 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        (0..SITES.len()).prop_map(Op::Promote),
+        (
+            0..SITES.len(),
+            prop_oneof![
+                Just(ChangeKind::Promote),
+                Just(ChangeKind::ForcedPromote),
+                Just(ChangeKind::Failover),
+            ]
+        )
+            .prop_map(|(site, kind)| Op::Promote(site, kind)),
         Just(Op::Demote),
         Just(Op::Pause),
         Just(Op::Resume),
@@ -47,10 +55,10 @@ fn created() -> ClusterState {
 fn apply(state: &mut ClusterState, op: &Op, at: u64) {
     let g = group();
     let commands = match op {
-        Op::Promote(site) => vec![Command::BeginPromotion {
+        Op::Promote(site, kind) => vec![Command::BeginPromotion {
             group: g.clone(),
             to: SiteId::from(SITES[*site]),
-            kind: ChangeKind::Promote,
+            kind: *kind,
             actor: "prop".into(),
             reason: format!("at {at}"),
             at_unix_ms: at,
@@ -75,7 +83,7 @@ fn apply(state: &mut ClusterState, op: &Op, at: u64) {
         }],
     };
     for command in commands {
-        if state.apply(&command).is_ok() && matches!(op, Op::Promote(_) | Op::Demote) {
+        if state.apply(&command).is_ok() && matches!(op, Op::Promote(..) | Op::Demote) {
             let from_epoch = state.groups[&g].epoch;
             let _ = state.apply(&Command::CompletePromotion {
                 group: g.clone(),
@@ -133,6 +141,10 @@ proptest! {
         prop_assert_eq!(&pauses, &all.pause_history);
         prop_assert_eq!(g.history_len(), all.history.len() as u64);
         prop_assert_eq!(g.pause_history_len(), all.pause_history.len() as u64);
+        // The counts the metrics serve do not stop at the window.
+        let reference = ChangeCounts::of(all.history.iter().map(|h| h.kind));
+        prop_assert_eq!(g.change_counts, reference);
+        prop_assert_eq!(all.change_counts, reference);
         // Apart from the history, the windowed state is the full one.
         prop_assert_eq!((g.epoch, &g.active_site, &g.phase, &g.pause),
             (all.epoch, &all.active_site, &all.phase, &all.pause));
@@ -143,7 +155,11 @@ proptest! {
 fn a_trimmed_state_trims_nothing_more() {
     let mut state = created();
     for i in 0..10 {
-        apply(&mut state, &Op::Promote(i % 2 + 1), 10 * i as u64 + 10);
+        apply(
+            &mut state,
+            &Op::Promote(i % 2 + 1, ChangeKind::Promote),
+            10 * i as u64 + 10,
+        );
     }
     let first = state.trim_history(3);
     assert_eq!(first.len(), 11 - 3);
@@ -156,7 +172,11 @@ fn a_trimmed_state_trims_nothing_more() {
 fn an_archive_short_of_a_record_is_caught() {
     let mut state = created();
     for i in 0..5 {
-        apply(&mut state, &Op::Promote(i % 2 + 1), 10 * i as u64 + 10);
+        apply(
+            &mut state,
+            &Op::Promote(i % 2 + 1, ChangeKind::Promote),
+            10 * i as u64 + 10,
+        );
     }
     let archived = state.trim_history(2);
     let changes: Vec<HistoryEntry> = archived
@@ -175,7 +195,11 @@ fn an_archive_short_of_a_record_is_caught() {
 fn a_broken_chain_across_the_boundary_is_caught() {
     let mut state = created();
     for i in 0..5 {
-        apply(&mut state, &Op::Promote(i % 2 + 1), 10 * i as u64 + 10);
+        apply(
+            &mut state,
+            &Op::Promote(i % 2 + 1, ChangeKind::Promote),
+            10 * i as u64 + 10,
+        );
     }
     let mut changes: Vec<HistoryEntry> = state
         .trim_history(2)

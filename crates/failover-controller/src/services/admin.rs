@@ -490,19 +490,42 @@ impl AdminService for AdminServer {
                 .collect()
         };
         // Changes of every group, then pause events, each oldest first: the stable sort
-        // below keeps that order among entries of the same millisecond.
+        // below keeps that order among entries of the same millisecond. Only what the
+        // answer can hold is read from the archive: per group and kind, the newest
+        // `limit` records before `before_unix_ms`, less those the window already has
+        // (the records of one kind complete in the order they were appended).
+        let limit = limit as usize;
+        let before = |at: u64| before_unix_ms == 0 || at < before_unix_ms;
         let mut changes = Vec::new();
         let mut pauses = Vec::new();
-        for (name, archived_changes, archived_pauses, window, pause_window) in windows {
-            if archived_changes + archived_pauses > 0 {
-                let (old_changes, old_pauses) = self
-                    .ctx
-                    .view
-                    .archived_history(&name, archived_changes, archived_pauses)
-                    .map_err(|e| {
-                        Status::internal(format!("cannot read the history of {name}: {e}"))
-                    })?;
-                let state = self.ctx.view.read();
+        for (name, archived_changes, archived_pauses, mut window, mut pause_window) in windows {
+            window.retain(|e| before(e.completed_at_unix_ms));
+            pause_window.retain(|e| before(e.completed_at_unix_ms));
+            let wanted = |held: usize| {
+                if limit == 0 {
+                    Some(0)
+                } else {
+                    limit.checked_sub(held).filter(|n| *n > 0)
+                }
+            };
+            let read_error = |e: std::io::Error| {
+                Status::internal(format!("cannot read the history of {name}: {e}"))
+            };
+            let view = &self.ctx.view;
+            let old_changes = match wanted(window.len()) {
+                Some(n) if archived_changes > 0 => view
+                    .archived_changes_page(&name, archived_changes, n, before_unix_ms)
+                    .map_err(read_error)?,
+                _ => Vec::new(),
+            };
+            let old_pauses = match wanted(pause_window.len()) {
+                Some(n) if archived_pauses > 0 => view
+                    .archived_pauses_page(&name, archived_pauses, n, before_unix_ms)
+                    .map_err(read_error)?,
+                _ => Vec::new(),
+            };
+            if !old_changes.is_empty() || !old_pauses.is_empty() {
+                let state = view.read();
                 let g = state.group(&name).map_err(|r| rejection_status(&r))?;
                 changes.extend(old_changes.iter().map(|h| history_entry(g, h)));
                 pauses.extend(old_pauses.iter().map(|p| pause_entry(g, p)));
@@ -512,12 +535,9 @@ impl AdminService for AdminServer {
         }
         let mut entries = changes;
         entries.append(&mut pauses);
-        if before_unix_ms > 0 {
-            entries.retain(|e| e.completed_at_unix_ms < before_unix_ms);
-        }
         entries.sort_by_key(|e| (e.completed_at_unix_ms, e.group.clone(), e.epoch));
         if limit > 0 {
-            let skip = entries.len().saturating_sub(limit as usize);
+            let skip = entries.len().saturating_sub(limit);
             entries.drain(..skip);
         }
         Ok(Response::new(HistoryResponse { entries }))

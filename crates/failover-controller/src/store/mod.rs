@@ -232,7 +232,7 @@ fn open_database(
     Ok((log, sm))
 }
 
-/// A state in the snapshot encoding the controllers store and send (for tools and tests
+/// A state in the snapshot encoding the controllers send (for tools and tests
 /// that need a snapshot without a running cluster), with the archived history of each
 /// group that has one in `archive` (changes, then pause events, oldest first; a group
 /// missing from it has none). `state` is only borrowed mutably while its groups are
@@ -254,8 +254,7 @@ pub fn encode_snapshot(
         .groups
         .keys()
         .map(|name| archive.get(name).unwrap_or(&none));
-    snapshot::encode_archive(groups, &mut out)?;
-    Ok(out)
+    snapshot::with_archive(out, groups)
 }
 
 /// Makes a directory's entries (a file created or renamed in it) durable.

@@ -3,48 +3,66 @@
 //! Layout (all integers LEB128 varints unless said otherwise):
 //!
 //! ```text
-//! "FOSNAP3\n"                     8 bytes of magic
+//! "FOSNAP4\n"                     8 bytes of magic
+//! archive flag (1 byte)           1: the archive section follows the leases (the form a
+//!                                  leader sends); 0: it does not, the history table of
+//!                                  the data file holds it (the form a controller stores)
 //! skeleton length (u64 LE), skeleton: the ClusterState as JSON with every group's
 //!                                  `leases` and `holders` left empty
 //! per group, in name order:       lease count, then per lease in id order:
 //!                                  id, token, ttl_ms, flags, holder length, holder bytes
-//! per group, in name order:       the archived history: `history_archived` changes,
-//!                                  then `pause_history_archived` pause events, oldest
-//!                                  first, each as its length and its JSON
+//! per group, in name order:       (flag 1 only) the archived history:
+//!                                  `history_archived` changes, then
+//!                                  `pause_history_archived` pause events, oldest first,
+//!                                  each as its length and its JSON
 //! ```
 //!
-//! The archive section carries the records that left the in-memory window (read from
-//! the history table when the snapshot is built), so a follower that installs the
-//! snapshot holds the whole history. `FOSNAP2` is the same without the archive section
-//! (from before the window, when the skeleton held the whole history) and is still read.
+//! The archive's watermark is in the skeleton (each group's `history_archived` and
+//! `pause_history_archived`), so a stored snapshot needs no copy of the archive: the
+//! history table holds every record below those counts, and the archive section is
+//! appended from it when the snapshot is sent ([`with_archive`]). A follower that installs
+//! a snapshot writes its archive section to its own table and stores it without one.
+//!
+//! Earlier formats are still read: `FOSNAP3` (no flag byte, the archive section always
+//! there), `FOSNAP2` (no archive section: from before the window, when the skeleton held
+//! the whole history) and the whole state as JSON. Their skeletons have no per-kind change
+//! counts (`GroupState::change_counts`); those are counted from the history they hold.
 //!
 //! A lease's site and epoch are not written: every live lease is at its group's active
 //! site and epoch (asserted when encoding). `flags` bit 0 says the lease is its holder's
 //! current one (the `holders` index), which the leases alone cannot tell once a
 //! re-acquired holder's newer lease was released. A lease costs about 5 bytes plus its
 //! holder id; the few groups and their history stay JSON, so the format follows
-//! `GroupState` without a second schema. Snapshots stored by earlier versions (the whole
-//! state as JSON) are still read.
+//! `GroupState` without a second schema.
 
 use std::collections::BTreeMap;
 use std::io;
 
 use failover_core::lease::{FencingToken, Lease};
-use failover_core::{ClusterState, GroupName, HistoryEntry, LeaseId, PauseEvent};
+use failover_core::{ChangeCounts, ClusterState, GroupName, HistoryEntry, LeaseId, PauseEvent};
 
-const MAGIC: &[u8; 8] = b"FOSNAP3\n";
+const MAGIC: &[u8; 8] = b"FOSNAP4\n";
+/// The format before the archive flag and the change counts: the archive always follows.
+const MAGIC_V3: &[u8; 8] = b"FOSNAP3\n";
 /// The format before the archive section: the same up to the leases.
 const MAGIC_V2: &[u8; 8] = b"FOSNAP2\n";
+/// Where the archive flag sits in a `FOSNAP4` snapshot.
+const FLAG_AT: usize = MAGIC.len();
+/// The archive flag: the archive section follows the leases.
+const ARCHIVE_INCLUDED: u8 = 1;
+/// The archive flag: the history table holds the archive.
+const ARCHIVE_IN_TABLE: u8 = 0;
 
 /// One group's archived history: changes of active site and pause events, oldest first.
 pub(crate) type GroupArchive = (Vec<HistoryEntry>, Vec<PauseEvent>);
 
-/// A decoded snapshot: the in-memory state and every group's archived history (empty for
-/// the formats before the archive section).
+/// A decoded snapshot: the in-memory state and every group's archived history: `None`
+/// when the snapshot is a stored one whose archive is in the history table (empty maps
+/// for the formats before the archive section).
 #[derive(Debug)]
 pub(crate) struct Decoded {
     pub state: ClusterState,
-    pub archive: BTreeMap<GroupName, GroupArchive>,
+    pub archive: Option<BTreeMap<GroupName, GroupArchive>>,
 }
 const CURRENT_HOLDER: u64 = 1;
 
@@ -54,9 +72,11 @@ struct JsonSnapshot {
     state: ClusterState,
 }
 
-/// The magic and the skeleton: the state without its leases. They are moved out of each
-/// group only while the skeleton is written (a pointer swap each way), so this costs the
-/// size of the groups and their history, not of the leases.
+/// The magic, the flag saying the archive is in the history table, and the skeleton: the
+/// state without its leases. They are moved out of each group only while the skeleton is
+/// written (a pointer swap each way), so this costs the size of the groups and their
+/// history, not of the leases. [`encode_leases`] completes a stored snapshot;
+/// [`with_archive`] makes it one to send.
 pub(crate) fn encode_skeleton(state: &mut ClusterState) -> io::Result<Vec<u8>> {
     let mut taken = Vec::with_capacity(state.groups.len());
     for group in state.groups.values_mut() {
@@ -72,8 +92,9 @@ pub(crate) fn encode_skeleton(state: &mut ClusterState) -> io::Result<Vec<u8>> {
     }
     let skeleton = skeleton.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     let leases: usize = state.groups.values().map(|g| g.leases.len()).sum();
-    let mut out = Vec::with_capacity(MAGIC.len() + 8 + skeleton.len() + leases * 24);
+    let mut out = Vec::with_capacity(MAGIC.len() + 9 + skeleton.len() + leases * 24);
     out.extend_from_slice(MAGIC);
+    out.push(ARCHIVE_IN_TABLE);
     out.extend_from_slice(&(skeleton.len() as u64).to_le_bytes());
     out.extend_from_slice(&skeleton);
     Ok(out)
@@ -97,9 +118,45 @@ pub(crate) fn encode_leases(state: &ClusterState, out: &mut Vec<u8>) {
     }
 }
 
+/// The groups of a stored snapshot (`FOSNAP4` without its archive) with their archived
+/// counts (changes, pause events), in the skeleton's order; `None` for any other snapshot
+/// (one that carries its archive, or an earlier format, is sent as it is). Reads only
+/// the skeleton.
+pub(crate) fn archive_watermarks(data: &[u8]) -> io::Result<Option<Vec<(GroupName, u64, u64)>>> {
+    if !data.starts_with(MAGIC) || data.get(FLAG_AT) != Some(&ARCHIVE_IN_TABLE) {
+        return Ok(None);
+    }
+    let mut r = Reader {
+        data,
+        at: FLAG_AT + 1,
+    };
+    let state = r.skeleton()?;
+    Ok(Some(
+        state
+            .groups
+            .values()
+            .map(|g| (g.name.clone(), g.history_archived, g.pause_history_archived))
+            .collect(),
+    ))
+}
+
+/// Turns a stored snapshot (see [`archive_watermarks`]) into one to send: `archive`
+/// yields, per group of its skeleton in order, exactly that group's archived records.
+pub(crate) fn with_archive<'a>(
+    mut data: Vec<u8>,
+    archive: impl IntoIterator<Item = &'a GroupArchive>,
+) -> io::Result<Vec<u8>> {
+    if !data.starts_with(MAGIC) || data.get(FLAG_AT) != Some(&ARCHIVE_IN_TABLE) {
+        return Err(damaged("not a stored snapshot without its archive"));
+    }
+    data[FLAG_AT] = ARCHIVE_INCLUDED;
+    encode_archive(archive, &mut data)?;
+    Ok(data)
+}
+
 /// Appends every group's archived history, in the order of the skeleton's groups:
 /// `archive` yields, per group of the skeleton's state, exactly its archived records.
-pub(crate) fn encode_archive<'a>(
+fn encode_archive<'a>(
     archive: impl IntoIterator<Item = &'a GroupArchive>,
     out: &mut Vec<u8>,
 ) -> io::Result<()> {
@@ -124,28 +181,36 @@ fn put_json<T: serde::Serialize>(out: &mut Vec<u8>, value: &T) -> io::Result<()>
     Ok(())
 }
 
-/// Decodes a snapshot written by [`encode`] (or an earlier binary or JSON one). Damage is
-/// an `InvalidData` error naming what is wrong; the caller still checks the invariants.
+/// Decodes a snapshot written by this module (or an earlier binary or JSON one). Damage
+/// is an `InvalidData` error naming what is wrong; the caller still checks the invariants.
 pub(crate) fn decode(data: &[u8]) -> io::Result<Decoded> {
-    let with_archive = data.starts_with(MAGIC);
-    if !with_archive && !data.starts_with(MAGIC_V2) {
-        return serde_json::from_slice::<JsonSnapshot>(data)
-            .map(|s| Decoded {
-                state: s.state,
-                archive: BTreeMap::new(),
-            })
-            .map_err(|e| damaged(format!("neither a binary nor a JSON snapshot: {e}")));
-    }
+    let (with_archive, counted, skeleton_at) = if data.starts_with(MAGIC) {
+        match data.get(FLAG_AT) {
+            Some(&ARCHIVE_INCLUDED) => (true, true, FLAG_AT + 1),
+            Some(&ARCHIVE_IN_TABLE) => (false, true, FLAG_AT + 1),
+            Some(other) => return Err(damaged(format!("archive flag {other}"))),
+            None => return Err(damaged("truncated in the archive flag")),
+        }
+    } else if data.starts_with(MAGIC_V3) {
+        (true, false, MAGIC_V3.len())
+    } else if data.starts_with(MAGIC_V2) {
+        (false, false, MAGIC_V2.len())
+    } else {
+        let mut state = serde_json::from_slice::<JsonSnapshot>(data)
+            .map_err(|e| damaged(format!("neither a binary nor a JSON snapshot: {e}")))?
+            .state;
+        let archive = BTreeMap::new();
+        count_changes(&mut state, &archive)?;
+        return Ok(Decoded {
+            state,
+            archive: Some(archive),
+        });
+    };
     let mut r = Reader {
         data,
-        at: MAGIC.len(),
+        at: skeleton_at,
     };
-    let len = r.take(8, "skeleton length")?;
-    let len = u64::from_le_bytes(len.try_into().map_err(|_| damaged("skeleton length"))?);
-    let len = usize::try_from(len).map_err(|_| damaged("skeleton length"))?;
-    let skeleton = r.take(len, "skeleton")?;
-    let mut state: ClusterState = serde_json::from_slice(skeleton)
-        .map_err(|e| damaged(format!("cannot decode the skeleton: {e}")))?;
+    let mut state = r.skeleton()?;
     for group in state.groups.values_mut() {
         let count = r.varint("lease count")?;
         let mut leases = Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(1 << 24));
@@ -193,10 +258,11 @@ pub(crate) fn decode(data: &[u8]) -> io::Result<Decoded> {
         group.leases = leases.into_iter().collect();
         group.holders = holders;
     }
+    let stored = data.starts_with(MAGIC) && !with_archive;
     let mut archive = BTreeMap::new();
     for group in state.groups.values() {
         if !with_archive {
-            if group.history_archived != 0 || group.pause_history_archived != 0 {
+            if !stored && (group.history_archived != 0 || group.pause_history_archived != 0) {
                 return Err(damaged(format!(
                     "group {}: archived history in a snapshot without an archive",
                     group.name
@@ -215,7 +281,35 @@ pub(crate) fn decode(data: &[u8]) -> io::Result<Decoded> {
             data.len() - r.at
         )));
     }
-    Ok(Decoded { state, archive })
+    if !counted {
+        count_changes(&mut state, &archive)?;
+    }
+    Ok(Decoded {
+        state,
+        archive: (!stored).then_some(archive),
+    })
+}
+
+/// Sets every group's per-kind change counts from the history a snapshot of an earlier
+/// format holds (its archive, then its window): such a snapshot holds the whole history.
+fn count_changes(
+    state: &mut ClusterState,
+    archive: &BTreeMap<GroupName, GroupArchive>,
+) -> io::Result<()> {
+    for group in state.groups.values_mut() {
+        let archived = archive.get(&group.name).map_or(&[][..], |(c, _)| &c[..]);
+        if archived.len() as u64 != group.history_archived {
+            return Err(damaged(format!(
+                "group {}: {} archived changes where the skeleton says {}",
+                group.name,
+                archived.len(),
+                group.history_archived
+            )));
+        }
+        group.change_counts =
+            ChangeCounts::of(archived.iter().chain(&group.history).map(|h| h.kind));
+    }
+    Ok(())
 }
 
 fn damaged(what: impl std::fmt::Display) -> io::Error {
@@ -239,6 +333,16 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    /// The skeleton's length and the skeleton, decoded.
+    fn skeleton(&mut self) -> io::Result<ClusterState> {
+        let len = self.take(8, "skeleton length")?;
+        let len = u64::from_le_bytes(len.try_into().map_err(|_| damaged("skeleton length"))?);
+        let len = usize::try_from(len).map_err(|_| damaged("skeleton length"))?;
+        let skeleton = self.take(len, "skeleton")?;
+        serde_json::from_slice(skeleton)
+            .map_err(|e| damaged(format!("cannot decode the skeleton: {e}")))
+    }
+
     fn take(&mut self, n: usize, what: &str) -> io::Result<&'a [u8]> {
         let end = self
             .at
@@ -395,16 +499,34 @@ mod tests {
         assert_eq!(decode(&data).unwrap().state, original);
     }
 
+    /// A snapshot with its archive, as `FOSNAP3` wrote it: no flag byte, and (with
+    /// `counts` false) a skeleton whose groups have no change counts.
+    fn as_v3(data: &[u8]) -> Vec<u8> {
+        assert!(data.starts_with(MAGIC) && data[FLAG_AT] == ARCHIVE_INCLUDED);
+        let mut out = MAGIC_V3.to_vec();
+        out.extend_from_slice(&data[FLAG_AT + 1..]);
+        out
+    }
+
+    fn without_counts(state: &ClusterState) -> ClusterState {
+        let mut state = state.clone();
+        for g in state.groups.values_mut() {
+            g.change_counts = ChangeCounts::default();
+        }
+        state
+    }
+
     #[test]
     fn round_trip_keeps_the_archived_history() {
         let (mut original, archive) = with_history(50, 4);
         let g = &original.groups[&GroupName("g".into())];
         assert_eq!((g.history.len(), g.history_archived), (4, 47));
         assert_eq!((g.pause_history.len(), g.pause_history_archived), (4, 46));
+        assert_eq!(g.change_counts.promote, 50);
         let data = encode_with(&mut original, &archive).unwrap();
         let decoded = decode(&data).unwrap();
         assert_eq!(decoded.state, original);
-        assert_eq!(decoded.archive, archive);
+        assert_eq!(decoded.archive, Some(archive));
         // A count that disagrees with the skeleton is damage.
         let err = decode(&encode(&mut original).unwrap()).unwrap_err();
         assert!(
@@ -414,11 +536,50 @@ mod tests {
     }
 
     #[test]
+    fn a_stored_snapshot_holds_no_archive_and_gets_it_back_to_be_sent() {
+        let (mut original, archive) = with_history(50, 4);
+        let mut stored = encode_skeleton(&mut original).unwrap();
+        encode_leases(&original, &mut stored);
+        let decoded = decode(&stored).unwrap();
+        assert_eq!(decoded.state, original);
+        assert_eq!(decoded.archive, None, "the history table holds it");
+        let sent = encode_with(&mut original, &archive).unwrap();
+        // The archive costs the stored copy nothing: 47 changes and 46 pause events.
+        assert!(
+            stored.len() + 47 * 100 < sent.len(),
+            "{} {}",
+            stored.len(),
+            sent.len()
+        );
+        let marks = archive_watermarks(&stored).unwrap().unwrap();
+        assert_eq!(marks, vec![(GroupName("g".into()), 47, 46)]);
+        let rebuilt = with_archive(stored, marks.iter().map(|(name, _, _)| &archive[name]));
+        assert_eq!(rebuilt.unwrap(), sent);
+        // A snapshot that carries its archive is sent as it is.
+        assert_eq!(archive_watermarks(&sent).unwrap(), None);
+    }
+
+    #[test]
+    fn fosnap3_snapshots_are_read_and_their_changes_counted() {
+        let (original, archive) = with_history(50, 4);
+        let mut uncounted = without_counts(&original);
+        let data = as_v3(&encode_with(&mut uncounted, &archive).unwrap());
+        let decoded = decode(&data).unwrap();
+        assert_eq!(decoded.state, original);
+        assert_eq!(decoded.archive, Some(archive));
+        let counts = decoded.state.groups[&GroupName("g".into())].change_counts;
+        assert_eq!(
+            (counts.created, counts.promote, counts.total()),
+            (1, 50, 51)
+        );
+    }
+
+    #[test]
     fn snapshots_without_an_archive_section_are_read() {
         // FOSNAP2: the same layout up to the leases, the whole history in the skeleton.
-        let (mut original, archive) = with_history(30, usize::MAX);
+        let (original, archive) = with_history(30, usize::MAX);
         assert!(archive.is_empty());
-        let mut data = encode(&mut original).unwrap();
+        let mut data = as_v3(&encode(&mut without_counts(&original)).unwrap());
         data.truncate(data.len() - 2 * original.groups.len());
         data[..8].copy_from_slice(b"FOSNAP2\n");
         let decoded = decode(&data).unwrap();
@@ -427,13 +588,14 @@ mod tests {
             decoded.state.groups[&GroupName("g".into())].history.len(),
             31
         );
-        assert!(decoded.archive.is_empty());
+        assert_eq!(decoded.archive, Some(BTreeMap::new()));
     }
 
     #[test]
     fn earlier_json_snapshots_are_read() {
-        let original = state(10);
-        let json = serde_json::to_vec(&serde_json::json!({ "state": original })).unwrap();
+        let (original, _) = with_history(5, usize::MAX);
+        let json = serde_json::json!({ "state": without_counts(&original) });
+        let json = serde_json::to_vec(&json).unwrap();
         assert_eq!(decode(&json).unwrap().state, original);
     }
 

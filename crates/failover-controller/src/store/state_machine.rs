@@ -158,6 +158,31 @@ impl StateView {
         history::read(&self.db, group, changes, pauses)
     }
 
+    /// A page of `group`'s archived changes of active site: the newest `limit` (0: all)
+    /// of its first `count` that completed before `before_unix_ms` (0: no bound), oldest
+    /// first, read backwards from the newest so the page costs its own size. Take `count`
+    /// as for [`StateView::archived_history`].
+    pub fn archived_changes_page(
+        &self,
+        group: &GroupName,
+        count: u64,
+        limit: usize,
+        before_unix_ms: u64,
+    ) -> io::Result<Vec<HistoryEntry>> {
+        history::newest_changes(&self.db, group, count, limit, before_unix_ms)
+    }
+
+    /// [`StateView::archived_changes_page`] for the pause events.
+    pub fn archived_pauses_page(
+        &self,
+        group: &GroupName,
+        count: u64,
+        limit: usize,
+        before_unix_ms: u64,
+    ) -> io::Result<Vec<PauseEvent>> {
+        history::newest_pauses(&self.db, group, count, limit, before_unix_ms)
+    }
+
     /// Read access to the applied state. Hold it briefly: apply waits for it.
     pub fn read(&self) -> RwLockReadGuard<'_, ClusterState> {
         self.state
@@ -211,19 +236,37 @@ impl StateMachine {
         };
         if let Some((meta, data)) = read_snapshot(&sm.db)? {
             let decoded = snapshot::decode(&data)?;
-            check_state(&decoded);
-            // The archive was written before the snapshot was stored; written again only
-            // if it is not there (a data file from before the archive table, or damage).
-            let mut missing = Vec::new();
-            for (name, (changes, pauses)) in decoded.archive {
-                if !history::holds(&sm.db, &name, changes.len() as u64, pauses.len() as u64)? {
-                    missing.extend(history::as_archived(&name, changes, pauses));
+            match decoded.archive {
+                // A stored snapshot of the current format: its archive is in the table,
+                // written before the snapshot was stored (a missing record is damage).
+                None => {
+                    for group in decoded.state.groups.values() {
+                        let (changes, pauses) = history::read(
+                            &sm.db,
+                            &group.name,
+                            group.history_archived,
+                            group.pause_history_archived,
+                        )?;
+                        check_group(group, &changes, &pauses);
+                    }
                 }
-            }
-            if !missing.is_empty() {
-                write(&sm.db, Durability::Immediate, |txn| {
-                    history::store(txn, &missing)
-                })?;
+                // An earlier format that carries its archive: written again only if the
+                // table lacks it (a data file from before the archive table, or damage).
+                Some(archive) => {
+                    check_state(&decoded.state, &archive);
+                    let mut missing = Vec::new();
+                    for (name, (changes, pauses)) in archive {
+                        let (c, p) = (changes.len() as u64, pauses.len() as u64);
+                        if !history::holds(&sm.db, &name, c, p)? {
+                            missing.extend(history::as_archived(&name, changes, pauses));
+                        }
+                    }
+                    if !missing.is_empty() {
+                        write(&sm.db, Durability::Immediate, |txn| {
+                            history::store(txn, &missing)
+                        })?;
+                    }
+                }
             }
             sm.restore(&meta, decoded.state)?;
         }
@@ -365,15 +408,23 @@ async fn write_snapshot(
     Ok(Arc::try_unwrap(data).unwrap_or_else(|shared| shared.as_ref().clone()))
 }
 
-/// The invariants of a decoded snapshot, its archived history included.
-fn check_state(decoded: &snapshot::Decoded) {
+/// The invariants of a decoded snapshot's state, its archived history included.
+fn check_state(
+    state: &ClusterState,
+    archive: &std::collections::BTreeMap<GroupName, snapshot::GroupArchive>,
+) {
     let none = (Vec::new(), Vec::new());
-    for group in decoded.state.groups.values() {
-        group.assert_invariants();
-        group.assert_history();
-        let (changes, pauses) = decoded.archive.get(&group.name).unwrap_or(&none);
-        group.assert_archive(changes, pauses);
+    for group in state.groups.values() {
+        let (changes, pauses) = archive.get(&group.name).unwrap_or(&none);
+        check_group(group, changes, pauses);
     }
+}
+
+/// The invariants of one group of a decoded snapshot with its archived history.
+fn check_group(group: &failover_core::GroupState, changes: &[HistoryEntry], pauses: &[PauseEvent]) {
+    group.assert_invariants();
+    group.assert_history();
+    group.assert_archive(changes, pauses);
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -416,27 +467,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     /// Encodes the state now, so applies that happen meanwhile cannot tear the snapshot.
     /// Applies wait anyway (this runs on the state machine's task); readers wait only for
-    /// the skeleton (groups and their history windows), not for the leases or the
-    /// archived history, which is read from the data file.
+    /// the skeleton (groups and their history windows), not for the leases. The archived
+    /// history is not copied: the skeleton records how much of it the snapshot covers,
+    /// and it is read from the history table when the snapshot is sent.
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         let index = self.last_applied.map_or(0, |id| id.index());
         self.view.schedule.snapshot_at(index);
         let skeleton = snapshot::encode_skeleton(&mut self.view.write());
-        let data = skeleton.and_then(|mut out| {
-            let counts: Vec<(GroupName, u64, u64)> = {
-                let state = self.view.read();
-                snapshot::encode_leases(&state, &mut out);
-                state
-                    .groups
-                    .values()
-                    .map(|g| (g.name.clone(), g.history_archived, g.pause_history_archived))
-                    .collect()
-            };
-            for (name, changes, pauses) in counts {
-                let archive = history::read(&self.db, &name, changes, pauses)?;
-                snapshot::encode_archive([&archive], &mut out)?;
-            }
-            Ok(out)
+        let data = skeleton.map(|mut out| {
+            snapshot::encode_leases(&self.view.read(), &mut out);
+            out
         });
         SnapshotBuilder {
             db: self.db.clone(),
@@ -453,10 +493,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         data: Vec<u8>,
     ) -> Result<(), io::Error> {
-        let decoded = snapshot::decode(&data)?;
-        check_state(&decoded);
-        let archived: Vec<_> = decoded
-            .archive
+        let bytes = data.len();
+        let mut decoded = snapshot::decode(&data)?;
+        drop(data);
+        let archive = decoded.archive.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the snapshot received lacks its archived history",
+            )
+        })?;
+        check_state(&decoded.state, &archive);
+        let archived: Vec<_> = archive
             .into_iter()
             .flat_map(|(name, (changes, pauses))| history::as_archived(&name, changes, pauses))
             .collect();
@@ -465,8 +512,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             history::store(txn, &archived)
         })
         .await?;
-        let bytes = data.len();
-        write_snapshot(&self.db, meta, data).await?;
+        // Stored without the archive, which the table now holds (a snapshot of an earlier
+        // format is stored in the current one).
+        let mut stored = snapshot::encode_skeleton(&mut decoded.state)?;
+        snapshot::encode_leases(&decoded.state, &mut stored);
+        write_snapshot(&self.db, meta, stored).await?;
         self.restore(meta, decoded.state)?;
         tracing::info!(
             last_log_id = ?meta.last_log_id,
@@ -476,8 +526,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(())
     }
 
+    /// The stored snapshot in the form a follower installs: with the archived history
+    /// below its watermark appended from the history table.
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
-        Ok(read_snapshot(&self.db)?.map(|(meta, snapshot)| Snapshot { meta, snapshot }))
+        let Some((meta, data)) = read_snapshot(&self.db)? else {
+            return Ok(None);
+        };
+        let snapshot = match snapshot::archive_watermarks(&data)? {
+            None => data,
+            Some(groups) => {
+                let archive = groups
+                    .iter()
+                    .map(|(name, changes, pauses)| history::read(&self.db, name, *changes, *pauses))
+                    .collect::<io::Result<Vec<_>>>()?;
+                snapshot::with_archive(data, &archive)?
+            }
+        };
+        Ok(Some(Snapshot { meta, snapshot }))
     }
 }
 
