@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //! - [`types`]: the openraft type configuration.
-//! - [`store`]: redb-backed Raft log, vote, state machine and snapshots.
+//! - [`store`]: redb-backed Raft log, vote, state machine and snapshots, and the Raft
+//!   handle type over them ([`store::Raft`]).
 //! - [`network`]: the Raft transport over gRPC, dialing through a caller-supplied [`Dialer`].
 //! - [`context`]: what every part of a controller shares, and proposing through Raft.
 //! - [`confirm`]: quorum confirmations, so `/active` answers 200 only from a controller
