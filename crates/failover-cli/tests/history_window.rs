@@ -131,6 +131,24 @@ async fn every_controller_serves_the_whole_history_after_restart_and_rejoin() {
         .collect();
     assert_eq!(reasons, tail);
 
+    // Paging back with `before_unix_ms`, deep into the archive (the window holds 3 of
+    // each kind): each page is the newest entries completed before the bound.
+    let mut before = 0;
+    for page in 0..4 {
+        let got = client
+            .history_page("default", 50, before)
+            .await
+            .unwrap_or_else(|e| panic!("page {page}: {e}"))
+            .entries;
+        let eligible: Vec<&HistoryEntry> = history
+            .iter()
+            .filter(|e| before == 0 || e.completed_at_unix_ms < before)
+            .collect();
+        let expected: Vec<&HistoryEntry> = eligible[eligible.len().saturating_sub(50)..].to_vec();
+        assert_eq!(got.iter().collect::<Vec<_>>(), expected, "page {page}");
+        before = got.first().expect("a full page").completed_at_unix_ms;
+    }
+
     // Every controller has it all from its own store.
     for id in 1..=5 {
         let got = eventually(
