@@ -1,6 +1,6 @@
 //! The records the replicated state is made of and the commands carry: a lease, a
-//! group's phase and pending change, why the active site changed, a pause, a group's
-//! summary. A leaf: it depends on [`crate::ids`] only, so that [`crate::command`],
+//! group's phase and pending change, why the active site changed and how often
+//! (`ChangeCounts`), a pause, a group's summary. A leaf: it depends on [`crate::ids`] only, so that [`crate::command`],
 //! [`crate::state`], [`crate::lease`] and [`crate::promotion`] all depend on it and never
 //! on each other in a circle through these types.
 

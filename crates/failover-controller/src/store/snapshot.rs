@@ -394,7 +394,7 @@ impl<'a> Reader<'a> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::store::encode_snapshot as encode_with;
     use failover_core::{Command, SiteId};
@@ -439,7 +439,7 @@ mod tests {
 
     /// `state(10)` after `changes` promotions and as many pauses and resumes, its history
     /// trimmed to `window`, with its archive.
-    fn with_history(
+    pub(crate) fn with_history(
         changes: u64,
         window: usize,
     ) -> (ClusterState, BTreeMap<GroupName, GroupArchive>) {

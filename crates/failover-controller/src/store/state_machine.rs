@@ -581,6 +581,45 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 mod tests {
     use super::*;
 
+    /// A data dir whose stored snapshot is of the format before this one (`FOSNAP3`: the
+    /// archive inside it, no change counts) opens with the whole history and its counts,
+    /// and its snapshot is sent as it is.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stored_fosnap3_snapshot_opens_with_its_history_and_counts() {
+        let (original, archive) = snapshot::tests::with_history(50, 4);
+        let mut uncounted = original.clone();
+        for g in uncounted.groups.values_mut() {
+            g.change_counts = failover_core::ChangeCounts::default();
+        }
+        let current = crate::store::encode_snapshot(&mut uncounted, &archive).expect("encode");
+        let mut v3 = b"FOSNAP3\n".to_vec();
+        v3.extend_from_slice(&current[9..]);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let meta = SnapshotMeta {
+            last_log_id: Some(openraft::testing::log_id::<TypeConfig>(1, 1, 300)),
+            last_membership: Default::default(),
+        };
+        {
+            let (_log, sm) = super::super::open(dir.path(), 1).expect("open");
+            write_snapshot(&sm.db, &meta, v3.clone())
+                .await
+                .expect("store");
+        }
+        let (_log, mut sm) = super::super::open(dir.path(), 1).expect("reopen");
+        sm.set_history_window(4).expect("window");
+        let view = sm.view();
+        let name = GroupName("g".into());
+        assert!(*view.read() == original);
+        let g = &original.groups[&name];
+        assert_eq!(g.change_counts.promote, 50);
+        let (changes, pauses) = view
+            .archived_history(&name, g.history_archived, g.pause_history_archived)
+            .expect("archive");
+        assert_eq!((changes, pauses), archive[&name]);
+        let sent = sm.get_current_snapshot().await.expect("read").expect("one");
+        assert_eq!(sent.snapshot, v3);
+    }
+
     /// Applies `entries` entries one by one to a state growing by `growth` items per entry
     /// and returns the indexes at which a snapshot was due.
     fn snapshots(entries: u64, items_at_start: u64, growth: u64) -> Vec<u64> {
