@@ -101,8 +101,14 @@ def brace_items(code, start):
 def root_names(code):
     """The first path segment of every item named from the crate root (`crate::x`,
     `crate::{x, y::z}`), with the `super::` paths resolved by the caller."""
+    return first_segments(r"\bcrate::(\{|" + IDENT + ")", code)
+
+
+def first_segments(pattern, code):
+    """The identifier `pattern`'s group 1 matched, or every item of the `{..}` list it
+    opened."""
     names = []
-    for m in re.finditer(r"\bcrate::(\{|" + IDENT + ")", code):
+    for m in re.finditer(pattern, code):
         if m.group(1) == "{":
             names += [re.match(IDENT, i).group(0) for i in brace_items(code, m.start(1))
                       if re.match(IDENT, i)]
@@ -115,14 +121,7 @@ def super_root_names(code, depth):
     """Items a file `depth` modules below the root names through `super::` paths that
     reach the root (`super::x` in `src/a.rs`, `super::super::x` in `src/a/b.rs`)."""
     prefix = r"\b" + r"super::" * depth + r"(?!super\b)(\{|" + IDENT + ")"
-    names = []
-    for m in re.finditer(prefix, code):
-        if m.group(1) == "{":
-            names += [re.match(IDENT, i).group(0) for i in brace_items(code, m.start(1))
-                      if re.match(IDENT, i)]
-        else:
-            names.append(m.group(1))
-    return names
+    return first_segments(prefix, code)
 
 
 def reexports(code, modules):

@@ -383,13 +383,19 @@ mod tests {
         state
     }
 
+    /// The text `/metrics` serves for the group metrics of `state`.
+    fn group_metrics_text(state: &ClusterState) -> String {
+        let mut registry = Registry::default();
+        group_metrics(&mut registry, state);
+        let mut body = String::new();
+        prometheus_client::encoding::text::encode(&mut body, &registry).expect("encode");
+        body
+    }
+
     /// The group metrics encode with the expected names, labels and values.
     #[test]
     fn group_metrics_encode() {
-        let mut registry = Registry::default();
-        group_metrics(&mut registry, &state());
-        let mut body = String::new();
-        prometheus_client::encoding::text::encode(&mut body, &registry).expect("encode");
+        let body = group_metrics_text(&state());
         for expected in [
             "failover_group_epoch{group=\"default\"} 1\n",
             "failover_group_active{group=\"default\",site=\"site-a\"} 1\n",
@@ -432,10 +438,7 @@ mod tests {
             at_unix_ms: 6_000,
         };
         state.apply(&pause).expect("pause");
-        let mut registry = Registry::default();
-        group_metrics(&mut registry, &state);
-        let mut body = String::new();
-        prometheus_client::encoding::text::encode(&mut body, &registry).expect("encode");
+        let body = group_metrics_text(&state);
         for expected in [
             "failover_promotions_total{group=\"default\",trigger=\"manual\"} 1\n",
             "failover_promotions_total{group=\"default\",trigger=\"automatic\"} 1\n",
@@ -477,10 +480,7 @@ mod tests {
             state.trim_history(4);
         }
         assert_eq!(state.groups[&group].history.len(), 4);
-        let mut registry = Registry::default();
-        group_metrics(&mut registry, &state);
-        let mut body = String::new();
-        prometheus_client::encoding::text::encode(&mut body, &registry).expect("encode");
+        let body = group_metrics_text(&state);
         for expected in [
             "failover_failovers_total{group=\"default\"} 1000\n",
             "failover_promotions_total{group=\"default\",trigger=\"manual\"} 2000\n",
