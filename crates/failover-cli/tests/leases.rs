@@ -89,6 +89,7 @@ fn session(cluster: &Cluster, site: &str, instance: &str) -> LeaseSession {
             stop_grace: STOP_GRACE,
             standby_poll: Duration::from_millis(100),
             release_on_drain: true,
+            cluster_id: None,
         },
         common::engine_dialer(site),
         Arc::new(SystemClock),

@@ -37,10 +37,10 @@ use std::time::{Duration, Instant};
 use failover_core::NodeId;
 use failover_proto::raft::raft_service_client::RaftServiceClient;
 use failover_proto::raft::RaftPayload;
+use failover_proto::wire::Chan;
 use openraft::async_runtime::WatchReceiver;
 use openraft::ReadPolicy;
 use tokio::sync::watch;
-use tonic::transport::Channel;
 
 use crate::context::NodeContext;
 use crate::types::TypeConfig;
@@ -128,7 +128,7 @@ pub(crate) async fn run(ctx: Arc<NodeContext>, mut shutdown: watch::Receiver<boo
     let period = (trust_window(&timing) / 4).max(Duration::from_millis(10));
     // A round that takes longer than the window proves nothing usable.
     let ttl = trust_window(&timing);
-    let mut peer: Option<(NodeId, RaftServiceClient<Channel>)> = None;
+    let mut peer: Option<(NodeId, RaftServiceClient<Chan>)> = None;
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -162,7 +162,7 @@ pub(crate) async fn run(ctx: Arc<NodeContext>, mut shutdown: watch::Receiver<boo
 async fn ask_leader(
     ctx: &NodeContext,
     leader: NodeId,
-    peer: &mut Option<(NodeId, RaftServiceClient<Channel>)>,
+    peer: &mut Option<(NodeId, RaftServiceClient<Chan>)>,
     ttl: Duration,
 ) -> Option<u64> {
     if peer.as_ref().is_none_or(|(id, _)| *id != leader) {

@@ -44,6 +44,35 @@ pub struct Topology {
     /// Per-identity limits and the slow-client rule (docs/security.md).
     #[serde(default)]
     pub limits: crate::limits::Limits,
+    /// The cluster's id, when the operator pins it (docs/security.md, "Cluster
+    /// identity"): a new cluster's first leader fixes this id instead of a random one,
+    /// and a controller whose data dir or peers name another id refuses to run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
+}
+
+/// Why `id` cannot be a cluster id: 1 to 64 ASCII letters, digits, `-`, `_` or `.` (it
+/// travels in a gRPC header and shows up in messages).
+pub fn check_cluster_id(id: &str) -> Result<(), String> {
+    const MAX: usize = 64;
+    if id.is_empty() {
+        return Err("a cluster id cannot be empty".to_owned());
+    }
+    if id.len() > MAX {
+        return Err(format!(
+            "a cluster id is at most {MAX} characters; `{id}` has {}",
+            id.len()
+        ));
+    }
+    if let Some(bad) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(format!(
+            "a cluster id holds only ASCII letters, digits, `-`, `_` and `.`; `{id}` holds {bad:?}"
+        ));
+    }
+    Ok(())
 }
 
 /// One site of the deployment.
@@ -311,6 +340,11 @@ impl Topology {
     /// relations. Every problem found is pushed on `errors` as (field path, reason).
     fn validate(&self, errors: &mut Vec<(String, String)>) {
         self.validate_tls(errors);
+        if let Some(id) = &self.cluster_id {
+            if let Err(reason) = check_cluster_id(id) {
+                errors.push(("cluster_id".into(), reason));
+            }
+        }
         let mut err = |path: String, reason: String| errors.push((path, reason));
         if self.sites.is_empty() {
             err("sites".into(), "at least one site is required".into());

@@ -39,6 +39,7 @@ fn full_topology() -> Topology {
             insecure: false,
         }),
         limits: failover_core::limits::Limits::default(),
+        cluster_id: Some("c0ffee".into()),
     }
 }
 

@@ -23,6 +23,7 @@ fn topology() -> Topology {
         cluster_name: "t".into(),
         tls: None,
         limits: Default::default(),
+        cluster_id: None,
         timing: Timing::default(),
         sites: SITES
             .iter()

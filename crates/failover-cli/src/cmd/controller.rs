@@ -89,7 +89,14 @@ pub(crate) async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     // Controller::start returned: gRPC and HTTP are bound and served, and the Raft node
     // runs (with the cluster formed or joined).
     crate::systemd::ready(&format!("controller {} serving on {}", args.node, me.addr));
-    wait_for_stop_signal().await?;
+    tokio::select! {
+        stop = wait_for_stop_signal() => stop?,
+        why = controller.failed() => {
+            crate::systemd::stopping();
+            controller.shutdown().await;
+            anyhow::bail!(why);
+        }
+    }
     tracing::info!(node = args.node, "stopping");
     crate::systemd::stopping();
     controller.shutdown().await;

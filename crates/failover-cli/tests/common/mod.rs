@@ -530,7 +530,7 @@ pub fn operator_dialer() -> Arc<dyn Dialer> {
 pub fn lease_client(
     site: &str,
     addr: &str,
-) -> failover_proto::lease::lease_service_client::LeaseServiceClient<tonic::transport::Channel> {
+) -> failover_proto::lease::lease_service_client::LeaseServiceClient<failover_proto::wire::Chan> {
     failover_proto::lease::lease_service_client::LeaseServiceClient::new(
         engine_dialer(site).channel(addr).expect("channel"),
     )
