@@ -535,3 +535,202 @@ async fn the_cluster_id_is_fixed_once_replicated_and_shown_by_status() {
     let after = client.status().await.expect("status").cluster_id;
     assert_eq!(after, id, "the id changed across a restart");
 }
+
+/// The cluster id, once every controller recorded it in its data dir (each logs it).
+async fn recorded_cluster_id(cluster: &Cluster) -> String {
+    let id = common::eventually("a cluster id", READY, || {
+        let mut client = cluster.client();
+        async move {
+            let status = client.status().await.ok()?;
+            (!status.cluster_id.is_empty()).then_some(status.cluster_id)
+        }
+    })
+    .await;
+    for node in &cluster.nodes {
+        common::eventually("the id recorded in every data dir", READY, || async {
+            (node.pid().is_none()
+                || cluster
+                    .log_of(node.id)
+                    .contains("cluster id recorded in the data dir"))
+            .then_some(())
+        })
+        .await;
+    }
+    id
+}
+
+/// The leases of `group` at `site` that `cluster` lists.
+async fn site_leases(cluster: &Cluster, site: &str) -> Vec<failover_proto::admin::LeaseStatus> {
+    let mut client = cluster.client();
+    match client.leases("default").await {
+        Ok(list) => list.leases.into_iter().filter(|l| l.site == site).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// A controller started on the data dir of a controller of another cluster refuses to
+/// run: it exits non-zero naming both ids and the data dir, and the cluster it was started
+/// in keeps its term, leader and history (its votes were refused before Raft saw them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_on_another_clusters_data_dir_is_refused() {
+    let mut old = Cluster::new();
+    old.start_all();
+    old.wait_ready(READY).await;
+    let old_id = recorded_cluster_id(&old).await;
+    old.kill_all();
+
+    let mut cluster = Cluster::new();
+    for id in 1..=4 {
+        cluster.start(id);
+    }
+    cluster.wait_ready(READY).await;
+    let new_id = recorded_cluster_id(&cluster).await;
+    assert_ne!(old_id, new_id);
+    let before = cluster.client().status().await.expect("status");
+    let history = history_len(&cluster).await;
+
+    // Controller 5 of the new cluster starts on controller 5's data of the old one.
+    let dir = cluster.data_dir().join("controller-5");
+    std::fs::create_dir_all(&dir).expect("data dir");
+    std::fs::copy(
+        old.data_dir().join("controller-5").join("raft.redb"),
+        dir.join("raft.redb"),
+    )
+    .expect("copy the old data file");
+    cluster.start(5);
+    let code = cluster.wait_exit(5, READY);
+    let log = cluster.log_of(5);
+    assert_ne!(code, Some(0), "{log}");
+    assert!(
+        log.contains(&format!("belongs to cluster {old_id}"))
+            && log.contains(&format!("names cluster {new_id}"))
+            && log.contains(&dir.display().to_string()),
+        "the refusal names both ids and the data dir: {log}"
+    );
+
+    let after = cluster.client().status().await.expect("status");
+    assert_eq!(
+        (after.term, after.leader, after.cluster_id.as_str()),
+        (before.term, before.leader, new_id.as_str()),
+        "the cluster's term or leader moved"
+    );
+    assert_eq!(history_len(&cluster).await, history);
+}
+
+/// An executor holding site-a's lease from one cluster, whose controllers are replaced by
+/// a new cluster on the same addresses (same CA), stops holding: its worker is stopped
+/// at the lease deadline, it never gets a lease from the new cluster, and its log says
+/// why with both ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_executor_of_a_replaced_cluster_gets_no_lease_from_the_new_one() {
+    let mut cluster = Cluster::new();
+    cluster.start_all();
+    cluster.wait_ready(READY).await;
+    let old_id = recorded_cluster_id(&cluster).await;
+    let starts = cluster.data_dir().join("worker-starts");
+    let script = format!("echo $$ >> {}; exec sleep 600", starts.display());
+    let _exec = cluster.exec("site-a", &[], &["sh", "-c", &script]);
+    common::eventually("site-a holds the lease", READY, || async {
+        site_leases(&cluster, "site-a").await.pop()
+    })
+    .await;
+    let worker: i32 = common::eventually("the worker started", READY, || async {
+        std::fs::read_to_string(&starts)
+            .ok()
+            .and_then(|s| s.lines().next().and_then(|l| l.trim().parse().ok()))
+    })
+    .await;
+
+    // A new cluster on the same addresses: every controller on an empty data dir.
+    cluster.kill_all();
+    for id in 1..=5 {
+        let dir = cluster.data_dir().join(format!("controller-{id}"));
+        std::fs::rename(
+            &dir,
+            cluster.data_dir().join(format!("old-controller-{id}")),
+        )
+        .expect("move the old data dir away");
+        let log = cluster.data_dir().join(format!("controller-{id}.log"));
+        std::fs::rename(
+            &log,
+            cluster.data_dir().join(format!("old-controller-{id}.log")),
+        )
+        .expect("move the old log away");
+    }
+    cluster.start_all();
+    cluster.wait_ready(READY).await;
+    let new_id = recorded_cluster_id(&cluster).await;
+    assert_ne!(old_id, new_id);
+
+    common::eventually("the worker is stopped", READY, || async {
+        (!common::alive(worker)).then_some(())
+    })
+    .await;
+    let exec_log =
+        || std::fs::read_to_string(cluster.data_dir().join("exec-site-a.log")).unwrap_or_default();
+    common::eventually("the executor says why", READY, || async {
+        let log = exec_log();
+        (log.contains(&format!("belongs to cluster {new_id}"))
+            && log.contains(&format!("for cluster {old_id}")))
+        .then_some(())
+    })
+    .await;
+    // Standing by for several acquire rounds: the new cluster grants it nothing.
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < until {
+        assert!(
+            site_leases(&cluster, "site-a").await.is_empty(),
+            "the new cluster granted the old executor a lease: {}",
+            exec_log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let started = std::fs::read_to_string(&starts).expect("worker starts");
+    assert_eq!(
+        started.lines().count(),
+        1,
+        "a worker started again: {started}"
+    );
+}
+
+/// The CLI pinned to another cluster (`--cluster-id`) exits 1 naming both ids and
+/// changes nothing; pinned to the right one it works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_pinned_to_another_cluster_is_refused() {
+    let mut cluster = Cluster::new();
+    cluster.start_all();
+    cluster.wait_ready(READY).await;
+    let id = recorded_cluster_id(&cluster).await;
+    let history = history_len(&cluster).await;
+    let wrong = "0123456789abcdef0123456789abcdef";
+    let run = |pin: &str, args: &[&str]| {
+        std::process::Command::new(common::failover_bin())
+            .args(args)
+            .args(["--endpoints", &cluster.endpoints(), "--cluster-id", pin])
+            .output()
+            .expect("failover")
+    };
+    let out = run(wrong, &["promote", "site-b", "--force"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("belongs to cluster {id}")) && stderr.contains(wrong),
+        "{stderr}"
+    );
+    let out = run(wrong, &["status"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let status = cluster.client().status().await.expect("status");
+    assert_eq!(
+        status.groups[0].active_site, "site-a",
+        "the promote went through"
+    );
+    assert_eq!(history_len(&cluster).await, history);
+
+    let out = run(&id, &["status"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = std::process::Command::new(common::failover_bin())
+        .args(["status", "--cluster-id", "not an id"])
+        .output()
+        .expect("failover");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}

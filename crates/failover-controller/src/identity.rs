@@ -34,6 +34,10 @@ const RAFT_PREFIX: &str = "/failover.raft.v1.RaftService/";
 const ACQUIRE: &str = "/failover.lease.v1.LeaseService/Acquire";
 /// How often [`watch`] looks at the applied id and at the peers' answers.
 const WATCH_EVERY: Duration = Duration::from_millis(200);
+/// [`probe`] runs on every this many passes of [`watch`] (once a second).
+const PROBE_EVERY: u32 = 5;
+/// How long [`probe`] waits for a peer's status.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Whether a call for cluster `theirs` (its header, if any) to `path` may proceed on a
 /// controller whose id is `ours` (what it answers with: the recorded or applied id, or
@@ -242,7 +246,16 @@ pub async fn watch(
         }
     };
     let pin = ctx.dialer.pin().clone();
+    // Raft reaches the peers its log names, which may be another cluster's: the
+    // topology's controllers are asked directly until a majority answered with this
+    // controller's id.
+    let mut confirmed = false;
+    let mut round: u32 = 0;
     loop {
+        if !confirmed && round % PROBE_EVERY == 0 {
+            confirmed = probe(&ctx).await;
+        }
+        round = round.wrapping_add(1);
         let checked = check_once(
             &ctx.topology,
             ctx.node_id,
@@ -263,6 +276,36 @@ pub async fn watch(
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
     }
+}
+
+/// Asks every other controller of the topology for its status through this controller's
+/// pinned channels (which note the ones answering for another cluster); true when a
+/// majority of the topology (this one not counted) answered with this controller's id.
+async fn probe(ctx: &NodeContext) -> bool {
+    let Some(ours) = ctx.dialer.pin().id() else {
+        return false;
+    };
+    let total = ctx.topology.controllers().count();
+    let asks = ctx
+        .topology
+        .controllers()
+        .filter(|(_, c)| c.id != ctx.node_id)
+        .filter_map(|(_, c)| ctx.dialer.channel(&c.addr).ok())
+        .map(|channel| async move {
+            let mut client = failover_proto::wire::admin_client(channel);
+            let call = client.status(failover_proto::admin::StatusRequest {});
+            match tokio::time::timeout(PROBE_TIMEOUT, call).await {
+                Ok(Ok(answer)) => answer
+                    .metadata()
+                    .get(CLUSTER_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned),
+                _ => None,
+            }
+        });
+    let answers = futures::future::join_all(asks).await;
+    let same = answers.iter().flatten().filter(|id| **id == ours).count();
+    same > total / 2
 }
 
 async fn check_once(
