@@ -110,6 +110,9 @@ pub struct LeaseConfig {
     /// a controller of another cluster is refused and no lease from it is ever held.
     /// `None`: the dialer's pin decides (by default the first answer's id is pinned).
     pub cluster_id: Option<String>,
+    /// A bearer token this session's calls carry (docs/security.md, "Bearer tokens");
+    /// `None`: the dialer's (if any).
+    pub token: Option<String>,
 }
 
 /// A dialer whose channels carry a pin of their own: a session pinned to
@@ -234,13 +237,22 @@ impl LeaseSession {
         dialer: Arc<dyn Dialer>,
         clock: Arc<dyn Clock>,
     ) -> LeaseSession {
-        let dialer: Arc<dyn Dialer> = match &config.cluster_id {
-            Some(id) if dialer.pin().id().as_ref() != Some(id) => {
-                let pin = ClusterPin::pinned(id.clone());
-                pin.set_token(dialer.pin().token());
-                Arc::new(Repinned { inner: dialer, pin })
-            }
-            _ => dialer,
+        let own_id = config
+            .cluster_id
+            .as_ref()
+            .is_some_and(|id| dialer.pin().id().as_ref() != Some(id));
+        let own_token = config
+            .token
+            .as_ref()
+            .is_some_and(|t| dialer.pin().token().as_ref() != Some(t));
+        let dialer: Arc<dyn Dialer> = if own_id || own_token {
+            let pin = ClusterPin::from_option(
+                config.cluster_id.clone().or_else(|| dialer.pin().id()),
+            );
+            pin.set_token(config.token.clone().or_else(|| dialer.pin().token()));
+            Arc::new(Repinned { inner: dialer, pin })
+        } else {
+            dialer
         };
         let (publish, state) = watch::channel(LeaseState::Connecting);
         let (publish_timing, timing) = watch::channel(None);

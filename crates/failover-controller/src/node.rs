@@ -615,7 +615,7 @@ where
     };
     let result = tonic::transport::Server::builder()
         .tcp_nodelay(true)
-        .layer(crate::auth::AuthLayer)
+        .layer(crate::auth::AuthLayer::new(&ctx.topology.tokens))
         .layer(crate::identity::ClusterLayer::new(
             ctx.dialer.pin().clone(),
             ctx.view.clone(),

@@ -24,6 +24,7 @@ fn topology() -> Topology {
         tls: None,
         limits: Default::default(),
         cluster_id: None,
+        tokens: Vec::new(),
         timing: Timing::default(),
         sites: SITES
             .iter()

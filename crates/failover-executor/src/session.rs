@@ -34,6 +34,7 @@ pub(crate) fn start(
         standby_poll: STANDBY_POLL,
         release_on_drain: false,
         cluster_id: opts.cluster_id.clone(),
+        token: None,
     };
     LeaseSession::start(config, dialer, clock)
 }

@@ -134,7 +134,11 @@ fn transport(
         cert: resolve(&me.cert),
         key: resolve(&me.key),
     };
-    let server = failover_controller::auth::server_tls(files.clone())?;
+    let server = if topology.tokens.is_empty() {
+        failover_controller::auth::server_tls(files.clone())?
+    } else {
+        failover_controller::auth::server_tls_allowing_tokens(files.clone())?
+    };
     let http = if tls.http {
         Some(failover_controller::auth::http_tls(files.clone())?)
     } else {

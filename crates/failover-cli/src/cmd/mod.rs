@@ -13,6 +13,7 @@ mod pause;
 mod promote;
 mod reload;
 mod status;
+mod token;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -100,6 +101,8 @@ pub enum Command {
     Exec(exec::ExecArgs),
     /// Replace a site's workers one by one (rolling reload).
     Reload(reload::ReloadArgs),
+    /// Issue bearer tokens for clients that cannot use certificates.
+    Token(token::TokenArgs),
     /// Internal: the per-worker guard started by `exec`.
     #[command(hide = true)]
     Guard(guard::GuardArgs),
@@ -141,6 +144,24 @@ pub struct ClusterArgs {
     /// answers is pinned for the rest of the command (docs/security.md).
     #[arg(long, env = "FAILOVER_CLUSTER_ID", value_parser = parse_cluster_id)]
     pub cluster_id: Option<String>,
+    /// A file holding a bearer token (the topology's `tokens:`), for a client without a
+    /// certificate: give it with --tls-ca only (docs/security.md, "Bearer tokens").
+    #[arg(long, env = "FAILOVER_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// The bearer token in `path` (surrounding whitespace ignored).
+pub(crate) fn read_token(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the token file {}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() || !token.chars().all(|c| c.is_ascii_graphic()) {
+        anyhow::bail!(
+            "the token file {} must hold one token of visible ASCII characters",
+            path.display()
+        );
+    }
+    Ok(token.to_owned())
 }
 
 /// A valid `--cluster-id`.
@@ -164,6 +185,19 @@ impl ClusterArgs {
     /// given with `--config` says `insecure: true`.
     pub fn dialer(&self) -> anyhow::Result<Arc<dyn Dialer>> {
         let pin = ClusterPin::from_option(self.pinned_cluster_id());
+        if let Some(path) = &self.token_file {
+            pin.set_token(Some(read_token(path)?));
+            if let (Some(ca), None, None) = (&self.tls_ca, &self.tls_cert, &self.tls_key) {
+                let tls = failover_client::tls::client_tls_without_certificate(ca.clone())?;
+                return Ok(Arc::new(TlsDialer::new(tls).with_pin(pin)));
+            }
+            if self.tls_ca.is_none() {
+                anyhow::bail!(
+                    "a bearer token (--token-file) needs --tls-ca (or FAILOVER_TLS_CA): the \
+                     client verifies the controllers against the cluster CA"
+                );
+            }
+        }
         match (&self.tls_ca, &self.tls_cert, &self.tls_key) {
             (Some(ca), Some(cert), Some(key)) => {
                 let files = TlsFiles {
@@ -240,6 +274,7 @@ impl Cli {
             Command::Check(args) => check::run(args),
             Command::Exec(args) => exec::run(args).await,
             Command::Reload(args) => reload::run(args).await,
+            Command::Token(args) => token::run(args),
             Command::Guard(args) => guard::run(args),
         }
     }
