@@ -734,3 +734,122 @@ async fn the_cli_pinned_to_another_cluster_is_refused() {
         .expect("failover");
     assert_eq!(out.status.code(), Some(2), "{out:?}");
 }
+
+/// A dialer without a client certificate (it verifies the controllers against the
+/// cluster CA) whose calls carry `token`, if any.
+fn token_dialer(cluster: &Cluster, token: Option<&str>) -> Arc<dyn failover_client::Dialer> {
+    let ca = cluster.tls_files("reader-dev").ca;
+    let tls = failover_client::tls::client_tls_without_certificate(ca).expect("client TLS");
+    let pin = failover_proto::pin::ClusterPin::learning();
+    pin.set_token(token.map(str::to_owned));
+    Arc::new(TlsDialer::new(tls).with_pin(pin))
+}
+
+/// Bearer tokens for clients without a certificate: a reader token reads status but its
+/// promote is refused PERMISSION_DENIED and changes nothing; a wrong token and no token
+/// are refused UNAUTHENTICATED; an engine token acquires only for its site; and the CLI
+/// with --token-file reads as the token's identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_tokens_authenticate_clients_without_certificates() {
+    let reader_token = "reader-secret-0123456789";
+    let engine_token = "engine-secret-0123456789";
+    let hash = failover_controller::auth::token_sha256;
+    let mut cluster = Cluster::new_with(|yaml| {
+        format!(
+            "{yaml}tokens:\n  - {{ name: dashboard, role: reader, sha256: {} }}\n  \
+             - {{ name: batch-a, role: engine, sites: [site-a], sha256: {} }}\n",
+            hash(reader_token),
+            hash(engine_token)
+        )
+    });
+    cluster.start_all();
+    let leader = cluster.wait_ready(READY).await.leader;
+    let addr = cluster
+        .nodes
+        .iter()
+        .find(|n| n.id == leader)
+        .expect("leader")
+        .addr
+        .clone();
+    let endpoints = Endpoints::parse(&cluster.endpoints()).expect("endpoints");
+    let before = history_len(&cluster).await;
+
+    let mut reader = AdminClient::with_dialer(
+        endpoints.clone(),
+        token_dialer(&cluster, Some(reader_token)),
+    );
+    reader.status().await.expect("a reader token reads status");
+    let error = reader
+        .promote(PromoteRequest {
+            group: "default".into(),
+            site: "site-b".into(),
+            force: true,
+            ..Default::default()
+        })
+        .await
+        .expect_err("a reader token may not promote");
+    assert_eq!(
+        refused_code(&error),
+        Some(tonic::Code::PermissionDenied),
+        "{error}"
+    );
+    assert!(error.to_string().contains("reader/dashboard"), "{error}");
+    assert_eq!(history_len(&cluster).await, before);
+    let status = cluster.client().status().await.expect("status");
+    assert_eq!(status.groups[0].active_site, "site-a");
+
+    for (token, why) in [
+        (Some("not-a-token"), "is not one of the topology's tokens"),
+        (None, "no client certificate and no bearer token"),
+    ] {
+        let channel = token_dialer(&cluster, token)
+            .channel(&addr)
+            .expect("channel");
+        let refused = failover_proto::wire::admin_client(channel)
+            .status(failover_proto::admin::StatusRequest {})
+            .await
+            .expect_err("refused");
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+        assert!(refused.message().contains(why), "{refused:?}");
+    }
+
+    let acquire = |site: &str| AcquireRequest {
+        group: "default".into(),
+        site: site.into(),
+        instance: "token-1".into(),
+        ready: true,
+    };
+    let channel = token_dialer(&cluster, Some(engine_token))
+        .channel(&addr)
+        .expect("channel");
+    let mut lease = failover_proto::wire::lease_client(channel);
+    let denied = lease
+        .acquire(acquire("site-b"))
+        .await
+        .expect_err("an engine token for site-a may not acquire for site-b");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    assert!(denied.message().contains("engine/batch-a"), "{denied:?}");
+    let granted = lease
+        .acquire(acquire("site-a"))
+        .await
+        .expect("an engine token acquires for its site");
+    assert!(
+        matches!(
+            granted.into_inner().result,
+            Some(failover_proto::lease::acquire_response::Result::Granted(_))
+        ),
+        "site-a is active: the lease is granted"
+    );
+
+    // The CLI: --token-file with only the CA.
+    let file = cluster.data_dir().join("reader.token");
+    std::fs::write(&file, format!("{reader_token}\n")).expect("token file");
+    let out = std::process::Command::new(common::failover_bin())
+        .args(["status", "--endpoints", &cluster.endpoints(), "--token-file"])
+        .arg(&file)
+        .env_remove("FAILOVER_TLS_CERT")
+        .env_remove("FAILOVER_TLS_KEY")
+        .output()
+        .expect("failover status");
+    assert!(out.status.success(), "{out:?}");
+}
