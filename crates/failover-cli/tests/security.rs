@@ -845,7 +845,12 @@ async fn bearer_tokens_authenticate_clients_without_certificates() {
     let file = cluster.data_dir().join("reader.token");
     std::fs::write(&file, format!("{reader_token}\n")).expect("token file");
     let out = std::process::Command::new(common::failover_bin())
-        .args(["status", "--endpoints", &cluster.endpoints(), "--token-file"])
+        .args([
+            "status",
+            "--endpoints",
+            &cluster.endpoints(),
+            "--token-file",
+        ])
         .arg(&file)
         .env_remove("FAILOVER_TLS_CERT")
         .env_remove("FAILOVER_TLS_KEY")

@@ -246,9 +246,8 @@ impl LeaseSession {
             .as_ref()
             .is_some_and(|t| dialer.pin().token().as_ref() != Some(t));
         let dialer: Arc<dyn Dialer> = if own_id || own_token {
-            let pin = ClusterPin::from_option(
-                config.cluster_id.clone().or_else(|| dialer.pin().id()),
-            );
+            let pin =
+                ClusterPin::from_option(config.cluster_id.clone().or_else(|| dialer.pin().id()));
             pin.set_token(config.token.clone().or_else(|| dialer.pin().token()));
             Arc::new(Repinned { inner: dialer, pin })
         } else {

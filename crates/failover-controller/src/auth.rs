@@ -404,7 +404,11 @@ where
                     };
                 // No certificate: the verifier let it through only because the topology
                 // lists bearer tokens; the call must then carry one (AuthLayer).
-                let identity = match stream.get_ref().1.peer_certificates().and_then(|c| c.first())
+                let identity = match stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
                 {
                     Some(cert) => Identity::from_certificate(cert).map(Some),
                     None => Ok(None),

@@ -372,14 +372,18 @@ impl Topology {
         let mut hashes = BTreeSet::new();
         for (i, token) in self.tokens.iter().enumerate() {
             let path = format!("tokens[{i}]");
-            let mut err = |field: &str, reason: String| errors.push((format!("{path}.{field}"), reason));
+            let mut err =
+                |field: &str, reason: String| errors.push((format!("{path}.{field}"), reason));
             if let Err(r) = check_name(&token.name) {
                 err("name", r);
             } else if !names.insert(token.name.as_str()) {
                 err("name", format!("token name `{}` is used twice", token.name));
             }
             if token.role == "peer" {
-                err("role", "peers authenticate by certificate only, never by token".into());
+                err(
+                    "role",
+                    "peers authenticate by certificate only, never by token".into(),
+                );
             } else if !TOKEN_ROLES.contains(&token.role.as_str()) {
                 err(
                     "role",
@@ -397,7 +401,10 @@ impl Topology {
                 }
             }
             let hex = token.sha256.len() == 64
-                && token.sha256.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c));
+                && token
+                    .sha256
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c));
             if !hex {
                 err(
                     "sha256",

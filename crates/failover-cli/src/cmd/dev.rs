@@ -259,7 +259,8 @@ fn reader_token(topology: &mut Topology, tls_dir: &Path) -> anyhow::Result<PathB
                 .mode(0o600)
                 .open(&path)
                 .with_context(|| format!("cannot write {}", path.display()))?;
-            writeln!(file, "{token}").with_context(|| format!("cannot write {}", path.display()))?;
+            writeln!(file, "{token}")
+                .with_context(|| format!("cannot write {}", path.display()))?;
             token
         }
     };
