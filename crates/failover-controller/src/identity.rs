@@ -252,7 +252,7 @@ pub async fn watch(
     let mut confirmed = false;
     let mut round: u32 = 0;
     loop {
-        if !confirmed && round % PROBE_EVERY == 0 {
+        if !confirmed && round.is_multiple_of(PROBE_EVERY) {
             confirmed = probe(&ctx).await;
         }
         round = round.wrapping_add(1);
