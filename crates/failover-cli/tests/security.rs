@@ -753,13 +753,16 @@ fn token_dialer(cluster: &Cluster, token: Option<&str>) -> Arc<dyn failover_clie
 async fn bearer_tokens_authenticate_clients_without_certificates() {
     let reader_token = "reader-secret-0123456789";
     let engine_token = "engine-secret-0123456789";
+    let operator_token = "operator-secret-0123456789";
     let hash = failover_controller::auth::token_sha256;
     let mut cluster = Cluster::new_with(|yaml| {
         format!(
             "{yaml}tokens:\n  - {{ name: dashboard, role: reader, sha256: {} }}\n  \
-             - {{ name: batch-a, role: engine, sites: [site-a], sha256: {} }}\n",
+             - {{ name: batch-a, role: engine, sites: [site-a], sha256: {} }}\n  \
+             - {{ name: ci, role: operator, sha256: {} }}\n",
             hash(reader_token),
-            hash(engine_token)
+            hash(engine_token),
+            hash(operator_token)
         )
     });
     cluster.start_all();
@@ -839,6 +842,31 @@ async fn bearer_tokens_authenticate_clients_without_certificates() {
             Some(failover_proto::lease::acquire_response::Result::Granted(_))
         ),
         "site-a is active: the lease is granted"
+    );
+
+    // An operator token may pause, through a follower too; history names the token.
+    let follower = cluster
+        .nodes
+        .iter()
+        .find(|n| n.id != leader)
+        .expect("a follower");
+    let mut operator = AdminClient::with_dialer(
+        Endpoints::parse(&follower.addr).expect("endpoint"),
+        token_dialer(&cluster, Some(operator_token)),
+    );
+    operator
+        .pause(PauseRequest {
+            group: "default".into(),
+            reason: "maintenance".into(),
+            actor: String::new(),
+        })
+        .await
+        .expect("an operator token may pause");
+    let history = cluster.client().history("default").await.expect("history");
+    let last = history.entries.last().expect("an entry");
+    assert_eq!(
+        (last.kind.as_str(), last.actor.as_str()),
+        ("pause", "operator/ci")
     );
 
     // The CLI: --token-file with only the CA.
