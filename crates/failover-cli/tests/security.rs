@@ -886,3 +886,75 @@ async fn bearer_tokens_authenticate_clients_without_certificates() {
         .expect("failover status");
     assert!(out.status.success(), "{out:?}");
 }
+
+/// `failover dev` on a topology without a `tls` section writes a reader token beside its
+/// certificates and prints how to use it: with only the CA and that token, `status`
+/// answers and `promote` is refused.
+#[test]
+fn failover_dev_issues_a_reader_token() {
+    use std::io::{BufRead, BufReader};
+    let cluster = Cluster::new(); // only for its free ports and temp dir
+    let text = std::fs::read_to_string(&cluster.config).expect("topology");
+    let plain: String = text
+        .lines()
+        .filter(|l| !l.starts_with("tls:"))
+        .map(|l| match l.find(", cert:") {
+            Some(at) => format!("{} }}\n", &l[..at]),
+            None => format!("{l}\n"),
+        })
+        .collect();
+    let config = cluster.data_dir().join("plain.yaml");
+    std::fs::write(&config, plain).expect("plain topology");
+    let data_dir = cluster.data_dir().join("dev");
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut dev = Killed(
+        std::process::Command::new(common::failover_bin())
+            .args(["dev", "--config"])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn dev"),
+    );
+    let stdout = dev.0.stdout.take().expect("stdout");
+    let mut printed = Vec::new();
+    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        let ready = line.contains("Press Ctrl-C");
+        printed.push(line);
+        if ready {
+            break;
+        }
+    }
+    let token_file = data_dir.join("tls").join("reader-dev.token");
+    assert!(
+        printed
+            .iter()
+            .any(|l| l.contains(&format!("FAILOVER_TOKEN_FILE={}", token_file.display()))),
+        "{printed:?}"
+    );
+    let run = |args: &[&str]| {
+        std::process::Command::new(common::failover_bin())
+            .args(args)
+            .args(["--endpoints", &cluster.endpoints()])
+            .env("FAILOVER_TLS_CA", data_dir.join("tls").join("ca.pem"))
+            .env("FAILOVER_TOKEN_FILE", &token_file)
+            .env_remove("FAILOVER_TLS_CERT")
+            .env_remove("FAILOVER_TLS_KEY")
+            .output()
+            .expect("failover")
+    };
+    let out = run(&["status"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = run(&["promote", "site-b", "--force"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("reader/reader-dev-token"), "{stderr}");
+}
