@@ -958,3 +958,34 @@ fn failover_dev_issues_a_reader_token() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("reader/reader-dev-token"), "{stderr}");
 }
+
+/// A topology that pins `cluster_id:` makes a new cluster take that id; a controller whose
+/// data dir records another id than the topology pins refuses to start, naming both and
+/// the data dir.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topology_pin_names_the_cluster_and_refuses_another_data_dir() {
+    let mut cluster = Cluster::new_with(|yaml| yaml + "cluster_id: pinned-test-1\n");
+    cluster.start_all();
+    cluster.wait_ready(READY).await;
+    assert_eq!(recorded_cluster_id(&cluster).await, "pinned-test-1");
+
+    cluster.kill9(5);
+    let text = std::fs::read_to_string(&cluster.config).expect("topology");
+    std::fs::write(
+        &cluster.config,
+        text.replace("pinned-test-1", "pinned-test-2"),
+    )
+    .expect("topology");
+    cluster.start(5);
+    let code = cluster.wait_exit(5, READY);
+    let log = cluster.log_of(5);
+    assert_ne!(code, Some(0), "{log}");
+    let dir = cluster.data_dir().join("controller-5");
+    assert!(
+        log.contains(&format!(
+            "data dir {} belongs to cluster pinned-test-1, but the topology's cluster_id names cluster pinned-test-2",
+            dir.display()
+        )),
+        "{log}"
+    );
+}
