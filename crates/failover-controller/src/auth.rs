@@ -9,6 +9,10 @@
 //! - `failover://site/<site>` (engines, one per site): the sites an engine may hold
 //!   leases and report for.
 //!
+//! When the topology lists bearer tokens (`tokens:`), the handshake also accepts a client
+//! without a certificate; [`AuthLayer`] then takes the identity of each of its calls from
+//! `authorization: Bearer <token>` (a certificate wins over a token).
+//!
 //! [`AuthLayer`] then checks every call against [`ROLE_TABLE`], the one place that says
 //! which RPC needs which role; a call outside its role is answered `PERMISSION_DENIED`
 //! before any service code runs. In `insecure` mode there is no TLS and no check.
