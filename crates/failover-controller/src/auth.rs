@@ -694,6 +694,43 @@ mod tests {
     }
 
     #[test]
+    fn bearer_tokens_name_their_identity() {
+        let config = |name: &str, role: &str, sites: &[&str], token: &str| {
+            failover_core::config::TokenConfig {
+                name: name.into(),
+                role: role.into(),
+                sites: sites
+                    .iter()
+                    .map(|s| failover_core::SiteId((*s).into()))
+                    .collect(),
+                sha256: token_sha256(token),
+            }
+        };
+        let layer = AuthLayer::new(&[
+            config("dash", "reader", &[], "r-token"),
+            config("batch", "engine", &["site-a"], "e-token"),
+            config("sneaky", "peer", &[], "p-token"),
+        ]);
+        assert_eq!(layer.tokens.len(), 2, "a peer token is never accepted");
+        let header = |v: &str| http::HeaderValue::from_str(v).expect("header");
+        let reader =
+            token_identity(&layer.tokens, Some(&header("Bearer r-token"))).expect("reader");
+        assert_eq!(reader.to_string(), "reader/dash");
+        let engine =
+            token_identity(&layer.tokens, Some(&header("Bearer e-token"))).expect("engine");
+        assert_eq!(engine.sites, ["site-a"]);
+        let refused = |h: Option<&http::HeaderValue>| {
+            let status = token_identity(&layer.tokens, h).expect_err("refused");
+            assert_eq!(status.code(), tonic::Code::Unauthenticated);
+            status.message().to_owned()
+        };
+        assert!(refused(None).contains("no client certificate and no bearer token"));
+        assert!(refused(Some(&header("Basic r-token"))).contains("not `Bearer <token>`"));
+        assert!(refused(Some(&header("Bearer p-token"))).contains("not one of the topology's"));
+        assert!(refused(Some(&header("Bearer r-tokem"))).contains("not one of the topology's"));
+    }
+
+    #[test]
     fn role_table() {
         let admin = "/failover.admin.v1.AdminService/";
         assert!(allowed(&format!("{admin}Status"), Role::Reader));
