@@ -250,12 +250,15 @@ pub async fn watch(
     // topology's controllers are asked directly until a majority answered with this
     // controller's id.
     let mut confirmed = false;
-    let mut round: u32 = 0;
+    let mut passes_to_probe: u32 = 0;
     loop {
-        if !confirmed && round.is_multiple_of(PROBE_EVERY) {
-            confirmed = probe(&ctx).await;
+        if !confirmed {
+            if passes_to_probe == 0 {
+                confirmed = probe(&ctx).await;
+                passes_to_probe = PROBE_EVERY;
+            }
+            passes_to_probe -= 1;
         }
-        round = round.wrapping_add(1);
         let checked = check_once(
             &ctx.topology,
             ctx.node_id,
