@@ -80,7 +80,7 @@ async fn probe(addr: &str, group: &str, site: &str) -> Probe {
         Ok(channel) => channel,
         Err(e) => return Probe::NotYet(format!("{e:#}")),
     };
-    let mut client = failover_proto::wire::lease_client(channel);
+    let mut client = lease_client(channel);
     let no_renewals = tokio_stream::empty::<KeepAliveRequest>();
     match tokio::time::timeout(PROBE_TIMEOUT, client.keep_alive(no_renewals)).await {
         Err(_) => return Probe::NotYet("keepalive probe timed out".into()),
@@ -128,7 +128,7 @@ impl Target for Failover {
             instance: format!("bench-{instance}"),
             ready: false,
         };
-        let response = failover_proto::wire::lease_client(channel)
+        let response = lease_client(channel)
             .acquire(request)
             .await
             .map_err(|status| status.to_string())?;
@@ -171,9 +171,18 @@ impl Target for Failover {
         channel: Channel,
         requests: ReceiverStream<KeepAliveRequest>,
     ) -> Result<tonic::Streaming<KeepAliveResponse>, tonic::Status> {
-        Ok(failover_proto::wire::lease_client(channel)
+        Ok(lease_client(channel)
             .keep_alive(requests)
             .await?
             .into_inner())
     }
+}
+
+/// A lease client as every client of failover makes one: through the channel that
+/// carries the cluster id (learned from the first answer) on every call.
+fn lease_client(
+    channel: Channel,
+) -> failover_proto::lease::lease_service_client::LeaseServiceClient<failover_proto::wire::Chan> {
+    use failover_proto::pin::{ClusterPin, PinnedChannel};
+    failover_proto::wire::lease_client(PinnedChannel::new(channel, ClusterPin::learning(), "bench"))
 }

@@ -94,7 +94,7 @@ async fn grant_loop(endpoints: String, acked: Arc<Mutex<Acked>>, stop: Arc<Atomi
     let mut hint: Option<String> = None;
     let mut n = 0u64;
     // One channel per controller; a channel reconnects by itself after a restart.
-    let mut clients: BTreeMap<String, LeaseServiceClient<tonic::transport::Channel>> =
+    let mut clients: BTreeMap<String, LeaseServiceClient<failover_proto::wire::Chan>> =
         BTreeMap::new();
     while !stop.load(Ordering::Relaxed) {
         let addr = hint.take().unwrap_or_else(|| {

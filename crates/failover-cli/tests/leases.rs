@@ -89,6 +89,8 @@ fn session(cluster: &Cluster, site: &str, instance: &str) -> LeaseSession {
             stop_grace: STOP_GRACE,
             standby_poll: Duration::from_millis(100),
             release_on_drain: true,
+            cluster_id: None,
+            token: None,
         },
         common::engine_dialer(site),
         Arc::new(SystemClock),

@@ -535,3 +535,457 @@ async fn the_cluster_id_is_fixed_once_replicated_and_shown_by_status() {
     let after = client.status().await.expect("status").cluster_id;
     assert_eq!(after, id, "the id changed across a restart");
 }
+
+/// The cluster id, once every controller recorded it in its data dir (each logs it).
+async fn recorded_cluster_id(cluster: &Cluster) -> String {
+    let id = common::eventually("a cluster id", READY, || {
+        let mut client = cluster.client();
+        async move {
+            let status = client.status().await.ok()?;
+            (!status.cluster_id.is_empty()).then_some(status.cluster_id)
+        }
+    })
+    .await;
+    for node in &cluster.nodes {
+        common::eventually("the id recorded in every data dir", READY, || async {
+            (node.pid().is_none()
+                || cluster
+                    .log_of(node.id)
+                    .contains("cluster id recorded in the data dir"))
+            .then_some(())
+        })
+        .await;
+    }
+    id
+}
+
+/// The leases of `group` at `site` that `cluster` lists.
+async fn site_leases(cluster: &Cluster, site: &str) -> Vec<failover_proto::admin::LeaseStatus> {
+    let mut client = cluster.client();
+    match client.leases("default").await {
+        Ok(list) => list.leases.into_iter().filter(|l| l.site == site).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// A controller started on the data dir of a controller of another cluster refuses to
+/// run: it exits non-zero naming both ids and the data dir, and the cluster it was started
+/// in keeps its term, leader and history (its votes were refused before Raft saw them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_on_another_clusters_data_dir_is_refused() {
+    let mut old = Cluster::new();
+    old.start_all();
+    old.wait_ready(READY).await;
+    let old_id = recorded_cluster_id(&old).await;
+    old.kill_all();
+
+    let mut cluster = Cluster::new();
+    for id in 1..=4 {
+        cluster.start(id);
+    }
+    cluster.wait_ready(READY).await;
+    let new_id = recorded_cluster_id(&cluster).await;
+    assert_ne!(old_id, new_id);
+    let before = cluster.client().status().await.expect("status");
+    let history = history_len(&cluster).await;
+
+    // Controller 5 of the new cluster starts on controller 5's data of the old one.
+    let dir = cluster.data_dir().join("controller-5");
+    std::fs::create_dir_all(&dir).expect("data dir");
+    std::fs::copy(
+        old.data_dir().join("controller-5").join("raft.redb"),
+        dir.join("raft.redb"),
+    )
+    .expect("copy the old data file");
+    cluster.start(5);
+    let code = cluster.wait_exit(5, READY);
+    let log = cluster.log_of(5);
+    assert_ne!(code, Some(0), "{log}");
+    assert!(
+        log.contains(&format!("belongs to cluster {old_id}"))
+            && log.contains(&format!("names cluster {new_id}"))
+            && log.contains(&dir.display().to_string()),
+        "the refusal names both ids and the data dir: {log}"
+    );
+
+    let after = cluster.client().status().await.expect("status");
+    assert_eq!(
+        (after.term, after.leader, after.cluster_id.as_str()),
+        (before.term, before.leader, new_id.as_str()),
+        "the cluster's term or leader moved"
+    );
+    assert_eq!(history_len(&cluster).await, history);
+}
+
+/// An executor holding site-a's lease from one cluster, whose controllers are replaced by
+/// a new cluster on the same addresses (same CA), stops holding: its worker is stopped
+/// at the lease deadline, it never gets a lease from the new cluster, and its log says
+/// why with both ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_executor_of_a_replaced_cluster_gets_no_lease_from_the_new_one() {
+    let mut cluster = Cluster::new();
+    cluster.start_all();
+    cluster.wait_ready(READY).await;
+    let old_id = recorded_cluster_id(&cluster).await;
+    let starts = cluster.data_dir().join("worker-starts");
+    let script = format!("echo $$ >> {}; exec sleep 600", starts.display());
+    let _exec = cluster.exec("site-a", &[], &["sh", "-c", &script]);
+    common::eventually("site-a holds the lease", READY, || async {
+        site_leases(&cluster, "site-a").await.pop()
+    })
+    .await;
+    let worker: i32 = common::eventually("the worker started", READY, || async {
+        std::fs::read_to_string(&starts)
+            .ok()
+            .and_then(|s| s.lines().next().and_then(|l| l.trim().parse().ok()))
+    })
+    .await;
+
+    // A new cluster on the same addresses: every controller on an empty data dir.
+    cluster.kill_all();
+    for id in 1..=5 {
+        let dir = cluster.data_dir().join(format!("controller-{id}"));
+        std::fs::rename(
+            &dir,
+            cluster.data_dir().join(format!("old-controller-{id}")),
+        )
+        .expect("move the old data dir away");
+        let log = cluster.data_dir().join(format!("controller-{id}.log"));
+        std::fs::rename(
+            &log,
+            cluster.data_dir().join(format!("old-controller-{id}.log")),
+        )
+        .expect("move the old log away");
+    }
+    cluster.start_all();
+    cluster.wait_ready(READY).await;
+    let new_id = recorded_cluster_id(&cluster).await;
+    assert_ne!(old_id, new_id);
+
+    common::eventually("the worker is stopped", READY, || async {
+        (!common::alive(worker)).then_some(())
+    })
+    .await;
+    let exec_log =
+        || std::fs::read_to_string(cluster.data_dir().join("exec-site-a.log")).unwrap_or_default();
+    common::eventually("the executor says why", READY, || async {
+        let log = exec_log();
+        (log.contains(&format!("belongs to cluster {new_id}"))
+            && log.contains(&format!("for cluster {old_id}")))
+        .then_some(())
+    })
+    .await;
+    // Standing by for several acquire rounds: the new cluster grants it nothing.
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < until {
+        assert!(
+            site_leases(&cluster, "site-a").await.is_empty(),
+            "the new cluster granted the old executor a lease: {}",
+            exec_log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let started = std::fs::read_to_string(&starts).expect("worker starts");
+    assert_eq!(
+        started.lines().count(),
+        1,
+        "a worker started again: {started}"
+    );
+}
+
+/// The CLI pinned to another cluster (`--cluster-id`) exits 1 naming both ids and
+/// changes nothing; pinned to the right one it works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_pinned_to_another_cluster_is_refused() {
+    let mut cluster = Cluster::new();
+    cluster.start_all();
+    cluster.wait_ready(READY).await;
+    let id = recorded_cluster_id(&cluster).await;
+    let history = history_len(&cluster).await;
+    let wrong = "0123456789abcdef0123456789abcdef";
+    let run = |pin: &str, args: &[&str]| {
+        std::process::Command::new(common::failover_bin())
+            .args(args)
+            .args(["--endpoints", &cluster.endpoints(), "--cluster-id", pin])
+            .output()
+            .expect("failover")
+    };
+    let out = run(wrong, &["promote", "site-b", "--force"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("belongs to cluster {id}")) && stderr.contains(wrong),
+        "{stderr}"
+    );
+    let out = run(wrong, &["status"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let status = cluster.client().status().await.expect("status");
+    assert_eq!(
+        status.groups[0].active_site, "site-a",
+        "the promote went through"
+    );
+    assert_eq!(history_len(&cluster).await, history);
+
+    let out = run(&id, &["status"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = std::process::Command::new(common::failover_bin())
+        .args(["status", "--cluster-id", "not an id"])
+        .output()
+        .expect("failover");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
+/// A dialer without a client certificate (it verifies the controllers against the
+/// cluster CA) whose calls carry `token`, if any.
+fn token_dialer(cluster: &Cluster, token: Option<&str>) -> Arc<dyn failover_client::Dialer> {
+    let ca = cluster.tls_files("reader-dev").ca;
+    let tls = failover_client::tls::client_tls_without_certificate(ca).expect("client TLS");
+    let pin = failover_proto::pin::ClusterPin::learning();
+    pin.set_token(token.map(str::to_owned));
+    Arc::new(TlsDialer::new(tls).with_pin(pin))
+}
+
+/// Bearer tokens for clients without a certificate: a reader token reads status but its
+/// promote is refused PERMISSION_DENIED and changes nothing; a wrong token and no token
+/// are refused UNAUTHENTICATED; an engine token acquires only for its site; and the CLI
+/// with --token-file reads as the token's identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_tokens_authenticate_clients_without_certificates() {
+    let reader_token = "reader-secret-0123456789";
+    let engine_token = "engine-secret-0123456789";
+    let operator_token = "operator-secret-0123456789";
+    let hash = failover_controller::auth::token_sha256;
+    let mut cluster = Cluster::new_with(|yaml| {
+        format!(
+            "{yaml}tokens:\n  - {{ name: dashboard, role: reader, sha256: {} }}\n  \
+             - {{ name: batch-a, role: engine, sites: [site-a], sha256: {} }}\n  \
+             - {{ name: ci, role: operator, sha256: {} }}\n",
+            hash(reader_token),
+            hash(engine_token),
+            hash(operator_token)
+        )
+    });
+    cluster.start_all();
+    let leader = cluster.wait_ready(READY).await.leader;
+    let addr = cluster
+        .nodes
+        .iter()
+        .find(|n| n.id == leader)
+        .expect("leader")
+        .addr
+        .clone();
+    let endpoints = Endpoints::parse(&cluster.endpoints()).expect("endpoints");
+    let before = history_len(&cluster).await;
+
+    let mut reader = AdminClient::with_dialer(
+        endpoints.clone(),
+        token_dialer(&cluster, Some(reader_token)),
+    );
+    reader.status().await.expect("a reader token reads status");
+    let error = reader
+        .promote(PromoteRequest {
+            group: "default".into(),
+            site: "site-b".into(),
+            force: true,
+            ..Default::default()
+        })
+        .await
+        .expect_err("a reader token may not promote");
+    assert_eq!(
+        refused_code(&error),
+        Some(tonic::Code::PermissionDenied),
+        "{error}"
+    );
+    assert!(error.to_string().contains("reader/dashboard"), "{error}");
+    assert_eq!(history_len(&cluster).await, before);
+    let status = cluster.client().status().await.expect("status");
+    assert_eq!(status.groups[0].active_site, "site-a");
+
+    for (token, why) in [
+        (Some("not-a-token"), "is not one of the topology's tokens"),
+        (None, "no client certificate and no bearer token"),
+    ] {
+        let channel = token_dialer(&cluster, token)
+            .channel(&addr)
+            .expect("channel");
+        let refused = failover_proto::wire::admin_client(channel)
+            .status(failover_proto::admin::StatusRequest {})
+            .await
+            .expect_err("refused");
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+        assert!(refused.message().contains(why), "{refused:?}");
+    }
+
+    let acquire = |site: &str| AcquireRequest {
+        group: "default".into(),
+        site: site.into(),
+        instance: "token-1".into(),
+        ready: true,
+    };
+    let channel = token_dialer(&cluster, Some(engine_token))
+        .channel(&addr)
+        .expect("channel");
+    let mut lease = failover_proto::wire::lease_client(channel);
+    let denied = lease
+        .acquire(acquire("site-b"))
+        .await
+        .expect_err("an engine token for site-a may not acquire for site-b");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    assert!(denied.message().contains("engine/batch-a"), "{denied:?}");
+    let granted = lease
+        .acquire(acquire("site-a"))
+        .await
+        .expect("an engine token acquires for its site");
+    assert!(
+        matches!(
+            granted.into_inner().result,
+            Some(failover_proto::lease::acquire_response::Result::Granted(_))
+        ),
+        "site-a is active: the lease is granted"
+    );
+
+    // An operator token may pause, through a follower too; history names the token.
+    let follower = cluster
+        .nodes
+        .iter()
+        .find(|n| n.id != leader)
+        .expect("a follower");
+    let mut operator = AdminClient::with_dialer(
+        Endpoints::parse(&follower.addr).expect("endpoint"),
+        token_dialer(&cluster, Some(operator_token)),
+    );
+    operator
+        .pause(PauseRequest {
+            group: "default".into(),
+            reason: "maintenance".into(),
+            actor: String::new(),
+        })
+        .await
+        .expect("an operator token may pause");
+    let history = cluster.client().history("default").await.expect("history");
+    let last = history.entries.last().expect("an entry");
+    assert_eq!(
+        (last.kind.as_str(), last.actor.as_str()),
+        ("pause", "operator/ci")
+    );
+
+    // The CLI: --token-file with only the CA.
+    let file = cluster.data_dir().join("reader.token");
+    std::fs::write(&file, format!("{reader_token}\n")).expect("token file");
+    let out = std::process::Command::new(common::failover_bin())
+        .args([
+            "status",
+            "--endpoints",
+            &cluster.endpoints(),
+            "--token-file",
+        ])
+        .arg(&file)
+        .env_remove("FAILOVER_TLS_CERT")
+        .env_remove("FAILOVER_TLS_KEY")
+        .output()
+        .expect("failover status");
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// `failover dev` on a topology without a `tls` section writes a reader token beside its
+/// certificates and prints how to use it: with only the CA and that token, `status`
+/// answers and `promote` is refused.
+#[test]
+fn failover_dev_issues_a_reader_token() {
+    use std::io::{BufRead, BufReader};
+    let cluster = Cluster::new(); // only for its free ports and temp dir
+    let text = std::fs::read_to_string(&cluster.config).expect("topology");
+    let plain: String = text
+        .lines()
+        .filter(|l| !l.starts_with("tls:"))
+        .map(|l| match l.find(", cert:") {
+            Some(at) => format!("{} }}\n", &l[..at]),
+            None => format!("{l}\n"),
+        })
+        .collect();
+    let config = cluster.data_dir().join("plain.yaml");
+    std::fs::write(&config, plain).expect("plain topology");
+    let data_dir = cluster.data_dir().join("dev");
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut dev = Killed(
+        std::process::Command::new(common::failover_bin())
+            .args(["dev", "--config"])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn dev"),
+    );
+    let stdout = dev.0.stdout.take().expect("stdout");
+    let mut printed = Vec::new();
+    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        let ready = line.contains("Press Ctrl-C");
+        printed.push(line);
+        if ready {
+            break;
+        }
+    }
+    let token_file = data_dir.join("tls").join("reader-dev.token");
+    assert!(
+        printed
+            .iter()
+            .any(|l| l.contains(&format!("FAILOVER_TOKEN_FILE={}", token_file.display()))),
+        "{printed:?}"
+    );
+    let run = |args: &[&str]| {
+        std::process::Command::new(common::failover_bin())
+            .args(args)
+            .args(["--endpoints", &cluster.endpoints()])
+            .env("FAILOVER_TLS_CA", data_dir.join("tls").join("ca.pem"))
+            .env("FAILOVER_TOKEN_FILE", &token_file)
+            .env_remove("FAILOVER_TLS_CERT")
+            .env_remove("FAILOVER_TLS_KEY")
+            .output()
+            .expect("failover")
+    };
+    let out = run(&["status"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = run(&["promote", "site-b", "--force"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("reader/reader-dev-token"), "{stderr}");
+}
+
+/// A topology that pins `cluster_id:` makes a new cluster take that id; a controller whose
+/// data dir records another id than the topology pins refuses to start, naming both and
+/// the data dir.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topology_pin_names_the_cluster_and_refuses_another_data_dir() {
+    let mut cluster = Cluster::new_with(|yaml| yaml + "cluster_id: pinned-test-1\n");
+    cluster.start_all();
+    cluster.wait_ready(READY).await;
+    assert_eq!(recorded_cluster_id(&cluster).await, "pinned-test-1");
+
+    cluster.kill9(5);
+    let text = std::fs::read_to_string(&cluster.config).expect("topology");
+    std::fs::write(
+        &cluster.config,
+        text.replace("pinned-test-1", "pinned-test-2"),
+    )
+    .expect("topology");
+    cluster.start(5);
+    let code = cluster.wait_exit(5, READY);
+    let log = cluster.log_of(5);
+    assert_ne!(code, Some(0), "{log}");
+    let dir = cluster.data_dir().join("controller-5");
+    assert!(
+        log.contains(&format!(
+            "data dir {} belongs to cluster pinned-test-1, but the topology's cluster_id names cluster pinned-test-2",
+            dir.display()
+        )),
+        "{log}"
+    );
+}

@@ -23,9 +23,10 @@ use failover_proto::admin::{
     PauseResponse, PromoteRequest, PromoteResponse, ReloadRequest, ReloadResponse, ResumeRequest,
     StatusRequest, StatusResponse,
 };
+use failover_proto::pin::is_cluster_mismatch;
+use failover_proto::wire::Chan;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tonic::transport::Channel;
 use tonic::Code;
 
 use crate::endpoints::Endpoints;
@@ -115,8 +116,10 @@ impl ClientError {
     }
 }
 
-/// One endpoint's answer to a probe: its status, or why not and whether it stayed silent.
-type Answer = Result<StatusResponse, (String, bool)>;
+/// One endpoint's answer to a probe: its status, or why not and whether it stayed silent,
+/// or that it belongs to another cluster than this client's (a refusal: retrying cannot
+/// help).
+type Answer = Result<StatusResponse, (String, bool, Option<tonic::Status>)>;
 
 /// Records one answer; true when it is confirmed by a quorum.
 fn absorb(round: &mut Round, addr: String, answer: Answer) -> bool {
@@ -129,9 +132,12 @@ fn absorb(round: &mut Round, addr: String, answer: Answer) -> bool {
             round.answers.push((addr, status));
             false
         }
-        Err((why, silent)) => {
+        Err((why, silent, mismatch)) => {
             round.silent |= silent;
             round.failures.push((addr, why));
+            if mismatch.is_some() {
+                round.mismatch = mismatch;
+            }
             false
         }
     }
@@ -149,6 +155,8 @@ struct Round {
     /// Whether some endpoint did not answer within the attempt timeout (as opposed to
     /// failing at once).
     silent: bool,
+    /// An endpoint's answer for another cluster than this client's.
+    mismatch: Option<tonic::Status>,
 }
 
 /// An admin client over a set of controllers.
@@ -298,12 +306,16 @@ impl AdminClient {
             let call = client.status(StatusRequest {});
             let answer = match tokio::time::timeout(timeout, call).await {
                 Ok(Ok(response)) => Ok(response.into_inner()),
-                Ok(Err(status)) => Err((explain(&addr, &status), false)),
+                Ok(Err(status)) if is_cluster_mismatch(&status) => {
+                    Err((explain(&addr, &status), false, Some(status)))
+                }
+                Ok(Err(status)) => Err((explain(&addr, &status), false, None)),
                 Err(_) => Err((
                     format!(
                         "{addr}: no answer within {timeout:?} (process stopped or host unreachable?)"
                     ),
                     true,
+                    None,
                 )),
             };
             (addr, answer)
@@ -325,6 +337,9 @@ impl AdminClient {
             let round = self.round(self.attempt_timeout.min(left)).await;
             if let Some(found) = round.confirmed {
                 return Ok(found);
+            }
+            if let Some(status) = round.mismatch {
+                return Err(ClientError::Refused(status));
             }
             let retry = !round.answers.is_empty() || round.silent;
             let round = if round.answers.is_empty() {
@@ -402,7 +417,7 @@ impl AdminClient {
     /// locates the leader again, until `deadline`.
     async fn call<T, F, Fut>(&mut self, f: F) -> Result<T, ClientError>
     where
-        F: FnMut(AdminServiceClient<Channel>) -> Fut,
+        F: FnMut(AdminServiceClient<Chan>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         self.call_within(self.attempt_timeout, f).await
@@ -416,7 +431,7 @@ impl AdminClient {
         mut f: F,
     ) -> Result<T, ClientError>
     where
-        F: FnMut(AdminServiceClient<Channel>) -> Fut,
+        F: FnMut(AdminServiceClient<Chan>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let started = Instant::now();
@@ -489,7 +504,7 @@ impl AdminClient {
     /// and more, so its one attempt gets the longer bound.
     async fn call_waiting<T, F, Fut>(&mut self, wait: bool, f: F) -> Result<T, ClientError>
     where
-        F: FnMut(AdminServiceClient<Channel>) -> Fut,
+        F: FnMut(AdminServiceClient<Chan>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let timeout = if wait {
@@ -611,7 +626,7 @@ impl AdminClient {
     /// One call to one controller, no retry.
     async fn once<T, F, Fut>(&self, addr: &str, f: F) -> Result<T, ClientError>
     where
-        F: FnOnce(AdminServiceClient<Channel>) -> Fut,
+        F: FnOnce(AdminServiceClient<Chan>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let channel = self

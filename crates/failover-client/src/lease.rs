@@ -62,11 +62,12 @@ use failover_proto::lease::lease_service_client::LeaseServiceClient;
 use failover_proto::lease::{
     AcquireRequest, GroupEvent, KeepAliveRequest, KeepAliveResponse, ReleaseRequest, WatchRequest,
 };
+use failover_proto::pin::ClusterPin;
 use failover_proto::types::RefusalReason;
+use failover_proto::wire::Chan;
 use failover_proto::wire::{self, AcquireAnswer, Granted, KeepAliveAnswer};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
 
 use crate::clock::Clock;
 use crate::endpoints::Endpoints;
@@ -105,6 +106,30 @@ pub struct LeaseConfig {
     /// stopped (as `failover exec` does): the session then stays `Draining` until told,
     /// or until the deadline passes. Either way new work stops at the notice.
     pub release_on_drain: bool,
+    /// The cluster this session's calls are for (docs/security.md, "Cluster identity"):
+    /// a controller of another cluster is refused and no lease from it is ever held.
+    /// `None`: the dialer's pin decides (by default the first answer's id is pinned).
+    pub cluster_id: Option<String>,
+    /// A bearer token this session's calls carry (docs/security.md, "Bearer tokens");
+    /// `None`: the dialer's (if any).
+    pub token: Option<String>,
+}
+
+/// A dialer whose channels carry a pin of their own: a session pinned to
+/// [`LeaseConfig::cluster_id`] (with the token of the dialer it wraps).
+struct Repinned {
+    inner: Arc<dyn Dialer>,
+    pin: ClusterPin,
+}
+
+impl Dialer for Repinned {
+    fn channel(&self, addr: &str) -> Result<Chan, crate::transport::DialError> {
+        Ok(self.inner.channel(addr)?.with_pin(self.pin.clone()))
+    }
+
+    fn pin(&self) -> &ClusterPin {
+        &self.pin
+    }
 }
 
 /// What the instance may believe, as published by the session.
@@ -212,6 +237,22 @@ impl LeaseSession {
         dialer: Arc<dyn Dialer>,
         clock: Arc<dyn Clock>,
     ) -> LeaseSession {
+        let own_id = config
+            .cluster_id
+            .as_ref()
+            .is_some_and(|id| dialer.pin().id().as_ref() != Some(id));
+        let own_token = config
+            .token
+            .as_ref()
+            .is_some_and(|t| dialer.pin().token().as_ref() != Some(t));
+        let dialer: Arc<dyn Dialer> = if own_id || own_token {
+            let pin =
+                ClusterPin::from_option(config.cluster_id.clone().or_else(|| dialer.pin().id()));
+            pin.set_token(config.token.clone().or_else(|| dialer.pin().token()));
+            Arc::new(Repinned { inner: dialer, pin })
+        } else {
+            dialer
+        };
         let (publish, state) = watch::channel(LeaseState::Connecting);
         let (publish_timing, timing) = watch::channel(None);
         let (commands, received) = mpsc::channel(4);
@@ -366,7 +407,7 @@ async fn next_event(events: &mut Option<tonic::Streaming<GroupEvent>>) -> Option
 /// stream, the request sender and the answers.
 type Opened = (
     String,
-    LeaseServiceClient<Channel>,
+    LeaseServiceClient<Chan>,
     mpsc::Sender<KeepAliveRequest>,
     tonic::Streaming<KeepAliveResponse>,
 );
@@ -530,7 +571,7 @@ impl Driver {
         addr
     }
 
-    fn client(&mut self) -> Option<(String, LeaseServiceClient<Channel>)> {
+    fn client(&mut self) -> Option<(String, LeaseServiceClient<Chan>)> {
         let addr = self.target();
         match self.dialer.channel(&addr) {
             Ok(channel) => Some((addr, wire::lease_client(channel))),

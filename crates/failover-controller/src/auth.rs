@@ -9,6 +9,10 @@
 //! - `failover://site/<site>` (engines, one per site): the sites an engine may hold
 //!   leases and report for.
 //!
+//! When the topology lists bearer tokens (`tokens:`), the handshake also accepts a client
+//! without a certificate; [`AuthLayer`] then takes the identity of each of its calls from
+//! `authorization: Bearer <token>` (a certificate wins over a token).
+//!
 //! [`AuthLayer`] then checks every call against [`ROLE_TABLE`], the one place that says
 //! which RPC needs which role; a call outside its role is answered `PERMISSION_DENIED`
 //! before any service code runs. In `insecure` mode there is no TLS and no check.
@@ -181,8 +185,11 @@ pub fn allowed(path: &str, role: Role) -> bool {
 /// What a connection's TLS handshake established, attached to every request on it.
 #[derive(Debug, Clone)]
 pub struct PeerInfo {
-    /// The caller; `None` on a plaintext (insecure) connection.
+    /// The caller's certificate identity; `None` on a plaintext (insecure) connection, or
+    /// on a TLS connection without a client certificate (a bearer-token client).
     pub identity: Option<Identity>,
+    /// Whether the connection is TLS (`false`: insecure mode, no checks).
+    pub secure: bool,
     /// The peer's address, when the connection is TCP (what limits count by in insecure
     /// mode).
     pub remote: Option<std::net::SocketAddr>,
@@ -200,8 +207,9 @@ fn remote_of<IO: Connected>(io: &IO) -> Option<std::net::SocketAddr> {
 pub enum ServerConn<IO> {
     /// `insecure: true`.
     Plain(IO),
-    /// Mutual TLS, with the caller's identity.
-    Tls(Box<tokio_rustls::server::TlsStream<IO>>, Identity),
+    /// TLS, with the caller's certificate identity (`None`: no client certificate, which
+    /// the handshake allows only when the topology lists bearer tokens).
+    Tls(Box<tokio_rustls::server::TlsStream<IO>>, Option<Identity>),
 }
 
 impl<IO> Connected for ServerConn<IO>
@@ -214,10 +222,12 @@ where
         match self {
             ServerConn::Plain(io) => PeerInfo {
                 identity: None,
+                secure: false,
                 remote: remote_of(io),
             },
             ServerConn::Tls(io, identity) => PeerInfo {
-                identity: Some(identity.clone()),
+                identity: identity.clone(),
+                secure: true,
                 remote: remote_of(io.get_ref().0),
             },
         }
@@ -269,6 +279,20 @@ pub type ServerTls = Reloading<rustls::ServerConfig>;
 
 /// A server configuration that requires a client certificate signed by the cluster CA.
 pub fn server_config(files: &TlsFiles) -> Result<rustls::ServerConfig, TlsError> {
+    build_server_config(files, false)
+}
+
+/// A server configuration that checks a client certificate when one is presented (it
+/// must be signed by the cluster CA) and accepts a client without one, which then needs
+/// a bearer token ([`AuthLayer`]): for a topology with `tokens:`.
+pub fn server_config_allowing_tokens(files: &TlsFiles) -> Result<rustls::ServerConfig, TlsError> {
+    build_server_config(files, true)
+}
+
+fn build_server_config(
+    files: &TlsFiles,
+    allow_without_certificate: bool,
+) -> Result<rustls::ServerConfig, TlsError> {
     let roots = Arc::new(client_tls::load_roots(&files.ca)?);
     let certs = client_tls::load_certs(&files.cert, "certificate")?;
     let key = client_tls::load_key(&files.key)?;
@@ -276,10 +300,12 @@ pub fn server_config(files: &TlsFiles) -> Result<rustls::ServerConfig, TlsError>
         files: files.describe(),
         reason,
     };
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(roots, client_tls::provider())
-            .build()
-            .map_err(|e| invalid(e.to_string()))?;
+    let mut verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots, client_tls::provider());
+    if allow_without_certificate {
+        verifier = verifier.allow_unauthenticated();
+    }
+    let verifier = verifier.build().map_err(|e| invalid(e.to_string()))?;
     let mut config = rustls::ServerConfig::builder_with_provider(client_tls::provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| invalid(e.to_string()))?
@@ -317,6 +343,15 @@ pub fn http_tls(files: TlsFiles) -> Result<Arc<ServerTls>, TlsError> {
 /// Loads a controller's server TLS configuration.
 pub fn server_tls(files: TlsFiles) -> Result<Arc<ServerTls>, TlsError> {
     Ok(Arc::new(Reloading::new(files, server_config)?))
+}
+
+/// Loads a controller's server TLS configuration for a topology with bearer tokens
+/// ([`server_config_allowing_tokens`]).
+pub fn server_tls_allowing_tokens(files: TlsFiles) -> Result<Arc<ServerTls>, TlsError> {
+    Ok(Arc::new(Reloading::new(
+        files,
+        server_config_allowing_tokens,
+    )?))
 }
 
 /// How long a client may take to complete the TLS handshake.
@@ -371,13 +406,17 @@ where
                             return;
                         }
                     };
-                let identity = stream
+                // No certificate: the verifier let it through only because the topology
+                // lists bearer tokens; the call must then carry one (AuthLayer).
+                let identity = match stream
                     .get_ref()
                     .1
                     .peer_certificates()
                     .and_then(|c| c.first())
-                    .ok_or_else(|| "no client certificate".to_owned())
-                    .and_then(|c| Identity::from_certificate(c));
+                {
+                    Some(cert) => Identity::from_certificate(cert).map(Some),
+                    None => Ok(None),
+                };
                 match identity {
                     Ok(identity) => {
                         let _ = tx
@@ -462,15 +501,31 @@ pub fn require_site_of(identity: &Identity, site: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks every call against [`ROLE_TABLE`] (module doc).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct AuthLayer;
+/// Checks every call against [`ROLE_TABLE`] (module doc); a TLS connection without a
+/// client certificate is identified by the call's bearer token.
+#[derive(Debug, Clone, Default)]
+pub struct AuthLayer {
+    tokens: Arc<[Token]>,
+}
+
+impl AuthLayer {
+    /// A layer accepting the topology's bearer tokens (none: certificates only).
+    pub fn new(tokens: &[failover_core::config::TokenConfig]) -> Self {
+        let tokens: Vec<Token> = tokens.iter().filter_map(Token::from_config).collect();
+        AuthLayer {
+            tokens: tokens.into(),
+        }
+    }
+}
 
 impl<S> tower::Layer<S> for AuthLayer {
     type Service = AuthService<S>;
 
     fn layer(&self, inner: S) -> AuthService<S> {
-        AuthService { inner }
+        AuthService {
+            inner,
+            tokens: self.tokens.clone(),
+        }
     }
 }
 
@@ -478,6 +533,82 @@ impl<S> tower::Layer<S> for AuthLayer {
 #[derive(Debug, Clone)]
 pub struct AuthService<S> {
     inner: S,
+    tokens: Arc<[Token]>,
+}
+
+/// A bearer token the topology lists: its SHA-256 and the identity it stands for.
+#[derive(Debug, Clone)]
+struct Token {
+    sha256: [u8; 32],
+    identity: Identity,
+}
+
+impl Token {
+    /// `None` for an entry the topology check refuses (a controller never starts on one).
+    fn from_config(config: &failover_core::config::TokenConfig) -> Option<Token> {
+        let role = Role::parse(&config.role).filter(|r| *r != Role::Peer)?;
+        let mut sha256 = [0u8; 32];
+        for (i, byte) in sha256.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(config.sha256.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(Token {
+            sha256,
+            identity: Identity {
+                role,
+                name: config.name.clone(),
+                sites: config.sites.iter().map(|s| s.to_string()).collect(),
+            },
+        })
+    }
+}
+
+/// The hex SHA-256 of a bearer token: what the topology's `tokens:` entries hold.
+pub fn token_sha256(token: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The identity of a call without a client certificate, from its `authorization:
+/// Bearer <token>` header; `UNAUTHENTICATED` naming what is missing or wrong. Every
+/// listed token's hash is compared in full (no early exit), so the time taken says
+/// nothing about which bytes matched.
+fn token_identity(
+    tokens: &[Token],
+    header: Option<&http::HeaderValue>,
+) -> Result<Identity, tonic::Status> {
+    let Some(header) = header else {
+        return Err(tonic::Status::unauthenticated(
+            "no client certificate and no bearer token: present a certificate signed by the \
+             cluster CA, or send `authorization: Bearer <token>` (--token-file)",
+        ));
+    };
+    let token = header
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            tonic::Status::unauthenticated("the authorization header is not `Bearer <token>`")
+        })?;
+    let digest = ring::digest::digest(&ring::digest::SHA256, token.trim().as_bytes());
+    let mut found = None;
+    for candidate in tokens {
+        let differ = candidate
+            .sha256
+            .iter()
+            .zip(digest.as_ref())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        if differ == 0 {
+            found = Some(candidate.identity.clone());
+        }
+    }
+    found.ok_or_else(|| {
+        tonic::Status::unauthenticated(
+            "the bearer token is not one of the topology's tokens (wrong, or revoked)",
+        )
+    })
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -502,10 +633,21 @@ where
         let peer = request.extensions().get::<PeerInfo>();
         let remote = peer.and_then(|p| p.remote);
         // Insecure mode (or an in-process server): no identity, no checks.
-        let identity = peer.and_then(|p| p.identity.clone());
-        let Some(mut identity) = identity else {
+        let Some(peer) = peer.filter(|p| p.secure) else {
             let future = self.inner.call(request);
             return Box::pin(REMOTE.scope(remote, CALLER.scope(None, future)));
+        };
+        // A certificate wins over a token.
+        let identity = match &peer.identity {
+            Some(identity) => Ok(identity.clone()),
+            None => token_identity(
+                &self.tokens,
+                request.headers().get(http::header::AUTHORIZATION),
+            ),
+        };
+        let mut identity = match identity {
+            Ok(identity) => identity,
+            Err(status) => return Box::pin(async move { Ok(status.into_http()) }),
         };
         if identity.role == Role::Peer {
             if let Some(on_behalf) = request
@@ -549,6 +691,43 @@ mod tests {
         assert!(Identity::from_uris(&["failover://role/admin/x".to_owned()])
             .unwrap_err()
             .contains("unknown role `admin`"));
+    }
+
+    #[test]
+    fn bearer_tokens_name_their_identity() {
+        let config = |name: &str, role: &str, sites: &[&str], token: &str| {
+            failover_core::config::TokenConfig {
+                name: name.into(),
+                role: role.into(),
+                sites: sites
+                    .iter()
+                    .map(|s| failover_core::SiteId((*s).into()))
+                    .collect(),
+                sha256: token_sha256(token),
+            }
+        };
+        let layer = AuthLayer::new(&[
+            config("dash", "reader", &[], "r-token"),
+            config("batch", "engine", &["site-a"], "e-token"),
+            config("sneaky", "peer", &[], "p-token"),
+        ]);
+        assert_eq!(layer.tokens.len(), 2, "a peer token is never accepted");
+        let header = |v: &str| http::HeaderValue::from_str(v).expect("header");
+        let reader =
+            token_identity(&layer.tokens, Some(&header("Bearer r-token"))).expect("reader");
+        assert_eq!(reader.to_string(), "reader/dash");
+        let engine =
+            token_identity(&layer.tokens, Some(&header("Bearer e-token"))).expect("engine");
+        assert_eq!(engine.sites, ["site-a"]);
+        let refused = |h: Option<&http::HeaderValue>| {
+            let status = token_identity(&layer.tokens, h).expect_err("refused");
+            assert_eq!(status.code(), tonic::Code::Unauthenticated);
+            status.message().to_owned()
+        };
+        assert!(refused(None).contains("no client certificate and no bearer token"));
+        assert!(refused(Some(&header("Basic r-token"))).contains("not `Bearer <token>`"));
+        assert!(refused(Some(&header("Bearer p-token"))).contains("not one of the topology's"));
+        assert!(refused(Some(&header("Bearer r-tokem"))).contains("not one of the topology's"));
     }
 
     #[test]

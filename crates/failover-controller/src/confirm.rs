@@ -38,10 +38,10 @@ use failover_core::{NodeId, Topology};
 use failover_net::{Clock, Dialer};
 use failover_proto::raft::raft_service_client::RaftServiceClient;
 use failover_proto::raft::RaftPayload;
+use failover_proto::wire::Chan;
 use openraft::async_runtime::WatchReceiver;
 use openraft::ReadPolicy;
 use tokio::sync::watch;
-use tonic::transport::Channel;
 
 use crate::store::Raft;
 use crate::types::TypeConfig;
@@ -147,7 +147,7 @@ pub(crate) async fn run(me: Confirmer, mut shutdown: watch::Receiver<bool>) {
     let period = (trust_window(&timing) / 4).max(Duration::from_millis(10));
     // A round that takes longer than the window proves nothing usable.
     let ttl = trust_window(&timing);
-    let mut peer: Option<(NodeId, RaftServiceClient<Channel>)> = None;
+    let mut peer: Option<(NodeId, RaftServiceClient<Chan>)> = None;
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -181,7 +181,7 @@ pub(crate) async fn run(me: Confirmer, mut shutdown: watch::Receiver<bool>) {
 async fn ask_leader(
     me: &Confirmer,
     leader: NodeId,
-    peer: &mut Option<(NodeId, RaftServiceClient<Channel>)>,
+    peer: &mut Option<(NodeId, RaftServiceClient<Chan>)>,
     ttl: Duration,
 ) -> Option<u64> {
     if peer.as_ref().is_none_or(|(id, _)| *id != leader) {

@@ -34,6 +34,7 @@ pub mod detector;
 pub mod executors;
 pub mod hooks;
 pub mod http;
+pub mod identity;
 pub mod leases;
 pub mod limits;
 pub mod metrics;

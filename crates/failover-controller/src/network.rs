@@ -17,6 +17,7 @@ use failover_net::Clock;
 use failover_net::Dialer;
 use failover_proto::raft::raft_service_client::RaftServiceClient;
 use failover_proto::raft::RaftPayload;
+use failover_proto::wire::Chan;
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::raft::{
@@ -25,7 +26,6 @@ use openraft::raft::{
 };
 use openraft::{BasicNode, OptionalSend, RaftNetworkV2};
 use serde::{de::DeserializeOwned, Serialize};
-use tonic::transport::Channel;
 
 use crate::types::{Snapshot, SnapshotMeta, TypeConfig, Vote};
 
@@ -217,7 +217,7 @@ pub struct PeerConnection {
     clock: Arc<dyn Clock>,
     reachability: Arc<Mutex<Reachability>>,
     addr: String,
-    client: Result<RaftServiceClient<Channel>, String>,
+    client: Result<RaftServiceClient<Chan>, String>,
 }
 
 type RpcErr = RPCError<TypeConfig>;
@@ -260,7 +260,7 @@ impl PeerConnection {
         }
     }
 
-    fn client(&self) -> Result<RaftServiceClient<Channel>, RpcErr> {
+    fn client(&self) -> Result<RaftServiceClient<Chan>, RpcErr> {
         self.client.clone().map_err(|reason| {
             RPCError::Unreachable(Unreachable::from_string(format!(
                 "controller {} at {}: {reason}",
@@ -303,7 +303,7 @@ impl PeerConnection {
     where
         M: Serialize,
         R: DeserializeOwned,
-        F: FnOnce(RaftServiceClient<Channel>, tonic::Request<RaftPayload>) -> Fut,
+        F: FnOnce(RaftServiceClient<Chan>, tonic::Request<RaftPayload>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<RaftPayload>, tonic::Status>>,
     {
         let request = self.request(message, Vec::new(), option)?;

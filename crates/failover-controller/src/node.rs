@@ -95,6 +95,9 @@ pub enum ControllerError {
         /// The peer that reported the existing cluster.
         existing: crate::rejoin::ExistingCluster,
     },
+    /// The data dir belongs to another cluster (docs/security.md, "Cluster identity").
+    #[error(transparent)]
+    ForeignDataDir(#[from] crate::identity::ForeignDataDir),
 }
 
 /// What a controller runs on besides its topology: storage, the Raft transport, how it
@@ -118,6 +121,8 @@ pub struct Controller {
     ctx: Arc<NodeContext>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// Why this controller must stop (set once, by [`crate::identity::watch`]).
+    fatal: watch::Receiver<Option<String>>,
 }
 
 impl Controller {
@@ -160,7 +165,8 @@ impl Controller {
             dialer,
             clock,
         };
-        let mut controller = Controller::launch(topology, node_id, parts).await?;
+        let dir = data_dir.display().to_string();
+        let mut controller = Controller::launch(topology, node_id, parts, &dir).await?;
         let ctx = controller.ctx.clone();
         let pristine = !ctx
             .raft
@@ -241,7 +247,7 @@ impl Controller {
         N::Network: NetSnapshot<TypeConfig, SnapshotData = Vec<u8>>,
     {
         check_member(&topology, node_id)?;
-        let controller = Controller::launch(topology, node_id, parts).await?;
+        let controller = Controller::launch(topology, node_id, parts, "(storage backend)").await?;
         form_cluster(&controller.ctx).await?;
         Ok(controller)
     }
@@ -251,6 +257,7 @@ impl Controller {
         topology: Topology,
         node_id: NodeId,
         parts: Parts<N>,
+        dir: &str,
     ) -> Result<Controller, ControllerError>
     where
         N: RaftNetworkFactory<TypeConfig>,
@@ -263,6 +270,14 @@ impl Controller {
             dialer,
             clock,
         } = parts;
+        // Before Raft starts: a data dir of another cluster than the topology pins never
+        // runs, and this controller's own calls carry its id from the first one on.
+        let record = log_store.cluster_id_record();
+        let recorded = record.read().map_err(|source| store::OpenError::Damaged {
+            dir: dir.to_owned(),
+            source,
+        })?;
+        crate::identity::check_start(&topology, dialer.pin(), recorded, dir)?;
         let view: Arc<StateView> = state_machine.view();
         let raft = start_raft(&topology, node_id, network, log_store, state_machine).await?;
         let timing = LeaseTiming {
@@ -286,7 +301,15 @@ impl Controller {
             limits,
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let (fatal_tx, fatal) = watch::channel(None);
         let tasks = vec![
+            tokio::spawn(crate::identity::watch(
+                ctx.clone(),
+                record,
+                dir.to_owned(),
+                fatal_tx,
+                shutdown_rx.clone(),
+            )),
             tokio::spawn(crate::reconcile::run(ctx.clone(), shutdown_rx.clone())),
             tokio::spawn(crate::confirm::run(
                 crate::confirm::Confirmer {
@@ -321,7 +344,24 @@ impl Controller {
             ctx,
             shutdown,
             tasks,
+            fatal,
         })
+    }
+
+    /// Resolves with why this controller must stop, if it ever must (it was started on
+    /// another cluster's data dir, [`crate::identity`]); the caller shuts it down and
+    /// exits non-zero.
+    pub async fn failed(&self) -> String {
+        let mut fatal = self.fatal.clone();
+        let why = match fatal.wait_for(Option::is_some).await {
+            Ok(why) => why.clone(),
+            Err(_) => None,
+        };
+        match why {
+            Some(why) => why,
+            // The watch ended without a verdict (shutting down): never resolves.
+            None => std::future::pending().await,
+        }
     }
 
     /// What the services share: Raft, the applied state, the lease manager (for in-process
@@ -586,7 +626,11 @@ where
     };
     let result = tonic::transport::Server::builder()
         .tcp_nodelay(true)
-        .layer(crate::auth::AuthLayer)
+        .layer(crate::auth::AuthLayer::new(&ctx.topology.tokens))
+        .layer(crate::identity::ClusterLayer::new(
+            ctx.dialer.pin().clone(),
+            ctx.view.clone(),
+        ))
         .add_service(raft)
         .add_service(admin)
         .add_service(lease)

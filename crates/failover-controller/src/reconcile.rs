@@ -100,14 +100,19 @@ pub async fn step(ctx: &NodeContext, hooks: &mut HookTasks) -> Duration {
     sleep
 }
 
-/// The first leader of a new cluster fixes its identity: a random 128-bit id, in hex,
-/// committed through the log so every controller holds the same one. Idempotent: a
-/// cluster that has an id refuses another, and a lost proposal is retried next pass.
+/// The first leader of a new cluster fixes its identity: the topology's `cluster_id` if
+/// it pins one, else a random 128-bit id in hex, committed through the log so every
+/// controller holds the same one. Idempotent: a cluster that has an id refuses another,
+/// and a lost proposal is retried next pass.
 async fn fix_cluster_id(ctx: &NodeContext) {
     if ctx.view.read().cluster_id.is_some() {
         return;
     }
-    let id = new_cluster_id();
+    let id = ctx
+        .topology
+        .cluster_id
+        .clone()
+        .unwrap_or_else(new_cluster_id);
     match propose(ctx, Command::SetClusterId { id: id.clone() }).await {
         Ok(_) => tracing::info!(cluster_id = %id, "cluster id fixed"),
         Err(ProposeError::Rejected(rejection)) => {

@@ -44,6 +44,58 @@ pub struct Topology {
     /// Per-identity limits and the slow-client rule (docs/security.md).
     #[serde(default)]
     pub limits: crate::limits::Limits,
+    /// The cluster's id, when the operator pins it (docs/security.md, "Cluster
+    /// identity"): a new cluster's first leader fixes this id instead of a random one,
+    /// and a controller whose data dir or peers name another id refuses to run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
+    /// Bearer tokens for clients that cannot use certificates (docs/security.md,
+    /// "Bearer tokens"): each names an identity and holds only the token's SHA-256.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tokens: Vec<TokenConfig>,
+}
+
+/// One bearer token a controller accepts in place of a client certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// The identity's name, recorded in history (`operator/<name>`).
+    pub name: String,
+    /// `engine`, `operator` or `reader` (peers authenticate by certificate only).
+    pub role: String,
+    /// For engines: the sites it may act for (at least one); empty for other roles.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sites: Vec<SiteId>,
+    /// The hex SHA-256 of the token (never the token itself): a leaked topology file
+    /// gives no one a token.
+    pub sha256: String,
+}
+
+/// The roles a bearer token may carry.
+pub const TOKEN_ROLES: [&str; 3] = ["engine", "operator", "reader"];
+
+/// Why `id` cannot be a cluster id: 1 to 64 ASCII letters, digits, `-`, `_` or `.` (it
+/// travels in a gRPC header and shows up in messages).
+pub fn check_cluster_id(id: &str) -> Result<(), String> {
+    const MAX: usize = 64;
+    if id.is_empty() {
+        return Err("a cluster id cannot be empty".to_owned());
+    }
+    if id.len() > MAX {
+        return Err(format!(
+            "a cluster id is at most {MAX} characters; `{id}` has {}",
+            id.len()
+        ));
+    }
+    if let Some(bad) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(format!(
+            "a cluster id holds only ASCII letters, digits, `-`, `_` and `.`; `{id}` holds {bad:?}"
+        ));
+    }
+    Ok(())
 }
 
 /// One site of the deployment.
@@ -309,8 +361,69 @@ impl Topology {
 
     /// Checks what serde cannot: uniqueness, references between sections, timing
     /// relations. Every problem found is pushed on `errors` as (field path, reason).
+    fn validate_tokens(&self, errors: &mut Vec<(String, String)>) {
+        if !self.tokens.is_empty() && self.insecure() {
+            errors.push((
+                "tokens".into(),
+                "bearer tokens need TLS: they cannot be combined with `insecure: true`".into(),
+            ));
+        }
+        let mut names = BTreeSet::new();
+        let mut hashes = BTreeSet::new();
+        for (i, token) in self.tokens.iter().enumerate() {
+            let path = format!("tokens[{i}]");
+            let mut err =
+                |field: &str, reason: String| errors.push((format!("{path}.{field}"), reason));
+            if let Err(r) = check_name(&token.name) {
+                err("name", r);
+            } else if !names.insert(token.name.as_str()) {
+                err("name", format!("token name `{}` is used twice", token.name));
+            }
+            if token.role == "peer" {
+                err(
+                    "role",
+                    "peers authenticate by certificate only, never by token".into(),
+                );
+            } else if !TOKEN_ROLES.contains(&token.role.as_str()) {
+                err(
+                    "role",
+                    format!("unknown role `{}` (engine, operator or reader)", token.role),
+                );
+            }
+            match (token.role == "engine", token.sites.is_empty()) {
+                (true, true) => err("sites", "an engine token needs at least one site".into()),
+                (false, false) => err("sites", "only engine tokens are bound to sites".into()),
+                _ => {}
+            }
+            for site in &token.sites {
+                if !self.sites.iter().any(|s| s.name == *site) {
+                    err("sites", format!("unknown site `{site}`"));
+                }
+            }
+            let hex = token.sha256.len() == 64
+                && token
+                    .sha256
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c));
+            if !hex {
+                err(
+                    "sha256",
+                    "must be the token's SHA-256 as 64 lowercase hex digits (`failover token new` prints it)".into(),
+                );
+            } else if !hashes.insert(token.sha256.as_str()) {
+                err("sha256", "the same token is listed twice".into());
+            }
+        }
+    }
+
     fn validate(&self, errors: &mut Vec<(String, String)>) {
         self.validate_tls(errors);
+        if let Some(id) = &self.cluster_id {
+            if let Err(reason) = check_cluster_id(id) {
+                errors.push(("cluster_id".into(), reason));
+            }
+        }
+        self.validate_tokens(errors);
         let mut err = |path: String, reason: String| errors.push((path, reason));
         if self.sites.is_empty() {
             err("sites".into(), "at least one site is required".into());

@@ -137,3 +137,42 @@ fn broken_yaml_syntax() {
     let e = Topology::from_yaml(&text, "sites.yaml").expect_err("syntax");
     assert!(e.to_string().contains("line "), "{e}");
 }
+
+/// Bearer tokens and the cluster id pin: each mistake is refused naming its key.
+#[test]
+fn tokens_and_cluster_id_are_checked() {
+    let hash = "a".repeat(64);
+    let good = format!(
+        "{GOOD}\ncluster_id: prod-eu.1\ntokens:\n  - {{ name: dash, role: reader, sha256: {hash} }}\n  \
+         - {{ name: batch, role: engine, sites: [site-a], sha256: {} }}\n",
+        "b".repeat(64)
+    );
+    let topology = Topology::from_yaml(&good, "sites.yaml").expect("valid tokens");
+    assert_eq!(topology.tokens.len(), 2);
+    assert_eq!(topology.cluster_id.as_deref(), Some("prod-eu.1"));
+
+    let bad = format!(
+        "{GOOD}\ncluster_id: \"not an id\"\ntokens:\n  - {{ name: p, role: peer, sha256: {hash} }}\n  \
+         - {{ name: e, role: engine, sha256: {} }}\n  - {{ name: r, role: reader, sites: [site-a], sha256: {} }}\n  \
+         - {{ name: x, role: reader, sha256: ABC }}\n  - {{ name: y, role: reader, sha256: {hash} }}\n",
+        "c".repeat(64),
+        "d".repeat(64)
+    );
+    let errors = Topology::check_yaml(&bad, "sites.yaml").expect_err("refused");
+    let shown: Vec<(String, String)> = errors
+        .iter()
+        .map(|e| (e.path.clone(), e.reason.clone()))
+        .collect();
+    let has = |path: &str, says: &str| {
+        assert!(
+            shown.iter().any(|(p, r)| p == path && r.contains(says)),
+            "{path}: {says:?} not in {shown:?}"
+        )
+    };
+    has("cluster_id", "holds only ASCII letters");
+    has("tokens[0].role", "never by token");
+    has("tokens[1].sites", "needs at least one site");
+    has("tokens[2].sites", "only engine tokens");
+    has("tokens[3].sha256", "64 lowercase hex digits");
+    has("tokens[4].sha256", "listed twice");
+}

@@ -39,6 +39,13 @@ fn full_topology() -> Topology {
             insecure: false,
         }),
         limits: failover_core::limits::Limits::default(),
+        cluster_id: Some("c0ffee".into()),
+        tokens: vec![failover_core::config::TokenConfig {
+            name: "ci".into(),
+            role: "engine".into(),
+            sites: vec![SiteId("a".into())],
+            sha256: "0".repeat(64),
+        }],
     }
 }
 

@@ -23,6 +23,8 @@ fn topology() -> Topology {
         cluster_name: "t".into(),
         tls: None,
         limits: Default::default(),
+        cluster_id: None,
+        tokens: Vec::new(),
         timing: Timing::default(),
         sites: SITES
             .iter()

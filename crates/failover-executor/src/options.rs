@@ -52,6 +52,10 @@ pub struct ExecutorOptions {
     /// Notified once, when the leader first accepts a report: the executor is then
     /// registered with the cluster (`failover exec` tells systemd it is ready).
     pub registered: Option<Arc<tokio::sync::Notify>>,
+    /// The cluster this executor works for (`--cluster-id`): its lease session refuses
+    /// a controller of any other cluster. `None`: the first answer's id is pinned for the
+    /// executor's lifetime (docs/security.md, "Cluster identity").
+    pub cluster_id: Option<String>,
 }
 
 /// Why an executor cannot run.

@@ -33,6 +33,8 @@ pub(crate) fn start(
         stop_grace: opts.stop_grace,
         standby_poll: STANDBY_POLL,
         release_on_drain: false,
+        cluster_id: opts.cluster_id.clone(),
+        token: None,
     };
     LeaseSession::start(config, dialer, clock)
 }

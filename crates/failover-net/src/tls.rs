@@ -217,8 +217,40 @@ pub fn client_config(files: &TlsFiles) -> Result<rustls::ClientConfig, TlsError>
     Ok(config)
 }
 
+/// A client configuration without a client certificate (a bearer-token client): still
+/// trusts only the cluster CA (`files.ca`; `cert` and `key` are not read).
+pub fn client_config_without_certificate(
+    files: &TlsFiles,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let roots = load_roots(&files.ca)?;
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Invalid {
+            files: files.describe(),
+            reason: e.to_string(),
+        })?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
 /// The client side of mutual TLS, reloaded when its files change.
 pub type ClientTls = Reloading<rustls::ClientConfig>;
+
+/// Loads a client's TLS configuration without a client certificate: it verifies the
+/// controllers against the CA file `ca`, and authenticates with a bearer token.
+pub fn client_tls_without_certificate(ca: PathBuf) -> Result<Arc<ClientTls>, TlsError> {
+    let files = TlsFiles {
+        ca,
+        cert: PathBuf::new(),
+        key: PathBuf::new(),
+    };
+    Ok(Arc::new(Reloading::new(
+        files,
+        client_config_without_certificate,
+    )?))
+}
 
 /// Loads a client's mutual-TLS configuration.
 pub fn client_tls(files: TlsFiles) -> Result<Arc<ClientTls>, TlsError> {

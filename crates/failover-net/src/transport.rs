@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+use failover_proto::pin::{ClusterPin, PinnedChannel};
+use failover_proto::wire::Chan;
 use tonic::transport::Channel;
 
 /// Why a connection to a peer could not even be set up.
@@ -19,10 +21,14 @@ pub struct DialError {
 }
 
 /// Makes gRPC channels to `host:port` addresses. Channels connect lazily and reconnect
-/// by themselves; the dialer only decides how bytes travel.
+/// by themselves; the dialer only decides how bytes travel. Every channel it makes
+/// carries its [`ClusterPin`] (the cluster id and token of every call).
 pub trait Dialer: Send + Sync + 'static {
     /// A channel to `addr`.
-    fn channel(&self, addr: &str) -> Result<Channel, DialError>;
+    fn channel(&self, addr: &str) -> Result<Chan, DialError>;
+
+    /// The cluster id and credentials every channel of this dialer carries.
+    fn pin(&self) -> &ClusterPin;
 }
 
 /// Dials over TCP with a connect timeout and `TCP_NODELAY`.
@@ -30,18 +36,35 @@ pub trait Dialer: Send + Sync + 'static {
 pub struct TcpDialer {
     /// How long a connection attempt may take.
     pub connect_timeout: Duration,
+    /// What every call carries (cluster id, token).
+    pub pin: ClusterPin,
 }
 
 impl Default for TcpDialer {
     fn default() -> Self {
         TcpDialer {
             connect_timeout: Duration::from_millis(500),
+            pin: ClusterPin::learning(),
+        }
+    }
+}
+
+impl TcpDialer {
+    /// A dialer whose calls carry `pin`.
+    pub fn with_pin(pin: ClusterPin) -> Self {
+        TcpDialer {
+            pin,
+            ..TcpDialer::default()
         }
     }
 }
 
 impl Dialer for TcpDialer {
-    fn channel(&self, addr: &str) -> Result<Channel, DialError> {
+    fn pin(&self) -> &ClusterPin {
+        &self.pin
+    }
+
+    fn channel(&self, addr: &str) -> Result<Chan, DialError> {
         let endpoint =
             tonic::transport::Endpoint::from_shared(format!("http://{addr}")).map_err(|e| {
                 DialError {
@@ -49,10 +72,11 @@ impl Dialer for TcpDialer {
                     reason: e.to_string(),
                 }
             })?;
-        Ok(endpoint
+        let channel = endpoint
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true)
-            .connect_lazy())
+            .connect_lazy();
+        Ok(PinnedChannel::new(channel, self.pin.clone(), addr))
     }
 }
 
@@ -74,6 +98,8 @@ pub struct TlsDialer {
     /// TCP connect, and openraft makes a new client after every failed call, so a fresh
     /// channel each time could keep a slow peer from ever finishing one.
     channels: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Channel>>>,
+    /// What every call carries (cluster id, token).
+    pub pin: ClusterPin,
 }
 
 impl TlsDialer {
@@ -83,19 +109,33 @@ impl TlsDialer {
             connect_timeout: TcpDialer::default().connect_timeout,
             tls,
             channels: Default::default(),
+            pin: ClusterPin::learning(),
         }
+    }
+
+    /// This dialer with its calls carrying `pin`.
+    pub fn with_pin(mut self, pin: ClusterPin) -> Self {
+        self.pin = pin;
+        self
     }
 }
 
 impl Dialer for TlsDialer {
-    fn channel(&self, addr: &str) -> Result<Channel, DialError> {
+    fn pin(&self) -> &ClusterPin {
+        &self.pin
+    }
+
+    fn channel(&self, addr: &str) -> Result<Chan, DialError> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(channel) = channels.get(addr) {
-            return Ok(channel.clone());
-        }
-        let channel = self.new_channel(addr)?;
-        channels.insert(addr.to_owned(), channel.clone());
-        Ok(channel)
+        let channel = match channels.get(addr) {
+            Some(channel) => channel.clone(),
+            None => {
+                let channel = self.new_channel(addr)?;
+                channels.insert(addr.to_owned(), channel.clone());
+                channel
+            }
+        };
+        Ok(PinnedChannel::new(channel, self.pin.clone(), addr))
     }
 }
 

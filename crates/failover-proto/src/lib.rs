@@ -34,6 +34,7 @@ pub mod failover {
     }
 }
 
+pub mod pin;
 pub mod wire;
 
 /// Enumerations shared by the other packages (phases, refusal reasons, states).

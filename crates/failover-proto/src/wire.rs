@@ -16,9 +16,12 @@ use failover_core::{
     Epoch, FencingToken, FencingValue, GroupName, GroupState, LeaseId, PauseEvent, Phase, SiteId,
 };
 
-use tonic::transport::Channel;
-
 use crate::{admin, executor, lease, raft, types};
+
+/// The channel every generated client of this workspace runs on: a tonic `Channel` that
+/// carries the cluster id (and a bearer token) on every call and checks the id of every
+/// answer ([`crate::pin`]). The one place the client type is chosen.
+pub type Chan = crate::pin::PinnedChannel;
 
 /// Metadata key carrying the leader's address on a not-leader answer; clients follow it.
 pub const LEADER_HEADER: &str = "x-failover-leader";
@@ -34,6 +37,11 @@ pub fn leader_named(status: &tonic::Status) -> Option<String> {
 /// Metadata key marking a request that a controller already forwarded to the leader.
 pub const FORWARDED_HEADER: &str = "x-failover-forwarded";
 
+/// Metadata key carrying the cluster id: on a request, the cluster the caller expects;
+/// on an answer, the cluster the controller belongs to (docs/security.md, "Cluster
+/// identity").
+pub const CLUSTER_HEADER: &str = "x-failover-cluster";
+
 /// Largest Raft message (both ways): snapshots travel whole, about 2,000,000 leases at
 /// ~30 bytes each.
 pub const MAX_RAFT_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -47,14 +55,14 @@ pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
 /// An admin client with the message bounds every client of this workspace uses.
-pub fn admin_client(channel: Channel) -> admin::admin_service_client::AdminServiceClient<Channel> {
+pub fn admin_client(channel: Chan) -> admin::admin_service_client::AdminServiceClient<Chan> {
     admin::admin_service_client::AdminServiceClient::new(channel)
         .max_encoding_message_size(MAX_REQUEST_BYTES)
         .max_decoding_message_size(MAX_RESPONSE_BYTES)
 }
 
 /// A lease client with the message bounds every client of this workspace uses.
-pub fn lease_client(channel: Channel) -> lease::lease_service_client::LeaseServiceClient<Channel> {
+pub fn lease_client(channel: Chan) -> lease::lease_service_client::LeaseServiceClient<Chan> {
     lease::lease_service_client::LeaseServiceClient::new(channel)
         .max_encoding_message_size(MAX_REQUEST_BYTES)
         .max_decoding_message_size(MAX_RESPONSE_BYTES)
@@ -62,15 +70,15 @@ pub fn lease_client(channel: Channel) -> lease::lease_service_client::LeaseServi
 
 /// An executor-report client with the message bounds every client of this workspace uses.
 pub fn executor_client(
-    channel: Channel,
-) -> executor::executor_service_client::ExecutorServiceClient<Channel> {
+    channel: Chan,
+) -> executor::executor_service_client::ExecutorServiceClient<Chan> {
     executor::executor_service_client::ExecutorServiceClient::new(channel)
         .max_encoding_message_size(MAX_REQUEST_BYTES)
         .max_decoding_message_size(MAX_RESPONSE_BYTES)
 }
 
 /// A Raft client between controllers (snapshots travel whole).
-pub fn raft_client(channel: Channel) -> raft::raft_service_client::RaftServiceClient<Channel> {
+pub fn raft_client(channel: Chan) -> raft::raft_service_client::RaftServiceClient<Chan> {
     raft::raft_service_client::RaftServiceClient::new(channel)
         .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
         .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)

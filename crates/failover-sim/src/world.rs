@@ -104,10 +104,14 @@ pub struct Outcome {
 }
 
 /// Controllers never dial: the simulation calls services in process.
-struct NoDialer;
+struct NoDialer(failover_proto::pin::ClusterPin);
 
 impl Dialer for NoDialer {
-    fn channel(&self, addr: &str) -> Result<tonic::transport::Channel, DialError> {
+    fn pin(&self) -> &failover_proto::pin::ClusterPin {
+        &self.0
+    }
+
+    fn channel(&self, addr: &str) -> Result<failover_proto::wire::Chan, DialError> {
         Err(DialError {
             addr: addr.to_owned(),
             reason: "the simulation has no sockets".into(),
@@ -269,7 +273,7 @@ impl World {
                 from: id,
                 generation: node.generation,
             },
-            dialer: Arc::new(NoDialer),
+            dialer: Arc::new(NoDialer(Default::default())),
             clock: Arc::new(node.clock),
         };
         let controller = Controller::start_with(self.topology.clone(), id, parts)

@@ -89,7 +89,14 @@ pub(crate) async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     // Controller::start returned: gRPC and HTTP are bound and served, and the Raft node
     // runs (with the cluster formed or joined).
     crate::systemd::ready(&format!("controller {} serving on {}", args.node, me.addr));
-    wait_for_stop_signal().await?;
+    tokio::select! {
+        stop = wait_for_stop_signal() => stop?,
+        why = controller.failed() => {
+            crate::systemd::stopping();
+            controller.shutdown().await;
+            anyhow::bail!(why);
+        }
+    }
     tracing::info!(node = args.node, "stopping");
     crate::systemd::stopping();
     controller.shutdown().await;
@@ -127,7 +134,11 @@ fn transport(
         cert: resolve(&me.cert),
         key: resolve(&me.key),
     };
-    let server = failover_controller::auth::server_tls(files.clone())?;
+    let server = if topology.tokens.is_empty() {
+        failover_controller::auth::server_tls(files.clone())?
+    } else {
+        failover_controller::auth::server_tls_allowing_tokens(files.clone())?
+    };
     let http = if tls.http {
         Some(failover_controller::auth::http_tls(files.clone())?)
     } else {

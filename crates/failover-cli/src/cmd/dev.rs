@@ -2,6 +2,8 @@
 //! per controller, until Ctrl-C. The controllers log to `<data-dir>/controller-N.log` in
 //! the format given to `dev` (`--log-format`).
 
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -131,7 +133,8 @@ fn secure(
     let data_dir = std::fs::canonicalize(&args.data_dir)
         .with_context(|| format!("cannot resolve {}", args.data_dir.display()))?;
     let tls_dir = data_dir.join("tls");
-    let secured = crate::certs::issue_for(topology, &tls_dir)?;
+    let mut secured = crate::certs::issue_for(topology, &tls_dir)?;
+    let token_file = reader_token(&mut secured, &tls_dir)?;
     let config = data_dir.join("topology.yaml");
     // JSON is YAML: the controllers read it as a topology file.
     let text = serde_json::to_string_pretty(&secured)?;
@@ -149,6 +152,12 @@ fn secure(
             "(operator certificate; reader-dev.pem is read-only, engine-<site>.pem are for \
              `failover exec`: all in {})",
             tls_dir.display()
+        ),
+        format!(
+            "(read-only without a certificate: FAILOVER_TLS_CA={} FAILOVER_TOKEN_FILE={} \
+             failover status)",
+            tls_dir.join("ca.pem").display(),
+            token_file.display()
         ),
     ];
     let dialer = Arc::new(TlsDialer::new(failover_client::tls::client_tls(files)?));
@@ -230,4 +239,34 @@ async fn wait_until_ready(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The name of the reader token `dev` issues.
+const DEV_READER_TOKEN: &str = "reader-dev-token";
+
+/// Writes a reader token to `<tls>/reader-dev.token` (kept across restarts of `dev`) and
+/// lets it in through `topology`'s `tokens:`; returns the token file.
+fn reader_token(topology: &mut Topology, tls_dir: &Path) -> anyhow::Result<PathBuf> {
+    let path = tls_dir.join("reader-dev.token");
+    let token = match super::read_token(&path) {
+        Ok(token) => token,
+        Err(_) => {
+            let token = super::token::fresh_token()?;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&path)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            writeln!(file, "{token}")
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            token
+        }
+    };
+    topology.tokens.retain(|t| t.name != DEV_READER_TOKEN);
+    topology
+        .tokens
+        .push(super::token::entry(DEV_READER_TOKEN, "reader", &[], &token));
+    Ok(path)
 }

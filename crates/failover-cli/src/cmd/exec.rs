@@ -118,6 +118,7 @@ pub(crate) async fn run(args: ExecArgs) -> anyhow::Result<()> {
         },
         containment: args.containment,
         registered: Some(registered.clone()),
+        cluster_id: args.cluster.pinned_cluster_id(),
     };
     failover_executor::check_command(&options.command)?;
     // Workers left by a previous executor of this group and site that was killed

@@ -13,6 +13,7 @@ mod pause;
 mod promote;
 mod reload;
 mod status;
+mod token;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -24,6 +25,7 @@ use std::sync::Arc;
 use failover_client::tls::TlsFiles;
 use failover_client::{AdminClient, Dialer, Endpoints, TcpDialer, TlsDialer};
 use failover_core::{Timing, Topology};
+use failover_proto::pin::ClusterPin;
 
 /// How long a command keeps asking while controllers answer without a confirmed leader
 /// (an election takes `election_timeout_max_ms`, 500 ms by default, plus a round).
@@ -99,6 +101,8 @@ pub enum Command {
     Exec(exec::ExecArgs),
     /// Replace a site's workers one by one (rolling reload).
     Reload(reload::ReloadArgs),
+    /// Issue bearer tokens for clients that cannot use certificates.
+    Token(token::TokenArgs),
     /// Internal: the per-worker guard started by `exec`.
     #[command(hide = true)]
     Guard(guard::GuardArgs),
@@ -135,6 +139,35 @@ pub struct ClusterArgs {
     /// Connect in plaintext, to a cluster run with `tls: { insecure: true }`.
     #[arg(long, env = "FAILOVER_INSECURE")]
     pub insecure: bool,
+    /// The id of the cluster to talk to (`failover status` shows it): a controller of
+    /// any other cluster is refused. Without it, the id of the first controller that
+    /// answers is pinned for the rest of the command (docs/security.md).
+    #[arg(long, env = "FAILOVER_CLUSTER_ID", value_parser = parse_cluster_id)]
+    pub cluster_id: Option<String>,
+    /// A file holding a bearer token (the topology's `tokens:`), for a client without a
+    /// certificate: give it with --tls-ca only (docs/security.md, "Bearer tokens").
+    #[arg(long, env = "FAILOVER_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// The bearer token in `path` (surrounding whitespace ignored).
+pub(crate) fn read_token(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the token file {}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() || !token.chars().all(|c| c.is_ascii_graphic()) {
+        anyhow::bail!(
+            "the token file {} must hold one token of visible ASCII characters",
+            path.display()
+        );
+    }
+    Ok(token.to_owned())
+}
+
+/// A valid `--cluster-id`.
+fn parse_cluster_id(text: &str) -> Result<String, String> {
+    failover_core::config::check_cluster_id(text)?;
+    Ok(text.to_owned())
 }
 
 impl ClusterArgs {
@@ -151,6 +184,20 @@ impl ClusterArgs {
     /// their environment variables), plaintext with `--insecure` or when the topology
     /// given with `--config` says `insecure: true`.
     pub fn dialer(&self) -> anyhow::Result<Arc<dyn Dialer>> {
+        let pin = ClusterPin::from_option(self.pinned_cluster_id());
+        if let Some(path) = &self.token_file {
+            pin.set_token(Some(read_token(path)?));
+            if let (Some(ca), None, None) = (&self.tls_ca, &self.tls_cert, &self.tls_key) {
+                let tls = failover_client::tls::client_tls_without_certificate(ca.clone())?;
+                return Ok(Arc::new(TlsDialer::new(tls).with_pin(pin)));
+            }
+            if self.tls_ca.is_none() {
+                anyhow::bail!(
+                    "a bearer token (--token-file) needs --tls-ca (or FAILOVER_TLS_CA): the \
+                     client verifies the controllers against the cluster CA"
+                );
+            }
+        }
         match (&self.tls_ca, &self.tls_cert, &self.tls_key) {
             (Some(ca), Some(cert), Some(key)) => {
                 let files = TlsFiles {
@@ -158,9 +205,8 @@ impl ClusterArgs {
                     cert: cert.clone(),
                     key: key.clone(),
                 };
-                return Ok(Arc::new(TlsDialer::new(failover_client::tls::client_tls(
-                    files,
-                )?)));
+                let tls = failover_client::tls::client_tls(files)?;
+                return Ok(Arc::new(TlsDialer::new(tls).with_pin(pin)));
             }
             (None, None, None) => {}
             _ => anyhow::bail!(
@@ -174,13 +220,24 @@ impl ClusterArgs {
             .and_then(|p| load_topology(p).ok())
             .is_some_and(|t| t.insecure());
         if self.insecure || insecure_topology {
-            return Ok(Arc::new(TcpDialer::default()));
+            return Ok(Arc::new(TcpDialer::with_pin(pin)));
         }
         anyhow::bail!(
             "no client certificate: pass --tls-ca, --tls-cert and --tls-key (or set \
              FAILOVER_TLS_CA, FAILOVER_TLS_CERT, FAILOVER_TLS_KEY; `failover dev` prints \
              them), or --insecure for a cluster run with `tls: {{ insecure: true }}`"
         )
+    }
+
+    /// The cluster id every call is pinned to: `--cluster-id`, else the `cluster_id:` of
+    /// the topology given with `--config`, else none (the first answer's is pinned).
+    pub fn pinned_cluster_id(&self) -> Option<String> {
+        self.cluster_id.clone().or_else(|| {
+            self.config
+                .as_deref()
+                .and_then(|p| load_topology(p).ok())
+                .and_then(|t| t.cluster_id)
+        })
     }
 
     /// The controllers to contact, and the timing of the topology (defaults when only
@@ -217,6 +274,7 @@ impl Cli {
             Command::Check(args) => check::run(args),
             Command::Exec(args) => exec::run(args).await,
             Command::Reload(args) => reload::run(args).await,
+            Command::Token(args) => token::run(args),
             Command::Guard(args) => guard::run(args),
         }
     }

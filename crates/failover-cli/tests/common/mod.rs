@@ -275,6 +275,28 @@ impl Cluster {
         None
     }
 
+    /// Waits up to `within` for controller `id` to exit by itself and reaps it; its exit
+    /// code (`None`: ended by a signal). Panics if it still runs then.
+    pub fn wait_exit(&mut self, id: u64, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        let child = self
+            .node_mut(id)
+            .child
+            .as_mut()
+            .expect("controller started");
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.node_mut(id).child = None;
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "controller {id} still runs after {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGKILLs every running controller.
     pub fn kill_all(&mut self) {
         for node in &mut self.nodes {
@@ -530,7 +552,7 @@ pub fn operator_dialer() -> Arc<dyn Dialer> {
 pub fn lease_client(
     site: &str,
     addr: &str,
-) -> failover_proto::lease::lease_service_client::LeaseServiceClient<tonic::transport::Channel> {
+) -> failover_proto::lease::lease_service_client::LeaseServiceClient<failover_proto::wire::Chan> {
     failover_proto::lease::lease_service_client::LeaseServiceClient::new(
         engine_dialer(site).channel(addr).expect("channel"),
     )

@@ -53,7 +53,7 @@ impl AdminServer {
     fn forward_target<T>(
         &self,
         request: &Request<T>,
-    ) -> Result<Option<AdminServiceClient<tonic::transport::Channel>>, Status> {
+    ) -> Result<Option<AdminServiceClient<failover_proto::wire::Chan>>, Status> {
         if self.ctx.raft.is_leader() || request.metadata().contains_key(FORWARDED) {
             return Ok(None);
         }

@@ -23,7 +23,7 @@ const LAST_PURGED: &str = "last_purged";
 /// purge) returns only after the data file was fdatasynced.
 #[derive(Clone)]
 pub struct LogStore {
-    db: Arc<Database>,
+    pub(super) db: Arc<Database>,
 }
 
 impl Debug for LogStore {

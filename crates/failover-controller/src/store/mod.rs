@@ -19,6 +19,7 @@
 // costs an fdatasync: boxing it in every transaction closure would buy nothing.
 #![allow(clippy::result_large_err)]
 
+mod cluster_id;
 mod history;
 mod log;
 mod snapshot;
@@ -31,6 +32,7 @@ use std::sync::Arc;
 
 use redb::{Database, Durability, ReadableTable, TableDefinition, WriteTransaction};
 
+pub use cluster_id::ClusterIdRecord;
 pub use log::LogStore;
 pub use state_machine::{
     run_snapshot_schedule, SnapshotSchedule, StateMachine, StateView, SNAPSHOT_MIN_ENTRIES,
