@@ -29,8 +29,8 @@ use failover_core::{NodeId, Topology};
 use failover_net::Dialer;
 use failover_proto::admin::admin_service_client::AdminServiceClient;
 use failover_proto::admin::{AllowRejoinRequest, HistoryRequest, StatusRequest};
+use failover_proto::wire::Chan;
 use tokio::time::Instant;
-use tonic::transport::Channel;
 
 /// How long one peer may take to answer one call, and how long a peer is asked again
 /// while it answers without a leader confirmed by a quorum (an election may be under
@@ -99,7 +99,7 @@ fn is_transient(status: &tonic::Status) -> bool {
 /// none confirms it within [`PROBE_TIMEOUT`], the last unconfirmed answer (flagged by
 /// `consistent: false`). `None` when the peer does not answer at all.
 async fn peer_status(
-    client: &mut AdminServiceClient<Channel>,
+    client: &mut AdminServiceClient<Chan>,
 ) -> Option<failover_proto::admin::StatusResponse> {
     let end = Instant::now() + PROBE_TIMEOUT;
     let mut last = None;
@@ -126,7 +126,7 @@ async fn peer_status(
 /// The whole history as the peer's leader has it (the peer forwards the call), asked
 /// again while the failure may pass, for at most [`PROBE_TIMEOUT`].
 async fn leader_history(
-    client: &mut AdminServiceClient<Channel>,
+    client: &mut AdminServiceClient<Chan>,
 ) -> Option<failover_proto::admin::HistoryResponse> {
     let end = Instant::now() + PROBE_TIMEOUT;
     loop {
@@ -147,7 +147,7 @@ async fn leader_history(
 }
 
 async fn probe_peer(
-    mut client: AdminServiceClient<Channel>,
+    mut client: AdminServiceClient<Chan>,
     peer: NodeId,
     now_unix_ms: u64,
 ) -> Option<ExistingCluster> {

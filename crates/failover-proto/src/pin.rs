@@ -1,5 +1,5 @@
 //! What every outgoing call carries besides its message: the cluster id the caller expects
-//! ([`crate::wire::CLUSTER_HEADER`]) and, for clients without a certificate, a bearer
+//! ([`CLUSTER_HEADER`]) and, for clients without a certificate, a bearer
 //! token (`authorization`). docs/security.md, "Cluster identity".
 //!
 //! [`PinnedChannel`] wraps the tonic `Channel` of every client of this workspace (the
@@ -17,7 +17,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use tonic::codegen::http::{self, HeaderMap, HeaderValue};
 use tonic::codegen::{Context, Future, Pin, Poll, Service, StdError};
 
-use crate::wire::CLUSTER_HEADER;
+/// Metadata key carrying the cluster id: on a request, the cluster the caller expects;
+/// on an answer, the cluster the controller belongs to (docs/security.md, "Cluster
+/// identity").
+pub const CLUSTER_HEADER: &str = "x-failover-cluster";
 
 /// Why `id` cannot be a cluster id (one rule, the topology's: 1 to 64 ASCII letters,
 /// digits, `-`, `_` or `.`).

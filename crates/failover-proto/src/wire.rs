@@ -37,10 +37,9 @@ pub fn leader_named(status: &tonic::Status) -> Option<String> {
 /// Metadata key marking a request that a controller already forwarded to the leader.
 pub const FORWARDED_HEADER: &str = "x-failover-forwarded";
 
-/// Metadata key carrying the cluster id: on a request, the cluster the caller expects;
-/// on an answer, the cluster the controller belongs to (docs/security.md, "Cluster
-/// identity").
-pub const CLUSTER_HEADER: &str = "x-failover-cluster";
+/// Metadata key carrying the cluster id, beside [`LEADER_HEADER`]; its home is the pinned
+/// channel that sends and checks it.
+pub use crate::pin::CLUSTER_HEADER;
 
 /// Largest Raft message (both ways): snapshots travel whole, about 2,000,000 leases at
 /// ~30 bytes each.
