@@ -2,8 +2,9 @@
 //! controllers' real lease service and renewal batcher, called in process over the
 //! simulated network, and believe they hold exactly what the core's `HolderLease` says.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant as StdInstant};
 
 use failover_controller::leases::{Renewal, RenewalError};
 use failover_controller::services::lease::LeaseServer;
@@ -11,7 +12,7 @@ use failover_core::lease::{HolderLease, HolderTiming, RenewRefusal};
 use failover_core::{Epoch, FencingToken, GroupName, LeaseId, NodeId};
 use failover_proto::lease::lease_service_server::LeaseService;
 use failover_proto::lease::{acquire_response, AcquireRequest, ReleaseRequest};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::check::Checker;
@@ -19,7 +20,8 @@ use crate::clock::DriftClock;
 use crate::net::{round_trip, Endpoint, Net};
 use failover_client::clock::Clock;
 
-/// How long a holder waits for an answer before it tries another controller.
+/// How long a holder waits for an acquire's or release's answer before it tries another
+/// controller.
 const REQUEST_TIMEOUT: Duration = Duration::from_millis(700);
 
 /// One simulated engine instance.
@@ -61,40 +63,217 @@ impl Holder {
         self.checker.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Runs until the runtime stops.
+    /// Runs until the runtime stops: acquires (polling every keepalive interval while
+    /// standby), then renews as `LeaseSession` does until the lease is gone.
     pub async fn run(self) {
         let mut lease = HolderLease::new(self.timing);
         let mut target: NodeId = 1 + (self.index as u64 % self.controllers);
-        let mut had: Option<Instant> = None;
         loop {
             let local = self.clock.now();
             lease.handle_timeout(local);
             match lease.held(local) {
-                Some(held) => {
-                    if !self.renew(&mut lease, held.lease, &mut target).await {
-                        had = None;
-                    }
-                }
+                Some(held) => self.hold(&mut lease, held.lease, &mut target).await,
                 None => {
-                    if let Some(until) = had.take() {
-                        let now = Instant::now();
-                        self.checker().lapsed(
-                            now,
-                            self.index,
-                            self.site.0,
-                            until,
-                            self.ttl,
-                            "not renewed in time",
-                        );
-                    }
                     self.acquire(&mut lease, &mut target).await;
+                    if lease.held(self.clock.now()).is_none() {
+                        tokio::time::sleep(self.keepalive).await;
+                    }
                 }
             }
-            if let Some(held) = lease.held(self.clock.now()) {
-                let valid_until = held.valid_until;
-                had = Some(self.clock.true_at(valid_until));
+        }
+    }
+
+    /// The renewal cadence `LeaseSession` uses: the keepalive interval, but no more than
+    /// a third of what is left of the lease.
+    fn interval(&self, lease: &HolderLease) -> Duration {
+        let usable = lease
+            .poll_timeout()
+            .map_or(Duration::from_millis(500), |until| {
+                until.saturating_duration_since(self.clock.now())
+            });
+        let third = (usable / 3).max(Duration::from_millis(10));
+        self.keepalive.min(third)
+    }
+
+    /// Renews `id` as `LeaseSession::hold` does: a stream to the leader (the known one
+    /// first, else a race over every controller), one renewal every interval without
+    /// waiting for answers, each counted from when it was sent; a stream whose oldest
+    /// answer is two intervals overdue, or that says "not the leader", is abandoned for
+    /// another. Returns when the lease lapsed, was refused or drained.
+    async fn hold(&self, lease: &mut HolderLease, id: LeaseId, target: &mut NodeId) {
+        let interval = self.interval(lease);
+        let (answer_to, mut answers) = mpsc::unbounded_channel::<(u64, u64, Renew)>();
+        let mut stream = 0u64;
+        let mut seq = 0u64;
+        let mut known = Some(*target);
+        let mut suspect: Option<NodeId> = None;
+        let mut until = self.belief_end(lease);
+        'connect: loop {
+            let leader = tokio::select! {
+                leader = self.open(known.take(), suspect.take(), interval) => leader,
+                _ = self.deadline(lease) => {
+                    if self.lapsed(lease, until) {
+                        return;
+                    }
+                    continue 'connect;
+                }
+            };
+            *target = leader;
+            stream += 1;
+            // Answers to requests sent on an earlier stream never come.
+            let mut sent: BTreeMap<u64, (StdInstant, Instant)> = BTreeMap::new();
+            let mut next_tick = Instant::now();
+            loop {
+                let overdue = sent.values().map(|(_, at)| *at + 2 * interval).min();
+                tokio::select! {
+                    _ = tokio::time::sleep_until(next_tick) => {
+                        next_tick += interval;
+                        seq += 1;
+                        sent.insert(seq, (self.clock.now(), Instant::now()));
+                        tokio::spawn(renew_once(
+                            self.net.clone(),
+                            self.endpoint,
+                            leader,
+                            self.group.clone(),
+                            id,
+                            self.ttl,
+                            (stream, seq),
+                            answer_to.clone(),
+                        ));
+                    }
+                    Some((on, n, answer)) = answers.recv() => {
+                        if on != stream {
+                            continue;
+                        }
+                        let Some((sent_at, _)) = sent.remove(&n) else {
+                            continue;
+                        };
+                        let now = Instant::now();
+                        match answer {
+                            Renew::Renewed(ttl) => {
+                                lease.on_renewed(self.clock.now(), sent_at, id, ttl);
+                                self.note_belief(lease);
+                                until = self.belief_end(lease).or(until);
+                            }
+                            Renew::Elsewhere(hint) => {
+                                known = hint.filter(|h| *h != leader);
+                                suspect = Some(leader);
+                                continue 'connect;
+                            }
+                            Renew::Draining => {
+                                // The executor stops its workers, then releases.
+                                self.checker().stop(now, self.index, "draining");
+                                lease.on_lost();
+                                self.release(id, leader).await;
+                                return;
+                            }
+                            Renew::Refused(why) => {
+                                self.checker().stop(now, self.index, &why);
+                                self.checker()
+                                    .lapsed(now, self.index, self.site.0, now, self.ttl, &why);
+                                lease.on_lost();
+                                return;
+                            }
+                        }
+                    }
+                    _ = sleep_until_some(overdue) => {
+                        // The leader stopped answering without closing the stream: go
+                        // elsewhere, not back to it first.
+                        suspect = Some(leader);
+                        continue 'connect;
+                    }
+                    _ = self.deadline(lease) => {
+                        if self.lapsed(lease, until) {
+                            return;
+                        }
+                    }
+                }
             }
-            tokio::time::sleep(self.keepalive).await;
+        }
+    }
+
+    /// True time at which the current belief ends, if the lease is held.
+    fn belief_end(&self, lease: &HolderLease) -> Option<Instant> {
+        lease
+            .held(self.clock.now())
+            .map(|held| self.clock.true_at(held.valid_until))
+    }
+
+    /// Resolves when the lease's deadline passes on the holder's clock.
+    async fn deadline(&self, lease: &HolderLease) {
+        match lease.poll_timeout() {
+            Some(at) => {
+                // One microsecond late, so the drifting clock has certainly reached it.
+                let at = self.clock.true_at(at) + Duration::from_micros(1);
+                tokio::time::sleep_until(at).await
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// At the deadline: true (and counted) when the lease is gone.
+    fn lapsed(&self, lease: &mut HolderLease, until: Option<Instant>) -> bool {
+        lease.handle_timeout(self.clock.now());
+        if lease.held(self.clock.now()).is_some() {
+            return false;
+        }
+        let now = Instant::now();
+        self.checker().lapsed(
+            now,
+            self.index,
+            self.site.0,
+            until.unwrap_or(now),
+            self.ttl,
+            "not renewed in time",
+        );
+        true
+    }
+
+    /// Finds the leader as `open_keepalive` does: the known leader alone first (unless
+    /// it is the suspect), else every controller at once, each that refuses or does not
+    /// answer within `within` asked again `within / 2` later, the suspect first asked
+    /// one `within` late. The caller bounds the wait by the lease deadline.
+    async fn open(
+        &self,
+        known: Option<NodeId>,
+        suspect: Option<NodeId>,
+        within: Duration,
+    ) -> NodeId {
+        if let Some(leader) = known.filter(|k| Some(*k) != suspect) {
+            if accepts(
+                self.net.clone(),
+                self.endpoint,
+                leader,
+                Duration::ZERO,
+                within,
+            )
+            .await
+            {
+                return leader;
+            }
+        }
+        let (tell, mut told) = mpsc::unbounded_channel::<(NodeId, bool)>();
+        let attempt = |to: NodeId, after: Duration| {
+            let (net, from, tell) = (self.net.clone(), self.endpoint, tell.clone());
+            tokio::spawn(async move {
+                let accepted = accepts(net, from, to, after, within).await;
+                let _ = tell.send((to, accepted));
+            });
+        };
+        for to in 1..=self.controllers {
+            let after = if Some(to) == suspect {
+                within
+            } else {
+                Duration::ZERO
+            };
+            attempt(to, after);
+        }
+        loop {
+            match told.recv().await {
+                Some((to, true)) => return to,
+                Some((to, false)) => attempt(to, within / 2),
+                None => std::future::pending::<()>().await,
+            }
         }
     }
 
@@ -168,72 +347,6 @@ impl Holder {
         self.note_belief(lease);
     }
 
-    /// Renews `id`; false when the lease is gone.
-    async fn renew(&self, lease: &mut HolderLease, id: LeaseId, target: &mut NodeId) -> bool {
-        let group = self.group.clone();
-        let sent_at = self.clock.now();
-        let answer = round_trip(
-            &self.net,
-            self.endpoint,
-            *target,
-            REQUEST_TIMEOUT,
-            |slot| async move {
-                let ctx = slot.ctx;
-                if !ctx.raft.is_leader() {
-                    return Renew::Elsewhere(ctx.leader().map(|(id, _)| id));
-                }
-                let received_at = ctx.clock.now();
-                let (reply, answer) = oneshot::channel();
-                ctx.leases.submit(Renewal {
-                    group: group.clone(),
-                    lease: id,
-                    received_at,
-                    reply,
-                });
-                match answer.await {
-                    Ok(Ok(renewed)) => {
-                        ctx.leases
-                            .engines()
-                            .on_renewed(&group, &renewed.site, received_at);
-                        Renew::Renewed(renewed.ttl)
-                    }
-                    Ok(Err(RenewalError::Refused(RenewRefusal::Draining { .. }))) => {
-                        Renew::Draining
-                    }
-                    Ok(Err(RenewalError::Refused(refusal))) => Renew::Refused(refusal.to_string()),
-                    Ok(Err(_)) | Err(_) => Renew::Elsewhere(None),
-                }
-            },
-        )
-        .await;
-        let now = Instant::now();
-        match answer.unwrap_or(Renew::Elsewhere(None)) {
-            Renew::Renewed(ttl) => {
-                lease.on_renewed(self.clock.now(), sent_at, id, ttl);
-                self.note_belief(lease);
-                true
-            }
-            Renew::Elsewhere(hint) => {
-                self.redirect(target, hint);
-                true
-            }
-            Renew::Draining => {
-                // The executor stops its workers, then releases.
-                self.checker().stop(now, self.index, "draining");
-                lease.on_lost();
-                self.release(id, *target).await;
-                false
-            }
-            Renew::Refused(why) => {
-                self.checker().stop(now, self.index, &why);
-                self.checker()
-                    .lapsed(now, self.index, self.site.0, now, self.ttl, &why);
-                lease.on_lost();
-                false
-            }
-        }
-    }
-
     async fn release(&self, id: LeaseId, target: NodeId) {
         let request = ReleaseRequest {
             group: self.group.to_string(),
@@ -251,5 +364,74 @@ impl Holder {
             },
         )
         .await;
+    }
+}
+
+/// Whether controller `to` accepts a keepalive stream (it leads), asked `after` from now
+/// and given up after `within`.
+async fn accepts(
+    net: Arc<Net>,
+    from: Endpoint,
+    to: NodeId,
+    after: Duration,
+    within: Duration,
+) -> bool {
+    tokio::time::sleep(after).await;
+    round_trip(&net, from, to, within, |slot| async move {
+        slot.ctx.raft.is_leader()
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// Resolves at `at`; pending forever without one.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One renewal of `id` on the stream to `leader`, answered on `answer_to` tagged with
+/// `tag` (stream, sequence number); a lost request or answer is never answered.
+#[allow(clippy::too_many_arguments)]
+async fn renew_once(
+    net: Arc<Net>,
+    from: Endpoint,
+    leader: NodeId,
+    group: GroupName,
+    id: LeaseId,
+    ttl: Duration,
+    tag: (u64, u64),
+    answer_to: mpsc::UnboundedSender<(u64, u64, Renew)>,
+) {
+    let answer = round_trip(&net, from, leader, ttl, |slot| async move {
+        let ctx = slot.ctx;
+        if !ctx.raft.is_leader() {
+            return Renew::Elsewhere(ctx.leader().map(|(id, _)| id));
+        }
+        let received_at = ctx.clock.now();
+        let (reply, answer) = oneshot::channel();
+        ctx.leases.submit(Renewal {
+            group: group.clone(),
+            lease: id,
+            received_at,
+            reply,
+        });
+        match answer.await {
+            Ok(Ok(renewed)) => {
+                ctx.leases
+                    .engines()
+                    .on_renewed(&group, &renewed.site, received_at);
+                Renew::Renewed(renewed.ttl)
+            }
+            Ok(Err(RenewalError::Refused(RenewRefusal::Draining { .. }))) => Renew::Draining,
+            Ok(Err(RenewalError::Refused(refusal))) => Renew::Refused(refusal.to_string()),
+            Ok(Err(_)) | Err(_) => Renew::Elsewhere(None),
+        }
+    })
+    .await;
+    if let Some(answer) = answer {
+        let _ = answer_to.send((tag.0, tag.1, answer));
     }
 }

@@ -63,6 +63,14 @@ fn report(outcome: &Outcome, verbose: bool) {
     if !outcome.violations.is_empty() {
         eprintln!("replay: {}", replay_command(outcome.seed));
     }
+    if !verbose && outcome.needless_interruptions > 0 {
+        eprintln!(
+            "seed {}: {} needless interruptions (replay: {})",
+            outcome.seed,
+            outcome.needless_interruptions,
+            replay_command(outcome.seed)
+        );
+    }
     if verbose {
         eprintln!(
             "seed {}: trace {:016x} ({} lines), grants {}, operator changes {}, lapses {}, needless interruptions {}, recovered after {:?}",

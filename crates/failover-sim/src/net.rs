@@ -29,6 +29,9 @@ pub type Endpoint = u64;
 /// The endpoint of the first simulated holder.
 pub const HOLDER_BASE: Endpoint = 100;
 
+/// The longest base delay of a message between two sites, in microseconds.
+const CROSS_SITE_MAX_US: u64 = 15_000;
+
 /// A running controller incarnation, as the network reaches it.
 #[derive(Clone)]
 pub struct Slot {
@@ -95,7 +98,7 @@ impl Net {
         let base_us = if same_site {
             s.rng.random_range(200..1_500)
         } else {
-            s.rng.random_range(3_000..15_000)
+            s.rng.random_range(3_000..CROSS_SITE_MAX_US)
         };
         let extra_us = match s.extra_delay_ms {
             0 => 0,
@@ -131,6 +134,12 @@ impl Net {
         let mut s = self.lock();
         s.loss = loss;
         s.extra_delay_ms = extra_delay_ms;
+    }
+
+    /// The largest one-way delay a message can take now: the cross-site base plus the
+    /// weather's extra delay.
+    pub fn max_delay(&self) -> Duration {
+        Duration::from_micros(CROSS_SITE_MAX_US) + Duration::from_millis(self.lock().extra_delay_ms)
     }
 
     /// Heals every link and clears loss and extra delay.
