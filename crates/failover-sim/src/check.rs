@@ -42,7 +42,7 @@ pub struct Checker {
     grants: BTreeMap<u64, (u64, u64)>,
     tokens: BTreeMap<u64, u64>,
     changes: BTreeMap<u64, Option<String>>,
-    /// Per data site, the last instant it was cut from a quorum or from the leader, not the
+    /// Per data site, the last instant it was cut from a quorum, not the
     /// settled active site, or Raft's round trips could exceed the heartbeat interval
     /// (needless interruptions are lapses long after it; docs/testing.md).
     pub disturbed_at: BTreeMap<usize, Instant>,
