@@ -7,7 +7,6 @@
 
 use failover_proto::types;
 use failover_proto::wire;
-use std::fmt::Write as _;
 
 use failover_proto::admin::GroupStatus;
 use serde::Serialize;
@@ -131,30 +130,24 @@ pub fn history_entry_json(e: &failover_proto::admin::HistoryEntry) -> HistoryJso
     }
 }
 
-/// Renders rows as left-aligned columns separated by two spaces.
+/// Renders rows as left-aligned columns separated by two spaces, without borders (what
+/// `kubectl get` prints: easy to read, and to cut with `awk`).
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::NOTHING)
+        .set_content_arrangement(comfy_table::ContentArrangement::Disabled)
+        .set_header(header.iter().copied());
     for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
+        t.add_row(row.iter().map(String::as_str));
+    }
+    let last = header.len().saturating_sub(1);
+    for (i, column) in t.column_iter_mut().enumerate() {
+        column.set_padding((0, if i == last { 0 } else { 2 }));
     }
     let mut out = String::new();
-    let mut line = |cells: Vec<&str>| {
-        let mut text = String::new();
-        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
-            if i + 1 == cells.len() {
-                text.push_str(cell);
-            } else {
-                let _ = write!(text, "{cell:<w$}  ");
-            }
-        }
-        out.push_str(text.trim_end());
+    for line in t.lines() {
+        out.push_str(line.trim_end());
         out.push('\n');
-    };
-    line(header.to_vec());
-    for row in rows {
-        line(row.iter().map(String::as_str).collect());
     }
     out
 }
@@ -208,5 +201,20 @@ mod tests {
     fn table_aligns_columns() {
         let t = table(&["A", "B"], &[vec!["long".into(), "x".into()]]);
         assert_eq!(t, "A     B\nlong  x\n");
+        let t = table(
+            &["GROUP", "SITE", "REASON"],
+            &[
+                vec![
+                    "default".into(),
+                    "site-b".into(),
+                    "planned switchover".into(),
+                ],
+                vec!["g".into(), "".into(), "".into()],
+            ],
+        );
+        assert_eq!(
+            t,
+            "GROUP    SITE    REASON\ndefault  site-b  planned switchover\ng\n"
+        );
     }
 }
