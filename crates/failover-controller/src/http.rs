@@ -285,16 +285,7 @@ mod tests {
     use super::*;
     use failover_core::{ChangeKind, Command};
 
-    fn state() -> ClusterState {
-        let mut state = ClusterState::default();
-        let create = Command::CreateGroup {
-            group: GroupName("default".into()),
-            sites: vec![SiteId("site-a".into()), SiteId("site-b".into())],
-            at_unix_ms: 0,
-        };
-        state.apply(&create).expect("create");
-        state
-    }
+    use crate::metrics::tests::state;
 
     /// The active site answers yes; a standby, an unknown site and an unknown group no.
     #[test]

@@ -368,11 +368,12 @@ fn live_executors(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use failover_core::{Command, GroupName, SiteId};
 
-    fn state() -> ClusterState {
+    /// A state with one group, `default`, over site-a and site-b (site-a active).
+    pub(crate) fn state() -> ClusterState {
         let mut state = ClusterState::default();
         let create = Command::CreateGroup {
             group: GroupName("default".into()),
