@@ -108,15 +108,22 @@ async fn stopped_executor_deregisters_and_reload_skips_a_dead_one() {
 
     stopping.signal(libc::SIGTERM);
     let stopped_at = Instant::now();
-    eventually(
-        "the stopped executor deregistered",
-        Duration::from_secs(15),
-        || async {
-            let executors = listed(&cluster, "site-a").await?;
-            (!executors.iter().any(|e| id_of(e) == "exec-stopping")).then_some(())
-        },
-    )
+    let deregistered = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            if let Some(executors) = listed(&cluster, "site-a").await {
+                if !executors.iter().any(|e| id_of(e) == "exec-stopping") {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
     .await;
+    assert!(
+        deregistered.is_ok(),
+        "the stopped executor is still listed after 15 s; executors' log:\n{}",
+        cluster.exec_log("site-a")
+    );
     // Without deregistering it would stay listed for the 5 min forget bound.
     assert!(stopped_at.elapsed() < Duration::from_secs(15));
 

@@ -40,30 +40,22 @@ fn watch_request(site: &str) -> WatchRequest {
     }
 }
 
-/// One engine identity floods acquires and watches: it gets RESOURCE_EXHAUSTED naming
-/// itself and the limit, nothing is granted for the refused acquires, and the other
-/// site's engine is served all along.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flood_from_one_identity_is_refused_and_others_are_served() {
-    let mut cluster = Cluster::new_with(|yaml| {
-        yaml + "limits: { acquires_per_second: 2, acquire_burst: 5, watch_streams: 3 }\n"
-    });
-    cluster.start_all();
-    let status = cluster.wait_ready(READY).await;
-    let leader = cluster
-        .nodes
-        .iter()
-        .find(|n| n.id == status.leader)
-        .expect("leader node")
-        .addr
-        .clone();
-    let site_a = cluster.engine_dialer("site-a");
-    let site_b = cluster.engine_dialer("site-b");
-    let mut flood = LeaseServiceClient::new(site_a.channel(&leader).expect("channel"));
-    let mut other = LeaseServiceClient::new(site_b.channel(&leader).expect("channel"));
+/// The outcome of one flood of acquires at the leader.
+struct Flood {
+    granted: usize,
+    refused: Vec<tonic::Status>,
+}
 
-    // 20 acquires at once: the burst of 5 (and perhaps one more from the refill) is
-    // granted, the rest refused before anything is proposed.
+/// 20 acquires at once from `flood` (site-a's engine), with one from `other` (site-b's)
+/// after every fourth, all at `leader`; instances are named `flood-{round}-N`. `None`
+/// when `leader` answered that it no longer leads: a loaded machine can move the
+/// leadership, limits are counted per controller, so the caller starts over at the new
+/// leader.
+async fn flood_once(
+    flood: &mut LeaseServiceClient<failover_proto::wire::Chan>,
+    other: &mut LeaseServiceClient<failover_proto::wire::Chan>,
+    round: usize,
+) -> Option<Flood> {
     let mut granted = 0;
     let mut refused = Vec::new();
     for i in 0..20 {
@@ -71,7 +63,7 @@ async fn a_flood_from_one_identity_is_refused_and_others_are_served() {
             .acquire(AcquireRequest {
                 group: "default".into(),
                 site: "site-a".into(),
-                instance: format!("flood-{i}"),
+                instance: format!("flood-{round}-{i}"),
                 ..Default::default()
             })
             .await;
@@ -80,6 +72,7 @@ async fn a_flood_from_one_identity_is_refused_and_others_are_served() {
                 Some(acquire_response::Result::Granted(_)) => granted += 1,
                 other => panic!("unexpected answer {other:?}"),
             },
+            Err(status) if status.code() == tonic::Code::Unavailable => return None,
             Err(status) => refused.push(status),
         }
         if i % 4 != 0 {
@@ -91,16 +84,54 @@ async fn a_flood_from_one_identity_is_refused_and_others_are_served() {
             .acquire(AcquireRequest {
                 group: "default".into(),
                 site: "site-b".into(),
-                instance: format!("other-{i}"),
+                instance: format!("other-{round}-{i}"),
                 ..Default::default()
             })
-            .await
-            .expect("site-b's engine is served during site-a's flood");
-        assert!(matches!(
-            served.into_inner().result,
-            Some(acquire_response::Result::Standby(_))
-        ));
+            .await;
+        match served {
+            Err(status) if status.code() == tonic::Code::Unavailable => return None,
+            served => assert!(matches!(
+                served
+                    .expect("site-b's engine is served during site-a's flood")
+                    .into_inner()
+                    .result,
+                Some(acquire_response::Result::Standby(_))
+            )),
+        }
     }
+    Some(Flood { granted, refused })
+}
+
+/// One engine identity floods acquires and watches: it gets RESOURCE_EXHAUSTED naming
+/// itself and the limit, nothing is granted for the refused acquires, and the other
+/// site's engine is served all along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_from_one_identity_is_refused_and_others_are_served() {
+    let mut cluster = Cluster::new_with(|yaml| {
+        yaml + "limits: { acquires_per_second: 2, acquire_burst: 5, watch_streams: 3 }\n"
+    });
+    cluster.start_all();
+    let site_a = cluster.engine_dialer("site-a");
+    let site_b = cluster.engine_dialer("site-b");
+    let mut rounds = 0;
+    let (leader, mut flood, mut other, outcome) = loop {
+        assert!(rounds < 5, "the leadership moved during 5 floods in a row");
+        let status = cluster.wait_ready(READY).await;
+        let leader = cluster
+            .nodes
+            .iter()
+            .find(|n| n.id == status.leader)
+            .expect("leader node");
+        let mut flood = LeaseServiceClient::new(site_a.channel(&leader.addr).expect("channel"));
+        let mut other = LeaseServiceClient::new(site_b.channel(&leader.addr).expect("channel"));
+        if let Some(outcome) = flood_once(&mut flood, &mut other, rounds).await {
+            break (leader.http_addr.clone(), flood, other, outcome);
+        }
+        rounds += 1;
+    };
+    let Flood { granted, refused } = outcome;
+    // The burst of 5 (and perhaps one more from the refill) is granted, the rest refused
+    // before anything is proposed.
     assert!((5..=14).contains(&granted), "granted {granted}");
     assert!(!refused.is_empty(), "no acquire was refused");
     for status in &refused {
@@ -118,9 +149,10 @@ async fn a_flood_from_one_identity_is_refused_and_others_are_served() {
         .await
         .expect("leases")
         .leases;
+    let prefix = format!("flood-{rounds}-");
     let flooded = leases
         .iter()
-        .filter(|l| l.holder.starts_with("flood-"))
+        .filter(|l| l.holder.starts_with(&prefix))
         .count();
     assert_eq!(flooded, granted, "{leases:?}");
 
@@ -162,15 +194,8 @@ async fn a_flood_from_one_identity_is_refused_and_others_are_served() {
         },
     )
     .await;
-    let leader_http = cluster
-        .nodes
-        .iter()
-        .find(|n| n.id == status.leader)
-        .expect("leader")
-        .http_addr
-        .clone();
     let refusals = metric(
-        &leader_http,
+        &leader,
         "failover_limit_refusals_total{limit=\"acquires_per_second\"}",
     )
     .await

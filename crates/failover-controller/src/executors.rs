@@ -41,6 +41,11 @@ pub struct ExecutorRegistry {
 struct Inner {
     reports: HashMap<String, (Instant, ExecutorReport)>,
     reload_generation: HashMap<String, u64>,
+    /// The incarnation each executor deregistered with, and when: its reports that
+    /// arrive later (sent before the deregistration, delayed or timed out on the way)
+    /// are ignored, so they cannot list a stopped executor again. Kept for
+    /// [`FORGET_AFTER`], at most [`MAX_EXECUTORS`].
+    deregistered: HashMap<String, (Instant, u64)>,
 }
 
 impl ExecutorRegistry {
@@ -48,7 +53,8 @@ impl ExecutorRegistry {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records a report received at `now`; returns the reload generation asked for its site.
+    /// Records a report received at `now`; returns the reload generation asked for its
+    /// site. A late report of an incarnation that already deregistered is not recorded.
     pub fn on_report(&self, report: ExecutorReport, now: Instant) -> u64 {
         let mut inner = self.lock();
         let generation = inner
@@ -56,10 +62,18 @@ impl ExecutorRegistry {
             .get(&report.site)
             .copied()
             .unwrap_or(0);
+        inner.forget_silent(now);
+        let late = report.incarnation != 0
+            && inner
+                .deregistered
+                .get(&report.executor_id)
+                .is_some_and(|(_, incarnation)| *incarnation == report.incarnation);
+        if late {
+            return generation;
+        }
         inner
             .reports
             .insert(report.executor_id.clone(), (now, report));
-        inner.forget_silent(now);
         if inner.reports.len() > MAX_EXECUTORS {
             let oldest = inner
                 .reports
@@ -73,9 +87,16 @@ impl ExecutorRegistry {
         generation
     }
 
-    /// Forgets an executor that stopped cleanly; returns whether it was known. Only an
-    /// entry of the same site is removed, so a mistyped site cannot drop another's.
-    pub fn deregister(&self, executor_id: &str, site: &str) -> bool {
+    /// Forgets an executor that stopped cleanly (its `incarnation`, 0 if unknown) at
+    /// `now`; returns whether it was known. Only an entry of the same site is removed, so
+    /// a mistyped site cannot drop another's.
+    pub fn deregister(
+        &self,
+        executor_id: &str,
+        site: &str,
+        incarnation: u64,
+        now: Instant,
+    ) -> bool {
         let mut inner = self.lock();
         let known = inner
             .reports
@@ -83,6 +104,21 @@ impl ExecutorRegistry {
             .is_some_and(|(_, r)| r.site == site);
         if known {
             inner.reports.remove(executor_id);
+            if incarnation != 0 {
+                inner
+                    .deregistered
+                    .insert(executor_id.to_owned(), (now, incarnation));
+                if inner.deregistered.len() > MAX_EXECUTORS {
+                    let oldest = inner
+                        .deregistered
+                        .iter()
+                        .min_by_key(|(_, (at, _))| *at)
+                        .map(|(id, _)| id.clone());
+                    if let Some(id) = oldest {
+                        inner.deregistered.remove(&id);
+                    }
+                }
+            }
         }
         known
     }
@@ -117,6 +153,8 @@ impl Inner {
     fn forget_silent(&mut self, now: Instant) {
         self.reports
             .retain(|_, (at, _)| now.saturating_duration_since(*at) < FORGET_AFTER);
+        self.deregistered
+            .retain(|_, (at, _)| now.saturating_duration_since(*at) < FORGET_AFTER);
     }
 }
 
@@ -149,11 +187,43 @@ mod tests {
         let t0 = Instant::now();
         registry.on_report(report("e1", "site-a"), t0);
         registry.on_report(report("e2", "site-a"), t0);
-        assert!(!registry.deregister("e1", "site-b"));
+        assert!(!registry.deregister("e1", "site-b", 0, t0));
         assert_eq!(ids(&registry, "site-a", t0), ["e1", "e2"]);
-        assert!(registry.deregister("e1", "site-a"));
+        assert!(registry.deregister("e1", "site-a", 0, t0));
         assert_eq!(ids(&registry, "site-a", t0), ["e2"]);
-        assert!(!registry.deregister("e1", "site-a"));
+        assert!(!registry.deregister("e1", "site-a", 0, t0));
+    }
+
+    /// A report of the deregistered incarnation that arrives late lists nothing; a new
+    /// incarnation with the same id (a restart) is listed at once; the memory of the
+    /// deregistration ends after FORGET_AFTER.
+    #[test]
+    fn late_report_of_a_deregistered_incarnation_is_ignored() {
+        let registry = ExecutorRegistry::default();
+        let t0 = Instant::now();
+        let of = |incarnation| ExecutorReport {
+            incarnation,
+            ..report("e1", "site-a")
+        };
+        registry.on_report(of(7), t0);
+        assert!(registry.deregister("e1", "site-a", 7, t0));
+        registry.on_report(of(7), t0 + Duration::from_secs(2));
+        assert!(ids(&registry, "site-a", t0 + Duration::from_secs(2)).is_empty());
+        registry.on_report(of(8), t0 + Duration::from_secs(3));
+        assert_eq!(
+            ids(&registry, "site-a", t0 + Duration::from_secs(3)),
+            ["e1"]
+        );
+        assert!(registry.deregister("e1", "site-a", 8, t0 + Duration::from_secs(4)));
+        registry.on_report(of(8), t0 + Duration::from_secs(4) + FORGET_AFTER);
+        assert_eq!(
+            ids(
+                &registry,
+                "site-a",
+                t0 + Duration::from_secs(4) + FORGET_AFTER
+            ),
+            ["e1"]
+        );
     }
 
     /// An executor is stale from exactly the bound on, and forgotten from exactly

@@ -13,7 +13,8 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Controllers tried at most (the leader hint, then every endpoint, following redirects).
 const MAX_ATTEMPTS: usize = 8;
 
-/// Deregisters the executor `opts` describe (its id and site) from the leader; returns
+/// Deregisters the executor `opts` describe (its id and site, and this process's
+/// `incarnation`, so the leader ignores its reports still on the way) from the leader; returns
 /// whether a leader confirmed it. The executor's shutdown calls it last, after the
 /// workers stopped and the lease was released.
 ///
@@ -24,11 +25,13 @@ const MAX_ATTEMPTS: usize = 8;
 pub async fn deregister(
     dialer: &dyn Dialer,
     opts: &ExecutorOptions,
+    incarnation: u64,
     leader_hint: Option<&str>,
 ) -> bool {
     let request = DeregisterRequest {
         executor_id: opts.executor_id.clone(),
         site: opts.site.clone(),
+        incarnation,
     };
     let mut targets: Vec<String> = leader_hint.map(str::to_owned).into_iter().collect();
     targets.extend(opts.endpoints.addrs().iter().cloned());

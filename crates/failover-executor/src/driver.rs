@@ -103,6 +103,8 @@ struct Driver {
     /// (see [`report`]).
     reporting: Option<tokio::task::JoinHandle<()>>,
     deliveries: (mpsc::Sender<Delivery>, mpsc::Receiver<Delivery>),
+    /// This process's incarnation, in every report and in the deregistration.
+    incarnation: u64,
 }
 
 impl Driver {
@@ -125,6 +127,7 @@ impl Driver {
             reporter: None,
             reporting: None,
             deliveries: mpsc::channel(4),
+            incarnation: report::new_incarnation(),
         }
     }
 
@@ -195,7 +198,13 @@ impl Driver {
         if self.reporting.as_ref().is_some_and(|r| !r.is_finished()) {
             return;
         }
-        let message = report::message(&self.opts, &self.supervisor, &self.lease_state, now);
+        let message = report::message(
+            &self.opts,
+            self.incarnation,
+            &self.supervisor,
+            &self.lease_state,
+            now,
+        );
         let dialer = self.dialer.clone();
         let endpoints = self.opts.endpoints.addrs().to_vec();
         let hint = self.reporter.clone();
@@ -358,6 +367,12 @@ impl Driver {
         {
             session.shutdown().await;
         }
-        deregister::deregister(&*self.dialer, &self.opts, self.reporter.as_deref()).await;
+        deregister::deregister(
+            &*self.dialer,
+            &self.opts,
+            self.incarnation,
+            self.reporter.as_deref(),
+        )
+        .await;
     }
 }

@@ -21,9 +21,10 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use crate::options::ExecutorOptions;
 use crate::session;
 
-/// The report of the executor `opts` describe, at `now`.
+/// The report of the executor `opts` describe (process `incarnation`), at `now`.
 pub(crate) fn message(
     opts: &ExecutorOptions,
+    incarnation: u64,
     supervisor: &Supervisor,
     lease: &LeaseState,
     now: Instant,
@@ -63,7 +64,18 @@ pub(crate) fn message(
         reload_ok: reload.ok,
         reload_message: reload.message.clone(),
         message: unhealthy.unwrap_or_default().to_owned(),
+        incarnation,
     }
+}
+
+/// A random, non-zero incarnation for this executor process (`ExecutorReport.incarnation`):
+/// a restarted executor keeps its id but not its incarnation.
+pub(crate) fn new_incarnation() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    // Each `RandomState` is keyed from the operating system's randomness.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    hasher.finish().max(1)
 }
 
 /// How long one controller gets to answer a report.

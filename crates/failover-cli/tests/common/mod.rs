@@ -361,6 +361,12 @@ impl Cluster {
             .unwrap_or_default()
     }
 
+    /// What the executors of `site` logged, for failure messages.
+    pub fn exec_log(&self, site: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("exec-{site}.log")))
+            .unwrap_or_default()
+    }
+
     pub fn data_dir(&self) -> &Path {
         self.dir.path()
     }

@@ -46,16 +46,19 @@ impl ExecutorService for ExecutorServer {
         &self,
         request: Request<DeregisterRequest>,
     ) -> Result<Response<DeregisterAck>, Status> {
+        let now = self.ctx.clock.now();
         if !self.ctx.raft.is_leader() {
             return Err(not_leader(&self.ctx));
         }
         let request = request.into_inner();
         crate::auth::require_site(&request.site)?;
         wire::check_deregister(&request)?;
-        let known = self
-            .ctx
-            .executors
-            .deregister(&request.executor_id, &request.site);
+        let known = self.ctx.executors.deregister(
+            &request.executor_id,
+            &request.site,
+            request.incarnation,
+            now,
+        );
         tracing::info!(
             executor = %request.executor_id,
             site = %request.site,
