@@ -2,7 +2,7 @@
 """Controller churn benchmark (L3): how often does churn that leaves the active site
 connected to a quorum interrupt its workers?
 
-Runs the multi-process churn test (crates/failover-cli/tests/churn.rs) in a release build
+Runs the multi-process churn test (crates/failover-cli/tests/it/churn.rs) in a release build
 at the topology's default timing, with `--kills` leader kills (SIGKILL, restart), `--freezes`
 leader freezes (SIGSTOP until another leader is confirmed, SIGCONT), `--rejoins` follower
 rejoins (alternately SIGSTOP/SIGCONT and SIGKILL/restart, each 2.5 s) and `--rolling`
@@ -43,8 +43,8 @@ def main() -> None:
         env["FAILOVER_CHURN_DEFAULT_TIMING"] = "1"
     started = time.time()
     proc = subprocess.run(
-        ["cargo", "test", "--release", "-p", "failover-cli", "--test", "churn", "--",
-         "controller_churn_never_restarts_active_workers", "--exact", "--nocapture",
+        ["cargo", "test", "--release", "-p", "failover-cli", "--test", "it", "--",
+         "churn::controller_churn_never_restarts_active_workers", "--exact", "--nocapture",
          "--test-threads", "1"],
         env=env, capture_output=True, text=True)
     took = time.time() - started

@@ -3,13 +3,11 @@
 //! snapshot can bring it up to date) rejoins with `--join-existing` and holds every lease
 //! within a deadline; restarted on the data dir it installed, it holds them again.
 
-mod common;
-
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{eventually, lease_client, Cluster};
+use crate::common::{eventually, lease_client, Cluster};
 use failover_proto::lease::acquire_response::Result as Acquired;
 use failover_proto::lease::AcquireRequest;
 use futures::StreamExt;

@@ -1,12 +1,10 @@
 //! Leases across real controller processes: holders at two sites never believe they hold
 //! the group at the same instant, through 20 promotions and a leader killed mid-promotion.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{eventually, Cluster};
+use crate::common::{eventually, Cluster};
 use failover_client::clock::SystemClock;
 use failover_client::{Endpoints, LeaseConfig, LeaseSession, LeaseState};
 use failover_proto::admin::PromoteRequest;
@@ -92,7 +90,7 @@ fn session(cluster: &Cluster, site: &str, instance: &str) -> LeaseSession {
             cluster_id: None,
             token: None,
         },
-        common::engine_dialer(site),
+        crate::common::engine_dialer(site),
         Arc::new(SystemClock),
     )
 }

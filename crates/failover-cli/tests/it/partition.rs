@@ -14,13 +14,11 @@
 //! Needs root (network namespaces); skipped with a message otherwise. Every namespace is
 //! named uniquely per run and deleted when the test ends, also when it fails.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{failover_bin, workers, Proc};
+use crate::common::{failover_bin, workers, Proc};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -1,12 +1,10 @@
 //! The controllers' HTTP endpoints (`/active`, `/health`, `/metrics`) on a real
 //! multi-process cluster, through a plain HTTP/1.1 client on a TcpStream.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{eventually, Cluster};
+use crate::common::{eventually, Cluster};
 use failover_proto::admin::PromoteRequest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -3,15 +3,13 @@
 //! an epoch and refuses a stale site's writes in a real store (SQLite); and engines that
 //! embed the lease API (no `failover exec`) are failed over when their site is lost.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{eventually, Cluster, Proc};
+use crate::common::{eventually, Cluster, Proc};
 use failover_client::clock::SystemClock;
 use failover_client::{Endpoints, LeaseConfig, LeaseSession, LeaseState};
 use failover_proto::admin::PromoteRequest;
@@ -48,7 +46,7 @@ fn session(endpoints: &str, site: &str, instance: &str) -> LeaseSession {
             cluster_id: None,
             token: None,
         },
-        common::engine_dialer(site),
+        crate::common::engine_dialer(site),
         Arc::new(SystemClock),
     )
 }
@@ -101,7 +99,7 @@ fn spawn_holder(cluster: &Cluster) -> (Proc, Printed) {
     let mut child = Command::new(std::env::current_exe().expect("test binary"))
         .args([
             "--exact",
-            "holder_child",
+            "lease_semantics::holder_child",
             "--nocapture",
             "--test-threads",
             "1",
@@ -460,7 +458,7 @@ fn session_with_grace(
             cluster_id: None,
             token: None,
         },
-        common::engine_dialer(site),
+        crate::common::engine_dialer(site),
         Arc::new(SystemClock),
     )
 }

@@ -7,8 +7,6 @@
 //! environment or argv, and [`Reaper`] kills whatever still carries it when the test ends,
 //! also when it fails.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
@@ -17,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::workers::{self, Reaper};
-use common::{alive, eventually, failover_bin, Cluster};
+use crate::common::workers::{self, Reaper};
+use crate::common::{alive, eventually, failover_bin, Cluster};
 use failover_executor::contain;
 use failover_executor::monotonic::now_ns;
 

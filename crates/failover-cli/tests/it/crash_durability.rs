@@ -6,14 +6,12 @@
 //! `FAILOVER_CRASH_SEED` picks the kill schedule (default 14); `FAILOVER_CRASH_SECS` the
 //! length of the loaded phase (default 30).
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{eventually, Cluster};
+use crate::common::{eventually, Cluster};
 use failover_client::{AdminClient, Endpoints};
 use failover_proto::admin::PromoteRequest;
 use failover_proto::lease::acquire_response::Result as Acquired;
@@ -49,7 +47,7 @@ struct Acked {
 async fn promote_loop(endpoints: String, acked: Arc<Mutex<Acked>>, stop: Arc<AtomicBool>) {
     let mut client = AdminClient::with_dialer(
         Endpoints::parse(&endpoints).expect("endpoints"),
-        common::operator_dialer(),
+        crate::common::operator_dialer(),
     );
     let mut target = "site-b";
     while !stop.load(Ordering::Relaxed) {
@@ -105,7 +103,7 @@ async fn grant_loop(endpoints: String, acked: Arc<Mutex<Acked>>, stop: Arc<Atomi
         let client = match clients.get(&addr) {
             Some(client) => client.clone(),
             None => {
-                let client = common::lease_client("site-a", &addr);
+                let client = crate::common::lease_client("site-a", &addr);
                 clients.insert(addr.clone(), client.clone());
                 client
             }

@@ -1,12 +1,10 @@
 //! Mutual TLS and roles (docs/security.md) on a real cluster: who is refused, and that a
 //! refused request changes nothing.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::Cluster;
+use crate::common::Cluster;
 use failover_client::{AdminClient, ClientError, Endpoints, TcpDialer, TlsDialer};
 use failover_proto::admin::{PauseRequest, PromoteRequest};
 use failover_proto::lease::lease_service_client::LeaseServiceClient;
@@ -176,7 +174,7 @@ async fn insecure_mode_is_plaintext_and_says_so() {
     cluster.start_all();
     let endpoints = Endpoints::parse(&cluster.endpoints()).expect("endpoints");
     let mut plain = AdminClient::with_dialer(endpoints, Arc::new(TcpDialer::default()));
-    common::eventually("a plaintext answer", READY, || {
+    crate::common::eventually("a plaintext answer", READY, || {
         let mut plain = plain.clone();
         async move { plain.status().await.ok().filter(|s| s.leader != 0) }
     })
@@ -205,7 +203,7 @@ async fn certificates_rotate_on_a_running_cluster_without_interruption() {
         leases.leases.into_iter().find(|l| l.site == "site-a")
     };
     let before =
-        common::eventually("site-a holds the lease", READY, || held(cluster.client())).await;
+        crate::common::eventually("site-a holds the lease", READY, || held(cluster.client())).await;
 
     let tls = cluster.data_dir().join("tls");
     let old_operator = std::fs::read(tls.join("operator-dev.pem")).expect("old cert");
@@ -245,7 +243,7 @@ async fn certificates_rotate_on_a_running_cluster_without_interruption() {
     let restarted = if leader == 5 { 4 } else { 5 };
     cluster.kill9(restarted);
     cluster.start(restarted);
-    common::eventually("the restarted controller reachable", READY, || {
+    crate::common::eventually("the restarted controller reachable", READY, || {
         let mut client = cluster.client();
         async move {
             let status = client.status().await.ok()?;
@@ -293,7 +291,7 @@ async fn an_engine_may_not_renew_or_release_another_sites_lease() {
     let channel = |site: &str| cluster.engine_dialer(site).channel(&addr).expect("channel");
     let mut engine_a = LeaseServiceClient::new(channel("site-a"));
     // The group is created by the leader's first pass: poll until site-a is granted.
-    let grant = common::eventually("site-a granted", READY, || {
+    let grant = crate::common::eventually("site-a granted", READY, || {
         let mut engine_a = engine_a.clone();
         async move {
             let answer = engine_a
@@ -402,11 +400,11 @@ async fn certificates_rotate_across_a_leader_change() {
         let leases = client.leases("default").await.ok()?;
         leases.leases.into_iter().find(|l| l.site == site)
     };
-    let before = common::eventually("site-a holds the lease", READY, || {
+    let before = crate::common::eventually("site-a holds the lease", READY, || {
         held(cluster.client(), "site-a")
     })
     .await;
-    common::eventually("the worker started", READY, || async {
+    crate::common::eventually("the worker started", READY, || async {
         std::fs::read_to_string(&starts)
             .ok()
             .filter(|t| !t.is_empty())
@@ -426,7 +424,7 @@ async fn certificates_rotate_across_a_leader_change() {
 
     let old_leader = cluster.wait_ready(READY).await.leader;
     cluster.kill9(old_leader);
-    let new_leader = common::eventually("a new leader", READY, || {
+    let new_leader = crate::common::eventually("a new leader", READY, || {
         let mut client = cluster.client();
         async move {
             let status = client.status().await.ok()?;
@@ -491,7 +489,7 @@ async fn the_cluster_id_is_fixed_once_replicated_and_shown_by_status() {
     let mut cluster = Cluster::new();
     cluster.start_all();
     cluster.wait_ready(READY).await;
-    let id = common::eventually("a cluster id", READY, || {
+    let id = crate::common::eventually("a cluster id", READY, || {
         let mut client = cluster.client();
         async move {
             let status = client.status().await.ok()?;
@@ -502,7 +500,7 @@ async fn the_cluster_id_is_fixed_once_replicated_and_shown_by_status() {
     assert_eq!(id.len(), 32, "{id}");
     assert!(id.chars().all(|c| c.is_ascii_hexdigit()), "{id}");
     for node in &cluster.nodes {
-        let seen = common::eventually("each controller knows the id", READY, || {
+        let seen = crate::common::eventually("each controller knows the id", READY, || {
             let mut client = cluster.client_of(node.id);
             async move {
                 let status = client.status().await.ok()?;
@@ -514,7 +512,7 @@ async fn the_cluster_id_is_fixed_once_replicated_and_shown_by_status() {
     }
 
     let status = |args: &[&str]| {
-        let out = std::process::Command::new(common::failover_bin())
+        let out = std::process::Command::new(crate::common::failover_bin())
             .args(["status", "--endpoints", &cluster.endpoints()])
             .args(args)
             .output()
@@ -538,7 +536,7 @@ async fn the_cluster_id_is_fixed_once_replicated_and_shown_by_status() {
 
 /// The cluster id, once every controller recorded it in its data dir (each logs it).
 async fn recorded_cluster_id(cluster: &Cluster) -> String {
-    let id = common::eventually("a cluster id", READY, || {
+    let id = crate::common::eventually("a cluster id", READY, || {
         let mut client = cluster.client();
         async move {
             let status = client.status().await.ok()?;
@@ -547,7 +545,7 @@ async fn recorded_cluster_id(cluster: &Cluster) -> String {
     })
     .await;
     for node in &cluster.nodes {
-        common::eventually("the id recorded in every data dir", READY, || async {
+        crate::common::eventually("the id recorded in every data dir", READY, || async {
             (node.pid().is_none()
                 || cluster
                     .log_of(node.id)
@@ -630,11 +628,11 @@ async fn an_executor_of_a_replaced_cluster_gets_no_lease_from_the_new_one() {
     let starts = cluster.data_dir().join("worker-starts");
     let script = format!("echo $$ >> {}; exec sleep 600", starts.display());
     let _exec = cluster.exec("site-a", &[], &["sh", "-c", &script]);
-    common::eventually("site-a holds the lease", READY, || async {
+    crate::common::eventually("site-a holds the lease", READY, || async {
         site_leases(&cluster, "site-a").await.pop()
     })
     .await;
-    let worker: i32 = common::eventually("the worker started", READY, || async {
+    let worker: i32 = crate::common::eventually("the worker started", READY, || async {
         std::fs::read_to_string(&starts)
             .ok()
             .and_then(|s| s.lines().next().and_then(|l| l.trim().parse().ok()))
@@ -662,13 +660,13 @@ async fn an_executor_of_a_replaced_cluster_gets_no_lease_from_the_new_one() {
     let new_id = recorded_cluster_id(&cluster).await;
     assert_ne!(old_id, new_id);
 
-    common::eventually("the worker is stopped", READY, || async {
-        (!common::alive(worker)).then_some(())
+    crate::common::eventually("the worker is stopped", READY, || async {
+        (!crate::common::alive(worker)).then_some(())
     })
     .await;
     let exec_log =
         || std::fs::read_to_string(cluster.data_dir().join("exec-site-a.log")).unwrap_or_default();
-    common::eventually("the executor says why", READY, || async {
+    crate::common::eventually("the executor says why", READY, || async {
         let log = exec_log();
         (log.contains(&format!("belongs to cluster {new_id}"))
             && log.contains(&format!("for cluster {old_id}")))
@@ -704,7 +702,7 @@ async fn the_cli_pinned_to_another_cluster_is_refused() {
     let history = history_len(&cluster).await;
     let wrong = "0123456789abcdef0123456789abcdef";
     let run = |pin: &str, args: &[&str]| {
-        std::process::Command::new(common::failover_bin())
+        std::process::Command::new(crate::common::failover_bin())
             .args(args)
             .args(["--endpoints", &cluster.endpoints(), "--cluster-id", pin])
             .output()
@@ -728,7 +726,7 @@ async fn the_cli_pinned_to_another_cluster_is_refused() {
 
     let out = run(&id, &["status"]);
     assert!(out.status.success(), "{out:?}");
-    let out = std::process::Command::new(common::failover_bin())
+    let out = std::process::Command::new(crate::common::failover_bin())
         .args(["status", "--cluster-id", "not an id"])
         .output()
         .expect("failover");
@@ -872,7 +870,7 @@ async fn bearer_tokens_authenticate_clients_without_certificates() {
     // The CLI: --token-file with only the CA.
     let file = cluster.data_dir().join("reader.token");
     std::fs::write(&file, format!("{reader_token}\n")).expect("token file");
-    let out = std::process::Command::new(common::failover_bin())
+    let out = std::process::Command::new(crate::common::failover_bin())
         .args([
             "status",
             "--endpoints",
@@ -914,7 +912,7 @@ fn failover_dev_issues_a_reader_token() {
         }
     }
     let mut dev = Killed(
-        std::process::Command::new(common::failover_bin())
+        std::process::Command::new(crate::common::failover_bin())
             .args(["dev", "--config"])
             .arg(&config)
             .arg("--data-dir")
@@ -941,7 +939,7 @@ fn failover_dev_issues_a_reader_token() {
         "{printed:?}"
     );
     let run = |args: &[&str]| {
-        std::process::Command::new(common::failover_bin())
+        std::process::Command::new(crate::common::failover_bin())
             .args(args)
             .args(["--endpoints", &cluster.endpoints()])
             .env("FAILOVER_TLS_CA", data_dir.join("tls").join("ca.pem"))

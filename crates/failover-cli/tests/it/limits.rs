@@ -2,11 +2,9 @@
 //! a real cluster: a flood from one identity is refused RESOURCE_EXHAUSTED while another
 //! identity is served, and a client that never reads its stream is closed, not buffered.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{eventually, Cluster};
+use crate::common::{eventually, Cluster};
 use failover_client::{ClientError, Dialer};
 use failover_proto::admin::PromoteRequest;
 use failover_proto::lease::lease_service_client::LeaseServiceClient;

@@ -2,12 +2,10 @@
 //! the command line (with the history actor of a process without `USER`), and controller
 //! logs that stay short and plain while a site is down.
 
-mod common;
-
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{eventually, failover_bin, Cluster};
+use crate::common::{eventually, failover_bin, Cluster};
 
 const READY: Duration = Duration::from_secs(30);
 
@@ -221,7 +219,7 @@ async fn executor_logs_each_lease_state_once() {
     cluster.wait_ready(READY).await;
     let dir = cluster.data_dir().join("work");
     std::fs::create_dir_all(&dir).expect("work dir");
-    let script = common::workers::script(&dir);
+    let script = crate::common::workers::script(&dir);
     let _b = cluster.exec(
         "site-b",
         &["--instances", "1"],

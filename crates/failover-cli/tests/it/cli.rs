@@ -1,13 +1,11 @@
 //! The `failover` command as an operator meets it: `dev`, JSON output, bad input.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{failover_bin, Cluster};
+use crate::common::{failover_bin, Cluster};
 
 /// Kills the process on drop, so a failing test leaves nothing running.
 struct Running(std::process::Child);

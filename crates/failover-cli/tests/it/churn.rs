@@ -17,12 +17,10 @@
 //! slowed-down test timing, and with `FAILOVER_CHURN_COUNT` set it counts interrupting
 //! events instead of failing at the first (the benchmark).
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{alive, eventually, workers, Cluster, Proc};
+use crate::common::{alive, eventually, workers, Cluster, Proc};
 
 /// The test's timing: the defaults' shape, slowed down for a loaded 2-core machine running
 /// debug builds (openraft times each heartbeat out after one heartbeat interval, and 100 ms

@@ -1,11 +1,9 @@
 //! Multi-process tests of the controller cluster: real processes, real gRPC on loopback,
 //! real data directories, real SIGKILL.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{eventually, Cluster};
+use crate::common::{eventually, Cluster};
 use failover_proto::admin::{GroupStatus, PromoteRequest};
 
 const READY: Duration = Duration::from_secs(30);

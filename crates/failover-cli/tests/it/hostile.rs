@@ -2,11 +2,9 @@
 //! absurd counts. Each gets INVALID_ARGUMENT (or OUT_OF_RANGE for a whole message over the
 //! bound) naming what is wrong, and the committed state is the same afterwards.
 
-mod common;
-
 use std::time::Duration;
 
-use common::Cluster;
+use crate::common::Cluster;
 use failover_proto::admin::admin_service_client::AdminServiceClient;
 use failover_proto::admin::{HistoryRequest, LeasesRequest, PromoteRequest, StatusRequest};
 use failover_proto::executor::executor_service_client::ExecutorServiceClient;

@@ -2,12 +2,10 @@
 //! leader in it), an executor frozen past its TTL, a site that comes back, and a
 //! before-acquire hook that vetoes.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{alive, eventually, workers, Cluster, Proc};
+use crate::common::{alive, eventually, workers, Cluster, Proc};
 use failover_proto::admin::{PromoteRequest, StatusResponse};
 
 /// L1 of the design at the test topology's timing (`Timing::default()`):

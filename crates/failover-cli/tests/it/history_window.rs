@@ -4,12 +4,10 @@
 //! and another loses its data dir and rejoins with `--join-existing` (catching up by
 //! snapshot): every controller serves the whole history, in order, from its own store.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::{eventually, failover_bin, Cluster};
+use crate::common::{eventually, failover_bin, Cluster};
 use failover_proto::admin::{HistoryEntry, PauseRequest, PromoteRequest, ResumeRequest};
 
 const WINDOW: &str = "3";

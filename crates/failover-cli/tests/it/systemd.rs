@@ -2,14 +2,12 @@
 //! controller or an executor actually serves, `STOPPING=1` when it stops, and unit files
 //! that `systemd-analyze verify` accepts.
 
-mod common;
-
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{eventually, failover_bin, workers, Cluster};
+use crate::common::{eventually, failover_bin, workers, Cluster};
 
 /// A notify socket as systemd provides one (`NOTIFY_SOCKET`), in the test's temp dir.
 struct NotifySocket {
@@ -111,7 +109,7 @@ async fn executor_notifies_ready_once_registered() {
     exec.signal(libc::SIGTERM);
     notify.wait_for("STOPPING=1", Duration::from_secs(5));
     eventually("the executor to exit", Duration::from_secs(20), || async {
-        (!common::alive(exec.pid())).then_some(())
+        (!crate::common::alive(exec.pid())).then_some(())
     })
     .await;
 }

@@ -1,10 +1,8 @@
 //! The lease API's answers to bad input: precise gRPC statuses, nothing changed.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{eventually, Cluster};
+use crate::common::{eventually, Cluster};
 use failover_proto::lease::{
     acquire_response, keep_alive_response, AcquireRequest, KeepAliveRequest, ReleaseRequest,
 };
@@ -38,14 +36,14 @@ async fn bad_lease_requests_get_precise_statuses() {
             .addr
             .clone()
     };
-    let mut leader = common::lease_client("site-a", &addr(status.leader));
+    let mut leader = crate::common::lease_client("site-a", &addr(status.leader));
 
     let follower = status
         .controllers
         .iter()
         .find(|c| c.id != status.leader)
         .expect("follower");
-    let mut follower = common::lease_client("site-a", &follower.addr);
+    let mut follower = crate::common::lease_client("site-a", &follower.addr);
     // The follower learns of the group when it applies the leader's creation of it; until
     // then it rightly answers NOT_FOUND.
     let not_leader = eventually(
@@ -115,7 +113,7 @@ async fn bad_lease_requests_get_precise_statuses() {
     // If an election moved the leader under load, ask the new one.
     if release.as_ref().err().map(|e| e.code()) == Some(Code::Unavailable) {
         let now = cluster.wait_ready(Duration::from_secs(30)).await.leader;
-        leader = common::lease_client("site-a", &addr(now));
+        leader = crate::common::lease_client("site-a", &addr(now));
         release = leader
             .release(ReleaseRequest {
                 group: "default".into(),

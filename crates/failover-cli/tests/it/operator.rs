@@ -3,12 +3,10 @@
 //! said plainly with its own exit code and within a bounded time, endpoint forms, and
 //! every documented exit code (docs/cli.md).
 
-mod common;
-
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{eventually, failover_bin, workers, Cluster};
+use crate::common::{eventually, failover_bin, workers, Cluster};
 use serde_json::Value;
 
 /// Runs `failover ARGS` and returns its output and how long it took.
@@ -57,7 +55,7 @@ fn exit_codes_without_a_cluster() {
         stderr(&out)
     );
 
-    let port = common::free_ports(1)[0];
+    let port = crate::common::free_ports(1)[0];
     let nothing = format!("127.0.0.1:{port}");
     for command in ["status", "history", "leases"] {
         let (out, took) = failover(&[command, "--insecure", "--endpoints", &nothing]);

@@ -1,12 +1,10 @@
 //! `failover exec` with real processes: shell-script workers that start a child of their
 //! own, a real controller cluster, SIGSTOP and SIGKILL.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{alive, eventually, failover_bin, workers, Cluster, Proc};
+use crate::common::{alive, eventually, failover_bin, workers, Cluster, Proc};
 use failover_proto::admin::PromoteRequest;
 
 /// Lease bounds of the test topology (`Timing::default()`) and the executor's stop grace.

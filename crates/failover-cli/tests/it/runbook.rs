@@ -1,14 +1,12 @@
 //! docs/runbook.md, run: every command the runbook tells an operator to type is run here
-//! against a real five-controller cluster (common::Cluster), with the checks the runbook
+//! against a real five-controller cluster (crate::common::Cluster), with the checks the runbook
 //! tells the operator to make. `curl` stands in for the operator's HTTP client.
-
-mod common;
 
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{alive, eventually, failover_bin, workers, Cluster, Proc};
+use crate::common::{alive, eventually, failover_bin, workers, Cluster, Proc};
 use serde_json::Value;
 
 /// `failover ARGS` with `FAILOVER_ENDPOINTS` set to every controller, as the runbook does.

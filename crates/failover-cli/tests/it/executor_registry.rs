@@ -2,12 +2,10 @@
 //! deregisters, one killed with SIGKILL turns stale and `failover reload` does not wait
 //! for it, and `failover exec` refuses a site or group the cluster does not run.
 
-mod common;
-
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{eventually, failover_bin, workers, Cluster};
+use crate::common::{eventually, failover_bin, workers, Cluster};
 use failover_proto::admin::ExecutorStatus;
 
 const READY: Duration = Duration::from_secs(30);
