@@ -303,15 +303,15 @@ impl Controller {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (fatal_tx, fatal) = watch::channel(None);
         let tasks = vec![
-            tokio::spawn(crate::identity::watch(
+            crate::runtime::spawn(crate::identity::watch(
                 ctx.clone(),
                 record,
                 dir.to_owned(),
                 fatal_tx,
                 shutdown_rx.clone(),
             )),
-            tokio::spawn(crate::reconcile::run(ctx.clone(), shutdown_rx.clone())),
-            tokio::spawn(crate::confirm::run(
+            crate::runtime::spawn(crate::reconcile::run(ctx.clone(), shutdown_rx.clone())),
+            crate::runtime::spawn(crate::confirm::run(
                 crate::confirm::Confirmer {
                     node_id: ctx.node_id,
                     topology: ctx.topology.clone(),
@@ -322,19 +322,19 @@ impl Controller {
                 },
                 shutdown_rx.clone(),
             )),
-            tokio::spawn(crate::leases::follow_leadership(
+            crate::runtime::spawn(crate::leases::follow_leadership(
                 ctx.raft.clone(),
                 leases.clone(),
                 shutdown_rx.clone(),
             )),
-            tokio::spawn(crate::leases::run_batcher(
+            crate::runtime::spawn(crate::leases::run_batcher(
                 ctx.raft.clone(),
                 leases,
                 ctx.view.clone(),
                 renewals,
                 shutdown_rx.clone(),
             )),
-            tokio::spawn(store::run_snapshot_schedule(
+            crate::runtime::spawn(store::run_snapshot_schedule(
                 ctx.raft.clone(),
                 ctx.view.clone(),
                 shutdown_rx,

@@ -8,7 +8,7 @@ use rand::{RngExt, SeedableRng};
 
 use crate::net::{Endpoint, HOLDER_BASE};
 
-/// Which controller a crash hits.
+/// Which controller a crash or a pause hits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
     /// Whoever leads when the fault fires (a random one if none does).
@@ -29,6 +29,15 @@ pub enum Fault {
     },
     /// Every crashed controller restarts on what its disk kept.
     RestartAll,
+    /// A controller stops whole, as under SIGSTOP or a long VM pause: none of its tasks
+    /// runs, its peers and holders hear nothing, and what it was doing resumes with its
+    /// timers late. Only a running controller is paused.
+    Pause {
+        /// Which controller.
+        target: Target,
+    },
+    /// Every paused controller runs again.
+    ResumeAll,
     /// These links are cut (each one way).
     Cut(Vec<(Endpoint, Endpoint)>),
     /// These links are restored.
@@ -151,6 +160,28 @@ fn random_cut(rng: &mut SmallRng, layout: &Layout) -> Vec<(Endpoint, Endpoint)> 
     }
 }
 
+/// Pauses drawn from a generator of their own, so the other faults of a seed stay what
+/// they were before pauses existed: none in a quarter of the seeds, up to three in the
+/// rest, of 0.2-4 s each (a stop shorter and longer than an election), most of them of
+/// the leader; a pause may come back seconds before or after another fault.
+fn pauses(seed: u64, start: Duration, heal_at: Duration) -> Vec<(Duration, Fault)> {
+    let mut rng = SmallRng::seed_from_u64(seed ^ 0x7061_7573_6573);
+    let span_ms = (heal_at - start).as_millis() as u64;
+    let mut faults = Vec::new();
+    for _ in 0..rng.random_range(0..4) {
+        let at = start + Duration::from_millis(rng.random_range(0..span_ms));
+        let end = (at + Duration::from_millis(rng.random_range(200..4000))).min(heal_at);
+        let target = if rng.random_bool(0.6) {
+            Target::Leader
+        } else {
+            Target::Node(rng.random_range(1..=5))
+        };
+        faults.push((at, Fault::Pause { target }));
+        faults.push((end, Fault::ResumeAll));
+    }
+    faults
+}
+
 impl Schedule {
     /// The schedule of `seed`: faults between `start` and `heal_at`.
     pub fn generate(seed: u64, layout: &Layout, start: Duration, heal_at: Duration) -> Schedule {
@@ -215,7 +246,51 @@ impl Schedule {
                 _ => faults.push((at, Fault::Demote)),
             }
         }
+        faults.extend(pauses(seed, start, heal_at));
         faults.sort_by_key(|(at, _)| *at);
         Schedule { faults, heal_at }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout() -> Layout {
+        Layout {
+            controllers: vec![vec![1, 2], vec![3, 4], vec![5]],
+            holders: vec![
+                vec![HOLDER_BASE, HOLDER_BASE + 1],
+                vec![HOLDER_BASE + 2],
+                vec![],
+            ],
+            data_sites: vec![0, 1],
+        }
+    }
+
+    /// The schedule holds the seed's pauses besides its other faults; every pause is
+    /// followed by a resume no later than healing, and many pause the leader.
+    #[test]
+    fn pauses_are_added_without_changing_the_other_faults() {
+        let (start, heal_at) = (Duration::from_secs(3), Duration::from_secs(25));
+        let mut paused_leader = 0;
+        for seed in 0..200 {
+            let schedule = Schedule::generate(seed, &layout(), start, heal_at);
+            let pauses = pauses(seed, start, heal_at);
+            let others: Vec<_> = schedule
+                .faults
+                .iter()
+                .filter(|(_, f)| !matches!(f, Fault::Pause { .. } | Fault::ResumeAll))
+                .collect();
+            assert_eq!(others.len() + pauses.len(), schedule.faults.len());
+            for pair in pauses.chunks(2) {
+                let [(at, Fault::Pause { target }), (end, Fault::ResumeAll)] = pair else {
+                    panic!("seed {seed}: a pause without its resume: {pair:?}");
+                };
+                assert!(at <= end && *end <= heal_at, "seed {seed}: {pair:?}");
+                paused_leader += usize::from(*target == Target::Leader);
+            }
+        }
+        assert!(paused_leader > 50, "{paused_leader}");
     }
 }

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use failover_client::{DialError, Dialer};
+use failover_controller::runtime::Freeze;
 use failover_controller::services::admin::AdminServer;
 use failover_controller::store;
 use failover_controller::{Controller, Parts};
@@ -124,6 +125,8 @@ struct Node {
     clock: DriftClock,
     generation: u64,
     running: Option<Controller>,
+    /// Stops every task of the running incarnation while a pause lasts.
+    freeze: Freeze,
 }
 
 struct World {
@@ -227,6 +230,7 @@ impl World {
                     clock: DriftClock::new(origin, rate),
                     generation: 0,
                     running: None,
+                    freeze: Freeze::default(),
                 };
                 (c.id, node)
             })
@@ -276,7 +280,11 @@ impl World {
             dialer: Arc::new(NoDialer(Default::default())),
             clock: Arc::new(node.clock),
         };
-        let controller = Controller::start_with(self.topology.clone(), id, parts)
+        // Every task the controller spawns, openraft's included, is under this freeze.
+        node.freeze = Freeze::default();
+        let controller = node
+            .freeze
+            .wrap(Controller::start_with(self.topology.clone(), id, parts))
             .await
             .map_err(|e| e.to_string())?;
         self.net.up(
@@ -402,6 +410,19 @@ impl World {
                 loss,
                 extra_delay_ms,
             } => self.net.set_weather(*loss, *extra_delay_ms),
+            Fault::Pause { target } => {
+                let id = match target {
+                    Target::Node(id) => Some(*id),
+                    Target::Leader => self.leader(),
+                };
+                if let Some(node) = id.and_then(|id| self.nodes.get(&id).map(|n| (id, n))) {
+                    if node.1.running.is_some() {
+                        node.1.freeze.freeze();
+                        self.trace(&format!("controller {} paused", node.0));
+                    }
+                }
+            }
+            Fault::ResumeAll => self.resume_all(),
             Fault::Promote { site, force } => self.operator_promote(Some(*site), *force),
             Fault::Demote => self.operator_promote(None, false),
         }
@@ -416,6 +437,8 @@ impl World {
         };
         self.net.down(id);
         node.disk = node.disk.after_crash(power_loss);
+        // A killed process is gone, paused or not: its tasks run down, off the network.
+        node.freeze.thaw();
         tokio::spawn(controller.shutdown());
         self.trace(&format!(
             "controller {id} crashed (power loss: {power_loss})"
@@ -443,7 +466,24 @@ impl World {
         }
     }
 
+    /// Every paused controller runs again, its timers firing late.
+    fn resume_all(&mut self) {
+        let paused: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.freeze.is_frozen())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in paused {
+            if let Some(node) = self.nodes.get(&id) {
+                node.freeze.thaw();
+            }
+            self.trace(&format!("controller {id} resumed"));
+        }
+    }
+
     async fn heal(&mut self) {
+        self.resume_all();
         self.net.heal();
         self.restart_all().await;
         self.trace("every fault healed");
@@ -555,8 +595,8 @@ impl World {
         leader
     }
 
-    /// Whether the site's holders reach, both ways, a majority of running controllers
-    /// that reach each other both ways. The leader need not be among them: a site cut
+    /// Whether the site's holders reach, both ways, a majority of running (neither
+    /// crashed nor paused) controllers that reach each other both ways. The leader need not be among them: a site cut
     /// from the leader but not from a quorum is healthy by the project's rule, so the
     /// lapses it suffers count (only the leader renews today; docs/testing.md).
     fn connected_to_quorum(&self, site: usize) -> bool {
@@ -567,6 +607,7 @@ impl World {
             .net
             .up_nodes()
             .into_iter()
+            .filter(|c| !self.nodes.get(c).is_some_and(|n| n.freeze.is_frozen()))
             .filter(|c| holders.iter().all(|h| both(*h, *c)))
             .collect();
         let majority = self.nodes.len() / 2 + 1;

@@ -349,7 +349,7 @@ impl LeaseService for LeaseServer {
         // The stream is served by its own task, outside the call's scope: it takes the
         // caller along for the site check of each renewal.
         let caller = crate::auth::caller();
-        tokio::spawn(serve_keepalives(
+        crate::runtime::spawn(serve_keepalives(
             self.ctx.clone(),
             caller,
             incoming,
@@ -407,7 +407,7 @@ impl LeaseService for LeaseServer {
         let (events, stream) = mpsc::channel(1);
         let verdict = Verdict::default();
         let ended = verdict.clone();
-        tokio::spawn(async move {
+        crate::runtime::spawn(async move {
             let stall = ctx.limits.stall_timeout();
             let mut changes = ctx.view.subscribe();
             let mut last: Option<GroupEvent> = None;
