@@ -10,12 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::common::{eventually, Cluster, Proc};
-use failover_client::clock::SystemClock;
-use failover_client::{Endpoints, LeaseConfig, LeaseSession, LeaseState};
+use failover_client::{LeaseSession, LeaseState};
 use failover_proto::admin::PromoteRequest;
 
 /// The defaults of the test topology (those of `Timing::default()`).
-const DRIFT: Duration = Duration::from_millis(250);
 const STOP_GRACE: Duration = Duration::from_millis(100);
 /// L1 at the test topology's timing: failure_timeout 1500 + ttl 3500 + drift 250 + one
 /// keepalive round 250.
@@ -33,22 +31,7 @@ fn unix_ms(at: SystemTime) -> u64 {
 }
 
 fn session(endpoints: &str, site: &str, instance: &str) -> LeaseSession {
-    LeaseSession::start(
-        LeaseConfig {
-            endpoints: Endpoints::parse(endpoints).expect("endpoints"),
-            group: "default".into(),
-            site: site.into(),
-            instance: instance.into(),
-            max_clock_drift: DRIFT,
-            stop_grace: STOP_GRACE,
-            standby_poll: Duration::from_millis(100),
-            release_on_drain: true,
-            cluster_id: None,
-            token: None,
-        },
-        crate::common::engine_dialer(site),
-        Arc::new(SystemClock),
-    )
+    crate::common::lease_session(endpoints, site, instance, STOP_GRACE)
 }
 
 fn promote(site: &str) -> PromoteRequest {
@@ -439,30 +422,6 @@ async fn engine_sessions_fail_over_on_site_loss() {
     b.shutdown().await;
 }
 
-fn session_with_grace(
-    endpoints: &str,
-    site: &str,
-    instance: &str,
-    grace: Duration,
-) -> LeaseSession {
-    LeaseSession::start(
-        LeaseConfig {
-            endpoints: Endpoints::parse(endpoints).expect("endpoints"),
-            group: "default".into(),
-            site: site.into(),
-            instance: instance.into(),
-            max_clock_drift: DRIFT,
-            stop_grace: grace,
-            standby_poll: Duration::from_millis(100),
-            release_on_drain: true,
-            cluster_id: None,
-            token: None,
-        },
-        crate::common::engine_dialer(site),
-        Arc::new(SystemClock),
-    )
-}
-
 /// Waits for the session to publish `Draining`; checks that from then on no new work may
 /// start (`holds()` is `None`) while running work still has its fencing value.
 async fn wait_draining(session: &LeaseSession) {
@@ -496,8 +455,8 @@ async fn drained_session_releases_after_its_stop_grace_or_when_told() {
     let mut cluster = Cluster::new();
     cluster.start_all();
     cluster.wait_ready(Duration::from_secs(30)).await;
-    let a = session_with_grace(&cluster.endpoints(), "site-a", "engine-a", GRACE);
-    let b = session_with_grace(&cluster.endpoints(), "site-b", "engine-b", GRACE);
+    let a = crate::common::lease_session(&cluster.endpoints(), "site-a", "engine-a", GRACE);
+    let b = crate::common::lease_session(&cluster.endpoints(), "site-b", "engine-b", GRACE);
     eventually("site-a's engine holds", Duration::from_secs(20), || async {
         a.holds().map(|_| ())
     })

@@ -5,13 +5,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::common::{eventually, Cluster};
-use failover_client::clock::SystemClock;
-use failover_client::{Endpoints, LeaseConfig, LeaseSession, LeaseState};
+use failover_client::{LeaseSession, LeaseState};
 use failover_proto::admin::PromoteRequest;
 
 /// The defaults of the test topology (those of `Timing::default()`).
 const TTL: Duration = Duration::from_millis(3500);
-const DRIFT: Duration = Duration::from_millis(250);
+const DRIFT: Duration = crate::common::SESSION_DRIFT;
 const STOP_GRACE: Duration = Duration::from_millis(100);
 
 /// An interval in which one holder believed it held the lease, on this process's
@@ -77,22 +76,7 @@ async fn record(holder: String, site: &'static str, session: &LeaseSession, beli
 }
 
 fn session(cluster: &Cluster, site: &str, instance: &str) -> LeaseSession {
-    LeaseSession::start(
-        LeaseConfig {
-            endpoints: Endpoints::parse(&cluster.endpoints()).expect("endpoints"),
-            group: "default".into(),
-            site: site.into(),
-            instance: instance.into(),
-            max_clock_drift: DRIFT,
-            stop_grace: STOP_GRACE,
-            standby_poll: Duration::from_millis(100),
-            release_on_drain: true,
-            cluster_id: None,
-            token: None,
-        },
-        crate::common::engine_dialer(site),
-        Arc::new(SystemClock),
-    )
+    crate::common::lease_session(&cluster.endpoints(), site, instance, STOP_GRACE)
 }
 
 fn promote(site: &str, wait: bool) -> PromoteRequest {

@@ -579,3 +579,32 @@ fn env_dialer(name: &str) -> Arc<dyn Dialer> {
         failover_client::tls::client_tls(files).expect("engine TLS"),
     ))
 }
+
+/// The clock drift a [`lease_session`] allows for.
+pub const SESSION_DRIFT: Duration = Duration::from_millis(250);
+
+/// An embedded lease session of `site`'s engine `instance` in group `default`, allowing
+/// for [`SESSION_DRIFT`], with a standby poll of 100 ms and release on drain.
+pub fn lease_session(
+    endpoints: &str,
+    site: &str,
+    instance: &str,
+    stop_grace: Duration,
+) -> failover_client::LeaseSession {
+    failover_client::LeaseSession::start(
+        failover_client::LeaseConfig {
+            endpoints: Endpoints::parse(endpoints).expect("endpoints"),
+            group: "default".into(),
+            site: site.into(),
+            instance: instance.into(),
+            max_clock_drift: SESSION_DRIFT,
+            stop_grace,
+            standby_poll: Duration::from_millis(100),
+            release_on_drain: true,
+            cluster_id: None,
+            token: None,
+        },
+        engine_dialer(site),
+        Arc::new(failover_client::SystemClock),
+    )
+}
