@@ -71,19 +71,11 @@ impl ExecutorRegistry {
         if late {
             return generation;
         }
-        inner
-            .reports
-            .insert(report.executor_id.clone(), (now, report));
-        if inner.reports.len() > MAX_EXECUTORS {
-            let oldest = inner
-                .reports
-                .iter()
-                .min_by_key(|(_, (at, _))| *at)
-                .map(|(id, _)| id.clone());
-            if let Some(id) = oldest {
-                inner.reports.remove(&id);
-            }
-        }
+        insert_bounded(
+            &mut inner.reports,
+            report.executor_id.clone(),
+            (now, report),
+        );
         generation
     }
 
@@ -105,19 +97,11 @@ impl ExecutorRegistry {
         if known {
             inner.reports.remove(executor_id);
             if incarnation != 0 {
-                inner
-                    .deregistered
-                    .insert(executor_id.to_owned(), (now, incarnation));
-                if inner.deregistered.len() > MAX_EXECUTORS {
-                    let oldest = inner
-                        .deregistered
-                        .iter()
-                        .min_by_key(|(_, (at, _))| *at)
-                        .map(|(id, _)| id.clone());
-                    if let Some(id) = oldest {
-                        inner.deregistered.remove(&id);
-                    }
-                }
+                insert_bounded(
+                    &mut inner.deregistered,
+                    executor_id.to_owned(),
+                    (now, incarnation),
+                );
             }
         }
         known
@@ -146,6 +130,21 @@ impl ExecutorRegistry {
             .collect();
         reports.sort_by(|a, b| a.1.executor_id.cmp(&b.1.executor_id));
         reports
+    }
+}
+
+/// Inserts into a map of entries stamped with the time they arrived, keeping at most
+/// [`MAX_EXECUTORS`] of them: beyond it the oldest is dropped.
+fn insert_bounded<T>(map: &mut HashMap<String, (Instant, T)>, id: String, entry: (Instant, T)) {
+    map.insert(id, entry);
+    if map.len() > MAX_EXECUTORS {
+        let oldest = map
+            .iter()
+            .min_by_key(|(_, (at, _))| *at)
+            .map(|(id, _)| id.clone());
+        if let Some(id) = oldest {
+            map.remove(&id);
+        }
     }
 }
 
