@@ -11,6 +11,9 @@
 //! - `GET /health`: 200 `ok` when this controller's Raft node runs and follows a leader;
 //! - `GET /metrics`: the OpenMetrics text exposition, built afresh on every scrape.
 //!
+//! Every answer carries the controller's cluster id in `x-failover-cluster` (as gRPC
+//! answers do), once the cluster has one, so a probe can tell which cluster answered.
+//!
 //! Every answer comes from this controller's own applied state, Raft metrics and its
 //! latest quorum confirmation (a background read-index round four times per leader lease);
 //! nothing is forwarded per request, so a health check costs no Raft round trip. The server
@@ -37,7 +40,22 @@ pub fn router(ctx: Arc<NodeContext>) -> Router {
         .route("/active/{group}/{site}", get(active))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .layer(axum::middleware::map_response_with_state(
+            ctx.clone(),
+            stamp_cluster,
+        ))
         .with_state(ctx)
+}
+
+/// Puts this controller's cluster id on an answer.
+async fn stamp_cluster(State(ctx): State<Arc<NodeContext>>, mut response: Response) -> Response {
+    let id = ctx.view.read().cluster_id.clone();
+    if let Some(value) = id.and_then(|id| header::HeaderValue::from_str(&id).ok()) {
+        response
+            .headers_mut()
+            .insert(failover_proto::wire::CLUSTER_HEADER, value);
+    }
+    response
 }
 
 /// Serves [`router`] on `listener` until `shutdown` turns true.

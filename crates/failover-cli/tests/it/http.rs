@@ -14,6 +14,13 @@ const SETTLE: Duration = Duration::from_secs(10);
 
 /// `GET path` on `addr`: the status code and the body, or `None` on any transport error.
 async fn get(addr: &str, path: &str) -> Option<(u16, String)> {
+    get_with_head(addr, path)
+        .await
+        .map(|(status, _, body)| (status, body))
+}
+
+/// `GET path` on `addr`: the status code, the header block and the body.
+async fn get_with_head(addr: &str, path: &str) -> Option<(u16, String, String)> {
     let exchange = async {
         let mut stream = TcpStream::connect(addr).await.ok()?;
         let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
@@ -23,7 +30,7 @@ async fn get(addr: &str, path: &str) -> Option<(u16, String)> {
         let response = String::from_utf8(response).ok()?;
         let (head, body) = response.split_once("\r\n\r\n")?;
         let status = head.split(' ').nth(1)?.parse().ok()?;
-        Some((status, body.to_owned()))
+        Some((status, head.to_ascii_lowercase(), body.to_owned()))
     };
     tokio::time::timeout(Duration::from_secs(5), exchange)
         .await
@@ -122,7 +129,8 @@ async fn active_everywhere(cluster: &Cluster) -> Vec<(u64, Option<u16>, Option<u
 async fn every_controller_serves_active_health_and_metrics() {
     let mut cluster = Cluster::new();
     cluster.start_all();
-    cluster.wait_ready(READY).await;
+    let cluster_id = cluster.wait_ready(READY).await.cluster_id;
+    assert!(!cluster_id.is_empty());
 
     // Followers apply what the leader committed within about a heartbeat.
     eventually("site-a active on every controller", SETTLE, || async {
@@ -141,8 +149,15 @@ async fn every_controller_serves_active_health_and_metrics() {
     let mut leaders = 0;
     for node in &cluster.nodes {
         let addr = node.http_addr.as_str();
-        let (status, body) = get(addr, "/health").await.expect("/health answers");
+        let (status, head, body) = get_with_head(addr, "/health")
+            .await
+            .expect("/health answers");
         assert_eq!((status, body.trim()), (200, "ok"), "/health of {}", node.id);
+        // Every answer names the cluster that gave it.
+        assert!(
+            head.contains(&format!("x-failover-cluster: {cluster_id}")),
+            "{head}"
+        );
 
         let (status, body) = get(addr, "/active/default/site-a").await.expect("answers");
         assert_eq!(status, 200, "site-a on {}: {body}", node.id);
