@@ -221,6 +221,16 @@ async fn a_client_that_never_reads_its_stream_is_closed() {
         .find(|n| n.id == status.leader)
         .map(|n| (n.addr.clone(), n.http_addr.clone()))
         .expect("leader");
+    // A follower knows the group once it applied the leader's creation of it; until then
+    // it rightly answers NOT_FOUND.
+    let probe = failover_client::TcpDialer::default()
+        .channel(&node.0)
+        .expect("channel");
+    eventually("controller 1 to know the group", READY, || {
+        let mut probe = LeaseServiceClient::new(probe.clone());
+        async move { probe.watch(watch_request("site-a")).await.ok().map(drop) }
+    })
+    .await;
     let slow_channel = tonic::transport::Endpoint::from_shared(format!("http://{}", node.0))
         .expect("endpoint")
         .initial_stream_window_size(Some(1))
