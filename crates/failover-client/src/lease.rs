@@ -461,9 +461,11 @@ struct Attempt {
 
 /// The attempts [`open_keepalive`]'s race starts with: every controller asked directly at
 /// once (the `suspect` one `within` late: a deposed leader that has not noticed yet
-/// still accepts streams), and every controller asked to relay one `within` after its
+/// still accepts streams), and every controller asked to relay two `within` after its
 /// direct attempt, so the leader, when reachable, is reached directly (its answer comes
-/// within a round trip) and a follower relays only for a holder that cannot reach it.
+/// within a round trip; an attempt lost on a lossy link is made again `retry` after its
+/// `within`, before the relays are asked) and a follower relays only for a holder that
+/// cannot reach the leader.
 /// A single controller is never asked to relay (there is no one to relay to).
 fn first_attempts(addrs: &[String], suspect: Option<&String>, within: Duration) -> Vec<Attempt> {
     let alone = addrs.len() == 1;
@@ -483,7 +485,7 @@ fn first_attempts(addrs: &[String], suspect: Option<&String>, within: Duration) 
             attempts.push(Attempt {
                 addr: addr.clone(),
                 relay: true,
-                after: after + within,
+                after: after + 2 * within,
             });
         }
     }
@@ -995,7 +997,7 @@ mod tests {
             let direct = attempts.iter().find(|a| a.addr == addr && !a.relay);
             let relay = attempts.iter().find(|a| a.addr == addr && a.relay);
             assert_eq!(direct.map(|a| a.after), Some(Duration::ZERO));
-            assert_eq!(relay.map(|a| a.after), Some(within));
+            assert_eq!(relay.map(|a| a.after), Some(2 * within));
         }
     }
 
@@ -1012,7 +1014,7 @@ mod tests {
         assert!(attempts.contains(&Attempt {
             addr: suspect,
             relay: true,
-            after: 2 * within
+            after: 3 * within
         }));
     }
 

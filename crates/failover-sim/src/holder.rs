@@ -247,7 +247,7 @@ impl Holder {
 
     /// Finds the leader as `open_keepalive` does: the known leader alone first (unless
     /// it is the suspect), else every controller at once, and every controller asked to
-    /// relay one `within` later; each attempt that is refused or not answered within
+    /// relay two `within` later; each attempt that is refused or not answered within
     /// `within` is made again `within / 2` later, the suspect's first ones one `within`
     /// late. The caller bounds the wait by the lease deadline.
     async fn open(&self, known: Option<NodeId>, suspect: Option<NodeId>, within: Duration) -> Route {
@@ -285,7 +285,7 @@ impl Holder {
                 Duration::ZERO
             };
             attempt(to, false, after);
-            attempt(to, true, after + within);
+            attempt(to, true, after + 2 * within);
         }
         loop {
             match told.recv().await {

@@ -312,7 +312,8 @@ async fn relay_keepalive(
         Ok(Err(status)) => return Err(cannot(status.message().to_owned())),
         Err(_) => return Err(cannot(format!("no answer within {within:?}"))),
     };
-    tracing::debug!(leader, "relaying a keepalive stream");
+    // Rare (a holder cut from the leader): worth a line.
+    tracing::info!(leader, "relaying a keepalive stream");
     let (answers, stream) = mpsc::channel(STREAM_BUFFER);
     let verdict = Verdict::default();
     let caller = crate::auth::caller();
