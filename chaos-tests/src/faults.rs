@@ -533,8 +533,10 @@ fn cut_from_leader(c: &mut Cluster, rng: &mut StdRng) -> anyhow::Result<()> {
         c.note(format!("leader c{leader} is at the active site: moving it"));
         c.kill_controller(leader);
         let old = leader;
-        wait_for(Duration::from_secs(20), || c.op.leader().filter(|l| *l != old))
-            .context("no new leader")?;
+        wait_for(Duration::from_secs(20), || {
+            c.op.leader().filter(|l| *l != old)
+        })
+        .context("no new leader")?;
         c.restart_controller(old)?;
         pause(Duration::from_secs(2))?;
         leader = wait_for(Duration::from_secs(20), || c.op.leader()).context("no leader")?;

@@ -156,10 +156,14 @@ async fn a_holder_cut_from_the_leader_renews_through_a_follower() {
         dialer,
         Arc::new(SystemClock),
     );
-    eventually("the site-a holder acquires", Duration::from_secs(20), || {
-        let held = session.holds().is_some();
-        async move { held.then_some(()) }
-    })
+    eventually(
+        "the site-a holder acquires",
+        Duration::from_secs(20),
+        || {
+            let held = session.holds().is_some();
+            async move { held.then_some(()) }
+        },
+    )
     .await;
     // The holder renews on the leader directly, through its proxy: cut that one.
     let (start_watching, since) = watch::channel(None);
@@ -214,7 +218,12 @@ async fn a_holder_cut_from_the_leader_renews_through_a_follower() {
     let relays: usize = cluster
         .nodes
         .iter()
-        .map(|n| cluster.log_of(n.id).matches("relaying a keepalive stream").count())
+        .map(|n| {
+            cluster
+                .log_of(n.id)
+                .matches("relaying a keepalive stream")
+                .count()
+        })
         .sum();
     println!(
         "cut from leader {leader}; relayed by {relayed_by:?} ({relays} streams opened); \

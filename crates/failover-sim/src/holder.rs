@@ -250,7 +250,12 @@ impl Holder {
     /// relay two `within` later; each attempt that is refused or not answered within
     /// `within` is made again `within / 2` later, the suspect's first ones one `within`
     /// late. The caller bounds the wait by the lease deadline.
-    async fn open(&self, known: Option<NodeId>, suspect: Option<NodeId>, within: Duration) -> Route {
+    async fn open(
+        &self,
+        known: Option<NodeId>,
+        suspect: Option<NodeId>,
+        within: Duration,
+    ) -> Route {
         if let Some(leader) = known.filter(|k| Some(*k) != suspect) {
             if accepts(
                 self.net.clone(),
@@ -261,7 +266,10 @@ impl Holder {
             )
             .await
             {
-                return Route { via: leader, leader };
+                return Route {
+                    via: leader,
+                    leader,
+                };
             }
         }
         let (tell, mut told) = mpsc::unbounded_channel::<(NodeId, bool, Option<Route>)>();
@@ -273,7 +281,10 @@ impl Holder {
                 } else {
                     accepts(net, from, to, after, within)
                         .await
-                        .then_some(Route { via: to, leader: to })
+                        .then_some(Route {
+                            via: to,
+                            leader: to,
+                        })
                 };
                 let _ = tell.send((to, relay, route));
             });
@@ -418,7 +429,10 @@ async fn relays(
     let inner = net.clone();
     round_trip(&net, from, to, within, |slot| async move {
         if slot.ctx.raft.is_leader() {
-            return Some(Route { via: to, leader: to });
+            return Some(Route {
+                via: to,
+                leader: to,
+            });
         }
         let leader = slot.ctx.leader().map(|(id, _)| id).filter(|l| *l != to)?;
         accepts(inner, to, leader, Duration::ZERO, within)

@@ -12,6 +12,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use failover_core::lease::Renewed;
+use failover_core::NodeId;
 use failover_core::{
     Command, Epoch, FencingToken, FencingValue, GroupName, GroupState, LeaseId, Outcome, Rejection,
     SiteId,
@@ -23,11 +24,10 @@ use failover_proto::lease::{
     WatchRequest,
 };
 use failover_proto::types::RefusalReason;
-use failover_core::NodeId;
 use failover_proto::wire::{self, FORWARDED_HEADER, LEADER_HEADER, RELAY_HEADER};
-use openraft::async_runtime::WatchReceiver;
 use futures::stream::FuturesUnordered;
 use futures::Stream;
+use openraft::async_runtime::WatchReceiver;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
@@ -297,7 +297,10 @@ async fn relay_keepalive(
         }
         status
     };
-    let channel = ctx.dialer.channel(&addr).map_err(|e| cannot(e.to_string()))?;
+    let channel = ctx
+        .dialer
+        .channel(&addr)
+        .map_err(|e| cannot(e.to_string()))?;
     let mut client = wire::lease_client(channel);
     let (upstream, outgoing) = mpsc::channel::<KeepAliveRequest>(RELAY_BUFFER);
     let mut call = Request::new(tokio_stream::wrappers::ReceiverStream::new(outgoing));
