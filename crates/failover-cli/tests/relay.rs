@@ -7,7 +7,8 @@
 //! proxy's), so the test can cut the holder, and only the holder, from the leader: the
 //! proxy stops passing bytes on every connection to the leader and holds new ones open
 //! without answering, like a link that silently drops everything. The controllers reach
-//! each other directly.
+//! each other directly. A second test checks that a relayed stream acts for the engine
+//! (its identity and site check) and that a follower relays only when asked.
 
 mod common;
 
@@ -229,5 +230,111 @@ async fn a_holder_cut_from_the_leader_renews_through_a_follower() {
         "cut from leader {leader}; relayed by {relayed_by:?} ({relays} streams opened); \
          deadline {:?} after the cut",
         latest.saturating_duration_since(cut_at)
+    );
+}
+
+/// Opens a keepalive stream on `addr` as `site`'s engine, asking it to relay, sends one
+/// renewal of `lease_id`, and returns the first answer.
+async fn relayed_renewal(
+    cluster: &Cluster,
+    site: &str,
+    addr: &str,
+    lease_id: u64,
+) -> Result<failover_proto::lease::KeepAliveResponse, tonic::Status> {
+    use failover_proto::lease::KeepAliveRequest;
+    let channel = cluster.engine_dialer(site).channel(addr).expect("channel");
+    let mut client = failover_proto::wire::lease_client(channel);
+    let (requests, outgoing) = tokio::sync::mpsc::channel(1);
+    let mut call = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(outgoing));
+    call.metadata_mut().insert(
+        failover_proto::wire::RELAY_HEADER,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
+    let mut answers = client.keep_alive(call).await?.into_inner();
+    requests
+        .send(KeepAliveRequest {
+            group: "default".into(),
+            lease_id,
+            seq: 1,
+        })
+        .await
+        .expect("send");
+    let answer = tokio::time::timeout(Duration::from_secs(10), answers.message())
+        .await
+        .expect("an answer within 10 s")?;
+    answer.ok_or_else(|| tonic::Status::unknown("the stream ended without an answer"))
+}
+
+/// A relayed renewal reaches the leader as the engine (a peer may not call the lease API
+/// at all, so a renewed answer proves the engine's identity went along), and an engine of
+/// another site is refused on the relayed stream as it is on the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relayed_stream_carries_the_engines_identity() {
+    use failover_proto::lease::{acquire_response, keep_alive_response, AcquireRequest};
+    let mut cluster = Cluster::new();
+    cluster.start_all();
+    let leader = cluster.wait_ready(Duration::from_secs(30)).await.leader;
+    let addr_of = |id: u64| {
+        cluster
+            .nodes
+            .iter()
+            .find(|n| n.id == id)
+            .expect("node")
+            .addr
+            .clone()
+    };
+    let leader_addr = addr_of(leader);
+    let follower = addr_of(if leader == 1 { 2 } else { 1 });
+    let grant = eventually("site-a granted", Duration::from_secs(30), || {
+        let mut engine_a = common::lease_client("site-a", &leader_addr);
+        async move {
+            let answer = engine_a
+                .acquire(AcquireRequest {
+                    group: "default".into(),
+                    site: "site-a".into(),
+                    instance: "i-a".into(),
+                    ready: true,
+                })
+                .await
+                .ok()?
+                .into_inner();
+            match answer.result {
+                Some(acquire_response::Result::Granted(grant)) => Some(grant),
+                _ => None,
+            }
+        }
+    })
+    .await;
+
+    let renewed = relayed_renewal(&cluster, "site-a", &follower, grant.lease_id)
+        .await
+        .expect("a relayed renewal by site-a's engine");
+    assert!(
+        matches!(
+            renewed.result,
+            Some(keep_alive_response::Result::Renewed(ref g)) if g.lease_id == grant.lease_id
+        ),
+        "{renewed:?}"
+    );
+    let denied = relayed_renewal(&cluster, "site-b", &follower, grant.lease_id)
+        .await
+        .expect_err("site-b's engine may not renew site-a's lease through a relay");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    assert!(denied.message().contains("not site-a"), "{denied:?}");
+    // Without the header a follower still refuses, naming the leader.
+    let channel = cluster
+        .engine_dialer("site-a")
+        .channel(&follower)
+        .expect("channel");
+    let (_requests, outgoing) =
+        tokio::sync::mpsc::channel::<failover_proto::lease::KeepAliveRequest>(1);
+    let refused = failover_proto::wire::lease_client(channel)
+        .keep_alive(tokio_stream::wrappers::ReceiverStream::new(outgoing))
+        .await
+        .expect_err("a follower refuses a stream not asked to be relayed");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert_eq!(
+        failover_proto::wire::leader_named(&refused).as_deref(),
+        Some(leader_addr.as_str())
     );
 }
