@@ -64,6 +64,7 @@ pub const CATALOG: &[Scenario] = &[
     Scenario { name: "operator-during-fault", about: "promote, demote and promote back issued while the witness is cut off and links lose packets", expect: SAFETY, run: operator_during_fault },
     Scenario { name: "reload-during-promotion", about: "a rolling reload of the active site while it is being demoted", expect: SAFETY, run: reload_during_promotion },
     Scenario { name: "double-fault", about: "two faults drawn by the seed, the second a few seconds after the first", expect: SAFETY, run: double_fault },
+    Scenario { name: "cut-from-leader", about: "the active site cut from the leader's site only, the leader outside it keeping its quorum through the others; renewals relayed by a follower", expect: HEALTHY, run: cut_from_leader },
     Scenario { name: "partition-keep-ledger", about: "the active site cut from every controller but still reaching the ledger, and the standby force-promoted at once", expect: SAFETY, run: partition_keep_ledger },
 ];
 
@@ -514,6 +515,59 @@ fn double_fault(c: &mut Cluster, rng: &mut StdRng) -> anyhow::Result<()> {
         }
     }
     fault_end(c, "double-fault");
+    Ok(())
+}
+
+/// The active site cut (both ways) from the leader's site only. The leader sits outside
+/// the active site (if it leads from there, it is SIGKILLed and restarted until another
+/// controller leads), keeps its quorum through the third site, and the active site still
+/// reaches a majority of controllers: its holders renew through a follower that relays
+/// (docs/leases.md, "Relayed renewals"), so no worker of it may stop (L3).
+fn cut_from_leader(c: &mut Cluster, rng: &mut StdRng) -> anyhow::Result<()> {
+    let a = active(c)?;
+    let mut leader = wait_for(Duration::from_secs(20), || c.op.leader()).context("no leader")?;
+    for _ in 0..10 {
+        if !leader_at(c, &a) {
+            break;
+        }
+        c.note(format!("leader c{leader} is at the active site: moving it"));
+        c.kill_controller(leader);
+        let old = leader;
+        wait_for(Duration::from_secs(20), || {
+            c.op.leader().filter(|l| *l != old)
+        })
+        .context("no new leader")?;
+        c.restart_controller(old)?;
+        pause(Duration::from_secs(2))?;
+        leader = wait_for(Duration::from_secs(20), || c.op.leader()).context("no leader")?;
+    }
+    if leader_at(c, &a) {
+        anyhow::bail!("the leader stayed at the active site {a} through 10 elections");
+    }
+    let leader_site = c
+        .plan
+        .site_of(leader)
+        .map(|s| s.name.clone())
+        .context("the leader's site")?;
+    fault_start(
+        c,
+        &format!("{a} cut from the leader c{leader} at {leader_site}"),
+        Some(&a),
+        false,
+    );
+    let a_ip = c.net.site(&a)?.ip;
+    let leader_ip = c.net.site(&leader_site)?.ip;
+    c.net.drop_one_way(&a, leader_ip)?;
+    c.net.drop_one_way(&leader_site, a_ip)?;
+    pause(loss_duration(c, rng))?;
+    if c.op.leader() != Some(leader) {
+        c.note(format!(
+            "the leader moved from c{leader} during the cut: {:?}",
+            c.op.leader()
+        ));
+    }
+    c.net.heal()?;
+    fault_end(c, "cut-from-leader");
     Ok(())
 }
 

@@ -403,10 +403,12 @@ async fn next_event(events: &mut Option<tonic::Streaming<GroupEvent>>) -> Option
     }
 }
 
-/// A keepalive stream opened on one controller: its address, a client for the watch
-/// stream, the request sender and the answers.
+/// A keepalive stream opened on one controller: its address, whether that controller
+/// relays it to the leader, a client for the watch stream, the request sender and the
+/// answers.
 type Opened = (
     String,
+    bool,
     LeaseServiceClient<Chan>,
     mpsc::Sender<KeepAliveRequest>,
     tonic::Streaming<KeepAliveResponse>,
@@ -423,26 +425,80 @@ async fn answer_overdue(sent: &HashMap<u64, Instant>, deadline: Duration) {
     }
 }
 
-/// Opens a keepalive stream on `addr`; only the leader accepts one. `None` when it did not.
-async fn open_on(dialer: Arc<dyn Dialer>, addr: String, within: Duration) -> Option<Opened> {
+/// Opens a keepalive stream on `addr`: the leader accepts one; with `relay`, a follower
+/// that reaches the leader accepts one too and relays it (docs/leases.md, "Relayed
+/// renewals"). `None` when it did not.
+async fn open_on(
+    dialer: Arc<dyn Dialer>,
+    addr: String,
+    within: Duration,
+    relay: bool,
+) -> Option<Opened> {
     let channel = dialer.channel(&addr).ok()?;
     let mut client = wire::lease_client(channel);
     let (requests, outgoing) = mpsc::channel::<KeepAliveRequest>(16);
-    let stream = tokio_stream::wrappers::ReceiverStream::new(outgoing);
-    match tokio::time::timeout(within, client.keep_alive(stream)).await {
-        Ok(Ok(response)) => Some((addr, client, requests, response.into_inner())),
+    let mut call = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(outgoing));
+    if relay {
+        call.metadata_mut().insert(
+            wire::RELAY_HEADER,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
+    }
+    match tokio::time::timeout(within, client.keep_alive(call)).await {
+        Ok(Ok(response)) => Some((addr, relay, client, requests, response.into_inner())),
         _ => None,
     }
 }
 
+/// One attempt of [`open_keepalive`]'s race: which controller, and whether it is asked to
+/// relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Attempt {
+    addr: String,
+    relay: bool,
+    after: Duration,
+}
+
+/// The attempts [`open_keepalive`]'s race starts with: every controller asked directly at
+/// once (the `suspect` one `within` late: a deposed leader that has not noticed yet
+/// still accepts streams), and every controller asked to relay two `within` after its
+/// direct attempt, so the leader, when reachable, is reached directly (its answer comes
+/// within a round trip; an attempt lost on a lossy link is made again `retry` after its
+/// `within`, before the relays are asked) and a follower relays only for a holder that
+/// cannot reach the leader.
+/// A single controller is never asked to relay (there is no one to relay to).
+fn first_attempts(addrs: &[String], suspect: Option<&String>, within: Duration) -> Vec<Attempt> {
+    let alone = addrs.len() == 1;
+    let mut attempts = Vec::with_capacity(2 * addrs.len());
+    for addr in addrs {
+        let after = if !alone && Some(addr) == suspect {
+            within
+        } else {
+            Duration::ZERO
+        };
+        attempts.push(Attempt {
+            addr: addr.clone(),
+            relay: false,
+            after,
+        });
+        if !alone {
+            attempts.push(Attempt {
+                addr: addr.clone(),
+                relay: true,
+                after: after + 2 * within,
+            });
+        }
+    }
+    attempts
+}
+
 /// Opens a keepalive stream on the leader: the known `leader` alone first if there is
-/// one (and it is not `suspect`), else a race over every controller that lasts until one
-/// accepts. Each attempt gets `within`; a controller that refused is asked again `retry`
-/// later, while attempts on controllers that do not answer (frozen, cut off) run on beside
-/// them, so a hung controller never delays asking the others again. `suspect` (the
-/// controller just abandoned) is first asked one `within` late: a deposed leader that has
-/// not noticed yet still accepts streams. `None` only without endpoints; the caller bounds
-/// the whole wait by the lease deadline.
+/// one (and it is not `suspect`), else a race over every controller (directly, then asked
+/// to relay: [`first_attempts`]) that lasts until one accepts. Each attempt gets `within`;
+/// an attempt that was refused is made again `retry` later, while attempts on controllers
+/// that do not answer (frozen, cut off) run on beside them, so a hung controller never
+/// delays asking the others again. `None` only without endpoints; the caller bounds the
+/// whole wait by the lease deadline.
 async fn open_keepalive(
     dialer: Arc<dyn Dialer>,
     endpoints: Endpoints,
@@ -452,38 +508,33 @@ async fn open_keepalive(
     retry: Duration,
 ) -> Option<Opened> {
     if let Some(leader) = leader.filter(|l| Some(l) != suspect.as_ref()) {
-        if let Some(opened) = open_on(dialer.clone(), leader, within).await {
+        if let Some(opened) = open_on(dialer.clone(), leader, within, false).await {
             return Some(opened);
         }
     }
-    let addrs: Vec<String> = endpoints.addrs().to_vec();
-    let alone = addrs.len() == 1;
-    let attempt = |addr: String, after: Duration| {
+    let attempt = |a: Attempt| {
         let dialer = dialer.clone();
         async move {
-            tokio::time::sleep(after).await;
-            let opened = open_on(dialer, addr.clone(), within).await;
-            (addr, opened)
+            tokio::time::sleep(a.after).await;
+            let opened = open_on(dialer, a.addr.clone(), within, a.relay).await;
+            (a, opened)
         }
     };
-    let mut attempts: futures::stream::FuturesUnordered<_> = addrs
-        .into_iter()
-        .map(|addr| {
-            let after = if !alone && Some(&addr) == suspect.as_ref() {
-                within
-            } else {
-                Duration::ZERO
-            };
-            attempt(addr, after)
-        })
-        .collect();
+    let mut attempts: futures::stream::FuturesUnordered<_> =
+        first_attempts(endpoints.addrs(), suspect.as_ref(), within)
+            .into_iter()
+            .map(attempt)
+            .collect();
     // Hints are not followed: during an election they name the leader that was lost, and
     // the leader to be is among the controllers raced here anyway.
-    while let Some((addr, result)) = futures::StreamExt::next(&mut attempts).await {
+    while let Some((tried, result)) = futures::StreamExt::next(&mut attempts).await {
         if result.is_some() {
             return result;
         }
-        attempts.push(attempt(addr, retry));
+        attempts.push(attempt(Attempt {
+            after: retry,
+            ..tried
+        }));
     }
     None
 }
@@ -706,7 +757,7 @@ impl Driver {
                 _ = self.deadline() => return self.lost(lease, DEADLINE_PASSED).await,
                 cmd = commands.recv() => return self.on_command(lease, cmd).await,
             };
-            let Some((addr, mut client, requests, mut answers)) = opened else {
+            let Some((addr, relayed, mut client, requests, mut answers)) = opened else {
                 tokio::select! {
                     _ = tokio::time::sleep(self.backoff.min(interval / 2)) => {
                         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
@@ -719,11 +770,13 @@ impl Driver {
             // Rare (a leader change): worth a line, with how much lease was left.
             tracing::info!(
                 %addr,
+                relayed,
                 lease_left = ?self.holder.poll_timeout().map(|t| t.saturating_duration_since(self.clock.now())),
                 "keepalive stream open"
             );
             let mut first_renewal = true;
-            self.leader = Some(addr.clone());
+            // A relaying follower is not the leader: acquires and releases go elsewhere.
+            self.leader = (!relayed).then(|| addr.clone());
             self.backoff = Duration::from_millis(25);
             // Answers to requests sent on an earlier stream never come.
             sent.clear();
@@ -923,5 +976,59 @@ impl Driver {
                 Err(_) => self.leader = None,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{first_attempts, Attempt};
+    use std::time::Duration;
+
+    fn addrs(n: usize) -> Vec<String> {
+        (1..=n).map(|i| format!("c{i}:7000")).collect()
+    }
+
+    #[test]
+    fn every_controller_is_asked_directly_before_it_is_asked_to_relay() {
+        let within = Duration::from_millis(250);
+        let attempts = first_attempts(&addrs(3), None, within);
+        assert_eq!(attempts.len(), 6);
+        for addr in addrs(3) {
+            let direct = attempts.iter().find(|a| a.addr == addr && !a.relay);
+            let relay = attempts.iter().find(|a| a.addr == addr && a.relay);
+            assert_eq!(direct.map(|a| a.after), Some(Duration::ZERO));
+            assert_eq!(relay.map(|a| a.after), Some(2 * within));
+        }
+    }
+
+    #[test]
+    fn the_suspect_is_asked_one_attempt_late_both_ways() {
+        let within = Duration::from_millis(250);
+        let suspect = "c2:7000".to_owned();
+        let attempts = first_attempts(&addrs(3), Some(&suspect), within);
+        assert!(attempts.contains(&Attempt {
+            addr: suspect.clone(),
+            relay: false,
+            after: within
+        }));
+        assert!(attempts.contains(&Attempt {
+            addr: suspect,
+            relay: true,
+            after: 3 * within
+        }));
+    }
+
+    #[test]
+    fn a_lone_controller_is_never_asked_to_relay() {
+        let only = addrs(1);
+        let attempts = first_attempts(&only, Some(&only[0]), Duration::from_millis(100));
+        assert_eq!(
+            attempts,
+            vec![Attempt {
+                addr: only[0].clone(),
+                relay: false,
+                after: Duration::ZERO
+            }]
+        );
     }
 }

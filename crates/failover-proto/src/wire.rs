@@ -37,6 +37,11 @@ pub fn leader_named(status: &tonic::Status) -> Option<String> {
 /// Metadata key marking a request that a controller already forwarded to the leader.
 pub const FORWARDED_HEADER: &str = "x-failover-forwarded";
 
+/// Metadata key by which a lease client asks a follower to relay its keepalive stream to
+/// the leader when it cannot reach the leader itself (docs/leases.md, "Relayed renewals");
+/// without it a follower refuses the stream with the leader's address.
+pub const RELAY_HEADER: &str = "x-failover-relay";
+
 /// Metadata key carrying the cluster id, beside [`LEADER_HEADER`]; its home is the pinned
 /// channel that sends and checks it.
 pub use crate::pin::CLUSTER_HEADER;

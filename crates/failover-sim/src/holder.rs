@@ -50,6 +50,20 @@ pub struct Holder {
     pub controllers: u64,
 }
 
+/// Where a holder's keepalive stream runs: to the leader directly (`via == leader`), or
+/// relayed by the follower `via` to the leader it knew when the stream opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Route {
+    via: NodeId,
+    leader: NodeId,
+}
+
+impl Route {
+    fn relayed(&self) -> bool {
+        self.via != self.leader
+    }
+}
+
 enum Renew {
     Renewed(Duration),
     Draining,
@@ -96,10 +110,11 @@ impl Holder {
     }
 
     /// Renews `id` as `LeaseSession::hold` does: a stream to the leader (the known one
-    /// first, else a race over every controller), one renewal every interval without
-    /// waiting for answers, each counted from when it was sent; a stream whose oldest
-    /// answer is two intervals overdue, or that says "not the leader", is abandoned for
-    /// another. Returns when the lease lapsed, was refused or drained.
+    /// first, else a race over every controller, directly and then through a follower
+    /// that relays), one renewal every interval without waiting for answers, each
+    /// counted from when it was sent; a stream whose oldest answer is two intervals
+    /// overdue, or that says "not the leader", is abandoned for another. Returns when the
+    /// lease lapsed, was refused or drained.
     async fn hold(&self, lease: &mut HolderLease, id: LeaseId, target: &mut NodeId) {
         let interval = self.interval(lease);
         let (answer_to, mut answers) = mpsc::unbounded_channel::<(u64, u64, Renew)>();
@@ -109,8 +124,8 @@ impl Holder {
         let mut suspect: Option<NodeId> = None;
         let mut until = self.belief_end(lease);
         'connect: loop {
-            let leader = tokio::select! {
-                leader = self.open(known.take(), suspect.take(), interval) => leader,
+            let route = tokio::select! {
+                route = self.open(known.take(), suspect.take(), interval) => route,
                 _ = self.deadline(lease) => {
                     if self.lapsed(lease, until) {
                         return;
@@ -118,7 +133,7 @@ impl Holder {
                     continue 'connect;
                 }
             };
-            *target = leader;
+            *target = route.leader;
             stream += 1;
             // Answers to requests sent on an earlier stream never come.
             let mut sent: BTreeMap<u64, (StdInstant, Instant)> = BTreeMap::new();
@@ -133,7 +148,7 @@ impl Holder {
                         tokio::spawn(renew_once(
                             self.net.clone(),
                             self.endpoint,
-                            leader,
+                            route,
                             self.group.clone(),
                             id,
                             self.ttl,
@@ -156,15 +171,16 @@ impl Holder {
                                 until = self.belief_end(lease).or(until);
                             }
                             Renew::Elsewhere(hint) => {
-                                known = hint.filter(|h| *h != leader);
-                                suspect = Some(leader);
+                                // A relayed stream that ended names no leader.
+                                known = hint.filter(|h| *h != route.via && !route.relayed());
+                                suspect = Some(route.via);
                                 continue 'connect;
                             }
                             Renew::Draining => {
                                 // The executor stops its workers, then releases.
                                 self.checker().stop(now, self.index, "draining");
                                 lease.on_lost();
-                                self.release(id, leader).await;
+                                self.release(id, route.leader).await;
                                 return;
                             }
                             Renew::Refused(why) => {
@@ -177,9 +193,9 @@ impl Holder {
                         }
                     }
                     _ = sleep_until_some(overdue) => {
-                        // The leader stopped answering without closing the stream: go
-                        // elsewhere, not back to it first.
-                        suspect = Some(leader);
+                        // The leader (or relay) stopped answering without closing the
+                        // stream: go elsewhere, not back to it first.
+                        suspect = Some(route.via);
                         continue 'connect;
                     }
                     _ = self.deadline(lease) => {
@@ -230,15 +246,16 @@ impl Holder {
     }
 
     /// Finds the leader as `open_keepalive` does: the known leader alone first (unless
-    /// it is the suspect), else every controller at once, each that refuses or does not
-    /// answer within `within` asked again `within / 2` later, the suspect first asked
-    /// one `within` late. The caller bounds the wait by the lease deadline.
+    /// it is the suspect), else every controller at once, and every controller asked to
+    /// relay two `within` later; each attempt that is refused or not answered within
+    /// `within` is made again `within / 2` later, the suspect's first ones one `within`
+    /// late. The caller bounds the wait by the lease deadline.
     async fn open(
         &self,
         known: Option<NodeId>,
         suspect: Option<NodeId>,
         within: Duration,
-    ) -> NodeId {
+    ) -> Route {
         if let Some(leader) = known.filter(|k| Some(*k) != suspect) {
             if accepts(
                 self.net.clone(),
@@ -249,15 +266,27 @@ impl Holder {
             )
             .await
             {
-                return leader;
+                return Route {
+                    via: leader,
+                    leader,
+                };
             }
         }
-        let (tell, mut told) = mpsc::unbounded_channel::<(NodeId, bool)>();
-        let attempt = |to: NodeId, after: Duration| {
+        let (tell, mut told) = mpsc::unbounded_channel::<(NodeId, bool, Option<Route>)>();
+        let attempt = |to: NodeId, relay: bool, after: Duration| {
             let (net, from, tell) = (self.net.clone(), self.endpoint, tell.clone());
             tokio::spawn(async move {
-                let accepted = accepts(net, from, to, after, within).await;
-                let _ = tell.send((to, accepted));
+                let route = if relay {
+                    relays(net, from, to, after, within).await
+                } else {
+                    accepts(net, from, to, after, within)
+                        .await
+                        .then_some(Route {
+                            via: to,
+                            leader: to,
+                        })
+                };
+                let _ = tell.send((to, relay, route));
             });
         };
         for to in 1..=self.controllers {
@@ -266,12 +295,13 @@ impl Holder {
             } else {
                 Duration::ZERO
             };
-            attempt(to, after);
+            attempt(to, false, after);
+            attempt(to, true, after + 2 * within);
         }
         loop {
             match told.recv().await {
-                Some((to, true)) => return to,
-                Some((to, false)) => attempt(to, within / 2),
+                Some((_, _, Some(route))) => return route,
+                Some((to, relay, None)) => attempt(to, relay, within / 2),
                 None => std::future::pending::<()>().await,
             }
         }
@@ -384,6 +414,35 @@ async fn accepts(
     .unwrap_or(false)
 }
 
+/// Whether controller `to`, asked `after` from now to relay a keepalive stream, accepts
+/// it within `within`, as `route_keepalive` decides: the leader serves it itself; a
+/// follower opens it on the leader it knows (which must accept, being the leader) and
+/// relays.
+async fn relays(
+    net: Arc<Net>,
+    from: Endpoint,
+    to: NodeId,
+    after: Duration,
+    within: Duration,
+) -> Option<Route> {
+    tokio::time::sleep(after).await;
+    let inner = net.clone();
+    round_trip(&net, from, to, within, |slot| async move {
+        if slot.ctx.raft.is_leader() {
+            return Some(Route {
+                via: to,
+                leader: to,
+            });
+        }
+        let leader = slot.ctx.leader().map(|(id, _)| id).filter(|l| *l != to)?;
+        accepts(inner, to, leader, Duration::ZERO, within)
+            .await
+            .then_some(Route { via: to, leader })
+    })
+    .await
+    .flatten()
+}
+
 /// Resolves at `at`; pending forever without one.
 async fn sleep_until_some(at: Option<Instant>) {
     match at {
@@ -392,20 +451,44 @@ async fn sleep_until_some(at: Option<Instant>) {
     }
 }
 
-/// One renewal of `id` on the stream to `leader`, answered on `answer_to` tagged with
-/// `tag` (stream, sequence number); a lost request or answer is never answered.
+/// One renewal of `id` on the stream `route`, answered on `answer_to` tagged with
+/// `tag` (stream, sequence number); a lost request or answer (on either hop of a relayed
+/// stream) is never answered. A relaying follower that no longer follows the leader the
+/// stream was opened on ends the stream, as `pass_keepalives` does.
 #[allow(clippy::too_many_arguments)]
 async fn renew_once(
     net: Arc<Net>,
     from: Endpoint,
-    leader: NodeId,
+    route: Route,
     group: GroupName,
     id: LeaseId,
     ttl: Duration,
     tag: (u64, u64),
     answer_to: mpsc::UnboundedSender<(u64, u64, Renew)>,
 ) {
-    let answer = round_trip(&net, from, leader, ttl, |slot| async move {
+    let inner = net.clone();
+    let answer = round_trip(&net, from, route.via, ttl, |slot| async move {
+        if !route.relayed() {
+            return Some(renew_at(slot, group, id).await);
+        }
+        if slot.ctx.leader().map(|(id, _)| id) != Some(route.leader) {
+            return Some(Renew::Elsewhere(None));
+        }
+        round_trip(&inner, route.via, route.leader, ttl, |leader| {
+            renew_at(leader, group, id)
+        })
+        .await
+    })
+    .await
+    .flatten();
+    if let Some(answer) = answer {
+        let _ = answer_to.send((tag.0, tag.1, answer));
+    }
+}
+
+/// One renewal of `id` at controller `slot`, as its lease service answers it.
+async fn renew_at(slot: crate::net::Slot, group: GroupName, id: LeaseId) -> Renew {
+    {
         let ctx = slot.ctx;
         if !ctx.raft.is_leader() {
             return Renew::Elsewhere(ctx.leader().map(|(id, _)| id));
@@ -429,9 +512,5 @@ async fn renew_once(
             Ok(Err(RenewalError::Refused(refusal))) => Renew::Refused(refusal.to_string()),
             Ok(Err(_)) | Err(_) => Renew::Elsewhere(None),
         }
-    })
-    .await;
-    if let Some(answer) = answer {
-        let _ = answer_to.send((tag.0, tag.1, answer));
     }
 }

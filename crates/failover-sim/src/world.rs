@@ -598,7 +598,8 @@ impl World {
     /// Whether the site's holders reach, both ways, a majority of running (neither
     /// crashed nor paused) controllers that reach each other both ways. The leader need not be among them: a site cut
     /// from the leader but not from a quorum is healthy by the project's rule, so the
-    /// lapses it suffers count (only the leader renews today; docs/testing.md).
+    /// lapses it suffers count (its holders renew through a follower that relays;
+    /// docs/testing.md).
     fn connected_to_quorum(&self, site: usize) -> bool {
         let holders = &self.layout.holders[site];
         let both =

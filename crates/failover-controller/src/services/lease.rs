@@ -3,11 +3,16 @@
 //! Only the leader grants, renews and releases; another controller answers `UNAVAILABLE`
 //! with the leader's address in `x-failover-leader`. Validation happens before anything
 //! is proposed, so bad input never reaches the log.
+//!
+//! One exception: a follower asked to relay a keepalive stream (`x-failover-relay`) opens
+//! it on the leader over its peer channel, on behalf of the engine, and passes renewals
+//! and answers through ([`route_keepalive`], docs/leases.md, "Relayed renewals").
 
 use std::pin::Pin;
 use std::sync::Arc;
 
 use failover_core::lease::Renewed;
+use failover_core::NodeId;
 use failover_core::{
     Command, Epoch, FencingToken, FencingValue, GroupName, GroupState, LeaseId, Outcome, Rejection,
     SiteId,
@@ -19,9 +24,10 @@ use failover_proto::lease::{
     WatchRequest,
 };
 use failover_proto::types::RefusalReason;
-use failover_proto::wire::{self, LEADER_HEADER};
+use failover_proto::wire::{self, FORWARDED_HEADER, LEADER_HEADER, RELAY_HEADER};
 use futures::stream::FuturesUnordered;
 use futures::Stream;
+use openraft::async_runtime::WatchReceiver;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
@@ -37,6 +43,47 @@ use crate::limits::{GuardedStream, StreamKind, Verdict};
 const STREAM_BUFFER: usize = 4096;
 /// Most renewals of one keepalive stream waiting for the batcher's answer at once.
 pub const MAX_RENEWALS_IN_FLIGHT: usize = 4096;
+
+/// What a controller does with a keepalive stream it is asked to open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamRoute {
+    /// It leads: it serves the stream itself.
+    Serve,
+    /// A follower asked to relay: it opens the stream on `leader` (at `addr`) and passes
+    /// renewals and answers through.
+    Relay {
+        /// The leader this follower knows of.
+        leader: NodeId,
+        /// Its address.
+        addr: String,
+    },
+    /// Not the leader, and no relay asked for or possible: `UNAVAILABLE` with the
+    /// leader's address, so the client goes there.
+    Refuse,
+}
+
+/// Decides where a keepalive stream goes. Only the leader serves; a follower relays only
+/// a stream whose client asked for it (`relay_asked`: the client could not reach the
+/// leader itself, so the direct path keeps its single hop), never one another controller
+/// already forwarded (`forwarded`: at most one relay, no loops between controllers that
+/// disagree about the leader), and only to a leader other than itself.
+pub fn route_keepalive(
+    own: NodeId,
+    is_leader: bool,
+    relay_asked: bool,
+    forwarded: bool,
+    leader: Option<(NodeId, String)>,
+) -> StreamRoute {
+    if is_leader {
+        return StreamRoute::Serve;
+    }
+    match leader {
+        Some((leader, addr)) if relay_asked && !forwarded && leader != own => {
+            StreamRoute::Relay { leader, addr }
+        }
+        _ => StreamRoute::Refuse,
+    }
+}
 
 /// Serves the lease API.
 pub struct LeaseServer {
@@ -223,6 +270,167 @@ async fn serve_keepalives(
     }
 }
 
+/// Opens a keepalive stream on the leader for an engine that asked this follower to relay
+/// it, and starts passing renewals and answers through. The stream on the leader carries
+/// the engine's identity (`x-failover-on-behalf-of`), so the leader applies its role and
+/// site checks and its per-identity limits to the engine, not to this controller, and
+/// `x-failover-forwarded`, so a leader that was just deposed refuses it instead of
+/// relaying again. Refused (`UNAVAILABLE`) when the leader does not accept the stream
+/// within one keepalive interval: the client then tries the other controllers.
+async fn relay_keepalive(
+    ctx: Arc<NodeContext>,
+    request: Request<Streaming<KeepAliveRequest>>,
+    leader: NodeId,
+    addr: String,
+) -> Result<Response<EventStream<KeepAliveResponse>>, Status> {
+    let who = crate::auth::limit_key();
+    let permit = ctx
+        .limits
+        .open_stream(&who, StreamKind::KeepAlive, ctx.clock.now())?;
+    let cannot = |why: String| {
+        let mut status = Status::unavailable(format!(
+            "controller {} cannot relay to the leader {leader}: {why}",
+            ctx.node_id
+        ));
+        if let Ok(value) = addr.parse() {
+            status.metadata_mut().insert(LEADER_HEADER, value);
+        }
+        status
+    };
+    let channel = ctx
+        .dialer
+        .channel(&addr)
+        .map_err(|e| cannot(e.to_string()))?;
+    let mut client = wire::lease_client(channel);
+    let (upstream, outgoing) = mpsc::channel::<KeepAliveRequest>(RELAY_BUFFER);
+    let mut call = Request::new(tokio_stream::wrappers::ReceiverStream::new(outgoing));
+    call.metadata_mut().insert(
+        FORWARDED_HEADER,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
+    crate::auth::forward_caller(&mut call);
+    let within = std::time::Duration::from_millis(ctx.topology.timing.keepalive_interval_ms);
+    let from_leader = match tokio::time::timeout(within, client.keep_alive(call)).await {
+        Ok(Ok(response)) => response.into_inner(),
+        Ok(Err(status)) => return Err(cannot(status.message().to_owned())),
+        Err(_) => return Err(cannot(format!("no answer within {within:?}"))),
+    };
+    // Rare (a holder cut from the leader): worth a line.
+    tracing::info!(leader, "relaying a keepalive stream");
+    let (answers, stream) = mpsc::channel(STREAM_BUFFER);
+    let verdict = Verdict::default();
+    let caller = crate::auth::caller();
+    tokio::spawn(pass_keepalives(
+        ctx,
+        Relayed {
+            leader,
+            caller,
+            incoming: request.into_inner(),
+            upstream,
+            from_leader,
+        },
+        answers,
+        verdict.clone(),
+        who,
+    ));
+    Ok(Response::new(Box::pin(GuardedStream::new(
+        stream, verdict, permit,
+    ))))
+}
+
+/// Most renewals of a relayed stream waiting to go out to the leader.
+const RELAY_BUFFER: usize = 64;
+
+/// The two halves of a relayed keepalive stream.
+struct Relayed {
+    /// The leader the stream is open on.
+    leader: NodeId,
+    /// The engine, for the site check of each renewal.
+    caller: Option<crate::auth::Identity>,
+    /// Renewals from the engine.
+    incoming: Streaming<KeepAliveRequest>,
+    /// Renewals to the leader.
+    upstream: mpsc::Sender<KeepAliveRequest>,
+    /// Answers from the leader.
+    from_leader: Streaming<KeepAliveResponse>,
+}
+
+/// Passes a relayed stream through: each renewal is checked as the leader would (bad
+/// input and a lease of another site end the stream with the error) and sent on; each
+/// answer goes back unchanged (the engine counts its lease from its own send time, so the
+/// extra hop only shortens what it believes). Ends the engine's stream when the engine
+/// closes its side, when the leader's stream ends or fails (its status is passed on),
+/// when this controller sees another leader (or none), or when the engine does not read
+/// its answers for `limits.stall_timeout_ms`. The client then reconnects.
+async fn pass_keepalives(
+    ctx: Arc<NodeContext>,
+    relayed: Relayed,
+    answers: mpsc::Sender<Result<KeepAliveResponse, Status>>,
+    verdict: Verdict,
+    who: String,
+) {
+    let Relayed {
+        leader,
+        caller,
+        mut incoming,
+        upstream,
+        mut from_leader,
+    } = relayed;
+    let stall = ctx.limits.stall_timeout();
+    let mut metrics = ctx.raft.metrics();
+    loop {
+        if metrics.borrow_watched().current_leader != Some(leader) {
+            let _ = answers
+                .send(Err(Status::unavailable(format!(
+                    "controller {} no longer follows the leader {leader}; reconnect",
+                    ctx.node_id
+                ))))
+                .await;
+            return;
+        }
+        tokio::select! {
+            next = incoming.next() => match next {
+                Some(Ok(req)) => {
+                    let checked = wire::KeepAlive::try_from(&req).map_err(Status::from).and_then(|k| {
+                        lease_site_check(&ctx, caller.as_ref(), &GroupName(req.group.clone()), k.lease)
+                    });
+                    if let Err(refused) = checked {
+                        tracing::warn!(error = %refused.message(), "relayed keepalive refused");
+                        let _ = answers.send(Err(refused)).await;
+                        return;
+                    }
+                    if upstream.send(req).await.is_err() {
+                        return;
+                    }
+                }
+                // The engine closed its side or went away: so does the stream on the
+                // leader (dropping `upstream` ends it).
+                _ => return,
+            },
+            answer = from_leader.message() => {
+                let answer = match answer {
+                    Ok(Some(answer)) => Ok(answer),
+                    Ok(None) => Err(Status::unavailable(format!(
+                        "the leader {leader} ended the relayed stream; reconnect"
+                    ))),
+                    Err(status) => Err(status),
+                };
+                let last = answer.is_err();
+                match tokio::time::timeout(stall, answers.send(answer)).await {
+                    Ok(Ok(())) if !last => {}
+                    Ok(_) => return,
+                    Err(_) => {
+                        ctx.limits.close_stalled(&verdict, &who, StreamKind::KeepAlive);
+                        return;
+                    }
+                }
+            }
+            changed = metrics.changed() => if changed.is_err() { return },
+            () = answers.closed() => return,
+        }
+    }
+}
+
 /// Submits one renewal and waits for its answer.
 fn renew(
     ctx: &Arc<NodeContext>,
@@ -337,7 +545,20 @@ impl LeaseService for LeaseServer {
         &self,
         request: Request<Streaming<KeepAliveRequest>>,
     ) -> Result<Response<Self::KeepAliveStream>, Status> {
-        self.require_leader()?;
+        let route = route_keepalive(
+            self.ctx.node_id,
+            self.ctx.raft.is_leader(),
+            request.metadata().contains_key(RELAY_HEADER),
+            request.metadata().contains_key(FORWARDED_HEADER),
+            self.ctx.leader(),
+        );
+        match route {
+            StreamRoute::Serve => {}
+            StreamRoute::Refuse => return Err(not_leader(&self.ctx)),
+            StreamRoute::Relay { leader, addr } => {
+                return relay_keepalive(self.ctx.clone(), request, leader, addr).await
+            }
+        }
         let who = crate::auth::limit_key();
         let permit =
             self.ctx
@@ -440,5 +661,57 @@ impl LeaseService for LeaseServer {
         Ok(Response::new(Box::pin(GuardedStream::new(
             stream, verdict, permit,
         ))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{route_keepalive, StreamRoute};
+
+    fn leader(id: u64) -> Option<(u64, String)> {
+        Some((id, format!("10.0.0.{id}:7000")))
+    }
+
+    #[test]
+    fn the_leader_serves_every_stream() {
+        for (relay, forwarded) in [(false, false), (true, false), (false, true), (true, true)] {
+            assert_eq!(
+                route_keepalive(1, true, relay, forwarded, leader(1)),
+                StreamRoute::Serve
+            );
+        }
+    }
+
+    #[test]
+    fn a_follower_relays_only_when_asked() {
+        assert_eq!(
+            route_keepalive(2, false, false, false, leader(1)),
+            StreamRoute::Refuse
+        );
+        assert_eq!(
+            route_keepalive(2, false, true, false, leader(1)),
+            StreamRoute::Relay {
+                leader: 1,
+                addr: "10.0.0.1:7000".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_follower_never_relays_twice_nor_without_a_leader() {
+        // Forwarded by another controller: one hop at most.
+        assert_eq!(
+            route_keepalive(2, false, true, true, leader(1)),
+            StreamRoute::Refuse
+        );
+        assert_eq!(
+            route_keepalive(2, false, true, false, None),
+            StreamRoute::Refuse
+        );
+        // Metrics that still name this controller after it stepped down.
+        assert_eq!(
+            route_keepalive(2, false, true, false, leader(2)),
+            StreamRoute::Refuse
+        );
     }
 }
