@@ -23,6 +23,7 @@ mod limits;
 mod operator;
 mod ops;
 mod partition;
+mod relay;
 mod runbook;
 mod security;
 mod systemd;

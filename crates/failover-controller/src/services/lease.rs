@@ -320,7 +320,7 @@ async fn relay_keepalive(
     let (answers, stream) = mpsc::channel(STREAM_BUFFER);
     let verdict = Verdict::default();
     let caller = crate::auth::caller();
-    tokio::spawn(pass_keepalives(
+    crate::runtime::spawn(pass_keepalives(
         ctx,
         Relayed {
             leader,

@@ -10,13 +10,11 @@
 //! each other directly. A second test checks that a relayed stream acts for the engine
 //! (its identity and site check) and that a follower relays only when asked.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{eventually, Cluster};
+use crate::common::{eventually, Cluster};
 use failover_client::clock::SystemClock;
 use failover_client::{Dialer, Endpoints, LeaseConfig, LeaseSession, LeaseState};
 use failover_proto::pin::ClusterPin;
@@ -286,7 +284,7 @@ async fn a_relayed_stream_carries_the_engines_identity() {
     let leader_addr = addr_of(leader);
     let follower = addr_of(if leader == 1 { 2 } else { 1 });
     let grant = eventually("site-a granted", Duration::from_secs(30), || {
-        let mut engine_a = common::lease_client("site-a", &leader_addr);
+        let mut engine_a = crate::common::lease_client("site-a", &leader_addr);
         async move {
             let answer = engine_a
                 .acquire(AcquireRequest {
