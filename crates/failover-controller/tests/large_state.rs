@@ -328,6 +328,7 @@ async fn append_grants(log: &mut store::LogStore, index: &mut u64, count: u64) {
 /// The indexes of the entries physically in the data file's log table (purged ones
 /// whose removal is still owed included). The stores must be closed.
 fn stored_indexes(dir: &std::path::Path) -> Vec<u64> {
+    use redb::ReadableTable;
     const LOG: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("log");
     let db = redb::Database::open(dir.join(store::DATA_FILE)).expect("open data file");
     let txn = db.begin_read().expect("read");
