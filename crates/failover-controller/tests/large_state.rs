@@ -302,3 +302,153 @@ async fn purging_a_long_log_keeps_the_data_file_small() {
     let state = log.get_log_state().await.expect("log state");
     assert_eq!(state.last_log_id.map(|id| id.index()), Some(index - 100));
 }
+
+/// Appends `count` grant entries from index `*index + 1` on, 64 per append.
+async fn append_grants(log: &mut store::LogStore, index: &mut u64, count: u64) {
+    let end = *index + count;
+    while *index < end {
+        let batch: Vec<Entry> = (0..64.min(end - *index))
+            .map(|_| {
+                *index += 1;
+                Entry::new_normal(
+                    log_id::<TypeConfig>(2, 1, *index),
+                    Command::Grant {
+                        group: GroupName("default".into()),
+                        site: SiteId("site-a".into()),
+                        holder: format!("engine-{:08}", *index),
+                        ttl_ms: 600_000,
+                    },
+                )
+            })
+            .collect();
+        log.append(batch, IOFlushed::noop()).await.expect("append");
+    }
+}
+
+/// The indexes of the entries physically in the data file's log table (purged ones
+/// whose removal is still owed included). The stores must be closed.
+fn stored_indexes(dir: &std::path::Path) -> Vec<u64> {
+    use redb::ReadableTable;
+    const LOG: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("log");
+    let db = redb::Database::open(dir.join(store::DATA_FILE)).expect("open data file");
+    let txn = db.begin_read().expect("read");
+    let table = txn.open_table(LOG).expect("log table");
+    let mut indexes = Vec::new();
+    for item in table.iter().expect("iterate") {
+        indexes.push(item.expect("entry").0.value());
+    }
+    indexes
+}
+
+/// What openraft sees of the log: its state, and the entries a read from 0 returns.
+async fn visible(log: &mut store::LogStore, upto: u64) -> (Option<u64>, Option<u64>, Vec<u64>) {
+    let state = log.get_log_state().await.expect("log state");
+    let entries = log
+        .try_get_log_entries(0..upto + 1)
+        .await
+        .expect("read log");
+    (
+        state.last_purged_log_id.map(|id| id.index()),
+        state.last_log_id.map(|id| id.index()),
+        entries.iter().map(|e| e.index()).collect(),
+    )
+}
+
+/// A purge of many entries costs the write that records it no more than a bounded batch
+/// of removals (openraft waits for it on its core task, so every append and commit would
+/// wait for the whole purge otherwise): the purged id counts at once, the rest is removed
+/// by the appends that follow, a bounded batch each, and nothing unpurged is touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_purge_is_removed_in_bounded_batches_by_the_writes_that_follow() {
+    const ENTRIES: u64 = 20_000;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut log, sm) = store::open(dir.path(), 1).expect("open");
+    let mut index = 0;
+    append_grants(&mut log, &mut index, ENTRIES).await;
+    let purged = ENTRIES - 200;
+    log.purge(log_id::<TypeConfig>(2, 1, purged))
+        .await
+        .expect("purge");
+    assert_eq!(
+        visible(&mut log, index).await,
+        (Some(purged), Some(index), (purged + 1..=index).collect())
+    );
+    // One more append: it removes one more batch, and its own entry is stored.
+    append_grants(&mut log, &mut index, 1).await;
+    drop((log, sm));
+    let stored = stored_indexes(dir.path());
+    assert_eq!(stored.first(), Some(&(2 * store::PURGE_BATCH + 1)));
+    assert_eq!(stored.last(), Some(&index));
+    assert_eq!(stored.len() as u64, index - 2 * store::PURGE_BATCH);
+
+    // The appends that follow remove the rest, a batch each.
+    let (mut log, sm) = store::open(dir.path(), 1).expect("reopen");
+    let appends = purged.div_ceil(store::PURGE_BATCH);
+    for _ in 0..appends {
+        append_grants(&mut log, &mut index, 1).await;
+    }
+    assert_eq!(
+        visible(&mut log, index).await,
+        (Some(purged), Some(index), (purged + 1..=index).collect())
+    );
+    drop((log, sm));
+    assert_eq!(
+        stored_indexes(dir.path()),
+        (purged + 1..=index).collect::<Vec<_>>()
+    );
+}
+
+/// A controller stopped while purged entries are still being removed loses nothing: on
+/// restart the log shows the same purged id and entries, the removal resumes, and a purge
+/// past the last entry (a follower that installed a newer snapshot) reports the purged id
+/// as the last one even while older entries are still in the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_mid_purge_keeps_the_log_consistent() {
+    const ENTRIES: u64 = 10_000;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut log, sm) = store::open(dir.path(), 1).expect("open");
+    let mut index = 0;
+    append_grants(&mut log, &mut index, ENTRIES).await;
+    let purged = ENTRIES - 200;
+    log.purge(log_id::<TypeConfig>(2, 1, purged))
+        .await
+        .expect("purge");
+    drop((log, sm));
+    assert!(stored_indexes(dir.path()).len() as u64 > ENTRIES - purged + store::PURGE_BATCH);
+
+    let (mut log, sm) = store::open(dir.path(), 1).expect("reopen");
+    assert_eq!(
+        visible(&mut log, index).await,
+        (Some(purged), Some(index), (purged + 1..=index).collect())
+    );
+    // A snapshot installed beyond the log: everything is purged, the purged id is the
+    // last, no entry is readable, and the next append continues after it.
+    let beyond = index + 1_000;
+    log.purge(log_id::<TypeConfig>(2, 1, beyond))
+        .await
+        .expect("purge beyond");
+    assert_eq!(
+        visible(&mut log, beyond).await,
+        (Some(beyond), Some(beyond), vec![])
+    );
+    drop((log, sm));
+    let (mut log, sm) = store::open(dir.path(), 1).expect("reopen");
+    assert_eq!(
+        visible(&mut log, beyond).await,
+        (Some(beyond), Some(beyond), vec![])
+    );
+    index = beyond;
+    let appends = ENTRIES.div_ceil(store::PURGE_BATCH);
+    for _ in 0..appends {
+        append_grants(&mut log, &mut index, 1).await;
+    }
+    assert_eq!(
+        visible(&mut log, index).await,
+        (Some(beyond), Some(index), (beyond + 1..=index).collect())
+    );
+    drop((log, sm));
+    assert_eq!(
+        stored_indexes(dir.path()),
+        (beyond + 1..=index).collect::<Vec<_>>()
+    );
+}

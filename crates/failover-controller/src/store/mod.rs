@@ -33,7 +33,7 @@ use std::sync::Arc;
 use redb::{Database, Durability, ReadableTable, TableDefinition, WriteTransaction};
 
 pub use cluster_id::ClusterIdRecord;
-pub use log::LogStore;
+pub use log::{LogStore, PURGE_BATCH};
 pub use state_machine::{
     run_snapshot_schedule, SnapshotSchedule, StateMachine, StateView, SNAPSHOT_MIN_ENTRIES,
     SNAPSHOT_STATE_FRACTION,
@@ -229,7 +229,10 @@ fn open_database(
         }
         _ => {}
     }
-    let log = LogStore::new(db.clone());
+    let log = LogStore::new(db.clone()).map_err(|source| OpenError::Damaged {
+        dir: shown.clone(),
+        source,
+    })?;
     let sm = StateMachine::open(db).map_err(|source| OpenError::Damaged { dir: shown, source })?;
     Ok((log, sm))
 }
@@ -307,7 +310,8 @@ async fn write_blocking<T: Send + 'static>(
         .map_err(io::Error::other)?
 }
 
-/// Removes every entry of `table` whose key is at most `last`, one `pop_first` at a time.
+/// Removes the entries of `table` whose key is at most `last`, one `pop_first` at a time,
+/// at most `limit` of them; returns whether none is left.
 ///
 /// Not `retain_in`: redb 2.6 removes a range without modifying the tree it iterates, so
 /// every removal copies its leaf and the branch pages above it and none of these copies is
@@ -319,11 +323,17 @@ async fn write_blocking<T: Send + 'static>(
 fn remove_first_through(
     table: &mut redb::Table<'_, u64, &[u8]>,
     last: u64,
-) -> Result<(), redb::Error> {
+    limit: u64,
+) -> Result<bool, redb::Error> {
+    let mut removed = 0;
     while table.first()?.is_some_and(|(key, _)| key.value() <= last) {
+        if removed == limit {
+            return Ok(false);
+        }
         table.pop_first()?;
+        removed += 1;
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Reads one value of the `meta` table.

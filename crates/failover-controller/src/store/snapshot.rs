@@ -102,16 +102,32 @@ pub(crate) fn encode_skeleton(state: &mut ClusterState) -> io::Result<Vec<u8>> {
 
 /// Appends every group's leases, in the order of the skeleton's groups: `state` must be
 /// the one [`encode_skeleton`] was given, unchanged.
+///
+/// This runs while applies wait (the state machine's task encodes), so it is one pass
+/// over the leases in id order with no per-lease search: whether a lease is its holder's
+/// current one comes from the holders' lease ids, sorted once and walked alongside,
+/// instead of a search of the holders by name (string comparisons) for every lease.
 pub(crate) fn encode_leases(state: &ClusterState, out: &mut Vec<u8>) {
     for group in state.groups.values() {
         put(out, group.leases.len() as u64);
+        let mut current: Vec<(u64, &str)> = group
+            .holders
+            .iter()
+            .map(|(holder, id)| (id.0, holder.as_str()))
+            .collect();
+        current.sort_unstable();
+        let mut current = current.into_iter().peekable();
         for lease in group.leases.values() {
             group.assert_lease(lease);
             put(out, lease.id.0);
             put(out, lease.token.0);
             put(out, lease.ttl_ms);
-            let current = group.holders.get(&lease.holder) == Some(&lease.id);
-            put(out, if current { CURRENT_HOLDER } else { 0 });
+            while current.next_if(|(id, _)| *id < lease.id.0).is_some() {}
+            let mut is_current = false;
+            while let Some((_, holder)) = current.next_if(|(id, _)| *id == lease.id.0) {
+                is_current |= holder == lease.holder;
+            }
+            put(out, if is_current { CURRENT_HOLDER } else { 0 });
             put(out, lease.holder.len() as u64);
             out.extend_from_slice(lease.holder.as_bytes());
         }

@@ -395,7 +395,7 @@ async fn write_snapshot(
     let shared = data.clone();
     write_blocking(db, Durability::Immediate, move |txn| {
         let mut table = txn.open_table(SNAPSHOT_CHUNKS)?;
-        super::remove_first_through(&mut table, u64::MAX)?;
+        super::remove_first_through(&mut table, u64::MAX, u64::MAX)?;
         for (i, chunk) in shared.chunks(CHUNK_BYTES).enumerate() {
             table.insert(i as u64, chunk)?;
         }
@@ -473,11 +473,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         let index = self.last_applied.map_or(0, |id| id.index());
         self.view.schedule.snapshot_at(index);
+        let started = std::time::Instant::now();
         let skeleton = snapshot::encode_skeleton(&mut self.view.write());
         let data = skeleton.map(|mut out| {
             snapshot::encode_leases(&self.view.read(), &mut out);
             out
         });
+        tracing::info!(
+            index,
+            bytes = data.as_ref().map_or(0, Vec::len),
+            encode_ms = started.elapsed().as_secs_f64() * 1e3,
+            "encoded a snapshot (applies waited for it)"
+        );
         SnapshotBuilder {
             db: self.db.clone(),
             meta: SnapshotMeta {
@@ -569,7 +576,13 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             &mut self.data,
             Err(io::Error::other("snapshot already built")),
         )?;
+        let started = std::time::Instant::now();
         let data = write_snapshot(&self.db, &self.meta, data).await?;
+        tracing::info!(
+            last_log_id = ?self.meta.last_log_id,
+            write_ms = started.elapsed().as_secs_f64() * 1e3,
+            "stored a snapshot"
+        );
         Ok(Snapshot {
             meta: self.meta.clone(),
             snapshot: data,
