@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::common::Cluster;
+use crate::common::{eventually, Cluster};
 use failover_client::{AdminClient, ClientError, Endpoints, TcpDialer, TlsDialer};
 use failover_proto::admin::{PauseRequest, PromoteRequest};
 use failover_proto::lease::lease_service_client::LeaseServiceClient;
@@ -107,15 +107,26 @@ async fn roles_and_certificates_decide_who_may_do_what() {
         .find(|n| n.id != leader)
         .expect("a follower")
         .id;
-    let mut operator = cluster.client_of(follower);
-    operator
-        .pause(PauseRequest {
-            group: "default".into(),
-            reason: "maintenance".into(),
-            actor: "alice@host".into(),
-        })
-        .await
-        .expect("an operator may pause");
+    let operator = cluster.client_of(follower);
+    // A follower that has not applied the cluster id yet asks its callers to retry.
+    eventually("the follower to take the pause", READY, || {
+        let mut operator = operator.clone();
+        async move {
+            match operator
+                .pause(PauseRequest {
+                    group: "default".into(),
+                    reason: "maintenance".into(),
+                    actor: "alice@host".into(),
+                })
+                .await
+            {
+                Ok(_) => Some(()),
+                Err(failover_client::ClientError::Unreachable { .. }) => None,
+                Err(e) => panic!("an operator may pause: {e}"),
+            }
+        }
+    })
+    .await;
     let history = cluster.client().history("default").await.expect("history");
     let last = history.entries.last().expect("an entry");
     assert_eq!(last.kind, "pause");
