@@ -327,6 +327,31 @@ async fn append_grants(log: &mut store::LogStore, index: &mut u64, count: u64) {
 
 /// The indexes of the entries physically in the data file's log table (purged ones
 /// whose removal is still owed included). The stores must be closed.
+/// Appends one entry per purge batch of the `left` entries still stored at or below
+/// `purged` (the log's end is `index`), then checks that the log shows, and the data file
+/// in `dir` holds, exactly the entries after `purged`.
+async fn appends_finish_the_purge(
+    dir: &std::path::Path,
+    mut log: store::LogStore,
+    sm: StateMachine,
+    mut index: u64,
+    purged: u64,
+    left: u64,
+) {
+    for _ in 0..left.div_ceil(store::PURGE_BATCH) {
+        append_grants(&mut log, &mut index, 1).await;
+    }
+    assert_eq!(
+        visible(&mut log, index).await,
+        (Some(purged), Some(index), (purged + 1..=index).collect())
+    );
+    drop((log, sm));
+    assert_eq!(
+        stored_indexes(dir),
+        (purged + 1..=index).collect::<Vec<_>>()
+    );
+}
+
 fn stored_indexes(dir: &std::path::Path) -> Vec<u64> {
     use redb::ReadableTable;
     const LOG: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("log");
@@ -382,20 +407,8 @@ async fn a_long_purge_is_removed_in_bounded_batches_by_the_writes_that_follow() 
     assert_eq!(stored.len() as u64, index - 2 * store::PURGE_BATCH);
 
     // The appends that follow remove the rest, a batch each.
-    let (mut log, sm) = store::open(dir.path(), 1).expect("reopen");
-    let appends = purged.div_ceil(store::PURGE_BATCH);
-    for _ in 0..appends {
-        append_grants(&mut log, &mut index, 1).await;
-    }
-    assert_eq!(
-        visible(&mut log, index).await,
-        (Some(purged), Some(index), (purged + 1..=index).collect())
-    );
-    drop((log, sm));
-    assert_eq!(
-        stored_indexes(dir.path()),
-        (purged + 1..=index).collect::<Vec<_>>()
-    );
+    let (log, sm) = store::open(dir.path(), 1).expect("reopen");
+    appends_finish_the_purge(dir.path(), log, sm, index, purged, purged).await;
 }
 
 /// A controller stopped while purged entries are still being removed loses nothing: on
@@ -437,18 +450,5 @@ async fn a_restart_mid_purge_keeps_the_log_consistent() {
         visible(&mut log, beyond).await,
         (Some(beyond), Some(beyond), vec![])
     );
-    index = beyond;
-    let appends = ENTRIES.div_ceil(store::PURGE_BATCH);
-    for _ in 0..appends {
-        append_grants(&mut log, &mut index, 1).await;
-    }
-    assert_eq!(
-        visible(&mut log, index).await,
-        (Some(beyond), Some(index), (beyond + 1..=index).collect())
-    );
-    drop((log, sm));
-    assert_eq!(
-        stored_indexes(dir.path()),
-        (beyond + 1..=index).collect::<Vec<_>>()
-    );
+    appends_finish_the_purge(dir.path(), log, sm, beyond, beyond, ENTRIES).await;
 }
