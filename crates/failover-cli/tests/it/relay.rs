@@ -304,9 +304,22 @@ async fn a_relayed_stream_carries_the_engines_identity() {
     })
     .await;
 
-    let renewed = relayed_renewal(&cluster, "site-a", &follower, grant.lease_id)
-        .await
-        .expect("a relayed renewal by site-a's engine");
+    // A follower that has not applied the cluster id yet answers UNAVAILABLE: retry.
+    let renewed = eventually(
+        "a relayed renewal by site-a's engine",
+        Duration::from_secs(30),
+        || {
+            let (cluster, follower) = (&cluster, &follower);
+            async move {
+                match relayed_renewal(cluster, "site-a", follower, grant.lease_id).await {
+                    Ok(renewed) => Some(renewed),
+                    Err(status) if status.code() == tonic::Code::Unavailable => None,
+                    Err(status) => panic!("a relayed renewal by site-a's engine: {status:?}"),
+                }
+            }
+        },
+    )
+    .await;
     assert!(
         matches!(
             renewed.result,
