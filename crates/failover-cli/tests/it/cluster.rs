@@ -131,10 +131,19 @@ async fn follower_forwards_promote_to_leader() {
         .expect("a follower")
         .id;
     let mut client = cluster.client_of(follower);
-    let response = client
-        .promote(promote("site-b"))
-        .await
-        .expect("promote via follower");
+    // A follower that has not applied the cluster id yet asks its callers to retry; it
+    // refuses before forwarding anything.
+    let response = eventually("the follower to take the promote", READY, || {
+        let mut client = client.clone();
+        async move {
+            match client.promote(promote("site-b")).await {
+                Ok(response) => Some(response),
+                Err(failover_client::ClientError::Unreachable { .. }) => None,
+                Err(e) => panic!("promote via follower: {e}"),
+            }
+        }
+    })
+    .await;
     assert_eq!(response.group.expect("group").epoch, 2);
     let again = client
         .promote(promote("site-b"))
