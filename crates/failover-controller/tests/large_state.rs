@@ -327,6 +327,22 @@ async fn append_grants(log: &mut store::LogStore, index: &mut u64, count: u64) {
 
 /// The indexes of the entries physically in the data file's log table (purged ones
 /// whose removal is still owed included). The stores must be closed.
+/// A store in `dir` with `entries` appended and all but the last 200 purged; the log,
+/// its state machine, the last index and the purged index.
+async fn purged_log(
+    dir: &std::path::Path,
+    entries: u64,
+) -> (store::LogStore, StateMachine, u64, u64) {
+    let (mut log, sm) = store::open(dir, 1).expect("open");
+    let mut index = 0;
+    append_grants(&mut log, &mut index, entries).await;
+    let purged = entries - 200;
+    log.purge(log_id::<TypeConfig>(2, 1, purged))
+        .await
+        .expect("purge");
+    (log, sm, index, purged)
+}
+
 /// Appends one entry per purge batch of the `left` entries still stored at or below
 /// `purged` (the log's end is `index`), then checks that the log shows, and the data file
 /// in `dir` holds, exactly the entries after `purged`.
@@ -387,13 +403,7 @@ async fn visible(log: &mut store::LogStore, upto: u64) -> (Option<u64>, Option<u
 async fn a_long_purge_is_removed_in_bounded_batches_by_the_writes_that_follow() {
     const ENTRIES: u64 = 20_000;
     let dir = tempfile::tempdir().expect("temp dir");
-    let (mut log, sm) = store::open(dir.path(), 1).expect("open");
-    let mut index = 0;
-    append_grants(&mut log, &mut index, ENTRIES).await;
-    let purged = ENTRIES - 200;
-    log.purge(log_id::<TypeConfig>(2, 1, purged))
-        .await
-        .expect("purge");
+    let (mut log, sm, mut index, purged) = purged_log(dir.path(), ENTRIES).await;
     assert_eq!(
         visible(&mut log, index).await,
         (Some(purged), Some(index), (purged + 1..=index).collect())
@@ -419,13 +429,7 @@ async fn a_long_purge_is_removed_in_bounded_batches_by_the_writes_that_follow() 
 async fn a_restart_mid_purge_keeps_the_log_consistent() {
     const ENTRIES: u64 = 10_000;
     let dir = tempfile::tempdir().expect("temp dir");
-    let (mut log, sm) = store::open(dir.path(), 1).expect("open");
-    let mut index = 0;
-    append_grants(&mut log, &mut index, ENTRIES).await;
-    let purged = ENTRIES - 200;
-    log.purge(log_id::<TypeConfig>(2, 1, purged))
-        .await
-        .expect("purge");
+    let (log, sm, index, purged) = purged_log(dir.path(), ENTRIES).await;
     drop((log, sm));
     assert!(stored_indexes(dir.path()).len() as u64 > ENTRIES - purged + store::PURGE_BATCH);
 

@@ -27,15 +27,7 @@ async fn bad_lease_requests_get_precise_statuses() {
     // A leader elected again under load would answer UNAVAILABLE: bad input must be
     // refused the same by any controller, so the checks below go to a follower first.
     let status = cluster.wait_ready(Duration::from_secs(30)).await;
-    let addr = |id: u64| {
-        cluster
-            .nodes
-            .iter()
-            .find(|n| n.id == id)
-            .expect("node")
-            .addr
-            .clone()
-    };
+    let addr = |id: u64| cluster.node(id).addr.clone();
     let mut leader = crate::common::lease_client("site-a", &addr(status.leader));
 
     let follower = status

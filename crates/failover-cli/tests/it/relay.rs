@@ -268,41 +268,16 @@ async fn relayed_renewal(
 /// another site is refused on the relayed stream as it is on the leader.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relayed_stream_carries_the_engines_identity() {
-    use failover_proto::lease::{acquire_response, keep_alive_response, AcquireRequest};
+    use failover_proto::lease::keep_alive_response;
     let mut cluster = Cluster::new();
     cluster.start_all();
     let leader = cluster.wait_ready(Duration::from_secs(30)).await.leader;
-    let addr_of = |id: u64| {
-        cluster
-            .nodes
-            .iter()
-            .find(|n| n.id == id)
-            .expect("node")
-            .addr
-            .clone()
-    };
+    let addr_of = |id: u64| cluster.node(id).addr.clone();
     let leader_addr = addr_of(leader);
     let follower = addr_of(if leader == 1 { 2 } else { 1 });
-    let grant = eventually("site-a granted", Duration::from_secs(30), || {
-        let mut engine_a = crate::common::lease_client("site-a", &leader_addr);
-        async move {
-            let answer = engine_a
-                .acquire(AcquireRequest {
-                    group: "default".into(),
-                    site: "site-a".into(),
-                    instance: "i-a".into(),
-                    ready: true,
-                })
-                .await
-                .ok()?
-                .into_inner();
-            match answer.result {
-                Some(acquire_response::Result::Granted(grant)) => Some(grant),
-                _ => None,
-            }
-        }
-    })
-    .await;
+    let grant =
+        crate::common::wait_granted(&crate::common::lease_client("site-a", &leader_addr), "i-a")
+            .await;
 
     // A follower that has not applied the cluster id yet answers UNAVAILABLE: retry.
     let renewed = eventually(

@@ -288,7 +288,7 @@ async fn certificates_rotate_on_a_running_cluster_without_interruption() {
 /// stays as it was (same id, still renewable by site-a's engine).
 #[tokio::test]
 async fn an_engine_may_not_renew_or_release_another_sites_lease() {
-    use failover_proto::lease::{acquire_response, KeepAliveRequest, ReleaseRequest};
+    use failover_proto::lease::{KeepAliveRequest, ReleaseRequest};
     let mut cluster = Cluster::new();
     cluster.start_all();
     let leader = cluster.wait_ready(READY).await.leader;
@@ -301,27 +301,7 @@ async fn an_engine_may_not_renew_or_release_another_sites_lease() {
         .clone();
     let channel = |site: &str| cluster.engine_dialer(site).channel(&addr).expect("channel");
     let mut engine_a = LeaseServiceClient::new(channel("site-a"));
-    // The group is created by the leader's first pass: poll until site-a is granted.
-    let grant = crate::common::eventually("site-a granted", READY, || {
-        let mut engine_a = engine_a.clone();
-        async move {
-            let answer = engine_a
-                .acquire(AcquireRequest {
-                    group: "default".into(),
-                    site: "site-a".into(),
-                    instance: "i-a".into(),
-                    ready: true,
-                })
-                .await
-                .ok()?
-                .into_inner();
-            match answer.result {
-                Some(acquire_response::Result::Granted(grant)) => Some(grant),
-                _ => None,
-            }
-        }
-    })
-    .await;
+    let grant = crate::common::wait_granted(&engine_a, "i-a").await;
     let lease_id = grant.lease_id;
     let held = || async {
         let leases = cluster.client().leases("default").await.expect("leases");

@@ -307,6 +307,14 @@ impl Cluster {
         }
     }
 
+    /// Controller `id` of the topology.
+    pub fn node(&self, id: u64) -> &Node {
+        self.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .expect("known controller")
+    }
+
     pub fn node_mut(&mut self, id: u64) -> &mut Node {
         self.nodes
             .iter_mut()
@@ -562,6 +570,37 @@ pub fn lease_client(
     failover_proto::lease::lease_service_client::LeaseServiceClient::new(
         engine_dialer(site).channel(addr).expect("channel"),
     )
+}
+
+/// Asks `client` for site-a's lease as instance `instance` (ready) until it is granted: the
+/// leader creates the group in its first pass, and answers standby or refuses until then.
+pub async fn wait_granted(
+    client: &failover_proto::lease::lease_service_client::LeaseServiceClient<
+        failover_proto::wire::Chan,
+    >,
+    instance: &str,
+) -> failover_proto::lease::Grant {
+    use failover_proto::lease::{acquire_response, AcquireRequest};
+    eventually("site-a granted", Duration::from_secs(30), || {
+        let mut client = client.clone();
+        async move {
+            let answer = client
+                .acquire(AcquireRequest {
+                    group: "default".into(),
+                    site: "site-a".into(),
+                    instance: instance.into(),
+                    ready: true,
+                })
+                .await
+                .ok()?
+                .into_inner();
+            match answer.result {
+                Some(acquire_response::Result::Granted(grant)) => Some(grant),
+                _ => None,
+            }
+        }
+    })
+    .await
 }
 
 /// The dialer presenting certificate `name` of the cluster this test process made last.
