@@ -6,7 +6,7 @@
 //! for all of them (a deposed or partitioned leader fails it and renews nothing), then
 //! checks each against the applied state, which now reflects at least that read index.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -25,7 +25,7 @@ use failover_net::Clock;
 /// Most renewals waiting for the next confirmation round; beyond it they are refused.
 pub const MAX_PENDING_RENEWALS: usize = 200_000;
 /// Most engine instances whose last acquire poll the leader remembers; the longest-silent
-/// is forgotten beyond it.
+/// quarter is forgotten beyond it.
 pub const MAX_ENGINE_INSTANCES: usize = 4096;
 /// Most renewals answered after one confirmation round.
 const MAX_BATCH: usize = 50_000;
@@ -67,10 +67,61 @@ pub struct EngineReports {
 
 #[derive(Debug, Default)]
 struct EngineInner {
-    /// Per instance: when its last acquire arrived and whether it said it is ready.
-    polls: HashMap<(GroupName, SiteId, String), (Instant, bool)>,
+    /// Per group and site, what its engines' acquires said.
+    polls: HashMap<(GroupName, SiteId), SitePolls>,
+    /// Instances remembered over all pairs (the sum of `SitePolls::latest`'s sizes).
+    instances: usize,
     /// Per group and site: when the last renewal accepted for a lease there arrived.
     renewals: HashMap<(GroupName, SiteId), Instant>,
+}
+
+/// The acquires of one site's engines for one group, kept so that [`EngineReports::seen`]
+/// costs the same however many instances poll: the readiness answer is the last element
+/// of an ordered set, not a walk over the instances.
+#[derive(Debug)]
+struct SitePolls {
+    /// The last acquire from any instance.
+    heard_at: Instant,
+    /// Per instance: its last acquire and whether it said it is ready.
+    latest: HashMap<String, (Instant, bool)>,
+    /// The instances whose latest acquire said ready, by that acquire's time.
+    ready: BTreeSet<(Instant, String)>,
+}
+
+impl SitePolls {
+    fn new(at: Instant) -> Self {
+        SitePolls {
+            heard_at: at,
+            latest: HashMap::new(),
+            ready: BTreeSet::new(),
+        }
+    }
+
+    /// Records `instance`'s acquire; returns whether the instance is new.
+    fn record(&mut self, instance: &str, at: Instant, ready: bool) -> bool {
+        self.heard_at = self.heard_at.max(at);
+        let previous = self.latest.insert(instance.to_owned(), (at, ready));
+        if let Some((then, true)) = previous {
+            self.ready.remove(&(then, instance.to_owned()));
+        }
+        if ready {
+            self.ready.insert((at, instance.to_owned()));
+        }
+        previous.is_none()
+    }
+
+    /// Forgets the instances last heard before `cutoff`; returns how many.
+    fn forget_before(&mut self, cutoff: Instant) -> usize {
+        let before = self.latest.len();
+        self.latest.retain(|_, (at, _)| *at >= cutoff);
+        self.ready.retain(|(at, _)| *at >= cutoff);
+        before - self.latest.len()
+    }
+
+    /// The last acquire of an instance whose latest acquire said ready.
+    fn ready_at(&self) -> Option<Instant> {
+        self.ready.last().map(|(at, _)| *at)
+    }
 }
 
 pub use failover_core::leader::observe::EngineSeen;
@@ -81,7 +132,8 @@ impl EngineReports {
     }
 
     /// Records an acquire (a grant request or a standby poll) received at `at`. Callers
-    /// pass only a group and site the topology knows, so the map stays bounded.
+    /// pass only a group and site the topology knows, so the map of pairs stays bounded;
+    /// instances are bounded by [`MAX_ENGINE_INSTANCES`] over all pairs.
     pub fn on_acquire(
         &self,
         group: &GroupName,
@@ -91,19 +143,32 @@ impl EngineReports {
         ready: bool,
     ) {
         let mut inner = self.lock();
-        inner.polls.insert(
-            (group.clone(), site.clone(), instance.to_owned()),
-            (at, ready),
-        );
-        if inner.polls.len() > MAX_ENGINE_INSTANCES {
+        let pair = inner
+            .polls
+            .entry((group.clone(), site.clone()))
+            .or_insert_with(|| SitePolls::new(at));
+        if pair.record(instance, at, ready) {
+            inner.instances += 1;
+        }
+        if inner.instances > MAX_ENGINE_INSTANCES {
             // Forget the longest-silent quarter at once, so that an acquire costs a
-            // constant amortised time however many instances come and go.
-            let mut times: Vec<Instant> = inner.polls.values().map(|(at, _)| *at).collect();
+            // constant amortised time however many instances come and go. A pair keeps
+            // its `heard_at`: the pairs are bounded by the topology.
+            let mut times: Vec<Instant> = inner
+                .polls
+                .values()
+                .flat_map(|p| p.latest.values().map(|(at, _)| *at))
+                .collect();
             let keep = MAX_ENGINE_INSTANCES * 3 / 4;
-            let cut = times.len() - keep;
+            let cut = times.len().saturating_sub(keep);
             let (_, cutoff, _) = times.select_nth_unstable(cut);
             let cutoff = *cutoff;
-            inner.polls.retain(|_, (at, _)| *at >= cutoff);
+            let forgotten: usize = inner
+                .polls
+                .values_mut()
+                .map(|p| p.forget_before(cutoff))
+                .sum();
+            inner.instances -= forgotten;
         }
     }
 
@@ -117,18 +182,15 @@ impl EngineReports {
         *last = (*last).max(at);
     }
 
-    /// Per group and site, what was heard (each pair once).
+    /// Per group and site, what was heard (each pair once). Costs the number of pairs,
+    /// not of instances: the failure detector calls it after every applied batch.
     pub fn seen(&self) -> Vec<EngineSeen> {
         let inner = self.lock();
-        // Keyed by reference: only one entry per pair is cloned, not one per instance.
-        let mut seen: BTreeMap<(&GroupName, &SiteId), (Instant, Option<Instant>)> = BTreeMap::new();
-        for ((group, site, _), (at, ready)) in &inner.polls {
-            let entry = seen.entry((group, site)).or_insert((*at, None));
-            entry.0 = entry.0.max(*at);
-            if *ready {
-                entry.1 = Some(entry.1.map_or(*at, |r| r.max(*at)));
-            }
-        }
+        let mut seen: BTreeMap<(&GroupName, &SiteId), (Instant, Option<Instant>)> = inner
+            .polls
+            .iter()
+            .map(|((group, site), polls)| ((group, site), (polls.heard_at, polls.ready_at())))
+            .collect();
         for ((group, site), at) in &inner.renewals {
             let entry = seen.entry((group, site)).or_insert((*at, None));
             entry.0 = entry.0.max(*at);
@@ -382,4 +444,58 @@ pub async fn run_batcher(
 /// How long until `instant`, zero if past.
 pub fn until(now: Instant, instant: Instant) -> Duration {
     instant.saturating_duration_since(now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names() -> (GroupName, SiteId) {
+        (GroupName("g".into()), SiteId("a".into()))
+    }
+
+    /// Readiness follows each instance's latest acquire: an instance that stops saying
+    /// ready no longer counts, another that still says it does.
+    #[test]
+    fn ready_at_is_the_last_ready_acquire_of_an_instance_still_ready() {
+        let (g, a) = names();
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let reports = EngineReports::default();
+        reports.on_acquire(&g, &a, "one", at(0), true);
+        reports.on_acquire(&g, &a, "two", at(10), true);
+        reports.on_acquire(&g, &a, "two", at(20), false);
+        let seen = reports.seen();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].heard_at, at(20));
+        assert_eq!(seen[0].ready_at, Some(at(0)));
+        reports.on_acquire(&g, &a, "one", at(30), false);
+        assert_eq!(reports.seen()[0].ready_at, None);
+        reports.on_renewed(&g, &a, at(40));
+        assert_eq!(reports.seen()[0].heard_at, at(40));
+    }
+
+    /// Beyond the cap the longest-silent instances are forgotten, and with them their
+    /// readiness; the pair is still reported as heard.
+    #[test]
+    fn instances_beyond_the_cap_are_forgotten_oldest_first() {
+        let (g, a) = names();
+        let b = SiteId("b".into());
+        let t0 = Instant::now();
+        let reports = EngineReports::default();
+        reports.on_acquire(&g, &b, "old", t0, true);
+        for i in 0..MAX_ENGINE_INSTANCES {
+            let at = t0 + Duration::from_millis(1 + i as u64);
+            reports.on_acquire(&g, &a, &format!("i{i}"), at, false);
+        }
+        let inner = reports.lock();
+        assert!(inner.instances <= MAX_ENGINE_INSTANCES, "{}", inner.instances);
+        let counted: usize = inner.polls.values().map(|p| p.latest.len()).sum();
+        assert_eq!(counted, inner.instances);
+        drop(inner);
+        let seen = reports.seen();
+        let at_b = seen.iter().find(|s| s.site == b).expect("b still heard");
+        assert_eq!(at_b.heard_at, t0);
+        assert_eq!(at_b.ready_at, None, "the forgotten instance no longer counts as ready");
+    }
 }
