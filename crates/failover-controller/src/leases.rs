@@ -489,13 +489,20 @@ mod tests {
             reports.on_acquire(&g, &a, &format!("i{i}"), at, false);
         }
         let inner = reports.lock();
-        assert!(inner.instances <= MAX_ENGINE_INSTANCES, "{}", inner.instances);
+        assert!(
+            inner.instances <= MAX_ENGINE_INSTANCES,
+            "{}",
+            inner.instances
+        );
         let counted: usize = inner.polls.values().map(|p| p.latest.len()).sum();
         assert_eq!(counted, inner.instances);
         drop(inner);
         let seen = reports.seen();
         let at_b = seen.iter().find(|s| s.site == b).expect("b still heard");
         assert_eq!(at_b.heard_at, t0);
-        assert_eq!(at_b.ready_at, None, "the forgotten instance no longer counts as ready");
+        assert_eq!(
+            at_b.ready_at, None,
+            "the forgotten instance no longer counts as ready"
+        );
     }
 }

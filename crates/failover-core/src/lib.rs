@@ -42,5 +42,5 @@ pub use ids::{Epoch, FencingToken, FencingValue, GroupName, LeaseId, NodeId, Sit
 pub use lease::{Held, Lease};
 pub use state::{
     Archived, ChangeCounts, ChangeKind, ClusterState, GroupState, GroupSummary, HistoryEntry,
-    HistoryRecord, Pause, PauseEvent, Phase, HISTORY_WINDOW,
+    HistoryRecord, HolderIndex, LeaseMap, Pause, PauseEvent, Phase, HISTORY_WINDOW,
 };

@@ -29,6 +29,15 @@ pub const HISTORY_WINDOW: usize = 1024;
 /// debug builds (explicit `assert_invariants` calls always check every lease there).
 const DEBUG_EVERY_LEASE_MAX: usize = 4096;
 
+/// A group's live leases by id. A persistent map: cloning the state is O(groups), not
+/// O(leases), so a snapshot encodes a frozen copy while applies go on, and each later
+/// write copies only the nodes it touches.
+pub type LeaseMap = imbl::OrdMap<LeaseId, Lease>;
+
+/// Each holder's current lease id (see [`GroupState::holders`]); persistent like
+/// [`LeaseMap`].
+pub type HolderIndex = imbl::OrdMap<String, LeaseId>;
+
 /// Everything the controllers agree on through Raft.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
@@ -65,7 +74,7 @@ pub struct GroupState {
     #[serde(default)]
     pub history_archived: u64,
     /// Live leases, all at `active_site` and `epoch`.
-    pub leases: BTreeMap<LeaseId, Lease>,
+    pub leases: LeaseMap,
     /// The token the next grant carries. Strictly increases across grants and epochs, so
     /// a downstream store can refuse any write carrying a smaller one than it has seen.
     pub next_token: FencingToken,
@@ -74,7 +83,7 @@ pub struct GroupState {
     /// *superseded*: renewed no more, but counted (by a promotion's wait, by expiry) until
     /// it is released or expires, because the process holding it may still believe in it.
     #[serde(default)]
-    pub holders: BTreeMap<String, LeaseId>,
+    pub holders: HolderIndex,
     /// Set while automatic failover of the group is paused: the policy holds it back and
     /// `apply` refuses a `Failover` promotion; operators still promote and demote.
     #[serde(default)]
@@ -324,8 +333,8 @@ impl ClusterState {
             active_site: Some(first.clone()),
             epoch,
             phase: Phase::Active,
-            leases: BTreeMap::new(),
-            holders: BTreeMap::new(),
+            leases: LeaseMap::new(),
+            holders: HolderIndex::new(),
             pause: None,
             pause_history: Vec::new(),
             pause_history_archived: 0,

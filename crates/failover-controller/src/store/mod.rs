@@ -290,24 +290,33 @@ fn write<T>(
     Ok(value)
 }
 
-/// [`write`] on the blocking pool, so the fsync does not stall the async runtime.
+/// Runs `body` on the blocking pool, so disk I/O and long encodings do not stall the
+/// async runtime.
 ///
-/// On a current-thread runtime (the deterministic simulation, single-threaded tests) the
-/// commit runs inline instead: handing it to another thread would make the order of the
+/// On a current-thread runtime (the deterministic simulation, single-threaded tests) it
+/// runs inline instead: handing it to another thread would make the order of the
 /// runtime's tasks depend on the operating system's scheduling.
+async fn blocking<T: Send + 'static>(
+    body: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    let flavor = tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor());
+    if matches!(flavor, Ok(tokio::runtime::RuntimeFlavor::CurrentThread)) {
+        return body();
+    }
+    tokio::task::spawn_blocking(body)
+        .await
+        .map_err(io::Error::other)?
+}
+
+/// [`write`] on the blocking pool, so the fsync does not stall the async runtime (inline
+/// on a current-thread runtime, see [`blocking`]).
 async fn write_blocking<T: Send + 'static>(
     db: &Arc<Database>,
     durability: Durability,
     body: impl FnOnce(&WriteTransaction) -> Result<T, redb::Error> + Send + 'static,
 ) -> io::Result<T> {
-    let flavor = tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor());
-    if matches!(flavor, Ok(tokio::runtime::RuntimeFlavor::CurrentThread)) {
-        return write(db, durability, body);
-    }
     let db = db.clone();
-    tokio::task::spawn_blocking(move || write(&db, durability, body))
-        .await
-        .map_err(io::Error::other)?
+    blocking(move || write(&db, durability, body)).await
 }
 
 /// Removes the entries of `table` whose key is at most `last`, one `pop_first` at a time,

@@ -39,7 +39,9 @@ use std::collections::BTreeMap;
 use std::io;
 
 use failover_core::lease::{FencingToken, Lease};
-use failover_core::{ChangeCounts, ClusterState, GroupName, HistoryEntry, LeaseId, PauseEvent};
+use failover_core::{
+    ChangeCounts, ClusterState, GroupName, HistoryEntry, HolderIndex, LeaseId, PauseEvent,
+};
 
 const MAGIC: &[u8; 8] = b"FOSNAP4\n";
 /// The format before the archive flag and the change counts: the archive always follows.
@@ -52,6 +54,8 @@ const FLAG_AT: usize = MAGIC.len();
 const ARCHIVE_INCLUDED: u8 = 1;
 /// The archive flag: the history table holds the archive.
 const ARCHIVE_IN_TABLE: u8 = 0;
+/// Size of one piece of a snapshot as it is stored and sent.
+pub(crate) const PIECE_BYTES: usize = 1 << 20;
 
 /// One group's archived history: changes of active site and pause events, oldest first.
 pub(crate) type GroupArchive = (Vec<HistoryEntry>, Vec<PauseEvent>);
@@ -92,7 +96,8 @@ pub(crate) fn encode_skeleton(state: &mut ClusterState) -> io::Result<Vec<u8>> {
     }
     let skeleton = skeleton.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     let leases: usize = state.groups.values().map(|g| g.leases.len()).sum();
-    let mut out = Vec::with_capacity(MAGIC.len() + 9 + skeleton.len() + leases * 24);
+    let mut out =
+        Vec::with_capacity(MAGIC.len() + 9 + skeleton.len() + (leases * 24).min(PIECE_BYTES));
     out.extend_from_slice(MAGIC);
     out.push(ARCHIVE_IN_TABLE);
     out.extend_from_slice(&(skeleton.len() as u64).to_le_bytes());
@@ -102,12 +107,26 @@ pub(crate) fn encode_skeleton(state: &mut ClusterState) -> io::Result<Vec<u8>> {
 
 /// Appends every group's leases, in the order of the skeleton's groups: `state` must be
 /// the one [`encode_skeleton`] was given, unchanged.
-///
-/// This runs while applies wait (the state machine's task encodes), so it is one pass
-/// over the leases in id order with no per-lease search: whether a lease is its holder's
-/// current one comes from the holders' lease ids, sorted once and walked alongside,
-/// instead of a search of the holders by name (string comparisons) for every lease.
 pub(crate) fn encode_leases(state: &ClusterState, out: &mut Vec<u8>) {
+    let kept: Result<(), std::convert::Infallible> = encode_leases_spilling(state, out, |_| Ok(()));
+    match kept {
+        Ok(()) => {}
+        Err(never) => match never {},
+    }
+}
+
+/// [`encode_leases`], handing `out` to `spill` whenever it holds at least
+/// [`PIECE_BYTES`], so a stored snapshot is written piece by piece and never held whole
+/// (`spill` takes what it writes out of the buffer).
+///
+/// One pass over the leases in id order with no per-lease search: whether a lease is its
+/// holder's current one comes from the holders' lease ids, sorted once and walked
+/// alongside, instead of a search of the holders by name for every lease.
+pub(crate) fn encode_leases_spilling<E>(
+    state: &ClusterState,
+    out: &mut Vec<u8>,
+    mut spill: impl FnMut(&mut Vec<u8>) -> Result<(), E>,
+) -> Result<(), E> {
     for group in state.groups.values() {
         put(out, group.leases.len() as u64);
         let mut current: Vec<(u64, &str)> = group
@@ -130,8 +149,12 @@ pub(crate) fn encode_leases(state: &ClusterState, out: &mut Vec<u8>) {
             put(out, if is_current { CURRENT_HOLDER } else { 0 });
             put(out, lease.holder.len() as u64);
             out.extend_from_slice(lease.holder.as_bytes());
+            if out.len() >= PIECE_BYTES {
+                spill(out)?;
+            }
         }
     }
+    Ok(())
 }
 
 /// The groups of a stored snapshot (`FOSNAP4` without its archive) with their archived
@@ -230,7 +253,7 @@ pub(crate) fn decode(data: &[u8]) -> io::Result<Decoded> {
     for group in state.groups.values_mut() {
         let count = r.varint("lease count")?;
         let mut leases = Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(1 << 24));
-        let mut holders = BTreeMap::new();
+        let mut holders = HolderIndex::new();
         let mut previous: Option<u64> = None;
         for _ in 0..count {
             let id = r.varint("lease id")?;
@@ -270,7 +293,7 @@ pub(crate) fn decode(data: &[u8]) -> io::Result<Decoded> {
                 },
             ));
         }
-        // Sorted input: the map is built in bulk, in linear time.
+        // Ids increase, so every insert lands in the rightmost leaf.
         group.leases = leases.into_iter().collect();
         group.holders = holders;
     }

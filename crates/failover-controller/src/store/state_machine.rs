@@ -15,7 +15,7 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use redb::{Database, Durability};
+use redb::{Database, Durability, ReadableTable};
 
 use failover_core::{ClusterState, GroupName, HistoryEntry, PauseEvent, HISTORY_WINDOW};
 use futures::{Stream, TryStreamExt};
@@ -35,17 +35,20 @@ use crate::types::{Applied, LogId, Snapshot, SnapshotMeta, StoredMembership, Typ
 const OLD_SNAPSHOT: &str = "snapshot";
 /// The key of the current snapshot's [`SnapshotHeader`]; its data is in `SNAPSHOT_CHUNKS`.
 const HEADER: &str = "header";
-/// Size of one stored piece of snapshot data.
-const CHUNK_BYTES: usize = 1 << 20;
 /// Fewest entries between two snapshots, however small the state.
 pub const SNAPSHOT_MIN_ENTRIES: u64 = 1000;
 
-/// The stored snapshot's metadata and how its data is stored.
+/// The stored snapshot's metadata and how its data is stored: `chunks` pieces under the
+/// keys from `first` on.
 #[derive(Debug, Serialize, Deserialize)]
 struct SnapshotHeader {
     meta: SnapshotMeta,
     len: u64,
     chunks: u64,
+    /// The key of the first piece (absent, 0, in data files from before snapshots were
+    /// written piece by piece).
+    #[serde(default)]
+    first: u64,
 }
 
 /// A stored snapshot of the earlier format.
@@ -353,12 +356,15 @@ fn read_snapshot(db: &Database) -> Result<Option<(SnapshotMeta, Vec<u8>)>, io::E
         let len = usize::try_from(header.len).map_err(io::Error::other)?;
         let mut data = Vec::with_capacity(len);
         for i in 0..header.chunks {
-            let chunk = chunks.get(i).map_err(io_err)?.ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("snapshot chunk {i} of {} is missing", header.chunks),
-                )
-            })?;
+            let chunk = chunks
+                .get(header.first + i)
+                .map_err(io_err)?
+                .ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("snapshot chunk {i} of {} is missing", header.chunks),
+                    )
+                })?;
             data.extend_from_slice(chunk.value());
         }
         if data.len() != len {
@@ -378,34 +384,69 @@ fn read_snapshot(db: &Database) -> Result<Option<(SnapshotMeta, Vec<u8>)>, io::E
     }
 }
 
-/// Stores `data` as the current snapshot, in chunks, replacing the previous one; returns
-/// once the data file is fdatasynced. Hands the data back.
-async fn write_snapshot(
+/// Encodes `state` and stores it as the current snapshot, replacing the previous one;
+/// returns its size in bytes once the data file is fdatasynced.
+///
+/// Written piece by piece: each [`snapshot::PIECE_BYTES`] piece is encoded and stored in
+/// a short transaction of its own, under keys past every stored piece, so only one piece
+/// is in memory and log appends (which wait for any open write transaction) interleave
+/// with the pieces. A last, durable transaction switches the header to the new pieces
+/// and removes the previous ones; until then the previous snapshot is the current one,
+/// and the pieces of a build that a crash interrupted are removed by the next build.
+/// Encoding runs on the blocking pool.
+async fn store_snapshot(
     db: &Arc<Database>,
     meta: &SnapshotMeta,
-    data: Vec<u8>,
-) -> Result<Vec<u8>, io::Error> {
-    let chunks = data.len().div_ceil(CHUNK_BYTES) as u64;
-    let header = encode(&SnapshotHeader {
-        meta: meta.clone(),
-        len: data.len() as u64,
-        chunks,
-    })?;
-    let data = Arc::new(data);
-    let shared = data.clone();
-    write_blocking(db, Durability::Immediate, move |txn| {
-        let mut table = txn.open_table(SNAPSHOT_CHUNKS)?;
-        super::remove_first_through(&mut table, u64::MAX, u64::MAX)?;
-        for (i, chunk) in shared.chunks(CHUNK_BYTES).enumerate() {
-            table.insert(i as u64, chunk)?;
+    mut state: ClusterState,
+) -> Result<u64, io::Error> {
+    let mut out = snapshot::encode_skeleton(&mut state)?;
+    let db = db.clone();
+    let meta = meta.clone();
+    super::blocking(move || {
+        let first = {
+            let txn = db.begin_read().map_err(io_err)?;
+            let table = txn.open_table(SNAPSHOT_CHUNKS).map_err(io_err)?;
+            let last = table.last().map_err(io_err)?;
+            last.map_or(0, |(key, _)| key.value() + 1)
+        };
+        let mut next = first;
+        let mut len = 0u64;
+        let mut store_piece = |out: &mut Vec<u8>| -> io::Result<()> {
+            let piece = out.len().min(snapshot::PIECE_BYTES);
+            write(&db, Durability::None, |txn| {
+                let mut table = txn.open_table(SNAPSHOT_CHUNKS)?;
+                table.insert(next, &out[..piece])?;
+                Ok(())
+            })?;
+            next += 1;
+            len += piece as u64;
+            out.drain(..piece);
+            Ok(())
+        };
+        snapshot::encode_leases_spilling(&state, &mut out, &mut store_piece)?;
+        drop(state);
+        while !out.is_empty() {
+            store_piece(&mut out)?;
         }
-        let mut snapshots = txn.open_table(SNAPSHOTS)?;
-        snapshots.remove(OLD_SNAPSHOT)?;
-        snapshots.insert(HEADER, header.as_slice())?;
-        Ok(())
+        let header = encode(&SnapshotHeader {
+            meta,
+            len,
+            chunks: next - first,
+            first,
+        })?;
+        write(&db, Durability::Immediate, |txn| {
+            let mut table = txn.open_table(SNAPSHOT_CHUNKS)?;
+            if let Some(before) = first.checked_sub(1) {
+                super::remove_first_through(&mut table, before, u64::MAX)?;
+            }
+            let mut snapshots = txn.open_table(SNAPSHOTS)?;
+            snapshots.remove(OLD_SNAPSHOT)?;
+            snapshots.insert(HEADER, header.as_slice())?;
+            Ok(())
+        })?;
+        Ok(len)
     })
-    .await?;
-    Ok(Arc::try_unwrap(data).unwrap_or_else(|shared| shared.as_ref().clone()))
+    .await
 }
 
 /// The invariants of a decoded snapshot's state, its archived history included.
@@ -465,33 +506,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(())
     }
 
-    /// Encodes the state now, so applies that happen meanwhile cannot tear the snapshot.
-    /// Applies wait anyway (this runs on the state machine's task); readers wait only for
-    /// the skeleton (groups and their history windows), not for the leases. The archived
-    /// history is not copied: the skeleton records how much of it the snapshot covers,
-    /// and it is read from the history table when the snapshot is sent.
+    /// Takes a copy of the state to encode: the lease maps are persistent, so this costs
+    /// the groups and their history windows, not the leases, and applies go on while the
+    /// builder encodes the copy. The archived history is not copied: the skeleton records
+    /// how much of it the snapshot covers, and it is read from the history table when the
+    /// snapshot is sent.
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         let index = self.last_applied.map_or(0, |id| id.index());
         self.view.schedule.snapshot_at(index);
-        let started = std::time::Instant::now();
-        let skeleton = snapshot::encode_skeleton(&mut self.view.write());
-        let data = skeleton.map(|mut out| {
-            snapshot::encode_leases(&self.view.read(), &mut out);
-            out
-        });
-        tracing::info!(
-            index,
-            bytes = data.as_ref().map_or(0, Vec::len),
-            encode_ms = started.elapsed().as_secs_f64() * 1e3,
-            "encoded a snapshot (applies waited for it)"
-        );
         SnapshotBuilder {
             db: self.db.clone(),
             meta: SnapshotMeta {
                 last_log_id: self.last_applied,
                 last_membership: self.membership.clone(),
             },
-            data,
+            state: Some(self.view.read().clone()),
         }
     }
 
@@ -501,7 +530,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         data: Vec<u8>,
     ) -> Result<(), io::Error> {
         let bytes = data.len();
-        let mut decoded = snapshot::decode(&data)?;
+        let decoded = snapshot::decode(&data)?;
         drop(data);
         let archive = decoded.archive.ok_or_else(|| {
             io::Error::new(
@@ -521,9 +550,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .await?;
         // Stored without the archive, which the table now holds (a snapshot of an earlier
         // format is stored in the current one).
-        let mut stored = snapshot::encode_skeleton(&mut decoded.state)?;
-        snapshot::encode_leases(&decoded.state, &mut stored);
-        write_snapshot(&self.db, meta, stored).await?;
+        store_snapshot(&self.db, meta, decoded.state.clone()).await?;
         self.restore(meta, decoded.state)?;
         tracing::info!(
             last_log_id = ?meta.last_log_id,
@@ -553,11 +580,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 }
 
-/// Stores a snapshot encoded when the builder was made.
+/// Encodes and stores the copy of the state taken when the builder was made.
 pub struct SnapshotBuilder {
     db: Arc<Database>,
     meta: SnapshotMeta,
-    data: Result<Vec<u8>, io::Error>,
+    state: Option<ClusterState>,
 }
 
 impl std::fmt::Debug for SnapshotBuilder {
@@ -571,21 +598,26 @@ impl std::fmt::Debug for SnapshotBuilder {
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = Vec<u8>;
 
+    /// openraft keeps only the metadata of a built snapshot, so no bytes are handed back:
+    /// a follower is sent the stored one ([`StateMachine::get_current_snapshot`]).
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let data = std::mem::replace(
-            &mut self.data,
-            Err(io::Error::other("snapshot already built")),
-        )?;
+        let state = self
+            .state
+            .take()
+            .ok_or_else(|| io::Error::other("snapshot already built"))?;
+        let leases: usize = state.groups.values().map(|g| g.leases.len()).sum();
         let started = std::time::Instant::now();
-        let data = write_snapshot(&self.db, &self.meta, data).await?;
+        let bytes = store_snapshot(&self.db, &self.meta, state).await?;
         tracing::info!(
             last_log_id = ?self.meta.last_log_id,
-            write_ms = started.elapsed().as_secs_f64() * 1e3,
-            "stored a snapshot"
+            leases,
+            bytes,
+            build_ms = started.elapsed().as_secs_f64() * 1e3,
+            "built and stored a snapshot (applies went on meanwhile)"
         );
         Ok(Snapshot {
             meta: self.meta.clone(),
-            snapshot: data,
+            snapshot: Vec::new(),
         })
     }
 }
@@ -593,6 +625,82 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Stores `data` as the current snapshot as it is, in one piece.
+    fn store_raw(db: &Database, meta: &SnapshotMeta, data: &[u8]) {
+        let header = encode(&SnapshotHeader {
+            meta: meta.clone(),
+            len: data.len() as u64,
+            chunks: 1,
+            first: 0,
+        })
+        .expect("header");
+        write(db, Durability::Immediate, |txn| {
+            txn.open_table(SNAPSHOT_CHUNKS)?.insert(0, data)?;
+            txn.open_table(SNAPSHOTS)?
+                .insert(HEADER, header.as_slice())?;
+            Ok(())
+        })
+        .expect("store");
+    }
+
+    /// The keys of the stored snapshot pieces.
+    fn piece_keys(db: &Database) -> Vec<u64> {
+        let txn = db.begin_read().expect("read");
+        let table = txn.open_table(SNAPSHOT_CHUNKS).expect("table");
+        let keys = table
+            .iter()
+            .expect("iter")
+            .map(|r| r.expect("piece").0.value())
+            .collect();
+        keys
+    }
+
+    /// A snapshot larger than a piece is stored in pieces past every stored key; the
+    /// pieces of a build a crash interrupted, and the previous snapshot's, are removed
+    /// when the next one is stored, and it reads back whole.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn snapshots_are_stored_piece_by_piece_and_replace_the_previous_one() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (_log, sm) = super::super::open(dir.path(), 1).expect("open");
+        let state = snapshot::tests::state(60_000);
+        let meta = |index| SnapshotMeta {
+            last_log_id: Some(openraft::testing::log_id::<TypeConfig>(1, 1, index)),
+            last_membership: Default::default(),
+        };
+        let len = store_snapshot(&sm.db, &meta(5), state.clone())
+            .await
+            .expect("store");
+        assert!(
+            len > snapshot::PIECE_BYTES as u64,
+            "{len} bytes: one piece only"
+        );
+        let first = piece_keys(&sm.db);
+        assert_eq!(
+            first,
+            (0..len.div_ceil(snapshot::PIECE_BYTES as u64)).collect::<Vec<_>>()
+        );
+        // Pieces left by a build that did not finish.
+        let orphans = first.len() as u64..first.len() as u64 + 3;
+        write(&sm.db, Durability::Immediate, |txn| {
+            let mut table = txn.open_table(SNAPSHOT_CHUNKS)?;
+            for key in orphans.clone() {
+                table.insert(key, b"torn".as_slice())?;
+            }
+            Ok(())
+        })
+        .expect("orphans");
+        store_snapshot(&sm.db, &meta(9), state.clone())
+            .await
+            .expect("store again");
+        let second = piece_keys(&sm.db);
+        assert_eq!(second.len(), first.len());
+        assert_eq!(second[0], orphans.end, "stored past every existing key");
+        let (stored_meta, data) = read_snapshot(&sm.db).expect("read").expect("stored");
+        assert_eq!(stored_meta, meta(9));
+        assert_eq!(data.len() as u64, len);
+        assert!(snapshot::decode(&data).expect("decode").state == state);
+    }
 
     /// A data dir whose stored snapshot is of the format before this one (`FOSNAP3`: the
     /// archive inside it, no change counts) opens with the whole history and its counts,
@@ -614,9 +722,7 @@ mod tests {
         };
         {
             let (_log, sm) = super::super::open(dir.path(), 1).expect("open");
-            write_snapshot(&sm.db, &meta, v3.clone())
-                .await
-                .expect("store");
+            store_raw(&sm.db, &meta, &v3);
         }
         let (_log, mut sm) = super::super::open(dir.path(), 1).expect("reopen");
         sm.set_history_window(4).expect("window");
