@@ -207,6 +207,7 @@ impl RaftNetworkFactory<TypeConfig> for RaftNetwork {
                 .channel(&node.addr)
                 .map(failover_proto::wire::raft_client)
                 .map_err(|e| e.to_string()),
+            whole_snapshots: false,
         }
     }
 }
@@ -218,6 +219,9 @@ pub struct PeerConnection {
     reachability: Arc<Mutex<Reachability>>,
     addr: String,
     client: Result<RaftServiceClient<Chan>, String>,
+    /// The peer answered `StreamSnapshot` with UNIMPLEMENTED (a controller from before
+    /// it): send it snapshots in one message.
+    whole_snapshots: bool,
 }
 
 type RpcErr = RPCError<TypeConfig>;
@@ -342,7 +346,8 @@ impl Drop for Pending<'_> {
     }
 }
 
-/// The message an `InstallSnapshot` call carries beside the raw snapshot bytes.
+/// The message an `InstallSnapshot` call carries beside the raw snapshot bytes, and the
+/// first message of a `StreamSnapshot` call.
 #[derive(Serialize, serde::Deserialize)]
 pub(crate) struct SnapshotHeader {
     pub(crate) vote: Vote,
@@ -350,7 +355,7 @@ pub(crate) struct SnapshotHeader {
 }
 
 impl RaftNetworkV2<TypeConfig> for PeerConnection {
-    type SnapshotData = Vec<u8>;
+    type SnapshotData = crate::store::SnapshotData;
 
     async fn append_entries(
         &mut self,
@@ -395,6 +400,9 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         self.decode(reply.into_inner())
     }
 
+    /// Streams the snapshot in pieces read from the store on the blocking pool, a few
+    /// ahead of the network ([`crate::snapshot_stream`]), so its size costs no memory on
+    /// either side.
     async fn full_snapshot(
         &mut self,
         vote: Vote,
@@ -406,17 +414,65 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
             vote,
             meta: snapshot.meta,
         };
-        let request = self.request(&header, snapshot.snapshot, &option)?;
+        if self.whole_snapshots {
+            let data = read_whole(snapshot.snapshot).await?;
+            let request = self.request(&header, data, &option)?;
+            let call = async {
+                let mut client = self.client()?;
+                client
+                    .install_snapshot(request)
+                    .await
+                    .map_err(|s| self.status_error(s))
+            };
+            let reply = self.observed(call).await?;
+            return Ok(self.decode(reply.into_inner())?);
+        }
+        let first = self.request(&header, Vec::new(), &option)?.into_inner();
+        let (rx, producer) = crate::snapshot_stream::messages(first.json, snapshot.snapshot);
+        let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        request.set_timeout(option.hard_ttl());
+        let unimplemented = std::sync::atomic::AtomicBool::new(false);
         let call = async {
             let mut client = self.client()?;
-            client
-                .install_snapshot(request)
-                .await
-                .map_err(|s| self.status_error(s))
+            client.stream_snapshot(request).await.map_err(|s| {
+                if s.code() == tonic::Code::Unimplemented {
+                    unimplemented.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                self.status_error(s)
+            })
         };
-        let reply = self.observed(call).await?;
-        Ok(self.decode(reply.into_inner())?)
+        let reply = self.observed(call).await;
+        if unimplemented.into_inner() {
+            // Sent whole from the next attempt on (openraft retries).
+            self.whole_snapshots = true;
+        }
+        // A failed read ends the stream without its end marker, which the peer refuses;
+        // the read error is the one worth reporting.
+        match producer.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(snapshot_read_error(e)),
+            Err(e) => return Err(snapshot_read_error(std::io::Error::other(e))),
+        }
+        Ok(self.decode(reply?.into_inner())?)
     }
+}
+
+/// The whole snapshot in memory, for a peer that takes it in one message only.
+async fn read_whole(
+    data: crate::store::SnapshotData,
+) -> Result<Vec<u8>, StreamingError<TypeConfig>> {
+    match tokio::task::spawn_blocking(move || data.into_bytes()).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => Err(snapshot_read_error(e)),
+        Err(e) => Err(snapshot_read_error(std::io::Error::other(e))),
+    }
+}
+
+/// A snapshot that could not be read from this controller's store, as openraft's error.
+fn snapshot_read_error(e: std::io::Error) -> StreamingError<TypeConfig> {
+    StreamingError::Network(NetworkError::from_string(format!(
+        "cannot read the snapshot to send: {e}"
+    )))
 }
 
 #[cfg(test)]

@@ -218,6 +218,7 @@ impl Controller {
             ctx.clone(),
             crate::auth::accept(incoming, tls),
             shutdown_rx.clone(),
+            data_dir.clone(),
         )));
         if let Some(listener) = http {
             controller.tasks.push(tokio::spawn(crate::http::serve(
@@ -244,7 +245,7 @@ impl Controller {
     ) -> Result<Controller, ControllerError>
     where
         N: RaftNetworkFactory<TypeConfig>,
-        N::Network: NetSnapshot<TypeConfig, SnapshotData = Vec<u8>>,
+        N::Network: NetSnapshot<TypeConfig, SnapshotData = crate::store::SnapshotData>,
     {
         check_member(&topology, node_id)?;
         let controller = Controller::launch(topology, node_id, parts, "(storage backend)").await?;
@@ -261,7 +262,7 @@ impl Controller {
     ) -> Result<Controller, ControllerError>
     where
         N: RaftNetworkFactory<TypeConfig>,
-        N::Network: NetSnapshot<TypeConfig, SnapshotData = Vec<u8>>,
+        N::Network: NetSnapshot<TypeConfig, SnapshotData = crate::store::SnapshotData>,
     {
         let Parts {
             log_store,
@@ -536,7 +537,7 @@ async fn start_raft<N>(
 ) -> Result<Raft, ControllerError>
 where
     N: RaftNetworkFactory<TypeConfig>,
-    N::Network: NetSnapshot<TypeConfig, SnapshotData = Vec<u8>>,
+    N::Network: NetSnapshot<TypeConfig, SnapshotData = crate::store::SnapshotData>,
 {
     let timing = topology.timing;
     let config = openraft::Config {
@@ -601,13 +602,17 @@ async fn form_cluster(ctx: &NodeContext) -> Result<(), ControllerError> {
     }
 }
 
-async fn serve<S, IO, IE>(ctx: Arc<NodeContext>, incoming: S, mut shutdown: watch::Receiver<bool>)
-where
+async fn serve<S, IO, IE>(
+    ctx: Arc<NodeContext>,
+    incoming: S,
+    mut shutdown: watch::Receiver<bool>,
+    data_dir: PathBuf,
+) where
     S: Stream<Item = Result<IO, IE>> + Send + 'static,
     IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
     IE: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
 {
-    let raft = RaftServiceServer::new(RaftServer::new(ctx.raft.clone()))
+    let raft = RaftServiceServer::new(RaftServer::new(ctx.raft.clone(), data_dir))
         .max_decoding_message_size(wire::MAX_RAFT_MESSAGE_BYTES)
         .max_encoding_message_size(wire::MAX_RAFT_MESSAGE_BYTES);
     // Requests on the other APIs are a handful of bounded fields: anything larger is

@@ -1,7 +1,7 @@
 //! A state with many leases survives a snapshot build, an install on another controller
 //! and a restart exactly, the snapshot stays compact, and a long log is purged in place.
 
-use failover_controller::store::{self, StateMachine};
+use failover_controller::store::{self, SnapshotData, StateMachine};
 use failover_controller::types::{Entry, SnapshotMeta, StoredMembership, TypeConfig};
 use failover_core::{
     ChangeKind, ClusterState, Command, Epoch, FencingToken, GroupName, GroupState, HistoryEntry,
@@ -131,7 +131,7 @@ async fn snapshot_of_many_leases_installs_and_restarts_exactly() {
     let mut encoded = original.clone();
     let data = store::encode_snapshot(&mut encoded, &Default::default()).expect("encode");
     leader
-        .install_snapshot(&meta(10), data)
+        .install_snapshot(&meta(10), SnapshotData::from_bytes(data))
         .await
         .expect("install snapshot");
     assert!(*leader.view().read() == original);
@@ -162,11 +162,9 @@ async fn snapshot_of_many_leases_installs_and_restarts_exactly() {
     // What is sent is the state at index 11, with the (here empty) archive section.
     assert_eq!(current.meta, snapshot.meta);
     let at_11 = store::encode_snapshot(&mut expected.clone(), &Default::default()).expect("encode");
-    assert!(
-        current.snapshot == at_11,
-        "the snapshot holds the state at its index"
-    );
-    let bytes_per_lease = current.snapshot.len() as f64 / LEASES as f64;
+    let sent = current.snapshot.into_bytes().expect("read the pieces");
+    assert!(sent == at_11, "the snapshot holds the state at its index");
+    let bytes_per_lease = sent.len() as f64 / LEASES as f64;
     assert!(
         bytes_per_lease < 32.0,
         "snapshot takes {bytes_per_lease:.1} bytes per lease"
@@ -175,7 +173,7 @@ async fn snapshot_of_many_leases_installs_and_restarts_exactly() {
     // A follower that lost its disk installs it and holds exactly the same state.
     let (follower_log, mut follower) = store::open(follower_dir.path(), 2).expect("open follower");
     follower
-        .install_snapshot(&current.meta, current.snapshot.clone())
+        .install_snapshot(&current.meta, SnapshotData::from_bytes(sent))
         .await
         .expect("install snapshot");
     assert!(*follower.view().read() == expected);
@@ -212,10 +210,10 @@ async fn damaged_snapshot_is_refused_and_changes_nothing() {
         .expect("read")
         .expect("stored");
     let before = state_of(&sm);
-    let mut cut = snapshot.snapshot.clone();
+    let mut cut = snapshot.snapshot.into_bytes().expect("read");
     cut.truncate(cut.len() - 2);
     let err = sm
-        .install_snapshot(&meta(99), cut)
+        .install_snapshot(&meta(99), SnapshotData::from_bytes(cut))
         .await
         .expect_err("truncated snapshot must be refused");
     assert!(err.to_string().contains("damaged snapshot"), "{err}");

@@ -293,7 +293,7 @@ impl SimPeer {
 }
 
 impl RaftNetworkV2<TypeConfig> for SimPeer {
-    type SnapshotData = Vec<u8>;
+    type SnapshotData = failover_controller::store::SnapshotData;
 
     async fn append_entries(
         &mut self,

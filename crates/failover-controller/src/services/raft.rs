@@ -6,21 +6,26 @@ use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
 use openraft::ReadPolicy;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::{Request, Response, Status};
+use std::path::PathBuf;
+
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::network::SnapshotHeader;
-use crate::store::Raft;
+use crate::store::{Raft, SnapshotData};
 use crate::types::{Snapshot, TypeConfig};
 
 /// Serves Raft RPCs from peers. Only controllers should reach it.
 pub struct RaftServer {
     raft: Raft,
+    /// Where a snapshot being received is staged: the data directory, so a large
+    /// snapshot takes disk, not memory (nor a temporary directory that may be in memory).
+    staging: PathBuf,
 }
 
 impl RaftServer {
-    /// A server for the local Raft node.
-    pub fn new(raft: Raft) -> Self {
-        RaftServer { raft }
+    /// A server for the local Raft node, staging received snapshots in `staging`.
+    pub fn new(raft: Raft, staging: PathBuf) -> Self {
+        RaftServer { raft, staging }
     }
 }
 
@@ -106,6 +111,31 @@ impl RaftService for RaftServer {
         reply(&response)
     }
 
+    /// A snapshot in pieces: staged on disk whole before openraft sees it, so a stream
+    /// that breaks installs nothing and costs no memory.
+    async fn stream_snapshot(
+        &self,
+        request: Request<Streaming<RaftPayload>>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let mut stream = request.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("an empty snapshot stream"))?;
+        let header: SnapshotHeader = decode(&first, "snapshot header")?;
+        let staged = crate::snapshot_stream::stage(&self.staging, &mut stream).await?;
+        let snapshot = Snapshot {
+            meta: header.meta,
+            snapshot: SnapshotData::from_file(staged),
+        };
+        let response = self
+            .raft
+            .install_full_snapshot(header.vote, snapshot)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        reply(&response)
+    }
+
     async fn install_snapshot(
         &self,
         request: Request<RaftPayload>,
@@ -114,7 +144,7 @@ impl RaftService for RaftServer {
         let header: SnapshotHeader = decode(&payload, "snapshot header")?;
         let snapshot = Snapshot {
             meta: header.meta,
-            snapshot: payload.data,
+            snapshot: SnapshotData::from_bytes(payload.data),
         };
         let response = self
             .raft

@@ -36,7 +36,7 @@
 //! `GroupState` without a second schema.
 
 use std::collections::BTreeMap;
-use std::io;
+use std::io::{self, Read};
 
 use failover_core::lease::{FencingToken, Lease};
 use failover_core::{
@@ -55,7 +55,7 @@ const ARCHIVE_INCLUDED: u8 = 1;
 /// The archive flag: the history table holds the archive.
 const ARCHIVE_IN_TABLE: u8 = 0;
 /// Size of one piece of a snapshot as it is stored and sent.
-pub(crate) const PIECE_BYTES: usize = 1 << 20;
+pub const PIECE_BYTES: usize = 1 << 20;
 
 /// One group's archived history: changes of active site and pause events, oldest first.
 pub(crate) type GroupArchive = (Vec<HistoryEntry>, Vec<PauseEvent>);
@@ -157,29 +157,53 @@ pub(crate) fn encode_leases_spilling<E>(
     Ok(())
 }
 
-/// The groups of a stored snapshot (`FOSNAP4` without its archive) with their archived
-/// counts (changes, pause events), in the skeleton's order; `None` for any other snapshot
-/// (one that carries its archive, or an earlier format, is sent as it is). Reads only
-/// the skeleton.
-pub(crate) fn archive_watermarks(data: &[u8]) -> io::Result<Option<Vec<(GroupName, u64, u64)>>> {
-    if !data.starts_with(MAGIC) || data.get(FLAG_AT) != Some(&ARCHIVE_IN_TABLE) {
-        return Ok(None);
+/// The groups of a stored snapshot's skeleton with their archived counts (changes, pause
+/// events), in the skeleton's order.
+pub(crate) type Watermarks = Vec<(GroupName, u64, u64)>;
+
+/// Reads the head of a snapshot from `src`, up to the end of its skeleton if it is a
+/// stored one (`FOSNAP4` without its archive): returns the bytes read and, for a stored
+/// snapshot, its [`Watermarks`], with the archive flag in the bytes already set, because
+/// the caller appends the [`archive_section`] to send it. Any other snapshot is sent as it
+/// is (`None`: the bytes read so far, to be followed by the rest of `src`).
+pub(crate) fn read_head(src: &mut impl Read) -> io::Result<(Vec<u8>, Option<Watermarks>)> {
+    let mut head = Vec::new();
+    src.take(FLAG_AT as u64 + 1 + 8).read_to_end(&mut head)?;
+    if !head.starts_with(MAGIC) || head.get(FLAG_AT) != Some(&ARCHIVE_IN_TABLE) {
+        return Ok((head, None));
     }
-    let mut r = Reader {
-        data,
-        at: FLAG_AT + 1,
-    };
-    let state = r.skeleton()?;
-    Ok(Some(
-        state
-            .groups
-            .values()
-            .map(|g| (g.name.clone(), g.history_archived, g.pause_history_archived))
-            .collect(),
-    ))
+    let len = head
+        .get(FLAG_AT + 1..)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_le_bytes)
+        .ok_or_else(|| damaged("truncated in skeleton length"))?;
+    let at = head.len();
+    let read = src.take(len).read_to_end(&mut head)?;
+    if read as u64 != len {
+        return Err(damaged("truncated in skeleton"));
+    }
+    let state: ClusterState = serde_json::from_slice(&head[at..])
+        .map_err(|e| damaged(format!("cannot decode the skeleton: {e}")))?;
+    head[FLAG_AT] = ARCHIVE_INCLUDED;
+    let marks = state
+        .groups
+        .values()
+        .map(|g| (g.name.clone(), g.history_archived, g.pause_history_archived))
+        .collect();
+    Ok((head, Some(marks)))
 }
 
-/// Turns a stored snapshot (see [`archive_watermarks`]) into one to send: `archive`
+/// The archive section that follows the leases of a snapshot to send: `archive` yields,
+/// per group of its skeleton in order, exactly that group's archived records.
+pub(crate) fn archive_section<'a>(
+    archive: impl IntoIterator<Item = &'a GroupArchive>,
+) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    encode_archive(archive, &mut out)?;
+    Ok(out)
+}
+
+/// Turns a stored snapshot (see [`read_head`]) into one to send: `archive`
 /// yields, per group of its skeleton in order, exactly that group's archived records.
 pub(crate) fn with_archive<'a>(
     mut data: Vec<u8>,
@@ -220,22 +244,36 @@ fn put_json<T: serde::Serialize>(out: &mut Vec<u8>, value: &T) -> io::Result<()>
     Ok(())
 }
 
-/// Decodes a snapshot written by this module (or an earlier binary or JSON one). Damage
-/// is an `InvalidData` error naming what is wrong; the caller still checks the invariants.
+/// [`decode_from`] a snapshot in memory.
+#[cfg(test)]
 pub(crate) fn decode(data: &[u8]) -> io::Result<Decoded> {
-    let (with_archive, counted, skeleton_at) = if data.starts_with(MAGIC) {
-        match data.get(FLAG_AT) {
-            Some(&ARCHIVE_INCLUDED) => (true, true, FLAG_AT + 1),
-            Some(&ARCHIVE_IN_TABLE) => (false, true, FLAG_AT + 1),
-            Some(other) => return Err(damaged(format!("archive flag {other}"))),
-            None => return Err(damaged("truncated in the archive flag")),
+    decode_from(data)
+}
+
+/// Decodes a snapshot written by this module (or an earlier binary or JSON one) as it is
+/// read, in one pass: only the state being built and one record are in memory, never the
+/// whole encoded snapshot (the earliest format, JSON, is read whole). Damage is an
+/// `InvalidData` error naming what is wrong; the caller still checks the invariants.
+pub(crate) fn decode_from(mut src: impl io::BufRead) -> io::Result<Decoded> {
+    let mut magic = Vec::with_capacity(MAGIC.len());
+    (&mut src)
+        .take(MAGIC.len() as u64)
+        .read_to_end(&mut magic)?;
+    let mut r = Reader::new(src);
+    let (with_archive, counted) = if magic == MAGIC {
+        match r.byte("the archive flag")? {
+            ARCHIVE_INCLUDED => (true, true),
+            ARCHIVE_IN_TABLE => (false, true),
+            other => return Err(damaged(format!("archive flag {other}"))),
         }
-    } else if data.starts_with(MAGIC_V3) {
-        (true, false, MAGIC_V3.len())
-    } else if data.starts_with(MAGIC_V2) {
-        (false, false, MAGIC_V2.len())
+    } else if magic == MAGIC_V3 {
+        (true, false)
+    } else if magic == MAGIC_V2 {
+        (false, false)
     } else {
-        let mut state = serde_json::from_slice::<JsonSnapshot>(data)
+        let mut data = magic;
+        r.src.read_to_end(&mut data)?;
+        let mut state = serde_json::from_slice::<JsonSnapshot>(&data)
             .map_err(|e| damaged(format!("neither a binary nor a JSON snapshot: {e}")))?
             .state;
         let archive = BTreeMap::new();
@@ -244,10 +282,6 @@ pub(crate) fn decode(data: &[u8]) -> io::Result<Decoded> {
             state,
             archive: Some(archive),
         });
-    };
-    let mut r = Reader {
-        data,
-        at: skeleton_at,
     };
     let mut state = r.skeleton()?;
     for group in state.groups.values_mut() {
@@ -297,7 +331,7 @@ pub(crate) fn decode(data: &[u8]) -> io::Result<Decoded> {
         group.leases = leases.into_iter().collect();
         group.holders = holders;
     }
-    let stored = data.starts_with(MAGIC) && !with_archive;
+    let stored = counted && !with_archive;
     let mut archive = BTreeMap::new();
     for group in state.groups.values() {
         if !with_archive {
@@ -314,11 +348,9 @@ pub(crate) fn decode(data: &[u8]) -> io::Result<Decoded> {
             r.records(group.pause_history_archived, "archived pause event")?;
         archive.insert(group.name.clone(), (changes, pauses));
     }
-    if r.at != data.len() {
-        return Err(damaged(format!(
-            "{} bytes left after the last group",
-            data.len() - r.at
-        )));
+    let left = r.left()?;
+    if left != 0 {
+        return Err(damaged(format!("{left} bytes left after the last group")));
     }
     if !counted {
         count_changes(&mut state, &archive)?;
@@ -366,12 +398,21 @@ fn put(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-struct Reader<'a> {
-    data: &'a [u8],
-    at: usize,
+/// Reads the parts of a snapshot from a buffered source; `scratch` holds the last
+/// length-prefixed part taken, so a record costs no allocation of its own.
+struct Reader<R> {
+    src: R,
+    scratch: Vec<u8>,
 }
 
-impl<'a> Reader<'a> {
+impl<R: io::BufRead> Reader<R> {
+    fn new(src: R) -> Self {
+        Reader {
+            src,
+            scratch: Vec::new(),
+        }
+    }
+
     /// The skeleton's length and the skeleton, decoded.
     fn skeleton(&mut self) -> io::Result<ClusterState> {
         let len = self.take(8, "skeleton length")?;
@@ -382,31 +423,43 @@ impl<'a> Reader<'a> {
             .map_err(|e| damaged(format!("cannot decode the skeleton: {e}")))
     }
 
-    fn take(&mut self, n: usize, what: &str) -> io::Result<&'a [u8]> {
-        let end = self
-            .at
-            .checked_add(n)
-            .filter(|end| *end <= self.data.len())
+    /// The next `n` bytes. A damaged length cannot make it allocate more than what the
+    /// source holds: the bytes are read before room is made for them.
+    fn take(&mut self, n: usize, what: &str) -> io::Result<&[u8]> {
+        self.scratch.clear();
+        let read = (&mut self.src)
+            .take(n as u64)
+            .read_to_end(&mut self.scratch)?;
+        if read != n {
+            return Err(damaged(format!("truncated in {what}")));
+        }
+        Ok(&self.scratch)
+    }
+
+    fn byte(&mut self, what: &str) -> io::Result<u8> {
+        let buf = self.src.fill_buf()?;
+        let byte = *buf
+            .first()
             .ok_or_else(|| damaged(format!("truncated in {what}")))?;
-        let bytes = &self.data[self.at..end];
-        self.at = end;
-        Ok(bytes)
+        self.src.consume(1);
+        Ok(byte)
     }
 
     fn varint(&mut self, what: &str) -> io::Result<u64> {
         let mut v: u64 = 0;
         for shift in (0..64).step_by(7) {
-            let byte = *self
-                .data
-                .get(self.at)
-                .ok_or_else(|| damaged(format!("truncated in {what}")))?;
-            self.at += 1;
+            let byte = self.byte(what)?;
             v |= u64::from(byte & 0x7f) << shift;
             if byte & 0x80 == 0 {
                 return Ok(v);
             }
         }
         Err(damaged(format!("{what}: varint longer than 64 bits")))
+    }
+
+    /// How many bytes are left in the source (reading them).
+    fn left(&mut self) -> io::Result<u64> {
+        io::copy(&mut self.src, &mut io::sink())
     }
 
     /// A count that must be `expected`, then that many length-prefixed JSON records.
@@ -590,12 +643,22 @@ pub(crate) mod tests {
             stored.len(),
             sent.len()
         );
-        let marks = archive_watermarks(&stored).unwrap().unwrap();
+        // Read as a stream: the head up to the skeleton, the rest, the archive appended.
+        let mut rest = &stored[..];
+        let (mut streamed, marks) = read_head(&mut rest).unwrap();
+        let marks = marks.expect("a stored snapshot");
         assert_eq!(marks, vec![(GroupName("g".into()), 47, 46)]);
+        streamed.extend_from_slice(rest);
+        let groups = marks.iter().map(|(name, _, _)| &archive[name]);
+        streamed.extend(archive_section(groups).unwrap());
+        assert_eq!(streamed, sent);
         let rebuilt = with_archive(stored, marks.iter().map(|(name, _, _)| &archive[name]));
         assert_eq!(rebuilt.unwrap(), sent);
         // A snapshot that carries its archive is sent as it is.
-        assert_eq!(archive_watermarks(&sent).unwrap(), None);
+        let mut rest = &sent[..];
+        let (head, marks) = read_head(&mut rest).unwrap();
+        assert_eq!(marks, None);
+        assert_eq!(head, sent[..head.len()]);
     }
 
     #[test]

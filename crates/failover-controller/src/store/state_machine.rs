@@ -11,7 +11,7 @@
 //! applied since the last one reach the size of the state ([`SnapshotSchedule`]), so a
 //! snapshot, whose cost grows with the state, is paid for by as many entries.
 
-use std::io;
+use std::io::{self, Read};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -24,6 +24,7 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use super::snapshot_data::{SnapshotData, StoredPieces};
 use super::Raft;
 use super::{
     decode, encode, history, io_err, snapshot, write, write_blocking, SNAPSHOT as SNAPSHOTS,
@@ -237,8 +238,8 @@ impl StateMachine {
             view,
             history_window: HISTORY_WINDOW,
         };
-        if let Some((meta, data)) = read_snapshot(&sm.db)? {
-            let decoded = snapshot::decode(&data)?;
+        if let Some((meta, data)) = stored_snapshot(&sm.db)? {
+            let decoded = snapshot::decode_from(io::BufReader::new(data))?;
             match decoded.archive {
                 // A stored snapshot of the current format: its archive is in the table,
                 // written before the snapshot was stored (a missing record is damage).
@@ -346,39 +347,29 @@ pub async fn run_snapshot_schedule(
     }
 }
 
-/// The stored snapshot (metadata and data), if one was ever built or installed.
-fn read_snapshot(db: &Database) -> Result<Option<(SnapshotMeta, Vec<u8>)>, io::Error> {
+/// A reader of a stored snapshot's data.
+type StoredReader = Box<dyn io::Read + Send>;
+
+/// The stored snapshot's metadata and a reader of its data, if one was ever built or
+/// installed. The reader holds a read transaction: a snapshot stored meanwhile does not
+/// change what it reads.
+fn stored_snapshot(db: &Database) -> Result<Option<(SnapshotMeta, StoredReader)>, io::Error> {
     let txn = db.begin_read().map_err(io_err)?;
     let table = txn.open_table(SNAPSHOTS).map_err(io_err)?;
     if let Some(raw) = table.get(HEADER).map_err(io_err)? {
         let header: SnapshotHeader = decode(raw.value(), "snapshot header")?;
-        let chunks = txn.open_table(SNAPSHOT_CHUNKS).map_err(io_err)?;
-        let len = usize::try_from(header.len).map_err(io::Error::other)?;
-        let mut data = Vec::with_capacity(len);
-        for i in 0..header.chunks {
-            let chunk = chunks
-                .get(header.first + i)
-                .map_err(io_err)?
-                .ok_or_else(|| {
-                    io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("snapshot chunk {i} of {} is missing", header.chunks),
-                    )
-                })?;
-            data.extend_from_slice(chunk.value());
-        }
-        if data.len() != len {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("snapshot data is {} bytes, header says {len}", data.len()),
-            ));
-        }
-        return Ok(Some((header.meta, data)));
+        drop(raw);
+        drop(table);
+        let pieces = StoredPieces::new(txn, header.first, header.chunks)?;
+        let len = header.len;
+        // Fewer bytes than the header says is damage, named as such by the decoder
+        // ("truncated"); more cannot be read past `len`.
+        return Ok(Some((header.meta, Box::new(pieces.take(len)))));
     }
     match table.get(OLD_SNAPSHOT).map_err(io_err)? {
         Some(raw) => {
             let old: OldSnapshot = decode(raw.value(), "stored snapshot")?;
-            Ok(Some((old.meta, old.data)))
+            Ok(Some((old.meta, Box::new(io::Cursor::new(old.data)))))
         }
         None => Ok(None),
     }
@@ -469,7 +460,7 @@ fn check_group(group: &failover_core::GroupState, changes: &[HistoryEntry], paus
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
-    type SnapshotData = Vec<u8>;
+    type SnapshotData = SnapshotData;
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
@@ -524,14 +515,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
     }
 
+    /// Decodes the snapshot as it is read (from the file a received one is staged in),
+    /// so only the state being built is in memory, never the whole encoded snapshot.
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        data: Vec<u8>,
+        data: SnapshotData,
     ) -> Result<(), io::Error> {
-        let bytes = data.len();
-        let decoded = snapshot::decode(&data)?;
-        drop(data);
+        let decoded = super::blocking(move || snapshot::decode_from(data.reader())).await?;
         let archive = decoded.archive.ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -554,29 +545,37 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.restore(meta, decoded.state)?;
         tracing::info!(
             last_log_id = ?meta.last_log_id,
-            bytes,
             "installed a snapshot from the leader"
         );
         Ok(())
     }
 
     /// The stored snapshot in the form a follower installs: with the archived history
-    /// below its watermark appended from the history table.
+    /// below its watermark appended from the history table. Read piece by piece as it is
+    /// sent: only the skeleton and the archive (the history, not the leases) are read
+    /// ahead.
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
-        let Some((meta, data)) = read_snapshot(&self.db)? else {
+        let Some((meta, mut pieces)) = stored_snapshot(&self.db)? else {
             return Ok(None);
         };
-        let snapshot = match snapshot::archive_watermarks(&data)? {
-            None => data,
+        let (head, marks) = snapshot::read_head(&mut pieces)?;
+        let archive = match marks {
+            None => Vec::new(),
             Some(groups) => {
                 let archive = groups
                     .iter()
                     .map(|(name, changes, pauses)| history::read(&self.db, name, *changes, *pauses))
                     .collect::<io::Result<Vec<_>>>()?;
-                snapshot::with_archive(data, &archive)?
+                snapshot::archive_section(&archive)?
             }
         };
-        Ok(Some(Snapshot { meta, snapshot }))
+        let data = io::Cursor::new(head)
+            .chain(pieces)
+            .chain(io::Cursor::new(archive));
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: SnapshotData::from_reader(data),
+        }))
     }
 }
 
@@ -596,7 +595,7 @@ impl std::fmt::Debug for SnapshotBuilder {
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
-    type SnapshotData = Vec<u8>;
+    type SnapshotData = SnapshotData;
 
     /// openraft keeps only the metadata of a built snapshot, so no bytes are handed back:
     /// a follower is sent the stored one ([`StateMachine::get_current_snapshot`]).
@@ -617,7 +616,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         );
         Ok(Snapshot {
             meta: self.meta.clone(),
-            snapshot: Vec::new(),
+            snapshot: SnapshotData::empty(),
         })
     }
 }
@@ -696,8 +695,10 @@ mod tests {
         let second = piece_keys(&sm.db);
         assert_eq!(second.len(), first.len());
         assert_eq!(second[0], orphans.end, "stored past every existing key");
-        let (stored_meta, data) = read_snapshot(&sm.db).expect("read").expect("stored");
+        let (stored_meta, mut reader) = stored_snapshot(&sm.db).expect("read").expect("stored");
         assert_eq!(stored_meta, meta(9));
+        let mut data = Vec::new();
+        reader.read_to_end(&mut data).expect("read pieces");
         assert_eq!(data.len() as u64, len);
         assert!(snapshot::decode(&data).expect("decode").state == state);
     }
@@ -736,7 +737,7 @@ mod tests {
             .expect("archive");
         assert_eq!((changes, pauses), archive[&name]);
         let sent = sm.get_current_snapshot().await.expect("read").expect("one");
-        assert_eq!(sent.snapshot, v3);
+        assert_eq!(sent.snapshot.into_bytes().expect("bytes"), v3);
     }
 
     /// Applies `entries` entries one by one to a state growing by `growth` items per entry
