@@ -61,6 +61,17 @@ SYSTEMS = ("failover", "etcd")
 STOP_GRACE = 5.0
 
 
+# Lease counts from which `--large-repeat` applies.
+LARGE = 1_000_000
+
+
+def runs_at(args, n: int) -> int:
+    """How many runs the sweep makes at `n` leases."""
+    if n >= LARGE and args.large_repeat is not None:
+        return min(args.repeat, args.large_repeat)
+    return args.repeat
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bin-dir", default="./target/release",
@@ -73,6 +84,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="keepalive phase, seconds")
     parser.add_argument("--repeat", type=int, default=1,
                         help="runs of everything; the table shows medians (default 3)")
+    parser.add_argument("--large-repeat", type=int, default=None,
+                        help="runs at 1,000,000 leases or more (default: --repeat); each takes "
+                             "minutes")
     parser.add_argument("--run-timeout", type=float, default=None,
                         help="seconds one failover-bench run may take before it counts as "
                              "failed (default 300 + N / 500)")
@@ -108,6 +122,8 @@ def main() -> None:
     runs = {(system, n): [] for n in counts for system in systems}
     for rep in range(args.repeat):
         for n in counts:
+            if rep >= runs_at(args, n):
+                continue
             for system in systems:
                 print(f"== run {rep + 1}/{args.repeat}: {system}, {n} leases", flush=True)
                 load_before = os.getloadavg()[0]
@@ -602,7 +618,7 @@ def render(runs: dict, counts: list, args, etcd_version: str, elapsed: float) ->
         ka = ratios(runs, n, ka_rate)
         p99 = ratios(runs, n, grant_p99)
         ratio_rows.append(f"| {n:,} | {spread(ka, x)} | {spread(p99, x)} |")
-        complete = len(ka) == args.repeat
+        complete = len(ka) == runs_at(args, n)
         ka_met = ka_met and complete and statistics.median(ka) >= KEEPALIVE_RATIO_TARGET
         p99_met = p99_met and complete and statistics.median(p99) <= 1.0
 
@@ -654,6 +670,7 @@ def render(runs: dict, counts: list, args, etcd_version: str, elapsed: float) ->
                                  ("--window", args.window, 64),
                                  ("--duration", args.duration, 10.0),
                                  ("--repeat", args.repeat, 1),
+                                 ("--large-repeat", args.large_repeat, None),
                                  ("--run-timeout", args.run_timeout, None),
                                  ("--etcd-run-timeout", args.etcd_run_timeout, None)):
         if value != default:
@@ -669,7 +686,10 @@ def render(runs: dict, counts: list, args, etcd_version: str, elapsed: float) ->
         f"{cores} cores)",
         "",
         f"Measured {time.strftime('%Y-%m-%d', time.gmtime())} on a machine with `nproc` = "
-        f"{cores}. Both systems in the same run ({elapsed:.0f} s): {args.repeat} repetitions, "
+        f"{cores}. Both systems in the same run ({elapsed:.0f} s): {args.repeat} repetitions"
+        + (f" ({args.large_repeat} at {LARGE:,} leases and more)"
+           if args.large_repeat is not None and args.large_repeat < args.repeat else "")
+        + ", "
         "each running every lease count against failover then etcd, every time on a fresh "
         "3-node cluster on loopback. The load generator (`failover-bench`, "
         "crates/failover-bench) shares the cores with the servers." + load_text,

@@ -349,9 +349,11 @@ impl Drop for Pending<'_> {
 /// The message an `InstallSnapshot` call carries beside the raw snapshot bytes, and the
 /// first message of a `StreamSnapshot` call.
 #[derive(Serialize, serde::Deserialize)]
-pub(crate) struct SnapshotHeader {
-    pub(crate) vote: Vote,
-    pub(crate) meta: SnapshotMeta,
+pub struct SnapshotHeader {
+    /// The sending leader's vote.
+    pub vote: Vote,
+    /// The snapshot's metadata.
+    pub meta: SnapshotMeta,
 }
 
 impl RaftNetworkV2<TypeConfig> for PeerConnection {
