@@ -27,6 +27,24 @@ impl RaftServer {
     pub fn new(raft: Raft, staging: PathBuf) -> Self {
         RaftServer { raft, staging }
     }
+
+    /// Hands a received snapshot to openraft and answers with its response.
+    async fn install(
+        &self,
+        header: SnapshotHeader,
+        data: SnapshotData,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let snapshot = Snapshot {
+            meta: header.meta,
+            snapshot: data,
+        };
+        let response = self
+            .raft
+            .install_full_snapshot(header.vote, snapshot)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        reply(&response)
+    }
 }
 
 fn decode<T: DeserializeOwned>(payload: &RaftPayload, what: &str) -> Result<T, Status> {
@@ -124,16 +142,7 @@ impl RaftService for RaftServer {
             .ok_or_else(|| Status::invalid_argument("an empty snapshot stream"))?;
         let header: SnapshotHeader = decode(&first, "snapshot header")?;
         let staged = crate::snapshot_stream::stage(&self.staging, &mut stream).await?;
-        let snapshot = Snapshot {
-            meta: header.meta,
-            snapshot: SnapshotData::from_file(staged),
-        };
-        let response = self
-            .raft
-            .install_full_snapshot(header.vote, snapshot)
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        reply(&response)
+        self.install(header, SnapshotData::from_file(staged)).await
     }
 
     async fn install_snapshot(
@@ -142,15 +151,7 @@ impl RaftService for RaftServer {
     ) -> Result<Response<RaftPayload>, Status> {
         let payload = request.into_inner();
         let header: SnapshotHeader = decode(&payload, "snapshot header")?;
-        let snapshot = Snapshot {
-            meta: header.meta,
-            snapshot: SnapshotData::from_bytes(payload.data),
-        };
-        let response = self
-            .raft
-            .install_full_snapshot(header.vote, snapshot)
+        self.install(header, SnapshotData::from_bytes(payload.data))
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        reply(&response)
     }
 }
