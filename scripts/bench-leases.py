@@ -93,11 +93,17 @@ def main() -> None:
     parser.add_argument("--etcd-run-timeout", type=float, default=None,
                         help="the same for etcd's runs (default: --run-timeout)")
     parser.add_argument("--systems", default=",".join(SYSTEMS),
-                        help="which systems to run (default failover,etcd; the docs need both)")
+                        help="which systems to run (default failover,etcd; the docs need both, "
+                             "or --merge-json; `none` with --merge-json re-renders the saved "
+                             "sweep)")
     parser.add_argument("--save-json", default=None,
                         help="also write every run's raw results to this file")
     parser.add_argument("--no-write", action="store_true", help="print results, leave docs alone")
     parser.add_argument("--keep", action="store_true", help="keep the temp dirs (logs, data)")
+    parser.add_argument("--merge-json", default=None,
+                        help="start from a sweep saved with --save-json: the system and lease "
+                             "count pairs this run measures replace that sweep's, the others "
+                             "are kept, and the docs show the union")
     args = parser.parse_args()
 
     failover_bin = os.path.abspath(os.path.join(args.bin_dir, "failover"))
@@ -107,10 +113,20 @@ def main() -> None:
             sys.exit(f"{path} is missing: build it first "
                      "(cargo build --release -p failover-cli -p failover-bench)")
     systems = [name for name in SYSTEMS if name in args.systems.split(",")]
-    if systems != list(SYSTEMS) and not args.no_write:
-        sys.exit("the docs compare both systems: --systems needs --no-write")
+    saved, saved_elapsed = {}, 0.0
+    args.first_command, args.merges = None, []
+    if args.merge_json:
+        with open(args.merge_json) as f:
+            raw = json.load(f)
+        meta = raw.pop("_meta", {})
+        saved_elapsed = meta.get("elapsed_s", 0.0)
+        args.first_command = meta.get("command")
+        args.merges = meta.get("merges", [])
+        saved = {(key.split()[0], int(key.split()[1])): rs for key, rs in raw.items()}
+    if systems != list(SYSTEMS) and not args.no_write and not saved:
+        sys.exit("the docs compare both systems: --systems needs --no-write or --merge-json")
     etcd_bin, etcd_version = None, None
-    if "etcd" in systems:
+    if "etcd" in systems or any(system == "etcd" for system, _ in saved):
         etcd_bin = ensure_etcd()
         etcd_version = subprocess.run([etcd_bin, "--version"], capture_output=True,
                                       text=True).stdout.splitlines()[0].split()[-1]
@@ -135,12 +151,23 @@ def main() -> None:
                 runs[(system, n)].append(result)
     elapsed = time.time() - started
     print(f"lease benchmark took {elapsed:.0f} s")
+    if saved and runs:
+        args.merges.append({"command": command_of(args),
+                            "remeasured": [[system, n] for system, n in sorted(runs)]})
+    if saved:
+        runs = {**saved, **runs}
+        counts = sorted({n for _, n in runs})
+        elapsed += saved_elapsed
     if args.save_json:
         with open(args.save_json, "w") as f:
-            json.dump({f"{system} {n}": rs for (system, n), rs in runs.items()}, f, indent=1)
+            out = {f"{system} {n}": rs for (system, n), rs in runs.items()}
+            out["_meta"] = {"elapsed_s": elapsed,
+                            "command": args.first_command or command_of(args),
+                            "merges": args.merges}
+            json.dump(out, f, indent=1)
 
     # The tables compare the two systems; a run of one has its results printed above.
-    if systems == list(SYSTEMS):
+    if all((system, n) in runs for system in SYSTEMS for n in counts):
         body = render(runs, counts, args, etcd_version, elapsed)
         if args.no_write:
             print(body)
@@ -255,7 +282,8 @@ def nudge(argv: list[str], within: float = 15.0) -> None:
     answer may be a refusal to retry elsewhere. Raises with the last failure's output."""
     deadline = time.time() + within
     while True:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        env = dict(os.environ, RUST_BACKTRACE="0", RUST_LIB_BACKTRACE="0")
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
         if done.returncode == 0:
             return
         if time.time() >= deadline:
@@ -313,7 +341,7 @@ class Cluster:
             if not nudged and self.serving(node):
                 # openraft backs off a follower it found unreachable and resumes sending
                 # to it with the next write; a benchmark cluster is idle by now, so make
-                # one (a grant: the count to reach grows by one).
+                # one (a grant in group `nudge`; `default`'s count stays).
                 self.nudge()
                 expected = self.leases_at(1 if node != 1 else 2)
                 nudged = True
@@ -433,6 +461,11 @@ groups:
     sites: [site-a, site-b]
     # A benchmark measures the lease path: no promotion may start mid-run.
     auto_failover: false
+  # Where the restart and catch-up steps make their one write: `default` may be full
+  # (1,000,000 leases is the most one group holds).
+  - name: nudge
+    sites: [site-a, site-b]
+    auto_failover: false
 """)
     cluster.argv = {}
     for node in (1, 2, 3):
@@ -497,7 +530,8 @@ def run_one(system: str, n: int, failover_bin: str, etcd_bin: str, bench_bin: st
         cluster.check_running()
         if system == "failover":
             one = [bench_bin, system, "--endpoints", ",".join(cluster.endpoints),
-                   "--leases", "1", "--duration-secs", "0.1"] + extra
+                   "--leases", "1", "--duration-secs", "0.1", "--group", "nudge",
+                   "--site", "site-a"]
             cluster.nudge = lambda: nudge(one)
             result["restart_s"] = cluster.restart(2, wipe=False)
             try:
@@ -583,6 +617,25 @@ def grant_p99(r):
     return r["grant"]["latency"]["p99_ms"]
 
 
+def command_of(args) -> str:
+    """The command line that makes this run, its defaults left out."""
+    command = "python3 scripts/bench-leases.py"
+    for flag, value, default in (("--leases", args.leases, "1000,10000,100000,1000000"),
+                                 ("--systems", args.systems, ",".join(SYSTEMS)),
+                                 ("--concurrency", args.concurrency, 64),
+                                 ("--streams", args.streams, 16),
+                                 ("--window", args.window, 64),
+                                 ("--duration", args.duration, 10.0),
+                                 ("--repeat", args.repeat, 1),
+                                 ("--large-repeat", args.large_repeat, None),
+                                 ("--run-timeout", args.run_timeout, None),
+                                 ("--etcd-run-timeout", args.etcd_run_timeout, None),
+                                 ("--merge-json", args.merge_json, None)):
+        if value != default:
+            command += f" {flag} {value}"
+    return command
+
+
 def render(runs: dict, counts: list, args, etcd_version: str, elapsed: float) -> str:
     sums = {key: summarize(rs) for key, rs in runs.items()}
     rows = []
@@ -613,11 +666,25 @@ def render(runs: dict, counts: list, args, etcd_version: str, elapsed: float) ->
     def x(v):
         return f"{v:.2f}x"
 
+    def etcd_gave_up(n: int) -> bool:
+        """Whether etcd failed every run at `n` while failover completed every one: no
+        ratio exists, and failover is not the worse of the two there."""
+        fo_ok = [r for r in runs[("failover", n)] if "error" not in r]
+        etcd_ok = [r for r in runs[("etcd", n)] if "error" not in r]
+        return not etcd_ok and len(fo_ok) == runs_at(args, n)
+
+    gave_up = "etcd failed every run, failover completed"
+
+    def ratio_text(n: int, f) -> str:
+        return gave_up if etcd_gave_up(n) else spread(ratios(runs, n, f), x)
+
     ratio_rows, ka_met, p99_met = [], True, True
     for n in counts:
+        ratio_rows.append(f"| {n:,} | {ratio_text(n, ka_rate)} | {ratio_text(n, grant_p99)} |")
+        if etcd_gave_up(n):
+            continue
         ka = ratios(runs, n, ka_rate)
         p99 = ratios(runs, n, grant_p99)
-        ratio_rows.append(f"| {n:,} | {spread(ka, x)} | {spread(p99, x)} |")
         complete = len(ka) == runs_at(args, n)
         ka_met = ka_met and complete and statistics.median(ka) >= KEEPALIVE_RATIO_TARGET
         p99_met = p99_met and complete and statistics.median(p99) <= 1.0
@@ -663,18 +730,14 @@ def render(runs: dict, counts: list, args, etcd_version: str, elapsed: float) ->
                 f"{m['first_error']}), {m['ka_refused']} renewals refused (first: "
                 f"{m['first_refusal']}).")
 
-    command = "python3 scripts/bench-leases.py"
-    for flag, value, default in (("--leases", args.leases, "1000,10000,100000,1000000"),
-                                 ("--concurrency", args.concurrency, 64),
-                                 ("--streams", args.streams, 16),
-                                 ("--window", args.window, 64),
-                                 ("--duration", args.duration, 10.0),
-                                 ("--repeat", args.repeat, 1),
-                                 ("--large-repeat", args.large_repeat, None),
-                                 ("--run-timeout", args.run_timeout, None),
-                                 ("--etcd-run-timeout", args.etcd_run_timeout, None)):
-        if value != default:
-            command += f" {flag} {value}"
+    command = command_of(args)
+    if args.merge_json and args.first_command:
+        reproduce = (f"`{args.first_command} --save-json {args.merge_json}` (the first sweep), "
+                     + "".join(f"then `{m['command']} --save-json {args.merge_json}`, "
+                               for m in args.merges)
+                     + f"then `{command}`")
+    else:
+        reproduce = f"`{command}`"
     cores = os.cpu_count()
     loads = [x for rs in runs.values() for r in rs for x in r.get("load_1min", [])]
     load_text = (f" The 1-minute load average, read before and after each run, was "
@@ -692,7 +755,11 @@ def render(runs: dict, counts: list, args, etcd_version: str, elapsed: float) ->
         + ", "
         "each running every lease count against failover then etcd, every time on a fresh "
         "3-node cluster on loopback. The load generator (`failover-bench`, "
-        "crates/failover-bench) shares the cores with the servers." + load_text,
+        "crates/failover-bench) shares the cores with the servers." + load_text
+        + "".join(" Measured again in a later invocation (`--merge-json`), replacing the "
+                  "first sweep's: " + ", ".join(f"{system} at {n:,} leases"
+                                                for system, n in m["remeasured"])
+                  + "; the time above counts every invocation." for m in args.merges),
         "",
         "- **failover**: 3 controllers (site-a, site-b, witness: one each), group `default` "
         f"active at site-a (`auto_failover: false`, so no promotion can start mid-run); "
@@ -728,9 +795,9 @@ def render(runs: dict, counts: list, args, etcd_version: str, elapsed: float) ->
         "| target (from the issue) | measured | |",
         "|---|---|---|",
         f"| keepalive throughput at least {KEEPALIVE_RATIO_TARGET:g}x etcd's "
-        f"| {per_count(lambda n: spread(ratios(runs, n, ka_rate), x))} | {verdict(ka_met)} |",
+        f"| {per_count(lambda n: ratio_text(n, ka_rate))} | {verdict(ka_met)} |",
         f"| grant p99 no worse than etcd's (ratio at most 1) "
-        f"| {per_count(lambda n: spread(ratios(runs, n, grant_p99), x))} | {verdict(p99_met)} |",
+        f"| {per_count(lambda n: ratio_text(n, grant_p99))} | {verdict(p99_met)} |",
         f"| grants/s and grant p99 within 1.5x of each other across sizes | {flat_text} "
         f"| {verdict(flat_met)} |",
         f"| 1,000,000 leases held, each controller under 1 GiB RSS (under 1 KiB per lease) "
@@ -746,13 +813,15 @@ def render(runs: dict, counts: list, args, etcd_version: str, elapsed: float) ->
         "can bring up to date (the logs are purged up to the last snapshot). openraft backs off a "
         "follower it found unreachable and resumes sending to it with the next write, and the "
         "cluster is idle by then, so as soon as the wiped controller answers the script "
-        "makes one grant (a `failover-bench` run of one lease, included in the time).",
+        "makes one grant in a second group, `nudge` (a `failover-bench` run of one lease, "
+        "included in the time; `default` may be full: 1,000,000 leases is the most one group "
+        "holds).",
     ]
     notes = explain(runs, sums, counts, ka_met, p99_met, rss_met)
     body += ["", "Notes:", ""] + problems + notes
     body += ["", "Reproduce: `make bench` (builds, then runs this and the controller "
              "benchmark), or after `cargo build --release -p failover-cli -p failover-bench`: "
-             f"`{command}`."]
+             f"{reproduce}."]
     return "\n".join(body)
 
 
