@@ -213,6 +213,7 @@ impl StateView {
 /// The state machine: applies committed commands to the shared [`StateView`].
 pub struct StateMachine {
     db: Arc<Database>,
+    snapshots: SnapshotStore,
     last_applied: Option<LogId>,
     membership: StoredMembership,
     view: Arc<StateView>,
@@ -232,6 +233,10 @@ impl StateMachine {
     pub(super) fn open(db: Arc<Database>) -> Result<Self, io::Error> {
         let view = Arc::new(StateView::new(db.clone()));
         let mut sm = StateMachine {
+            snapshots: SnapshotStore {
+                db: db.clone(),
+                storing: Arc::default(),
+            },
             db,
             last_applied: None,
             membership: StoredMembership::default(),
@@ -386,14 +391,18 @@ fn stored_snapshot(db: &Database) -> Result<Option<(SnapshotMeta, StoredReader)>
 /// and the pieces of a build that a crash interrupted are removed by the next build.
 /// Encoding runs on the blocking pool.
 async fn store_snapshot(
-    db: &Arc<Database>,
+    store: &SnapshotStore,
     meta: &SnapshotMeta,
     mut state: ClusterState,
 ) -> Result<u64, io::Error> {
     let mut out = snapshot::encode_skeleton(&mut state)?;
-    let db = db.clone();
+    let db = store.db.clone();
+    let storing = store.storing.clone();
     let meta = meta.clone();
     super::blocking(move || {
+        // One at a time: a follower may install the leader's snapshot while its own
+        // build is still storing, and the pieces of both must not interleave.
+        let _storing = storing.lock().unwrap_or_else(|p| p.into_inner());
         let first = {
             let txn = db.begin_read().map_err(io_err)?;
             let table = txn.open_table(SNAPSHOT_CHUNKS).map_err(io_err)?;
@@ -419,12 +428,36 @@ async fn store_snapshot(
         while !out.is_empty() {
             store_piece(&mut out)?;
         }
+        let last_log_id = meta.last_log_id;
         let header = encode(&SnapshotHeader {
             meta,
             len,
             chunks: next - first,
             first,
         })?;
+        let current = stored_snapshot_meta(&db)?;
+        if current.is_some_and(|current| current.last_log_id >= last_log_id) {
+            // A snapshot at least as new was stored meanwhile (a follower's own build
+            // finishing after it installed the leader's): it stays, this one goes.
+            write(&db, Durability::None, |txn| {
+                let mut table = txn.open_table(SNAPSHOT_CHUNKS)?;
+                loop {
+                    let last = table.last()?.map(|(key, _)| key.value());
+                    match last {
+                        Some(key) if key >= first => {
+                            table.remove(key)?;
+                        }
+                        _ => break,
+                    }
+                }
+                Ok(())
+            })?;
+            tracing::info!(
+                ?last_log_id,
+                "a newer snapshot was stored meanwhile; this one is dropped"
+            );
+            return Ok(len);
+        }
         write(&db, Durability::Immediate, |txn| {
             let mut table = txn.open_table(SNAPSHOT_CHUNKS)?;
             if let Some(before) = first.checked_sub(1) {
@@ -438,6 +471,29 @@ async fn store_snapshot(
         Ok(len)
     })
     .await
+}
+
+/// The stored snapshot's metadata, if one was ever built or installed.
+fn stored_snapshot_meta(db: &Database) -> Result<Option<SnapshotMeta>, io::Error> {
+    let txn = db.begin_read().map_err(io_err)?;
+    let table = txn.open_table(SNAPSHOTS).map_err(io_err)?;
+    if let Some(raw) = table.get(HEADER).map_err(io_err)? {
+        let header: SnapshotHeader = decode(raw.value(), "snapshot header")?;
+        return Ok(Some(header.meta));
+    }
+    match table.get(OLD_SNAPSHOT).map_err(io_err)? {
+        Some(raw) => Ok(Some(
+            decode::<OldSnapshot>(raw.value(), "stored snapshot")?.meta,
+        )),
+        None => Ok(None),
+    }
+}
+
+/// Where snapshots are stored, and the lock that makes storing them one at a time.
+#[derive(Clone)]
+struct SnapshotStore {
+    db: Arc<Database>,
+    storing: Arc<std::sync::Mutex<()>>,
 }
 
 /// The invariants of a decoded snapshot's state, its archived history included.
@@ -506,7 +562,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let index = self.last_applied.map_or(0, |id| id.index());
         self.view.schedule.snapshot_at(index);
         SnapshotBuilder {
-            db: self.db.clone(),
+            store: self.snapshots.clone(),
             meta: SnapshotMeta {
                 last_log_id: self.last_applied,
                 last_membership: self.membership.clone(),
@@ -541,7 +597,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .await?;
         // Stored without the archive, which the table now holds (a snapshot of an earlier
         // format is stored in the current one).
-        store_snapshot(&self.db, meta, decoded.state.clone()).await?;
+        store_snapshot(&self.snapshots, meta, decoded.state.clone()).await?;
         self.restore(meta, decoded.state)?;
         tracing::info!(
             last_log_id = ?meta.last_log_id,
@@ -581,7 +637,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
 /// Encodes and stores the copy of the state taken when the builder was made.
 pub struct SnapshotBuilder {
-    db: Arc<Database>,
+    store: SnapshotStore,
     meta: SnapshotMeta,
     state: Option<ClusterState>,
 }
@@ -606,7 +662,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .ok_or_else(|| io::Error::other("snapshot already built"))?;
         let leases: usize = state.groups.values().map(|g| g.leases.len()).sum();
         let started = std::time::Instant::now();
-        let bytes = store_snapshot(&self.db, &self.meta, state).await?;
+        let bytes = store_snapshot(&self.store, &self.meta, state).await?;
         tracing::info!(
             last_log_id = ?self.meta.last_log_id,
             leases,
@@ -667,7 +723,7 @@ mod tests {
             last_log_id: Some(openraft::testing::log_id::<TypeConfig>(1, 1, index)),
             last_membership: Default::default(),
         };
-        let len = store_snapshot(&sm.db, &meta(5), state.clone())
+        let len = store_snapshot(&sm.snapshots, &meta(5), state.clone())
             .await
             .expect("store");
         assert!(
@@ -689,7 +745,7 @@ mod tests {
             Ok(())
         })
         .expect("orphans");
-        store_snapshot(&sm.db, &meta(9), state.clone())
+        store_snapshot(&sm.snapshots, &meta(9), state.clone())
             .await
             .expect("store again");
         let second = piece_keys(&sm.db);
@@ -701,6 +757,43 @@ mod tests {
         reader.read_to_end(&mut data).expect("read pieces");
         assert_eq!(data.len() as u64, len);
         assert!(snapshot::decode(&data).expect("decode").state == state);
+    }
+
+    /// Two snapshots stored at once (a follower's own build and the leader's it installs)
+    /// do not mix their pieces, and an older one finishing last does not replace a newer
+    /// one: the newest stays current, whole.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_newest_of_concurrent_snapshots_stays_whole() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (_log, sm) = super::super::open(dir.path(), 1).expect("open");
+        let meta = |index| SnapshotMeta {
+            last_log_id: Some(openraft::testing::log_id::<TypeConfig>(1, 1, index)),
+            last_membership: Default::default(),
+        };
+        let older = snapshot::tests::state(60_000);
+        let newer = snapshot::tests::state(90_000);
+        let (at_5, at_9) = (meta(5), meta(9));
+        let (a, b) = tokio::join!(
+            store_snapshot(&sm.snapshots, &at_5, older.clone()),
+            store_snapshot(&sm.snapshots, &at_9, newer.clone()),
+        );
+        a.expect("older");
+        b.expect("newer");
+        // And the older one once more, after the newer one.
+        store_snapshot(&sm.snapshots, &meta(5), older)
+            .await
+            .expect("older again");
+        let (stored_meta, mut reader) = stored_snapshot(&sm.db).expect("read").expect("stored");
+        assert_eq!(stored_meta, meta(9));
+        let mut data = Vec::new();
+        reader.read_to_end(&mut data).expect("read pieces");
+        assert!(snapshot::decode(&data).expect("decode").state == newer);
+        let pieces = piece_keys(&sm.db);
+        assert_eq!(
+            pieces.len() as u64,
+            (data.len() as u64).div_ceil(snapshot::PIECE_BYTES as u64),
+            "only the current snapshot's pieces are left: {pieces:?}"
+        );
     }
 
     /// A data dir whose stored snapshot is of the format before this one (`FOSNAP3`: the
