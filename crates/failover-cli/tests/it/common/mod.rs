@@ -463,10 +463,31 @@ impl Cluster {
     }
 }
 
+/// Lines of each controller's log printed when a test fails.
+const LOG_TAIL_LINES: usize = 40;
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.signal_all(libc::SIGCONT);
         self.kill_all();
+        // A failed test shows what the controllers said last, so a failure seen once
+        // (under load, in CI) can be understood without running it again.
+        if std::thread::panicking() {
+            for node in &self.nodes {
+                let log = self.log_of(node.id);
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
+                eprintln!(
+                    "--- controller {} ({}), last {} lines:",
+                    node.id,
+                    node.site,
+                    tail.len()
+                );
+                for line in tail {
+                    eprintln!("{line}");
+                }
+            }
+        }
         if std::env::var_os("FAILOVER_TEST_KEEP").is_some() {
             let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
             eprintln!("test data kept in {}", dir.keep().display());
