@@ -450,11 +450,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         }
         // A failed read ends the stream without its end marker, which the peer refuses;
         // the read error is the one worth reporting.
-        match producer.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(snapshot_read_error(e)),
-            Err(e) => return Err(snapshot_read_error(std::io::Error::other(e))),
-        }
+        read_result(producer.await)?;
         Ok(self.decode(reply?.into_inner())?)
     }
 }
@@ -463,18 +459,22 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
 async fn read_whole(
     data: crate::store::SnapshotData,
 ) -> Result<Vec<u8>, StreamingError<TypeConfig>> {
-    match tokio::task::spawn_blocking(move || data.into_bytes()).await {
-        Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(e)) => Err(snapshot_read_error(e)),
-        Err(e) => Err(snapshot_read_error(std::io::Error::other(e))),
-    }
+    read_result(tokio::task::spawn_blocking(move || data.into_bytes()).await)
 }
 
-/// A snapshot that could not be read from this controller's store, as openraft's error.
-fn snapshot_read_error(e: std::io::Error) -> StreamingError<TypeConfig> {
-    StreamingError::Network(NetworkError::from_string(format!(
-        "cannot read the snapshot to send: {e}"
-    )))
+/// What a blocking read of the snapshot to send gave, a failed read (or a panicked
+/// reader) as openraft's error.
+fn read_result<T>(
+    joined: Result<std::io::Result<T>, tokio::task::JoinError>,
+) -> Result<T, StreamingError<TypeConfig>> {
+    joined
+        .map_err(std::io::Error::other)
+        .and_then(|read| read)
+        .map_err(|e| {
+            StreamingError::Network(NetworkError::from_string(format!(
+                "cannot read the snapshot to send: {e}"
+            )))
+        })
 }
 
 #[cfg(test)]

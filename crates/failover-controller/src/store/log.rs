@@ -264,9 +264,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let done = write_blocking(&self.db, Durability::Immediate, move |txn| {
             {
                 let mut log = txn.open_table(LOG)?;
-                while log.last()?.is_some_and(|(index, _)| index.value() >= start) {
-                    log.pop_last()?;
-                }
+                super::remove_from(&mut log, start)?;
             }
             remove_purged(txn, owed)
         })

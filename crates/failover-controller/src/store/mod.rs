@@ -322,6 +322,15 @@ async fn write_blocking<T: Send + 'static>(
     blocking(move || write(&db, durability, body)).await
 }
 
+/// Removes the entries of `table` whose key is at least `first`, one `pop_last` at a time
+/// (see [`remove_first_through`] for why not a range removal).
+fn remove_from(table: &mut redb::Table<'_, u64, &[u8]>, first: u64) -> Result<(), redb::Error> {
+    while table.last()?.is_some_and(|(key, _)| key.value() >= first) {
+        table.pop_last()?;
+    }
+    Ok(())
+}
+
 /// Removes the entries of `table` whose key is at most `last`, one `pop_first` at a time,
 /// at most `limit` of them; returns whether none is left.
 ///

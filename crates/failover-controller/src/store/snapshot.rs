@@ -182,8 +182,7 @@ pub(crate) fn read_head(src: &mut impl Read) -> io::Result<(Vec<u8>, Option<Wate
     if read as u64 != len {
         return Err(damaged("truncated in skeleton"));
     }
-    let state: ClusterState = serde_json::from_slice(&head[at..])
-        .map_err(|e| damaged(format!("cannot decode the skeleton: {e}")))?;
+    let state = parse_skeleton(&head[at..])?;
     head[FLAG_AT] = ARCHIVE_INCLUDED;
     let marks = state
         .groups
@@ -383,6 +382,11 @@ fn count_changes(
     Ok(())
 }
 
+/// The skeleton (the state without its leases) from its JSON.
+fn parse_skeleton(raw: &[u8]) -> io::Result<ClusterState> {
+    serde_json::from_slice(raw).map_err(|e| damaged(format!("cannot decode the skeleton: {e}")))
+}
+
 fn damaged(what: impl std::fmt::Display) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
@@ -418,9 +422,7 @@ impl<R: io::BufRead> Reader<R> {
         let len = self.take(8, "skeleton length")?;
         let len = u64::from_le_bytes(len.try_into().map_err(|_| damaged("skeleton length"))?);
         let len = usize::try_from(len).map_err(|_| damaged("skeleton length"))?;
-        let skeleton = self.take(len, "skeleton")?;
-        serde_json::from_slice(skeleton)
-            .map_err(|e| damaged(format!("cannot decode the skeleton: {e}")))
+        parse_skeleton(self.take(len, "skeleton")?)
     }
 
     /// The next `n` bytes. A damaged length cannot make it allocate more than what the

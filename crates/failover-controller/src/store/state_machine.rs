@@ -435,22 +435,12 @@ async fn store_snapshot(
             chunks: next - first,
             first,
         })?;
-        let current = stored_snapshot_meta(&db)?;
+        let current = stored_snapshot(&db)?.map(|(meta, _)| meta);
         if current.is_some_and(|current| current.last_log_id >= last_log_id) {
             // A snapshot at least as new was stored meanwhile (a follower's own build
             // finishing after it installed the leader's): it stays, this one goes.
             write(&db, Durability::None, |txn| {
-                let mut table = txn.open_table(SNAPSHOT_CHUNKS)?;
-                loop {
-                    let last = table.last()?.map(|(key, _)| key.value());
-                    match last {
-                        Some(key) if key >= first => {
-                            table.remove(key)?;
-                        }
-                        _ => break,
-                    }
-                }
-                Ok(())
+                super::remove_from(&mut txn.open_table(SNAPSHOT_CHUNKS)?, first)
             })?;
             tracing::info!(
                 ?last_log_id,
@@ -471,22 +461,6 @@ async fn store_snapshot(
         Ok(len)
     })
     .await
-}
-
-/// The stored snapshot's metadata, if one was ever built or installed.
-fn stored_snapshot_meta(db: &Database) -> Result<Option<SnapshotMeta>, io::Error> {
-    let txn = db.begin_read().map_err(io_err)?;
-    let table = txn.open_table(SNAPSHOTS).map_err(io_err)?;
-    if let Some(raw) = table.get(HEADER).map_err(io_err)? {
-        let header: SnapshotHeader = decode(raw.value(), "snapshot header")?;
-        return Ok(Some(header.meta));
-    }
-    match table.get(OLD_SNAPSHOT).map_err(io_err)? {
-        Some(raw) => Ok(Some(
-            decode::<OldSnapshot>(raw.value(), "stored snapshot")?.meta,
-        )),
-        None => Ok(None),
-    }
 }
 
 /// Where snapshots are stored, and the lock that makes storing them one at a time.
