@@ -44,6 +44,7 @@ pub mod reconcile;
 pub mod rejoin;
 pub mod runtime;
 pub mod services;
+pub mod snapshot_data;
 pub mod snapshot_stream;
 pub mod store;
 pub mod types;

@@ -357,7 +357,7 @@ pub struct SnapshotHeader {
 }
 
 impl RaftNetworkV2<TypeConfig> for PeerConnection {
-    type SnapshotData = crate::store::SnapshotData;
+    type SnapshotData = crate::snapshot_data::SnapshotData;
 
     async fn append_entries(
         &mut self,
@@ -457,7 +457,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
 
 /// The whole snapshot in memory, for a peer that takes it in one message only.
 async fn read_whole(
-    data: crate::store::SnapshotData,
+    data: crate::snapshot_data::SnapshotData,
 ) -> Result<Vec<u8>, StreamingError<TypeConfig>> {
     read_result(tokio::task::spawn_blocking(move || data.into_bytes()).await)
 }

@@ -245,7 +245,7 @@ impl Controller {
     ) -> Result<Controller, ControllerError>
     where
         N: RaftNetworkFactory<TypeConfig>,
-        N::Network: NetSnapshot<TypeConfig, SnapshotData = crate::store::SnapshotData>,
+        N::Network: NetSnapshot<TypeConfig, SnapshotData = crate::snapshot_data::SnapshotData>,
     {
         check_member(&topology, node_id)?;
         let controller = Controller::launch(topology, node_id, parts, "(storage backend)").await?;
@@ -262,7 +262,7 @@ impl Controller {
     ) -> Result<Controller, ControllerError>
     where
         N: RaftNetworkFactory<TypeConfig>,
-        N::Network: NetSnapshot<TypeConfig, SnapshotData = crate::store::SnapshotData>,
+        N::Network: NetSnapshot<TypeConfig, SnapshotData = crate::snapshot_data::SnapshotData>,
     {
         let Parts {
             log_store,
@@ -537,7 +537,7 @@ async fn start_raft<N>(
 ) -> Result<Raft, ControllerError>
 where
     N: RaftNetworkFactory<TypeConfig>,
-    N::Network: NetSnapshot<TypeConfig, SnapshotData = crate::store::SnapshotData>,
+    N::Network: NetSnapshot<TypeConfig, SnapshotData = crate::snapshot_data::SnapshotData>,
 {
     let timing = topology.timing;
     let config = openraft::Config {

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tonic::Status;
 
-use crate::store::SnapshotData;
+use crate::snapshot_data::SnapshotData;
 
 /// The last message of a `StreamSnapshot` call: how many data bytes came before it, so a
 /// stream cut short is told from a whole one.
@@ -129,7 +129,7 @@ mod tests {
     /// `PIECE_BYTES` and the marker, and is staged byte for byte.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_snapshot_of_several_pieces_arrives_whole() {
-        let piece = crate::store::PIECE_BYTES;
+        let piece = crate::snapshot_data::PIECE_BYTES;
         let data = bytes(piece * 7 / 2);
         let (rx, producer) = messages(
             b"{\"h\":1}".to_vec(),

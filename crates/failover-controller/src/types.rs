@@ -26,4 +26,4 @@ pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
 /// Snapshot metadata of this cluster.
 pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
 /// A snapshot: its metadata and a reader of its encoded state.
-pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, crate::store::SnapshotData>;
+pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, crate::snapshot_data::SnapshotData>;

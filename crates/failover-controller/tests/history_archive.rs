@@ -206,9 +206,12 @@ async fn a_snapshot_with_the_whole_history_in_memory_is_trimmed_on_install() {
         last_log_id: Some(log_id::<TypeConfig>(1, 1, 200)),
         last_membership: Default::default(),
     };
-    sm.install_snapshot(&meta, store::SnapshotData::from_bytes(data))
-        .await
-        .expect("install");
+    sm.install_snapshot(
+        &meta,
+        failover_controller::snapshot_data::SnapshotData::from_bytes(data),
+    )
+    .await
+    .expect("install");
     let g = &full.groups[&group()];
     assert_eq!(
         full_history(&sm),

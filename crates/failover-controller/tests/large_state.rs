@@ -1,7 +1,8 @@
 //! A state with many leases survives a snapshot build, an install on another controller
 //! and a restart exactly, the snapshot stays compact, and a long log is purged in place.
 
-use failover_controller::store::{self, SnapshotData, StateMachine};
+use failover_controller::snapshot_data::SnapshotData;
+use failover_controller::store::{self, StateMachine};
 use failover_controller::types::{Entry, SnapshotMeta, StoredMembership, TypeConfig};
 use failover_core::{
     ChangeKind, ClusterState, Command, Epoch, FencingToken, GroupName, GroupState, HistoryEntry,

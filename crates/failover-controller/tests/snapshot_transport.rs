@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use failover_controller::network::{RaftNetwork, SnapshotHeader};
+use failover_controller::snapshot_data::{SnapshotData, PIECE_BYTES};
 use failover_controller::snapshot_stream;
-use failover_controller::store::{SnapshotData, PIECE_BYTES};
 use failover_controller::types::{Snapshot, SnapshotMeta, TypeConfig, Vote};
 use failover_net::{SystemClock, TcpDialer};
 use failover_proto::raft::raft_service_server::{RaftService, RaftServiceServer};

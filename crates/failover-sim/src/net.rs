@@ -293,7 +293,7 @@ impl SimPeer {
 }
 
 impl RaftNetworkV2<TypeConfig> for SimPeer {
-    type SnapshotData = failover_controller::store::SnapshotData;
+    type SnapshotData = failover_controller::snapshot_data::SnapshotData;
 
     async fn append_entries(
         &mut self,

@@ -11,7 +11,8 @@ use std::path::PathBuf;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::network::SnapshotHeader;
-use crate::store::{Raft, SnapshotData};
+use crate::snapshot_data::SnapshotData;
+use crate::store::Raft;
 use crate::types::{Snapshot, TypeConfig};
 
 /// Serves Raft RPCs from peers. Only controllers should reach it.

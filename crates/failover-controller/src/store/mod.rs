@@ -22,8 +22,8 @@
 mod cluster_id;
 mod history;
 mod log;
+mod pieces;
 mod snapshot;
-mod snapshot_data;
 mod state_machine;
 
 use std::fs::File;
@@ -35,8 +35,6 @@ use redb::{Database, Durability, ReadableTable, TableDefinition, WriteTransactio
 
 pub use cluster_id::ClusterIdRecord;
 pub use log::{LogStore, PURGE_BATCH};
-pub use snapshot::PIECE_BYTES;
-pub use snapshot_data::SnapshotData;
 pub use state_machine::{
     run_snapshot_schedule, SnapshotSchedule, StateMachine, StateView, SNAPSHOT_MIN_ENTRIES,
     SNAPSHOT_STATE_FRACTION,

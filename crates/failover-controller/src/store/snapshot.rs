@@ -39,6 +39,8 @@ use std::collections::BTreeMap;
 use std::io::{self, Read};
 
 use failover_core::lease::{FencingToken, Lease};
+
+pub(crate) use crate::snapshot_data::PIECE_BYTES;
 use failover_core::{
     ChangeCounts, ClusterState, GroupName, HistoryEntry, HolderIndex, LeaseId, PauseEvent,
 };
@@ -54,8 +56,6 @@ const FLAG_AT: usize = MAGIC.len();
 const ARCHIVE_INCLUDED: u8 = 1;
 /// The archive flag: the history table holds the archive.
 const ARCHIVE_IN_TABLE: u8 = 0;
-/// Size of one piece of a snapshot as it is stored and sent.
-pub const PIECE_BYTES: usize = 1 << 20;
 
 /// One group's archived history: changes of active site and pause events, oldest first.
 pub(crate) type GroupArchive = (Vec<HistoryEntry>, Vec<PauseEvent>);

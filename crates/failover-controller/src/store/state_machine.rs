@@ -24,12 +24,13 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::snapshot_data::{SnapshotData, StoredPieces};
+use super::pieces::StoredPieces;
 use super::Raft;
 use super::{
     decode, encode, history, io_err, snapshot, write, write_blocking, SNAPSHOT as SNAPSHOTS,
     SNAPSHOT_CHUNKS,
 };
+use crate::snapshot_data::SnapshotData;
 use crate::types::{Applied, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 
 /// The key of the earlier format: metadata and data as one JSON value.

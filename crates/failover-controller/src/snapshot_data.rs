@@ -2,17 +2,16 @@
 //! that yields them piece by piece, so neither the sending nor the receiving controller
 //! holds a whole encoded snapshot in memory.
 //!
-//! A leader's snapshot is read from the stored pieces ([`StoredPieces`]) inside one read
+//! A leader's snapshot is read from the stored pieces (`store/pieces.rs`) inside one read
 //! transaction, so a snapshot built meanwhile cannot pull them away; a follower stages
-//! what it receives in an unlinked file in its data directory and installs from there.
+//! what it receives in an unlinked file in its data directory and installs from there
+//! (`snapshot_stream.rs`). Its own module, so that the Raft types (`types.rs`) name it
+//! without depending on the store.
 
 use std::io::{self, BufRead, BufReader, Read};
 
-use redb::{ReadOnlyTable, ReadTransaction};
-
-use super::io_err;
-use super::snapshot::PIECE_BYTES;
-use super::SNAPSHOT_CHUNKS;
+/// Size of one piece of a snapshot as it is stored and sent.
+pub const PIECE_BYTES: usize = 1 << 20;
 
 /// The bytes of one snapshot, to be read once.
 pub struct SnapshotData {
@@ -71,65 +70,5 @@ impl SnapshotData {
     /// The bytes as a buffered reader, for decoding.
     pub(crate) fn reader(self) -> Box<dyn BufRead + Send> {
         self.reader
-    }
-}
-
-/// Reads the pieces `first..first + count` of the stored snapshot, one at a time, from a
-/// read transaction held for as long as the reader lives.
-pub(crate) struct StoredPieces {
-    table: ReadOnlyTable<u64, &'static [u8]>,
-    next: u64,
-    end: u64,
-    piece: Vec<u8>,
-    at: usize,
-    /// Kept so the table's pages stay as they were when the reader was made.
-    _txn: ReadTransaction,
-}
-
-impl StoredPieces {
-    /// A reader of `count` pieces from `first`, in `txn`.
-    pub(crate) fn new(txn: ReadTransaction, first: u64, count: u64) -> io::Result<Self> {
-        let table = txn.open_table(SNAPSHOT_CHUNKS).map_err(io_err)?;
-        Ok(StoredPieces {
-            table,
-            next: first,
-            end: first + count,
-            piece: Vec::new(),
-            at: 0,
-            _txn: txn,
-        })
-    }
-
-    /// Loads the next piece; false at the end.
-    fn load(&mut self) -> io::Result<bool> {
-        if self.next == self.end {
-            return Ok(false);
-        }
-        let key = self.next;
-        let raw = self.table.get(key).map_err(io_err)?.ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("snapshot piece {key} is missing"),
-            )
-        })?;
-        self.piece.clear();
-        self.piece.extend_from_slice(raw.value());
-        self.at = 0;
-        self.next += 1;
-        Ok(true)
-    }
-}
-
-impl Read for StoredPieces {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.at == self.piece.len() {
-            if !self.load()? {
-                return Ok(0);
-            }
-        }
-        let n = buf.len().min(self.piece.len() - self.at);
-        buf[..n].copy_from_slice(&self.piece[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
     }
 }
