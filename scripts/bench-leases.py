@@ -100,6 +100,9 @@ def main() -> None:
                         help="also write every run's raw results to this file")
     parser.add_argument("--no-write", action="store_true", help="print results, leave docs alone")
     parser.add_argument("--keep", action="store_true", help="keep the temp dirs (logs, data)")
+    parser.add_argument("--trace-slow", action="store_true",
+                        help="the raw results list each run's slowest 1%% of grants with when "
+                             "they finished (to line them up with the kept logs)")
     parser.add_argument("--merge-json", default=None,
                         help="start from a sweep saved with --save-json: the system and lease "
                              "count pairs this run measures replace that sweep's, the others "
@@ -134,6 +137,8 @@ def main() -> None:
     counts = [int(n) for n in args.leases.split(",")]
     workload = ["--concurrency", str(args.concurrency), "--streams", str(args.streams),
                 "--window", str(args.window), "--duration-secs", str(args.duration)]
+    if args.trace_slow:
+        workload.append("--trace-slow")
     started = time.time()
     runs = {(system, n): [] for n in counts for system in systems}
     for rep in range(args.repeat):
@@ -509,18 +514,21 @@ def run_one(system: str, n: int, failover_bin: str, etcd_bin: str, bench_bin: st
             extra = ["--ttl-secs", str(TTL_SECS)]
         argv = [bench_bin, system, "--endpoints", ",".join(cluster.endpoints),
                 "--leases", str(n)] + workload + extra
+        # Both outputs go to files: the report is read once the run ended, and a pipe
+        # would stall a report larger than its buffer (`--trace-slow`) until the timeout.
+        stdout_path = os.path.join(root, "bench.json")
         stderr_path = os.path.join(root, "bench.stderr")
-        with open(stderr_path, "w+") as stderr:
+        with open(stdout_path, "w+") as stdout, open(stderr_path, "w+") as stderr:
             env = dict(os.environ, RUST_BACKTRACE="0", RUST_LIB_BACKTRACE="0")
-            bench = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=stderr, text=True,
-                                     env=env)
+            bench = subprocess.Popen(argv, stdout=stdout, stderr=stderr, text=True, env=env)
             try:
                 max_rss = sample_rss_until_exit(cluster, bench, timeout=run_timeout or 300 + n / 500)
-                out = bench.stdout.read()
             finally:
                 if bench.poll() is None:
                     bench.kill()
                 bench.wait()
+            stdout.seek(0)
+            out = stdout.read()
             stderr.seek(0)
             bench_err = stderr.read()
         if bench.returncode != 0:

@@ -84,6 +84,10 @@ struct CommonArgs {
     /// Length of the keepalive phase, in seconds.
     #[arg(long, default_value_t = 10.0)]
     duration_secs: f64,
+    /// List the slowest 1% of grants with the time each finished (to line them up with
+    /// the servers' logs).
+    #[arg(long)]
+    trace_slow: bool,
     /// How long to wait for an elected leader (and, for failover, the group).
     #[arg(long, default_value_t = 60.0)]
     ready_timeout_secs: f64,
@@ -105,6 +109,7 @@ impl CommonArgs {
             streams: self.streams,
             window: self.window,
             duration: Duration::from_secs_f64(self.duration_secs),
+            trace_slow: self.trace_slow,
         })
     }
 

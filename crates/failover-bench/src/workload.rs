@@ -28,6 +28,9 @@ pub struct Workload {
     /// Length of the keepalive phase.
     #[serde(serialize_with = "as_secs")]
     pub duration: Duration,
+    /// Whether the grant report lists its slowest 1% of grants with the time each
+    /// finished, to line them up with the servers' logs.
+    pub trace_slow: bool,
 }
 
 fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -101,6 +104,19 @@ pub struct GrantReport {
     pub per_s: f64,
     /// Latency of each successful grant.
     pub latency: Summary,
+    /// With `--trace-slow`: when the phase started (Unix time, ms), and the slowest 1% of
+    /// grants as (finished, ms after that start; latency, ms), in the order they finished.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slowest: Option<SlowGrants>,
+}
+
+/// The slowest grants of a phase, placed in time.
+#[derive(Debug, Serialize)]
+pub struct SlowGrants {
+    /// When the phase started, in ms since the Unix epoch.
+    pub started_unix_ms: u128,
+    /// (finished, latency), both in ms; finished is counted from the phase's start.
+    pub grants: Vec<(f64, f64)>,
 }
 
 /// The keepalive phase's results.
@@ -159,30 +175,38 @@ async fn grant_phase<T: Target>(
     channels: &[Channel],
     workload: &Workload,
 ) -> (GrantReport, Vec<u64>) {
+    let started_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
     let start = Instant::now();
-    let results: Vec<(Result<u64, String>, Duration)> = futures::stream::iter(0..workload.leases)
-        .map(|i| {
-            let channel = channels[i % channels.len()].clone();
-            let target = target.clone();
-            async move {
-                let sent = Instant::now();
-                let result = target.grant(channel, i).await;
-                (result, sent.elapsed())
-            }
-        })
-        .buffer_unordered(workload.concurrency)
-        .collect()
-        .await;
+    let results: Vec<(Result<u64, String>, Duration, Duration)> =
+        futures::stream::iter(0..workload.leases)
+            .map(|i| {
+                let channel = channels[i % channels.len()].clone();
+                let target = target.clone();
+                async move {
+                    let sent = Instant::now();
+                    let result = target.grant(channel, i).await;
+                    (result, sent.elapsed(), start.elapsed())
+                }
+            })
+            .buffer_unordered(workload.concurrency)
+            .collect()
+            .await;
     let wall = start.elapsed();
     let mut samples = Samples::default();
     let mut leases = Vec::with_capacity(workload.leases);
     let mut first_error = None;
     let mut failed = 0;
-    for (result, latency) in results {
+    let mut finished = Vec::new();
+    for (result, latency, at) in results {
         match result {
             Ok(lease) => {
                 leases.push(lease);
                 samples.push(latency);
+                if workload.trace_slow {
+                    finished.push((at.as_secs_f64() * 1e3, latency.as_secs_f64() * 1e3));
+                }
             }
             Err(e) => {
                 failed += 1;
@@ -197,8 +221,22 @@ async fn grant_phase<T: Target>(
         wall_s: wall.as_secs_f64(),
         per_s: leases.len() as f64 / wall.as_secs_f64(),
         latency: samples.summary(),
+        slowest: workload.trace_slow.then(|| SlowGrants {
+            started_unix_ms,
+            grants: slowest_percent(finished),
+        }),
     };
     (report, leases)
+}
+
+/// The slowest 1% (at least one) of `grants` (finished, latency), in the order they
+/// finished.
+fn slowest_percent(mut grants: Vec<(f64, f64)>) -> Vec<(f64, f64)> {
+    let keep = grants.len().div_ceil(100);
+    grants.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
+    grants.truncate(keep);
+    grants.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
+    grants
 }
 
 /// What one keepalive stream saw.
@@ -327,4 +365,20 @@ async fn keepalive_stream<T: Target>(
         }
     }
     Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_slowest_percent_is_kept_in_the_order_it_finished() {
+        // 200 grants: the two slowest (latency 500 and 400) finished at 30 and 10 ms.
+        let mut grants: Vec<(f64, f64)> = (0..200).map(|i| (f64::from(i), 1.0)).collect();
+        grants[30].1 = 500.0;
+        grants[10].1 = 400.0;
+        assert_eq!(slowest_percent(grants), vec![(10.0, 400.0), (30.0, 500.0)]);
+        assert_eq!(slowest_percent(vec![(5.0, 2.0)]), vec![(5.0, 2.0)]);
+        assert!(slowest_percent(Vec::new()).is_empty());
+    }
 }
