@@ -8,8 +8,9 @@
 //!
 //! Snapshots use the compact encoding of [`super::snapshot`] and are stored in 1 MiB
 //! chunks. They are taken on a schedule that keeps their cost amortised: once the entries
-//! applied since the last one reach the size of the state ([`SnapshotSchedule`]), so a
-//! snapshot, whose cost grows with the state, is paid for by as many entries.
+//! applied since the last one reach a quarter of the state's size ([`SnapshotSchedule`]),
+//! so a snapshot, whose cost grows with the state, is paid for by that many entries. They
+//! are encoded at a lower CPU priority than the rest of the controller.
 
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -385,18 +386,18 @@ fn stored_snapshot(db: &Database) -> Result<Option<(SnapshotMeta, StoredReader)>
 /// returns its size in bytes once the data file is fdatasynced.
 ///
 /// Written piece by piece: each [`snapshot::PIECE_BYTES`] piece is encoded and stored in
-/// a short transaction of its own, under keys past every stored piece, so only one piece
-/// is in memory and log appends (which wait for any open write transaction) interleave
+/// a short transaction of its own, under keys past every stored piece, so at most four
+/// pieces are in memory and log appends (which wait for any open write transaction) interleave
 /// with the pieces. A last, durable transaction switches the header to the new pieces
 /// and removes the previous ones; until then the previous snapshot is the current one,
 /// and the pieces of a build that a crash interrupted are removed by the next build.
-/// Encoding runs on the blocking pool.
+/// The pieces are written from the blocking pool as [`encode_in_background`] makes them.
 async fn store_snapshot(
     store: &SnapshotStore,
     meta: &SnapshotMeta,
     mut state: ClusterState,
 ) -> Result<u64, io::Error> {
-    let mut out = snapshot::encode_skeleton(&mut state)?;
+    let out = snapshot::encode_skeleton(&mut state)?;
     let db = store.db.clone();
     let storing = store.storing.clone();
     let meta = meta.clone();
@@ -412,23 +413,27 @@ async fn store_snapshot(
         };
         let mut next = first;
         let mut len = 0u64;
-        let mut store_piece = |out: &mut Vec<u8>| -> io::Result<()> {
-            let piece = out.len().min(snapshot::PIECE_BYTES);
+        let mut store_piece = |piece: &[u8]| -> io::Result<()> {
             write(&db, Durability::None, |txn| {
                 let mut table = txn.open_table(SNAPSHOT_CHUNKS)?;
-                table.insert(next, &out[..piece])?;
+                table.insert(next, piece)?;
                 Ok(())
             })?;
             next += 1;
-            len += piece as u64;
-            out.drain(..piece);
+            len += piece.len() as u64;
             Ok(())
         };
-        snapshot::encode_leases_spilling(&state, &mut out, &mut store_piece)?;
-        drop(state);
-        while !out.is_empty() {
-            store_piece(&mut out)?;
-        }
+        let (pieces, encoder) = encode_in_background(state, out)?;
+        let stored = pieces.iter().try_for_each(|piece| store_piece(&piece));
+        // A failed write drops the receiver, which stops the encoder at its next piece.
+        drop(pieces);
+        // A panic there is a broken invariant of the state (asserted as it is encoded):
+        // it goes on here as it would have on this thread.
+        let encoded = encoder
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        stored?;
+        encoded?;
         let last_log_id = meta.last_log_id;
         let header = encode(&SnapshotHeader {
             meta,
@@ -462,6 +467,63 @@ async fn store_snapshot(
         Ok(len)
     })
     .await
+}
+
+/// A snapshot being encoded: its pieces as they come, and the encoder's thread.
+type Encoding = (
+    std::sync::mpsc::Receiver<Vec<u8>>,
+    std::thread::JoinHandle<io::Result<()>>,
+);
+
+/// Encodes the leases of `state` after `head` (the skeleton) on a thread of its own at a
+/// lower CPU priority ([`lower_thread_priority`]), handing out [`snapshot::PIECE_BYTES`] pieces (the last one shorter)
+/// through a channel two pieces deep; the thread returns how the encoding ended.
+///
+/// A snapshot is background work: its encoding costs CPU in proportion to the state
+/// (about a second at a million leases), and on a busy controller it must not take that
+/// time from the applies, log appends and answers that set a grant's latency. The writes
+/// stay with the caller at normal priority: a low-priority thread must never hold the data
+/// file's write lock that a log append waits for.
+fn encode_in_background(state: ClusterState, mut head: Vec<u8>) -> io::Result<Encoding> {
+    let (send, pieces) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
+    let stopped = || io::Error::other("the snapshot's pieces are no longer stored");
+    let encoder = std::thread::Builder::new()
+        .name("snapshot-encode".into())
+        .spawn(move || {
+            lower_thread_priority();
+            let out = &mut head;
+            snapshot::encode_leases_spilling(&state, out, |out| {
+                let rest = out.split_off(snapshot::PIECE_BYTES);
+                send.send(std::mem::replace(out, rest))
+                    .map_err(|_| stopped())
+            })?;
+            // The copy's nodes that no one else shares any more are freed here too.
+            drop(state);
+            while !out.is_empty() {
+                let rest = out.split_off(out.len().min(snapshot::PIECE_BYTES));
+                send.send(std::mem::replace(out, rest))
+                    .map_err(|_| stopped())?;
+            }
+            Ok(())
+        })?;
+    Ok((pieces, encoder))
+}
+
+/// Lowers the calling thread's CPU priority by 10 nice steps (to at most 19), so that
+/// while there is other work to run it gets most of the CPU. Linux only: there a nice
+/// value is the thread's, while elsewhere it would be the whole process's. A refusal is
+/// harmless (the thread runs at the normal priority) and is logged.
+fn lower_thread_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::process::{getpriority_process, setpriority_process};
+        let tid = Some(rustix::thread::gettid());
+        let lowered =
+            getpriority_process(tid).and_then(|nice| setpriority_process(tid, (nice + 10).min(19)));
+        if let Err(e) = lowered {
+            tracing::debug!(error = %e, "cannot lower the snapshot encoder's priority");
+        }
+    }
 }
 
 /// Where snapshots are stored, and the lock that makes storing them one at a time.
@@ -732,6 +794,56 @@ mod tests {
         reader.read_to_end(&mut data).expect("read pieces");
         assert_eq!(data.len() as u64, len);
         assert!(snapshot::decode(&data).expect("decode").state == state);
+    }
+
+    /// The background encoder hands out the same bytes as encoding in one buffer, in
+    /// pieces of exactly [`snapshot::PIECE_BYTES`] but the last; and a writer that stops
+    /// taking pieces stops it.
+    #[test]
+    fn the_background_encoder_cuts_the_encoding_into_pieces_and_stops_with_its_writer() {
+        let mut state = snapshot::tests::state(60_000);
+        let head = snapshot::encode_skeleton(&mut state).expect("skeleton");
+        let mut whole = head.clone();
+        snapshot::encode_leases(&state, &mut whole);
+        let (pieces, encoder) = encode_in_background(state.clone(), head.clone()).expect("spawn");
+        let pieces: Vec<Vec<u8>> = pieces.iter().collect();
+        encoder.join().expect("no panic").expect("encoded");
+        assert!(pieces.len() > 1, "{} piece(s)", pieces.len());
+        let (last, full) = pieces.split_last().expect("pieces");
+        assert!(full.iter().all(|p| p.len() == snapshot::PIECE_BYTES));
+        assert!(!last.is_empty() && last.len() <= snapshot::PIECE_BYTES);
+        assert!(
+            pieces.concat() == whole,
+            "the pieces differ from the encoding"
+        );
+
+        let (pieces, encoder) = encode_in_background(state, head).expect("spawn");
+        let first = pieces.recv().expect("a first piece");
+        assert_eq!(first.len(), snapshot::PIECE_BYTES);
+        drop(pieces);
+        let stopped = encoder.join().expect("no panic");
+        assert!(stopped.is_err(), "the encoder went on without a writer");
+    }
+
+    /// The encoder's thread runs at nice +10 (a per-thread value on Linux), and the
+    /// thread that spawned it keeps its own priority.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_encoder_thread_runs_at_a_lower_priority() {
+        use rustix::process::getpriority_process;
+        use rustix::thread::gettid;
+        let before = getpriority_process(Some(gettid())).expect("own priority");
+        let lowered = std::thread::spawn(move || {
+            lower_thread_priority();
+            getpriority_process(Some(gettid())).expect("priority")
+        })
+        .join()
+        .expect("thread");
+        assert_eq!(lowered, (before + 10).min(19));
+        assert_eq!(
+            getpriority_process(Some(gettid())).expect("own priority"),
+            before
+        );
     }
 
     /// Two snapshots stored at once (a follower's own build and the leader's it installs)
