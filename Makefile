@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: build test dev lint bench clean chaos chaos-long chaos-build sim sim-ci sim-broken sim-replay sim-build fuzz fuzz-ci
+.PHONY: build test dev lint lint-format bench clean chaos chaos-long chaos-build broken-build sim sim-ci sim-broken sim-replay sim-build fuzz fuzz-ci
 
 build:
 	$(CARGO) build --workspace --release
@@ -19,9 +19,13 @@ dev:
 	$(CARGO) build --release -p failover-cli
 	./target/release/failover dev --config sites.example.yaml --data-dir .dev-data
 
-lint:
-	$(CARGO) fmt --all -- --check
+lint: lint-format
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# The checks of `lint` that compile nothing. CI runs these, and clippy's lints inside the
+# test build instead of a separate check build (.ci/run).
+lint-format:
+	$(CARGO) fmt --all -- --check
 	python3 scripts/check-architecture.py
 
 # Measurements written to docs/benchmarks.md: the controller cluster, then the lease API
@@ -44,14 +48,21 @@ CHAOS = ./target/debug/chaos
 CHAOS_FLAGS ?=
 CHAOS_BASELINE ?= 1
 
-# Both builds select the whole workspace, as `make test` does, so Cargo resolves the same
-# features and reuses the test build; only the controller and what depends on it are
-# built again for the broken variant.
-chaos-build:
-	CHAOS_BASELINE=$(CHAOS_BASELINE) bash chaos-tests/setup.sh
-	$(CARGO) build --workspace --bins --features failover-controller/chaos-broken-skip-lease-wait
+# The deliberately broken build (the controller's test-only feature
+# `chaos-broken-skip-lease-wait`: promotions complete without waiting out the old site's
+# leases), copied aside as target/debug/failover-broken and failover-sim-broken: the chaos
+# harness and the simulation must both catch it. One build serves both. Both builds select
+# the whole workspace, so Cargo resolves the same features as for the normal binaries and
+# rebuilds only the controller and what depends on it; the normal build after it reuses
+# the normal artifacts, which Cargo keeps beside the broken ones.
+broken-build:
+	$(CARGO) build --workspace --bins --features failover-sim/broken-skip-lease-wait
 	cp target/debug/failover target/debug/failover-broken
+	cp target/debug/failover-sim target/debug/failover-sim-broken
 	$(CARGO) build --workspace --bins
+
+chaos-build: broken-build
+	CHAOS_BASELINE=$(CHAOS_BASELINE) bash chaos-tests/setup.sh
 
 chaos: chaos-build
 	rm -rf chaos-tests/results/quick
@@ -95,10 +106,12 @@ sim: sim-build
 sim-replay: sim-build
 	$(SIM) --seed $(SEED)
 
-# Proves the checks bite: the controller built with `chaos-broken-skip-lease-wait` must be
-# caught within the CI seed budget.
-sim-broken:
-	$(CARGO) nextest run --workspace --features failover-sim/broken-skip-lease-wait --test broken
+# Proves the checks bite: the broken controller must be caught breaking S1 within the CI
+# seed budget.
+SIM_BROKEN_SEEDS ?= 200
+sim-broken: broken-build
+	./target/debug/failover-sim-broken --seeds $(SIM_BROKEN_SEEDS) --threads $(SIM_THREADS) \
+		--expect-violation S1
 
 # What CI runs after the workspace tests (which include the simulation's own tests: same
 # seed same trace): the CI seed budget, then the broken build caught.

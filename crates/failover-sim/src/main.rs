@@ -2,7 +2,10 @@
 //! the command that replays them.
 //!
 //! `failover-sim --seeds 1000 [--from 0] [--threads 2]` runs a range of seeds;
-//! `failover-sim --seed 42` runs one and prints its trace's end.
+//! `failover-sim --seed 42` runs one and prints its trace's end;
+//! `failover-sim --seeds 200 --expect-violation S1` proves the checks bite: it succeeds
+//! once a seed breaks the named property (a build with a deliberately broken controller,
+//! `make sim-broken`) and fails if none of the seeds does.
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +19,8 @@ struct Args {
     seeds: u64,
     threads: usize,
     verbose: bool,
+    /// The property (`S1`, ...) a seed must be caught breaking; the run stops there.
+    expect: Option<String>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -24,6 +29,7 @@ fn parse() -> Result<Args, String> {
         seeds: 100,
         threads: 2,
         verbose: false,
+        expect: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -41,9 +47,19 @@ fn parse() -> Result<Args, String> {
                 args.seeds = 1;
                 args.verbose = true;
             }
+            "--expect-violation" => {
+                let property = it.next().ok_or("--expect-violation needs a property")?;
+                if !["S1", "S2", "S3", "L1", "L2"].contains(&property.as_str()) {
+                    return Err(format!(
+                        "--expect-violation: `{property}` is not one of S1 S2 S3 L1 L2"
+                    ));
+                }
+                args.expect = Some(property);
+            }
             other => {
                 return Err(format!(
-                    "unknown argument `{other}` (--seeds N --from S --threads T | --seed S)"
+                    "unknown argument `{other}` (--seeds N --from S --threads T \
+                     [--expect-violation P] | --seed S)"
                 ))
             }
         }
@@ -95,10 +111,13 @@ fn main() -> ExitCode {
     let next = Arc::new(AtomicU64::new(args.from));
     let totals = Arc::new(Mutex::new((0u64, 0u64, 0u64, 0u64)));
     let end = args.from + args.seeds;
+    let caught = Arc::new(Mutex::new(None::<String>));
     let workers: Vec<_> = (0..args.threads)
         .map(|_| {
             let next = next.clone();
             let totals = totals.clone();
+            let caught = caught.clone();
+            let expect = args.expect.clone();
             let verbose = args.verbose;
             std::thread::spawn(move || loop {
                 let seed = next.fetch_add(1, Ordering::Relaxed);
@@ -106,7 +125,26 @@ fn main() -> ExitCode {
                     return;
                 }
                 let outcome = run_seed(seed, Options::default());
-                report(&outcome, verbose);
+                if let Some(property) = &expect {
+                    if let Some(v) = outcome
+                        .violations
+                        .iter()
+                        .find(|v| v.starts_with(property.as_str()))
+                    {
+                        let line = format!(
+                            "caught at seed {seed}: {v} (replay: {})",
+                            replay_command(seed)
+                        );
+                        caught
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get_or_insert(line);
+                        // No seed is started after this one.
+                        next.store(end, Ordering::Relaxed);
+                    }
+                } else {
+                    report(&outcome, verbose);
+                }
                 let mut t = totals.lock().unwrap_or_else(|p| p.into_inner());
                 t.0 += 1;
                 t.1 += u64::from(!outcome.violations.is_empty());
@@ -126,6 +164,20 @@ fn main() -> ExitCode {
         runs as f64 / elapsed,
         args.threads
     );
+    if let Some(property) = &args.expect {
+        return match caught.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            Some(line) => {
+                println!("sim: {line}");
+                ExitCode::SUCCESS
+            }
+            None => {
+                eprintln!(
+                    "sim: no {property} violation in {runs} seeds: the checks missed what they must catch"
+                );
+                ExitCode::FAILURE
+            }
+        };
+    }
     if failed > 0 {
         ExitCode::FAILURE
     } else {
