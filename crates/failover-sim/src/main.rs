@@ -131,10 +131,9 @@ fn main() -> ExitCode {
                         .iter()
                         .find(|v| v.starts_with(property.as_str()))
                     {
-                        let line = format!(
-                            "caught at seed {seed}: {v} (replay: {})",
-                            replay_command(seed)
-                        );
+                        // Replayed by this binary (`--seed`), not by `make sim-replay`,
+                        // which runs the normal build.
+                        let line = format!("caught at seed {seed}: {v}");
                         caught
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
