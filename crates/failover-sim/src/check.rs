@@ -18,6 +18,9 @@ use std::time::Duration;
 use failover_core::{ClusterState, GroupName, NodeId, Phase};
 use tokio::time::Instant;
 
+/// The properties checked, as the prefixes their violations start with.
+pub const PROPERTIES: [&str; 4] = ["S1", "S2", "S3", "L1"];
+
 /// Trace lines kept for the failure report.
 const TAIL_LINES: usize = 60;
 

@@ -49,9 +49,10 @@ fn parse() -> Result<Args, String> {
             }
             "--expect-violation" => {
                 let property = it.next().ok_or("--expect-violation needs a property")?;
-                if !["S1", "S2", "S3", "L1", "L2"].contains(&property.as_str()) {
+                if !failover_sim::check::PROPERTIES.contains(&property.as_str()) {
                     return Err(format!(
-                        "--expect-violation: `{property}` is not one of S1 S2 S3 L1 L2"
+                        "--expect-violation: `{property}` is not one of {}",
+                        failover_sim::check::PROPERTIES.join(" ")
                     ));
                 }
                 args.expect = Some(property);

@@ -39,11 +39,11 @@ use std::collections::BTreeMap;
 use std::io::{self, Read};
 
 use failover_core::lease::{FencingToken, Lease};
-
-pub(crate) use crate::snapshot_data::PIECE_BYTES;
 use failover_core::{
     ChangeCounts, ClusterState, GroupName, HistoryEntry, HolderIndex, LeaseId, PauseEvent,
 };
+
+pub(crate) use crate::snapshot_data::PIECE_BYTES;
 
 const MAGIC: &[u8; 8] = b"FOSNAP4\n";
 /// The format before the archive flag and the change counts: the archive always follows.

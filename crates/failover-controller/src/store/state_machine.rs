@@ -387,8 +387,8 @@ fn stored_snapshot(db: &Database) -> Result<Option<(SnapshotMeta, StoredReader)>
 ///
 /// Written piece by piece: each [`snapshot::PIECE_BYTES`] piece is encoded and stored in
 /// a short transaction of its own, under keys past every stored piece, so at most four
-/// pieces are in memory and log appends (which wait for any open write transaction) interleave
-/// with the pieces. A last, durable transaction switches the header to the new pieces
+/// pieces are in memory and log appends (which wait for any open write transaction)
+/// interleave with the pieces. A last, durable transaction switches the header to the new pieces
 /// and removes the previous ones; until then the previous snapshot is the current one,
 /// and the pieces of a build that a crash interrupted are removed by the next build.
 /// The pieces are written from the blocking pool as [`encode_in_background`] makes them.
@@ -476,8 +476,9 @@ type Encoding = (
 );
 
 /// Encodes the leases of `state` after `head` (the skeleton) on a thread of its own at a
-/// lower CPU priority ([`lower_thread_priority`]), handing out [`snapshot::PIECE_BYTES`] pieces (the last one shorter)
-/// through a channel two pieces deep; the thread returns how the encoding ended.
+/// lower CPU priority ([`lower_thread_priority`]), handing out [`snapshot::PIECE_BYTES`]
+/// pieces (the last one shorter) through a channel two pieces deep; the thread returns
+/// how the encoding ended.
 ///
 /// A snapshot is background work: its encoding costs CPU in proportion to the state
 /// (about a second at a million leases), and on a busy controller it must not take that
@@ -486,23 +487,22 @@ type Encoding = (
 /// file's write lock that a log append waits for.
 fn encode_in_background(state: ClusterState, mut head: Vec<u8>) -> io::Result<Encoding> {
     let (send, pieces) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
-    let stopped = || io::Error::other("the snapshot's pieces are no longer stored");
+    // Hands out the first piece of `out` (all of it if it is shorter than a piece).
+    let hand_out = move |out: &mut Vec<u8>| {
+        let rest = out.split_off(out.len().min(snapshot::PIECE_BYTES));
+        send.send(std::mem::replace(out, rest))
+            .map_err(|_| io::Error::other("the snapshot's pieces are no longer stored"))
+    };
     let encoder = std::thread::Builder::new()
         .name("snapshot-encode".into())
         .spawn(move || {
             lower_thread_priority();
             let out = &mut head;
-            snapshot::encode_leases_spilling(&state, out, |out| {
-                let rest = out.split_off(snapshot::PIECE_BYTES);
-                send.send(std::mem::replace(out, rest))
-                    .map_err(|_| stopped())
-            })?;
+            snapshot::encode_leases_spilling(&state, out, &hand_out)?;
             // The copy's nodes that no one else shares any more are freed here too.
             drop(state);
             while !out.is_empty() {
-                let rest = out.split_off(out.len().min(snapshot::PIECE_BYTES));
-                send.send(std::mem::replace(out, rest))
-                    .map_err(|_| stopped())?;
+                hand_out(out)?;
             }
             Ok(())
         })?;
