@@ -1,10 +1,13 @@
 //! Durable Raft storage in one redb file: the log and vote ([`LogStore`]) and the state
-//! machine with its snapshot ([`StateMachine`]).
+//! machine with its snapshot ([`StateMachine`]), whose data is a file of its own beside it
+//! ([`SNAPSHOTS_DIR`]).
 //!
 //! Persistence ordering: an append, a vote, a truncation, a purge and a snapshot are each
 //! one redb write transaction committed with `Durability::Immediate`, which ends in
 //! `fdatasync` of the data file ([`DATA_FILE`]) before `commit` returns; only then is the
-//! I/O reported to openraft. The directory entry of the data file is fsynced when the
+//! I/O reported to openraft. A snapshot's file is fsynced and renamed into place (its
+//! directory fsynced) before the commit that names it. The directory entry of the data
+//! file is fsynced when the
 //! directory is opened, so the file itself survives a power loss too. The committed index
 //! is written without a sync (openraft re-learns it from the leader), and the state
 //! machine lives in memory: on start openraft installs the last snapshot and re-applies
@@ -24,6 +27,8 @@ mod history;
 mod log;
 mod pieces;
 mod snapshot;
+mod snapshot_files;
+mod snapshot_store;
 mod state_machine;
 
 use std::fs::File;
@@ -35,12 +40,14 @@ use redb::{Database, Durability, ReadableTable, TableDefinition, WriteTransactio
 
 pub use cluster_id::ClusterIdRecord;
 pub use log::{LogStore, PURGE_BATCH};
+pub use snapshot_files::SNAPSHOTS_DIR;
 pub use state_machine::{
     run_snapshot_schedule, SnapshotSchedule, StateMachine, StateView, SNAPSHOT_MIN_ENTRIES,
     SNAPSHOT_STATE_FRACTION,
 };
 
 use failover_core::NodeId;
+use snapshot_files::SnapshotFiles;
 
 /// The Raft handle of a controller: openraft over this store's state machine. It lives
 /// here, above the type configuration (`crate::types`) the store is written against, so
@@ -56,7 +63,8 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 /// The last snapshot's header (and, from earlier versions, a whole JSON snapshot).
 const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
-/// The last snapshot's data, in pieces of at most 1 MiB, by position.
+/// The last snapshot's data, in pieces of at most 1 MiB, by position, where it is not in
+/// a file of its own (a store without a directory; data files from before snapshot files).
 const SNAPSHOT_CHUNKS: TableDefinition<u64, &[u8]> = TableDefinition::new("snapshot_chunks");
 /// redb's page cache. The state lives in memory and the log is read back mostly while
 /// still recent, so a small cache costs little; redb's default (1 GiB) would count
@@ -168,11 +176,14 @@ pub fn open(dir: &Path, node_id: NodeId) -> Result<(LogStore, StateMachine), Ope
     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
         sync_dir(parent).map_err(io_error)?;
     }
-    open_database(db, node_id, shown)
+    let files = SnapshotFiles::open(dir.join(SNAPSHOTS_DIR)).map_err(io_error)?;
+    open_database(db, node_id, shown, Some(files))
 }
 
 /// Opens the stores on a redb storage backend instead of a file: the deterministic
 /// simulation passes a simulated disk that keeps only what was synced across a crash.
+/// With no directory for snapshot files, snapshots are stored in the database itself,
+/// piece by piece (the layout data files had before snapshot files).
 pub fn open_with_backend(
     backend: impl redb::StorageBackend,
     node_id: NodeId,
@@ -183,18 +194,19 @@ pub fn open_with_backend(
             dir: BACKEND_NAME.to_owned(),
             source: io::Error::other(e),
         })?;
-    open_database(db, node_id, BACKEND_NAME.to_owned())
+    open_database(db, node_id, BACKEND_NAME.to_owned(), None)
 }
 
 /// How errors name a store opened with [`open_with_backend`].
 const BACKEND_NAME: &str = "(storage backend)";
 
-/// Checks the owner of a freshly opened database and builds the two stores on it;
-/// errors name the store `shown`.
+/// Checks the owner of a freshly opened database and builds the two stores on it, with
+/// snapshots stored in `files` (in the database without); errors name the store `shown`.
 fn open_database(
     db: Database,
     node_id: NodeId,
     shown: String,
+    files: Option<SnapshotFiles>,
 ) -> Result<(LogStore, StateMachine), OpenError> {
     let io_error = |source| OpenError::Io {
         dir: shown.clone(),
@@ -234,7 +246,8 @@ fn open_database(
         dir: shown.clone(),
         source,
     })?;
-    let sm = StateMachine::open(db).map_err(|source| OpenError::Damaged { dir: shown, source })?;
+    let sm = StateMachine::open(db, files)
+        .map_err(|source| OpenError::Damaged { dir: shown, source })?;
     Ok((log, sm))
 }
 

@@ -1,4 +1,4 @@
-//! The replicated state machine, in memory, with its snapshots kept in the redb file.
+//! The replicated state machine, in memory, with its last snapshot on disk.
 //!
 //! The state is applied in memory only; what makes it durable is the Raft log (fdatasynced
 //! on append) plus the last snapshot (fdatasynced when built or installed). On start the
@@ -6,8 +6,8 @@
 //! openraft re-applies the committed log after it. Applying therefore costs no disk I/O,
 //! which matters at thousands of lease grants per second.
 //!
-//! Snapshots use the compact encoding of [`super::snapshot`] and are stored in 1 MiB
-//! chunks. They are taken on a schedule that keeps their cost amortised: once the entries
+//! Snapshots use the compact encoding of [`super::snapshot`] and are stored as files
+//! ([`super::snapshot_store`]). They are taken on a schedule that keeps their cost amortised: once the entries
 //! applied since the last one reach a quarter of the state's size ([`SnapshotSchedule`]),
 //! so a snapshot, whose cost grows with the state, is paid for by that many entries. They
 //! are encoded at a lower CPU priority than the rest of the controller.
@@ -16,50 +16,23 @@ use std::io::{self, Read};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use redb::{Database, Durability, ReadableTable};
+use redb::{Database, Durability};
 
 use failover_core::{ClusterState, GroupName, HistoryEntry, PauseEvent, HISTORY_WINDOW};
 use futures::{Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::pieces::StoredPieces;
+use super::snapshot_files::SnapshotFiles;
+use super::snapshot_store::SnapshotStore;
 use super::Raft;
-use super::{
-    decode, encode, history, io_err, snapshot, write, write_blocking, SNAPSHOT as SNAPSHOTS,
-    SNAPSHOT_CHUNKS,
-};
+use super::{history, snapshot, write, write_blocking};
 use crate::snapshot_data::SnapshotData;
 use crate::types::{Applied, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 
-/// The key of the earlier format: metadata and data as one JSON value.
-const OLD_SNAPSHOT: &str = "snapshot";
-/// The key of the current snapshot's [`SnapshotHeader`]; its data is in `SNAPSHOT_CHUNKS`.
-const HEADER: &str = "header";
 /// Fewest entries between two snapshots, however small the state.
 pub const SNAPSHOT_MIN_ENTRIES: u64 = 1000;
-
-/// The stored snapshot's metadata and how its data is stored: `chunks` pieces under the
-/// keys from `first` on.
-#[derive(Debug, Serialize, Deserialize)]
-struct SnapshotHeader {
-    meta: SnapshotMeta,
-    len: u64,
-    chunks: u64,
-    /// The key of the first piece (absent, 0, in data files from before snapshots were
-    /// written piece by piece).
-    #[serde(default)]
-    first: u64,
-}
-
-/// A stored snapshot of the earlier format.
-#[derive(Debug, Deserialize)]
-struct OldSnapshot {
-    meta: SnapshotMeta,
-    data: Vec<u8>,
-}
 
 /// When the next snapshot is due: once the entries applied since the last one reach
 /// [`SNAPSHOT_MIN_ENTRIES`] or a quarter of the leases and groups the state held at the
@@ -232,21 +205,21 @@ impl std::fmt::Debug for StateMachine {
 
 impl StateMachine {
     /// Loads the stored snapshot, if any: the state machine starts applied up to it.
-    pub(super) fn open(db: Arc<Database>) -> Result<Self, io::Error> {
+    /// Snapshots are stored in `files` (in `db` without).
+    pub(super) fn open(db: Arc<Database>, files: Option<SnapshotFiles>) -> Result<Self, io::Error> {
         let view = Arc::new(StateView::new(db.clone()));
         let mut sm = StateMachine {
-            snapshots: SnapshotStore {
-                db: db.clone(),
-                storing: Arc::default(),
-            },
+            snapshots: SnapshotStore::open(db.clone(), files)?,
             db,
             last_applied: None,
             membership: StoredMembership::default(),
             view,
             history_window: HISTORY_WINDOW,
         };
-        if let Some((meta, data)) = stored_snapshot(&sm.db)? {
-            let decoded = snapshot::decode_from(io::BufReader::new(data))?;
+        if let Some(stored) = sm.snapshots.current()? {
+            let meta = stored.meta;
+            let decoded = snapshot::decode_from(io::BufReader::new(stored.data))
+                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", stored.source)))?;
             match decoded.archive {
                 // A stored snapshot of the current format: its archive is in the table,
                 // written before the snapshot was stored (a missing record is damage).
@@ -354,185 +327,6 @@ pub async fn run_snapshot_schedule(
     }
 }
 
-/// A reader of a stored snapshot's data.
-type StoredReader = Box<dyn io::Read + Send>;
-
-/// The stored snapshot's metadata and a reader of its data, if one was ever built or
-/// installed. The reader holds a read transaction: a snapshot stored meanwhile does not
-/// change what it reads.
-fn stored_snapshot(db: &Database) -> Result<Option<(SnapshotMeta, StoredReader)>, io::Error> {
-    let txn = db.begin_read().map_err(io_err)?;
-    let table = txn.open_table(SNAPSHOTS).map_err(io_err)?;
-    if let Some(raw) = table.get(HEADER).map_err(io_err)? {
-        let header: SnapshotHeader = decode(raw.value(), "snapshot header")?;
-        drop(raw);
-        drop(table);
-        let pieces = StoredPieces::new(txn, header.first, header.chunks)?;
-        let len = header.len;
-        // Fewer bytes than the header says is damage, named as such by the decoder
-        // ("truncated"); more cannot be read past `len`.
-        return Ok(Some((header.meta, Box::new(pieces.take(len)))));
-    }
-    match table.get(OLD_SNAPSHOT).map_err(io_err)? {
-        Some(raw) => {
-            let old: OldSnapshot = decode(raw.value(), "stored snapshot")?;
-            Ok(Some((old.meta, Box::new(io::Cursor::new(old.data)))))
-        }
-        None => Ok(None),
-    }
-}
-
-/// Encodes `state` and stores it as the current snapshot, replacing the previous one;
-/// returns its size in bytes once the data file is fdatasynced.
-///
-/// Written piece by piece: each [`snapshot::PIECE_BYTES`] piece is encoded and stored in
-/// a short transaction of its own, under keys past every stored piece, so at most four
-/// pieces are in memory and log appends (which wait for any open write transaction)
-/// interleave with the pieces. A last, durable transaction switches the header to the new pieces
-/// and removes the previous ones; until then the previous snapshot is the current one,
-/// and the pieces of a build that a crash interrupted are removed by the next build.
-/// The pieces are written from the blocking pool as [`encode_in_background`] makes them.
-async fn store_snapshot(
-    store: &SnapshotStore,
-    meta: &SnapshotMeta,
-    mut state: ClusterState,
-) -> Result<u64, io::Error> {
-    let out = snapshot::encode_skeleton(&mut state)?;
-    let db = store.db.clone();
-    let storing = store.storing.clone();
-    let meta = meta.clone();
-    super::blocking(move || {
-        // One at a time: a follower may install the leader's snapshot while its own
-        // build is still storing, and the pieces of both must not interleave.
-        let _storing = storing.lock().unwrap_or_else(|p| p.into_inner());
-        let first = {
-            let txn = db.begin_read().map_err(io_err)?;
-            let table = txn.open_table(SNAPSHOT_CHUNKS).map_err(io_err)?;
-            let last = table.last().map_err(io_err)?;
-            last.map_or(0, |(key, _)| key.value() + 1)
-        };
-        let mut next = first;
-        let mut len = 0u64;
-        let mut store_piece = |piece: &[u8]| -> io::Result<()> {
-            write(&db, Durability::None, |txn| {
-                let mut table = txn.open_table(SNAPSHOT_CHUNKS)?;
-                table.insert(next, piece)?;
-                Ok(())
-            })?;
-            next += 1;
-            len += piece.len() as u64;
-            Ok(())
-        };
-        let (pieces, encoder) = encode_in_background(state, out)?;
-        let stored = pieces.iter().try_for_each(|piece| store_piece(&piece));
-        // A failed write drops the receiver, which stops the encoder at its next piece.
-        drop(pieces);
-        // A panic there is a broken invariant of the state (asserted as it is encoded):
-        // it goes on here as it would have on this thread.
-        let encoded = encoder
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        stored?;
-        encoded?;
-        let last_log_id = meta.last_log_id;
-        let header = encode(&SnapshotHeader {
-            meta,
-            len,
-            chunks: next - first,
-            first,
-        })?;
-        let current = stored_snapshot(&db)?.map(|(meta, _)| meta);
-        if current.is_some_and(|current| current.last_log_id >= last_log_id) {
-            // A snapshot at least as new was stored meanwhile (a follower's own build
-            // finishing after it installed the leader's): it stays, this one goes.
-            write(&db, Durability::None, |txn| {
-                super::remove_from(&mut txn.open_table(SNAPSHOT_CHUNKS)?, first)
-            })?;
-            tracing::info!(
-                ?last_log_id,
-                "a newer snapshot was stored meanwhile; this one is dropped"
-            );
-            return Ok(len);
-        }
-        write(&db, Durability::Immediate, |txn| {
-            let mut table = txn.open_table(SNAPSHOT_CHUNKS)?;
-            if let Some(before) = first.checked_sub(1) {
-                super::remove_first_through(&mut table, before, u64::MAX)?;
-            }
-            let mut snapshots = txn.open_table(SNAPSHOTS)?;
-            snapshots.remove(OLD_SNAPSHOT)?;
-            snapshots.insert(HEADER, header.as_slice())?;
-            Ok(())
-        })?;
-        Ok(len)
-    })
-    .await
-}
-
-/// A snapshot being encoded: its pieces as they come, and the encoder's thread.
-type Encoding = (
-    std::sync::mpsc::Receiver<Vec<u8>>,
-    std::thread::JoinHandle<io::Result<()>>,
-);
-
-/// Encodes the leases of `state` after `head` (the skeleton) on a thread of its own at a
-/// lower CPU priority ([`lower_thread_priority`]), handing out [`snapshot::PIECE_BYTES`]
-/// pieces (the last one shorter) through a channel two pieces deep; the thread returns
-/// how the encoding ended.
-///
-/// A snapshot is background work: its encoding costs CPU in proportion to the state
-/// (about a second at a million leases), and on a busy controller it must not take that
-/// time from the applies, log appends and answers that set a grant's latency. The writes
-/// stay with the caller at normal priority: a low-priority thread must never hold the data
-/// file's write lock that a log append waits for.
-fn encode_in_background(state: ClusterState, mut head: Vec<u8>) -> io::Result<Encoding> {
-    let (send, pieces) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
-    // Hands out the first piece of `out` (all of it if it is shorter than a piece).
-    let hand_out = move |out: &mut Vec<u8>| {
-        let rest = out.split_off(out.len().min(snapshot::PIECE_BYTES));
-        send.send(std::mem::replace(out, rest))
-            .map_err(|_| io::Error::other("the snapshot's pieces are no longer stored"))
-    };
-    let encoder = std::thread::Builder::new()
-        .name("snapshot-encode".into())
-        .spawn(move || {
-            lower_thread_priority();
-            let out = &mut head;
-            snapshot::encode_leases_spilling(&state, out, &hand_out)?;
-            // The copy's nodes that no one else shares any more are freed here too.
-            drop(state);
-            while !out.is_empty() {
-                hand_out(out)?;
-            }
-            Ok(())
-        })?;
-    Ok((pieces, encoder))
-}
-
-/// Lowers the calling thread's CPU priority by 10 nice steps (to at most 19), so that
-/// while there is other work to run it gets most of the CPU. Linux only: there a nice
-/// value is the thread's, while elsewhere it would be the whole process's. A refusal is
-/// harmless (the thread runs at the normal priority) and is logged.
-fn lower_thread_priority() {
-    #[cfg(target_os = "linux")]
-    {
-        use rustix::process::{getpriority_process, setpriority_process};
-        let tid = Some(rustix::thread::gettid());
-        let lowered =
-            getpriority_process(tid).and_then(|nice| setpriority_process(tid, (nice + 10).min(19)));
-        if let Err(e) = lowered {
-            tracing::debug!(error = %e, "cannot lower the snapshot encoder's priority");
-        }
-    }
-}
-
-/// Where snapshots are stored, and the lock that makes storing them one at a time.
-#[derive(Clone)]
-struct SnapshotStore {
-    db: Arc<Database>,
-    storing: Arc<std::sync::Mutex<()>>,
-}
-
 /// The invariants of a decoded snapshot's state, its archived history included.
 fn check_state(
     state: &ClusterState,
@@ -634,7 +428,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .await?;
         // Stored without the archive, which the table now holds (a snapshot of an earlier
         // format is stored in the current one).
-        store_snapshot(&self.snapshots, meta, decoded.state.clone()).await?;
+        self.snapshots.store(meta, decoded.state.clone()).await?;
         self.restore(meta, decoded.state)?;
         tracing::info!(
             last_log_id = ?meta.last_log_id,
@@ -648,9 +442,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     /// sent: only the skeleton and the archive (the history, not the leases) are read
     /// ahead.
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
-        let Some((meta, mut pieces)) = stored_snapshot(&self.db)? else {
+        let Some(stored) = self.snapshots.current()? else {
             return Ok(None);
         };
+        let (meta, mut pieces) = (stored.meta, stored.data);
         let (head, marks) = snapshot::read_head(&mut pieces)?;
         let archive = match marks {
             None => Vec::new(),
@@ -699,7 +494,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .ok_or_else(|| io::Error::other("snapshot already built"))?;
         let leases: usize = state.groups.values().map(|g| g.leases.len()).sum();
         let started = std::time::Instant::now();
-        let bytes = store_snapshot(&self.store, &self.meta, state).await?;
+        let bytes = self.store.store(&self.meta, state).await?;
         tracing::info!(
             last_log_id = ?self.meta.last_log_id,
             leases,
@@ -717,171 +512,6 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Stores `data` as the current snapshot as it is, in one piece.
-    fn store_raw(db: &Database, meta: &SnapshotMeta, data: &[u8]) {
-        let header = encode(&SnapshotHeader {
-            meta: meta.clone(),
-            len: data.len() as u64,
-            chunks: 1,
-            first: 0,
-        })
-        .expect("header");
-        write(db, Durability::Immediate, |txn| {
-            txn.open_table(SNAPSHOT_CHUNKS)?.insert(0, data)?;
-            txn.open_table(SNAPSHOTS)?
-                .insert(HEADER, header.as_slice())?;
-            Ok(())
-        })
-        .expect("store");
-    }
-
-    /// The keys of the stored snapshot pieces.
-    fn piece_keys(db: &Database) -> Vec<u64> {
-        let txn = db.begin_read().expect("read");
-        let table = txn.open_table(SNAPSHOT_CHUNKS).expect("table");
-        let keys = table
-            .iter()
-            .expect("iter")
-            .map(|r| r.expect("piece").0.value())
-            .collect();
-        keys
-    }
-
-    /// A snapshot larger than a piece is stored in pieces past every stored key; the
-    /// pieces of a build a crash interrupted, and the previous snapshot's, are removed
-    /// when the next one is stored, and it reads back whole.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn snapshots_are_stored_piece_by_piece_and_replace_the_previous_one() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let (_log, sm) = super::super::open(dir.path(), 1).expect("open");
-        let state = snapshot::tests::state(60_000);
-        let meta = |index| SnapshotMeta {
-            last_log_id: Some(openraft::testing::log_id::<TypeConfig>(1, 1, index)),
-            last_membership: Default::default(),
-        };
-        let len = store_snapshot(&sm.snapshots, &meta(5), state.clone())
-            .await
-            .expect("store");
-        assert!(
-            len > snapshot::PIECE_BYTES as u64,
-            "{len} bytes: one piece only"
-        );
-        let first = piece_keys(&sm.db);
-        assert_eq!(
-            first,
-            (0..len.div_ceil(snapshot::PIECE_BYTES as u64)).collect::<Vec<_>>()
-        );
-        // Pieces left by a build that did not finish.
-        let orphans = first.len() as u64..first.len() as u64 + 3;
-        write(&sm.db, Durability::Immediate, |txn| {
-            let mut table = txn.open_table(SNAPSHOT_CHUNKS)?;
-            for key in orphans.clone() {
-                table.insert(key, b"torn".as_slice())?;
-            }
-            Ok(())
-        })
-        .expect("orphans");
-        store_snapshot(&sm.snapshots, &meta(9), state.clone())
-            .await
-            .expect("store again");
-        let second = piece_keys(&sm.db);
-        assert_eq!(second.len(), first.len());
-        assert_eq!(second[0], orphans.end, "stored past every existing key");
-        let (stored_meta, mut reader) = stored_snapshot(&sm.db).expect("read").expect("stored");
-        assert_eq!(stored_meta, meta(9));
-        let mut data = Vec::new();
-        reader.read_to_end(&mut data).expect("read pieces");
-        assert_eq!(data.len() as u64, len);
-        assert!(snapshot::decode(&data).expect("decode").state == state);
-    }
-
-    /// The background encoder hands out the same bytes as encoding in one buffer, in
-    /// pieces of exactly [`snapshot::PIECE_BYTES`] but the last; and a writer that stops
-    /// taking pieces stops it.
-    #[test]
-    fn the_background_encoder_cuts_the_encoding_into_pieces_and_stops_with_its_writer() {
-        let mut state = snapshot::tests::state(60_000);
-        let head = snapshot::encode_skeleton(&mut state).expect("skeleton");
-        let mut whole = head.clone();
-        snapshot::encode_leases(&state, &mut whole);
-        let (pieces, encoder) = encode_in_background(state.clone(), head.clone()).expect("spawn");
-        let pieces: Vec<Vec<u8>> = pieces.iter().collect();
-        encoder.join().expect("no panic").expect("encoded");
-        assert!(pieces.len() > 1, "{} piece(s)", pieces.len());
-        let (last, full) = pieces.split_last().expect("pieces");
-        assert!(full.iter().all(|p| p.len() == snapshot::PIECE_BYTES));
-        assert!(!last.is_empty() && last.len() <= snapshot::PIECE_BYTES);
-        assert!(
-            pieces.concat() == whole,
-            "the pieces differ from the encoding"
-        );
-
-        let (pieces, encoder) = encode_in_background(state, head).expect("spawn");
-        let first = pieces.recv().expect("a first piece");
-        assert_eq!(first.len(), snapshot::PIECE_BYTES);
-        drop(pieces);
-        let stopped = encoder.join().expect("no panic");
-        assert!(stopped.is_err(), "the encoder went on without a writer");
-    }
-
-    /// The encoder's thread runs at nice +10 (a per-thread value on Linux), and the
-    /// thread that spawned it keeps its own priority.
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn the_encoder_thread_runs_at_a_lower_priority() {
-        use rustix::process::getpriority_process;
-        use rustix::thread::gettid;
-        let before = getpriority_process(Some(gettid())).expect("own priority");
-        let lowered = std::thread::spawn(move || {
-            lower_thread_priority();
-            getpriority_process(Some(gettid())).expect("priority")
-        })
-        .join()
-        .expect("thread");
-        assert_eq!(lowered, (before + 10).min(19));
-        assert_eq!(
-            getpriority_process(Some(gettid())).expect("own priority"),
-            before
-        );
-    }
-
-    /// Two snapshots stored at once (a follower's own build and the leader's it installs)
-    /// do not mix their pieces, and an older one finishing last does not replace a newer
-    /// one: the newest stays current, whole.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_newest_of_concurrent_snapshots_stays_whole() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let (_log, sm) = super::super::open(dir.path(), 1).expect("open");
-        let meta = |index| SnapshotMeta {
-            last_log_id: Some(openraft::testing::log_id::<TypeConfig>(1, 1, index)),
-            last_membership: Default::default(),
-        };
-        let older = snapshot::tests::state(60_000);
-        let newer = snapshot::tests::state(90_000);
-        let (at_5, at_9) = (meta(5), meta(9));
-        let (a, b) = tokio::join!(
-            store_snapshot(&sm.snapshots, &at_5, older.clone()),
-            store_snapshot(&sm.snapshots, &at_9, newer.clone()),
-        );
-        a.expect("older");
-        b.expect("newer");
-        // And the older one once more, after the newer one.
-        store_snapshot(&sm.snapshots, &meta(5), older)
-            .await
-            .expect("older again");
-        let (stored_meta, mut reader) = stored_snapshot(&sm.db).expect("read").expect("stored");
-        assert_eq!(stored_meta, meta(9));
-        let mut data = Vec::new();
-        reader.read_to_end(&mut data).expect("read pieces");
-        assert!(snapshot::decode(&data).expect("decode").state == newer);
-        let pieces = piece_keys(&sm.db);
-        assert_eq!(
-            pieces.len() as u64,
-            (data.len() as u64).div_ceil(snapshot::PIECE_BYTES as u64),
-            "only the current snapshot's pieces are left: {pieces:?}"
-        );
-    }
 
     /// A data dir whose stored snapshot is of the format before this one (`FOSNAP3`: the
     /// archive inside it, no change counts) opens with the whole history and its counts,
@@ -903,7 +533,7 @@ mod tests {
         };
         {
             let (_log, sm) = super::super::open(dir.path(), 1).expect("open");
-            store_raw(&sm.db, &meta, &v3);
+            super::super::snapshot_store::tests::store_raw(&sm.db, &meta, &v3);
         }
         let (_log, mut sm) = super::super::open(dir.path(), 1).expect("reopen");
         sm.set_history_window(4).expect("window");
