@@ -749,9 +749,10 @@ def render(runs: dict, counts: list, args, etcd_version: str, elapsed: float) ->
     cores = os.cpu_count()
     loads = [x for rs in runs.values() for r in rs for x in r.get("load_1min", [])]
     load_text = (f" The 1-minute load average, read before and after each run, was "
-                 f"{min(loads):.1f}-{max(loads):.1f} on {cores} cores: other builds and tests "
-                 "shared the machine, so absolute rates are low and both systems suffer "
-                 "alike; compare the two systems within this run." if loads else "")
+                 f"{min(loads):.1f}-{max(loads):.1f} on {cores} cores, the benchmark's own "
+                 "processes included (three servers and the load generator), so absolute "
+                 "rates vary from machine to machine and run to run; compare the two "
+                 "systems within this run." if loads else "")
     body = [
         f"## Leases: failover vs etcd (`python3 scripts/bench-leases.py`, release build, "
         f"{cores} cores)",
