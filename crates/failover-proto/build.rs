@@ -15,6 +15,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={root}/{file}");
     }
     let descriptors = protox::compile(files, [&root])?;
-    tonic_prost_build::configure().compile_fds(descriptors)?;
+    // Without the `grpc` feature only the messages are generated (no tonic in the code).
+    let grpc = std::env::var_os("CARGO_FEATURE_GRPC").is_some();
+    tonic_prost_build::configure()
+        .build_client(grpc)
+        .build_server(grpc)
+        .compile_fds(descriptors)?;
     Ok(())
 }

@@ -16,16 +16,18 @@ use failover_core::{
     Epoch, FencingToken, FencingValue, GroupName, GroupState, LeaseId, PauseEvent, Phase, SiteId,
 };
 
-use crate::{admin, executor, lease, raft, types};
+use crate::{admin, executor, lease, types};
 
 /// The channel every generated client of this workspace runs on: a tonic `Channel` that
 /// carries the cluster id (and a bearer token) on every call and checks the id of every
 /// answer ([`crate::pin`]). The one place the client type is chosen.
+#[cfg(feature = "grpc")]
 pub type Chan = crate::pin::PinnedChannel;
 
 /// Metadata key carrying the leader's address on a not-leader answer; clients follow it.
 pub const LEADER_HEADER: &str = "x-failover-leader";
 /// The leader a not-leader answer names ([`LEADER_HEADER`]), if it names one.
+#[cfg(feature = "grpc")]
 pub fn leader_named(status: &tonic::Status) -> Option<String> {
     status
         .metadata()
@@ -44,6 +46,7 @@ pub const RELAY_HEADER: &str = "x-failover-relay";
 
 /// Metadata key carrying the cluster id, beside [`LEADER_HEADER`]; its home is the pinned
 /// channel that sends and checks it.
+#[cfg(feature = "grpc")]
 pub use crate::pin::CLUSTER_HEADER;
 
 /// Largest Raft message (both ways): snapshots travel whole, about 2,000,000 leases at
@@ -59,6 +62,7 @@ pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
 /// An admin client with the message bounds every client of this workspace uses.
+#[cfg(feature = "grpc")]
 pub fn admin_client(channel: Chan) -> admin::admin_service_client::AdminServiceClient<Chan> {
     admin::admin_service_client::AdminServiceClient::new(channel)
         .max_encoding_message_size(MAX_REQUEST_BYTES)
@@ -66,6 +70,7 @@ pub fn admin_client(channel: Chan) -> admin::admin_service_client::AdminServiceC
 }
 
 /// A lease client with the message bounds every client of this workspace uses.
+#[cfg(feature = "grpc")]
 pub fn lease_client(channel: Chan) -> lease::lease_service_client::LeaseServiceClient<Chan> {
     lease::lease_service_client::LeaseServiceClient::new(channel)
         .max_encoding_message_size(MAX_REQUEST_BYTES)
@@ -73,6 +78,7 @@ pub fn lease_client(channel: Chan) -> lease::lease_service_client::LeaseServiceC
 }
 
 /// An executor-report client with the message bounds every client of this workspace uses.
+#[cfg(feature = "grpc")]
 pub fn executor_client(
     channel: Chan,
 ) -> executor::executor_service_client::ExecutorServiceClient<Chan> {
@@ -82,8 +88,9 @@ pub fn executor_client(
 }
 
 /// A Raft client between controllers (snapshots travel whole).
-pub fn raft_client(channel: Chan) -> raft::raft_service_client::RaftServiceClient<Chan> {
-    raft::raft_service_client::RaftServiceClient::new(channel)
+#[cfg(feature = "grpc")]
+pub fn raft_client(channel: Chan) -> crate::raft::raft_service_client::RaftServiceClient<Chan> {
+    crate::raft::raft_service_client::RaftServiceClient::new(channel)
         .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
         .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
 }
@@ -172,6 +179,7 @@ pub enum WireError {
     },
 }
 
+#[cfg(feature = "grpc")]
 impl From<WireError> for tonic::Status {
     fn from(e: WireError) -> Self {
         tonic::Status::invalid_argument(e.to_string())
