@@ -161,7 +161,8 @@ impl SnapshotStore {
     /// file (or to pieces under keys past every stored one), so at most four pieces are
     /// in memory. A last, durable commit points the header at it; until then the previous
     /// snapshot is the current one. A snapshot no newer than the current one (a follower's
-    /// own build finishing after it installed the leader's) is dropped instead.
+    /// own build finishing after it installed the leader's, or the leader's at the index
+    /// of its own) is dropped instead.
     pub(super) async fn store(
         &self,
         meta: &SnapshotMeta,
@@ -189,6 +190,18 @@ impl SnapshotStore {
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             written?;
             encoded?;
+            // Decided before the new data is complete: at the same index, a new file
+            // would take the name of the current one.
+            let current = store.header()?;
+            let last_log_id = meta.last_log_id;
+            if current.is_some_and(|current| current.meta.last_log_id >= last_log_id) {
+                target.discard()?;
+                tracing::info!(
+                    ?last_log_id,
+                    "a snapshot at least as new is stored already; this one is dropped"
+                );
+                return Ok(len);
+            }
             let header = target.finish(meta, len)?;
             store.switch_to(header)?;
             Ok(len)
@@ -212,28 +225,17 @@ impl SnapshotStore {
         })
     }
 
-    /// Makes the snapshot `header` describes the current one, unless one at least as new
-    /// is stored already, and deletes what it replaces (or, dropped, its own data).
+    /// Makes the snapshot `header` describes the current one, and deletes what it
+    /// replaces. Only with `storing` held, for a snapshot newer than the current one.
     fn switch_to(&self, header: SnapshotHeader) -> io::Result<()> {
         let _switching = lock(&self.switching);
         let current = self.header()?;
-        let last_log_id = header.meta.last_log_id;
-        if current
-            .as_ref()
-            .is_some_and(|current| current.meta.last_log_id >= last_log_id)
-        {
-            match (&self.files, &header.file) {
-                (Some(files), Some(name)) => files.remove(name)?,
-                _ => write(&self.db, Durability::None, |txn| {
-                    super::remove_from(&mut txn.open_table(SNAPSHOT_CHUNKS)?, header.first)
-                })?,
-            }
-            tracing::info!(
-                ?last_log_id,
-                "a newer snapshot was stored meanwhile; this one is dropped"
-            );
-            return Ok(());
-        }
+        assert!(
+            current
+                .as_ref()
+                .is_none_or(|current| current.meta.last_log_id < header.meta.last_log_id),
+            "a snapshot replaces only an older one"
+        );
         let encoded = encode(&header)?;
         // Every piece before the new ones: the previous snapshot's and those of a build a
         // crash interrupted (all of them when the new snapshot is a file).
@@ -286,6 +288,20 @@ impl Target {
                 *next += 1;
                 Ok(())
             }
+        }
+    }
+
+    /// Deletes what was written.
+    fn discard(self) -> io::Result<()> {
+        match self {
+            // Dropped unfinished, it deletes itself.
+            Target::File(file) => {
+                drop(file);
+                Ok(())
+            }
+            Target::Pieces { db, first, .. } => write(&db, Durability::None, |txn| {
+                super::remove_from(&mut txn.open_table(SNAPSHOT_CHUNKS)?, first)
+            }),
         }
     }
 
@@ -521,6 +537,34 @@ pub(super) mod tests {
         assert_eq!(stored_meta, meta(9));
         assert!(data.len() as u64 > len);
         assert!(snapshot::decode(&data).expect("decode").state == newer);
+    }
+
+    /// A snapshot at the index of the current one (a follower installing the leader's
+    /// snapshot of what it had built itself) is dropped, and the current one stays whole:
+    /// its file has the same name, and must be neither overwritten nor deleted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_snapshot_at_the_current_index_leaves_the_current_one_whole() {
+        for files in [true, false] {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let store = open_in(dir.path(), files);
+            let state = snapshot::tests::state(60_000);
+            store.store(&meta(5), state.clone()).await.expect("store");
+            let before = read_current(&store);
+            store
+                .store(&meta(5), snapshot::tests::state(10))
+                .await
+                .expect("store at the same index");
+            assert!(read_current(&store) == before, "files: {files}");
+            if files {
+                assert_eq!(files_in(dir.path()), vec![SnapshotFiles::name(5)]);
+            } else {
+                let pieces = piece_keys(&store.db).len() as u64;
+                assert_eq!(
+                    pieces,
+                    (before.1.len() as u64).div_ceil(snapshot::PIECE_BYTES as u64)
+                );
+            }
+        }
     }
 
     /// A reader of the current snapshot reads it whole even after a newer snapshot
