@@ -16,9 +16,11 @@
 //! "Existing" must not include a cluster that is forming right now: controllers started
 //! together on empty data dirs see each other's first election within milliseconds. A
 //! peer reports an existing cluster when its state holds groups (so a leader has
-//! committed them) and either the leader's history shows a group created more than
-//! [`FORMATION_WINDOW`] ago, or no leader answers (the cluster has lost its quorum, quite
-//! possibly because this controller is missing). What this cannot tell: a disk lost within
+//! committed them) and the history shows a group created more than [`FORMATION_WINDOW`]
+//! ago: the leader's history, or, when no leader answers (the cluster may have lost its
+//! quorum, quite possibly because this controller is missing; or its new leader is slow
+//! to confirm it), the peer's own; a peer whose history cannot be read at all counts as
+//! an existing cluster. What this cannot tell: a disk lost within
 //! [`FORMATION_WINDOW`] of the cluster's creation, and a topology without groups. The window
 //! is short because a false refusal costs little (the message names `--join-existing`).
 
@@ -123,16 +125,18 @@ async fn peer_status(
     }
 }
 
-/// The whole history as the peer's leader has it (the peer forwards the call), asked
-/// again while the failure may pass, for at most [`PROBE_TIMEOUT`].
-async fn leader_history(
+/// The whole history as the peer's leader has it (the peer forwards the call), or with
+/// `stale` as the peer itself has it (no leader needed), asked again while the failure
+/// may pass, for at most [`PROBE_TIMEOUT`].
+async fn peer_history(
     client: &mut AdminServiceClient<Chan>,
+    stale: bool,
 ) -> Option<failover_proto::admin::HistoryResponse> {
     let end = Instant::now() + PROBE_TIMEOUT;
     loop {
         let request = HistoryRequest {
             group: String::new(),
-            allow_stale: false,
+            allow_stale: stale,
             limit: 0,
             before_unix_ms: 0,
         };
@@ -160,31 +164,74 @@ async fn probe_peer(
         term: status.term,
         evidence,
     };
-    let no_leader = || {
-        existing(format!(
-            "its state holds {} group(s) but no leader answers",
-            status.groups.len()
-        ))
+    let confirmed = if status.consistent && status.leader != 0 {
+        peer_history(&mut client, false).await
+    } else {
+        None
     };
-    if !(status.consistent && status.leader != 0) {
-        return Some(no_leader());
+    if let Some(history) = confirmed {
+        return formed_before(&history, now_unix_ms, Led::Yes).map(existing);
     }
-    let Some(history) = leader_history(&mut client).await else {
-        return Some(no_leader());
+    // No leader answers: the cluster may have lost its quorum (quite possibly because
+    // this controller is missing), or it is forming and its new leader has not yet
+    // confirmed its quorum (a busy machine takes seconds). The peer's own state tells
+    // the two apart by the age of its groups: what it holds is committed.
+    let groups = status.groups.len();
+    match peer_history(&mut client, true).await {
+        Some(history) => formed_before(&history, now_unix_ms, Led::No { groups }).map(existing),
+        None => Some(existing(format!(
+            "its state holds {groups} group(s) but no leader answers"
+        ))),
+    }
+}
+
+/// Whether the history a peer answered came from a leader confirmed by its quorum.
+#[derive(Debug, Clone, Copy)]
+enum Led {
+    Yes,
+    /// No leader answered; the peer's own state holds `groups` groups.
+    No {
+        groups: usize,
+    },
+}
+
+/// Why `history` shows a cluster formed before this start (its oldest change is older
+/// than [`FORMATION_WINDOW`] at `now_unix_ms`), in words for the operator; `None` when
+/// it is younger. A history without a single timed change shows nothing when a leader
+/// answered, and cannot rule out an existing cluster when none did.
+fn formed_before(
+    history: &failover_proto::admin::HistoryResponse,
+    now_unix_ms: u64,
+    led: Led,
+) -> Option<String> {
+    let Some(oldest) = oldest_change(history) else {
+        return match led {
+            Led::Yes => None,
+            Led::No { groups } => Some(format!(
+                "its state holds {groups} group(s) but no leader answers"
+            )),
+        };
     };
-    let oldest = history
+    let age_s = now_unix_ms.saturating_sub(oldest) / 1000;
+    if now_unix_ms.saturating_sub(oldest) <= FORMATION_WINDOW.as_millis() as u64 {
+        return None;
+    }
+    Some(match led {
+        Led::Yes => format!("its history starts {age_s} s ago, before this controller started"),
+        Led::No { groups } => format!(
+            "its state holds {groups} group(s), the oldest created {age_s} s ago, but no leader answers"
+        ),
+    })
+}
+
+/// When the oldest change of a history was requested (0, unknown, is left out).
+fn oldest_change(history: &failover_proto::admin::HistoryResponse) -> Option<u64> {
+    history
         .entries
         .iter()
         .map(|e| e.requested_at_unix_ms)
         .filter(|&at| at > 0)
-        .min()?;
-    let age_ms = now_unix_ms.saturating_sub(oldest);
-    (age_ms > FORMATION_WINDOW.as_millis() as u64).then(|| {
-        existing(format!(
-            "its history starts {} s ago, before this controller started",
-            age_ms / 1000
-        ))
-    })
+        .min()
 }
 
 /// How long a joining controller keeps asking for the leader's [`allow_rejoin`].
@@ -213,4 +260,56 @@ pub async fn allow_rejoin(topology: &Topology, me: NodeId, dialer: &dyn Dialer) 
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use failover_proto::admin::{HistoryEntry, HistoryResponse};
+
+    /// A history whose changes were requested at `times` (unix ms).
+    fn history(times: &[u64]) -> HistoryResponse {
+        HistoryResponse {
+            entries: times
+                .iter()
+                .map(|&at| HistoryEntry {
+                    requested_at_unix_ms: at,
+                    ..Default::default()
+                })
+                .collect(),
+        }
+    }
+
+    const NOW: u64 = 1_000_000;
+
+    /// A cluster younger than the formation window is forming, whether or not its leader
+    /// has confirmed its quorum yet (a new leader on a busy machine takes seconds): a
+    /// controller of the topology that starts late joins it instead of refusing.
+    #[test]
+    fn a_forming_cluster_is_not_an_existing_one_with_or_without_a_leader() {
+        let young = history(&[NOW - 5_000, NOW - 1_000]);
+        assert_eq!(formed_before(&young, NOW, Led::Yes), None);
+        assert_eq!(formed_before(&young, NOW, Led::No { groups: 1 }), None);
+    }
+
+    #[test]
+    fn an_older_cluster_is_an_existing_one_with_or_without_a_leader() {
+        let old = history(&[NOW - 1_000, NOW - 60_000]);
+        let led = formed_before(&old, NOW, Led::Yes).expect("existing");
+        assert!(led.contains("starts 60 s ago"), "{led}");
+        let alone = formed_before(&old, NOW, Led::No { groups: 2 }).expect("existing");
+        assert!(
+            alone.contains("2 group(s), the oldest created 60 s ago, but no leader answers"),
+            "{alone}"
+        );
+    }
+
+    /// Without a timed change, only a leader's answer rules an existing cluster out.
+    #[test]
+    fn a_history_without_times_rules_out_nothing_without_a_leader() {
+        let untimed = history(&[0]);
+        assert_eq!(formed_before(&untimed, NOW, Led::Yes), None);
+        let alone = formed_before(&untimed, NOW, Led::No { groups: 1 }).expect("existing");
+        assert!(alone.contains("no leader answers"), "{alone}");
+    }
 }

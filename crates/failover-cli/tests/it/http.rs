@@ -129,8 +129,13 @@ async fn active_everywhere(cluster: &Cluster) -> Vec<(u64, Option<u16>, Option<u
 async fn every_controller_serves_active_health_and_metrics() {
     let mut cluster = Cluster::new();
     cluster.start_all();
-    let cluster_id = cluster.wait_ready(READY).await.cluster_id;
-    assert!(!cluster_id.is_empty());
+    cluster.wait_ready(READY).await;
+    // The id is fixed by a command of its own; a controller shows it once it applied it.
+    let cluster_id = eventually("the cluster id in a status", READY, || async {
+        let status = cluster.client().status().await.ok()?;
+        (!status.cluster_id.is_empty()).then_some(status.cluster_id)
+    })
+    .await;
 
     // Followers apply what the leader committed within about a heartbeat.
     eventually("site-a active on every controller", SETTLE, || async {
