@@ -170,19 +170,20 @@ async fn probe_peer(
         None
     };
     if let Some(history) = confirmed {
-        return formed_before(&history, now_unix_ms, Led::Yes).map(existing);
+        return formed_before(oldest_change(&history), now_unix_ms, Led::Yes).map(existing);
     }
     // No leader answers: the cluster may have lost its quorum (quite possibly because
     // this controller is missing), or it is forming and its new leader has not yet
     // confirmed its quorum (a busy machine takes seconds). The peer's own state tells
     // the two apart by the age of its groups: what it holds is committed.
+    let own = peer_history(&mut client, true).await;
     let groups = status.groups.len();
-    match peer_history(&mut client, true).await {
-        Some(history) => formed_before(&history, now_unix_ms, Led::No { groups }).map(existing),
-        None => Some(existing(format!(
-            "its state holds {groups} group(s) but no leader answers"
-        ))),
-    }
+    formed_before(
+        own.as_ref().and_then(oldest_change),
+        now_unix_ms,
+        Led::No { groups },
+    )
+    .map(existing)
 }
 
 /// Whether the history a peer answered came from a leader confirmed by its quorum.
@@ -195,16 +196,13 @@ enum Led {
     },
 }
 
-/// Why `history` shows a cluster formed before this start (its oldest change is older
-/// than [`FORMATION_WINDOW`] at `now_unix_ms`), in words for the operator; `None` when
-/// it is younger. A history without a single timed change shows nothing when a leader
-/// answered, and cannot rule out an existing cluster when none did.
-fn formed_before(
-    history: &failover_proto::admin::HistoryResponse,
-    now_unix_ms: u64,
-    led: Led,
-) -> Option<String> {
-    let Some(oldest) = oldest_change(history) else {
+/// Why a history whose oldest change was requested at `oldest` (unix ms) shows a
+/// cluster formed before this start (older than [`FORMATION_WINDOW`] at `now_unix_ms`),
+/// in words for the operator; `None` when it is younger. Without a timed change (none
+/// in the history, or a history that could not be read), nothing is shown when a leader
+/// answered, and an existing cluster cannot be ruled out when none did.
+fn formed_before(oldest: Option<u64>, now_unix_ms: u64, led: Led) -> Option<String> {
+    let Some(oldest) = oldest else {
         return match led {
             Led::Yes => None,
             Led::No { groups } => Some(format!(
@@ -212,10 +210,11 @@ fn formed_before(
             )),
         };
     };
-    let age_s = now_unix_ms.saturating_sub(oldest) / 1000;
-    if now_unix_ms.saturating_sub(oldest) <= FORMATION_WINDOW.as_millis() as u64 {
+    let age_ms = now_unix_ms.saturating_sub(oldest);
+    if age_ms <= FORMATION_WINDOW.as_millis() as u64 {
         return None;
     }
+    let age_s = age_ms / 1000;
     Some(match led {
         Led::Yes => format!("its history starts {age_s} s ago, before this controller started"),
         Led::No { groups } => format!(
@@ -288,16 +287,20 @@ mod tests {
     #[test]
     fn a_forming_cluster_is_not_an_existing_one_with_or_without_a_leader() {
         let young = history(&[NOW - 5_000, NOW - 1_000]);
-        assert_eq!(formed_before(&young, NOW, Led::Yes), None);
-        assert_eq!(formed_before(&young, NOW, Led::No { groups: 1 }), None);
+        assert_eq!(formed_before(oldest_change(&young), NOW, Led::Yes), None);
+        assert_eq!(
+            formed_before(oldest_change(&young), NOW, Led::No { groups: 1 }),
+            None
+        );
     }
 
     #[test]
     fn an_older_cluster_is_an_existing_one_with_or_without_a_leader() {
         let old = history(&[NOW - 1_000, NOW - 60_000]);
-        let led = formed_before(&old, NOW, Led::Yes).expect("existing");
+        let led = formed_before(oldest_change(&old), NOW, Led::Yes).expect("existing");
         assert!(led.contains("starts 60 s ago"), "{led}");
-        let alone = formed_before(&old, NOW, Led::No { groups: 2 }).expect("existing");
+        let alone =
+            formed_before(oldest_change(&old), NOW, Led::No { groups: 2 }).expect("existing");
         assert!(
             alone.contains("2 group(s), the oldest created 60 s ago, but no leader answers"),
             "{alone}"
@@ -308,8 +311,9 @@ mod tests {
     #[test]
     fn a_history_without_times_rules_out_nothing_without_a_leader() {
         let untimed = history(&[0]);
-        assert_eq!(formed_before(&untimed, NOW, Led::Yes), None);
-        let alone = formed_before(&untimed, NOW, Led::No { groups: 1 }).expect("existing");
+        assert_eq!(formed_before(oldest_change(&untimed), NOW, Led::Yes), None);
+        let alone =
+            formed_before(oldest_change(&untimed), NOW, Led::No { groups: 1 }).expect("existing");
         assert!(alone.contains("no leader answers"), "{alone}");
     }
 }

@@ -11,7 +11,7 @@
 use std::io::{self, Read};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use redb::{Database, Durability, ReadableTable};
+use redb::{Database, Durability, ReadTransaction, ReadableTable};
 use serde::{Deserialize, Serialize};
 
 use failover_core::ClusterState;
@@ -96,11 +96,7 @@ impl SnapshotStore {
 
     /// The current snapshot's header, if one was stored in the current form.
     fn header(&self) -> io::Result<Option<SnapshotHeader>> {
-        let txn = self.db.begin_read().map_err(io_err)?;
-        let table = txn.open_table(SNAPSHOTS).map_err(io_err)?;
-        let raw = table.get(HEADER).map_err(io_err)?;
-        raw.map(|raw| decode(raw.value(), "snapshot header"))
-            .transpose()
+        header_in(&self.db.begin_read().map_err(io_err)?)
     }
 
     /// The stored snapshot's metadata and a reader of its data, if one was ever built or
@@ -108,11 +104,7 @@ impl SnapshotStore {
     pub(super) fn current(&self) -> io::Result<Option<Stored>> {
         let _switching = lock(&self.switching);
         let txn = self.db.begin_read().map_err(io_err)?;
-        let table = txn.open_table(SNAPSHOTS).map_err(io_err)?;
-        if let Some(raw) = table.get(HEADER).map_err(io_err)? {
-            let header: SnapshotHeader = decode(raw.value(), "snapshot header")?;
-            drop(raw);
-            drop(table);
+        if let Some(header) = header_in(&txn)? {
             // Fewer bytes than the header says is damage, named as such by the decoder
             // ("truncated"); more cannot be read past `len`.
             let (data, source): (Box<dyn io::Read + Send>, String) = match &header.file {
@@ -140,6 +132,7 @@ impl SnapshotStore {
                 source,
             }));
         }
+        let table = txn.open_table(SNAPSHOTS).map_err(io_err)?;
         match table.get(OLD_SNAPSHOT).map_err(io_err)? {
             Some(raw) => {
                 let old: OldSnapshot = decode(raw.value(), "stored snapshot")?;
@@ -325,6 +318,14 @@ impl Target {
             },
         })
     }
+}
+
+/// The snapshot header as `txn` sees it.
+fn header_in(txn: &ReadTransaction) -> io::Result<Option<SnapshotHeader>> {
+    let table = txn.open_table(SNAPSHOTS).map_err(io_err)?;
+    let raw = table.get(HEADER).map_err(io_err)?;
+    raw.map(|raw| decode(raw.value(), "snapshot header"))
+        .transpose()
 }
 
 fn lock(mutex: &Mutex<()>) -> MutexGuard<'_, ()> {
