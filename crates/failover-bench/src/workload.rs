@@ -104,10 +104,26 @@ pub struct GrantReport {
     pub per_s: f64,
     /// Latency of each successful grant.
     pub latency: Summary,
+    /// The phase cut into ten parts of equally many grants, in the order they finished:
+    /// whether grants slow down as the state grows, or only at times.
+    pub by_tenth: Vec<GrantSlice>,
     /// With `--trace-slow`: when the phase started (Unix time, ms), and the slowest 1% of
     /// grants as (finished, ms after that start; latency, ms), in the order they finished.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub slowest: Option<SlowGrants>,
+}
+
+/// One part of the grant phase.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct GrantSlice {
+    /// Grants that finished in this part.
+    pub granted: usize,
+    /// They per second, from the previous part's last answer to this part's last.
+    pub per_s: f64,
+    /// Their median latency.
+    pub p50_ms: f64,
+    /// Their 99th percentile latency.
+    pub p99_ms: f64,
 }
 
 /// The slowest grants of a phase, placed in time.
@@ -204,9 +220,7 @@ async fn grant_phase<T: Target>(
             Ok(lease) => {
                 leases.push(lease);
                 samples.push(latency);
-                if workload.trace_slow {
-                    finished.push((at.as_secs_f64() * 1e3, latency.as_secs_f64() * 1e3));
-                }
+                finished.push((at.as_secs_f64() * 1e3, latency.as_secs_f64() * 1e3));
             }
             Err(e) => {
                 failed += 1;
@@ -221,12 +235,43 @@ async fn grant_phase<T: Target>(
         wall_s: wall.as_secs_f64(),
         per_s: leases.len() as f64 / wall.as_secs_f64(),
         latency: samples.summary(),
+        by_tenth: tenths(&mut finished),
         slowest: workload.trace_slow.then(|| SlowGrants {
             started_unix_ms,
             grants: slowest_percent(finished),
         }),
     };
     (report, leases)
+}
+
+/// `grants` (finished, latency; ms) cut into ten parts of equally many, in the order
+/// they finished (which it leaves them in); fewer than ten grants make no parts.
+fn tenths(grants: &mut [(f64, f64)]) -> Vec<GrantSlice> {
+    grants.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
+    let n = grants.len();
+    if n < 10 {
+        return Vec::new();
+    }
+    let mut since_ms = 0.0;
+    (0..10)
+        .map(|k| {
+            let part = &grants[k * n / 10..(k + 1) * n / 10];
+            let until_ms = part.last().map_or(since_ms, |g| g.0);
+            let mut samples = Samples::default();
+            for &(_, latency_ms) in part {
+                samples.push(Duration::from_micros((latency_ms * 1e3).round() as u64));
+            }
+            let latency = samples.summary();
+            let slice = GrantSlice {
+                granted: part.len(),
+                per_s: part.len() as f64 / ((until_ms - since_ms).max(1e-3) / 1e3),
+                p50_ms: latency.p50_ms,
+                p99_ms: latency.p99_ms,
+            };
+            since_ms = until_ms;
+            slice
+        })
+        .collect()
 }
 
 /// The slowest 1% (at least one) of `grants` (finished, latency), in the order they
@@ -370,6 +415,22 @@ async fn keepalive_stream<T: Target>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tenths_cut_the_phase_in_the_order_grants_finished() {
+        // 20 grants, finished every 10 ms; the second half is three times as slow.
+        let mut grants: Vec<(f64, f64)> = (1..=20)
+            .rev()
+            .map(|k| (k as f64 * 10.0, if k > 10 { 6.0 } else { 2.0 }))
+            .collect();
+        let parts = tenths(&mut grants);
+        assert_eq!(parts.len(), 10);
+        assert_eq!(parts[0].granted, 2);
+        assert_eq!(parts[0].per_s, 100.0);
+        assert_eq!(parts[4].p99_ms, 2.0);
+        assert_eq!(parts[5].p50_ms, 6.0);
+        assert!(tenths(&mut grants[..9]).is_empty());
+    }
 
     #[test]
     fn the_slowest_percent_is_kept_in_the_order_it_finished() {

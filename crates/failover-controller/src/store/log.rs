@@ -3,15 +3,15 @@
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, RaftLogStorage};
 use openraft::{LogState, OptionalSend, RaftLogReader};
-use redb::{Database, Durability, ReadableTable};
+use redb::{Database, ReadableTable};
 
-use super::{decode, encode, io_err, read_meta, write_blocking, LOG, META};
+use super::log_writer::{Change, Done, Job, Shared, Writer};
+use super::{decode, encode, io_err, read_meta, LOG};
 use crate::types::{Entry, LogId, TypeConfig, Vote};
 
 const VOTE: &str = "vote";
@@ -30,22 +30,26 @@ pub const PURGE_BATCH: u64 = 32;
 
 /// The Raft log (`log` table, keyed by index) and vote (`meta` table).
 ///
-/// Every method that changes what Raft counts as persisted (append, vote, truncate,
-/// purge) returns only after the data file was fdatasynced.
+/// Every write that changes what Raft counts as persisted (append, vote, truncate,
+/// purge) is reported done only after the data file was fdatasynced. The writes are
+/// committed by one writer thread, in order and many per transaction
+/// ([`super::log_writer`]): an append returns once its entries are readable and reports
+/// them flushed through openraft's callback.
 ///
 /// A purge records the purged id (durably) and removes at most [`PURGE_BATCH`] entries;
 /// the rest are removed [`PURGE_BATCH`] at a time by the writes that follow, inside their
-/// own transactions. openraft awaits a purge on its core task, so a purge of a quarter of
-/// a million entries (a snapshot of a 1,000,000-lease state) done at once stalled every
-/// append and commit for its duration. Entries at or below the purged id that are still
-/// in the table are never read: the log's state and every read start above it, and a
-/// restart resumes the removal from the recorded id.
+/// own transactions. A purge of a quarter of a million entries (a snapshot of a
+/// 1,000,000-lease state) done at once stalled every append and commit for its duration.
+/// Entries at or below the purged id that are still in the table are never read: the
+/// log's state and every read start above it, and a restart resumes the removal from the
+/// recorded id.
 #[derive(Clone)]
 pub struct LogStore {
     pub(super) db: Arc<Database>,
-    /// One past the index of the last purged entry that may still be in the table
-    /// (0: nothing left to remove). Shared by the clones openraft reads through.
-    purge_debt: Arc<AtomicU64>,
+    shared: Arc<Shared>,
+    /// Started with the first write made on a multi-threaded runtime; shared by the
+    /// clones openraft reads through, and stopped with the last of them.
+    writer: Arc<Mutex<Option<Writer>>>,
 }
 
 impl Debug for LogStore {
@@ -59,45 +63,18 @@ impl LogStore {
     /// that follow.
     pub(super) fn new(db: Arc<Database>) -> io::Result<Self> {
         let store = LogStore {
-            db,
-            purge_debt: Arc::new(AtomicU64::new(0)),
+            db: db.clone(),
+            shared: Arc::new(Shared::new(db)),
+            writer: Arc::new(Mutex::new(None)),
         };
         if let Some(purged) = store.last_purged()? {
-            store.owe_purge(purged.index());
+            store.shared.owe_purge(purged.index());
         }
         Ok(store)
     }
 
     fn last_purged(&self) -> io::Result<Option<LogId>> {
         self.get_json(LAST_PURGED)
-    }
-
-    /// Records that every entry up to `index` is to be removed.
-    fn owe_purge(&self, index: u64) {
-        self.purge_debt
-            .fetch_max(index.saturating_add(1), Ordering::Relaxed);
-    }
-
-    /// The entries at most this index may still be in the table although purged.
-    fn purge_owed(&self) -> Option<u64> {
-        match self.purge_debt.load(Ordering::Relaxed) {
-            0 => None,
-            end => Some(end - 1),
-        }
-    }
-
-    /// Whether the entries purged so far are all gone from the table (as some write
-    /// found after removing a batch); only then, and only if no purge came meanwhile,
-    /// is the debt cleared.
-    fn purge_done(&self, owed: Option<u64>, done: bool) {
-        if let (Some(owed), true) = (owed, done) {
-            let _ = self.purge_debt.compare_exchange(
-                owed.saturating_add(1),
-                0,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            );
-        }
     }
 
     fn get_json<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, io::Error> {
@@ -107,32 +84,43 @@ impl LogStore {
         }
     }
 
-    async fn put_json<T: serde::Serialize>(
-        &self,
-        key: &'static str,
-        value: &T,
-        durability: Durability,
-    ) -> Result<(), io::Error> {
-        let raw = encode(value)?;
-        let owed = self.purge_owed();
-        let done = write_blocking(&self.db, durability, move |txn| {
-            txn.open_table(META)?.insert(key, raw.as_slice())?;
-            remove_purged(txn, owed)
-        })
-        .await?;
-        self.purge_done(owed, done);
-        Ok(())
+    /// Hands `job` to the writer thread, or commits it here on a current-thread runtime.
+    fn submit(&self, job: Job) {
+        if super::on_current_thread_runtime() {
+            self.shared.run(&mut vec![job]);
+            return;
+        }
+        let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if writer.is_none() {
+            match Writer::start(self.shared.clone()) {
+                Ok(started) => *writer = Some(started),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot start the log writer thread; writing inline");
+                    drop(writer);
+                    self.shared.run(&mut vec![job]);
+                    return;
+                }
+            }
+        }
+        if let Some(Err(job)) = writer.as_ref().map(|w| w.send(job)) {
+            // The writer ended (it only does when dropped): commit here.
+            drop(writer);
+            self.shared.run(&mut vec![job]);
+        }
     }
-}
 
-/// Removes at most [`PURGE_BATCH`] of the entries at or below `owed` (the first ones);
-/// returns whether none of them is left.
-fn remove_purged(txn: &redb::WriteTransaction, owed: Option<u64>) -> Result<bool, redb::Error> {
-    let Some(last) = owed else {
-        return Ok(true);
-    };
-    let mut table = txn.open_table(LOG)?;
-    super::remove_first_through(&mut table, last, PURGE_BATCH)
+    /// Submits `change` and waits until it is committed.
+    async fn commit(&self, change: Change, durable: bool) -> io::Result<()> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.submit(Job {
+            change,
+            durable,
+            done: Done::Reply(reply),
+        });
+        answer
+            .await
+            .map_err(|_| io::Error::other("the log writer ended before committing a write"))?
+    }
 }
 
 fn to_range<RB: RangeBounds<u64>>(range: &RB) -> Option<(u64, Bound<u64>)> {
@@ -157,7 +145,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             return Ok(Vec::new());
         };
         // Purged entries still in the table are not part of the log.
-        let start = match self.purge_owed() {
+        let start = match self.shared.purge_owed() {
             Some(owed) => start.max(owed.saturating_add(1)),
             None => start,
         };
@@ -169,13 +157,24 @@ impl RaftLogReader<TypeConfig> for LogStore {
         if empty {
             return Ok(Vec::new());
         }
+        // Unwritten entries first: they are above the table's, and the writer removes
+        // them only after committing, so whatever is not among them is in the table for
+        // a read begun afterwards.
+        let unwritten = self.shared.unwritten_in((Bound::Included(start), end));
+        let table_end = unwritten
+            .first()
+            .map_or(end, |entry| Bound::Excluded(entry.index()));
         let txn = self.db.begin_read().map_err(io_err)?;
         let table = txn.open_table(LOG).map_err(io_err)?;
         let mut entries = Vec::new();
-        for item in table.range((Bound::Included(start), end)).map_err(io_err)? {
+        for item in table
+            .range((Bound::Included(start), table_end))
+            .map_err(io_err)?
+        {
             let (key, raw) = item.map_err(io_err)?;
             entries.push(decode_entry(key.value(), raw.value())?);
         }
+        entries.extend(unwritten);
         Ok(entries)
     }
 
@@ -189,11 +188,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let last_purged = self.last_purged()?;
+        let unwritten = self.shared.last_unwritten();
         let txn = self.db.begin_read().map_err(io_err)?;
         let table = txn.open_table(LOG).map_err(io_err)?;
         let purged_index = last_purged.map(|id| id.index());
         // An entry at or below the purged id may be one whose removal is still owed.
-        let last = match table.last().map_err(io_err)? {
+        let written = match table.last().map_err(io_err)? {
             Some((key, raw)) if Some(key.value()) > purged_index => {
                 Some(decode_entry(key.value(), raw.value())?.log_id())
             }
@@ -201,7 +201,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         };
         Ok(LogState {
             last_purged_log_id: last_purged,
-            last_log_id: last,
+            last_log_id: unwritten.or(written),
         })
     }
 
@@ -210,19 +210,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
-        self.put_json(VOTE, vote, Durability::Immediate).await
+        self.commit(Change::Meta(VOTE, encode(vote)?), true).await
     }
 
-    /// The committed id is a hint openraft can re-learn from the leader, so it is written
-    /// without a sync; the next synced write makes it durable.
+    /// The committed id is a hint openraft can re-learn from the leader, so it is queued
+    /// without waiting and written without a sync; the next synced write makes it durable.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        self.put_json(COMMITTED, &committed, Durability::None).await
+        self.submit(Job {
+            change: Change::Meta(COMMITTED, encode(&committed)?),
+            durable: false,
+            done: Done::Nothing,
+        });
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
         Ok(self.get_json::<Option<LogId>>(COMMITTED)?.flatten())
     }
 
+    /// Returns once the entries are readable; `callback` hears when they are fdatasynced.
     async fn append<I>(
         &mut self,
         entries: I,
@@ -231,46 +237,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
     {
-        let mut batch = Vec::new();
-        for entry in entries {
-            batch.push((entry.index(), encode(&entry)?));
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let mut batch = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            batch.push((entry.index(), entry.log_id(), encode(entry)?));
         }
-        let owed = self.purge_owed();
-        let written = write_blocking(&self.db, Durability::Immediate, move |txn| {
-            {
-                let mut table = txn.open_table(LOG)?;
-                for (index, raw) in &batch {
-                    table.insert(*index, raw.as_slice())?;
-                }
-            }
-            remove_purged(txn, owed)
-        })
-        .await;
-        if let Ok(done) = written {
-            self.purge_done(owed, done);
-        }
-        let written = written.map(|_| ());
-        let reported = written
-            .as_ref()
-            .map(|_| ())
-            .map_err(|e| io::Error::new(e.kind(), e.to_string()));
-        callback.io_completed(reported);
-        written
+        self.shared.hold(&entries);
+        self.submit(Job {
+            change: Change::Append(batch),
+            durable: true,
+            done: Done::Flushed(callback),
+        });
+        Ok(())
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let start = last_log_id.map_or(0, |id| id.index() + 1);
-        let owed = self.purge_owed();
-        let done = write_blocking(&self.db, Durability::Immediate, move |txn| {
-            {
-                let mut log = txn.open_table(LOG)?;
-                super::remove_from(&mut log, start)?;
-            }
-            remove_purged(txn, owed)
-        })
-        .await?;
-        self.purge_done(owed, done);
-        Ok(())
+        self.commit(Change::TruncateFrom(start), true).await
     }
 
     /// Records `log_id` as purged and removes the first [`PURGE_BATCH`] entries up to it;
@@ -278,17 +261,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
         let raw = encode(&log_id)?;
         let started = std::time::Instant::now();
-        self.owe_purge(log_id.index());
-        let owed = self.purge_owed();
-        let done = write_blocking(&self.db, Durability::Immediate, move |txn| {
-            txn.open_table(META)?.insert(LAST_PURGED, raw.as_slice())?;
-            remove_purged(txn, owed)
-        })
-        .await?;
-        self.purge_done(owed, done);
+        self.shared.owe_purge(log_id.index());
+        self.commit(Change::Meta(LAST_PURGED, raw), true).await?;
         tracing::debug!(
             purged = log_id.index(),
-            all_removed = done,
             purge_ms = started.elapsed().as_secs_f64() * 1e3,
             "purged the log"
         );

@@ -25,6 +25,7 @@
 mod cluster_id;
 mod history;
 mod log;
+mod log_writer;
 mod pieces;
 mod snapshot;
 mod snapshot_files;
@@ -297,12 +298,29 @@ fn write<T>(
     durability: Durability,
     body: impl FnOnce(&WriteTransaction) -> Result<T, redb::Error>,
 ) -> io::Result<T> {
+    let asked = std::time::Instant::now();
     let mut txn = db.begin_write().map_err(io_err)?;
+    let locked = std::time::Instant::now();
     txn.set_durability(durability);
     let value = body(&txn).map_err(io_err)?;
+    let built = std::time::Instant::now();
     txn.commit().map_err(io_err)?;
+    let done = std::time::Instant::now();
+    if done - asked >= SLOW_WRITE {
+        tracing::debug!(
+            lock_wait_ms = (locked - asked).as_secs_f64() * 1e3,
+            body_ms = (built - locked).as_secs_f64() * 1e3,
+            commit_ms = (done - built).as_secs_f64() * 1e3,
+            durable = matches!(durability, Durability::Immediate),
+            "slow write to the data file"
+        );
+    }
     Ok(value)
 }
+
+/// A write that takes this long (waiting for the lock, changing, committing) is logged
+/// at debug level with where its time went.
+const SLOW_WRITE: std::time::Duration = std::time::Duration::from_millis(8);
 
 /// Runs `body` on the blocking pool, so disk I/O and long encodings do not stall the
 /// async runtime.
@@ -313,13 +331,19 @@ fn write<T>(
 async fn blocking<T: Send + 'static>(
     body: impl FnOnce() -> io::Result<T> + Send + 'static,
 ) -> io::Result<T> {
-    let flavor = tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor());
-    if matches!(flavor, Ok(tokio::runtime::RuntimeFlavor::CurrentThread)) {
+    if on_current_thread_runtime() {
         return body();
     }
     tokio::task::spawn_blocking(body)
         .await
         .map_err(io::Error::other)?
+}
+
+/// Whether this runs on a current-thread runtime, where work handed to another thread
+/// would run in an order the operating system's scheduling decides.
+fn on_current_thread_runtime() -> bool {
+    let flavor = tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor());
+    matches!(flavor, Ok(tokio::runtime::RuntimeFlavor::CurrentThread))
 }
 
 /// [`write`] on the blocking pool, so the fsync does not stall the async runtime (inline

@@ -270,7 +270,13 @@ async fn purging_a_long_log_keeps_the_data_file_small() {
                 )
             })
             .collect();
-        log.append(batch, IOFlushed::noop()).await.expect("append");
+        // Each append waits for its flush, so each is a transaction of its own (the
+        // writer commits what is queued together) and removes one purge batch.
+        let (flushed, done) = <TypeConfig as openraft::type_config::TypeConfigExt>::oneshot();
+        log.append(batch, IOFlushed::signal(flushed))
+            .await
+            .expect("append");
+        done.await.expect("flush reported").expect("flushed");
     }
     let file = dir.path().join(store::DATA_FILE);
     let before = std::fs::metadata(&file).expect("data file").len();
@@ -322,7 +328,13 @@ async fn append_grants(log: &mut store::LogStore, index: &mut u64, count: u64) {
                 )
             })
             .collect();
-        log.append(batch, IOFlushed::noop()).await.expect("append");
+        // Each append waits for its flush, so each is a transaction of its own (the
+        // writer commits what is queued together) and removes one purge batch.
+        let (flushed, done) = <TypeConfig as openraft::type_config::TypeConfigExt>::oneshot();
+        log.append(batch, IOFlushed::signal(flushed))
+            .await
+            .expect("append");
+        done.await.expect("flush reported").expect("flushed");
     }
 }
 
@@ -456,4 +468,56 @@ async fn a_restart_mid_purge_keeps_the_log_consistent() {
         (Some(beyond), Some(beyond), vec![])
     );
     appends_finish_the_purge(dir.path(), log, sm, beyond, beyond, ENTRIES).await;
+}
+
+/// An append returns before its entries are committed, yet they are readable at once (as
+/// openraft requires); every append's flush is reported, and once the store is dropped
+/// (its writer thread ended, the data file closed) the file holds every entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_are_readable_at_once_and_every_flush_is_reported() {
+    const APPENDS: u64 = 200;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut log, sm) = store::open(dir.path(), 1).expect("open");
+    let (reports, mut reported) = tokio::sync::mpsc::unbounded_channel();
+    for index in 1..=APPENDS {
+        let entry = Entry::new_normal(
+            log_id::<TypeConfig>(2, 1, index),
+            Command::Grant {
+                group: GroupName("default".into()),
+                site: SiteId("site-a".into()),
+                holder: format!("engine-{index:08}"),
+                ttl_ms: 600_000,
+            },
+        );
+        let (flushed, done) = <TypeConfig as openraft::type_config::TypeConfigExt>::oneshot();
+        log.append(vec![entry], IOFlushed::signal(flushed))
+            .await
+            .expect("append");
+        let reports = reports.clone();
+        tokio::spawn(async move {
+            let result = done.await.expect("flush reported");
+            let _ = reports.send((index, result.is_ok()));
+        });
+        // Readable before (or whether or not) the writer has committed it.
+        let read = log.try_get_log_entries(index..=index).await.expect("read");
+        assert_eq!(read.iter().map(|e| e.index()).collect::<Vec<_>>(), [index]);
+        assert_eq!(
+            log.get_log_state().await.expect("state").last_log_id,
+            Some(log_id::<TypeConfig>(2, 1, index))
+        );
+    }
+    drop(reports);
+    let mut flushed = Vec::new();
+    while let Some((index, ok)) = reported.recv().await {
+        assert!(ok, "append {index} failed");
+        flushed.push(index);
+    }
+    flushed.sort_unstable();
+    assert_eq!(flushed, (1..=APPENDS).collect::<Vec<_>>());
+    assert_eq!(visible(&mut log, APPENDS).await.2.len() as u64, APPENDS);
+    drop((log, sm));
+    assert_eq!(
+        stored_indexes(dir.path()),
+        (1..=APPENDS).collect::<Vec<_>>()
+    );
 }
