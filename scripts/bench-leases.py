@@ -638,7 +638,8 @@ def command_of(args) -> str:
                                  ("--large-repeat", args.large_repeat, None),
                                  ("--run-timeout", args.run_timeout, None),
                                  ("--etcd-run-timeout", args.etcd_run_timeout, None),
-                                 ("--merge-json", args.merge_json, None)):
+                                 ("--merge-json", args.merge_json and
+                                  os.path.basename(args.merge_json), None)):
         if value != default:
             command += f" {flag} {value}"
     return command
@@ -679,7 +680,8 @@ def render(runs: dict, counts: list, args, etcd_version: str, elapsed: float) ->
         ratio exists, and failover is not the worse of the two there."""
         fo_ok = [r for r in runs[("failover", n)] if "error" not in r]
         etcd_ok = [r for r in runs[("etcd", n)] if "error" not in r]
-        return not etcd_ok and len(fo_ok) == runs_at(args, n)
+        fo_all = runs[("failover", n)]
+        return not etcd_ok and bool(fo_all) and len(fo_ok) == len(fo_all)
 
     gave_up = "etcd failed every run, failover completed"
 
@@ -693,7 +695,8 @@ def render(runs: dict, counts: list, args, etcd_version: str, elapsed: float) ->
             continue
         ka = ratios(runs, n, ka_rate)
         p99 = ratios(runs, n, grant_p99)
-        complete = len(ka) == runs_at(args, n)
+        complete = bool(ka) and len(ka) == min(len(runs[("failover", n)]),
+                                               len(runs[("etcd", n)]))
         ka_met = ka_met and complete and statistics.median(ka) >= KEEPALIVE_RATIO_TARGET
         p99_met = p99_met and complete and statistics.median(p99) <= 1.0
 
@@ -740,10 +743,15 @@ def render(runs: dict, counts: list, args, etcd_version: str, elapsed: float) ->
 
     command = command_of(args)
     if args.merge_json and args.first_command:
-        reproduce = (f"`{args.first_command} --save-json {args.merge_json}` (the first sweep), "
-                     + "".join(f"then `{m['command']} --save-json {args.merge_json}`, "
-                               for m in args.merges)
-                     + f"then `{command}`")
+        # The merges end with this run's own command when it measured something; a run
+        # that only re-renders a saved sweep (`--systems none`) adds no step.
+        saved_as = os.path.basename(args.merge_json)
+        earlier = [m["command"] for m in args.merges if m["command"] != command]
+        steps = [f"`{args.first_command} --save-json {saved_as}` (the first sweep)"]
+        steps += [f"`{c} --save-json {saved_as}`" for c in earlier]
+        if args.systems != "none":
+            steps.append(f"`{command}`")
+        reproduce = ", then ".join(steps)
     else:
         reproduce = f"`{command}`"
     cores = os.cpu_count()
@@ -758,11 +766,12 @@ def render(runs: dict, counts: list, args, etcd_version: str, elapsed: float) ->
         f"{cores} cores)",
         "",
         f"Measured {time.strftime('%Y-%m-%d', time.gmtime())} on a machine with `nproc` = "
-        f"{cores}. Both systems in the same run ({elapsed:.0f} s): {args.repeat} repetitions"
-        + (f" ({args.large_repeat} at {LARGE:,} leases and more)"
-           if args.large_repeat is not None and args.large_repeat < args.repeat else "")
-        + ", "
-        "each running every lease count against failover then etcd, every time on a fresh "
+        f"{cores}. Both systems in the same run ({elapsed:.0f} s), runs per lease count ("
+        + " / ".join(f"{n:,}" for n in counts) + "): "
+        + ", ".join(f"{system} " + " / ".join(str(len(runs[(system, n)])) for n in counts)
+                    for system in SYSTEMS)
+        + ". Each repetition ran "
+        "every lease count against failover then etcd, every time on a fresh "
         "3-node cluster on loopback. The load generator (`failover-bench`, "
         "crates/failover-bench) shares the cores with the servers." + load_text
         + "".join(" Measured again in a later invocation (`--merge-json`), replacing the "
