@@ -152,11 +152,7 @@ impl Shared {
             Some(reason) => Err(reason),
             None => catch_unwind(AssertUnwindSafe(|| self.commit(jobs)))
                 .unwrap_or_else(|panic| {
-                    let what = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| (*s).to_owned())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "unreadable panic".to_owned());
+                    let what = super::panic_message(panic.as_ref());
                     Err(io::Error::other(format!("the log writer panicked: {what}")))
                 })
                 .map_err(|e| {

@@ -157,11 +157,7 @@ pub fn open(dir: &Path, node_id: NodeId) -> Result<(LogStore, StateMachine), Ope
             .create(&file)
     })
     .map_err(|panic| {
-        let what = panic
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unreadable".to_owned());
+        let what = panic_message(panic.as_ref());
         damaged(format!("shorter than its header says (truncated?): {what}"))
     })?;
     let db = opened.map_err(|e| match e {
@@ -275,6 +271,15 @@ pub fn encode_snapshot(
         .keys()
         .map(|name| archive.get(name).unwrap_or(&none));
     snapshot::with_archive(out, groups)
+}
+
+/// What a caught panic said, for an error that reports it.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unreadable".to_owned())
 }
 
 /// Makes a directory's entries (a file created or renamed in it) durable.

@@ -255,29 +255,7 @@ async fn purging_a_long_log_keeps_the_data_file_small() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (mut log, _sm) = store::open(dir.path(), 1).expect("open");
     let mut index = 0;
-    while index < ENTRIES {
-        let batch: Vec<Entry> = (0..64)
-            .map(|_| {
-                index += 1;
-                Entry::new_normal(
-                    log_id::<TypeConfig>(2, 1, index),
-                    Command::Grant {
-                        group: GroupName("default".into()),
-                        site: SiteId("site-a".into()),
-                        holder: format!("engine-{index:08}"),
-                        ttl_ms: 600_000,
-                    },
-                )
-            })
-            .collect();
-        // Each append waits for its flush, so each is a transaction of its own (the
-        // writer commits what is queued together) and removes one purge batch.
-        let (flushed, done) = <TypeConfig as openraft::type_config::TypeConfigExt>::oneshot();
-        log.append(batch, IOFlushed::signal(flushed))
-            .await
-            .expect("append");
-        done.await.expect("flush reported").expect("flushed");
-    }
+    append_grants(&mut log, &mut index, ENTRIES).await;
     let file = dir.path().join(store::DATA_FILE);
     let before = std::fs::metadata(&file).expect("data file").len();
     let kept_from = index - 200;
@@ -317,15 +295,7 @@ async fn append_grants(log: &mut store::LogStore, index: &mut u64, count: u64) {
         let batch: Vec<Entry> = (0..64.min(end - *index))
             .map(|_| {
                 *index += 1;
-                Entry::new_normal(
-                    log_id::<TypeConfig>(2, 1, *index),
-                    Command::Grant {
-                        group: GroupName("default".into()),
-                        site: SiteId("site-a".into()),
-                        holder: format!("engine-{:08}", *index),
-                        ttl_ms: 600_000,
-                    },
-                )
+                grant_entry(*index)
             })
             .collect();
         // Each append waits for its flush, so each is a transaction of its own (the
@@ -336,6 +306,19 @@ async fn append_grants(log: &mut store::LogStore, index: &mut u64, count: u64) {
             .expect("append");
         done.await.expect("flush reported").expect("flushed");
     }
+}
+
+/// The grant entry at `index` (term 2, leader 1).
+fn grant_entry(index: u64) -> Entry {
+    Entry::new_normal(
+        log_id::<TypeConfig>(2, 1, index),
+        Command::Grant {
+            group: GroupName("default".into()),
+            site: SiteId("site-a".into()),
+            holder: format!("engine-{index:08}"),
+            ttl_ms: 600_000,
+        },
+    )
 }
 
 /// The indexes of the entries physically in the data file's log table (purged ones
@@ -480,15 +463,7 @@ async fn appends_are_readable_at_once_and_every_flush_is_reported() {
     let (mut log, sm) = store::open(dir.path(), 1).expect("open");
     let (reports, mut reported) = tokio::sync::mpsc::unbounded_channel();
     for index in 1..=APPENDS {
-        let entry = Entry::new_normal(
-            log_id::<TypeConfig>(2, 1, index),
-            Command::Grant {
-                group: GroupName("default".into()),
-                site: SiteId("site-a".into()),
-                holder: format!("engine-{index:08}"),
-                ttl_ms: 600_000,
-            },
-        );
+        let entry = grant_entry(index);
         let (flushed, done) = <TypeConfig as openraft::type_config::TypeConfigExt>::oneshot();
         log.append(vec![entry], IOFlushed::signal(flushed))
             .await
