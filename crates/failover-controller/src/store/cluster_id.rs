@@ -22,7 +22,7 @@ impl LogStore {
     /// The cluster id record of this store's data file.
     pub fn cluster_id_record(&self) -> ClusterIdRecord {
         ClusterIdRecord {
-            db: self.db.clone(),
+            db: self.shared.db.clone(),
         }
     }
 }

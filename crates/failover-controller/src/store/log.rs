@@ -11,7 +11,7 @@ use openraft::{LogState, OptionalSend, RaftLogReader};
 use redb::{Database, ReadableTable};
 
 use super::log_writer::{Change, Done, Job, Shared, Writer};
-use super::{decode, encode, io_err, read_meta, LOG};
+use super::{decode, encode, io_err, lock, read_meta, LOG};
 use crate::types::{Entry, LogId, TypeConfig, Vote};
 
 const VOTE: &str = "vote";
@@ -45,8 +45,7 @@ pub const PURGE_BATCH: u64 = 32;
 /// recorded id.
 #[derive(Clone)]
 pub struct LogStore {
-    pub(super) db: Arc<Database>,
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
     /// Started with the first write made on a multi-threaded runtime; shared by the
     /// clones openraft reads through, and stopped with the last of them.
     writer: Arc<Mutex<Option<Writer>>>,
@@ -63,7 +62,6 @@ impl LogStore {
     /// that follow.
     pub(super) fn new(db: Arc<Database>) -> io::Result<Self> {
         let store = LogStore {
-            db: db.clone(),
             shared: Arc::new(Shared::new(db)),
             writer: Arc::new(Mutex::new(None)),
         };
@@ -78,7 +76,7 @@ impl LogStore {
     }
 
     fn get_json<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, io::Error> {
-        match read_meta(&self.db, key)? {
+        match read_meta(&self.shared.db, key)? {
             Some(raw) => decode(&raw, key).map(Some),
             None => Ok(None),
         }
@@ -90,7 +88,7 @@ impl LogStore {
             self.shared.run(&mut vec![job]);
             return;
         }
-        let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut writer = lock(&self.writer);
         if writer.is_none() {
             match Writer::start(self.shared.clone()) {
                 Ok(started) => *writer = Some(started),
@@ -164,7 +162,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let table_end = unwritten
             .first()
             .map_or(end, |entry| Bound::Excluded(entry.index()));
-        let txn = self.db.begin_read().map_err(io_err)?;
+        let txn = self.shared.db.begin_read().map_err(io_err)?;
         let table = txn.open_table(LOG).map_err(io_err)?;
         let mut entries = Vec::new();
         for item in table
@@ -189,7 +187,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let last_purged = self.last_purged()?;
         let unwritten = self.shared.last_unwritten();
-        let txn = self.db.begin_read().map_err(io_err)?;
+        let txn = self.shared.db.begin_read().map_err(io_err)?;
         let table = txn.open_table(LOG).map_err(io_err)?;
         let purged_index = last_purged.map(|id| id.index());
         // An entry at or below the purged id may be one whose removal is still owed.

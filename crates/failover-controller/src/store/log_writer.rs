@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 
 use openraft::entry::RaftEntry;
@@ -25,7 +25,7 @@ use openraft::storage::IOFlushed;
 use redb::{Database, Durability};
 
 use super::log::PURGE_BATCH;
-use super::{LOG, META};
+use super::{lock, LOG, META};
 use crate::types::{Entry, LogId, TypeConfig};
 
 /// Most writes one transaction commits: bounds the time the first of them waits for the
@@ -72,12 +72,6 @@ pub(super) struct Shared {
     /// Set by the first write that failed; every later one fails with it, so no write
     /// can land after a lost one and leave a hole.
     failed: Mutex<Option<String>>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Shared {

@@ -273,6 +273,14 @@ pub fn encode_snapshot(
     snapshot::with_archive(out, groups)
 }
 
+/// Locks `mutex`; a panic while it was held (a bug, already reported) leaves what it
+/// guards usable.
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// What a caught panic said, for an error that reports it.
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     panic

@@ -9,7 +9,7 @@
 //! one durable commit, so a crash leaves either snapshot current, whole.
 
 use std::io::{self, Read};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use redb::{Database, Durability, ReadTransaction, ReadableTable};
 use serde::{Deserialize, Serialize};
@@ -18,7 +18,9 @@ use failover_core::ClusterState;
 
 use super::pieces::StoredPieces;
 use super::snapshot_files::{PartialFile, SnapshotFiles};
-use super::{decode, encode, io_err, snapshot, write, SNAPSHOT as SNAPSHOTS, SNAPSHOT_CHUNKS};
+use super::{
+    decode, encode, io_err, lock, snapshot, write, SNAPSHOT as SNAPSHOTS, SNAPSHOT_CHUNKS,
+};
 use crate::types::SnapshotMeta;
 
 /// The key of the earlier format: metadata and data as one JSON value.
@@ -326,12 +328,6 @@ fn header_in(txn: &ReadTransaction) -> io::Result<Option<SnapshotHeader>> {
     let raw = table.get(HEADER).map_err(io_err)?;
     raw.map(|raw| decode(raw.value(), "snapshot header"))
         .transpose()
-}
-
-fn lock(mutex: &Mutex<()>) -> MutexGuard<'_, ()> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A snapshot being encoded: its pieces as they come, and the encoder's thread.
