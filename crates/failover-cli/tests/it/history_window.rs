@@ -14,8 +14,9 @@ const WINDOW: &str = "3";
 /// Changes of active site (beyond the creation).
 const CHANGES: usize = 6;
 /// Pause and resume pairs: 2 log entries each, past the 1,000 entries after which a
-/// snapshot is taken and the log before it purged.
-const PAUSE_PAIRS: usize = 650;
+/// snapshot is taken and the log before it purged, on every controller (the first
+/// interval is stretched to up to 1,667 entries by node id: `SnapshotSchedule::stagger`).
+const PAUSE_PAIRS: usize = 900;
 
 fn start(cluster: &mut Cluster, id: u64, join: bool) {
     let mut args = vec!["--history-window", WINDOW];

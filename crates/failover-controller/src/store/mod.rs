@@ -243,7 +243,7 @@ fn open_database(
         dir: shown.clone(),
         source,
     })?;
-    let sm = StateMachine::open(db, files)
+    let sm = StateMachine::open(db, files, node_id)
         .map_err(|source| OpenError::Damaged { dir: shown, source })?;
     Ok((log, sm))
 }

@@ -13,7 +13,7 @@
 //! are encoded at a lower CPU priority than the rest of the controller.
 
 use std::io::{self, Read};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use redb::{Database, Durability};
@@ -39,7 +39,7 @@ pub const SNAPSHOT_MIN_ENTRIES: u64 = 1000;
 /// last one, whichever is larger. A snapshot costs time and bytes in proportion to the
 /// state, so its cost per entry stays constant; the log between two snapshots (what a
 /// restart re-applies and what the data file holds besides the snapshot) stays under a
-/// quarter of the state's size.
+/// quarter of the state's size (5/12 in a staggered first interval, below).
 ///
 /// The interval follows the state's size *at the last snapshot*, not its current size:
 /// measured against the current size, a state that grows by one lease per entry (a grant
@@ -47,16 +47,31 @@ pub const SNAPSHOT_MIN_ENTRIES: u64 = 1000;
 /// leases, so no snapshot would come and the log would never be purged. While the state
 /// grows, snapshots come at sizes growing by a factor of about 1.25, so their total cost
 /// stays a constant multiple of the final state's size.
+///
+/// The controllers of a cluster apply the same entries, so on this rule alone they would
+/// all build the same snapshot at the same moment: at a million leases, three builds of
+/// about a second each, on the leader and both followers at once, and the grants in flight
+/// stalled meanwhile (docs/benchmarks.md, "Leases: snapshots staggered"). So the first
+/// interval after the state machine opens, or installs a snapshot, is stretched by
+/// [`SnapshotSchedule::stagger`], a different third of an interval on each controller.
+/// The offset lasts: while the state grows, every next point is the last one times about
+/// 1.25, whatever it was; while it is flat, every next point is the last plus a quarter of
+/// the state. So at most one controller of three builds at a time, and the leader always
+/// has a follower that is not building.
 #[derive(Debug, Default)]
 pub struct SnapshotSchedule {
     applied: AtomicU64,
     last_snapshot: AtomicU64,
     items: AtomicU64,
     items_at_snapshot: AtomicU64,
+    /// Thirds of an interval added to the first one after an open or an install.
+    stagger_thirds: AtomicU64,
+    /// Whether the interval now running is that first one.
+    staggering: AtomicBool,
 }
 
 /// The log between two snapshots is at most the state's size (leases and groups at the
-/// last snapshot) divided by this.
+/// last snapshot) divided by this (and times 5/3 in a staggered first interval).
 pub const SNAPSHOT_STATE_FRACTION: u64 = 4;
 
 impl SnapshotSchedule {
@@ -66,12 +81,24 @@ impl SnapshotSchedule {
         (items / SNAPSHOT_STATE_FRACTION).max(SNAPSHOT_MIN_ENTRIES)
     }
 
+    /// Offsets this controller's snapshots from those of the others: the first interval
+    /// after an open or an install is `1 + k/3` intervals, `k` being `node_id - 1` modulo
+    /// 3 (node ids are assigned 1, 2, 3, ...).
+    pub fn stagger(&self, node_id: u64) {
+        self.stagger_thirds
+            .store(node_id.saturating_sub(1) % 3, Ordering::Relaxed);
+        self.staggering.store(true, Ordering::Relaxed);
+    }
+
     /// Whether a snapshot is due; if so, counts it as started so the next one waits a
     /// full interval.
     fn take_due(&self) -> bool {
         let applied = self.applied.load(Ordering::Relaxed);
         let last = self.last_snapshot.load(Ordering::Relaxed);
-        let interval = Self::interval(self.items_at_snapshot.load(Ordering::Relaxed));
+        let mut interval = Self::interval(self.items_at_snapshot.load(Ordering::Relaxed));
+        if self.staggering.load(Ordering::Relaxed) {
+            interval += interval * self.stagger_thirds.load(Ordering::Relaxed) / 3;
+        }
         let due = applied.saturating_sub(last) >= interval;
         due && self
             .last_snapshot
@@ -84,11 +111,19 @@ impl SnapshotSchedule {
         self.items.store(items, Ordering::Relaxed);
     }
 
-    /// A snapshot of the state as last applied was taken (or installed) at `index`.
+    /// A snapshot of the state as last applied was taken at `index`.
     fn snapshot_at(&self, index: u64) {
         self.last_snapshot.store(index, Ordering::Relaxed);
         self.items_at_snapshot
             .store(self.items.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.staggering.store(false, Ordering::Relaxed);
+    }
+
+    /// The state machine holds a snapshot taken at `index` by this controller earlier or
+    /// by the leader (it opened, or installed one): the next interval is staggered again.
+    fn restored_at(&self, index: u64) {
+        self.snapshot_at(index);
+        self.staggering.store(true, Ordering::Relaxed);
     }
 }
 
@@ -205,9 +240,15 @@ impl std::fmt::Debug for StateMachine {
 
 impl StateMachine {
     /// Loads the stored snapshot, if any: the state machine starts applied up to it.
-    /// Snapshots are stored in `files` (in `db` without).
-    pub(super) fn open(db: Arc<Database>, files: Option<SnapshotFiles>) -> Result<Self, io::Error> {
+    /// Snapshots are stored in `files` (in `db` without); controller `node_id` takes them
+    /// at its own offset ([`SnapshotSchedule::stagger`]).
+    pub(super) fn open(
+        db: Arc<Database>,
+        files: Option<SnapshotFiles>,
+        node_id: u64,
+    ) -> Result<Self, io::Error> {
         let view = Arc::new(StateView::new(db.clone()));
+        view.schedule.stagger(node_id);
         let mut sm = StateMachine {
             snapshots: SnapshotStore::open(db.clone(), files)?,
             db,
@@ -296,7 +337,7 @@ impl StateMachine {
     fn restore(&mut self, meta: &SnapshotMeta, state: ClusterState) -> io::Result<()> {
         let index = meta.last_log_id.map_or(0, |id| id.index());
         self.view.schedule.applied(index, items(&state));
-        self.view.schedule.snapshot_at(index);
+        self.view.schedule.restored_at(index);
         *self.view.write() = state;
         self.trim_history()?;
         self.last_applied = meta.last_log_id;
@@ -553,7 +594,20 @@ mod tests {
     /// Applies `entries` entries one by one to a state growing by `growth` items per entry
     /// and returns the indexes at which a snapshot was due.
     fn snapshots(entries: u64, items_at_start: u64, growth: u64) -> Vec<u64> {
-        let schedule = SnapshotSchedule::default();
+        snapshots_of(
+            &SnapshotSchedule::default(),
+            entries,
+            items_at_start,
+            growth,
+        )
+    }
+
+    fn snapshots_of(
+        schedule: &SnapshotSchedule,
+        entries: u64,
+        items_at_start: u64,
+        growth: u64,
+    ) -> Vec<u64> {
         let mut taken = Vec::new();
         for index in 1..=entries {
             schedule.applied(index, items_at_start + index * growth);
@@ -563,6 +617,78 @@ mod tests {
             }
         }
         taken
+    }
+
+    /// Runs the schedules of controllers 1, 2 and 3 over the same entries, from a state of
+    /// `items_at_start` items as they opened, and returns each controller's snapshot from
+    /// index `from` on with its distance to the nearest snapshot of another controller.
+    fn staggered(entries: u64, items_at_start: u64, growth: u64, from: u64) -> Vec<(u64, u64)> {
+        let taken: Vec<Vec<u64>> = (1..=3)
+            .map(|node| {
+                let schedule = SnapshotSchedule::default();
+                schedule.stagger(node);
+                schedule.applied(0, items_at_start);
+                schedule.restored_at(0);
+                snapshots_of(&schedule, entries, items_at_start, growth)
+            })
+            .collect();
+        let mut distances = Vec::new();
+        for (a, mine) in taken.iter().enumerate() {
+            assert!(mine.len() > 3, "controller {} took {mine:?}", a + 1);
+            for &index in mine.iter().filter(|i| **i >= from) {
+                let nearest = taken
+                    .iter()
+                    .enumerate()
+                    .filter(|(b, _)| *b != a)
+                    .flat_map(|(_, theirs)| theirs.iter())
+                    .map(|other| index.abs_diff(*other))
+                    .min()
+                    .unwrap_or(u64::MAX);
+                distances.push((index, nearest));
+            }
+        }
+        distances
+    }
+
+    #[test]
+    fn controllers_of_a_growing_state_snapshot_apart() {
+        // A grant phase on three controllers started together: without the stagger all
+        // three snapshot at the same indexes. At a million leases 5% is 50,000 entries,
+        // several seconds of grants, against a build of about a second.
+        for (index, nearest) in staggered(1_000_000, 0, 1, 10_000) {
+            assert!(
+                nearest * 20 > index,
+                "{index}: another {nearest} entries away"
+            );
+        }
+    }
+
+    #[test]
+    fn controllers_of_a_flat_state_snapshot_apart() {
+        // 100,000 leases at the open: intervals of 25,000 entries, a third of one apart.
+        let distances = staggered(400_000, 100_000, 0, 0);
+        assert!(distances.len() > 30, "{distances:?}");
+        for (index, nearest) in distances {
+            assert!(nearest >= 8_333, "{index}: another {nearest} entries away");
+        }
+    }
+
+    #[test]
+    fn an_install_staggers_the_next_interval_again() {
+        let schedule = SnapshotSchedule::default();
+        schedule.stagger(3);
+        schedule.applied(1_000, 1_000);
+        schedule.restored_at(1_000);
+        schedule.applied(2_000, 1_000);
+        assert!(
+            !schedule.take_due(),
+            "a third controller waits 5/3 of an interval"
+        );
+        schedule.applied(2_667, 1_000);
+        assert!(schedule.take_due());
+        schedule.snapshot_at(2_667);
+        schedule.applied(3_667, 1_000);
+        assert!(schedule.take_due(), "and then whole intervals");
     }
 
     #[test]
