@@ -582,8 +582,11 @@ def mib(b: float) -> str:
 
 
 def summarize(runs: list) -> dict:
-    """Medians over the runs of one system and lease count; None if any run failed."""
-    if not runs or any("error" in r for r in runs):
+    """Medians over the completed runs of one system and lease count (`failed_runs` says
+    how many others failed); None if none completed."""
+    failed = sum(1 for r in runs if "error" in r)
+    runs = [r for r in runs if "error" not in r]
+    if not runs:
         return None
 
     def med(f):
@@ -608,6 +611,8 @@ def summarize(runs: list) -> dict:
                                if r["keepalive"]["first_refusal"]), None),
         "restart_s": med(lambda r: r.get("restart_s", float("nan"))),
         "catch_up_s": med(lambda r: r.get("catch_up_s", float("nan"))),
+        "failed_runs": failed,
+        "runs": len(runs) + failed,
     }
 
 
@@ -658,8 +663,10 @@ def render(runs: dict, counts: list, args, etcd_version: str, elapsed: float) ->
                        f"{m['restart_s']:.1f} / "
                        + ("failed" if m["catch_up_s"] != m["catch_up_s"] else
                           f"{m['catch_up_s']:.1f}"))
+            shown = (system if not m["failed_runs"] else
+                     f"{system} ({m['runs'] - m['failed_runs']} of {m['runs']} runs completed)")
             rows.append("| " + " | ".join([
-                f"{n:,}", system, f"{m['grants_per_s']:,.0f}", f"{m['grant_p50']:.1f}",
+                f"{n:,}", shown, f"{m['grants_per_s']:,.0f}", f"{m['grant_p50']:.1f}",
                 f"{m['grant_p99']:.1f}", f"{m['ka_per_s']:,.0f}", f"{m['ka_p50']:.1f}",
                 f"{m['ka_p99']:.1f}", mib(m["rss"]), f"{m['rss'] / n:,.0f}", mib(m["data"]),
                 restart,
@@ -685,8 +692,20 @@ def render(runs: dict, counts: list, args, etcd_version: str, elapsed: float) ->
 
     gave_up = "etcd failed every run, failover completed"
 
+    def etcd_only_failed(n: int) -> int:
+        """Repetitions at `n` in which etcd failed and failover completed: no ratio, and
+        failover is not the worse of the two in them."""
+        pairs = zip(runs[("failover", n)], runs[("etcd", n)])
+        return sum(1 for a, b in pairs if "error" not in a and "error" in b)
+
     def ratio_text(n: int, f) -> str:
-        return gave_up if etcd_gave_up(n) else spread(ratios(runs, n, f), x)
+        if etcd_gave_up(n):
+            return gave_up
+        text = spread(ratios(runs, n, f), x)
+        lost = etcd_only_failed(n)
+        if lost:
+            text += f"; in {lost} more run{'s' if lost > 1 else ''} etcd failed, failover completed"
+        return text
 
     ratio_rows, ka_met, p99_met = [], True, True
     for n in counts:
@@ -695,8 +714,8 @@ def render(runs: dict, counts: list, args, etcd_version: str, elapsed: float) ->
             continue
         ka = ratios(runs, n, ka_rate)
         p99 = ratios(runs, n, grant_p99)
-        complete = bool(ka) and len(ka) == min(len(runs[("failover", n)]),
-                                               len(runs[("etcd", n)]))
+        complete = bool(ka) and len(ka) + etcd_only_failed(n) == min(
+            len(runs[("failover", n)]), len(runs[("etcd", n)]))
         ka_met = ka_met and complete and statistics.median(ka) >= KEEPALIVE_RATIO_TARGET
         p99_met = p99_met and complete and statistics.median(p99) <= 1.0
 
@@ -711,7 +730,7 @@ def render(runs: dict, counts: list, args, etcd_version: str, elapsed: float) ->
         rss_met = (big >= 1000000 and fb["rss"] < RSS_TARGET_BYTES
                    and fb["rss"] / big < RSS_PER_LEASE_TARGET)
     flat = [sums[("failover", n)] for n in counts]
-    if any(m is None for m in flat):
+    if any(m is None or m["failed_runs"] for m in flat):
         flat_text, flat_met = "a run failed", False
     else:
         rate = max(m["grants_per_s"] for m in flat) / min(m["grants_per_s"] for m in flat)
@@ -747,10 +766,12 @@ def render(runs: dict, counts: list, args, etcd_version: str, elapsed: float) ->
         # that only re-renders a saved sweep (`--systems none`) adds no step.
         saved_as = os.path.basename(args.merge_json)
         earlier = [m["command"] for m in args.merges if m["command"] != command]
-        steps = [f"`{args.first_command} --save-json {saved_as}` (the first sweep)"]
+        steps = [f"`{args.first_command} --save-json {saved_as}`"]
         steps += [f"`{c} --save-json {saved_as}`" for c in earlier]
         if args.systems != "none":
             steps.append(f"`{command}`")
+        if len(steps) > 1:
+            steps[0] += " (the first sweep)"
         reproduce = ", then ".join(steps)
     else:
         reproduce = f"`{command}`"

@@ -192,7 +192,10 @@ mod writeback {
         #[cfg(target_os = "linux")]
         return sync_range(file, offset, len, libc::SYNC_FILE_RANGE_WRITE);
         #[cfg(not(target_os = "linux"))]
-        return Ok(());
+        {
+            let _ = (file, offset, len);
+            Ok(())
+        }
     }
 
     /// Waits until the pages of `len` bytes from `offset` are written to the disk (those
@@ -208,7 +211,10 @@ mod writeback {
                 | libc::SYNC_FILE_RANGE_WAIT_AFTER,
         );
         #[cfg(not(target_os = "linux"))]
-        return Ok(());
+        {
+            let _ = (file, offset, len);
+            Ok(())
+        }
     }
 
     #[cfg(target_os = "linux")]

@@ -184,7 +184,9 @@ impl SnapshotStore {
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             written?;
-            encoded?;
+            // The copy's nodes no one else shares any more are freed here, at the
+            // caller's priority.
+            drop(encoded?);
             // Decided before the new data is complete: at the same index, a new file
             // would take the name of the current one.
             let current = store.header()?;
@@ -330,16 +332,22 @@ fn header_in(txn: &ReadTransaction) -> io::Result<Option<SnapshotHeader>> {
         .transpose()
 }
 
-/// A snapshot being encoded: its pieces as they come, and the encoder's thread.
+/// A snapshot being encoded: its pieces as they come, and the encoder's thread, which
+/// hands the state back once encoded.
 type Encoding = (
     std::sync::mpsc::Receiver<Vec<u8>>,
-    std::thread::JoinHandle<io::Result<()>>,
+    std::thread::JoinHandle<io::Result<ClusterState>>,
 );
 
 /// Encodes the leases of `state` after `head` (the skeleton) on a thread of its own at a
 /// lower CPU priority ([`lower_thread_priority`]), handing out [`snapshot::PIECE_BYTES`]
 /// pieces (the last one shorter) through a channel two pieces deep; the thread returns
-/// how the encoding ended.
+/// how the encoding ended, and the state.
+///
+/// The state is handed back rather than dropped on the encoder's thread: dropping the
+/// copy frees the nodes the applies replaced meanwhile (copy on write), all allocated by
+/// the applying thread, and a low-priority thread freeing them takes the allocator's
+/// locks that thread needs and may be descheduled while it holds one.
 ///
 /// A snapshot is background work: its encoding costs CPU in proportion to the state
 /// (about a second at a million leases), and on a busy controller it must not take that
@@ -360,12 +368,10 @@ fn encode_in_background(state: ClusterState, mut head: Vec<u8>) -> io::Result<En
             lower_thread_priority();
             let out = &mut head;
             snapshot::encode_leases_spilling(&state, out, &hand_out)?;
-            // The copy's nodes that no one else shares any more are freed here too.
-            drop(state);
             while !out.is_empty() {
                 hand_out(out)?;
             }
-            Ok(())
+            Ok(state)
         })?;
     Ok((pieces, encoder))
 }

@@ -49,15 +49,15 @@ pub const SNAPSHOT_MIN_ENTRIES: u64 = 1000;
 /// stays a constant multiple of the final state's size.
 ///
 /// The controllers of a cluster apply the same entries, so on this rule alone they would
-/// all build the same snapshot at the same moment: at a million leases, three builds of
-/// about a second each, on the leader and both followers at once, and the grants in flight
-/// stalled meanwhile (docs/benchmarks.md, "Leases: snapshots staggered"). So the first
-/// interval after the state machine opens, or installs a snapshot, is stretched by
+/// all build the same snapshot at the same moment (at a million leases, about a second of
+/// CPU and 22 MB written on the leader and both followers at once). So the first interval
+/// after the state machine opens, or installs a snapshot, is stretched by
 /// [`SnapshotSchedule::stagger`], a different third of an interval on each controller.
 /// The offset lasts: while the state grows, every next point is the last one times about
 /// 1.25, whatever it was; while it is flat, every next point is the last plus a quarter of
 /// the state. So at most one controller of three builds at a time, and the leader always
-/// has a follower that is not building.
+/// has a follower that is not building to complete its quorum (docs/benchmarks.md,
+/// "Leases: a snapshot's writeback paced, and snapshots staggered").
 #[derive(Debug, Default)]
 pub struct SnapshotSchedule {
     applied: AtomicU64,
