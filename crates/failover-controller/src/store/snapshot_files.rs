@@ -189,37 +189,25 @@ mod writeback {
     /// Starts the writeback of the dirty pages of `len` bytes from `offset`, without
     /// waiting for it.
     pub(super) fn start(file: &File, offset: u64, len: u64) -> io::Result<()> {
-        #[cfg(target_os = "linux")]
-        return sync_range(file, offset, len, libc::SYNC_FILE_RANGE_WRITE);
-        #[cfg(not(target_os = "linux"))]
-        {
-            let _ = (file, offset, len);
-            Ok(())
-        }
+        sync_range(file, offset, len, false)
     }
 
     /// Waits until the pages of `len` bytes from `offset` are written to the disk (those
     /// dirty again since are written first).
     pub(super) fn wait(file: &File, offset: u64, len: u64) -> io::Result<()> {
-        #[cfg(target_os = "linux")]
-        return sync_range(
-            file,
-            offset,
-            len,
-            libc::SYNC_FILE_RANGE_WAIT_BEFORE
-                | libc::SYNC_FILE_RANGE_WRITE
-                | libc::SYNC_FILE_RANGE_WAIT_AFTER,
-        );
-        #[cfg(not(target_os = "linux"))]
-        {
-            let _ = (file, offset, len);
-            Ok(())
-        }
+        sync_range(file, offset, len, true)
     }
 
     #[cfg(target_os = "linux")]
-    fn sync_range(file: &File, offset: u64, len: u64, flags: libc::c_uint) -> io::Result<()> {
+    fn sync_range(file: &File, offset: u64, len: u64, wait: bool) -> io::Result<()> {
         use std::os::fd::AsRawFd;
+        let flags = if wait {
+            libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                | libc::SYNC_FILE_RANGE_WRITE
+                | libc::SYNC_FILE_RANGE_WAIT_AFTER
+        } else {
+            libc::SYNC_FILE_RANGE_WRITE
+        };
         let range = |n: u64| {
             libc::off64_t::try_from(n).map_err(|_| io::Error::other("file range too large"))
         };
@@ -232,6 +220,11 @@ mod writeback {
         } else {
             Err(io::Error::last_os_error())
         }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn sync_range(_: &File, _: u64, _: u64, _: bool) -> io::Result<()> {
+        Ok(())
     }
 }
 
